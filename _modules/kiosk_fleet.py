@@ -1,0 +1,57 @@
+"""
+What a minion (kiosk or Pi) is in the fleet, from the inventory in pillar.
+"""
+
+try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_inventory
+except ImportError:  # pip-installed extension
+    from saltext_kiosk_fleet.utils import fleet_inventory
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "kiosk_fleet"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def inventory():
+    """
+    Return the validated fleet inventory from this minion's pillar.
+
+    Raises an error listing every problem (each naming its field) when the
+    inventory is invalid.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'pi-*' kiosk_fleet.inventory
+    """
+    try:
+        return fleet_inventory.validate(__pillar__.get(fleet_inventory.PILLAR_KEY))
+    except fleet_inventory.InventoryError as exc:
+        raise CommandExecutionError(f"invalid kiosk_fleet pillar: {exc}") from exc
+
+
+def whoami():
+    """
+    Return this minion's role, campus and inventory entry.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'kiosk-*' kiosk_fleet.whoami
+    """
+    inv = inventory()
+    minion_id = __opts__["id"]
+    try:
+        campus = fleet_inventory.campus_of(inv, minion_id)
+    except fleet_inventory.InventoryError as exc:
+        raise CommandExecutionError(str(exc)) from exc
+    spec = inv["campuses"][campus]
+    if minion_id in spec["kiosks"]:
+        return {"id": minion_id, "role": "kiosk", "campus": campus, "kiosk": spec["kiosks"][minion_id]}
+    return {"id": minion_id, "role": "pi", "campus": campus, "pi": spec["pis"][minion_id]}

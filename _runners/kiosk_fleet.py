@@ -1,0 +1,92 @@
+"""
+Fleet-wide runners on the top master: the inventory, and who answers.
+
+Every runner returns a dict with ``result`` and sets a non-zero exit code on
+failure, so ``salt-run ... --out=json`` works as a Jenkins step.
+"""
+
+import logging
+
+try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_inventory
+    import fleet_runner
+except ImportError:  # pip-installed extension
+    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_runner
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kiosk_fleet"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _load_inventory():
+    """The validated inventory from the master's pillar (raises InventoryError)."""
+    pillar = __salt__["pillar.show_pillar"]()
+    return fleet_inventory.validate(pillar.get(fleet_inventory.PILLAR_KEY))
+
+
+def inventory():
+    """
+    Validate the fleet inventory in pillar and return it, normalised.
+
+    Fails (exit code 1) with every problem listed, each naming its field.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_fleet.inventory --out=json
+    """
+    try:
+        inv = _load_inventory()
+    except fleet_inventory.InventoryError as exc:
+        return fleet_runner.fail(__context__, exc, errors=exc.errors)
+    counts = {c: {"pis": len(s["pis"]), "kiosks": len(s["kiosks"])} for c, s in inv["campuses"].items()}
+    return fleet_runner.finish(__context__, {"result": True, "counts": counts, "inventory": inv})
+
+
+def presence_report(selection, answered):
+    """
+    Pure: compare the kiosks asked for (``{campus: [ids]}``) with the minion
+    ids that answered; return the per-campus report.
+    """
+    report = {}
+    for campus, kiosk_ids in selection.items():
+        up = sorted(k for k in kiosk_ids if answered.get(k) is True)
+        report[campus] = {"up": up, "down": sorted(set(kiosk_ids) - set(up))}
+    return report
+
+
+def ping(campus=None, kiosks=None, timeout=10):
+    """
+    Ping kiosks through their campus Pis and name the ones that did not answer.
+
+    Fails (exit code 1) when any selected kiosk is down. ``campus`` and
+    ``kiosks`` take a name or a comma-separated list; with neither, every
+    campus.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_fleet.ping campus=east
+        salt-run kiosk_fleet.ping kiosks=kiosk-east-01,kiosk-east-02 --out=json
+    """
+    try:
+        inv = _load_inventory()
+        if campus is None and kiosks is None:
+            campus = sorted(inv["campuses"])
+        selection = fleet_inventory.select_kiosks(inv, kiosks=kiosks, campus=campus)
+    except fleet_inventory.InventoryError as exc:
+        return fleet_runner.fail(__context__, exc)
+    targets = sorted(k for ids in selection.values() for k in ids)
+    answered = __salt__["salt.execute"](targets, "test.ping", tgt_type="list", timeout=int(timeout)) or {}
+    report = presence_report(selection, answered)
+    down = sorted(k for r in report.values() for k in r["down"])
+    ret = {"result": not down, "campuses": report, "down": down}
+    if down:
+        ret["error"] = f"{len(down)} kiosk(s) did not answer: {', '.join(down)}"
+    return fleet_runner.finish(__context__, ret)

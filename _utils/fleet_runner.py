@@ -1,0 +1,33 @@
+"""
+Shared glue for the pack's runners: how a runner reports failure.
+
+Jenkins and operators read ``salt-run ... --out=json``: every runner returns a
+dict with ``result`` (bool), ``retcode`` and, on failure, ``error``.
+
+Two channels carry the exit code, because Salt reads both: salt 3007's
+``salt-run`` exits with the ``retcode`` key of the returned dict
+(salt/cli/run.py), while the job's ``success`` flag (salt-api, reactors,
+orchestrate) comes from ``__context__["retcode"]`` (salt/client/mixins.py).
+"""
+
+__virtualname__ = "fleet_runner"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def finish(context, ret):
+    """Set the runner's exit code from ``ret["result"]`` and return ``ret``."""
+    retcode = 0 if ret.get("result", False) else 1
+    if retcode:
+        context["retcode"] = retcode
+    ret["retcode"] = retcode
+    return ret
+
+
+def fail(context, error, **data):
+    """A failed runner answer: ``{"result": False, "error": ..., **data}``, retcode 1."""
+    ret = {"result": False, "error": str(error)}
+    ret.update(data)
+    return finish(context, ret)

@@ -1,0 +1,161 @@
+"""
+Configuration of the test topology: the fleet inventory the tests run on and
+the master / syndic / minion settings that make the syndic tree work on one
+machine. Kept out of conftest.py so the settings can be read in one place.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import socket
+
+import yaml
+
+# Syndic return path (salt 3007): the Pi minion's publish_port must be the
+# relayed-port sentinel 4506, else saltfactories' syndic helper subscribes the
+# syndic to its own Pi master's publisher instead of the top master's.
+PI_MINION_PUBLISH_PORT = 4506
+# Each call from the top master waits syndic_wait for late syndic answers.
+SYNDIC_WAIT = 2
+PACK_DIRS = ("_modules", "_states", "_runners", "_beacons", "_utils")
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_campus_inventory(wol_port=None):
+    """Two campuses, two Pis and two kiosks each, VLANs on 127.0.x.0/24."""
+    wol_port = wol_port or free_udp_port()
+    return {
+        "kiosk_fleet": {
+            "campuses": {
+                "east": {
+                    "timezone": "Asia/Shanghai",
+                    "wol_port": wol_port,
+                    "vlans": {
+                        "hall": {"network": "127.0.1.0/24"},
+                        "stairs": {"network": "127.0.2.0/24"},
+                    },
+                    "pis": {"pi-east-1": {}, "pi-east-2": {}},
+                    "kiosks": {
+                        "kiosk-east-01": {"mac": "52:54:00:e1:00:01", "ip": "127.0.1.11", "vlan": "hall",
+                                          "location": "Ground floor hall"},
+                        "kiosk-east-02": {"mac": "52-54-00-E1-00-02", "ip": "127.0.2.12", "vlan": "stairs",
+                                          "location": "First floor stairs"},
+                    },
+                },
+                "west": {
+                    "timezone": "Asia/Shanghai",
+                    "wol_port": wol_port,
+                    "vlans": {"hall": {"network": "127.0.3.0/24"}},
+                    "pis": {"pi-west-1": {}, "pi-west-2": {}},
+                    "kiosks": {
+                        "kiosk-west-01": {"mac": "5254.00a1.0001", "ip": "127.0.3.11", "vlan": "hall",
+                                          "location": "Emergency hall"},
+                        "kiosk-west-02": {"mac": "525400a10002", "ip": "127.0.3.12", "vlan": "hall",
+                                          "location": "Outpatients"},
+                    },
+                },
+            }
+        }
+    }
+
+
+def home_pi(campus_spec, kiosk_id):
+    """Spread a campus's kiosks over its Pis, round robin in id order."""
+    pis = sorted(campus_spec["pis"])
+    return pis[sorted(campus_spec["kiosks"]).index(kiosk_id) % len(pis)]
+
+
+def write_salt_tree(repo, dest, inventory):
+    """
+    Lay out what every master serves: ``salt/`` links the pack's ``_*``
+    folders (so ``saltutil.sync_all`` finds them), ``repo/states`` is the
+    second file root, ``pillar/`` holds the inventory.
+    """
+    dest = pathlib.Path(dest)
+    salt_dir = dest / "salt"
+    pillar_dir = dest / "pillar"
+    salt_dir.mkdir(parents=True, exist_ok=True)
+    pillar_dir.mkdir(parents=True, exist_ok=True)
+    for name in PACK_DIRS:
+        link = salt_dir / name
+        if not link.exists():
+            os.symlink(pathlib.Path(repo) / name, link)
+    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - kiosk_fleet\n")
+    (pillar_dir / "kiosk_fleet.sls").write_text(yaml.safe_dump(inventory))
+    return {
+        "file_roots": {"base": [str(salt_dir), str(pathlib.Path(repo) / "states")]},
+        "pillar_roots": {"base": [str(pillar_dir)]},
+        "repo": str(repo),
+    }
+
+
+def top_master_config(repo, tree):
+    return {
+        "file_roots": tree["file_roots"],
+        "pillar_roots": tree["pillar_roots"],
+        "module_dirs": [str(repo)],
+        "auto_accept": True,
+        "syndic_wait": SYNDIC_WAIT,
+        # kiosk events reach the top master twice (plain and syndic/<pi>/...):
+        # reactors match the plain tag only
+        "reactor": [{"kiosk/boot": [str(pathlib.Path(repo) / "reactor" / "kiosk_boot.sls")]}],
+    }
+
+
+def pi_master_config(tree):
+    return {
+        "file_roots": tree["file_roots"],
+        "pillar_roots": tree["pillar_roots"],
+        "module_dirs": [tree["repo"]],
+        "auto_accept": True,
+    }
+
+
+def pi_minion_config(campus):
+    return {
+        "publish_port": PI_MINION_PUBLISH_PORT,
+        "grains": {"campus": campus, "kiosk_fleet_role": "pi"},
+    }
+
+
+def kiosk_minion_config(campus, kiosk):
+    return {"grains": {"campus": campus, "kiosk_fleet_role": "kiosk"}}
+
+
+@dataclasses.dataclass
+class Topology:
+    """The started daemons, and shortcuts to run commands on the top master."""
+
+    top: object
+    pis: dict
+    kiosks: dict
+    inventory: dict
+    salt_tree: dict
+
+    @property
+    def minion_ids(self):
+        return sorted(list(self.pis) + list(self.kiosks))
+
+    def salt(self, *args, tgt="*", timeout=90, **kwargs):
+        """``salt <tgt> <args>`` on the top master; returns saltfactories' result."""
+        return self.top.salt_cli(timeout=timeout).run(*args, minion_tgt=tgt, **kwargs)
+
+    def salt_run(self, *args, timeout=180, **kwargs):
+        """``salt-run <args>`` on the top master."""
+        return self.top.salt_run_cli(timeout=timeout).run(*args, **kwargs)
+
+    def sync_all(self):
+        result = self.salt("saltutil.sync_all", tgt="*", timeout=120)
+        missing = set(self.minion_ids) - set(result.data or {})
+        if result.returncode != 0 or missing:
+            raise RuntimeError(f"saltutil.sync_all did not reach {sorted(missing)}: {result}")
+        return result
+
+    def dump(self):
+        return json.dumps({"pis": sorted(self.pis), "kiosks": sorted(self.kiosks)})

@@ -1,0 +1,100 @@
+import copy
+import pathlib
+
+import pytest
+import yaml
+
+import fleet_inventory
+from tests.support.topology import two_campus_inventory
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def raw():
+    return copy.deepcopy(two_campus_inventory(wol_port=40009)["kiosk_fleet"])
+
+
+def errors_of(data):
+    with pytest.raises(fleet_inventory.InventoryError) as info:
+        fleet_inventory.validate(data)
+    return info.value.errors
+
+
+def test_valid_inventory_is_normalised(raw):
+    inv = fleet_inventory.validate(raw)
+    east = inv["campuses"]["east"]
+    assert east["kiosks"]["kiosk-east-02"]["mac"] == "52:54:00:e1:00:02"
+    assert east["vlans"]["stairs"]["broadcast"] == "127.0.2.255"
+    assert east["kiosks"]["kiosk-east-01"]["service_port"] == 3389
+    assert inv["campuses"]["west"]["wol_port"] == 40009
+
+
+def test_shipped_sample_pillar_is_valid():
+    sample = yaml.safe_load((REPO / "pillar" / "kiosk_fleet.sls").read_text())
+    inv = fleet_inventory.validate(sample["kiosk_fleet"])
+    assert len(inv["campuses"]) == 2
+    assert sum(len(c["kiosks"]) for c in inv["campuses"].values()) >= 6
+    assert all(len(c["pis"]) == 2 for c in inv["campuses"].values())
+
+
+def test_duplicate_mac_names_both_kiosks(raw):
+    raw["campuses"]["west"]["kiosks"]["kiosk-west-02"]["mac"] = "52:54:00:E1:00:01"
+    [error] = errors_of(raw)
+    assert error.startswith("campuses.west.kiosks.kiosk-west-02.mac")
+    assert "campuses.east.kiosks.kiosk-east-01" in error
+
+
+def test_every_problem_is_reported_at_once(raw):
+    kiosk = raw["campuses"]["east"]["kiosks"]["kiosk-east-01"]
+    kiosk["mac"] = "52:54:00:zz:00:01"
+    kiosk["vlan"] = "roof"
+    raw["campuses"]["west"]["kiosks"]["kiosk-west-01"]["ip"] = "127.0.9.1"
+    raw["campuses"]["west"]["timezone"] = "Mars/Olympus"
+    errors = errors_of(raw)
+    assert any(e.startswith("campuses.east.kiosks.kiosk-east-01.mac:") for e in errors)
+    assert any(e.startswith("campuses.east.kiosks.kiosk-east-01.vlan: 'roof'") for e in errors)
+    assert any(e.startswith("campuses.west.kiosks.kiosk-west-01.ip: 127.0.9.1 is outside") for e in errors)
+    assert any(e.startswith("campuses.west.timezone:") for e in errors)
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda r: r["campuses"]["east"]["vlans"].update(bad={"network": "300.1.1.0/24"}), "campuses.east.vlans.bad.network"),
+        (lambda r: r["campuses"]["east"].update(wol_port=70000), "campuses.east.wol_port"),
+        (lambda r: r["campuses"]["east"].update(pis={}), "campuses.east.pis"),
+        (lambda r: r["campuses"]["east"]["pis"].update({"pi-east-1": {"vlans": {"roof": {}}}}), "campuses.east.pis.pi-east-1.vlans.roof"),
+        (lambda r: r["campuses"]["west"]["kiosks"].update({"pi-east-1": r["campuses"]["west"]["kiosks"].pop("kiosk-west-01")}), "campuses.west.kiosks.pi-east-1"),
+        (lambda r: r["campuses"]["east"]["kiosks"]["kiosk-east-01"].update(service_port="rdp"), "campuses.east.kiosks.kiosk-east-01.service_port"),
+        (lambda r: r["campuses"]["east"]["vlans"]["hall"].update(broadcast="127.0.5.255"), "campuses.east.vlans.hall.broadcast"),
+        (lambda r: r["campuses"].update({"bad campus!": {}}), "campuses.bad campus!"),
+    ],
+)
+def test_bad_field_is_named(raw, mutate, field):
+    mutate(raw)
+    assert any(e.startswith(field) for e in errors_of(raw)), errors_of(raw)
+
+
+def test_empty_or_wrong_type_inventory():
+    assert errors_of(None) == ["campuses: the inventory holds no campus"]
+    assert errors_of({"campuses": []})[0].startswith("campuses: expected a mapping")
+
+
+def test_select_kiosks(raw):
+    inv = fleet_inventory.validate(raw)
+    assert fleet_inventory.select_kiosks(inv, campus="west") == {"west": ["kiosk-west-01", "kiosk-west-02"]}
+    assert fleet_inventory.select_kiosks(inv, kiosks="kiosk-west-02,kiosk-east-01, kiosk-west-02") == {
+        "west": ["kiosk-west-02"],
+        "east": ["kiosk-east-01"],
+    }
+    with pytest.raises(fleet_inventory.InventoryError, match="unknown kiosk kiosk-x, pi-east-1"):
+        fleet_inventory.select_kiosks(inv, kiosks=["kiosk-x", "pi-east-1"])
+    with pytest.raises(fleet_inventory.InventoryError, match="unknown campus north"):
+        fleet_inventory.select_kiosks(inv, campus="north")
+    with pytest.raises(fleet_inventory.InventoryError, match="belongs to campus west"):
+        fleet_inventory.select_kiosks(inv, kiosks="kiosk-west-01", campus="east")
+    with pytest.raises(fleet_inventory.InventoryError, match="name kiosks"):
+        fleet_inventory.select_kiosks(inv)
+    assert fleet_inventory.pis_of(inv, "east") == ["pi-east-1", "pi-east-2"]
+    assert fleet_inventory.campus_of(inv, "pi-west-2") == "west"

@@ -1,0 +1,93 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fleet_wol
+
+MAC = "52:54:00:ab:cd:ef"
+RAW = bytes.fromhex("525400abcdef")
+
+
+@pytest.mark.parametrize(
+    "notation",
+    ["52:54:00:ab:cd:ef", "52-54-00-AB-CD-EF", "5254.00ab.cdef", "525400ABCDEF", "  52:54:00:Ab:cD:eF \n"],
+)
+def test_every_common_notation_gives_the_same_packet(notation):
+    assert fleet_wol.normalize_mac(notation) == MAC
+    packet = fleet_wol.magic_packet(notation)
+    assert packet == b"\xff" * 6 + RAW * 16
+    assert len(packet) == 102
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["52:54:00:ab:cd", "52:54:00:ab:cd:eg", "52:54-00:ab:cd:ef", "5254.00ab.cde", "52:54:00:ab:cd:ef:01", "", None, 525400],
+)
+def test_bad_mac_is_refused_with_the_value_named(bad):
+    with pytest.raises(fleet_wol.WolError) as info:
+        fleet_wol.normalize_mac(bad, field="kiosks.k1.mac")
+    assert "kiosks.k1.mac" in str(info.value)
+    assert repr(bad) in str(info.value)
+
+
+def test_secureon_password_is_appended():
+    assert fleet_wol.magic_packet(MAC, "01:02:03:04:05:06")[-6:] == bytes([1, 2, 3, 4, 5, 6])
+    assert fleet_wol.magic_packet(MAC, "192.168.1.7")[-4:] == bytes([192, 168, 1, 7])
+    assert fleet_wol.magic_packet(MAC, "0a0b0c0d")[-4:] == bytes([10, 11, 12, 13])
+    assert len(fleet_wol.magic_packet(MAC, "")) == 102
+
+
+@pytest.mark.parametrize("bad", ["300.1.1.1", "01:02:03", "hunter2", 1234])
+def test_bad_secureon_password_is_refused(bad):
+    with pytest.raises(fleet_wol.WolError, match="password"):
+        fleet_wol.magic_packet(MAC, bad)
+
+
+def test_parse_round_trip_and_rejects():
+    assert fleet_wol.parse_magic_packet(fleet_wol.magic_packet(MAC, "1.2.3.4")) == (MAC, bytes([1, 2, 3, 4]))
+    with pytest.raises(fleet_wol.WolError, match="length"):
+        fleet_wol.parse_magic_packet(b"\xff" * 6 + RAW * 15)
+    with pytest.raises(fleet_wol.WolError, match="0xFF"):
+        fleet_wol.parse_magic_packet(b"\x00" * 6 + RAW * 16)
+    with pytest.raises(fleet_wol.WolError, match="16 times"):
+        fleet_wol.parse_magic_packet(b"\xff" * 6 + RAW * 15 + bytes(6))
+
+
+def test_a_list_with_one_bad_mac_is_refused_whole_naming_its_position():
+    with pytest.raises(fleet_wol.WolError) as info:
+        fleet_wol.normalize_macs(["52:54:00:00:00:01", "nope", "52:54:00:00:00:02"])
+    assert "macs[1]" in str(info.value) and "'nope'" in str(info.value)
+    assert fleet_wol.normalize_macs("525400000001, 52-54-00-00-00-01,5254.0000.0002") == [
+        "52:54:00:00:00:01",
+        "52:54:00:00:00:02",
+    ]
+    with pytest.raises(fleet_wol.WolError, match="no MAC"):
+        fleet_wol.normalize_macs(" , ")
+
+
+octets = st.lists(st.integers(0, 255), min_size=6, max_size=6)
+
+
+@given(octets, st.sampled_from(["colon", "dash", "dot", "bare"]), st.booleans())
+def test_any_mac_in_any_notation_normalises_and_round_trips(values, notation, upper):
+    hexes = [f"{v:02x}" for v in values]
+    flat = "".join(hexes)
+    text = {
+        "colon": ":".join(hexes),
+        "dash": "-".join(hexes),
+        "dot": ".".join(flat[i : i + 4] for i in (0, 4, 8)),
+        "bare": flat,
+    }[notation]
+    text = text.upper() if upper else text
+    mac = fleet_wol.normalize_mac(text)
+    assert mac == ":".join(hexes)
+    assert fleet_wol.parse_magic_packet(fleet_wol.magic_packet(text)) == (mac, b"")
+
+
+@given(st.text(max_size=20))
+def test_arbitrary_text_either_parses_to_a_mac_or_raises_woLerror(text):
+    try:
+        mac = fleet_wol.normalize_mac(text)
+    except fleet_wol.WolError:
+        return
+    assert len(bytes.fromhex(mac.replace(":", ""))) == 6
