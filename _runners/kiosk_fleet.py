@@ -48,18 +48,6 @@ def inventory():
     return fleet_runner.finish(__context__, {"result": True, "counts": counts, "inventory": inv})
 
 
-def presence_report(selection, answered):
-    """
-    Pure: compare the kiosks asked for (``{campus: [ids]}``) with the minion
-    ids that answered; return the per-campus report.
-    """
-    report = {}
-    for campus, kiosk_ids in selection.items():
-        up = sorted(k for k in kiosk_ids if answered.get(k) is True)
-        report[campus] = {"up": up, "down": sorted(set(kiosk_ids) - set(up))}
-    return report
-
-
 def ping(campus=None, kiosks=None, timeout=10):
     """
     Ping kiosks through their campus Pis and name the ones that did not answer.
@@ -84,7 +72,7 @@ def ping(campus=None, kiosks=None, timeout=10):
         return fleet_runner.fail(__context__, exc)
     targets = sorted(k for ids in selection.values() for k in ids)
     answered = __salt__["salt.execute"](targets, "test.ping", tgt_type="list", timeout=int(timeout)) or {}
-    report = presence_report(selection, answered)
+    report = fleet_runner.presence(selection, answered)
     down = sorted(k for r in report.values() for k in r["down"])
     ret = {"result": not down, "campuses": report, "down": down}
     if down:

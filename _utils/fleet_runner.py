@@ -31,3 +31,15 @@ def fail(context, error, **data):
     ret = {"result": False, "error": str(error)}
     ret.update(data)
     return finish(context, ret)
+
+
+def presence(selection, answered):
+    """
+    Compare the kiosks asked for (``{campus: [ids]}``) with the answers of a
+    ``test.ping`` (``{minion: True}``); return ``{campus: {"up": [...], "down": [...]}}``.
+    """
+    report = {}
+    for campus, kiosk_ids in selection.items():
+        up = sorted(k for k in kiosk_ids if answered.get(k) is True)
+        report[campus] = {"up": up, "down": sorted(set(kiosk_ids) - set(up))}
+    return report

@@ -1,0 +1,96 @@
+"""
+The pack as a pip-installed Salt extension: ``pip install .`` into a clean
+venv makes every module, state, runner and beacon visible to a stock salt,
+through the ``salt.loader`` entry point alone (no module_dirs, no sync).
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+# one loader per pack folder; the loader names the functions "<module>.<function>"
+LOADERS = {"_modules": "minion_mods", "_states": "states", "_runners": "runner", "_beacons": "beacons"}
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import salt.config, salt.loader
+    minion = salt.config.minion_config(sys.argv[1])
+    master = salt.config.master_config(sys.argv[2])
+    minion["grains"] = salt.loader.grains(minion)
+    utils = salt.loader.utils(minion)
+    mods = salt.loader.minion_mods(minion, utils=utils)
+    found = {
+        "minion_mods": sorted(mods),
+        "states": sorted(salt.loader.states(minion, mods, utils, {})),
+        "runner": sorted(salt.loader.runner(master, utils=salt.loader.utils(master))),
+        "beacons": sorted(salt.loader.beacons(minion, mods)),
+    }
+    # the path each pack module was loaded from: must be the installed package
+    found["paths"] = sorted(v[0] for k, v in mods.file_mapping.items() if k.startswith("kiosk_"))
+    print(json.dumps(found))
+    """
+)
+
+
+def pack_modules(folder):
+    return sorted(p.stem for p in (REPO / folder).glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.fixture(scope="module")
+def clean_venv(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipvenv")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    # the build copies the repo: keep the test venv and caches out of it
+    install = subprocess.run(
+        [*pip, "-c", str(REPO / ".ci" / "constraints.txt"), str(REPO)],
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    conf = root / "conf"
+    conf.mkdir()
+    (conf / "minion").write_text(
+        f"file_client: local\nroot_dir: {root / 'r'}\nid: kiosk-pip-01\nuser: root\n"
+    )
+    (conf / "master").write_text(f"root_dir: {root / 'r'}\nuser: root\n")
+    return venv, conf
+
+
+def test_salt_call_lists_the_pack_modules(clean_venv):
+    venv, conf = clean_venv
+    out = subprocess.run(
+        [str(venv / "bin" / "salt-call"), "--local", "-c", str(conf), "sys.list_modules", "--out=json"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=conf,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    listed = json.loads(out.stdout)["local"]
+    assert set(pack_modules("_modules")) <= set(listed), listed
+
+
+def test_every_pack_folder_is_visible_through_the_entry_point(clean_venv):
+    venv, conf = clean_venv
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", PROBE, str(conf / "minion"), str(conf / "master")],
+        # not from the repo root: its saltext_kiosk_fleet/ would shadow the installed one
+        capture_output=True, text=True, timeout=300, check=False, cwd=conf,
+    )
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    checked = 0
+    for folder, loader in LOADERS.items():
+        for name in pack_modules(folder):
+            assert any(f.startswith(f"{name}.") for f in found[loader]), f"{folder}/{name}.py not in {loader}"
+            checked += 1
+    assert checked >= 2  # the pack has modules and runners at the very least
+    # loaded from the installed extension package, not from a checkout
+    assert found["paths"] and all(
+        "/site-packages/saltext_kiosk_fleet/modules/" in p for p in found["paths"]
+    ), found["paths"]
