@@ -15,12 +15,7 @@ __virtualname__ = "fleet_wol"
 SYNC_STREAM = b"\xff" * 6
 MAGIC_PACKET_LEN = 6 + 16 * 6
 
-# aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff (Cisco), aabbccddeeff
-_MAC_FORMS = (
-    re.compile(r"^([0-9a-f]{2})([:-])([0-9a-f]{2})\2([0-9a-f]{2})\2([0-9a-f]{2})\2([0-9a-f]{2})\2([0-9a-f]{2})$"),
-    re.compile(r"^([0-9a-f]{4})\.([0-9a-f]{4})\.([0-9a-f]{4})$"),
-    re.compile(r"^([0-9a-f]{12})$"),
-)
+_HEX12 = re.compile(r"[0-9a-f]{12}")
 # SecureOn passwords are written like a MAC (6 bytes) or as 4 bytes dotted/hex
 _PASSWORD_4 = re.compile(r"^(?:\d{1,3}\.){3}\d{1,3}$")
 
@@ -41,18 +36,48 @@ def normalize_mac(mac, field="mac"):
     surrounding white space. Raises :class:`WolError` naming ``field`` and the
     bad value otherwise.
     """
+    if isinstance(mac, int) and not isinstance(mac, bool):
+        mac = _mac_from_yaml_int(mac, field)
     if not isinstance(mac, str):
         raise WolError(f"{field}: {mac!r} is not a MAC address (expected a string)")
     text = mac.strip().lower()
-    for form in _MAC_FORMS:
-        match = form.match(text)
-        if match:
-            digits = "".join(g for g in match.groups() if g not in (":", "-"))
-            return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+    # aa:bb:cc:dd:ee:ff / aa-bb-cc-dd-ee-ff (one separator throughout),
+    # aabb.ccdd.eeff (Cisco), aabbccddeeff; string slicing, not a regex per
+    # form: a Pi validates 1,000 MACs per campus wake
+    digits = None
+    if len(text) == 17 and text[2::3] in (":::::", "-----"):
+        digits = text.replace(text[2], "")
+    elif len(text) == 14 and text[4] == "." and text[9] == ".":
+        digits = text.replace(".", "")
+    elif len(text) == 12:
+        digits = text
+    if digits is not None and _HEX12.fullmatch(digits):
+        return f"{digits[0:2]}:{digits[2:4]}:{digits[4:6]}:{digits[6:8]}:{digits[8:10]}:{digits[10:12]}"
     raise WolError(
         f"{field}: {mac!r} is not a MAC address "
         "(use aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff or aabbccddeeff)"
     )
+
+
+def _mac_from_yaml_int(value, field):
+    """
+    Undo YAML's reading of a digits-only MAC typed on the salt CLI.
+
+    ``salt pi kiosk_wol.wake 52:54:00:10:01:01`` reaches the module as the
+    int 41135076061: YAML 1.1 reads colon-separated digits as base 60. Each
+    pair is 00-59 after the first, so base-60 digits give the pairs back
+    exactly. ``525400100101`` (bare hex, digits only) arrives as a decimal int.
+    """
+    if 0 <= value < 100 * 60**5:
+        pairs = []
+        for _ in range(5):
+            value, pair = divmod(value, 60)
+            pairs.append(pair)
+        pairs.append(value)
+        return ":".join(f"{p:02d}" for p in reversed(pairs))
+    if 10**11 <= value < 10**12:
+        return f"{value:012d}"
+    raise WolError(f"{field}: {value!r} is a number, not a MAC address (quote the MAC on the command line)")
 
 
 def mac_bytes(mac, field="mac"):
@@ -92,6 +117,12 @@ def magic_packet(mac, password=None):
     return SYNC_STREAM + mac_bytes(mac) * 16 + secureon_bytes(password)
 
 
+def magic_packets(normalized_macs, password=None):
+    """``{mac: packet}`` for MACs already normalised (by :func:`normalize_macs`)."""
+    secret = secureon_bytes(password)
+    return {mac: SYNC_STREAM + bytes.fromhex(mac.replace(":", "")) * 16 + secret for mac in normalized_macs}
+
+
 def parse_magic_packet(data):
     """
     Parse a received magic packet.
@@ -122,15 +153,85 @@ def normalize_macs(macs, field="macs"):
     """
     if isinstance(macs, str):
         items = [m for m in macs.split(",") if m.strip()]
+    elif isinstance(macs, int) and not isinstance(macs, bool):
+        items = [macs]  # a digits-only MAC the salt CLI read as a number
     elif isinstance(macs, (list, tuple)):
         items = list(macs)
     else:
         raise WolError(f"{field}: expected a MAC, a comma-separated string or a list, got {macs!r}")
     if not items:
         raise WolError(f"{field}: no MAC address given")
-    result = []
+    result = {}  # dict: drops duplicates in O(1), keeps order
     for index, item in enumerate(items):
-        mac = normalize_mac(item, f"{field}[{index}]")
-        if mac not in result:
-            result.append(mac)
-    return result
+        result.setdefault(normalize_mac(item, f"{field}[{index}]"), None)
+    return list(result)
+
+
+def wake_plan(inventory, pi_id, kiosk_ids):
+    """
+    What one Pi sends to wake ``kiosk_ids``: a list of destinations, each
+    ``{"broadcast", "port", "source", "interface", "kiosks": {kiosk: mac}}``.
+
+    A Pi wakes only kiosks of its own campus (it is on their LAN); the
+    destination is the kiosk VLAN's subnet-directed broadcast, sent from the
+    Pi's address/interface on that VLAN when the inventory names one. Kiosk
+    ids of other campuses are left out (their own Pis wake them).
+    """
+    campus = next((c for c, s in inventory["campuses"].items() if pi_id in s["pis"]), None)
+    if campus is None:
+        raise WolError(f"pi: {pi_id!r} is not a Pi of any campus in the inventory")
+    spec = inventory["campuses"][campus]
+    pi_vlans = spec["pis"][pi_id]["vlans"]
+    destinations = {}
+    for kiosk_id in kiosk_ids:
+        kiosk = spec["kiosks"].get(kiosk_id)
+        if kiosk is None:
+            continue
+        vlan = kiosk["vlan"]
+        dest = destinations.setdefault(vlan, {
+            "vlan": vlan,
+            "broadcast": spec["vlans"][vlan]["broadcast"],
+            "port": spec["wol_port"],
+            "source": pi_vlans.get(vlan, {}).get("source"),
+            "interface": pi_vlans.get(vlan, {}).get("interface"),
+            "kiosks": {},
+        })
+        dest["kiosks"][kiosk_id] = kiosk["mac"]
+    return {"campus": campus, "destinations": [destinations[v] for v in sorted(destinations)]}
+
+
+def merge_wake_returns(selection, pi_returns, campus_pis):
+    """
+    Merge what each Pi reported sending into a per-kiosk view.
+
+    ``selection``: ``{campus: [kiosk ids]}``; ``pi_returns``: ``{pi: return
+    of kiosk_wol.wake_kiosks}`` for the Pis that answered (a non-dict return
+    is an error string from that Pi); ``campus_pis``: ``{campus: [pi ids]}``.
+    A kiosk is reached when at least one Pi sent it at least one packet.
+    """
+    kiosks = {}
+    for campus, kiosk_ids in selection.items():
+        for kiosk_id in kiosk_ids:
+            kiosks[kiosk_id] = {"campus": campus, "sent_by": {}}
+    pi_errors = {}
+    for pi_id, ret in pi_returns.items():
+        if not isinstance(ret, dict) or "kiosks" not in ret:
+            pi_errors[pi_id] = str(ret)
+            continue
+        for kiosk_id, sent in ret["kiosks"].items():
+            if kiosk_id in kiosks and sent.get("packets", 0) > 0:
+                kiosks[kiosk_id]["sent_by"][pi_id] = {
+                    k: sent[k] for k in ("to", "port", "packets", "source") if k in sent
+                }
+    expected_pis = sorted({p for c in selection for p in campus_pis.get(c, [])})
+    answered = sorted(p for p in pi_returns if p not in pi_errors)
+    unreached = sorted(k for k, v in kiosks.items() if not v["sent_by"])
+    return {
+        "result": not unreached,
+        "kiosks": kiosks,
+        "pis_answered": answered,
+        # no report: not answering, or answering with an error (pi_errors says which)
+        "pis_silent": sorted(set(expected_pis) - set(answered)),
+        "pi_errors": pi_errors,
+        "unreached": unreached,
+    }

@@ -33,6 +33,7 @@ import fleet_inventory  # noqa: E402
 
 DEFAULT_RUN_DIR = "/tmp/kiosk-lab"  # short: salt's unix sockets must stay < 107 chars
 TOP_ADDRESS = "127.0.100.1"
+DEMO_OFF_KIOSK = "kiosk-hillside-03"
 PACK_DIRS = ("_modules", "_states", "_runners", "_beacons", "_utils")
 BIN = pathlib.Path(sys.executable).parent
 
@@ -132,6 +133,9 @@ def write_configs(run, raw, inv):
                 "log_file": str(kiosk_dir / "minion.log"),
                 "user": user,
                 "grains": {"campus": campus, "kiosk_fleet_role": "kiosk"},
+                # at boot, announce kiosk/boot: the top master's reactor syncs the pack
+                "startup_states": "sls",
+                "sls_list": ["kiosk_fleet.boot"],
                 # the shutdown hook of a simulated kiosk: its power button
                 "kiosk_power": {
                     "shutdown_command": [sys.executable, "-m", "lab.kiosk_sim", "--run-dir", str(run),
@@ -179,11 +183,14 @@ def salt(run, *args, timeout=60):
         return {"_error": out.stdout + out.stderr}
 
 
-def wait_for_minions(run, expected, timeout):
+def wait_for_minions(run, expected, timeout, fun="test.ping"):
+    """Poll ``fun`` on every minion until each of ``expected`` answers True-ish."""
     deadline = time.time() + timeout
     answered = {}
     while time.time() < deadline:
-        answered = salt(run, "*", "test.ping", timeout=10)
+        answered = salt(run, "*", fun, timeout=10)
+        if fun != "test.ping":  # e.g. kiosk_power.status: any dict answer counts
+            answered = {k: isinstance(v, dict) for k, v in answered.items()}
         if set(expected) <= {k for k, v in answered.items() if v is True}:
             return answered
         time.sleep(2)
@@ -277,21 +284,45 @@ def cmd_status(args):
     return 0 if pids and all(alive(p) for p in pids.values()) else 1
 
 
+def salt_run(run, *args, timeout=120):
+    cmd = [str(BIN / "salt-run"), "-c", str(run / "top"), "--out=json", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        return out.returncode, json.loads(out.stdout or "{}")
+    except json.JSONDecodeError:
+        return out.returncode, {"_error": out.stdout + out.stderr}
+
+
 def cmd_demo(args):
+    """Up with one kiosk powered off, then wake it through its Pis and shut it down."""
+    args.off = args.off or DEMO_OFF_KIOSK
     status = cmd_up(args)
     if status:
         return status
     run = pathlib.Path(args.dir)
-    say(f"$ salt -c {run / 'top'} '*' test.ping")
+    top = f"-c {run / 'top'}"
+    say(f"$ salt {top} '*' test.ping      ({args.off} is powered off)")
     answered = salt(run, "*", "test.ping")
     for minion in sorted(answered):
         print(f"    {minion}: {answered[minion]}")
-    say(f"$ salt -c {run / 'top'} -G campus:riverside kiosk_fleet.whoami")
-    for minion, me in sorted(salt(run, "-G", "campus:riverside", "kiosk_fleet.whoami").items()):
-        where = me.get("kiosk", {}).get("location", "") if isinstance(me, dict) else me
-        print(f"    {minion}: {me.get('role') if isinstance(me, dict) else ''} {where}")
+    kiosk = args.off.split(",")[0]
+    say(f"$ salt-run {top} kiosk_power.wake kiosks={kiosk}")
+    code, report = salt_run(run, "kiosk_power.wake", f"kiosks={kiosk}")
+    for pi, sent in sorted(report.get("kiosks", {}).get(kiosk, {}).get("sent_by", {}).items()):
+        print(f"    {pi} sent {sent['packets']} magic packets to {sent['to']}:{sent['port']} from {sent['source']}")
+    if code:
+        say(f"wake failed: {report.get('error', report)}")
+        return code
+    # its boot state fires kiosk/boot; the top master's reactor syncs the pack to it
+    up = wait_for_minions(run, [kiosk], 120, fun="kiosk_power.status")
+    say(f"{kiosk} {'is up, pack synced by the kiosk/boot reactor' if up.get(kiosk) else 'did NOT come up'}")
+    say(f"$ salt-run {top} kiosk_power.shutdown kiosks={kiosk} delay_s=2")
+    code, report = salt_run(run, "kiosk_power.shutdown", f"kiosks={kiosk}", "delay_s=2", "message=Lab demo")
+    print(f"    accepted: {report.get('accepted')}  failed: {report.get('failed')}  silent: {report.get('silent')}")
+    time.sleep(4)
+    cmd_status(args)
     say("the lab stays up; stop it with: lab/kiosk-lab down")
-    return 0
+    return code
 
 
 def main(argv=None):

@@ -76,9 +76,11 @@ def salt_tree(short_root, fleet_inventory):
 
 
 @pytest.fixture(scope="session")
-def topology(salt_factories, salt_tree, fleet_inventory):
+def topology(salt_factories, salt_tree, fleet_inventory, short_root):
     started = []
     try:
+        power_dir = short_root / "power"
+        power_dir.mkdir(exist_ok=True)
         top = salt_factories.salt_master_daemon(
             "top",
             order_masters=True,
@@ -100,12 +102,14 @@ def topology(salt_factories, salt_tree, fleet_inventory):
             for kiosk_id, kiosk in sorted(spec["kiosks"].items()):
                 minion = pis[topo.home_pi(spec, kiosk_id)].master.salt_minion_daemon(
                     kiosk_id,
-                    overrides=topo.kiosk_minion_config(campus, kiosk),
+                    overrides=topo.kiosk_minion_config(campus, kiosk_id, power_dir),
                 )
                 minion.start()
                 started.append(minion)
                 kiosks[kiosk_id] = minion
-        fleet = topo.Topology(top=top, pis=pis, kiosks=kiosks, inventory=fleet_inventory, salt_tree=salt_tree)
+        fleet = topo.Topology(
+            top=top, pis=pis, kiosks=kiosks, inventory=fleet_inventory, salt_tree=salt_tree, power_dir=power_dir
+        )
         fleet.sync_all()
         yield fleet
     finally:

@@ -91,28 +91,43 @@ def test_lab_up_prints_the_config_dir_and_every_minion_answers(lab_run):
     }
 
 
-def test_magic_packet_powers_a_simulated_kiosk_on_and_the_hook_powers_it_off(lab_run):
+def salt_run(run, *args):
+    out = subprocess.run(
+        [str(BIN / "salt-run"), "-c", str(run / "top"), "--out=json", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    return out.returncode, json.loads(out.stdout or "{}")
+
+
+def sim_state(run):
+    return json.loads((run / "sim-state.json").read_text())
+
+
+def test_kiosk_power_wake_and_shutdown_cycle_a_simulated_kiosk(lab_run):
     run, _ = lab_run
     assert not port_open("127.0.3.13", 3389)
-    # a real magic packet to the kiosk's VLAN broadcast address (loopback)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.sendto(fleet_wol.magic_packet("52:54:00:20:03:03"), ("127.0.3.255", 40009))
+    code, report = salt_run(run, "kiosk_power.wake", f"kiosks={OFF_KIOSK}")
+    assert code == 0, report
+    assert sorted(report["kiosks"][OFF_KIOSK]["sent_by"]) == ["pi-hillside-1", "pi-hillside-2"]
     assert wait_for(lambda: port_open("127.0.3.13", 3389), 20), "service port did not open"
-    assert wait_for(lambda: salt(run, OFF_KIOSK, "test.ping").get(OFF_KIOSK) is True, 120, step=3)
-    state = json.loads((run / "sim-state.json").read_text())[OFF_KIOSK]
-    assert state["on"] and state["packets"] == 1
-    # a packet for a MAC on another VLAN does not wake it
-    state_before = json.loads((run / "sim-state.json").read_text())
+    # it boots, its startup state fires kiosk/boot, the top master's reactor
+    # syncs the pack to it: then kiosk_power answers
+    assert wait_for(lambda: isinstance(salt(run, OFF_KIOSK, "kiosk_power.status").get(OFF_KIOSK), dict), 120, step=3)
+    # two Pis x 3 repeats reached the simulated NIC; the first one woke it
+    assert sim_state(run)[OFF_KIOSK]["packets"] == 6
+    code, report = salt_run(run, "kiosk_power.shutdown", f"kiosks={OFF_KIOSK}", "delay_s=1")
+    assert code == 0, report
+    assert report["accepted"] == [OFF_KIOSK]
+    assert wait_for(lambda: not port_open("127.0.3.13", 3389), 30), "service port still open"
+    status = lab(run, "status")
+    assert f"{OFF_KIOSK:<24} power off" in status.stdout
+
+
+def test_a_magic_packet_on_the_wrong_vlan_wakes_nothing(lab_run):
+    run, _ = lab_run
+    before = sim_state(run)
+    # kiosk-riverside-01's MAC, broadcast on hillside's lobby VLAN
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(fleet_wol.magic_packet("52:54:00:10:01:01"), ("127.0.3.255", 40009))
     time.sleep(1)
-    assert json.loads((run / "sim-state.json").read_text()) == state_before
-    # the shutdown hook the kiosks' minion config points at
-    hook = subprocess.run(
-        [sys.executable, "-m", "lab.kiosk_sim", "--run-dir", str(run), "power-off", OFF_KIOSK, "--delay", "1"],
-        cwd=REPO, check=False,
-    )
-    assert hook.returncode == 0
-    assert wait_for(lambda: not port_open("127.0.3.13", 3389), 20), "service port still open"
-    status = lab(run, "status")
-    assert f"{OFF_KIOSK:<24} power off" in status.stdout
+    assert sim_state(run) == before

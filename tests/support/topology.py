@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import socket
+import sys
 
 import yaml
 
@@ -40,7 +41,11 @@ def two_campus_inventory(wol_port=None):
                         "hall": {"network": "127.0.1.0/24"},
                         "stairs": {"network": "127.0.2.0/24"},
                     },
-                    "pis": {"pi-east-1": {}, "pi-east-2": {}},
+                    # distinct source addresses: a listener can tell which Pi sent
+                    "pis": {
+                        "pi-east-1": {"vlans": {"hall": {"source": "127.0.1.2"}, "stairs": {"source": "127.0.2.2"}}},
+                        "pi-east-2": {"vlans": {"hall": {"source": "127.0.1.3"}, "stairs": {"source": "127.0.2.3"}}},
+                    },
                     "kiosks": {
                         "kiosk-east-01": {"mac": "52:54:00:e1:00:01", "ip": "127.0.1.11", "vlan": "hall",
                                           "location": "Ground floor hall"},
@@ -52,7 +57,10 @@ def two_campus_inventory(wol_port=None):
                     "timezone": "Asia/Shanghai",
                     "wol_port": wol_port,
                     "vlans": {"hall": {"network": "127.0.3.0/24"}},
-                    "pis": {"pi-west-1": {}, "pi-west-2": {}},
+                    "pis": {
+                        "pi-west-1": {"vlans": {"hall": {"source": "127.0.3.2"}}},
+                        "pi-west-2": {"vlans": {"hall": {"source": "127.0.3.3"}}},
+                    },
                     "kiosks": {
                         "kiosk-west-01": {"mac": "5254.00a1.0001", "ip": "127.0.3.11", "vlan": "hall",
                                           "location": "Emergency hall"},
@@ -124,8 +132,23 @@ def pi_minion_config(campus):
     }
 
 
-def kiosk_minion_config(campus, kiosk):
-    return {"grains": {"campus": campus, "kiosk_fleet_role": "kiosk"}}
+# The kiosks' "power button" in tests: records the argv it was called with.
+POWER_RECORDER = (
+    "import json, pathlib, sys; "
+    "pathlib.Path(sys.argv[1]).write_text(json.dumps(sys.argv[2:]))"
+)
+
+
+def kiosk_minion_config(campus, kiosk_id, power_dir):
+    record = str(pathlib.Path(power_dir) / f"{kiosk_id}.json")
+    return {
+        "grains": {"campus": campus, "kiosk_fleet_role": "kiosk"},
+        "kiosk_power": {
+            "shutdown_command": [sys.executable, "-c", POWER_RECORDER, record, "shutdown", "{delay}", "{message}"],
+            "reboot_command": [sys.executable, "-c", POWER_RECORDER, record, "reboot", "{delay}", "{message}"],
+            "abort_command": [sys.executable, "-c", POWER_RECORDER, record, "abort"],
+        },
+    }
 
 
 @dataclasses.dataclass
@@ -137,6 +160,7 @@ class Topology:
     kiosks: dict
     inventory: dict
     salt_tree: dict
+    power_dir: pathlib.Path
 
     @property
     def minion_ids(self):

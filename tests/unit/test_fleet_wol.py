@@ -21,7 +21,8 @@ def test_every_common_notation_gives_the_same_packet(notation):
 
 @pytest.mark.parametrize(
     "bad",
-    ["52:54:00:ab:cd", "52:54:00:ab:cd:eg", "52:54-00:ab:cd:ef", "5254.00ab.cde", "52:54:00:ab:cd:ef:01", "", None, 525400],
+    ["52:54:00:ab:cd", "52:54:00:ab:cd:eg", "52:54-00:ab:cd:ef", "5254.00ab.cde", "52:54:00:ab:cd:ef:01", "", None,
+     9 * 10**10, 10**12, True, 1.5],
 )
 def test_bad_mac_is_refused_with_the_value_named(bad):
     with pytest.raises(fleet_wol.WolError) as info:
@@ -91,3 +92,17 @@ def test_arbitrary_text_either_parses_to_a_mac_or_raises_woLerror(text):
     except fleet_wol.WolError:
         return
     assert len(bytes.fromhex(mac.replace(":", ""))) == 6
+
+
+@given(st.lists(st.integers(0, 59), min_size=5, max_size=5), st.integers(10, 99))
+def test_digit_only_mac_read_by_yaml_on_the_salt_cli_is_recovered(tail, first):
+    import yaml
+
+    text = ":".join(f"{p:02d}" for p in [first, *tail])
+    typed = yaml.safe_load(text)  # what `salt pi kiosk_wol.wake 52:54:00:10:01:01` passes on
+    assert isinstance(typed, int)
+    assert fleet_wol.normalize_mac(typed) == text
+
+
+def test_digit_only_bare_mac_read_as_an_int_is_recovered():
+    assert fleet_wol.normalize_mac(525400100101) == "52:54:00:10:01:01"

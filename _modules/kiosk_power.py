@@ -1,0 +1,122 @@
+"""
+Power control of a kiosk, run by its own minion: shutdown, reboot, abort,
+status.
+
+On Windows it uses Salt's ``system`` module (``system.shutdown`` with
+``in_seconds=True``: without it the timeout is read in minutes) and shows the
+message on screen. Elsewhere it runs a configurable command from the minion
+config, as an argument list (never a shell string)::
+
+    kiosk_power:
+      shutdown_command: ["/sbin/shutdown", "-h", "+{delay_min}", "{message}"]
+      reboot_command: ["/sbin/shutdown", "-r", "+{delay_min}", "{message}"]
+      abort_command: ["/sbin/shutdown", "-c"]
+      cwd: /
+
+Placeholders: ``{delay}`` (seconds), ``{delay_min}`` (minutes, rounded up),
+``{message}``, ``{id}``. The lab points ``shutdown_command`` at the kiosk
+simulator's power button.
+"""
+
+import logging
+import time
+
+try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_power
+except ImportError:  # pip-installed extension
+    from saltext_kiosk_fleet.utils import fleet_power
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kiosk_power"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _is_windows():
+    return __grains__.get("kernel") == "Windows"
+
+
+def _run(action, delay_s, message):
+    try:
+        delay_s, message = fleet_power.check_request(delay_s, message)
+    except ValueError as exc:
+        raise SaltInvocationError(str(exc)) from exc
+    if _is_windows():
+        fun, kwargs = fleet_power.windows_call(action, delay_s, message)
+        ok = __salt__[fun](**kwargs)
+        if not ok:
+            raise CommandExecutionError(f"{fun} refused: {kwargs}")
+        return {"action": action, "delay_s": delay_s, "via": fun}
+    config = __opts__.get("kiosk_power", {}) or {}
+    try:
+        argv = fleet_power.command(config, action, delay_s, message, __opts__["id"])
+    except ValueError as exc:
+        raise CommandExecutionError(str(exc)) from exc
+    ret = __salt__["cmd.run_all"](argv, python_shell=False, cwd=config.get("cwd"), ignore_retcode=True)
+    if ret["retcode"] != 0:
+        raise CommandExecutionError(f"{action} command {argv} failed ({ret['retcode']}): {ret['stderr'] or ret['stdout']}")
+    return {"action": action, "delay_s": delay_s, "via": argv}
+
+
+def shutdown(delay_s=60, message="This kiosk is shutting down for the night."):
+    """
+    Shut this kiosk down after ``delay_s`` seconds, showing ``message``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt kiosk-riverside-01 kiosk_power.shutdown delay_s=120 message='Closing at 22:00'
+    """
+    return _run("shutdown", delay_s, message)
+
+
+def reboot(delay_s=60, message="This kiosk restarts for maintenance."):
+    """
+    Reboot this kiosk after ``delay_s`` seconds, showing ``message``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt kiosk-riverside-01 kiosk_power.reboot delay_s=30
+    """
+    return _run("reboot", delay_s, message)
+
+
+def abort():
+    """
+    Cancel a pending shutdown or reboot.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt kiosk-riverside-01 kiosk_power.abort
+    """
+    return _run("abort", 0, "")
+
+
+def status():
+    """
+    Boot time and uptime of this kiosk.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'kiosk-*' kiosk_power.status --out=json
+    """
+    import psutil  # pylint: disable=import-outside-toplevel  (a Salt dependency)
+
+    booted = psutil.boot_time()
+    return {
+        "id": __opts__["id"],
+        "boot_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(booted)),
+        "uptime_s": int(time.time() - booted),
+    }

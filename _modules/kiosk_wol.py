@@ -1,0 +1,199 @@
+"""
+Wake-on-LAN from the campus Pis.
+
+Kiosks are consumer PCs with no out-of-band card: a magic packet from a
+machine on their LAN is the only way to power one on. Every Pi of a campus
+sends (any one alive suffices), each packet ``repeat`` times, to the kiosk
+VLAN's subnet-directed broadcast.
+"""
+
+import logging
+import socket
+import time
+
+try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_inventory
+    import fleet_wol
+except ImportError:  # pip-installed extension
+    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_wol
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kiosk_wol"
+
+DEFAULT_REPEAT = 3
+DEFAULT_SPACING_MS = 100
+MAX_REPEAT = 20
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _check_repeat(repeat, spacing_ms):
+    try:
+        repeat = int(repeat)
+        spacing_ms = float(spacing_ms)
+    except (TypeError, ValueError) as exc:
+        raise SaltInvocationError(f"repeat/spacing_ms: not a number ({exc})") from exc
+    if not 1 <= repeat <= MAX_REPEAT:
+        raise SaltInvocationError(f"repeat: {repeat} is outside 1-{MAX_REPEAT}")
+    if not 0 <= spacing_ms <= 5000:
+        raise SaltInvocationError(f"spacing_ms: {spacing_ms} is outside 0-5000")
+    return repeat, spacing_ms
+
+
+def _check_destination(address, port, source):
+    import ipaddress  # pylint: disable=import-outside-toplevel
+
+    try:
+        address = str(ipaddress.IPv4Address(str(address)))
+    except ValueError as exc:
+        raise SaltInvocationError(f"broadcast: {address!r} is not an IPv4 address") from exc
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            port = -1
+        if not 1 <= port <= 65535:
+            raise SaltInvocationError(f"port: {port!r} is not a UDP port (1-65535)")
+    if source is not None:
+        try:
+            source = str(ipaddress.IPv4Address(str(source)))
+        except ValueError as exc:
+            raise SaltInvocationError(f"source: {source!r} is not an IPv4 address") from exc
+    return address, port, source
+
+
+def _send(destinations, repeat, spacing_ms):
+    """
+    Send every destination's packets ``repeat`` rounds, ``spacing_ms`` apart.
+    One socket per destination, closed afterwards. Returns packets sent per
+    (destination index, mac).
+    """
+    sockets = []
+    sent = {}
+    try:
+        for dest in destinations:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            if dest.get("interface"):
+                # one interface per VLAN on the Pi; needs CAP_NET_RAW (the minion runs as root)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dest["interface"].encode())
+            if dest.get("source"):
+                sock.bind((dest["source"], 0))
+        for round_no in range(repeat):
+            if round_no:
+                time.sleep(spacing_ms / 1000.0)
+            for index, (dest, sock) in enumerate(zip(destinations, sockets)):
+                address = (dest["broadcast"], dest["port"])
+                for mac, packet in dest["packets"].items():
+                    try:
+                        sock.sendto(packet, address)
+                    except OSError as exc:  # one bad route must not stop the other VLANs
+                        log.warning("WoL to %s:%s for %s failed: %s", dest["broadcast"], dest["port"], mac, exc)
+                        continue
+                    sent[(index, mac)] = sent.get((index, mac), 0) + 1
+    except OSError as exc:
+        raise CommandExecutionError(f"WoL socket setup failed: {exc}") from exc
+    finally:
+        for sock in sockets:
+            sock.close()
+    return sent
+
+
+def wake(
+    macs,
+    broadcast="255.255.255.255",
+    port=9,
+    repeat=DEFAULT_REPEAT,
+    spacing_ms=DEFAULT_SPACING_MS,
+    source=None,
+    interface=None,
+    password=None,
+):
+    """
+    Send magic packets for one or many MACs.
+
+    macs
+        One MAC, a comma-separated string or a list; any notation
+        (``aa:bb:cc:dd:ee:ff``, ``aa-bb-..``, ``aabb.ccdd.eeff``, bare hex).
+        A request with one bad MAC is refused whole: nothing is sent.
+    broadcast
+        Destination address: the subnet-directed broadcast of the kiosks' VLAN
+        (e.g. ``10.20.1.255``); default the limited broadcast.
+    port
+        UDP port (9 by default; 7 on some BIOSes).
+    repeat, spacing_ms
+        Each packet is sent ``repeat`` times, ``spacing_ms`` apart.
+    source, interface
+        Send from this local address / bind to this interface (VLAN).
+    password
+        SecureOn password (6 bytes like a MAC, or 4 as ``a.b.c.d``).
+
+    Returns one entry per MAC: what was sent where.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pi-riverside-1 kiosk_wol.wake 52:54:00:10:01:01 broadcast=10.20.1.255
+        salt pi-riverside-1 kiosk_wol.wake '["5254.0010.0101", "525400100102"]' repeat=5
+    """
+    try:
+        normalized = fleet_wol.normalize_macs(macs)
+        packets = fleet_wol.magic_packets(normalized, password)
+    except fleet_wol.WolError as exc:
+        raise SaltInvocationError(str(exc)) from exc
+    repeat, spacing_ms = _check_repeat(repeat, spacing_ms)
+    broadcast, port, source = _check_destination(broadcast, port, source)
+    dest = {"broadcast": broadcast, "port": port, "source": source, "interface": interface, "packets": packets}
+    sent = _send([dest], repeat, spacing_ms)
+    return [
+        {"mac": mac, "to": broadcast, "port": port, "source": source, "packets": sent.get((0, mac), 0)}
+        for mac in normalized
+    ]
+
+
+def wake_kiosks(kiosks=None, campus=None, repeat=DEFAULT_REPEAT, spacing_ms=DEFAULT_SPACING_MS):
+    """
+    Wake kiosks by id or by campus, from this Pi, looking MACs and VLANs up in
+    the ``kiosk_fleet`` pillar. Kiosks of other campuses are skipped (their
+    own Pis wake them), so one job can target the Pis of several campuses.
+
+    Returns ``{"pi": ..., "campus": ..., "kiosks": {kiosk: {mac, to, port,
+    source, packets}}}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'pi-riverside-*' kiosk_wol.wake_kiosks campus=riverside
+        salt 'pi-riverside-*' kiosk_wol.wake_kiosks kiosks=kiosk-riverside-10,kiosk-riverside-11
+    """
+    repeat, spacing_ms = _check_repeat(repeat, spacing_ms)
+    try:
+        inventory = fleet_inventory.validate(__pillar__.get(fleet_inventory.PILLAR_KEY))
+        selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
+        plan = fleet_wol.wake_plan(inventory, __opts__["id"], [k for ids in selection.values() for k in ids])
+    except (fleet_inventory.InventoryError, fleet_wol.WolError) as exc:
+        raise SaltInvocationError(str(exc)) from exc
+    destinations = [
+        dict(dest, packets=fleet_wol.magic_packets(dest["kiosks"].values()))
+        for dest in plan["destinations"]
+    ]
+    sent = _send(destinations, repeat, spacing_ms)
+    result = {}
+    for index, dest in enumerate(destinations):
+        for kiosk_id, mac in dest["kiosks"].items():
+            result[kiosk_id] = {
+                "mac": mac,
+                "to": dest["broadcast"],
+                "port": dest["port"],
+                "source": dest["source"],
+                "packets": sent.get((index, mac), 0),
+            }
+    return {"pi": __opts__["id"], "campus": plan["campus"], "kiosks": result}

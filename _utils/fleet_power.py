@@ -1,0 +1,77 @@
+"""
+Kiosk power requests: validation and how each platform is asked. Pure.
+"""
+
+import math
+
+__virtualname__ = "fleet_power"
+
+MAX_DELAY_S = 24 * 3600
+MAX_MESSAGE = 512  # Windows' shutdown dialog truncates long messages
+ACTIONS = ("shutdown", "reboot", "abort")
+DEFAULT_COMMANDS = {
+    "shutdown": ["/sbin/shutdown", "-h", "+{delay_min}", "{message}"],
+    "reboot": ["/sbin/shutdown", "-r", "+{delay_min}", "{message}"],
+    "abort": ["/sbin/shutdown", "-c"],
+}
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def check_request(delay_s, message):
+    """Return ``(delay_s as int, message as str)`` or raise ValueError naming the field."""
+    try:
+        delay = int(delay_s)
+    except (TypeError, ValueError):
+        raise ValueError(f"delay_s: {delay_s!r} is not a number of seconds") from None
+    if isinstance(delay_s, float) and delay_s != delay:
+        raise ValueError(f"delay_s: {delay_s!r} is not a whole number of seconds")
+    if not 0 <= delay <= MAX_DELAY_S:
+        raise ValueError(f"delay_s: {delay} is outside 0-{MAX_DELAY_S}")
+    if message is None:
+        message = ""
+    if not isinstance(message, str):
+        raise ValueError(f"message: expected text, got {type(message).__name__}")
+    if len(message) > MAX_MESSAGE:
+        raise ValueError(f"message: {len(message)} characters, at most {MAX_MESSAGE}")
+    return delay, message
+
+
+def windows_call(action, delay_s, message):
+    """
+    ``(function, kwargs)`` for Salt's win_system module. Reboot goes through
+    ``system.shutdown(reboot=True)`` too: ``system.reboot`` cannot show a message.
+    """
+    if action == "abort":
+        return "system.shutdown_abort", {}
+    if action not in ACTIONS:
+        raise ValueError(f"action: {action!r} is not one of {', '.join(ACTIONS)}")
+    return "system.shutdown", {
+        "message": message,
+        "timeout": delay_s,
+        "in_seconds": True,  # without it win_system reads the timeout in minutes
+        "force_close": True,  # the kiosk app must not veto the shutdown
+        "reboot": action == "reboot",
+    }
+
+
+def command(config, action, delay_s, message, minion_id):
+    """The argument list for ``action`` from the minion's ``kiosk_power`` config."""
+    if action not in ACTIONS:
+        raise ValueError(f"action: {action!r} is not one of {', '.join(ACTIONS)}")
+    template = (config or {}).get(f"{action}_command", DEFAULT_COMMANDS[action])
+    if not isinstance(template, list) or not template or not all(isinstance(a, str) for a in template):
+        raise ValueError(f"kiosk_power:{action}_command: expected a list of strings, got {template!r}")
+    values = {
+        "delay": str(delay_s),
+        "delay_min": str(math.ceil(delay_s / 60)),
+        "message": message,
+        "id": minion_id,
+    }
+    # str.format on each argument alone: a message can never split into more arguments
+    try:
+        return [arg.format(**values) for arg in template]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"kiosk_power:{action}_command: bad placeholder {exc} in {template!r}") from exc
