@@ -30,7 +30,7 @@ def inventory():
         salt 'pi-*' kiosk_fleet.inventory
     """
     try:
-        return fleet_inventory.validate(__pillar__.get(fleet_inventory.PILLAR_KEY))
+        return fleet_inventory.from_pillar(__pillar__)
     except fleet_inventory.InventoryError as exc:
         raise CommandExecutionError(f"invalid kiosk_fleet pillar: {exc}") from exc
 

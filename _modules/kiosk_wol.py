@@ -7,6 +7,7 @@ sends (any one alive suffices), each packet ``repeat`` times, to the kiosk
 VLAN's subnet-directed broadcast.
 """
 
+import ipaddress
 import logging
 import socket
 import time
@@ -46,25 +47,23 @@ def _check_repeat(repeat, spacing_ms):
 
 
 def _check_destination(address, port, source):
-    import ipaddress  # pylint: disable=import-outside-toplevel
-
-    try:
-        address = str(ipaddress.IPv4Address(str(address)))
-    except ValueError as exc:
-        raise SaltInvocationError(f"broadcast: {address!r} is not an IPv4 address") from exc
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+    """Validated ``(broadcast, port, source)``; SaltInvocationError names the bad field."""
+    checked = []
+    for field, value in (("broadcast", address), ("source", source)):
+        if value is None and field == "source":
+            checked.append(None)
+            continue
         try:
-            port = int(port)
-        except (TypeError, ValueError):
-            port = -1
-        if not 1 <= port <= 65535:
-            raise SaltInvocationError(f"port: {port!r} is not a UDP port (1-65535)")
-    if source is not None:
-        try:
-            source = str(ipaddress.IPv4Address(str(source)))
+            checked.append(str(ipaddress.IPv4Address(str(value))))
         except ValueError as exc:
-            raise SaltInvocationError(f"source: {source!r} is not an IPv4 address") from exc
-    return address, port, source
+            raise SaltInvocationError(f"{field}: {value!r} is not an IPv4 address") from exc
+    try:
+        port_no = int(port)
+    except (TypeError, ValueError):
+        port_no = -1
+    if isinstance(port, bool) or not 1 <= port_no <= 65535:
+        raise SaltInvocationError(f"port: {port!r} is not a UDP port (1-65535)")
+    return checked[0], port_no, checked[1]
 
 
 def _send(destinations, repeat, spacing_ms):
@@ -176,7 +175,7 @@ def wake_kiosks(kiosks=None, campus=None, repeat=DEFAULT_REPEAT, spacing_ms=DEFA
     """
     repeat, spacing_ms = _check_repeat(repeat, spacing_ms)
     try:
-        inventory = fleet_inventory.validate(__pillar__.get(fleet_inventory.PILLAR_KEY))
+        inventory = fleet_inventory.from_pillar(__pillar__)
         selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
         plan = fleet_wol.wake_plan(inventory, __opts__["id"], [k for ids in selection.values() for k in ids])
     except (fleet_inventory.InventoryError, fleet_wol.WolError) as exc:

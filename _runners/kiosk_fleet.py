@@ -24,8 +24,7 @@ def __virtual__():
 
 def _load_inventory():
     """The validated inventory from the master's pillar (raises InventoryError)."""
-    pillar = __salt__["pillar.show_pillar"]()
-    return fleet_inventory.validate(pillar.get(fleet_inventory.PILLAR_KEY))
+    return fleet_inventory.from_pillar(__salt__["pillar.show_pillar"]())
 
 
 def inventory():

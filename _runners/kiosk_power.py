@@ -26,7 +26,7 @@ def __virtual__():
 
 
 def _selection(kiosks, campus):
-    inventory = fleet_inventory.validate(__salt__["pillar.show_pillar"]().get(fleet_inventory.PILLAR_KEY))
+    inventory = fleet_inventory.from_pillar(__salt__["pillar.show_pillar"]())
     return inventory, fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
 
 

@@ -213,6 +213,16 @@ def validate(data):
     return {"campuses": campuses}
 
 
+def from_pillar(pillar):
+    """
+    Validate the inventory held in a pillar (under ``kiosk_fleet``): a dict,
+    or a module's ``__pillar__`` (a loader context object with ``get``).
+    """
+    if not callable(getattr(pillar, "get", None)):
+        raise InventoryError(f"pillar: expected a mapping, got {type(pillar).__name__}")
+    return validate(pillar.get(PILLAR_KEY))
+
+
 def _as_list(value, field):
     if value is None or value == "":
         return []

@@ -9,6 +9,7 @@ kiosk minions under the Pis, all loaded with the pack the classic way
 """
 
 import logging
+import os
 import pathlib
 import shutil
 import tempfile
@@ -29,6 +30,17 @@ def pytest_configure(config):
     log_server = config.pluginmanager.get_plugin("saltfactories-log-server")
     if log_server is not None:
         log_server.log_host = "127.0.0.1"
+
+
+def pytest_unconfigure(config):
+    # Salt's temporary console handler queues every record it sees in this
+    # process (daemon logs forwarded by the saltfactories log server) and
+    # writes them at exit, after pytest closed stderr: pages of "Logging
+    # error" after the summary line. pytest already captured those records.
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
+    for handler in logging.root.handlers:
+        if type(handler).__name__ == "DeferredStreamHandler":
+            handler.setStream(devnull)
 
 
 @pytest.fixture(scope="session")

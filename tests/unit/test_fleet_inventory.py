@@ -98,3 +98,11 @@ def test_select_kiosks(raw):
         fleet_inventory.select_kiosks(inv)
     assert fleet_inventory.pis_of(inv, "east") == ["pi-east-1", "pi-east-2"]
     assert fleet_inventory.campus_of(inv, "pi-west-2") == "west"
+
+
+def test_from_pillar_reads_the_kiosk_fleet_key(raw):
+    assert fleet_inventory.from_pillar({"kiosk_fleet": raw, "other": 1})["campuses"]["east"]["wol_port"] == 40009
+    with pytest.raises(fleet_inventory.InventoryError, match="pillar: expected a mapping"):
+        fleet_inventory.from_pillar(None)
+    with pytest.raises(fleet_inventory.InventoryError, match="holds no campus"):
+        fleet_inventory.from_pillar({})

@@ -1,0 +1,111 @@
+"""
+Environment status of the campus Pis, from the top master.
+
+``kiosk_env.status`` asks every Pi for a reading (``kiosk_env.read``, through
+the syndics), keeps the last good reading of each Pi in the master's cache,
+and answers from that cache, marked stale, for a Pi that did not answer.
+``kiosk_env.notify`` is what the ``kiosk_env_alert`` reactor calls.
+"""
+
+import logging
+import time
+
+try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_env
+    import fleet_inventory
+    import fleet_runner
+except ImportError:  # pip-installed extension
+    from saltext_kiosk_fleet.utils import fleet_env, fleet_inventory, fleet_runner
+
+import salt.cache
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kiosk_env"
+
+CACHE_BANK = "kiosk_env"
+CACHE_KEY = "readings"
+DEFAULT_STALE_S = 600
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _campus_pis(campus):
+    inventory = fleet_inventory.validate(__salt__["pillar.show_pillar"]().get(fleet_inventory.PILLAR_KEY))
+    if campus is None or campus == "":
+        names = sorted(inventory["campuses"])
+    elif isinstance(campus, (list, tuple)):
+        names = [str(c) for c in campus]
+    else:
+        names = [c.strip() for c in str(campus).split(",") if c.strip()]
+    return {name: fleet_inventory.pis_of(inventory, name) for name in names}
+
+
+def status(campus=None, stale_s=DEFAULT_STALE_S, timeout=30):
+    """
+    Latest temperature/humidity/smoke of every Pi, grouped by campus.
+
+    Pis that do not answer are shown with their last cached reading,
+    ``stale: true`` when it is older than ``stale_s`` seconds (default 600).
+    Fails (exit code 1) when a Pi has no fresh reading or a sensor error;
+    Pis with a value out of range are listed under ``alerting``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_env.status
+        salt-run kiosk_env.status campus=riverside stale_s=300 --out=json
+    """
+    try:
+        stale_s = float(stale_s)
+    except (TypeError, ValueError):
+        return fleet_runner.fail(__context__, f"stale_s: {stale_s!r} is not a number of seconds")
+    try:
+        campus_pis = _campus_pis(campus)
+    except fleet_inventory.InventoryError as exc:
+        return fleet_runner.fail(__context__, exc)
+    pis = sorted({p for ids in campus_pis.values() for p in ids})
+    returns = __salt__["salt.execute"](pis, "kiosk_env.read", tgt_type="list", timeout=int(timeout)) or {}
+    cache = salt.cache.factory(__opts__)
+    cached = cache.fetch(CACHE_BANK, CACHE_KEY) or {}
+    fresh = {p: r for p, r in returns.items() if isinstance(r, dict) and isinstance(r.get("at"), (int, float))}
+    if fresh:
+        cached.update(fresh)
+        cache.store(CACHE_BANK, CACHE_KEY, cached)
+    try:
+        report = fleet_env.status_report(campus_pis, returns, cached, time.time(), stale_s)
+    except fleet_env.EnvError as exc:
+        return fleet_runner.fail(__context__, exc)
+    bad = sorted(set(report["stale"]) | set(report["missing"]) | set(report["failing"]))
+    report["result"] = not bad
+    if bad:
+        report["error"] = (
+            f"no fresh reading from {', '.join(sorted(set(report['stale']) | set(report['missing']))) or 'none'};"
+            f" sensor errors on {', '.join(report['failing']) or 'none'}"
+        )
+    return fleet_runner.finish(__context__, report)
+
+
+def notify(tag=None, data=None, timeout=5):
+    """
+    Post a kiosk_env beacon event (alert, clear, sensor_error) to the webhook
+    in the master config ``kiosk_fleet_alerts: {webhook_url: ...}``. Smoke
+    alerts are ``severity: critical``. One attempt, ``timeout`` seconds: the
+    beacon only fires on a crossing, so there is nothing to retry into a storm.
+    Called by ``reactor/kiosk_env_alert.sls``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_env.notify tag=salt/beacon/pi-riverside-1/kiosk_env/alert \\
+            data='{"id": "pi-riverside-1", "metric": "smoke", "value": true}'
+    """
+    try:
+        payload = fleet_env.alert_payload(tag, data)
+    except fleet_env.EnvError as exc:
+        return fleet_runner.fail(__context__, exc)
+    return __salt__["kiosk_alert.post"](payload, timeout=timeout)
