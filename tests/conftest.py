@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.support import topology as topo
+from tests.support.webhook import Webhook
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,24 @@ def salt_tree(short_root, fleet_inventory):
 
 
 @pytest.fixture(scope="session")
-def topology(salt_factories, salt_tree, fleet_inventory, short_root):
+def webhook():
+    """The alert webhook: a real HTTP server on 127.0.0.1."""
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="session")
+def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook):
     started = []
     try:
         power_dir = short_root / "power"
         power_dir.mkdir(exist_ok=True)
+        env_dir = short_root / "env"
         top = salt_factories.salt_master_daemon(
             "top",
             order_masters=True,
-            overrides=topo.top_master_config(REPO, salt_tree),
+            overrides=topo.top_master_config(REPO, salt_tree, webhook.url),
         )
         top.start()
         started.append(top)
@@ -106,7 +116,7 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root):
                 syndic = top.salt_syndic_daemon(
                     pi_id,
                     master_overrides=topo.pi_master_config(salt_tree),
-                    minion_overrides=topo.pi_minion_config(campus),
+                    minion_overrides=topo.pi_minion_config(campus, pi_id, env_dir),
                 )
                 syndic.start()
                 started.append(syndic)
@@ -120,7 +130,8 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root):
                 started.append(minion)
                 kiosks[kiosk_id] = minion
         fleet = topo.Topology(
-            top=top, pis=pis, kiosks=kiosks, inventory=fleet_inventory, salt_tree=salt_tree, power_dir=power_dir
+            top=top, pis=pis, kiosks=kiosks, inventory=fleet_inventory, salt_tree=salt_tree,
+            power_dir=power_dir, env_dir=env_dir, webhook=webhook,
         )
         fleet.sync_all()
         yield fleet

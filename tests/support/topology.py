@@ -103,7 +103,8 @@ def write_salt_tree(repo, dest, inventory):
     }
 
 
-def top_master_config(repo, tree):
+def top_master_config(repo, tree, webhook_url):
+    reactor_dir = pathlib.Path(repo) / "reactor"
     return {
         "file_roots": tree["file_roots"],
         "pillar_roots": tree["pillar_roots"],
@@ -112,7 +113,11 @@ def top_master_config(repo, tree):
         "syndic_wait": SYNDIC_WAIT,
         # kiosk events reach the top master twice (plain and syndic/<pi>/...):
         # reactors match the plain tag only
-        "reactor": [{"kiosk/boot": [str(pathlib.Path(repo) / "reactor" / "kiosk_boot.sls")]}],
+        "reactor": [
+            {"kiosk/boot": [str(reactor_dir / "kiosk_boot.sls")]},
+            {"salt/beacon/*/kiosk_env/alert": [str(reactor_dir / "kiosk_env_alert.sls")]},
+        ],
+        "kiosk_fleet_alerts": {"webhook_url": webhook_url, "timeout": 5},
     }
 
 
@@ -125,11 +130,41 @@ def pi_master_config(tree):
     }
 
 
-def pi_minion_config(campus):
-    return {
+# The Pi whose kiosk_env beacon runs in the topology, on a fake IIO sysfs tree
+ENV_PI = "pi-east-1"
+
+
+def write_fake_dht11(sysfs_root, temp_milli_c=22000, humidity_milli_pct=45000):
+    """A DHT11 as the kernel IIO driver shows it, at a non-zero device index."""
+    device = pathlib.Path(sysfs_root) / "bus" / "iio" / "devices" / "iio:device3"
+    device.mkdir(parents=True, exist_ok=True)
+    (device / "name").write_text("dht11\n")
+    (device / "in_temp_input").write_text(f"{temp_milli_c}\n")
+    (device / "in_humidityrelative_input").write_text(f"{humidity_milli_pct}\n")
+    return device
+
+
+def pi_minion_config(campus, pi_id, env_dir):
+    config = {
         "publish_port": PI_MINION_PUBLISH_PORT,
         "grains": {"campus": campus, "kiosk_fleet_role": "pi"},
     }
+    if pi_id == ENV_PI:
+        write_fake_dht11(pathlib.Path(env_dir) / "sys")
+        # node_exporter's textfile directory exists before the beacon writes to it
+        (pathlib.Path(env_dir) / "prom").mkdir(parents=True, exist_ok=True)
+        config["beacons"] = {
+            "kiosk_env": [
+                {"interval": 1},
+                {"sysfs_root": str(pathlib.Path(env_dir) / "sys")},
+                {"temperature": [5, 32]},
+                {"humidity": [20, 80]},
+                {"smoke": False},
+                {"textfile_dir": str(pathlib.Path(env_dir) / "prom")},
+                {"campus": campus},
+            ]
+        }
+    return config
 
 
 # The kiosks' "power button" in tests: records the argv it was called with.
@@ -161,6 +196,8 @@ class Topology:
     inventory: dict
     salt_tree: dict
     power_dir: pathlib.Path
+    env_dir: pathlib.Path
+    webhook: object
 
     @property
     def minion_ids(self):
