@@ -58,7 +58,7 @@ def _campus(cfg):
     if __grains__.get("campus"):
         return str(__grains__["campus"])
     try:
-        inventory = fleet_inventory.validate(__pillar__.get(fleet_inventory.PILLAR_KEY))
+        inventory = fleet_inventory.from_pillar(__pillar__)
         return fleet_inventory.campus_of(inventory, __opts__["id"])
     except fleet_inventory.InventoryError:
         return "unknown"

@@ -33,7 +33,7 @@ def __virtual__():
 
 
 def _campus_pis(campus):
-    inventory = fleet_inventory.validate(__salt__["pillar.show_pillar"]().get(fleet_inventory.PILLAR_KEY))
+    inventory = fleet_inventory.from_pillar(__salt__["pillar.show_pillar"]())
     if campus is None or campus == "":
         names = sorted(inventory["campuses"])
     elif isinstance(campus, (list, tuple)):

@@ -25,6 +25,11 @@ import re
 import tempfile
 import time
 
+try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_fields
+except ImportError:  # pip-installed extension
+    from saltext_kiosk_fleet.utils import fleet_fields
+
 __virtualname__ = "fleet_env"
 
 DEFAULT_SYSFS_ROOT = "/sys"
@@ -46,21 +51,15 @@ SALT_BEACON_KEYS = {"interval", "enabled", "_beacon_name", "beacon_module", "run
 CONFIG_KEYS = {"sysfs_root", "gpio", "temperature", "humidity", "smoke", "hysteresis", "warmup_s",
                "retries", "error_after", "report_every", "textfile_dir", "campus"}
 GPIO_KEYS = {"chip_label", "line", "active_low", "dev_dir"}
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_LABEL = fleet_fields.NAME
 
 
 def __virtual__():
     return __virtualname__
 
 
-class EnvError(ValueError):
+class EnvError(fleet_fields.FieldErrors):
     """Bad configuration or a bad reading; the message names the key or file."""
-
-    def __init__(self, errors):
-        if isinstance(errors, str):
-            errors = [errors]
-        self.errors = list(errors)
-        super().__init__("; ".join(self.errors))
 
 
 class SensorMissing(EnvError):

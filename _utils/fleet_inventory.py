@@ -23,13 +23,13 @@ listing every problem, each naming the field (``campuses.east.kiosks.k1.mac``).
 """
 
 import ipaddress
-import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_fields
     import fleet_wol
 except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_wol
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_wol
 
 __virtualname__ = "fleet_inventory"
 
@@ -38,21 +38,15 @@ DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_WOL_PORT = 9
 DEFAULT_SERVICE_PORT = 3389
 # Salt minion ids and campus names: letters, digits, dot, dash, underscore
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = fleet_fields.NAME
 
 
 def __virtual__():
     return __virtualname__
 
 
-class InventoryError(ValueError):
+class InventoryError(fleet_fields.FieldErrors):
     """The inventory is invalid, or a request names something it does not hold."""
-
-    def __init__(self, errors):
-        if isinstance(errors, str):
-            errors = [errors]
-        self.errors = list(errors)
-        super().__init__("; ".join(self.errors))
 
 
 def _port(value, field, errors):
@@ -77,13 +71,7 @@ def _name(value, field, errors):
     return True
 
 
-def _mapping(value, field, errors):
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        errors.append(f"{field}: expected a mapping, got {type(value).__name__}")
-        return {}
-    return value
+_mapping = fleet_fields.mapping
 
 
 def _validate_vlans(campus, raw, errors):

@@ -111,6 +111,11 @@ import math
 import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_fields
+except ImportError:  # pip-installed extension
+    from saltext_kiosk_fleet.utils import fleet_fields
+
 __virtualname__ = "fleet_schedule"
 
 PILLAR_KEY = "kiosk_fleet_schedules"
@@ -119,7 +124,7 @@ ON, OFF, UNMANAGED = "on", "off", "unmanaged"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MAX_SPAN = _dt.timedelta(days=400)  # transitions(): longest range asked at once
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = fleet_fields.NAME
 _TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RULE_KEYS = ("name", "weekly", "always", "dates", "comment")
@@ -133,26 +138,14 @@ def __virtual__():
     return __virtualname__
 
 
-class ScheduleError(ValueError):
+class ScheduleError(fleet_fields.FieldErrors):
     """The schedule is invalid, or a call's arguments are."""
-
-    def __init__(self, errors):
-        if isinstance(errors, str):
-            errors = [errors]
-        self.errors = list(errors)
-        super().__init__("; ".join(self.errors))
 
 
 # ---------------------------------------------------------------- parsing
 
 
-def _mapping(value, field, errors):
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        errors.append(f"{field}: expected a mapping, got {type(value).__name__}")
-        return {}
-    return value
+_mapping = fleet_fields.mapping
 
 
 def _list(value, field, errors):

@@ -316,6 +316,10 @@ def cmd_demo(args):
     # its boot state fires kiosk/boot; the top master's reactor syncs the pack to it
     up = wait_for_minions(run, [kiosk], 120, fun="kiosk_power.status")
     say(f"{kiosk} {'is up, pack synced by the kiosk/boot reactor' if up.get(kiosk) else 'did NOT come up'}")
+    say(f"$ salt {top} '*' test.ping      (every kiosk, each through its Pi)")
+    answered = salt(run, "*", "test.ping")
+    for minion in sorted(answered):
+        print(f"    {minion}: {answered[minion]}")
     say(f"$ salt-run {top} kiosk_power.shutdown kiosks={kiosk} delay_s=2")
     code, report = salt_run(run, "kiosk_power.shutdown", f"kiosks={kiosk}", "delay_s=2", "message=Lab demo")
     print(f"    accepted: {report.get('accepted')}  failed: {report.get('failed')}  silent: {report.get('silent')}")

@@ -29,13 +29,24 @@ def test_grain_targeting_reaches_one_campus_behind_the_syndics(topology):
     assert sorted(result.data) == sorted(list(east["pis"]) + list(east["kiosks"]))
 
 
-def test_pack_modules_are_synced_to_every_minion(topology):
-    result = topology.salt("sys.list_modules", tgt="*")
+def test_pack_is_synced_to_every_minion(topology):
+    result = topology.salt("saltutil.list_extmods", tgt="*")
     assert result.returncode == 0, result
     assert sorted(result.data) == topology.minion_ids
+    for minion_id, extmods in result.data.items():
+        for folder, kind in (("_modules", "modules"), ("_utils", "utils"), ("_beacons", "beacons"), ("_states", "states")):
+            missing = set(pack_names(folder)) - set(extmods.get(kind, []))
+            assert not missing, f"{minion_id} lacks {kind} {missing}"
+
+
+def test_platform_independent_modules_load_everywhere(topology):
+    # kiosk_reg needs Windows or Wine, kiosk_scan needs nmap: their __virtual__
+    # may decline; these must load on every minion
+    result = topology.salt("sys.list_modules", tgt="*")
+    assert result.returncode == 0, result
     for minion_id, modules in result.data.items():
-        missing = set(pack_names("_modules")) - set(modules)
-        assert not missing, f"{minion_id} lacks {missing}"
+        missing = {"kiosk_fleet", "kiosk_power", "kiosk_wol", "kiosk_env"} - set(modules)
+        assert not missing, f"{minion_id} did not load {missing}"
 
 
 def test_kiosk_knows_its_place_in_the_fleet(topology):

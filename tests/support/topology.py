@@ -28,10 +28,25 @@ def free_udp_port():
         return sock.getsockname()[1]
 
 
-def two_campus_inventory(wol_port=None):
-    """Two campuses, two Pis and two kiosks each, VLANs on 127.0.x.0/24."""
+def free_tcp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_campus_inventory(wol_port=None, service_port=None):
+    """
+    Two campuses, two Pis and two kiosks each, VLANs on 127.0.x.0/24.
+
+    Called with no arguments (the session topology), the kiosks' service port
+    is a free TCP port (the lab's kiosks listen on 3389 at the same loopback
+    addresses); with an explicit ``wol_port`` (unit tests) it stays the
+    inventory default, 3389, unless ``service_port`` is given.
+    """
+    if service_port is None and wol_port is None:
+        service_port = free_tcp_port()
     wol_port = wol_port or free_udp_port()
-    return {
+    inventory = {
         "kiosk_fleet": {
             "campuses": {
                 "east": {
@@ -71,6 +86,32 @@ def two_campus_inventory(wol_port=None):
             }
         }
     }
+    if service_port is not None:
+        for campus in inventory["kiosk_fleet"]["campuses"].values():
+            campus["service_port"] = service_port
+    return inventory
+
+
+# Power schedules of the topology (pillar kiosk_fleet_schedules): only on
+# 2027-03-01 (a Monday, Asia/Shanghai) are east's kiosks managed: kiosk-east-01
+# on 07:00-22:00, kiosk-east-02 on 09:00-22:00. Every other day, and campus
+# west, is unmanaged, so no other test is affected by a sweep.
+SWEEP_DAY = "2027-03-01"
+SWEEP_SCHEDULES = {
+    "kiosk_fleet_schedules": {
+        "campuses": {
+            "east": {
+                "timezone": "Asia/Shanghai",
+                "kiosks": {
+                    "kiosk-east-01": [{"name": "sweep-test-early", "dates": [SWEEP_DAY, SWEEP_DAY],
+                                       "weekly": {"daily": ["07:00-22:00"]}}],
+                    "kiosk-east-02": [{"name": "sweep-test-late", "dates": [SWEEP_DAY, SWEEP_DAY],
+                                       "weekly": {"daily": ["09:00-22:00"]}}],
+                },
+            }
+        }
+    }
+}
 
 
 def home_pi(campus_spec, kiosk_id):
@@ -94,8 +135,9 @@ def write_salt_tree(repo, dest, inventory):
         link = salt_dir / name
         if not link.exists():
             os.symlink(pathlib.Path(repo) / name, link)
-    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - kiosk_fleet\n")
+    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - kiosk_fleet\n    - kiosk_fleet_schedules\n")
     (pillar_dir / "kiosk_fleet.sls").write_text(yaml.safe_dump(inventory))
+    (pillar_dir / "kiosk_fleet_schedules.sls").write_text(yaml.safe_dump(SWEEP_SCHEDULES))
     return {
         "file_roots": {"base": [str(salt_dir), str(pathlib.Path(repo) / "states")]},
         "pillar_roots": {"base": [str(pillar_dir)]},
@@ -116,6 +158,8 @@ def top_master_config(repo, tree, webhook_url):
         "reactor": [
             {"kiosk/boot": [str(reactor_dir / "kiosk_boot.sls")]},
             {"salt/beacon/*/kiosk_env/alert": [str(reactor_dir / "kiosk_env_alert.sls")]},
+            # fired by kiosk_power.verify on the top master itself: arrives once
+            {"kiosk/power/mismatch": [str(reactor_dir / "kiosk_power_mismatch.sls")]},
         ],
         "kiosk_fleet_alerts": {"webhook_url": webhook_url, "timeout": 5},
     }

@@ -1,0 +1,125 @@
+"""
+``kiosk_scan`` loaded by Salt's own loader (as on a Pi), probing real TCP
+listeners on the test VLANs' loopback addresses with the real nmap binary.
+"""
+
+import pathlib
+import shutil
+import socket
+
+import pytest
+import salt.config
+import salt.loader
+from salt.exceptions import SaltInvocationError
+
+from tests.support.topology import two_campus_inventory
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("nmap") is None, reason="needs the nmap binary")
+
+
+def free_tcp_port(host):
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service_port():
+    return free_tcp_port("127.0.1.11")
+
+
+@pytest.fixture(scope="module")
+def inventory(service_port):
+    inv = two_campus_inventory()
+    for campus in inv["kiosk_fleet"]["campuses"].values():
+        campus["service_port"] = service_port
+    return inv
+
+
+def load(tmp_path_factory, minion_id, pillar):
+    root = tmp_path_factory.mktemp("scanmod")
+    opts = salt.config.minion_config(None)
+    opts.update({"file_client": "local", "root_dir": str(root), "cachedir": str(root),
+                 "module_dirs": [str(REPO)], "id": minion_id, "grains": {}, "pillar": pillar})
+    return salt.loader.minion_mods(opts, utils=salt.loader.utils(opts), whitelist=["kiosk_scan"])
+
+
+@pytest.fixture(scope="module")
+def pi_east(tmp_path_factory, inventory):
+    return load(tmp_path_factory, "pi-east-1", inventory)
+
+
+@pytest.fixture
+def listening(service_port):
+    """Open the service port on kiosk-east-01's address only (kiosk-east-02 stays closed)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.1.11", service_port))
+    sock.listen(8)
+    yield sock
+    sock.close()
+
+
+def test_open_port_is_open_and_closed_port_is_closed(pi_east, listening, service_port):
+    ret = pi_east["kiosk_scan.scan"]()
+    assert ret["pi"] == "pi-east-1" and ret["campus"] == "east"
+    kiosks = ret["kiosks"]
+    assert set(kiosks) == {"kiosk-east-01", "kiosk-east-02"}  # never the other campus's kiosks
+    assert kiosks["kiosk-east-01"]["state"] == "open"
+    assert kiosks["kiosk-east-01"]["ip"] == "127.0.1.11" and kiosks["kiosk-east-01"]["port"] == service_port
+    assert kiosks["kiosk-east-02"]["state"] == "closed"
+    assert kiosks["kiosk-east-01"]["scanned_at"].endswith("Z")
+
+
+def test_closing_the_listener_turns_the_kiosk_off(pi_east, service_port):
+    ret = pi_east["kiosk_scan.scan"](kiosks="kiosk-east-01")
+    assert ret["kiosks"] == {"kiosk-east-01": {"ip": "127.0.1.11", "port": service_port, "state": "closed",
+                                               "scanned_at": ret["kiosks"]["kiosk-east-01"]["scanned_at"]}}
+
+
+def test_kiosks_of_another_campus_are_skipped(pi_east, listening):
+    ret = pi_east["kiosk_scan.scan"](kiosks="kiosk-east-01,kiosk-west-01")
+    assert set(ret["kiosks"]) == {"kiosk-east-01"}
+    assert ret["kiosks"]["kiosk-east-01"]["state"] == "open"
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"kiosks": "kiosk-east-99"}, "kiosks"),
+        ({"kiosks": "127.0.0.1; rm -rf /"}, "kiosks"),
+        ({"host_timeout_s": 0}, "host_timeout_s"),
+        ({"max_retries": "many"}, "host_timeout_s/max_retries"),
+    ],
+)
+def test_bad_request_names_the_field(pi_east, kwargs, field):
+    with pytest.raises(SaltInvocationError) as info:
+        pi_east["kiosk_scan.scan"](**kwargs)
+    assert str(info.value).startswith(field)
+
+
+def test_nmap_command_line(pi_east, listening, monkeypatch):
+    import nmap
+
+    seen = []
+    original = nmap.PortScanner.scan
+
+    def spy(self, hosts, ports=None, arguments="", **kw):
+        seen.append((hosts, ports, arguments))
+        return original(self, hosts=hosts, ports=ports, arguments=arguments, **kw)
+
+    monkeypatch.setattr(nmap.PortScanner, "scan", spy)
+    pi_east["kiosk_scan.scan"]()
+    (hosts, ports, arguments), = seen
+    assert hosts == "127.0.1.11 127.0.2.12"
+    assert arguments.split()[:3] == ["-sT", "-Pn", "-n"]
+    assert "-sn" not in arguments and "--max-retries 1" in arguments and "--host-timeout 10s" in arguments
+
+
+def test_a_kiosk_cannot_scan(tmp_path_factory, inventory):
+    # last in the file: Salt's loader shares the module object, the kiosk id would leak
+    mods = load(tmp_path_factory, "kiosk-east-01", inventory)
+    with pytest.raises(SaltInvocationError, match="^id: kiosk-east-01 is a kiosk"):
+        mods["kiosk_scan.scan"]()

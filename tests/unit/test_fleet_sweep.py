@@ -1,0 +1,231 @@
+import datetime as dt
+
+import pytest
+
+import fleet_inventory
+import fleet_schedule
+import fleet_sweep
+from fleet_sweep import SweepError
+from tests.support.topology import two_campus_inventory
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2027, 3, 1, 7, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))  # a Monday, 07:00 Shanghai
+
+
+@pytest.fixture(scope="module")
+def inventory():
+    return fleet_inventory.validate(two_campus_inventory(wol_port=9)["kiosk_fleet"])
+
+
+def schedule():
+    return fleet_schedule.load({
+        "campuses": {
+            "east": {"default": "off", "rules": [{"name": "hours", "weekly": {"daily": ["07:00-22:00"]}}],
+                     "kiosks": {"kiosk-east-02": [{"name": "late", "weekly": {"daily": ["09:00-22:00"]}}]}},
+        }
+    })
+
+
+def desired(at=T0, inventory_=None):
+    sel = {"east": ["kiosk-east-01", "kiosk-east-02"], "west": ["kiosk-west-01"]}
+    return fleet_schedule.desired_states(schedule(), sel, at)
+
+
+def seen(**states):
+    return {k.replace("_", "-"): {"state": s, "seen_by": {}} for k, s in states.items()}
+
+
+def hold(kiosk, state, until, reason="ticket 1"):
+    return {"kiosk": kiosk, "state": state, "until": until, "reason": reason, "set_at": "2027-03-01T00:00:00Z"}
+
+
+# ---------------------------------------------------------------- actions
+
+
+def test_wake_due_on_that_are_off_and_shut_down_due_off_that_are_on():
+    obs = seen(kiosk_east_01="off", kiosk_east_02="on", kiosk_west_01="off")
+    actions = fleet_sweep.plan_actions(desired(), obs, {}, T0)
+    assert actions["wake"] == {"east": ["kiosk-east-01"]}
+    assert actions["shutdown"] == {"east": ["kiosk-east-02"]}
+    assert actions["nothing"] == {"kiosk-west-01": "unmanaged"}  # west has no schedule
+
+
+def test_nothing_when_already_right_or_unobserved():
+    obs = seen(kiosk_east_01="on", kiosk_east_02="unknown", kiosk_west_01="on")
+    actions = fleet_sweep.plan_actions(desired(), obs, {}, T0)
+    assert actions["wake"] == {} and actions["shutdown"] == {}
+    assert actions["nothing"]["kiosk-east-01"] == "already on"
+    assert actions["nothing"]["kiosk-east-02"].startswith("not observed")
+    # a kiosk missing from the observations is unknown too
+    assert fleet_sweep.plan_actions(desired(), {}, {}, T0)["wake"] == {}
+
+
+def test_a_hold_wins_over_the_schedule_until_it_expires():
+    holds = {"kiosk-east-01": hold("kiosk-east-01", "off", "2027-03-01T00:30:00Z")}  # 08:30 local
+    obs = seen(kiosk_east_01="on", kiosk_east_02="off", kiosk_west_01="on")
+    actions = fleet_sweep.plan_actions(desired(), obs, holds, T0)
+    assert actions["shutdown"] == {"east": ["kiosk-east-01"]}
+    assert actions["expected"]["kiosk-east-01"]["why"].startswith("hold until 2027-03-01T00:30:00Z")
+    # at the hold's end (until is exclusive) the schedule decides again
+    later = T0 + dt.timedelta(minutes=90)
+    actions = fleet_sweep.plan_actions(desired(later), obs, holds, later)
+    assert actions["shutdown"] == {} and actions["nothing"]["kiosk-east-01"] == "already on"
+
+
+def test_a_hold_can_keep_an_unmanaged_kiosk_on():
+    holds = {"kiosk-west-01": hold("kiosk-west-01", "on", "2027-03-02T00:00:00Z")}
+    actions = fleet_sweep.plan_actions(desired(), seen(kiosk_west_01="off"), holds, T0)
+    assert actions["wake"] == {"west": ["kiosk-west-01"]}
+
+
+def test_prune_holds_splits_active_and_expired():
+    holds = {"a": hold("a", "on", "2027-03-01T00:00:00Z"), "b": hold("b", "on", "2027-03-01T00:00:01Z")}
+    active, expired = fleet_sweep.prune_holds(holds, dt.datetime(2027, 3, 1, 0, 0, tzinfo=UTC))
+    assert list(active) == ["b"] and list(expired) == ["a"]
+
+
+def test_a_kiosk_being_verified_is_not_woken_again():
+    pending = fleet_sweep.schedule_checks({}, {"east": ["kiosk-east-01"]},
+                                          {"kiosk-east-01": {"state": "on"}}, T0)
+    obs = seen(kiosk_east_01="off", kiosk_east_02="off", kiosk_west_01="off")
+    later = T0 + dt.timedelta(minutes=1)
+    actions = fleet_sweep.plan_actions(desired(later), obs, {}, later, pending)
+    assert actions["wake"] == {}
+    assert "verification pending" in actions["nothing"]["kiosk-east-01"]
+    # ... but a hold to the other state acts at once
+    holds = {"kiosk-east-01": hold("kiosk-east-01", "off", "2027-03-02T00:00:00Z")}
+    obs["kiosk-east-01"]["state"] = "on"
+    assert fleet_sweep.plan_actions(desired(later), obs, holds, later, pending)["shutdown"] == {"east": ["kiosk-east-01"]}
+
+
+# ---------------------------------------------------------------- observed
+
+
+def test_on_if_any_pi_saw_the_port_open():
+    sel = {"east": ["k1", "k2", "k3"]}
+    pis = {"east": ["p1", "p2"]}
+    returns = {
+        "p1": {"campus": "east", "kiosks": {"k1": {"state": "closed"}, "k2": {"state": "filtered"}}},
+        "p2": {"campus": "east", "kiosks": {"k1": {"state": "open"}, "k2": {"state": "closed"}}},
+        "p3": {"campus": "east", "kiosks": {"k3": {"state": "open"}}},  # not a Pi of the campus
+    }
+    out = fleet_sweep.observed_states(sel, returns, pis)
+    assert out["k1"] == {"state": "on", "seen_by": {"p1": "closed", "p2": "open"}}
+    assert out["k2"]["state"] == "off"
+    assert out["k3"] == {"state": "unknown", "seen_by": {}}
+    # an error string from a Pi counts as silence
+    assert fleet_sweep.observed_states({"east": ["k1"]}, {"p1": "ERROR: boom"}, pis)["k1"]["state"] == "unknown"
+
+
+# ---------------------------------------------------------------- verification
+
+
+def pending_after_sweep():
+    return fleet_sweep.schedule_checks(
+        {}, {"east": ["kiosk-east-01", "kiosk-east-02"]},
+        {"kiosk-east-01": {"state": "on"}, "kiosk-east-02": {"state": "off"}}, T0)
+
+
+def test_checks_at_plus_5_10_15_minutes():
+    pending = pending_after_sweep()
+    assert pending["kiosk-east-01"]["checks"] == ["2027-02-28T23:05:00Z", "2027-02-28T23:10:00Z", "2027-02-28T23:15:00Z"]
+    assert pending["kiosk-east-01"]["since"] == "2027-02-28T23:00:00Z"
+    assert fleet_sweep.due(pending, T0 + dt.timedelta(minutes=4, seconds=59)) == []
+    assert fleet_sweep.due(pending, T0 + dt.timedelta(minutes=5)) == ["kiosk-east-01", "kiosk-east-02"]
+
+
+def test_mismatch_only_after_the_last_check():
+    pending = pending_after_sweep()
+    obs = seen(kiosk_east_01="off", kiosk_east_02="off")
+    for minutes in (5, 10):
+        at = T0 + dt.timedelta(minutes=minutes)
+        pending, verified, waiting, mismatches = fleet_sweep.apply_checks(pending, obs, at)
+        assert mismatches == [] and waiting == ["kiosk-east-01"]
+        assert fleet_sweep.due(pending, at) == []  # each check runs once
+        if minutes == 5:
+            assert verified == ["kiosk-east-02"]
+    assert len(pending["kiosk-east-01"]["done"]) == 2
+    pending, verified, waiting, mismatches = fleet_sweep.apply_checks(pending, obs, T0 + dt.timedelta(minutes=15))
+    assert mismatches == [{"kiosk": "kiosk-east-01", "campus": "east", "expected": "on", "observed": "off",
+                           "since": "2027-02-28T23:00:00Z"}]
+    assert pending == {} and waiting == []
+
+
+def test_a_late_verify_runs_the_overdue_checks_at_once():
+    pending = pending_after_sweep()
+    obs = seen(kiosk_east_01="unknown", kiosk_east_02="off")
+    pending, verified, _, mismatches = fleet_sweep.apply_checks(pending, obs, T0 + dt.timedelta(hours=1))
+    assert [m["kiosk"] for m in mismatches] == ["kiosk-east-01"] and mismatches[0]["observed"] == "unknown"
+    assert verified == ["kiosk-east-02"] and pending == {}
+
+
+def test_a_kiosk_that_comes_up_at_the_second_check_is_verified():
+    pending = pending_after_sweep()
+    pending, *_ = fleet_sweep.apply_checks(pending, seen(kiosk_east_01="off", kiosk_east_02="off"),
+                                           T0 + dt.timedelta(minutes=5))
+    pending, verified, _, mismatches = fleet_sweep.apply_checks(pending, seen(kiosk_east_01="on"),
+                                                                T0 + dt.timedelta(minutes=10))
+    assert verified == ["kiosk-east-01"] and mismatches == [] and pending == {}
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_make_hold_validates_every_field(inventory):
+    ok = fleet_sweep.make_hold(inventory, "kiosk-east-01", True, "2027-03-01T18:00:00+08:00", " ward move ", T0)
+    assert ok == {"kiosk": "kiosk-east-01", "campus": "east", "state": "on", "until": "2027-03-01T10:00:00Z",
+                  "reason": "ward move", "set_at": "2027-02-28T23:00:00Z"}
+    bad = [
+        (("kiosk-east-99", "on", "2027-03-01T18:00:00Z", "r"), "kiosk"),
+        (("kiosk-east-01", "maybe", "2027-03-01T18:00:00Z", "r"), "state"),
+        (("kiosk-east-01", "on", "2027-03-01T18:00:00", "r"), "until"),  # no offset
+        (("kiosk-east-01", "on", "tomorrow", "r"), "until"),
+        (("kiosk-east-01", "on", "2027-02-28T18:00:00Z", "r"), "until"),  # past
+        (("kiosk-east-01", "on", "2029-03-01T18:00:00Z", "r"), "until"),  # > 1 year
+        (("kiosk-east-01", "on", "2027-03-01T18:00:00Z", " "), "reason"),
+    ]
+    for args, field in bad:
+        with pytest.raises(SweepError) as info:
+            fleet_sweep.make_hold(inventory, *args, T0)
+        assert str(info.value).startswith(field + ":"), (args, info.value)
+
+
+def test_parse_instant():
+    assert fleet_sweep.parse_instant("2027-03-01T07:00:00Z") == dt.datetime(2027, 3, 1, 7, tzinfo=UTC)
+    with pytest.raises(SweepError, match="^at: "):
+        fleet_sweep.parse_instant(None)
+
+
+def test_nmap_arguments_are_a_tcp_connect_probe_without_dns():
+    args = fleet_sweep.nmap_arguments()
+    assert args[:3] == ["-sT", "-Pn", "-n"] and "-sn" not in args
+    assert args[3:] == ["--max-retries", "1", "--host-timeout", "10s"]
+    with pytest.raises(SweepError, match="^host_timeout_s"):
+        fleet_sweep.nmap_arguments(host_timeout_s=0)
+    with pytest.raises(SweepError, match="^max_retries"):
+        fleet_sweep.nmap_arguments(max_retries=9)
+
+
+def test_scan_targets_only_the_campus_kiosks(inventory):
+    assert fleet_sweep.scan_targets(inventory, "east") == {3389: {"127.0.1.11": "kiosk-east-01",
+                                                                  "127.0.2.12": "kiosk-east-02"}}
+    assert fleet_sweep.scan_targets(inventory, "east", "kiosk-east-02,kiosk-west-01") == {
+        3389: {"127.0.2.12": "kiosk-east-02"}}
+    with pytest.raises(SweepError, match="^kiosks: 10.0.0.1 is not a kiosk"):
+        fleet_sweep.scan_targets(inventory, "east", ["10.0.0.1"])
+    with pytest.raises(SweepError, match="^campus"):
+        fleet_sweep.scan_targets(inventory, "north")
+
+
+def test_port_states_from_python_nmap():
+    result = {"scan": {"127.0.1.11": {"tcp": {3389: {"state": "open"}}},
+                       "127.0.1.12": {"tcp": {3389: {"state": "closed"}}}}}
+    assert fleet_sweep.port_states(result, 3389, ["127.0.1.11", "127.0.1.12", "127.0.1.13"]) == {
+        "127.0.1.11": "open", "127.0.1.12": "closed", "127.0.1.13": "filtered"}
+
+
+def test_changes_by_campus():
+    old = {"campuses": {"a": {"x": 1}, "b": {"x": 1}}}
+    new = {"campuses": {"b": {"x": 2}, "c": {}}}
+    assert fleet_sweep.changes(old, new) == {"added": ["c"], "removed": ["a"], "changed": ["b"]}
+    assert fleet_sweep.changes(None, new)["added"] == ["b", "c"]
