@@ -70,12 +70,14 @@ def write_configs(run, raw, inv):
     user = getpass.getuser()
     srv = run / "srv"
     (srv / "salt").mkdir(parents=True, exist_ok=True)
+    (srv / "pillar").mkdir(parents=True, exist_ok=True)
     for name in PACK_DIRS:
         link = srv / "salt" / name
         if not link.exists():
             os.symlink(REPO / name, link)
-    write_yaml(srv / "pillar" / "kiosk_fleet.sls", raw)
-    shutil.copy(REPO / "pillar" / "top.sls", srv / "pillar" / "top.sls")
+    for sls in (REPO / "pillar").glob("*.sls"):  # top.sls and the other sample pillars
+        shutil.copy(sls, srv / "pillar" / sls.name)
+    write_yaml(srv / "pillar" / "kiosk_fleet.sls", raw)  # the inventory the lab was given
     roots = {
         "file_roots": {"base": [str(srv / "salt"), str(REPO / "states")]},
         "pillar_roots": {"base": [str(srv / "pillar")]},

@@ -1,3 +1,4 @@
 base:
   '*':
     - kiosk_fleet
+    - kiosk_fleet_changes

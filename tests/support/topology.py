@@ -114,6 +114,17 @@ SWEEP_SCHEDULES = {
 }
 
 
+# Change-template parameters (pillar kiosk_fleet_changes): hosts per campus
+CHANGES_PILLAR = {
+    "kiosk_fleet_changes": {
+        "hosts": {
+            "east": {"his.east.hospital.local": "127.0.50.15", "pay.east.hospital.local": "127.0.50.16"},
+            "west": {"his.west.hospital.local": "127.0.60.15"},
+        }
+    }
+}
+
+
 def home_pi(campus_spec, kiosk_id):
     """Spread a campus's kiosks over its Pis, round robin in id order."""
     pis = sorted(campus_spec["pis"])
@@ -135,7 +146,10 @@ def write_salt_tree(repo, dest, inventory):
         link = salt_dir / name
         if not link.exists():
             os.symlink(pathlib.Path(repo) / name, link)
-    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - kiosk_fleet\n    - kiosk_fleet_schedules\n")
+    (pillar_dir / "top.sls").write_text(
+        "base:\n  '*':\n    - kiosk_fleet\n    - kiosk_fleet_schedules\n    - kiosk_fleet_changes\n"
+    )
+    (pillar_dir / "kiosk_fleet_changes.sls").write_text(yaml.safe_dump(CHANGES_PILLAR))
     (pillar_dir / "kiosk_fleet.sls").write_text(yaml.safe_dump(inventory))
     (pillar_dir / "kiosk_fleet_schedules.sls").write_text(yaml.safe_dump(SWEEP_SCHEDULES))
     return {
@@ -191,6 +205,9 @@ def write_fake_dht11(sysfs_root, temp_milli_c=22000, humidity_milli_pct=45000):
 def pi_minion_config(campus, pi_id, env_dir):
     config = {
         "publish_port": PI_MINION_PUBLISH_PORT,
+        # saltfactories gives the Pi's master, syndic and minion one root and
+        # one cachedir; a real Pi keeps the minion's cache (extmods) apart
+        "cachedir": "minion-cache",
         "grains": {"campus": campus, "kiosk_fleet_role": "pi"},
     }
     if pi_id == ENV_PI:
@@ -222,6 +239,8 @@ def kiosk_minion_config(campus, kiosk_id, power_dir):
     record = str(pathlib.Path(power_dir) / f"{kiosk_id}.json")
     return {
         "grains": {"campus": campus, "kiosk_fleet_role": "kiosk"},
+        # Salt's hosts module edits this file: never the test machine's /etc/hosts
+        "hosts.file": str(pathlib.Path(power_dir) / f"hosts-{kiosk_id}"),
         "kiosk_power": {
             "shutdown_command": [sys.executable, "-c", POWER_RECORDER, record, "shutdown", "{delay}", "{message}"],
             "reboot_command": [sys.executable, "-c", POWER_RECORDER, record, "reboot", "{delay}", "{message}"],
@@ -242,6 +261,7 @@ class Topology:
     power_dir: pathlib.Path
     env_dir: pathlib.Path
     webhook: object
+    synced: dict = dataclasses.field(default_factory=dict)
 
     @property
     def minion_ids(self):
@@ -256,10 +276,12 @@ class Topology:
         return self.top.salt_run_cli(timeout=timeout).run(*args, **kwargs)
 
     def sync_all(self):
+        """``saltutil.sync_all`` on every minion; keeps what each reported syncing."""
         result = self.salt("saltutil.sync_all", tgt="*", timeout=120)
         missing = set(self.minion_ids) - set(result.data or {})
         if result.returncode != 0 or missing:
             raise RuntimeError(f"saltutil.sync_all did not reach {sorted(missing)}: {result}")
+        self.synced = result.data
         return result
 
     def dump(self):

@@ -1,0 +1,84 @@
+"""
+Multi-step kiosk changes from templates, run on kiosks through the syndics.
+
+A template is an SLS in ``states/kiosk_fleet/changes/`` (served by every
+master's ``file_roots``); templates compose with ``include``. Parameters
+reach the SLS as ``pillar['kiosk_change']``.
+"""
+
+import logging
+
+try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_change
+    import fleet_inventory
+    import fleet_runner
+except ImportError:  # pip-installed extension
+    from saltext_kiosk_fleet.utils import fleet_change, fleet_inventory, fleet_runner
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kiosk_change"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _available():
+    return fleet_change.templates_from_file_list(__salt__["fileserver.file_list"](saltenv="base"))
+
+
+def templates():
+    """
+    List the change templates the master serves.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_change.templates
+    """
+    return fleet_runner.finish(__context__, {"result": True, "templates": _available()})
+
+
+def apply(template=None, campus=None, kiosks=None, test=False, params=None, timeout=120):
+    """
+    Apply change template ``template`` to kiosks (by campus and/or id) and
+    report per kiosk: states changed, would change (``test=True``), failed.
+    Exit code 1 when any kiosk failed or did not answer. ``params`` (a dict)
+    reaches the template as ``pillar['kiosk_change']``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_change.templates
+        salt-run kiosk_change.apply template=hosts campus=riverside test=True
+        salt-run kiosk_change.apply template=hide_desktop_icons kiosks=kiosk-riverside-01,kiosk-riverside-02
+        salt-run kiosk_change.apply template=lockdown campus=hillside params='{"user": "kiosk"}'
+    """
+    try:
+        sls = fleet_change.check_template(template, _available())
+        params = fleet_change.check_params(params)
+        if not isinstance(test, bool):
+            raise fleet_change.ChangeError(f"test: expected True or False, got {test!r}")
+        pillar = __salt__["pillar.show_pillar"]()
+        fleet_change.check_pillar(pillar)
+        inventory = fleet_inventory.from_pillar(pillar)
+        selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
+    except (fleet_change.ChangeError, fleet_inventory.InventoryError) as exc:
+        return fleet_runner.fail(__context__, exc)
+    kiosk_ids = sorted(k for ids in selection.values() for k in ids)
+    returns = __salt__["salt.execute"](
+        kiosk_ids,
+        "state.apply",
+        arg=[sls],
+        tgt_type="list",
+        kwarg={"test": test, "pillar": {"kiosk_change": params}},
+        timeout=int(timeout),
+    ) or {}
+    ret = fleet_change.report(kiosk_ids, returns)
+    ret.update({"template": template, "sls": sls, "test": test})
+    if not ret["result"]:
+        ret["error"] = f"change {template} failed on {', '.join(ret['failed'] + ret['silent'])}"
+    return fleet_runner.finish(__context__, ret)

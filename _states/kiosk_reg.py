@@ -1,0 +1,111 @@
+"""
+Registry values and keys on a kiosk, through the ``kiosk_reg`` execution
+module (Salt's ``reg`` module on Windows, Wine's registry on Linux).
+
+.. code-block:: yaml
+
+    hide-recycle-bin-icon:
+      kiosk_reg.present:
+        - name: 'HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Explorer\\HideDesktopIcons\\NewStartPanel'
+        - vname: '{645FF040-5081-101B-9F08-00AA002F954E}'
+        - data: 1
+        - vtype: REG_DWORD
+        - user: kiosk            # the kiosk user's hive, not SYSTEM's HKCU
+
+    no-old-setting:
+      kiosk_reg.absent:
+        - name: 'HKLM\\SOFTWARE\\Kiosk'
+        - vname: LegacyMode
+
+    no-old-vendor-key:
+      kiosk_reg.key_absent:
+        - name: 'HKLM\\SOFTWARE\\OldVendor'
+
+With ``test=True`` nothing is written; ``changes`` shows ``old`` -> ``new``.
+"""
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+__virtualname__ = "kiosk_reg"
+
+
+def __virtual__():
+    if "kiosk_reg.set_value" in __salt__:
+        return __virtualname__
+    return (False, "kiosk_reg state: the kiosk_reg execution module is not available on this minion")
+
+
+def _ret(name):
+    return {"name": name, "result": True, "changes": {}, "comment": ""}
+
+
+def _fmt(value):
+    if value is None:
+        return "(absent)"
+    return f"{value['vtype']} {value['data']!r}"
+
+
+def present(name, vname=None, data=None, vtype="REG_SZ", user=None):
+    """
+    Ensure value ``vname`` of key ``name`` holds ``data`` of type ``vtype``
+    (``vname`` unset: the key's default value). Typed comparison: REG_DWORD
+    ``"1"`` and ``1`` are the same, so nothing is written.
+    """
+    ret = _ret(name)
+    test = bool(__opts__.get("test"))
+    try:
+        res = __salt__["kiosk_reg.set_value"](name, vname, data, vtype=vtype, user=user, test=test)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret.update(result=False, comment=str(exc))
+        return ret
+    where = f"{res['key']} {res['name']}"
+    if not res["changed"]:
+        ret["comment"] = f"{where} is already {_fmt(res['new'])}"
+        return ret
+    ret["changes"] = {"old": res["old"], "new": res["new"]}
+    if test:
+        ret.update(result=None, comment=f"{where} would change: {_fmt(res['old'])} -> {_fmt(res['new'])}")
+    else:
+        ret["comment"] = f"{where} set: {_fmt(res['old'])} -> {_fmt(res['new'])}"
+    return ret
+
+
+def absent(name, vname=None, user=None):
+    """Ensure value ``vname`` of key ``name`` does not exist."""
+    ret = _ret(name)
+    test = bool(__opts__.get("test"))
+    try:
+        res = __salt__["kiosk_reg.delete_value"](name, vname, user=user, test=test)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret.update(result=False, comment=str(exc))
+        return ret
+    where = f"{res['key']} {res['name']}"
+    if not res["changed"]:
+        ret["comment"] = f"{where} is already absent"
+        return ret
+    ret["changes"] = {"old": res["old"], "new": None}
+    if test:
+        ret.update(result=None, comment=f"{where} would be deleted: {_fmt(res['old'])} -> (absent)")
+    else:
+        ret["comment"] = f"{where} deleted (was {_fmt(res['old'])})"
+    return ret
+
+
+def key_absent(name, user=None):
+    """Ensure key ``name`` (with its subkeys and values) does not exist."""
+    ret = _ret(name)
+    test = bool(__opts__.get("test"))
+    try:
+        res = __salt__["kiosk_reg.delete_key"](name, user=user, test=test)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret.update(result=False, comment=str(exc))
+        return ret
+    if not res["changed"]:
+        ret["comment"] = f"{res['key']} is already absent"
+        return ret
+    ret["changes"] = {"old": res["old"], "new": None}
+    if test:
+        ret.update(result=None, comment=f"{res['key']} would be deleted with {len(res['old'])} value(s)")
+    else:
+        ret["comment"] = f"{res['key']} deleted"
+    return ret

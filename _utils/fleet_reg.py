@@ -1,0 +1,656 @@
+"""
+Registry edits on the kiosks: validation, typed values, ``reg.exe`` argument
+lists, ``reg query`` / ``reg export`` parsing and the mapping onto Salt's own
+Windows ``reg`` module. Pure: no registry, no subprocess.
+
+Keys are written ``HIVE\\sub\\key`` with the hive short or long
+(``HKLM``/``HKEY_LOCAL_MACHINE``, ``HKCU``/``HKEY_CURRENT_USER``,
+``HKU``/``HKEY_USERS``). Values are typed::
+
+    REG_SZ, REG_EXPAND_SZ   str
+    REG_MULTI_SZ            list of str (no empty strings: the list ends at the first one)
+    REG_DWORD               int 0..2**32-1 (also "1", "0x10")
+    REG_QWORD               int 0..2**64-1
+    REG_BINARY              bytes (also hex text "0aff", "0a,ff", "0a ff", or a list of ints)
+
+Every check raises :class:`RegError` (a ValueError) whose message starts with
+the name of the bad field.
+"""
+
+import re
+
+__virtualname__ = "fleet_reg"
+
+HIVES = {
+    "HKLM": "HKEY_LOCAL_MACHINE",
+    "HKEY_LOCAL_MACHINE": "HKEY_LOCAL_MACHINE",
+    "HKCU": "HKEY_CURRENT_USER",
+    "HKEY_CURRENT_USER": "HKEY_CURRENT_USER",
+    "HKU": "HKEY_USERS",
+    "HKEY_USERS": "HKEY_USERS",
+}
+SHORT = {"HKEY_LOCAL_MACHINE": "HKLM", "HKEY_CURRENT_USER": "HKCU", "HKEY_USERS": "HKU"}
+TYPES = ("REG_SZ", "REG_EXPAND_SZ", "REG_MULTI_SZ", "REG_DWORD", "REG_QWORD", "REG_BINARY")
+# .reg files: hex(N) type numbers (winnt.h)
+TYPE_NUMBERS = {"REG_NONE": 0, "REG_SZ": 1, "REG_EXPAND_SZ": 2, "REG_BINARY": 3, "REG_DWORD": 4,
+                "REG_MULTI_SZ": 7, "REG_QWORD": 11}
+NUMBER_TYPES = {n: t for t, n in TYPE_NUMBERS.items()}
+MAX_KEY_PART = 255  # Windows: a key name is at most 255 characters
+# Windows' CreateProcess command line is at most 32767 characters; longer
+# writes go through ``reg import`` of a generated .reg file instead
+MAX_COMMAND_LINE = 30000
+DEFAULT_NAMES = (None, "", "(Default)", "@")
+# The only user of a Wine prefix (Wine's fixed SID for the unix user)
+WINE_USER_SID = "S-1-5-21-0-0-0-1000"
+REG_HEADER = "Windows Registry Editor Version 5.00"
+_SID = re.compile(r"^S-1-\d+(-\d+)+$", re.IGNORECASE)
+_MULTI_SZ_SEPARATORS = "|;,#~!^*+=$@`"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class RegError(ValueError):
+    """Bad registry input; the message starts with the field's name."""
+
+
+# ---------------------------------------------------------------- paths
+
+
+def parse_key(key, field="key"):
+    """
+    ``(long hive, subkey)`` from ``HIVE\\sub\\key``; refuses an unknown hive, a
+    bare hive, empty parts (``a\\\\b``, leading/trailing ``\\``), ``.``/``..``
+    parts, NUL and parts longer than 255 characters.
+    """
+    if not isinstance(key, str) or not key.strip():
+        raise RegError(f"{field}: expected a registry key like HKLM\\Software\\Vendor, got {key!r}")
+    if "\0" in key:
+        raise RegError(f"{field}: {key!r} contains a NUL character")
+    hive, _, rest = key.partition("\\")
+    long_hive = HIVES.get(hive.upper())
+    if long_hive is None:
+        raise RegError(f"{field}: unknown hive {hive!r} in {key!r} (use one of HKLM, HKCU, HKU, "
+                       "HKEY_LOCAL_MACHINE, HKEY_CURRENT_USER, HKEY_USERS)")
+    if not rest:
+        raise RegError(f"{field}: {key!r} names a whole hive; give a key below it")
+    parts = rest.split("\\")
+    for index, part in enumerate(parts):
+        if part == "":
+            raise RegError(f"{field}: {key!r} has an empty part (part {index + 1} below the hive)")
+        if part.strip() in (".", ".."):
+            raise RegError(f"{field}: {key!r} contains {part.strip()!r}; relative parts are not allowed")
+        if len(part) > MAX_KEY_PART:
+            raise RegError(f"{field}: part {index + 1} of {key!r} is {len(part)} characters, at most {MAX_KEY_PART}")
+    return long_hive, rest
+
+
+def join_key(hive, subkey):
+    return f"{hive}\\{subkey}" if subkey else hive
+
+
+def check_sid(sid, field="sid"):
+    if not isinstance(sid, str) or not _SID.match(sid):
+        raise RegError(f"{field}: {sid!r} is not a SID (S-1-5-21-...)")
+    return sid
+
+
+def user_key(hive, subkey, sid, field="key"):
+    """
+    Where ``HKCU\\<subkey>`` of a given user lives: ``(HKEY_USERS, <sid>\\<subkey>)``.
+    Only HKCU keys can be redirected to a user.
+    """
+    if hive != "HKEY_CURRENT_USER":
+        raise RegError(f"{field}: user= applies to HKCU keys only, got a {SHORT.get(hive, hive)} key")
+    check_sid(sid, "user")
+    return "HKEY_USERS", f"{sid}\\{subkey}"
+
+
+def check_user(user, field="user"):
+    if user is None:
+        return None
+    if not isinstance(user, str) or not user.strip() or any(c in user for c in '\\/:*?"<>|\0'):
+        raise RegError(f"{field}: {user!r} is not a user name")
+    return user.strip()
+
+
+def sid_from_profiles(user, profiles, field="user"):
+    """
+    The SID whose profile folder is ``user`` (case-insensitive), from
+    ``{sid: ProfileImagePath}`` as found under
+    ``HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\ProfileList``.
+    """
+    user = check_user(user, field)
+    found = [sid for sid, path in sorted(profiles.items())
+             if isinstance(path, str) and re.split(r"[\\/]", path.rstrip("\\/"))[-1].lower() == user.lower()]
+    if not found:
+        known = ", ".join(sorted({re.split(r'[\\/]', str(p).rstrip('\\/'))[-1] for p in profiles.values()})) or "none"
+        raise RegError(f"{field}: no profile for {user!r} on this machine (profiles: {known})")
+    if len(found) > 1:
+        raise RegError(f"{field}: {user!r} matches several profiles: {', '.join(found)}")
+    return found[0]
+
+
+def check_name(name, field="name"):
+    """The value name; ``None``, ``""``, ``(Default)`` and ``@`` mean the key's default value (``""``)."""
+    if name in DEFAULT_NAMES:
+        return ""
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        raise RegError(f"{field}: expected a value name, got {type(name).__name__}")
+    name = str(name)
+    if "\0" in name:
+        raise RegError(f"{field}: {name!r} contains a NUL character")
+    return name
+
+
+def display_name(name):
+    return name if name else "(Default)"
+
+
+# ---------------------------------------------------------------- types
+
+
+def check_type(vtype, field="vtype"):
+    if not isinstance(vtype, str) or vtype.upper() not in TYPES:
+        raise RegError(f"{field}: {vtype!r} is not one of {', '.join(TYPES)}")
+    return vtype.upper()
+
+
+def _integer(data, bits, vtype, field):
+    if isinstance(data, bool):
+        raise RegError(f"{field}: {data!r} is a boolean; give {vtype} data as a number (1 or 0)")
+    if isinstance(data, float):
+        if data != int(data):
+            raise RegError(f"{field}: {data!r} is not a whole number for {vtype}")
+        data = int(data)
+    if isinstance(data, str):
+        text = data.strip()
+        try:
+            data = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+        except ValueError:
+            raise RegError(f"{field}: {text!r} is not a number for {vtype} (decimal or 0x hex)") from None
+    if not isinstance(data, int):
+        raise RegError(f"{field}: expected a number for {vtype}, got {type(data).__name__}")
+    limit = 2**bits - 1
+    if not 0 <= data <= limit:
+        raise RegError(f"{field}: {data} does not fit {vtype} (0..{limit})")
+    return data
+
+
+def _text(data, vtype, field):
+    if isinstance(data, bool) or isinstance(data, float):
+        raise RegError(f"{field}: {data!r} is not text; quote it for {vtype} (e.g. data='\"{data}\"')")
+    if isinstance(data, int):
+        return str(data)
+    if not isinstance(data, str):
+        raise RegError(f"{field}: expected text for {vtype}, got {type(data).__name__}")
+    if "\0" in data:
+        raise RegError(f"{field}: {vtype} text cannot contain a NUL character")
+    return data
+
+
+def _binary(data, field):
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data)
+    if isinstance(data, list):
+        if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in data):
+            raise RegError(f"{field}: a REG_BINARY list must hold byte values 0..255")
+        return bytes(data)
+    if not isinstance(data, str):
+        raise RegError(f"{field}: expected hex text or bytes for REG_BINARY, got {type(data).__name__}")
+    text = re.sub(r"[\s,:-]", "", data)
+    if text[:2].lower() == "0x":
+        text = text[2:]
+    if not re.fullmatch(r"[0-9A-Fa-f]*", text):
+        raise RegError(f"{field}: {data!r} is not hex for REG_BINARY")
+    if len(text) % 2:
+        raise RegError(f"{field}: {data!r} has an odd number of hex digits ({len(text)}) for REG_BINARY")
+    return bytes.fromhex(text)
+
+
+def normalise(vtype, data, field="data"):
+    """``data`` as its canonical Python type for ``vtype``, or RegError naming ``field``."""
+    vtype = check_type(vtype)
+    if data is None:
+        raise RegError(f"{field}: no data given for {vtype}")
+    if vtype in ("REG_SZ", "REG_EXPAND_SZ"):
+        return _text(data, vtype, field)
+    if vtype == "REG_DWORD":
+        return _integer(data, 32, vtype, field)
+    if vtype == "REG_QWORD":
+        return _integer(data, 64, vtype, field)
+    if vtype == "REG_BINARY":
+        return _binary(data, field)
+    # REG_MULTI_SZ
+    if isinstance(data, str) or not isinstance(data, (list, tuple)):
+        raise RegError(f"{field}: REG_MULTI_SZ needs a list of strings, got {type(data).__name__} {data!r}")
+    items = []
+    for index, item in enumerate(data):
+        item = _text(item, vtype, f"{field}[{index}]")
+        if item == "":
+            raise RegError(f"{field}[{index}]: REG_MULTI_SZ cannot hold an empty string (it ends the list)")
+        items.append(item)
+    return items
+
+
+def equal(vtype_a, data_a, vtype_b, data_b):
+    """Typed comparison: same type and same normalised data (DWORD ``"1"`` == ``1``)."""
+    if vtype_a is None or vtype_b is None:
+        return False
+    try:
+        vtype_a, vtype_b = check_type(vtype_a), check_type(vtype_b)
+        return vtype_a == vtype_b and normalise(vtype_a, data_a) == normalise(vtype_b, data_b)
+    except RegError:
+        return False
+
+
+def to_output(vtype, data):
+    """JSON/YAML-friendly form: REG_BINARY as lower-case hex text, the rest unchanged."""
+    if vtype == "REG_BINARY" and isinstance(data, (bytes, bytearray)):
+        return bytes(data).hex()
+    return data
+
+
+# ---------------------------------------------------------------- reg.exe
+
+
+def _multi_sz_data(items):
+    """``(separator or None, /d text)``: ``\\0`` unless an item contains the two characters ``\\0``."""
+    if not any("\\0" in item for item in items):
+        return None, "\\0".join(items)
+    for sep in _MULTI_SZ_SEPARATORS:
+        if not any(sep in item for item in items):
+            return sep, sep.join(items)
+    return False, None  # not representable on a command line
+
+
+def add_argv(hive, subkey, name, vtype, data, reg="reg"):
+    """
+    ``reg add`` argument list (``reg`` may be a list such as ``["wine", "reg"]``),
+    or ``None`` when the value cannot be written by ``reg add`` (a REG_MULTI_SZ
+    whose items use every separator, or a command line over the limit): use
+    :func:`import_text` then.
+    """
+    vtype = check_type(vtype)
+    data = normalise(vtype, data)
+    name = check_name(name)
+    argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
+    argv += ["add", join_key(hive, subkey)]
+    argv += ["/v", name] if name else ["/ve"]
+    argv += ["/t", vtype]
+    if vtype in ("REG_SZ", "REG_EXPAND_SZ"):
+        text = data
+    elif vtype in ("REG_DWORD", "REG_QWORD"):
+        text = str(data)
+    elif vtype == "REG_BINARY":
+        text = data.hex().upper()
+    else:
+        sep, text = _multi_sz_data(data)
+        if sep is False:
+            return None
+        if sep:
+            argv += ["/s", sep]
+    argv += ["/d", text, "/f"]
+    if sum(len(a) + 3 for a in argv) > MAX_COMMAND_LINE:
+        return None
+    return argv
+
+
+def delete_value_argv(hive, subkey, name, reg="reg"):
+    argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
+    name = check_name(name)
+    return argv + ["delete", join_key(hive, subkey)] + (["/v", name] if name else ["/ve"]) + ["/f"]
+
+
+def delete_key_argv(hive, subkey, reg="reg"):
+    argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
+    return argv + ["delete", join_key(hive, subkey), "/f"]
+
+
+def export_argv(hive, subkey, path, reg="reg"):
+    argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
+    return argv + ["export", join_key(hive, subkey), path, "/y"]
+
+
+def import_argv(path, reg="reg"):
+    argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
+    return argv + ["import", path]
+
+
+def query_argv(hive, subkey, reg="reg"):
+    argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
+    return argv + ["query", join_key(hive, subkey)]
+
+
+# ---------------------------------------------------------------- .reg files
+
+
+def _hex_lines(prefix, payload):
+    """``prefix`` + comma-separated hex, wrapped like regedit (``\\`` + CRLF + two spaces)."""
+    parts = [f"{b:02x}" for b in payload]
+    lines, line = [], prefix
+    for index, part in enumerate(parts):
+        piece = part + ("," if index < len(parts) - 1 else "")
+        if len(line) + len(piece) > 78:
+            lines.append(line + "\\")
+            line = "  "
+        line += piece
+    lines.append(line)
+    return "\r\n".join(lines)
+
+
+def _quote(text):
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def value_bytes(vtype, data):
+    """The raw bytes the registry stores for ``data`` of ``vtype``."""
+    vtype = check_type(vtype)
+    data = normalise(vtype, data)
+    if vtype in ("REG_SZ", "REG_EXPAND_SZ"):
+        return (data + "\0").encode("utf-16-le")
+    if vtype == "REG_MULTI_SZ":
+        return "".join(item + "\0" for item in data).encode("utf-16-le") + b"\0\0"
+    if vtype == "REG_DWORD":
+        return data.to_bytes(4, "little")
+    if vtype == "REG_QWORD":
+        return data.to_bytes(8, "little")
+    return data
+
+
+def value_line(name, vtype, data):
+    """One ``.reg`` line; every type as ``hex(N):`` bytes (exact on Windows and Wine)."""
+    left = "@" if not check_name(name) else _quote(name)
+    vtype = check_type(vtype)
+    if vtype == "REG_DWORD":
+        return f"{left}=dword:{normalise(vtype, data):08x}"
+    prefix = f"{left}=hex:" if vtype == "REG_BINARY" else f"{left}=hex({TYPE_NUMBERS[vtype]:x}):"
+    return _hex_lines(prefix, value_bytes(vtype, data))
+
+
+def import_text(sections):
+    """
+    ``.reg`` text for ``reg import``: ``sections`` is a list of
+    ``(full key, {name: (vtype, data)} or None)``; ``None`` deletes the key
+    (``[-KEY]``). Write it UTF-16-LE with a BOM (:func:`encode_reg`): Wine reads a
+    BOM-less file as ANSI (REGEDIT4) and mangles ``hex(2)``/``hex(7)``.
+    """
+    out = [REG_HEADER, ""]
+    for key, values in sections:
+        if values is None:
+            out += [f"[-{key}]", ""]
+            continue
+        out.append(f"[{key}]")
+        for name, (vtype, data) in values.items():
+            out.append(value_line(name, vtype, data))
+        out.append("")
+    return "\r\n".join(out) + "\r\n"
+
+
+def encode_reg(text):
+    return b"\xff\xfe" + text.encode("utf-16-le")
+
+
+def decode_reg(raw):
+    """Text of a .reg file: UTF-16 with BOM (reg export), else UTF-8."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return raw.decode("utf-16")
+    return raw.decode("utf-8-sig")
+
+
+def _unquote(text, pos):
+    """Parse a ``"..."`` string starting at ``text[pos] == '"'``; ``(string, next pos)``."""
+    out, i = [], pos + 1
+    escapes = {"\\": "\\", '"': '"', "n": "\n", "r": "\r", "0": "\0", "t": "\t"}
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            out.append(escapes.get(text[i + 1], "\\" + text[i + 1]))
+            i += 2
+            continue
+        if c == '"':
+            return "".join(out), i + 1
+        out.append(c)
+        i += 1
+    raise RegError(f"reg file: unterminated string in {text!r}")
+
+
+def _from_bytes(vtype, raw):
+    if vtype in ("REG_SZ", "REG_EXPAND_SZ"):
+        text = raw.decode("utf-16-le", errors="replace")
+        return text.split("\0", 1)[0]
+    if vtype == "REG_MULTI_SZ":
+        text = raw.decode("utf-16-le", errors="replace")
+        items = text.split("\0")
+        out = []
+        for item in items:
+            if item == "":
+                break
+            out.append(item)
+        return out
+    if vtype == "REG_DWORD":
+        return int.from_bytes(raw[:4].ljust(4, b"\0"), "little")
+    if vtype == "REG_QWORD":
+        return int.from_bytes(raw[:8].ljust(8, b"\0"), "little")
+    return bytes(raw)
+
+
+def parse_reg(text):
+    """
+    Parse ``.reg`` text (``reg export`` of Windows or Wine) into
+    ``{full key: {name: (vtype, data)}}`` in file order; ``""`` is the default
+    value. Deleted keys (``[-KEY]``) map to ``None``. Unknown types come back as
+    ``("REG_NONE"/"hex(N)", bytes)``.
+    """
+    # join continuation lines: a trailing backslash after hex data
+    lines, buf = [], ""
+    for raw_line in text.replace("\r\n", "\n").split("\n"):
+        if buf:
+            buf += raw_line.lstrip()
+        else:
+            buf = raw_line
+        if buf.rstrip().endswith("\\") and re.search(r"=(hex(\([0-9a-fA-F]+\))?:)", buf):
+            buf = buf.rstrip()[:-1]
+            continue
+        lines.append(buf)
+        buf = ""
+    if buf:
+        lines.append(buf)
+    keys, current = {}, None
+    for line in lines:
+        stripped = line.strip()
+        if not stripped or stripped.startswith(";") or stripped.startswith("Windows Registry Editor") \
+                or stripped == "REGEDIT4":
+            continue
+        if stripped.startswith("[") and stripped.endswith("]"):
+            name = stripped[1:-1]
+            if name.startswith("-"):
+                keys[name[1:]] = None
+                current = None
+            else:
+                current = keys.setdefault(name, {})
+                if current is None:
+                    current = keys[name] = {}
+            continue
+        if current is None:
+            continue
+        if stripped.startswith("@="):
+            vname, rest = "", stripped[2:]
+        elif stripped.startswith('"'):
+            vname, end = _unquote(stripped, 0)
+            if stripped[end:end + 1] != "=":
+                raise RegError(f"reg file: no '=' after value name in {stripped!r}")
+            rest = stripped[end + 1:]
+        else:
+            raise RegError(f"reg file: cannot read line {stripped!r}")
+        if rest == "-":
+            current.pop(vname, None)
+            continue
+        if rest.startswith('"'):
+            current[vname] = ("REG_SZ", _unquote(rest, 0)[0])
+        elif rest.lower().startswith("dword:"):
+            current[vname] = ("REG_DWORD", int(rest[6:], 16))
+        else:
+            match = re.match(r"hex(?:\(([0-9a-fA-F]+)\))?:(.*)$", rest, re.IGNORECASE)
+            if not match:
+                raise RegError(f"reg file: cannot read value data {rest!r}")
+            number = int(match.group(1), 16) if match.group(1) else 3
+            payload = bytes.fromhex(re.sub(r"[\s,]", "", match.group(2)))
+            vtype = NUMBER_TYPES.get(number, f"hex({number:x})")
+            current[vname] = (vtype, _from_bytes(vtype, payload) if vtype in TYPES else payload)
+    return keys
+
+
+def first_section(text):
+    """``(deleted, key)`` of the first ``[KEY]`` / ``[-KEY]`` line of .reg text, or ``(None, None)``."""
+    for line in text.replace("\r\n", "\n").split("\n"):
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            return (True, line[2:-1]) if line.startswith("[-") else (False, line[1:-1])
+    return None, None
+
+
+# ---------------------------------------------------------------- reg query
+
+
+_QUERY_LINE = re.compile(r"^ {4}(.*?) {4}(REG_[A-Z_]+) {4}(.*)$")
+_QUERY_LINE_EMPTY = re.compile(r"^ {4}(.*?) {4}(REG_[A-Z_]+)(?: {4})?$")
+
+
+def _query_data(vtype, raw):
+    raw = raw.rstrip("\r")
+    if vtype in ("REG_DWORD", "REG_QWORD"):
+        if raw.lower().startswith("0x"):
+            return int(raw, 16)
+        return None  # Wine 8 prints REG_QWORD data as "(null)"
+    if vtype == "REG_BINARY":
+        return bytes.fromhex(raw) if len(raw) % 2 == 0 else None
+    if vtype == "REG_MULTI_SZ":
+        return raw.split("\\0") if raw else []
+    return raw
+
+
+def parse_query(text):
+    """
+    Parse ``reg query KEY`` output (Windows' or Wine's; both indent values by 4
+    spaces and separate name, type and data by 4 spaces) into
+    ``{"keys": [full key, ...], "values": {full key: {name: (vtype, data)}}}``.
+    Lossy by design (a newline inside data, ``\\0`` inside a REG_MULTI_SZ item,
+    non-ASCII through the console code page): read values with ``reg export``.
+    ``(Default)`` maps to ``""``; Windows' ``(value not set)`` is left out.
+    """
+    keys, values, current = [], {}, None
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if not line.strip():
+            continue
+        if line.startswith("HKEY_"):
+            current = line.strip()
+            keys.append(current)
+            values.setdefault(current, {})
+            continue
+        if line.startswith("End of search:"):  # Windows, with /f
+            continue
+        match = _QUERY_LINE.match(line) or _QUERY_LINE_EMPTY.match(line)
+        if match and current is not None:
+            name, vtype = match.group(1), match.group(2)
+            raw = match.group(3) if match.re is _QUERY_LINE else ""
+            if name == "(Default)":
+                if raw == "(value not set)":
+                    continue
+                name = ""
+            values[current][name] = (vtype, _query_data(vtype, raw))
+    return {"keys": keys, "values": values}
+
+
+def subkeys(text, parent):
+    """Direct subkeys of ``parent`` in ``reg query parent`` output."""
+    prefix = parent.rstrip("\\").lower() + "\\"
+    return [k for k in parse_query(text)["keys"] if k.lower().startswith(prefix) and "\\" not in k[len(prefix):]]
+
+
+# Wine's and Windows' reg.exe messages (for diagnostics; the exit code decides)
+NOT_FOUND_MESSAGES = (
+    "unable to find the specified registry",  # Wine: "reg: Unable to find the specified registry key/value"
+    "the system was unable to find the specified registry key or value",  # Windows
+)
+
+
+def is_not_found(message):
+    message = (message or "").lower()
+    return any(m in message for m in NOT_FOUND_MESSAGES)
+
+
+# ---------------------------------------------------------------- Windows: Salt's reg module
+
+
+def windows_call(op, hive, subkey, name=None, vtype=None, data=None):
+    """
+    ``(function, kwargs)`` for Salt's Windows ``reg`` module (salt/modules/reg.py).
+    Salt is strict about ``vdata`` types: REG_DWORD/QWORD int, REG_BINARY bytes,
+    REG_MULTI_SZ list of str, text types str. ``vname=None`` is the default value.
+    """
+    base = {"hive": hive, "key": subkey}
+    if op == "read":
+        return "reg.read_value", {**base, "vname": check_name(name) or None}
+    if op == "set":
+        vtype = check_type(vtype)
+        return "reg.set_value", {**base, "vname": check_name(name) or None,
+                                 "vdata": normalise(vtype, data), "vtype": vtype}
+    if op == "delete_value":
+        return "reg.delete_value", {**base, "vname": check_name(name) or None}
+    if op == "delete_key":
+        return "reg.delete_key_recursive", base
+    if op == "list_values":
+        return "reg.list_values", base
+    if op == "list_keys":
+        return "reg.list_keys", base
+    if op == "key_exists":
+        return "reg.key_exists", base
+    raise RegError(f"op: {op!r} is not a registry operation")
+
+
+def windows_value(ret, name=None):
+    """
+    ``(vtype, data)`` or ``None`` from ``reg.read_value``'s answer. The default
+    value when unset reads as REG_SZ ``"(value not set)"``: that is "absent".
+    """
+    if not isinstance(ret, dict) or not ret.get("success") or ret.get("vtype") is None:
+        return None
+    if not check_name(name) and ret.get("vdata") == "(value not set)":
+        return None
+    vtype, data = ret["vtype"], ret["vdata"]
+    if vtype == "REG_BINARY" and isinstance(data, str):
+        data = data.encode("latin-1")
+    return vtype, data
+
+
+def windows_values(ret):
+    """``{name: (vtype, data)}`` from ``reg.list_values`` (``None`` when the key is missing)."""
+    if isinstance(ret, tuple) or ret is False:
+        return None
+    out = {}
+    for item in ret or []:
+        name = "" if item.get("vname") == "(Default)" else item.get("vname")
+        out[name] = (item.get("vtype"), item.get("vdata"))
+    return out
+
+
+def hive_load_argv(mount, ntuser_dat, reg="reg"):
+    """``reg load HKU\\<mount> <NTUSER.DAT>`` for a user whose hive is not loaded (Windows)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", mount or ""):
+        raise RegError(f"mount: {mount!r} is not a plain key name")
+    argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
+    return argv + ["load", f"HKU\\{mount}", ntuser_dat]
+
+
+def hive_unload_argv(mount, reg="reg"):
+    argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
+    return argv + ["unload", f"HKU\\{mount}"]
+
+
+def ntuser_path(profile_dir):
+    """``<profile>\\NTUSER.DAT`` (profile paths may hold %SystemDrive%)."""
+    if not isinstance(profile_dir, str) or not profile_dir:
+        raise RegError(f"profile: {profile_dir!r} is not a profile folder")
+    return profile_dir.rstrip("\\") + "\\NTUSER.DAT"

@@ -1,0 +1,497 @@
+import pytest
+
+import fleet_reg
+from fleet_reg import RegError
+
+# ------------------------------------------------------------------ paths
+
+
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("HKLM\\Software\\Kiosk", ("HKEY_LOCAL_MACHINE", "Software\\Kiosk")),
+        ("hkey_local_machine\\SOFTWARE", ("HKEY_LOCAL_MACHINE", "SOFTWARE")),
+        ("HKCU\\Control Panel\\Desktop", ("HKEY_CURRENT_USER", "Control Panel\\Desktop")),
+        ("HKU\\S-1-5-21-1-2-3-1001\\Software", ("HKEY_USERS", "S-1-5-21-1-2-3-1001\\Software")),
+        ("HKLM\\Software\\a/b\\x..y", ("HKEY_LOCAL_MACHINE", "Software\\a/b\\x..y")),
+    ],
+)
+def test_keys_parse_to_long_hive_and_subkey(key, expected):
+    assert fleet_reg.parse_key(key) == expected
+
+
+@pytest.mark.parametrize(
+    "key, match",
+    [
+        ("HKXX\\Software", "key: unknown hive 'HKXX'"),
+        ("HKCR\\x", "key: unknown hive"),
+        ("HKLM", "key: 'HKLM' names a whole hive"),
+        ("HKLM\\", "names a whole hive"),
+        ("HKLM\\Software\\..\\System", "key: .* contains '..'"),
+        ("HKLM\\Software\\.", "contains '.'"),
+        ("HKLM\\Software\\\\Kiosk", "key: .* has an empty part \\(part 2"),
+        ("HKLM\\Software\\Kiosk\\", "empty part"),
+        ("", "expected a registry key"),
+        (None, "expected a registry key"),
+        ("HKLM\\Soft\0ware", "NUL"),
+        ("HKLM\\" + "k" * 256, "at most 255"),
+    ],
+)
+def test_bad_keys_are_refused_naming_the_field(key, match):
+    with pytest.raises(RegError, match=match):
+        fleet_reg.parse_key(key)
+
+
+def test_field_name_is_the_callers():
+    with pytest.raises(RegError, match=r"^changes\[1\]\.key: unknown hive"):
+        fleet_reg.parse_key("HKZZ\\x", "changes[1].key")
+
+
+def test_user_keys_go_below_the_users_sid():
+    assert fleet_reg.user_key("HKEY_CURRENT_USER", "Software\\X", "S-1-5-21-1-2-3-1001") == (
+        "HKEY_USERS", "S-1-5-21-1-2-3-1001\\Software\\X")
+    with pytest.raises(RegError, match="HKCU keys only"):
+        fleet_reg.user_key("HKEY_LOCAL_MACHINE", "Software", "S-1-5-21-1-2-3-1001")
+    with pytest.raises(RegError, match="user: 'nope' is not a SID"):
+        fleet_reg.user_key("HKEY_CURRENT_USER", "Software", "nope")
+
+
+def test_sid_from_the_profile_list():
+    profiles = {"S-1-5-18": "%systemroot%\\system32\\config\\systemprofile",
+                "S-1-5-21-1-2-3-1001": "C:\\Users\\kiosk",
+                "S-1-5-21-0-0-0-1000": "C:\\users\\root"}
+    assert fleet_reg.sid_from_profiles("KIOSK", profiles) == "S-1-5-21-1-2-3-1001"
+    assert fleet_reg.sid_from_profiles("root", profiles) == "S-1-5-21-0-0-0-1000"
+    with pytest.raises(RegError, match="user: no profile for 'ghost'.*kiosk"):
+        fleet_reg.sid_from_profiles("ghost", profiles)
+    with pytest.raises(RegError, match="user: 'a\\\\\\\\b' is not a user name"):
+        fleet_reg.sid_from_profiles("a\\b", profiles)
+
+
+def test_default_value_names():
+    for name in (None, "", "(Default)", "@"):
+        assert fleet_reg.check_name(name) == ""
+    assert fleet_reg.check_name("{645FF040-5081-101B-9F08-00AA002F954E}") == "{645FF040-5081-101B-9F08-00AA002F954E}"
+    with pytest.raises(RegError, match="name: expected a value name"):
+        fleet_reg.check_name(["x"])
+
+
+# ------------------------------------------------------------------ types
+
+
+@pytest.mark.parametrize(
+    "vtype, data, expected",
+    [
+        ("REG_DWORD", "1", 1),
+        ("REG_DWORD", 1, 1),
+        ("reg_dword", "0x10", 16),
+        ("REG_DWORD", 2**32 - 1, 2**32 - 1),
+        ("REG_QWORD", str(2**64 - 1), 2**64 - 1),
+        ("REG_BINARY", "0a,FF 00", b"\x0a\xff\x00"),
+        ("REG_BINARY", "", b""),
+        ("REG_BINARY", [1, 2], b"\x01\x02"),
+        ("REG_BINARY", b"\x00", b"\x00"),
+        ("REG_MULTI_SZ", ["a", "b c"], ["a", "b c"]),
+        ("REG_MULTI_SZ", [], []),
+        ("REG_SZ", 'a"b & c | d % e ^ f\n', 'a"b & c | d % e ^ f\n'),
+        ("REG_SZ", 42, "42"),
+        ("REG_EXPAND_SZ", "%SystemRoot%\\x", "%SystemRoot%\\x"),
+    ],
+)
+def test_normalise(vtype, data, expected):
+    assert fleet_reg.normalise(vtype, data) == expected
+
+
+@pytest.mark.parametrize(
+    "vtype, data, match",
+    [
+        ("REG_DWORD", 2**32, "data: 4294967296 does not fit REG_DWORD"),
+        ("REG_DWORD", -1, "does not fit REG_DWORD"),
+        ("REG_DWORD", "one", "not a number"),
+        ("REG_DWORD", True, "boolean"),
+        ("REG_DWORD", 1.5, "not a whole number"),
+        ("REG_QWORD", 2**64, "does not fit REG_QWORD"),
+        ("REG_BINARY", "abc", "data: 'abc' has an odd number of hex digits"),
+        ("REG_BINARY", "zz", "not hex"),
+        ("REG_BINARY", [256], "byte values"),
+        ("REG_MULTI_SZ", "a", "needs a list of strings"),
+        ("REG_MULTI_SZ", ["a", ""], r"data\[1\]: REG_MULTI_SZ cannot hold an empty string"),
+        ("REG_SZ", 1.2, "quote it"),
+        ("REG_SZ", "a\0b", "NUL"),
+        ("REG_SZ", None, "no data given"),
+        ("REG_FOO", "x", "vtype: 'REG_FOO' is not one of"),
+    ],
+)
+def test_data_that_does_not_fit_is_refused(vtype, data, match):
+    with pytest.raises(RegError, match=match):
+        fleet_reg.normalise(vtype, data)
+
+
+def test_typed_comparison():
+    assert fleet_reg.equal("REG_DWORD", "1", "REG_DWORD", 1)
+    assert fleet_reg.equal("REG_DWORD", "0x1", "reg_dword", "1")
+    assert not fleet_reg.equal("REG_SZ", "1", "REG_DWORD", 1)
+    assert fleet_reg.equal("REG_BINARY", b"\x0a\xff", "REG_BINARY", "0AFF")
+    assert fleet_reg.equal("REG_MULTI_SZ", ["a", "b"], "REG_MULTI_SZ", ("a", "b"))
+    assert not fleet_reg.equal("REG_MULTI_SZ", ["a", "b"], "REG_MULTI_SZ", ["b", "a"])
+    assert not fleet_reg.equal(None, None, "REG_SZ", "")
+
+
+# ------------------------------------------------------------------ reg.exe arguments
+
+
+def test_reg_add_is_an_argument_list_with_f_and_data_verbatim():
+    data = 'a"b & c | d % e ^ f\nline2'
+    argv = fleet_reg.add_argv("HKEY_LOCAL_MACHINE", "Software\\K", "v", "REG_SZ", data, reg=["wine", "reg"])
+    assert argv == ["wine", "reg", "add", "HKEY_LOCAL_MACHINE\\Software\\K", "/v", "v", "/t", "REG_SZ",
+                    "/d", data, "/f"]
+
+
+@pytest.mark.parametrize(
+    "name, vtype, data, tail",
+    [
+        ("", "REG_SZ", "x", ["/ve", "/t", "REG_SZ", "/d", "x", "/f"]),
+        ("d", "REG_DWORD", "0x10", ["/v", "d", "/t", "REG_DWORD", "/d", "16", "/f"]),
+        ("q", "REG_QWORD", 2**64 - 1, ["/v", "q", "/t", "REG_QWORD", "/d", str(2**64 - 1), "/f"]),
+        ("b", "REG_BINARY", "0aff", ["/v", "b", "/t", "REG_BINARY", "/d", "0AFF", "/f"]),
+        ("m", "REG_MULTI_SZ", ["a", "b c"], ["/v", "m", "/t", "REG_MULTI_SZ", "/d", "a\\0b c", "/f"]),
+        ("m", "REG_MULTI_SZ", [], ["/v", "m", "/t", "REG_MULTI_SZ", "/d", "", "/f"]),
+        # an item holding the two characters \0: another separator via /s
+        ("m", "REG_MULTI_SZ", ["C:\\0dir", "b"], ["/v", "m", "/t", "REG_MULTI_SZ", "/s", "|", "/d", "C:\\0dir|b", "/f"]),
+        ("/v", "REG_SZ", "/f", ["/v", "/v", "/t", "REG_SZ", "/d", "/f", "/f"]),
+    ],
+)
+def test_reg_add_per_type(name, vtype, data, tail):
+    assert fleet_reg.add_argv("HKEY_CURRENT_USER", "S", name, vtype, data)[:3] == ["reg", "add", "HKEY_CURRENT_USER\\S"]
+    assert fleet_reg.add_argv("HKEY_CURRENT_USER", "S", name, vtype, data)[3:] == tail
+
+
+def test_what_reg_add_cannot_carry_goes_through_import():
+    every = list(fleet_reg._MULTI_SZ_SEPARATORS) + ["\\0"]
+    assert fleet_reg.add_argv("HKEY_LOCAL_MACHINE", "S", "m", "REG_MULTI_SZ", ["".join(every)]) is None
+    assert fleet_reg.add_argv("HKEY_LOCAL_MACHINE", "S", "b", "REG_BINARY", b"\0" * 20000) is None
+
+
+def test_other_argument_lists():
+    assert fleet_reg.delete_value_argv("HKEY_LOCAL_MACHINE", "S", "") == ["reg", "delete", "HKEY_LOCAL_MACHINE\\S", "/ve", "/f"]
+    assert fleet_reg.delete_value_argv("HKEY_LOCAL_MACHINE", "S", "x", reg=["wine", "reg"])[-3:] == ["/v", "x", "/f"]
+    assert fleet_reg.delete_key_argv("HKEY_USERS", "S-1\\S") == ["reg", "delete", "HKEY_USERS\\S-1\\S", "/f"]
+    assert fleet_reg.export_argv("HKEY_LOCAL_MACHINE", "S", "/tmp/a b.reg") == [
+        "reg", "export", "HKEY_LOCAL_MACHINE\\S", "/tmp/a b.reg", "/y"]
+    assert fleet_reg.import_argv("C:\\x.reg") == ["reg", "import", "C:\\x.reg"]
+    assert fleet_reg.hive_load_argv("kiosk_reg_S-1-5-21-1", "C:\\Users\\kiosk\\NTUSER.DAT") == [
+        "reg", "load", "HKU\\kiosk_reg_S-1-5-21-1", "C:\\Users\\kiosk\\NTUSER.DAT"]
+    assert fleet_reg.hive_unload_argv("m") == ["reg", "unload", "HKU\\m"]
+    with pytest.raises(RegError, match="mount"):
+        fleet_reg.hive_load_argv("a\\b", "x")
+    assert fleet_reg.ntuser_path("C:\\Users\\Default\\") == "C:\\Users\\Default\\NTUSER.DAT"
+
+
+# ------------------------------------------------------------------ .reg files
+
+WINE_EXPORT = (
+    "Windows Registry Editor Version 5.00\r\n\r\n"
+    "[HKEY_LOCAL_MACHINE\\Software\\KTest]\r\n"
+    '@="emptyname"\r\n'
+    '"bin"=hex:0a,ff,00\r\n'
+    '"bs"="C:\\\\path\\\\with\\\\"\r\n'
+    '"dw"=dword:ffffffff\r\n'
+    '"ex"=hex(2):25,00,53,00,79,00,73,00,74,00,65,00,6d,00,52,00,6f,00,6f,00,74,00,\\\r\n'
+    "  25,00,5c,00,78,00,00,00\r\n"
+    '"ms"=hex(7):61,00,00,00,62,00,20,00,63,00,00,00,00,00\r\n'
+    '"msempty"=hex(7):00,00\r\n'
+    '"nl"="line1\\nline2\\\\end\\\\"\r\n'
+    '"qw"=hex(b):ff,ff,ff,ff,ff,ff,ff,ff\r\n'
+    '"sz"="a\\"b & c | d % e ^ f"\r\n'
+    "\r\n"
+    "[HKEY_LOCAL_MACHINE\\Software\\KTest\\sub]\r\n"
+    "\r\n"
+)
+
+
+def test_parse_a_wine_export():
+    keys = fleet_reg.parse_reg(WINE_EXPORT)
+    assert list(keys) == ["HKEY_LOCAL_MACHINE\\Software\\KTest", "HKEY_LOCAL_MACHINE\\Software\\KTest\\sub"]
+    values = keys["HKEY_LOCAL_MACHINE\\Software\\KTest"]
+    assert values == {
+        "": ("REG_SZ", "emptyname"),
+        "bin": ("REG_BINARY", b"\x0a\xff\x00"),
+        "bs": ("REG_SZ", "C:\\path\\with\\"),
+        "dw": ("REG_DWORD", 2**32 - 1),
+        "ex": ("REG_EXPAND_SZ", "%SystemRoot%\\x"),
+        "ms": ("REG_MULTI_SZ", ["a", "b c"]),
+        "msempty": ("REG_MULTI_SZ", []),
+        "nl": ("REG_SZ", "line1\nline2\\end\\"),
+        "qw": ("REG_QWORD", 2**64 - 1),
+        "sz": ("REG_SZ", 'a"b & c | d % e ^ f'),
+    }
+    assert keys["HKEY_LOCAL_MACHINE\\Software\\KTest\\sub"] == {}
+
+
+@pytest.mark.parametrize(
+    "vtype, data",
+    [
+        ("REG_SZ", 'a"b\\ & c | d % e ^ f\nx\r'),
+        ("REG_EXPAND_SZ", "%TEMP%\\é✓"),
+        ("REG_MULTI_SZ", ["a", "b\\0c", "中文"]),
+        ("REG_MULTI_SZ", []),
+        ("REG_DWORD", 7),
+        ("REG_QWORD", 2**64 - 1),
+        ("REG_BINARY", bytes(range(256))),
+        ("REG_BINARY", b""),
+    ],
+)
+def test_import_text_round_trips_through_the_parser(vtype, data):
+    text = fleet_reg.import_text([("HKEY_LOCAL_MACHINE\\S", None),
+                                  ("HKEY_LOCAL_MACHINE\\S", {"v": (vtype, data), "": ("REG_SZ", "d")})])
+    assert text.startswith("Windows Registry Editor Version 5.00\r\n\r\n[-HKEY_LOCAL_MACHINE\\S]\r\n")
+    assert all(len(line) <= 80 for line in text.split("\r\n"))
+    parsed = fleet_reg.parse_reg(fleet_reg.decode_reg(fleet_reg.encode_reg(text)))
+    assert parsed["HKEY_LOCAL_MACHINE\\S"] == {"v": (vtype, data), "": ("REG_SZ", "d")}
+
+
+def test_encode_reg_is_utf16_with_bom():
+    raw = fleet_reg.encode_reg("Windows Registry Editor Version 5.00\r\n")
+    assert raw[:2] == b"\xff\xfe" and fleet_reg.decode_reg(raw).startswith("Windows Registry")
+
+
+def test_deleted_keys_and_values_in_reg_files():
+    keys = fleet_reg.parse_reg('Windows Registry Editor Version 5.00\r\n\r\n[-HKEY_USERS\\S-1\\A]\r\n\r\n'
+                               '[HKEY_USERS\\S-1\\A]\r\n"x"="1"\r\n"x"=-\r\n"y"=hex(0):01\r\n')
+    assert list(keys) == ["HKEY_USERS\\S-1\\A"]
+    assert keys["HKEY_USERS\\S-1\\A"] == {"y": ("REG_NONE", b"\x01")}
+    assert fleet_reg.parse_reg("[-HKEY_USERS\\S-1\\A]\r\n") == {"HKEY_USERS\\S-1\\A": None}
+
+
+# ------------------------------------------------------------------ reg query
+
+# Wine 8.0 (Debian 12): "(null)" for REG_QWORD data, an empty (Default) on keys made by reg add
+WINE_QUERY = (
+    "\r\nHKEY_LOCAL_MACHINE\\Software\\KTest\r\n"
+    "    (Default)    REG_SZ    \r\n"
+    "    bin    REG_BINARY    0AFF00\r\n"
+    "    binempty    REG_BINARY    \r\n"
+    "    dw    REG_DWORD    0xffffffff\r\n"
+    "    ms    REG_MULTI_SZ    a\\0b c\r\n"
+    "    name    with    spaces    REG_SZ    x    REG_SZ    y\r\n"
+    "    qw    REG_QWORD    (null)\r\n"
+    "    sz    REG_SZ    a\"b & c | d % e ^ f\r\n"
+    "\r\nHKEY_LOCAL_MACHINE\\Software\\KTest\\sub\r\n"
+)
+# Windows 10 reg.exe: "(value not set)" for an unset default, hex QWORD
+WINDOWS_QUERY = (
+    "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\KTest\r\n"
+    "    (Default)    REG_SZ    (value not set)\r\n"
+    "    qw    REG_QWORD    0xffffffffffffffff\r\n"
+    "    dw    REG_DWORD    0x1\r\n"
+    "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\KTest\\sub\r\n"
+)
+
+
+def test_parse_wine_query():
+    parsed = fleet_reg.parse_query(WINE_QUERY)
+    assert parsed["keys"] == ["HKEY_LOCAL_MACHINE\\Software\\KTest", "HKEY_LOCAL_MACHINE\\Software\\KTest\\sub"]
+    values = parsed["values"]["HKEY_LOCAL_MACHINE\\Software\\KTest"]
+    assert values[""] == ("REG_SZ", "")
+    assert values["bin"] == ("REG_BINARY", b"\x0a\xff\x00")
+    assert values["binempty"] == ("REG_BINARY", b"")
+    assert values["dw"] == ("REG_DWORD", 2**32 - 1)
+    assert values["ms"] == ("REG_MULTI_SZ", ["a", "b c"])
+    assert values["qw"] == ("REG_QWORD", None)  # Wine prints (null)
+    assert values["sz"] == ("REG_SZ", 'a"b & c | d % e ^ f')
+    # the first "    REG_<TYPE>" ends the name: right here, ambiguous only for a name holding
+    # "    REG_SZ    " itself (reads use reg export, which quotes names)
+    assert values["name    with    spaces"] == ("REG_SZ", "x    REG_SZ    y")
+
+
+def test_parse_windows_query():
+    parsed = fleet_reg.parse_query(WINDOWS_QUERY)
+    values = parsed["values"]["HKEY_LOCAL_MACHINE\\SOFTWARE\\KTest"]
+    assert "" not in values
+    assert values["qw"] == ("REG_QWORD", 2**64 - 1)
+    assert fleet_reg.subkeys(WINDOWS_QUERY, "HKEY_LOCAL_MACHINE\\Software\\KTest") == [
+        "HKEY_LOCAL_MACHINE\\SOFTWARE\\KTest\\sub"]
+
+
+def test_not_found_messages_of_wine_and_windows():
+    assert fleet_reg.is_not_found("reg: Unable to find the specified registry key")
+    assert fleet_reg.is_not_found("ERROR: The system was unable to find the specified registry key or value.")
+    assert not fleet_reg.is_not_found("reg: Unable to access or create the specified registry key")
+
+
+# ------------------------------------------------------------------ Windows: Salt's reg module
+
+
+@pytest.mark.parametrize(
+    "op, kwargs, expected",
+    [
+        ("read", {"name": "v"}, ("reg.read_value", {"hive": "HKEY_LOCAL_MACHINE", "key": "S\\K", "vname": "v"})),
+        ("read", {"name": "(Default)"}, ("reg.read_value", {"hive": "HKEY_LOCAL_MACHINE", "key": "S\\K", "vname": None})),
+        ("set", {"name": "d", "vtype": "REG_DWORD", "data": "1"},
+         ("reg.set_value", {"hive": "HKEY_LOCAL_MACHINE", "key": "S\\K", "vname": "d", "vdata": 1, "vtype": "REG_DWORD"})),
+        ("set", {"name": "b", "vtype": "reg_binary", "data": "0aff"},
+         ("reg.set_value", {"hive": "HKEY_LOCAL_MACHINE", "key": "S\\K", "vname": "b", "vdata": b"\n\xff",
+                            "vtype": "REG_BINARY"})),
+        ("set", {"name": "m", "vtype": "REG_MULTI_SZ", "data": ("a", "b")},
+         ("reg.set_value", {"hive": "HKEY_LOCAL_MACHINE", "key": "S\\K", "vname": "m", "vdata": ["a", "b"],
+                            "vtype": "REG_MULTI_SZ"})),
+        ("set", {"name": "", "vtype": "REG_SZ", "data": 'a"b & c\n'},
+         ("reg.set_value", {"hive": "HKEY_LOCAL_MACHINE", "key": "S\\K", "vname": None, "vdata": 'a"b & c\n',
+                            "vtype": "REG_SZ"})),
+        ("delete_value", {"name": "v"}, ("reg.delete_value", {"hive": "HKEY_LOCAL_MACHINE", "key": "S\\K", "vname": "v"})),
+        ("delete_key", {}, ("reg.delete_key_recursive", {"hive": "HKEY_LOCAL_MACHINE", "key": "S\\K"})),
+        ("list_values", {}, ("reg.list_values", {"hive": "HKEY_LOCAL_MACHINE", "key": "S\\K"})),
+        ("list_keys", {}, ("reg.list_keys", {"hive": "HKEY_LOCAL_MACHINE", "key": "S\\K"})),
+        ("key_exists", {}, ("reg.key_exists", {"hive": "HKEY_LOCAL_MACHINE", "key": "S\\K"})),
+    ],
+)
+def test_windows_backend_argument_mapping(op, kwargs, expected):
+    assert fleet_reg.windows_call(op, "HKEY_LOCAL_MACHINE", "S\\K", **kwargs) == expected
+
+
+def test_windows_mapping_refuses_bad_data_before_calling_salt():
+    with pytest.raises(RegError, match="data: 4294967296 does not fit REG_DWORD"):
+        fleet_reg.windows_call("set", "HKEY_LOCAL_MACHINE", "S", name="d", vtype="REG_DWORD", data=2**32)
+    with pytest.raises(RegError, match="op: 'rename'"):
+        fleet_reg.windows_call("rename", "HKEY_LOCAL_MACHINE", "S")
+
+
+def test_windows_answers_are_read_back_typed():
+    ok = {"hive": "HKLM", "key": "S", "vname": "d", "vdata": 1, "vtype": "REG_DWORD", "success": True}
+    assert fleet_reg.windows_value(ok, "d") == ("REG_DWORD", 1)
+    unset = {"vname": "(Default)", "vdata": "(value not set)", "vtype": "REG_SZ", "success": True}
+    assert fleet_reg.windows_value(unset, None) is None
+    assert fleet_reg.windows_value({"success": False, "comment": "Cannot find key"}, "d") is None
+    listed = [{"vname": "(Default)", "vtype": "REG_SZ", "vdata": "x"},
+              {"vname": "b", "vtype": "REG_BINARY", "vdata": b"\x00"}]
+    assert fleet_reg.windows_values(listed) == {"": ("REG_SZ", "x"), "b": ("REG_BINARY", b"\x00")}
+    assert fleet_reg.windows_values((False, "Cannot find key: HKLM\\S")) is None
+
+
+def test_first_section_tells_a_snapshot_from_a_plain_export():
+    assert fleet_reg.first_section(fleet_reg.import_text([("HKEY_USERS\\S-1\\A", None)])) == (True, "HKEY_USERS\\S-1\\A")
+    assert fleet_reg.first_section(WINE_EXPORT) == (False, "HKEY_LOCAL_MACHINE\\Software\\KTest")
+    assert fleet_reg.first_section("Windows Registry Editor Version 5.00\r\n") == (None, None)
+
+
+# ------------------------------------------------------------------ Windows glue with a fake Salt reg module
+
+
+class FakeSaltReg:
+    """Salt's Windows reg module in memory: strict about vdata types like the real one."""
+
+    TYPES = {"REG_SZ": str, "REG_EXPAND_SZ": str, "REG_MULTI_SZ": list, "REG_DWORD": int, "REG_QWORD": int,
+             "REG_BINARY": bytes}
+
+    def __init__(self, fail_on=None):
+        self.keys, self.calls, self.fail_on = {}, [], fail_on
+        self.loaded = {"S-1-5-21-1-2-3-1001"}
+        self.keys[("HKEY_LOCAL_MACHINE", "SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\ProfileList\\S-1-5-21-1-2-3-1001")] = {
+            "ProfileImagePath": ("REG_EXPAND_SZ", "C:\\Users\\kiosk")}
+        self.keys[("HKEY_LOCAL_MACHINE", "SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\ProfileList\\S-1-5-21-1-2-3-1002")] = {
+            "ProfileImagePath": ("REG_EXPAND_SZ", "C:\\Users\\staff")}
+
+    def funcs(self):
+        return {"reg.list_values": self.list_values, "reg.set_value": self.set_value,
+                "reg.delete_value": self.delete_value, "reg.delete_key_recursive": self.delete_key,
+                "reg.list_keys": self.list_keys, "reg.key_exists": self.key_exists,
+                "reg.import_file": lambda path: self.calls.append(("import", path)) or True,
+                "cmd.run_all": self.run_all}
+
+    def list_values(self, hive, key):
+        if (hive, key) not in self.keys:
+            return False, f"Cannot find key: {hive}\\{key}"
+        return [{"vname": n or "(Default)", "vtype": t, "vdata": d, "success": True}
+                for n, (t, d) in self.keys[(hive, key)].items()]
+
+    def set_value(self, hive, key, vname, vdata, vtype):
+        self.calls.append(("set", hive, key, vname, vdata, vtype))
+        assert isinstance(vdata, self.TYPES[vtype]) and not isinstance(vdata, bool)
+        if self.fail_on == vname:
+            return False
+        self.keys.setdefault((hive, key), {})[vname or ""] = (vtype, vdata)
+        return True
+
+    def delete_value(self, hive, key, vname):
+        self.calls.append(("delete_value", hive, key, vname))
+        return self.keys.get((hive, key), {}).pop(vname or "", None) is not None or None
+
+    def delete_key(self, hive, key):
+        self.calls.append(("delete_key", hive, key))
+        gone = [k for k in self.keys if k[0] == hive and (k[1] == key or k[1].startswith(key + "\\"))]
+        for k in gone:
+            del self.keys[k]
+        return {"Deleted": [f"{hive}\\{k[1]}" for k in gone], "Failed": []} if gone else False
+
+    def list_keys(self, hive, key):
+        prefix = key + "\\"
+        return sorted({k[1][len(prefix):].split("\\")[0] for k in self.keys if k[0] == hive and k[1].startswith(prefix)})
+
+    def key_exists(self, hive, key):
+        return key in self.loaded if hive == "HKU" else (hive, key) in self.keys
+
+    def run_all(self, argv, **kwargs):
+        self.calls.append(("run", list(argv)))
+        assert kwargs.get("python_shell") is False
+        return {"retcode": 0, "stdout": "", "stderr": ""}
+
+
+@pytest.fixture
+def windows_kiosk_reg(monkeypatch, tmp_path):
+    import importlib.util
+    import pathlib
+
+    import salt.utils.platform
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "_modules" / "kiosk_reg.py"
+    spec = importlib.util.spec_from_file_location("kiosk_reg_windows_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(salt.utils.platform, "is_windows", lambda: True)
+    fake = FakeSaltReg()
+    mod.__salt__ = fake.funcs()
+    mod.__context__ = {}
+    mod.__opts__ = {"cachedir": str(tmp_path)}
+    return mod, fake
+
+
+def test_windows_glue_sets_typed_values_through_salts_reg_module_idempotently(windows_kiosk_reg):
+    mod, fake = windows_kiosk_reg
+    assert mod.__virtual__() == "kiosk_reg" and mod.backend()["backend"] == "windows"
+    ret = mod.set_value("HKLM\\SOFTWARE\\Kiosk", "Slot", "3", vtype="REG_DWORD")
+    assert ret["changed"] and fake.calls[-1] == ("set", "HKEY_LOCAL_MACHINE", "SOFTWARE\\Kiosk", "Slot", 3, "REG_DWORD")
+    calls = len(fake.calls)
+    assert mod.set_value("HKLM\\SOFTWARE\\Kiosk", "Slot", 3, vtype="REG_DWORD")["changed"] is False
+    assert len(fake.calls) == calls  # nothing written
+    mod.set_value("HKLM\\SOFTWARE\\Kiosk", "Blob", "0aff", vtype="REG_BINARY")
+    assert fake.calls[-1][4] == b"\n\xff"
+    assert mod.get_value("HKLM\\SOFTWARE\\Kiosk", "Blob")["data"] == "0aff"
+    assert mod.delete_key("HKLM\\SOFTWARE\\Kiosk")["changed"] is True
+    assert fake.calls[-1] == ("delete_key", "HKEY_LOCAL_MACHINE", "SOFTWARE\\Kiosk")
+
+
+def test_windows_glue_user_hive_loaded_or_loaded_from_ntuser_dat(windows_kiosk_reg):
+    mod, fake = windows_kiosk_reg
+    mod.set_value("HKCU\\Software\\Kiosk", "v", "x", user="kiosk")  # logged on: HKU\<SID> directly
+    assert fake.calls[-1][:3] == ("set", "HKEY_USERS", "S-1-5-21-1-2-3-1001\\Software\\Kiosk")
+    mod.set_value("HKCU\\Software\\Kiosk", "v", "x", user="staff")  # not loaded: reg load / unload around it
+    runs = [c[1] for c in fake.calls if c[0] == "run"]
+    assert runs[0][1:] == ["load", "HKU\\kiosk_reg_S-1-5-21-1-2-3-1002", "C:\\Users\\staff\\NTUSER.DAT"]
+    assert runs[-1][1:] == ["unload", "HKU\\kiosk_reg_S-1-5-21-1-2-3-1002"]
+    assert ("set", "HKEY_USERS", "kiosk_reg_S-1-5-21-1-2-3-1002\\Software\\Kiosk", "v", "x", "REG_SZ") in fake.calls
+    mod.set_value("HKCU\\Software\\Kiosk", "v", "x", user="Default")
+    runs = [c[1] for c in fake.calls if c[0] == "run"]
+    assert runs[-2][1:3] == ["load", "HKU\\kiosk_reg_Default"] and runs[-2][3].endswith("Users\\Default\\NTUSER.DAT")
+
+
+def test_windows_glue_rolls_back_when_salt_refuses_a_write(windows_kiosk_reg):
+    from salt.exceptions import CommandExecutionError
+
+    mod, fake = windows_kiosk_reg
+    mod.set_value("HKLM\\SOFTWARE\\Kiosk", "a", "old")
+    fake.fail_on = "b"
+    with pytest.raises(CommandExecutionError, match=r"^changes\[1\]: reg.set_value refused .*rolled back: changes\[0\]"):
+        mod.set_values([{"key": "HKLM\\SOFTWARE\\Kiosk", "name": "a", "data": "new"},
+                        {"key": "HKLM\\SOFTWARE\\Kiosk", "name": "b", "data": 1, "vtype": "REG_DWORD"}],
+                       snapshot=False)
+    assert fake.keys[("HKEY_LOCAL_MACHINE", "SOFTWARE\\Kiosk")] == {"a": ("REG_SZ", "old")}
