@@ -61,6 +61,13 @@ def validate(config):
     Validate the beacon configuration (Salt's list of dicts) and check that
     the devices exist. Returns ``(False, message)`` naming the bad key or the
     missing device (the beacon then does not run; the minion carries on).
+
+    CLI Example (the beacon runs from the minion's config; this checks it):
+
+    .. code-block:: bash
+
+        salt 'pi-*' beacons.list
+        salt 'pi-*' kiosk_env.check
     """
     if not isinstance(config, list):
         return False, "kiosk_env: the beacon configuration must be a list (- temperature: [5, 32] ...)"
@@ -113,6 +120,13 @@ def beacon(config):
     One interval: returns a list of events (``tag``: alert, clear,
     sensor_error, reading). Bounded work: a few sysfs reads and GPIO ioctls,
     no sleeping.
+
+    CLI Example (the beacon runs from the minion's config; this checks it):
+
+    .. code-block:: bash
+
+        salt 'pi-*' beacons.list
+        salt 'pi-*' kiosk_env.check
     """
     if STATE_KEY not in __context__:
         __context__[STATE_KEY] = _restore_state()
@@ -126,7 +140,15 @@ def beacon(config):
 
 
 def close(config):  # pylint: disable=unused-argument
-    """Salt is replacing the beacon: keep the state for the next instance (same boot only)."""
+    """
+    Salt is replacing the beacon: keep the state for the next instance (same boot only).
+
+    CLI Example (a refresh replaces the beacon and calls this):
+
+    .. code-block:: bash
+
+        salt 'pi-*' saltutil.refresh_beacons
+    """
     state = __context__.get(STATE_KEY)
     if not state:
         return

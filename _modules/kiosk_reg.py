@@ -571,7 +571,7 @@ def set_value(key, name, data, vtype="REG_SZ", user=None, test=False):
     .. code-block:: bash
 
         salt kiosk-riverside-01 kiosk_reg.set_value 'HKLM\\SOFTWARE\\Kiosk' Campus riverside
-        salt kiosk-riverside-01 kiosk_reg.set_value 'HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Explorer\\HideDesktopIcons\\NewStartPanel' '{645FF040-5081-101B-9F08-00AA002F954E}' 1 vtype=REG_DWORD user=kiosk
+        salt kiosk-riverside-01 kiosk_reg.set_value 'HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Explorer\\HideDesktopIcons\\NewStartPanel' '"{645FF040-5081-101B-9F08-00AA002F954E}"' 1 vtype=REG_DWORD user=kiosk   # GUID quoted twice: bare {..} is YAML
         salt kiosk-riverside-01 kiosk_reg.set_value 'HKLM\\SOFTWARE\\Kiosk' Hosts '["a", "b"]' vtype=REG_MULTI_SZ
     """
     try:

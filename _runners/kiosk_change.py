@@ -60,13 +60,14 @@ def apply(template=None, campus=None, kiosks=None, test=False, params=None, time
     try:
         sls = fleet_change.check_template(template, _available())
         params = fleet_change.check_params(params)
+        timeout = fleet_runner.number(timeout, "timeout", 1, 3600)
         if not isinstance(test, bool):
             raise fleet_change.ChangeError(f"test: expected True or False, got {test!r}")
         pillar = __salt__["pillar.show_pillar"]()
         fleet_change.check_pillar(pillar)
         inventory = fleet_inventory.from_pillar(pillar)
         selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
-    except (fleet_change.ChangeError, fleet_inventory.InventoryError) as exc:
+    except (ValueError, fleet_inventory.InventoryError) as exc:  # ChangeError is a ValueError
         return fleet_runner.fail(__context__, exc)
     kiosk_ids = sorted(k for ids in selection.values() for k in ids)
     returns = __salt__["salt.execute"](
@@ -75,7 +76,7 @@ def apply(template=None, campus=None, kiosks=None, test=False, params=None, time
         arg=[sls],
         tgt_type="list",
         kwarg={"test": test, "pillar": {"kiosk_change": params}},
-        timeout=int(timeout),
+        timeout=timeout,
     ) or {}
     ret = fleet_change.report(kiosk_ids, returns)
     ret.update({"template": template, "sls": sls, "test": test})

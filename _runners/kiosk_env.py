@@ -64,11 +64,12 @@ def status(campus=None, stale_s=DEFAULT_STALE_S, timeout=30):
     except (TypeError, ValueError):
         return fleet_runner.fail(__context__, f"stale_s: {stale_s!r} is not a number of seconds")
     try:
+        timeout = fleet_runner.number(timeout, "timeout", 1, 600)
         campus_pis = _campus_pis(campus)
-    except fleet_inventory.InventoryError as exc:
+    except (ValueError, fleet_inventory.InventoryError) as exc:
         return fleet_runner.fail(__context__, exc)
     pis = sorted({p for ids in campus_pis.values() for p in ids})
-    returns = __salt__["salt.execute"](pis, "kiosk_env.read", tgt_type="list", timeout=int(timeout)) or {}
+    returns = __salt__["salt.execute"](pis, "kiosk_env.read", tgt_type="list", timeout=timeout) or {}
     cache = salt.cache.factory(__opts__)
     cached = cache.fetch(CACHE_BANK, CACHE_KEY) or {}
     fresh = {p: r for p, r in returns.items() if isinstance(r, dict) and isinstance(r.get("at"), (int, float))}

@@ -63,14 +63,15 @@ def ping(campus=None, kiosks=None, timeout=10):
         salt-run kiosk_fleet.ping kiosks=kiosk-east-01,kiosk-east-02 --out=json
     """
     try:
+        timeout = fleet_runner.number(timeout, "timeout", 1, 600)
         inv = _load_inventory()
         if campus is None and kiosks is None:
             campus = sorted(inv["campuses"])
         selection = fleet_inventory.select_kiosks(inv, kiosks=kiosks, campus=campus)
-    except fleet_inventory.InventoryError as exc:
+    except (ValueError, fleet_inventory.InventoryError) as exc:
         return fleet_runner.fail(__context__, exc)
     targets = sorted(k for ids in selection.values() for k in ids)
-    answered = __salt__["salt.execute"](targets, "test.ping", tgt_type="list", timeout=int(timeout)) or {}
+    answered = __salt__["salt.execute"](targets, "test.ping", tgt_type="list", timeout=timeout) or {}
     report = fleet_runner.presence(selection, answered)
     down = sorted(k for r in report.values() for k in r["down"])
     ret = {"result": not down, "campuses": report, "down": down}

@@ -89,8 +89,10 @@ def wake(kiosks=None, campus=None, repeat=3, timeout=30):
         salt-run kiosk_power.wake kiosks=kiosk-riverside-10,kiosk-riverside-11 --out=json
     """
     try:
+        repeat = fleet_runner.number(repeat, "repeat", 1, 20)
+        timeout = fleet_runner.number(timeout, "timeout", 1, 600)
         inventory, selection = _selection(kiosks, campus)
-    except fleet_inventory.InventoryError as exc:
+    except (ValueError, fleet_inventory.InventoryError) as exc:
         return fleet_runner.fail(__context__, exc)
     campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
     pis = sorted({p for ids in campus_pis.values() for p in ids})
@@ -99,8 +101,8 @@ def wake(kiosks=None, campus=None, repeat=3, timeout=30):
         pis,
         "kiosk_wol.wake_kiosks",
         tgt_type="list",
-        kwarg={"kiosks": kiosk_ids, "repeat": int(repeat)},
-        timeout=int(timeout),
+        kwarg={"kiosks": kiosk_ids, "repeat": repeat},
+        timeout=timeout,
     ) or {}
     report = fleet_wol.merge_wake_returns(selection, returns, campus_pis)
     if report["unreached"]:
@@ -127,6 +129,7 @@ def shutdown(kiosks=None, campus=None, delay_s=60, message="This kiosk is shutti
     """
     try:
         delay_s, message = fleet_power.check_request(delay_s, message)
+        timeout = fleet_runner.number(timeout, "timeout", 1, 600)
         _, selection = _selection(kiosks, campus)
     except (ValueError, fleet_inventory.InventoryError) as exc:
         return fleet_runner.fail(__context__, exc)
@@ -136,7 +139,7 @@ def shutdown(kiosks=None, campus=None, delay_s=60, message="This kiosk is shutti
         "kiosk_power.shutdown",
         tgt_type="list",
         kwarg={"delay_s": delay_s, "message": message},
-        timeout=int(timeout),
+        timeout=timeout,
     ) or {}
     accepted = sorted(k for k, r in returns.items() if isinstance(r, dict) and r.get("action") == "shutdown")
     failed = {k: str(r) for k, r in returns.items() if k not in accepted}
@@ -175,9 +178,14 @@ def _read_json(name, default):
     path = os.path.join(_state_dir(), name)
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            data = json.load(handle)
     except FileNotFoundError:
         return default
+    except (OSError, ValueError) as exc:  # unreadable or not JSON: say which file, never a traceback
+        raise fleet_sweep.SweepError(f"{path}: unreadable state file ({exc}); fix or move it aside") from exc
+    if not isinstance(data, dict):
+        raise fleet_sweep.SweepError(f"{path}: expected a JSON object, got {type(data).__name__}; fix or move it aside")
+    return data
 
 
 def _write_json(name, data):
@@ -323,7 +331,11 @@ def sync_schedules(url=None, timeout=10):
     if not 0 < timeout <= 120:
         return fleet_runner.fail(__context__, f"timeout: {timeout!r} is outside 0-120 seconds")
     shown = _redact(url)
-    previous = _read_json(SCHEDULES_FILE, None)
+    try:
+        previous = _read_json(SCHEDULES_FILE, None)
+    except fleet_sweep.SweepError as exc:  # a corrupt copy must not block syncing a good one
+        log.warning("kiosk_power.sync_schedules: %s", exc)
+        previous = None
     in_force = (
         {"source": "synced", "synced_at": previous.get("synced_at"), "url": previous.get("url")}
         if previous else {"source": "pillar"}

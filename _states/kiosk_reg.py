@@ -50,6 +50,12 @@ def present(name, vname=None, data=None, vtype="REG_SZ", user=None):
     Ensure value ``vname`` of key ``name`` holds ``data`` of type ``vtype``
     (``vname`` unset: the key's default value). Typed comparison: REG_DWORD
     ``"1"`` and ``1`` are the same, so nothing is written.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt kiosk-riverside-01 state.single kiosk_reg.present name='HKLM\\SOFTWARE\\Kiosk' vname=Mode data=1 vtype=REG_DWORD test=True
     """
     ret = _ret(name)
     test = bool(__opts__.get("test"))
@@ -71,7 +77,15 @@ def present(name, vname=None, data=None, vtype="REG_SZ", user=None):
 
 
 def absent(name, vname=None, user=None):
-    """Ensure value ``vname`` of key ``name`` does not exist."""
+    """
+    Ensure value ``vname`` of key ``name`` does not exist.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt kiosk-riverside-01 state.single kiosk_reg.absent name='HKLM\\SOFTWARE\\Kiosk' vname=LegacyMode
+    """
     ret = _ret(name)
     test = bool(__opts__.get("test"))
     try:
@@ -92,7 +106,15 @@ def absent(name, vname=None, user=None):
 
 
 def key_absent(name, user=None):
-    """Ensure key ``name`` (with its subkeys and values) does not exist."""
+    """
+    Ensure key ``name`` (with its subkeys and values) does not exist.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt kiosk-riverside-01 state.single kiosk_reg.key_absent name='HKLM\\SOFTWARE\\OldVendor'
+    """
     ret = _ret(name)
     test = bool(__opts__.get("test"))
     try:

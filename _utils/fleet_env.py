@@ -755,5 +755,6 @@ def alert_payload(tag, data):
         if data.get(key) is not None:
             payload[key] = data[key]
     value = f" {data['value']}{data.get('unit', '')}" if data.get("value") is not None else ""
-    payload["summary"] = f"[{severity}] {pi}{' (' + data['campus'] + ')' if data.get('campus') else ''}: {metric} {kind}{value}"
+    campus = f" ({data['campus']})" if data.get("campus") else ""
+    payload["summary"] = f"[{severity}] {pi}{campus}: {metric} {kind}{value}"
     return payload

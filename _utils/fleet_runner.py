@@ -20,10 +20,22 @@ def __virtual__():
 def finish(context, ret):
     """Set the runner's exit code from ``ret["result"]`` and return ``ret``."""
     retcode = 0 if ret.get("result", False) else 1
-    if retcode:
-        context["retcode"] = retcode
+    # always set: the reactor reuses one runner context across jobs, so a
+    # failure must not stick to the next, successful, job
+    context["retcode"] = retcode
     ret["retcode"] = retcode
     return ret
+
+
+def number(value, field, low, high):
+    """``value`` as an int within ``low..high``; ValueError naming ``field`` otherwise."""
+    try:
+        checked = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field}: {value!r} is not a whole number") from None
+    if isinstance(value, bool) or not low <= checked <= high:
+        raise ValueError(f"{field}: {value!r} is outside {low}-{high}")
+    return checked
 
 
 def fail(context, error, **data):

@@ -28,6 +28,7 @@ def loader():
     root = tempfile.mkdtemp(prefix="wolbench")
     opts = salt.config.minion_config(None)
     opts.update({"file_client": "local", "root_dir": root, "cachedir": root, "module_dirs": [str(REPO)], "id": "pi-bench-1"})
+    opts["enable_fqdns_grains"] = False  # no reverse-DNS lookups (network rule)
     opts["grains"] = salt.loader.grains(opts)
     utils = salt.loader.utils(opts)
     return salt.loader.minion_mods(opts, utils=utils)

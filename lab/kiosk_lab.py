@@ -83,6 +83,7 @@ def write_configs(run, raw, inv):
         "pillar_roots": {"base": [str(srv / "pillar")]},
         "module_dirs": [str(REPO)],
         "user": user,
+        "enable_fqdns_grains": False,  # no reverse-DNS lookups off the machine
     }
     top = run / "top"
     write_yaml(top / "master", {
@@ -118,6 +119,7 @@ def write_configs(run, raw, inv):
                 "root_dir": str(pi_dir),
                 "log_file": str(pi_dir / "minion.log"),
                 "user": user,
+                "enable_fqdns_grains": False,  # no reverse-DNS lookups off the machine
                 "grains": {"campus": campus, "kiosk_fleet_role": "pi"},
             })
             daemons += [
@@ -134,6 +136,9 @@ def write_configs(run, raw, inv):
                 "root_dir": str(kiosk_dir),
                 "log_file": str(kiosk_dir / "minion.log"),
                 "user": user,
+                "enable_fqdns_grains": False,
+                # Salt's hosts module edits this file (change template "hosts"), not /etc/hosts
+                "hosts.file": str(kiosk_dir / "hosts"),
                 "grains": {"campus": campus, "kiosk_fleet_role": "kiosk"},
                 # at boot, announce kiosk/boot: the top master's reactor syncs the pack
                 "startup_states": "sls",

@@ -164,7 +164,11 @@ class Simulator:
         if data[0] == "on":
             self.power_on(kiosk, "lab")
             return
-        delay = float(data[2]) if len(data) > 2 else 0.0
+        try:
+            delay = float(data[2]) if len(data) > 2 else 0.0
+        except ValueError:
+            log.warning("bad delay in control message %r", data)
+            return
         kiosk.off_at = time.time() + delay
         log.info("%s shutting down in %.0f s", kiosk.id, delay)
 

@@ -8,6 +8,7 @@
 # e.g. lab/syndic-check.sh /opt/salt3008 s8 "" "publish_port: 44505"
 # Topology (all 127.0.0.1):
 #   top master  : publish 44505 / ret 44506, order_masters: True
+enable_fqdns_grains: false
 #   Pi master   : publish 45505 / ret 45506
 #   Pi syndic   : syndic_master 127.0.0.1:44506, id "pi"
 #   minion      : kiosk-1 -> Pi master 45506
@@ -40,6 +41,7 @@ publish_port: 45505
 ret_port: 45506
 auto_accept: True
 syndic_master: 127.0.0.1
+enable_fqdns_grains: false
 syndic_master_port: 44506
 log_level_logfile: ${LOGLEVEL:-debug}
 $(printf '%b' "$EXTRA_PI")
@@ -47,6 +49,7 @@ EOF
 # Pi: minion config (salt-syndic also reads DIR/minion; gives id / pki_dir)
 cat > $R/pi/etc/minion <<EOF
 id: pi
+enable_fqdns_grains: false
 root_dir: $R/pi/root
 user: root
 master: 127.0.0.1
@@ -57,6 +60,7 @@ EOF
 
 cat > $R/kiosk/etc/minion <<EOF
 id: kiosk-1
+enable_fqdns_grains: false
 root_dir: $R/kiosk/root
 user: root
 master: 127.0.0.1

@@ -39,6 +39,7 @@ def kiosk(tmp_path_factory):
     (root / "minion").write_text(yaml.safe_dump({
         "id": "kiosk-riverside-01",
         "file_client": "local",
+        "enable_fqdns_grains": False,  # no reverse-DNS lookups (network rule)
         "root_dir": str(root / "r"),
         "user": "root",
         "module_dirs": [str(REPO)],

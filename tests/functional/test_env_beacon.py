@@ -53,6 +53,7 @@ def minion(tmp_path):
     opts = salt.config.minion_config(None)
     opts.update({"file_client": "local", "root_dir": str(root), "cachedir": str(root), "module_dirs": [str(REPO)],
                  "id": "pi-riverside-1"})
+    opts["enable_fqdns_grains"] = False  # no reverse-DNS lookups (network rule)
     opts["grains"] = salt.loader.grains(opts)
     opts["grains"]["campus"] = "riverside"
     mods = salt.loader.minion_mods(opts, utils=salt.loader.utils(opts))

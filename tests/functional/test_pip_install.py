@@ -23,6 +23,7 @@ PROBE = textwrap.dedent(
     import salt.config, salt.loader
     minion = salt.config.minion_config(sys.argv[1])
     master = salt.config.master_config(sys.argv[2])
+    minion["enable_fqdns_grains"] = False  # no reverse-DNS lookups (network rule)
     minion["grains"] = salt.loader.grains(minion)
     utils = salt.loader.utils(minion)
     mods = salt.loader.minion_mods(minion, utils=utils)
@@ -48,17 +49,20 @@ def clean_venv(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipvenv")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    # the build copies the repo: keep the test venv and caches out of it
-    install = subprocess.run(
-        [*pip, "-c", str(REPO / ".ci" / "constraints.txt"), str(REPO)],
-        capture_output=True, text=True, timeout=900, check=False,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+    # offline: every wheel comes from the wheelhouse .ci/bootstrap built
+    wheelhouse = REPO / ".venv" / "wheelhouse"
+    if not wheelhouse.is_dir():
+        pytest.skip(f"no wheelhouse at {wheelhouse}: run .ci/bootstrap")
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+           "--no-index", "--find-links", str(wheelhouse)]
+    for args in (["setuptools>=61", "wheel"],
+                 ["--no-build-isolation", "-c", str(REPO / ".ci" / "constraints.txt"), str(REPO)]):
+        install = subprocess.run([*pip, *args], capture_output=True, text=True, timeout=900, check=False)
+        assert install.returncode == 0, install.stdout + install.stderr
     conf = root / "conf"
     conf.mkdir()
     (conf / "minion").write_text(
-        f"file_client: local\nroot_dir: {root / 'r'}\nid: kiosk-pip-01\nuser: root\n"
+        f"file_client: local\nroot_dir: {root / 'r'}\nid: kiosk-pip-01\nuser: root\nenable_fqdns_grains: false\n"
     )
     (conf / "master").write_text(f"root_dir: {root / 'r'}\nuser: root\n")
     return venv, conf

@@ -166,6 +166,7 @@ def top_master_config(repo, tree, webhook_url):
         "pillar_roots": tree["pillar_roots"],
         "module_dirs": [str(repo)],
         "auto_accept": True,
+        "enable_fqdns_grains": False,  # masters load grains too: no reverse DNS
         "syndic_wait": SYNDIC_WAIT,
         # kiosk events reach the top master twice (plain and syndic/<pi>/...):
         # reactors match the plain tag only
@@ -185,6 +186,7 @@ def pi_master_config(tree):
         "pillar_roots": tree["pillar_roots"],
         "module_dirs": [tree["repo"]],
         "auto_accept": True,
+        "enable_fqdns_grains": False,
     }
 
 
@@ -204,6 +206,7 @@ def write_fake_dht11(sysfs_root, temp_milli_c=22000, humidity_milli_pct=45000):
 
 def pi_minion_config(campus, pi_id, env_dir):
     config = {
+        "enable_fqdns_grains": False,  # the fqdns grain reverse-resolves every address: no DNS off the machine
         "publish_port": PI_MINION_PUBLISH_PORT,
         # saltfactories gives the Pi's master, syndic and minion one root and
         # one cachedir; a real Pi keeps the minion's cache (extmods) apart
@@ -238,6 +241,7 @@ POWER_RECORDER = (
 def kiosk_minion_config(campus, kiosk_id, power_dir):
     record = str(pathlib.Path(power_dir) / f"{kiosk_id}.json")
     return {
+        "enable_fqdns_grains": False,  # no reverse-DNS lookups off the machine
         "grains": {"campus": campus, "kiosk_fleet_role": "kiosk"},
         # Salt's hosts module edits this file: never the test machine's /etc/hosts
         "hosts.file": str(pathlib.Path(power_dir) / f"hosts-{kiosk_id}"),

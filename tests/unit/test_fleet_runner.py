@@ -8,10 +8,21 @@ def test_failure_sets_both_exit_code_channels():
     assert context["retcode"] == 1
 
 
-def test_success_leaves_context_alone():
-    context = {}
+def test_success_after_a_failure_resets_the_shared_context():
+    context = {"retcode": 1}  # the reactor's cached runner context, after a failed job
     assert fleet_runner.finish(context, {"result": True})["retcode"] == 0
-    assert context == {}
+    assert context == {"retcode": 0}
+
+
+def test_number_names_the_field():
+    assert fleet_runner.number("30", "timeout", 1, 600) == 30
+    for bad, match in (("abc", "not a whole number"), (0, "outside 1-600"), (True, "outside"), (None, "not a whole")):
+        try:
+            fleet_runner.number(bad, "timeout", 1, 600)
+        except ValueError as exc:
+            assert str(exc).startswith("timeout:") and match in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} accepted")
 
 
 def test_presence_splits_up_and_down_per_campus():
