@@ -277,12 +277,16 @@ def _observe(inventory, selection, timeout):
     returns = __salt__["salt.execute"](
         pis, "kiosk_scan.scan", tgt_type="list", kwarg={"kiosks": kiosk_ids}, timeout=timeout
     ) or {}
+    # minion presence: a kiosk whose port is closed but whose minion answers
+    # is powered on with its app down ("degraded"), not off
+    pings = __salt__["salt.execute"](kiosk_ids, "test.ping", tgt_type="list", timeout=timeout) or {}
+    presence = {k: True for k, answer in pings.items() if answer is True}
     answered = sorted(p for p in pis if isinstance(returns.get(p), dict))
     pis_report = {"answered": answered, "silent": sorted(set(pis) - set(answered))}
     errors = {p: str(r) for p, r in returns.items() if p in pis and not isinstance(r, dict)}
     if errors:
         pis_report["errors"] = errors
-    return fleet_sweep.observed_states(selection, returns, campus_pis), pis_report
+    return fleet_sweep.observed_states(selection, returns, campus_pis, presence), pis_report
 
 
 def _all_kiosks(inventory):

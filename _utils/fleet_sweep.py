@@ -5,10 +5,15 @@ and the +5/+10/+15 minute verification bookkeeping. Pure: no Salt, no I/O.
 Vocabulary
     *desired*   ``fleet_schedule.desired_states`` decisions (on/off/unmanaged);
     *observed*  what the campus Pis saw with ``kiosk_scan.scan`` (nmap TCP
-                connect probe of the kiosk's service port): a kiosk is ``on``
-                when any Pi of its campus saw the port open, ``off`` when at
-                least one Pi answered and none saw it open, ``unknown`` when
-                no Pi of its campus answered;
+                connect probe of the kiosk's service port), combined with
+                minion presence (the kiosk's minion answered ``test.ping``):
+                ``on`` when any Pi of its campus saw the port open, or no Pi
+                could scan but the minion answered; ``degraded`` when the
+                port is closed but the minion answers (powered on, the kiosk
+                app is down: a sweep does not wake it, verification alerts);
+                ``off`` when at least one Pi answered, none saw the port open
+                and the minion is silent; ``unknown`` when no Pi of its
+                campus answered and the minion is silent;
     *hold*      an operator override ``{kiosk, state, until, reason, set_at}``:
                 the sweep keeps the kiosk in ``state`` until ``until`` (then the
                 hold is ignored, and dropped by :func:`prune_holds`);
@@ -33,6 +38,7 @@ import re
 __virtualname__ = "fleet_sweep"
 
 ON, OFF, UNMANAGED, UNKNOWN = "on", "off", "unmanaged", "unknown"
+DEGRADED = "degraded"  # powered on (the minion answers) but the service port is closed
 CHECK_OFFSETS = (5, 10, 15)  # minutes after the sweep that changed the kiosk
 MAX_HOLD = _dt.timedelta(days=366)
 MAX_REASON = 500
@@ -203,12 +209,15 @@ def port_states(nmap_result, port, ips):
 # ---------------------------------------------------------------- observed state
 
 
-def observed_states(selection, scan_returns, campus_pis):
+def observed_states(selection, scan_returns, campus_pis, presence=None):
     """
-    Merge the Pis' ``kiosk_scan.scan`` answers: ``{kiosk: {"state": on|off|unknown,
-    "seen_by": {pi: port state}}}`` for every kiosk of ``selection``
-    (``{campus: [ids]}``). Non-dict answers (errors, no return) count as silent.
+    Merge the Pis' ``kiosk_scan.scan`` answers with minion presence:
+    ``{kiosk: {"state": on|degraded|off|unknown, "seen_by": {pi: port state},
+    "minion": bool}}`` for every kiosk of ``selection`` (``{campus: [ids]}``).
+    ``presence`` is ``{kiosk: True}`` for the kiosks whose minion answered.
+    Non-dict answers (errors, no return) count as silent.
     """
+    presence = presence or {}
     out = {}
     for campus, kiosk_ids in selection.items():
         for kiosk in kiosk_ids:
@@ -220,13 +229,14 @@ def observed_states(selection, scan_returns, campus_pis):
                 entry = (answer.get("kiosks") or {}).get(kiosk)
                 if isinstance(entry, dict) and entry.get("state") in PORT_STATES:
                     seen[pi] = entry["state"]
+            minion = presence.get(kiosk) is True
             if any(s == "open" for s in seen.values()):
                 state = ON
             elif seen:
-                state = OFF
+                state = DEGRADED if minion else OFF
             else:
-                state = UNKNOWN
-            out[kiosk] = {"state": state, "seen_by": seen}
+                state = ON if minion else UNKNOWN
+            out[kiosk] = {"state": state, "seen_by": seen, "minion": minion}
     return out
 
 
@@ -278,6 +288,9 @@ def plan_actions(desired, observed, holds, now, pending=None):
             nothing[kiosk] = f"turned {want['state']} at {waiting['since']}, verification pending"
         elif seen == UNKNOWN:
             nothing[kiosk] = "not observed (no Pi of the campus answered)"
+        elif seen == DEGRADED and want["state"] == ON:
+            # powered on, app down: a magic packet cannot help; verification alerts
+            nothing[kiosk] = "powered on (minion answers) but its service port is closed"
         elif want["state"] == seen:
             nothing[kiosk] = f"already {seen}"
         elif want["state"] == ON:

@@ -183,7 +183,10 @@ def start(run, name, argv):
 def salt(run, *args, timeout=60):
     """Run ``salt`` against the lab's top master; return parsed JSON (or raise)."""
     cmd = [str(BIN / "salt"), "-c", str(run / "top"), "--out=json", "--static", f"--timeout={timeout}", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60, check=False)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60, check=False)
+    except subprocess.TimeoutExpired:  # a master still starting on a loaded machine: callers poll again
+        return {"_error": f"salt {' '.join(args)} timed out after {timeout + 60} s"}
     try:
         return json.loads(out.stdout or "{}")
     except json.JSONDecodeError:

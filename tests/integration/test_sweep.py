@@ -60,6 +60,28 @@ def services(topology):
 
 
 @pytest.fixture
+def power_off(topology):
+    """Stop a kiosk's minion, as a powered-off kiosk has none; restarted after the test."""
+    stopped = []
+
+    def stop(kiosk):
+        topology.kiosks[kiosk].terminate()
+        stopped.append(kiosk)
+
+    yield stop
+    for kiosk in stopped:
+        topology.kiosks[kiosk].start()
+    deadline = time.time() + 90
+    while stopped and time.time() < deadline:
+        answered = topology.salt("-L", "test.ping", tgt=",".join(stopped)).data
+        if len(stopped) == 1:  # saltfactories unwraps a single minion's answer
+            answered = {stopped[0]: answered}
+        if all((answered or {}).get(k) is True for k in stopped):
+            break
+        time.sleep(2)
+
+
+@pytest.fixture
 def clean_state(topology):
     state_dir = pathlib.Path(topology.top.config["cachedir"]) / "kiosk_power"
     for name in ("state.json", "schedules.json"):
@@ -70,12 +92,13 @@ def clean_state(topology):
 
 
 def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, services, clean_state,  # noqa: F811
-                                                               event_listener):
+                                                               event_listener, power_off):
     record = topology.power_dir / "kiosk-east-02.json"
     record.unlink(missing_ok=True)
-    services.up("kiosk-east-02")  # on, due off; kiosk-east-01 off, due on
+    services.up("kiosk-east-02")  # on (port open, minion up), due off
+    power_off("kiosk-east-01")  # off (port closed, minion gone), due on
 
-    plan = topology.salt_run("kiosk_power.plan", f"at={AT}", "hours=2")
+    plan = topology.salt_run("kiosk_power.plan", f"at={AT}", "hours=2", "timeout=10")
     assert plan.returncode == 0, plan
     assert plan.data["schedule"]["source"] == "pillar"
     assert plan.data["sweep_would"]["wake"] == {"east": ["kiosk-east-01"]}
@@ -83,7 +106,7 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
     assert plan.data["kiosks"]["kiosk-east-02"]["transitions"][0]["local"] == "2027-03-01T09:00:00+08:00"
     assert lan.received(settle=0.2) == {}  # a plan sends nothing
 
-    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", "message=Closing now")
+    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", "message=Closing now", "timeout=10")
     assert result.returncode == 0, result
     sweep = result.data
     assert sweep["wake"] == {"east": ["kiosk-east-01"]}
@@ -100,14 +123,15 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
 
     # a second sweep a minute later does not wake kiosk-east-01 again: its verification is pending
     services.down("kiosk-east-02")  # it did shut down
-    again = topology.salt_run("kiosk_power.sweep", "at=2027-03-01T08:01:00+08:00", "delay_s=0")
+    power_off("kiosk-east-02")
+    again = topology.salt_run("kiosk_power.sweep", "at=2027-03-01T08:01:00+08:00", "delay_s=0", "timeout=10")
     assert again.returncode == 0, again
     assert again.data["wake"] == {} and again.data["shutdown"] == {}
     assert "verification pending" in again.data["nothing"]["kiosk-east-01"]
     assert lan.received(settle=0.5) == {}
 
     # +5 min: kiosk-east-02 is off as expected; kiosk-east-01 (kept off) waits for its last check
-    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_5}")
+    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_5}", "timeout=10")
     assert check.returncode == 0, check
     assert check.data["verified"] == ["kiosk-east-02"] and check.data["waiting"] == ["kiosk-east-01"]
     assert check.data["mismatches"] == [] and topology.webhook.wait_for(
@@ -115,7 +139,7 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
 
     # +15 min: still off after the last check -> mismatch event on the top master, webhook POST
     start = time.time()
-    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_15}")
+    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_15}", "timeout=10")
     assert check.returncode == 1, check
     expected = {"kiosk": "kiosk-east-01", "campus": "east", "expected": "on", "observed": "off", "since": SINCE}
     assert check.data["mismatches"] == [expected]
@@ -136,7 +160,8 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
     assert status.data["last_sweep"]["at"] == "2027-03-01T00:01:00Z"
 
 
-def test_hold_overrides_the_schedule_and_explicit_verify(topology, lan, services, clean_state):  # noqa: F811
+def test_hold_overrides_the_schedule_and_explicit_verify(topology, lan, services, clean_state,  # noqa: F811
+                                                        power_off):
     record = topology.power_dir / "kiosk-east-01.json"
     record.unlink(missing_ok=True)
     services.up("kiosk-east-01")  # on, and due on at AT
@@ -146,18 +171,20 @@ def test_hold_overrides_the_schedule_and_explicit_verify(topology, lan, services
     held = topology.salt_run("kiosk_power.hold", "kiosk=kiosk-east-01", "state=off",
                              "until=2027-03-01T12:00:00+08:00", "reason=floor cleaning, ticket 42")
     assert held.returncode == 0, held
-    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0")
+    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", "timeout=10")
     assert result.returncode == 0, result
-    assert result.data["shutdown"] == {"east": ["kiosk-east-01"]} and result.data["wake"] == {}
+    # kiosk-east-01 held off; kiosk-east-02 is due off and powered (its minion answers): both go down
+    assert result.data["shutdown"] == {"east": ["kiosk-east-01", "kiosk-east-02"]} and result.data["wake"] == {}
     assert json.loads(record.read_text())[0] == "shutdown"
     assert "127.0.1.255" not in lan.received(settle=0.5)
 
     # explicit check now: the hold expects off, the port is open -> mismatch
-    check = topology.salt_run("kiosk_power.verify", "kiosks=kiosk-east-01", f"at={PLUS_5}")
+    check = topology.salt_run("kiosk_power.verify", "kiosks=kiosk-east-01", f"at={PLUS_5}", "timeout=10")
     assert check.returncode == 1 and check.data["mode"] == "explicit"
     assert check.data["mismatches"][0]["expected"] == "off" and check.data["mismatches"][0]["observed"] == "on"
     services.down("kiosk-east-01")
-    check = topology.salt_run("kiosk_power.verify", "kiosks=kiosk-east-01", f"at={PLUS_5}")
+    power_off("kiosk-east-01")
+    check = topology.salt_run("kiosk_power.verify", "kiosks=kiosk-east-01", f"at={PLUS_5}", "timeout=10")
     assert check.returncode == 0 and check.data["verified"] == ["kiosk-east-01"], check
 
     gone = topology.salt_run("kiosk_power.unhold", "kiosk=kiosk-east-01")
@@ -165,6 +192,19 @@ def test_hold_overrides_the_schedule_and_explicit_verify(topology, lan, services
     assert topology.salt_run("kiosk_power.unhold", "kiosk=kiosk-east-01").returncode == 1
 
 
+def test_a_kiosk_whose_app_is_down_is_degraded_not_woken_and_alerts(topology, lan, services, clean_state):  # noqa: F811
+    # kiosk-east-01 due on at AT, its minion answers, its service port is closed
+    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", "timeout=10")
+    assert result.returncode == 0, result
+    assert result.data["observed"]["kiosk-east-01"] == "degraded"
+    assert result.data["wake"] == {}
+    assert result.data["nothing"]["kiosk-east-01"].startswith("powered on")
+    assert "127.0.1.255" not in lan.received(settle=0.5)
+    check = topology.salt_run("kiosk_power.verify", "kiosks=kiosk-east-01", f"at={AT}", "timeout=10")
+    assert check.returncode == 1
+    assert check.data["mismatches"][0]["observed"] == "degraded"
+
+
 def test_a_bad_instant_fails_naming_the_field(topology, clean_state):
-    result = topology.salt_run("kiosk_power.sweep", "at=tomorrow")
+    result = topology.salt_run("kiosk_power.sweep", "at=tomorrow", "timeout=10")
     assert result.returncode == 1 and result.data["error"].startswith("at:")

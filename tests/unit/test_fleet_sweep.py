@@ -110,11 +110,31 @@ def test_on_if_any_pi_saw_the_port_open():
         "p3": {"campus": "east", "kiosks": {"k3": {"state": "open"}}},  # not a Pi of the campus
     }
     out = fleet_sweep.observed_states(sel, returns, pis)
-    assert out["k1"] == {"state": "on", "seen_by": {"p1": "closed", "p2": "open"}}
+    assert out["k1"] == {"state": "on", "seen_by": {"p1": "closed", "p2": "open"}, "minion": False}
     assert out["k2"]["state"] == "off"
-    assert out["k3"] == {"state": "unknown", "seen_by": {}}
+    assert out["k3"] == {"state": "unknown", "seen_by": {}, "minion": False}
     # an error string from a Pi counts as silence
     assert fleet_sweep.observed_states({"east": ["k1"]}, {"p1": "ERROR: boom"}, pis)["k1"]["state"] == "unknown"
+
+
+def test_minion_presence_tells_degraded_from_off_and_powered_from_unknown():
+    sel = {"east": ["k1", "k2", "k3", "k4"]}
+    pis = {"east": ["p1"]}
+    returns = {"p1": {"campus": "east", "kiosks": {"k1": {"state": "closed"}, "k2": {"state": "closed"},
+                                                    "k3": {"state": "open"}}}}
+    out = fleet_sweep.observed_states(sel, returns, pis, presence={"k1": True, "k3": True, "k4": True})
+    assert out["k1"] == {"state": "degraded", "seen_by": {"p1": "closed"}, "minion": True}  # app down
+    assert out["k2"]["state"] == "off"  # port closed, minion silent
+    assert out["k3"]["state"] == "on"
+    assert out["k4"] == {"state": "on", "seen_by": {}, "minion": True}  # no scan, but the minion answers
+
+
+def test_a_degraded_kiosk_due_on_is_not_woken_but_one_due_off_is_shut_down():
+    obs = seen(kiosk_east_01="degraded", kiosk_east_02="degraded", kiosk_west_01="off")
+    actions = fleet_sweep.plan_actions(desired(), obs, {}, T0)
+    assert actions["wake"] == {}
+    assert actions["nothing"]["kiosk-east-01"].startswith("powered on")
+    assert actions["shutdown"] == {"east": ["kiosk-east-02"]}
 
 
 # ---------------------------------------------------------------- verification
