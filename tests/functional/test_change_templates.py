@@ -85,3 +85,18 @@ def test_lockdown_previews_with_test_true_then_applies_both_steps(kiosk):
 
     code, states, err = salt_call(kiosk, "state.apply", "kiosk_fleet.changes.lockdown")
     assert code == 0 and not any(s["changes"] for s in states.values()), states  # idempotent
+
+
+WINLOGON = r"HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion\Winlogon"
+
+
+def test_autologon_template_sets_user_and_shell_and_refuses_without_a_user(kiosk):
+    params = json.dumps({"kiosk_change": {"user": "kiosk", "shell": r"C:\Kiosk\app.exe --fullscreen"}})
+    code, states, err = salt_call(kiosk, "state.apply", "kiosk_fleet.changes.autologon", f"pillar={params}")
+    assert code == 0, err[-2000:]
+    assert len(states) == 4 and all(s["result"] is True for s in states.values()), states
+    for name, data in (("AutoAdminLogon", "1"), ("DefaultUserName", "kiosk"), ("Shell", r"C:\Kiosk\app.exe --fullscreen")):
+        code, value, err = salt_call(kiosk, "kiosk_reg.get_value", WINLOGON, name)
+        assert code == 0 and value["data"] == data and value["vtype"] == "REG_SZ", (name, value, err[-500:])
+    code, states, _ = salt_call(kiosk, "state.apply", "kiosk_fleet.changes.autologon")
+    assert code != 0 and "params.user" in json.dumps(states)
