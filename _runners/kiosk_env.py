@@ -34,12 +34,7 @@ def __virtual__():
 
 def _campus_pis(campus):
     inventory = fleet_inventory.from_pillar(__salt__["pillar.show_pillar"]())
-    if campus is None or campus == "":
-        names = sorted(inventory["campuses"])
-    elif isinstance(campus, (list, tuple)):
-        names = [str(c) for c in campus]
-    else:
-        names = [c.strip() for c in str(campus).split(",") if c.strip()]
+    names = fleet_inventory.names(campus, "campus") or sorted(inventory["campuses"])
     return {name: fleet_inventory.pis_of(inventory, name) for name in names}
 
 

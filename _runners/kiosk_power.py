@@ -68,7 +68,7 @@ def __virtual__():
 
 
 def _selection(kiosks, campus):
-    inventory = fleet_inventory.from_pillar(__salt__["pillar.show_pillar"]())
+    inventory = _inventory()
     return inventory, fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
 
 

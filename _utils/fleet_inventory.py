@@ -211,7 +211,8 @@ def from_pillar(pillar):
     return validate(pillar.get(PILLAR_KEY))
 
 
-def _as_list(value, field):
+def names(value, field):
+    """One name, a comma-separated string or a list -> list of names (empty for None/"")."""
     if value is None or value == "":
         return []
     if isinstance(value, str):
@@ -238,8 +239,8 @@ def select_kiosks(inventory, kiosks=None, campus=None):
     names are an error naming them; an empty selection is an error too, so a
     typo never turns into "do nothing, successfully".
     """
-    kiosk_ids = _as_list(kiosks, "kiosks")
-    campus_names = _as_list(campus, "campus")
+    kiosk_ids = names(kiosks, "kiosks")
+    campus_names = names(campus, "campus")
     known = inventory["campuses"]
     unknown_campuses = [c for c in campus_names if c not in known]
     if unknown_campuses:
@@ -269,6 +270,12 @@ def select_kiosks(inventory, kiosks=None, campus=None):
         for name in campus_names:
             selection[name] = sorted(known[name]["kiosks"])
     return selection
+
+
+def home_pi(campus_spec, kiosk_id):
+    """The Pi a kiosk's minion points at: the campus's Pis, round robin in kiosk id order."""
+    pis = sorted(campus_spec["pis"])
+    return pis[sorted(campus_spec["kiosks"]).index(kiosk_id) % len(pis)]
 
 
 def pis_of(inventory, campus):

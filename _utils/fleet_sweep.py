@@ -33,7 +33,11 @@ records (so the state file is plain JSON).
 
 import datetime as _dt
 import ipaddress
-import re
+
+try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_fields
+except ImportError:  # pip-installed extension
+    from saltext_kiosk_fleet.utils import fleet_fields
 
 __virtualname__ = "fleet_sweep"
 
@@ -46,7 +50,7 @@ PORT_STATES = ("open", "closed", "filtered")
 # nmap timing for one TCP connect probe per kiosk
 DEFAULT_HOST_TIMEOUT_S = 10
 DEFAULT_MAX_RETRIES = 1
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME = fleet_fields.NAME
 _UTC = _dt.timezone.utc
 
 

@@ -55,11 +55,6 @@ def pi_address(pi_spec, campus_spec):
     raise fleet_inventory.InventoryError("lab: every Pi needs a source address on one VLAN")
 
 
-def home_pi(campus_spec, kiosk_id):
-    pis = sorted(campus_spec["pis"])
-    return pis[sorted(campus_spec["kiosks"]).index(kiosk_id) % len(pis)]
-
-
 def write_yaml(path, data):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, default_flow_style=False))
@@ -128,7 +123,7 @@ def write_configs(run, raw, inv):
                 (f"{pi_id} minion", ["salt-minion", "-c", str(pi_dir)]),
             ]
         for kiosk_id in sorted(spec["kiosks"]):
-            home = home_pi(spec, kiosk_id)
+            home = fleet_inventory.home_pi(spec, kiosk_id)
             kiosk_dir = run / "kiosks" / kiosk_id
             write_yaml(kiosk_dir / "minion", {
                 "id": kiosk_id,

@@ -15,6 +15,7 @@ import pathlib
 import shutil
 import tempfile
 
+from fleet_inventory import home_pi
 import pytest
 import yaml
 
@@ -124,7 +125,7 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook):
                 started.append(syndic)
                 pis[pi_id] = syndic
             for kiosk_id, kiosk in sorted(spec["kiosks"].items()):
-                minion = pis[topo.home_pi(spec, kiosk_id)].master.salt_minion_daemon(
+                minion = pis[home_pi(spec, kiosk_id)].master.salt_minion_daemon(
                     kiosk_id,
                     overrides=topo.kiosk_minion_config(campus, kiosk_id, power_dir),
                 )

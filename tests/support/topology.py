@@ -125,12 +125,6 @@ CHANGES_PILLAR = {
 }
 
 
-def home_pi(campus_spec, kiosk_id):
-    """Spread a campus's kiosks over its Pis, round robin in id order."""
-    pis = sorted(campus_spec["pis"])
-    return pis[sorted(campus_spec["kiosks"]).index(kiosk_id) % len(pis)]
-
-
 def write_salt_tree(repo, dest, inventory):
     """
     Lay out what every master serves: ``salt/`` links the pack's ``_*``

@@ -106,3 +106,9 @@ def test_from_pillar_reads_the_kiosk_fleet_key(raw):
         fleet_inventory.from_pillar(None)
     with pytest.raises(fleet_inventory.InventoryError, match="holds no campus"):
         fleet_inventory.from_pillar({})
+
+
+def test_home_pi_spreads_kiosks_over_the_campus_pis(raw):
+    east = raw["campuses"]["east"]
+    assert [fleet_inventory.home_pi(east, k) for k in sorted(east["kiosks"])] == ["pi-east-1", "pi-east-2"]
+    assert fleet_inventory.names(" a, b ,", "campus") == ["a", "b"] and fleet_inventory.names(None, "campus") == []
