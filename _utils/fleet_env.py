@@ -22,13 +22,13 @@ import glob
 import math
 import os
 import re
-import tempfile
 import time
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_fields
+    import fleet_metrics
 except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_fields
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_metrics
 
 __virtualname__ = "fleet_env"
 
@@ -597,22 +597,6 @@ METRICS = (
 )
 
 
-def _escape(value):
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels):
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
-
-
-def _fmt(value):
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    return repr(float(value))
-
-
 def render_textfile(campus, pi, values, read_errors, sensors_up, alerts=()):
     """
     The node_exporter textfile for one Pi: gauges ``kiosk_env_temperature_celsius``,
@@ -637,46 +621,18 @@ def render_textfile(campus, pi, values, read_errors, sensors_up, alerts=()):
         "kiosk_env_sensor_up": [({**base, "sensor": s}, bool(up)) for s, up in sorted(sensors_up.items())],
         "kiosk_env_read_errors_total": [({**base, "sensor": s}, int(n)) for s, n in sorted(read_errors.items())],
     }
-    lines = []
-    for name, kind, help_text in METRICS:
-        rows = [(labels, value) for labels, value in samples[name] if value is not None]
-        if not rows:
-            continue
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in rows:
-            if isinstance(value, float) and not math.isfinite(value):
-                raise EnvError(f"{name}: {value!r} is not a finite number")
-            lines.append(f"{name}{_labels(labels)} {_fmt(value)}")
-    return "\n".join(lines) + "\n"
+    try:
+        return fleet_metrics.render([(name, kind, help_text, samples[name]) for name, kind, help_text in METRICS])
+    except ValueError as exc:
+        raise EnvError(str(exc)) from None
 
 
 def write_textfile(directory, text, name=TEXTFILE_NAME):
-    """
-    Write ``text`` to ``directory/name`` atomically: a temp file in the same
-    directory (not ending in .prom, so node_exporter never reads it half
-    written), then ``os.replace``. Returns the path.
-    """
-    if not isinstance(directory, str) or not os.path.isdir(directory):
-        raise EnvError(f"textfile_dir: {directory!r} is not an existing directory")
-    if not isinstance(name, str) or "/" in name or not name.endswith(".prom"):
-        raise EnvError(f"name: {name!r} must be a file name ending in .prom")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kiosk_env.", suffix=".tmp")
+    """Write ``text`` to ``directory/name`` atomically (see :func:`fleet_metrics.write_textfile`)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        path = os.path.join(directory, name)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+        return fleet_metrics.write_textfile(directory, name, text)
+    except ValueError as exc:
+        raise EnvError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- fleet status and alerts

@@ -9,11 +9,13 @@ One schema, shared by every capability. It lives in pillar under the key
         east:
           timezone: Asia/Shanghai          # IANA name, default Asia/Shanghai
           wol_port: 9                      # UDP port for magic packets, default 9
+          repo_port: 80                    # the Pis' release repositories (nginx), default 80
           vlans:
             hall: {network: 10.1.1.0/24}   # broadcast defaults to the network's
           pis:
             pi-east-1:
               vlans: {hall: {source: 10.1.1.2}}   # optional source address per VLAN
+              repo_url: http://pi-east-1.lan/kiosk-releases/   # optional, else http://<source>:<repo_port>/...
           kiosks:
             kiosk-east-01: {mac: "52:54:00:01:01:01", ip: 10.1.1.11, vlan: hall,
                             location: "Hall A", service_port: 3389}
@@ -23,6 +25,7 @@ listing every problem, each naming the field (``campuses.east.kiosks.k1.mac``).
 """
 
 import ipaddress
+import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
@@ -37,6 +40,7 @@ PILLAR_KEY = "kiosk_fleet"
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_WOL_PORT = 9
 DEFAULT_SERVICE_PORT = 3389
+DEFAULT_REPO_PORT = 80  # the Pis' release repositories (nginx)
 # Salt minion ids and campus names: letters, digits, dot, dash, underscore
 _NAME = fleet_fields.NAME
 
@@ -112,6 +116,14 @@ def _validate_pis(campus, raw, vlans, errors):
                 entry["interface"] = str(spec["interface"])
             pi_vlans[vlan_name] = entry
         pis[pi_id] = {"vlans": pi_vlans}
+        repo_url = pi.get("repo_url")
+        if repo_url is not None:
+            # the Pi's release repository when not at http://<source>:<repo_port>/kiosk-releases/
+            if not isinstance(repo_url, str) or not re.match(r"^https?://[^\s/]+/", repo_url):
+                errors.append(f"{field}.repo_url: {repo_url!r} is not an http(s) URL ending in a path")
+            else:
+                pis[pi_id]["repo_url"] = repo_url if repo_url.endswith("/") else repo_url + "/"
+
     if not pis:
         errors.append(f"campuses.{campus}.pis: a campus needs at least one Pi")
     return pis
@@ -176,6 +188,7 @@ def validate(data):
             errors.append(f"{field}.timezone: {timezone!r} is not an IANA time zone")
         wol_port = _port(spec.get("wol_port", DEFAULT_WOL_PORT), f"{field}.wol_port", errors)
         service_port = _port(spec.get("service_port", DEFAULT_SERVICE_PORT), f"{field}.service_port", errors)
+        repo_port = _port(spec.get("repo_port", DEFAULT_REPO_PORT), f"{field}.repo_port", errors)
         vlans = _validate_vlans(campus, spec.get("vlans"), errors)
         if not vlans:
             errors.append(f"{field}.vlans: a campus needs at least one VLAN")
@@ -192,6 +205,7 @@ def validate(data):
             "timezone": str(timezone),
             "wol_port": wol_port,
             "service_port": service_port,
+            "repo_port": repo_port,
             "vlans": vlans,
             "pis": pis,
             "kiosks": kiosks,

@@ -106,10 +106,11 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook):
         power_dir = short_root / "power"
         power_dir.mkdir(exist_ok=True)
         env_dir = short_root / "env"
+        release_dir = topo.release_dirs(short_root / "rel")
         top = salt_factories.salt_master_daemon(
             "top",
             order_masters=True,
-            overrides=topo.top_master_config(REPO, salt_tree, webhook.url),
+            overrides=topo.top_master_config(REPO, salt_tree, webhook.url, release_dir),
         )
         top.start()
         started.append(top)
@@ -119,7 +120,7 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook):
                 syndic = top.salt_syndic_daemon(
                     pi_id,
                     master_overrides=topo.pi_master_config(salt_tree),
-                    minion_overrides=topo.pi_minion_config(campus, pi_id, env_dir),
+                    minion_overrides=topo.pi_minion_config(campus, pi_id, env_dir, release_dir),
                 )
                 syndic.start()
                 started.append(syndic)
@@ -127,14 +128,14 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook):
             for kiosk_id, kiosk in sorted(spec["kiosks"].items()):
                 minion = pis[home_pi(spec, kiosk_id)].master.salt_minion_daemon(
                     kiosk_id,
-                    overrides=topo.kiosk_minion_config(campus, kiosk_id, power_dir),
+                    overrides=topo.kiosk_minion_config(campus, kiosk_id, power_dir, release_dir),
                 )
                 minion.start()
                 started.append(minion)
                 kiosks[kiosk_id] = minion
         fleet = topo.Topology(
             top=top, pis=pis, kiosks=kiosks, inventory=fleet_inventory, salt_tree=salt_tree,
-            power_dir=power_dir, env_dir=env_dir, webhook=webhook,
+            power_dir=power_dir, env_dir=env_dir, webhook=webhook, release_dir=release_dir,
         )
         fleet.sync_all()
         yield fleet

@@ -7,3 +7,10 @@ announce_kiosk_boot:
     - name: kiosk/boot
     - data:
         campus: {{ grains.get('campus', '') | json }}
+
+{#- then follow the campus's release pins (kiosk_fleet.release); a new PC
+    that has not got the pack yet skips this until its next boot #}
+{%- if 'kiosk_pkg.check_update' in salt %}
+include:
+  - kiosk_fleet.release
+{%- endif %}

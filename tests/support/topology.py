@@ -34,7 +34,7 @@ def free_tcp_port():
         return sock.getsockname()[1]
 
 
-def two_campus_inventory(wol_port=None, service_port=None):
+def two_campus_inventory(wol_port=None, service_port=None, repo_port=None):
     """
     Two campuses, two Pis and two kiosks each, VLANs on 127.0.x.0/24.
 
@@ -43,7 +43,8 @@ def two_campus_inventory(wol_port=None, service_port=None):
     addresses); with an explicit ``wol_port`` (unit tests) it stays the
     inventory default, 3389, unless ``service_port`` is given.
     """
-    if service_port is None and wol_port is None:
+    session_topology = wol_port is None
+    if service_port is None and session_topology:
         service_port = free_tcp_port()
     wol_port = wol_port or free_udp_port()
     inventory = {
@@ -89,6 +90,11 @@ def two_campus_inventory(wol_port=None, service_port=None):
     if service_port is not None:
         for campus in inventory["kiosk_fleet"]["campuses"].values():
             campus["service_port"] = service_port
+    if repo_port is None and session_topology:
+        repo_port = free_tcp_port()  # every Pi's nginx listens on it, each on its own addresses
+    if repo_port is not None:
+        for campus in inventory["kiosk_fleet"]["campuses"].values():
+            campus["repo_port"] = repo_port
     return inventory
 
 
@@ -153,7 +159,7 @@ def write_salt_tree(repo, dest, inventory):
     }
 
 
-def top_master_config(repo, tree, webhook_url):
+def top_master_config(repo, tree, webhook_url, release_dir):
     reactor_dir = pathlib.Path(repo) / "reactor"
     return {
         "file_roots": tree["file_roots"],
@@ -169,8 +175,21 @@ def top_master_config(repo, tree, webhook_url):
             {"salt/beacon/*/kiosk_env/alert": [str(reactor_dir / "kiosk_env_alert.sls")]},
             # fired by kiosk_power.verify on the top master itself: arrives once
             {"kiosk/power/mismatch": [str(reactor_dir / "kiosk_power_mismatch.sls")]},
+            # fired by kiosk_release.publish on the top master: arrives once
+            {"kiosk/release/published": [str(reactor_dir / "kiosk_release_published.sls")]},
+            {"kiosk/release/staged": [str(reactor_dir / "kiosk_release_staged.sls")]},
+            {"kiosk/release/alert": [str(reactor_dir / "kiosk_release_alert.sls")]},
         ],
         "kiosk_fleet_alerts": {"webhook_url": webhook_url, "timeout": 5},
+        # the store under the first file root (salt://kiosk_releases/); the Pis
+        # stage over HTTP from the master's nginx export of it (tests/integration/test_release.py)
+        "kiosk_release": {
+            # explicit: saltfactories puts its own state tree first in file_roots:base
+            "store": str(pathlib.Path(tree["file_roots"]["base"][0]) / "kiosk_releases"),
+            "master_url": f"http://{MASTER_EXPORT_ADDRESS}:{release_dir['master_port']}/kiosk-releases/",
+            "textfile_dir": str(release_dir["textfile_dir"]),
+            "timeout": 300,
+        },
     }
 
 
@@ -182,6 +201,17 @@ def pi_master_config(tree):
         "auto_accept": True,
         "enable_fqdns_grains": False,
     }
+
+
+# Releases: the master's nginx export of its store listens here
+MASTER_EXPORT_ADDRESS = "127.0.0.1"
+
+
+def release_dirs(root):
+    """Where the release tests keep Pi repositories, kiosk packages and metrics; the export port."""
+    root = pathlib.Path(root)
+    (root / "metrics").mkdir(parents=True, exist_ok=True)
+    return {"root": root, "textfile_dir": root / "metrics", "master_port": free_tcp_port()}
 
 
 # The Pi whose kiosk_env beacon runs in the topology, on a fake IIO sysfs tree
@@ -198,8 +228,9 @@ def write_fake_dht11(sysfs_root, temp_milli_c=22000, humidity_milli_pct=45000):
     return device
 
 
-def pi_minion_config(campus, pi_id, env_dir):
+def pi_minion_config(campus, pi_id, env_dir, release_dir):
     config = {
+        "kiosk_release": {"repo_dir": str(pathlib.Path(release_dir["root"]) / "repo" / pi_id)},
         "enable_fqdns_grains": False,  # the fqdns grain reverse-resolves every address: no DNS off the machine
         "publish_port": PI_MINION_PUBLISH_PORT,
         # saltfactories gives the Pi's master, syndic and minion one root and
@@ -232,9 +263,10 @@ POWER_RECORDER = (
 )
 
 
-def kiosk_minion_config(campus, kiosk_id, power_dir):
+def kiosk_minion_config(campus, kiosk_id, power_dir, release_dir):
     record = str(pathlib.Path(power_dir) / f"{kiosk_id}.json")
     return {
+        "kiosk_release": {"dir": str(pathlib.Path(release_dir["root"]) / "kiosk" / kiosk_id)},
         "enable_fqdns_grains": False,  # no reverse-DNS lookups off the machine
         "grains": {"campus": campus, "kiosk_fleet_role": "kiosk"},
         # Salt's hosts module edits this file: never the test machine's /etc/hosts
@@ -259,6 +291,7 @@ class Topology:
     power_dir: pathlib.Path
     env_dir: pathlib.Path
     webhook: object
+    release_dir: dict
     synced: dict = dataclasses.field(default_factory=dict)
 
     @property

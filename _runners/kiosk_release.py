@@ -1,0 +1,812 @@
+"""
+Versioned kiosk releases, from the top master.
+
+A release crosses the WAN once per campus: one Pi of the campus (the seed)
+stages it from the master, the campus's other Pis copy it from the seed over
+the LAN, and the kiosks download it from their Pis' repositories (nginx).
+Every hop checks size, md5 and sha256 (``_utils/fleet_release.py``).
+
+What a campus runs is its **pin** (kept here, in the master's cachedir, with
+a serial that grows on every change, and copied into each Pi's repository
+index). Kiosks follow the pin of their campus, so all kiosks of a campus run
+the same version; campuses move independently.
+
+Master config::
+
+    kiosk_release:
+      store: /srv/salt/kiosk_releases   # default: <first file_roots:base>/kiosk_releases (so salt:// reaches it)
+      master_url: http://salt.example.org:8080/kiosk-releases/   # optional: Pis stage over HTTP,
+                                        # resuming after a cut (nginx exporting the store);
+                                        # default salt://kiosk_releases/ (cp.get_file)
+      signing_key: /etc/salt/pki/master/kiosk_release.pem        # optional Ed25519 key: manifests are signed
+      textfile_dir: /var/lib/prometheus/node-exporter            # optional: kiosk_release.prom
+      timeout: 3600                     # seconds a staging or install job may take
+      max_error_share: 0.0              # rollout halts when more kiosks than this share fail
+
+Every function returns ``{"result": bool, ...}`` and exits non-zero on failure.
+"""
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_inventory
+    import fleet_metrics
+    import fleet_release
+    import fleet_runner
+except ImportError:  # pip-installed extension
+    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_metrics, fleet_release, fleet_runner
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kiosk_release"
+
+CONFIG_KEY = "kiosk_release"
+DEFAULT_TIMEOUT = 3600
+TEXTFILE = "kiosk_release.prom"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class _Fail(Exception):
+    """A runner-level failure with extra data for the JSON answer."""
+
+    def __init__(self, error, **data):
+        super().__init__(str(error))
+        self.data = data
+
+
+# --------------------------------------------------------------------------- configuration and state
+
+
+def _conf(key, default=None):
+    conf = __opts__.get(CONFIG_KEY) or {}
+    if not isinstance(conf, dict):
+        raise ValueError(f"{CONFIG_KEY}: expected a mapping in the master config")
+    return conf.get(key, default)
+
+
+def _store():
+    store = _conf("store")
+    if store is None:
+        roots = (__opts__.get("file_roots") or {}).get("base") or []
+        if not roots:
+            raise ValueError(f"{CONFIG_KEY}.store: not set and the master has no file_roots:base")
+        store = os.path.join(roots[0], "kiosk_releases")
+    if not isinstance(store, str) or not os.path.isabs(store):
+        raise ValueError(f"{CONFIG_KEY}.store: {store!r} is not an absolute path")
+    os.makedirs(store, exist_ok=True)
+    return store
+
+
+def _master_source():
+    url = _conf("master_url")
+    if url is None:
+        return "salt://kiosk_releases/"
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValueError(f"{CONFIG_KEY}.master_url: {url!r} is not an http(s) URL")
+    return url if url.endswith("/") else url + "/"
+
+
+def _timeout(timeout):
+    return fleet_runner.number(_conf("timeout", DEFAULT_TIMEOUT) if timeout is None else timeout,
+                               "timeout", 10, 86400)
+
+
+@contextlib.contextmanager
+def _state():
+    """The runner's state (pins, pushes, metrics), locked: reactors run runners concurrently."""
+    directory = os.path.join(__opts__["cachedir"], "kiosk_release")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "state.json")
+    with open(os.path.join(directory, "state.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = fleet_release.read_json(path, "state") or {}
+        state.setdefault("pins", {})
+        state.setdefault("pushed", {})
+        state.setdefault("metrics", {})
+        yield state
+        fleet_release.write_json_atomic(path, state)
+
+
+def _read_state():
+    with _state() as state:
+        return json.loads(json.dumps(state))
+
+
+def _inventory():
+    return fleet_inventory.from_pillar(__salt__["pillar.show_pillar"]())
+
+
+def _campuses(inventory, campuses, field="campuses"):
+    names = fleet_inventory.names(campuses, field) or sorted(inventory["campuses"])
+    unknown = [c for c in names if c not in inventory["campuses"]]
+    if unknown:
+        raise fleet_inventory.InventoryError(
+            f"{field}: unknown campus {', '.join(unknown)} (known: {', '.join(sorted(inventory['campuses']))})"
+        )
+    return names
+
+
+def _published(store, name):
+    root = os.path.join(store, name)
+    if not os.path.isdir(root):
+        return []
+    return fleet_release.sort_versions(
+        v for v in os.listdir(root)
+        if fleet_release.VERSION.match(v) and os.path.isfile(os.path.join(root, v, fleet_release.MANIFEST))
+    )
+
+
+def _manifest(store, name, version):
+    doc = fleet_release.read_json(os.path.join(store, name, version, fleet_release.MANIFEST), "manifest")
+    if doc is None:
+        known = _published(store, name)
+        raise ValueError(f"version: {name} {version} is not published (published: {', '.join(known) or 'none'})")
+    return fleet_release.validate_manifest(doc, name=name, version=version)
+
+
+def _pin_of(state, name, campus):
+    return state["pins"].get(name, {}).get(campus)
+
+
+def _set_pin(state, name, campus, version):
+    """Move the campus pin; the serial grows on every change so Pis and kiosks can order pins."""
+    current = state["pins"].setdefault(name, {}).get(campus) or {"version": None, "serial": 0, "history": []}
+    history = list(current.get("history", []))
+    if current.get("version") is not None and current["version"] != version:
+        history.append(current["version"])
+    pin = {"version": version, "serial": current["serial"] + 1, "history": history[-20:],
+           "at": fleet_release.now_iso()}
+    state["pins"][name][campus] = pin
+    state["pushed"].setdefault(name, {}).pop(campus, None)
+    return pin
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _metrics(state):
+    """Rewrite kiosk_release.prom from the state (when textfile_dir is set)."""
+    directory = _conf("textfile_dir")
+    if not directory:
+        return
+    m = state["metrics"]
+    families = [
+        ("kiosk_release_pin_serial", "gauge", "Serial of the campus pin (grows on every pin change).",
+         [({"name": n, "campus": c, "version": p["version"] or "frozen"}, p["serial"])
+          for n, pins in sorted(state["pins"].items()) for c, p in sorted(pins.items())]),
+        ("kiosk_release_published_bytes", "gauge", "Size of the newest published version.",
+         [({"name": n, "version": v["version"]}, v["bytes"]) for n, v in sorted(m.get("published", {}).items())]),
+        ("kiosk_release_stage_wan_bytes", "gauge", "Bytes the last staging took from the master, per campus.",
+         [({"name": n, "campus": c}, b) for n, per in sorted(m.get("wan", {}).items()) for c, b in sorted(per.items())]),
+        ("kiosk_release_kiosks", "gauge", "Kiosks per campus on the pin, drifting or silent (last status/rollout).",
+         [({"name": n, "campus": c, "state": s}, k) for n, per in sorted(m.get("kiosks", {}).items())
+          for c, states in sorted(per.items()) for s, k in sorted(states.items())]),
+        ("kiosk_release_last_run_success", "gauge", "1 when the last run of the action succeeded.",
+         [({"action": a}, ok) for a, ok in sorted(m.get("runs", {}).items())]),
+    ]
+    try:
+        fleet_metrics.write_textfile(directory, TEXTFILE, fleet_metrics.render(families), field=f"{CONFIG_KEY}.textfile_dir")
+    except (ValueError, OSError) as exc:
+        log.warning("kiosk_release: cannot write %s in %s: %s", TEXTFILE, directory, exc)
+
+
+def _done(action, ret, update=None):
+    """Finish a runner: record metrics, set the exit code."""
+    try:
+        with _state() as state:
+            if update:
+                update(state["metrics"])
+            state["metrics"].setdefault("runs", {})[action] = bool(ret.get("result"))
+            _metrics(state)
+    except (OSError, ValueError) as exc:  # metrics must not turn a result around
+        log.warning("kiosk_release: metrics not recorded: %s", exc)
+    return fleet_runner.finish(__context__, ret)
+
+
+def _failed(action, exc):
+    data = getattr(exc, "data", {})
+    return _done(action, {"result": False, "error": str(exc), **data})
+
+
+# --------------------------------------------------------------------------- calls to minions
+
+
+def _execute(targets, fun, arg=(), kwarg=None, timeout=60):
+    """``salt.execute`` on a list of minions; ``{minion: return}`` (silent ones absent)."""
+    if not targets:
+        return {}
+    return __salt__["salt.execute"](sorted(targets), fun, arg=list(arg), kwarg=kwarg or {},
+                                   tgt_type="list", timeout=timeout) or {}
+
+
+def _ok(ret):
+    return isinstance(ret, dict) and ret.get("result") is True
+
+
+def _why(ret):
+    if ret is None:
+        return "did not answer"
+    if isinstance(ret, dict):
+        return ret.get("error") or ret.get("comment") or "failed"
+    return str(ret)[:300]
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def _import_source(source, work, md5):
+    """Copy (hashing in the same pass) a file, the files of a directory, or an http(s) URL into ``work``."""
+    if not isinstance(source, str) or not source:
+        raise ValueError("source: give a file, a directory or an http(s) URL")
+    files = {}
+    if source.startswith(("http://", "https://")):
+        import requests  # pylint: disable=import-outside-toplevel
+
+        file_name = fleet_release.check_file_name(source.rstrip("/").rsplit("/", 1)[-1], "source")
+        digest = fleet_release.Digest()
+        try:
+            with requests.get(source, stream=True, timeout=(10, 120)) as resp, \
+                    open(os.path.join(work, file_name), "wb") as out:
+                if resp.status_code != 200:
+                    raise ValueError(f"source: {source} answered HTTP {resp.status_code}")
+                for data in resp.iter_content(fleet_release.CHUNK):
+                    out.write(data)
+                    digest.update(data)
+        except requests.RequestException as exc:
+            raise ValueError(f"source: {source} cannot be downloaded ({exc.__class__.__name__}: {exc})") from None
+        files[file_name] = digest.result()
+    elif os.path.isdir(source):
+        for entry in sorted(os.listdir(source)):
+            path = os.path.join(source, entry)
+            if not os.path.isfile(path):
+                raise ValueError(f"source: {path} is not a plain file (a release is a flat set of files)")
+            fleet_release.check_file_name(entry, f"source.{entry}")
+        for entry in sorted(os.listdir(source)):
+            files[entry] = fleet_release.hash_file(os.path.join(source, entry), copy_to=os.path.join(work, entry))
+        if not files:
+            raise ValueError(f"source: {source} is an empty directory")
+    elif os.path.isfile(source):
+        file_name = fleet_release.check_file_name(os.path.basename(source), "source")
+        files[file_name] = fleet_release.hash_file(source, copy_to=os.path.join(work, file_name))
+    else:
+        raise ValueError(f"source: {source!r} is not a file, a directory or an http(s) URL on the master")
+    if md5 is not None:
+        if len(files) != 1:
+            raise ValueError("md5: only for a single-file source")
+        (entry,) = files.values()
+        if str(md5).lower() != entry["md5"]:
+            raise ValueError(f"md5: the package's md5 is {entry['md5']}, the pipeline said {md5} (corrupt upload?)")
+    return files
+
+
+def _sign(doc):
+    key_path = _conf("signing_key")
+    if not key_path:
+        return doc
+    try:
+        with open(key_path, "rb") as handle:
+            return fleet_release.sign_manifest(doc, handle.read())
+    except OSError as exc:
+        raise ValueError(f"{CONFIG_KEY}.signing_key: cannot read {key_path}: {exc.strerror}") from None
+
+
+def _store_release(store, doc, work):
+    """Write the manifest and move ``work`` to ``<store>/<name>/<version>`` in one rename."""
+    fleet_release.write_json_atomic(os.path.join(work, fleet_release.MANIFEST), doc)
+    os.makedirs(os.path.join(store, doc["name"]), exist_ok=True)
+    os.chmod(work, 0o755)
+    os.rename(work, os.path.join(store, doc["name"], doc["version"]))
+
+
+def _new_release(store, name, version, files_from, install, rollback_of=None, md5=None):
+    fleet_release.check_name(name)
+    version = fleet_release.check_version(version)
+    published = _published(store, name)
+    if published and fleet_release.parse_version(version) <= fleet_release.parse_version(published[-1]):
+        raise ValueError(
+            f"version: {version} is not above the newest published {name} {published[-1]} "
+            f"(versions only go up; to go back use kiosk_release.rollback)"
+        )
+    staging = os.path.join(store, fleet_release.STAGING)
+    os.makedirs(staging, exist_ok=True)
+    work = tempfile.mkdtemp(dir=staging, prefix=f"{name}-{version}-")
+    try:
+        files = files_from(work)
+        fleet_release.check_free_space(store, 0)
+        doc = _sign(fleet_release.build_manifest(name, version, files, install, rollback_of=rollback_of))
+        _store_release(store, doc, work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return doc
+
+
+def _fire(tag, data):
+    __salt__["event.send"](tag, data)
+
+
+def publish(name=None, version=None, source=None, install=None, campuses=None, md5=None):
+    """
+    Publish release ``name`` ``version`` from ``source`` (a file, a directory
+    of files, or an http(s) URL, as the master sees it): hash every file in
+    the copying pass (size, md5, sha256), write the manifest (signed when
+    ``kiosk_release:signing_key`` is set) and store it under the master's
+    store. ``install`` is the kiosk's install command as an argument list
+    (``{dir}``, ``{name}``, ``{version}`` are filled in). ``md5``: the hash the
+    build computed, checked against the copy. Versions only go up.
+
+    With ``campuses``, those campuses are pinned to the new version and the
+    reactors take it from there (``kiosk/release/published`` -> staging on
+    their Pis -> ``kiosk/release/staged`` -> install on their kiosks).
+    Without, the release waits for ``rollout``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.publish name=kiosk-app version=1.4.0 source=/var/lib/jenkins/out/kiosk-app-1.4.0.msi \\
+            install='["msiexec", "/i", "{dir}\\\\kiosk-app-1.4.0.msi", "/qn"]' md5=9e107d9d372bb6826bd81d3542a419d6
+        salt-run kiosk_release.publish name=kiosk-app version=1.4.1 source=/build/out/ campuses=riverside
+    """
+    try:
+        store = _store()
+        inventory = _inventory() if campuses else None
+        targets = _campuses(inventory, campuses) if campuses else []
+        install = fleet_release.check_install(install)
+        doc = _new_release(store, name, version, lambda work: _import_source(source, work, md5), install)
+        if targets:
+            with _state() as state:
+                for campus in targets:
+                    _set_pin(state, doc["name"], campus, doc["version"])
+    except (ValueError, OSError, fleet_inventory.InventoryError) as exc:
+        if isinstance(exc, OSError):
+            exc = fleet_release.disk_error(exc, _conf("store") or "the release store", "store")
+        return _failed("publish", exc)
+    size = fleet_release.manifest_size(doc)
+    _fire("kiosk/release/published", {"name": doc["name"], "version": doc["version"], "campuses": targets})
+
+    def record(metrics):
+        metrics.setdefault("published", {})[doc["name"]] = {"version": doc["version"], "bytes": size}
+
+    return _done("publish", {
+        "result": True, "name": doc["name"], "version": doc["version"], "bytes": size,
+        "files": doc["files"], "signed": "signature" in doc, "campuses": targets,
+    }, record)
+
+
+def published(name=None):
+    """
+    The published versions of ``name`` (or of every release), oldest first.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.published kiosk-app
+    """
+    try:
+        store = _store()
+        if name is not None:
+            fleet_release.check_name(name)
+        names = [name] if name else sorted(n for n in os.listdir(store) if not n.startswith("."))
+    except (ValueError, OSError) as exc:
+        return fleet_runner.fail(__context__, exc)
+    return fleet_runner.finish(__context__, {"result": True, "releases": {n: _published(store, n) for n in names}})
+
+
+# --------------------------------------------------------------------------- staging on the Pis
+
+
+def _stage_campuses(inventory, name, version, campuses, timeout, serials):
+    """
+    Stage on every Pi of ``campuses``: in each round, one job to one not yet
+    tried Pi of every campus still without a seed (the WAN copy); then one
+    job to all remaining Pis with ``source=campus`` (LAN copy from the seed);
+    Pis that cannot copy from a campus Pi fall back to the master.
+    """
+    master_source = _master_source()
+    report = {c: {"seed": None, "pis": {}, "wan_bytes": 0} for c in campuses}
+    untried = {c: fleet_inventory.pis_of(inventory, c) for c in campuses}
+
+    def call(pis_by_campus, source, hop):
+        jobs = {}  # one job per distinct kwargs (the pin serial differs per campus)
+        for campus, pis in pis_by_campus.items():
+            key = serials.get(campus)
+            jobs.setdefault(key, []).extend((campus, p) for p in pis)
+        for serial, members in jobs.items():
+            kwarg = {"source": source, "hop": hop}
+            if serial is not None:
+                kwarg["serial"] = serial
+            returns = _execute([p for _, p in members], "kiosk_pkg.stage", [name, version], kwarg, timeout)
+            for campus, pi in members:
+                ret = returns.get(pi)
+                report[campus]["pis"][pi] = {"staged": _ok(ret), "source": hop,
+                                             **({} if _ok(ret) else {"error": _why(ret)})}
+                if _ok(ret) and hop == "master->pi":
+                    report[campus]["wan_bytes"] += ret.get("fetched", 0)
+
+    while True:
+        wave = {c: [untried[c].pop(0)] for c in campuses if report[c]["seed"] is None and untried[c]}
+        if not wave:
+            break
+        call(wave, master_source, "master->pi")
+        for campus, (pi,) in wave.items():
+            if report[campus]["pis"][pi]["staged"]:
+                report[campus]["seed"] = pi
+    peers = {c: untried[c] for c in campuses if report[c]["seed"] and untried[c]}
+    call(peers, "campus", "pi->pi")
+    retry = {c: [p for p in pis if not report[c]["pis"][p]["staged"]] for c, pis in peers.items()}
+    call({c: p for c, p in retry.items() if p}, master_source, "master->pi")
+    for campus, entry in report.items():
+        entry["staged_on"] = sorted(p for p, r in entry["pis"].items() if r["staged"])
+        entry["complete"] = len(entry["staged_on"]) == len(entry["pis"])
+    return report
+
+
+def _record_wan(name, report):
+    def update(metrics):
+        per = metrics.setdefault("wan", {}).setdefault(name, {})
+        for campus, entry in report.items():
+            per[campus] = entry["wan_bytes"]
+
+    return update
+
+
+def stage(name=None, version=None, campuses=None, timeout=None):
+    """
+    Stage a published release on the Pis of ``campuses`` (default: every
+    campus): one Pi per campus fetches it from the master, the others copy it
+    from that Pi. A Pi whose campus is pinned to this version pins it too.
+    Fails when a campus ends with no Pi holding the release.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.stage kiosk-app 1.4.0
+        salt-run kiosk_release.stage kiosk-app 1.4.0 campuses=riverside,hillside
+    """
+    try:
+        store = _store()
+        _manifest(store, name, fleet_release.check_version(version))
+        version = str(version)
+        inventory = _inventory()
+        targets = _campuses(inventory, campuses)
+        timeout = _timeout(timeout)
+        state = _read_state()
+    except (ValueError, fleet_inventory.InventoryError) as exc:
+        return _failed("stage", exc)
+    serials = {c: p["serial"] for c in targets if (p := _pin_of(state, name, c)) and p["version"] == version}
+    report = _stage_campuses(inventory, name, version, targets, timeout, serials)
+    failed = sorted(c for c, e in report.items() if not e["seed"])
+    ret = {"result": not failed, "name": name, "version": version, "campuses": report}
+    if failed:
+        ret["error"] = f"no Pi of {', '.join(failed)} could stage {name} {version}"
+    return _done("stage", ret, _record_wan(name, report))
+
+
+# --------------------------------------------------------------------------- pins, pushes, rollouts
+
+
+def _pin_pis(inventory, name, campus, pin):
+    """Copy the campus pin into the index of every Pi of the campus; ``{pi: ok or error}``."""
+    pis = fleet_inventory.pis_of(inventory, campus)
+    returns = _execute(pis, "kiosk_pkg.pin", [name, pin["version"]], {"serial": pin["serial"]})
+    return {pi: True if _ok(returns.get(pi)) else _why(returns.get(pi)) for pi in pis}
+
+
+def _push(inventory, name, version, campuses, timeout):
+    """Run check_update on the kiosks of ``campuses``; ``{campus: {kiosk: True | error}}``."""
+    kiosks = {k: c for c in campuses for k in inventory["campuses"][c]["kiosks"]}
+    returns = _execute(list(kiosks), "kiosk_pkg.check_update", [name], {}, timeout)
+    result = {c: {} for c in campuses}
+    for kiosk, campus in sorted(kiosks.items()):
+        ret = returns.get(kiosk)
+        one = ((ret or {}).get("releases") or {}).get(name) if isinstance(ret, dict) else None
+        on_version = isinstance(one, dict) and one.get("result") and (one.get("version") or one.get("installed")) == version
+        result[campus][kiosk] = True if on_version else (_why(one) if one else _why(ret))
+    return result
+
+
+def push(name=None, version=None, campus=None, pi=None, timeout=None):
+    """
+    Install ``version`` on the kiosks of ``campus`` if it is the campus pin,
+    once: the reactor calls this for every ``kiosk/release/staged`` event
+    (one per Pi, each arriving more than once through the syndics), and
+    only the first call for a campus pin pushes. Kiosks that were off catch
+    up at boot (startup state ``kiosk_fleet.release``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.push kiosk-app 1.4.0 campus=riverside
+        salt-run kiosk_release.push kiosk-app 1.4.0 pi=pi-riverside-2   # the campus of that Pi
+    """
+    try:
+        fleet_release.check_name(name)
+        version = fleet_release.check_version(version)
+        inventory = _inventory()
+        if pi is not None:
+            campus = fleet_inventory.campus_of(inventory, pi)
+        if not campus or len(fleet_inventory.names(campus, "campus")) != 1:
+            raise ValueError("campus: name one campus to push to (or pi=<a Pi of it>)")
+        (campus,) = _campuses(inventory, campus, "campus")
+        timeout = _timeout(timeout)
+        with _state() as state:
+            pin = _pin_of(state, name, campus)
+            if not pin or pin["version"] != version:
+                return _done("push", {"result": True, "pushed": False, "comment":
+                                      f"{campus} is pinned to {pin and pin['version']}, not {version}: nothing to push"})
+            if state["pushed"].get(name, {}).get(campus) == pin["serial"]:
+                return _done("push", {"result": True, "pushed": False,
+                                      "comment": f"{name} {version} already pushed to {campus}"})
+            state["pushed"].setdefault(name, {})[campus] = pin["serial"]
+    except (ValueError, fleet_inventory.InventoryError) as exc:
+        return _failed("push", exc)
+    kiosks = _push(inventory, name, version, [campus], timeout)[campus]
+    bad = {k: v for k, v in kiosks.items() if v is not True}
+    ret = {"result": not bad, "pushed": True, "name": name, "version": version, "campus": campus, "kiosks": kiosks}
+    if bad:
+        ret["error"] = f"{len(bad)} of {len(kiosks)} kiosks of {campus} are not on {version}"
+    return _done("push", ret)
+
+
+def rollout(name=None, version=None, campuses=None, canary=None, rings=None, max_error_share=None, timeout=None):
+    """
+    Roll ``version`` out, ring by ring: stage it on the ring's Pis, pin the
+    ring's campuses to it, install it on their kiosks, and go on to the next
+    ring only while the share of kiosks not on the version stays at or below
+    ``max_error_share`` (default ``kiosk_release:max_error_share``, 0).
+    ``canary=east`` makes a first ring of that campus alone; ``rings`` gives
+    the order (``'east;west,north'``). A halted rollout names the campuses
+    it did not touch.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.rollout kiosk-app 1.4.0 campuses=riverside
+        salt-run kiosk_release.rollout kiosk-app 1.4.0 canary=riverside max_error_share=0.1
+        salt-run kiosk_release.rollout kiosk-app 1.4.0 rings='riverside;hillside,lakeside'
+    """
+    try:
+        store = _store()
+        version = fleet_release.check_version(version)
+        _manifest(store, name, version)
+        inventory = _inventory()
+        targets = _campuses(inventory, campuses)
+        ring_plan = fleet_release.plan_rings(targets, canary=canary, rings=rings)
+        threshold = fleet_release.check_share(_conf("max_error_share", 0.0) if max_error_share is None else max_error_share)
+        timeout = _timeout(timeout)
+    except (ValueError, fleet_inventory.InventoryError) as exc:
+        return _failed("rollout", exc)
+    done, ret = [], {"result": True, "name": name, "version": version, "rings": []}
+    for ring in ring_plan:
+        entry = _roll_ring(inventory, name, version, ring, timeout, threshold)
+        ret["rings"].append(entry)
+        done.extend(ring)
+        if not entry["go_on"]:
+            ret["result"] = False
+            ret["halted"] = True
+            ret["not_started"] = [c for c in targets if c not in done]
+            ret["error"] = entry["error"]
+            break
+    return _done("rollout", ret, _record_kiosks(name, {c: k for r in ret["rings"] for c, k in r["kiosks"].items()}))
+
+
+def _roll_ring(inventory, name, version, ring, timeout, threshold):
+    with _state() as state:
+        pins = {c: _set_pin(state, name, c, version) for c in ring}
+        for campus in ring:  # the push below is this rollout's: reactors must not push it again
+            state["pushed"].setdefault(name, {})[campus] = pins[campus]["serial"]
+    staged = _stage_campuses(inventory, name, version, ring, timeout, {c: p["serial"] for c, p in pins.items()})
+    pinned = {c: _pin_pis(inventory, name, c, pins[c]) for c in ring if staged[c]["seed"]}
+    kiosks = _push(inventory, name, version, [c for c in ring if staged[c]["seed"]], timeout)
+    for campus in ring:
+        if not staged[campus]["seed"]:
+            kiosks[campus] = {k: f"{campus}: no Pi staged {version}" for k in inventory["campuses"][campus]["kiosks"]}
+    flat = {k: v is True for per in kiosks.values() for k, v in per.items()}
+    go_on, share = fleet_release.ring_verdict(flat, threshold)
+    entry = {"campuses": ring, "staging": staged, "pis_pinned": pinned, "kiosks": kiosks,
+             "error_share": share, "go_on": go_on}
+    if not go_on:
+        entry["error"] = (f"halted after ring {', '.join(ring)}: {share:.0%} of its kiosks are not on {version} "
+                          f"(limit {threshold:.0%})")
+    return entry
+
+
+def _record_kiosks(name, kiosks_by_campus, silent=None):
+    def update(metrics):
+        per = metrics.setdefault("kiosks", {}).setdefault(name, {})
+        for campus, kiosks in kiosks_by_campus.items():
+            on = sum(1 for v in kiosks.values() if v is True)
+            quiet = len((silent or {}).get(campus, []))
+            per[campus] = {"on_pin": on, "drift": len(kiosks) - on, "silent": quiet}
+
+    return update
+
+
+def pin(name=None, version=None, campus=None, timeout=None):
+    """
+    Pin ``campus`` to ``version`` without pushing: the version is staged on
+    the campus Pis if needed and their indexes pinned; kiosks move at their
+    next boot or ``kiosk_pkg.check_update`` (use ``rollout`` to push now).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.pin kiosk-app 1.3.2 campus=riverside
+    """
+    try:
+        store = _store()
+        version = fleet_release.check_version(version)
+        _manifest(store, name, version)
+        inventory = _inventory()
+        if not campus:
+            raise ValueError("campus: name the campus (campus=riverside)")
+        targets = _campuses(inventory, campus, "campus")
+        timeout = _timeout(timeout)
+        with _state() as state:
+            pins = {c: _set_pin(state, name, c, version) for c in targets}
+    except (ValueError, fleet_inventory.InventoryError) as exc:
+        return _failed("pin", exc)
+    staged = _stage_campuses(inventory, name, version, targets, timeout, {c: p["serial"] for c, p in pins.items()})
+    failed = sorted(c for c, e in staged.items() if not e["seed"])
+    ret = {"result": not failed, "name": name, "version": version,
+           "pins": {c: {k: v for k, v in p.items() if k != "history"} for c, p in pins.items()}, "staging": staged}
+    if failed:
+        ret["error"] = f"pinned, but no Pi of {', '.join(failed)} could stage {version}"
+    return _done("pin", ret)
+
+
+def unpin(name=None, campus=None):
+    """
+    Freeze ``campus`` for release ``name``: kiosks keep the version they run
+    and stop following new pins until the campus is pinned again.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.unpin kiosk-app campus=riverside
+    """
+    try:
+        fleet_release.check_name(name)
+        inventory = _inventory()
+        if not campus:
+            raise ValueError("campus: name the campus (campus=riverside)")
+        targets = _campuses(inventory, campus, "campus")
+        with _state() as state:
+            pins = {c: _set_pin(state, name, c, None) for c in targets}
+    except (ValueError, fleet_inventory.InventoryError) as exc:
+        return _failed("unpin", exc)
+    pis = {c: _pin_pis(inventory, name, c, pins[c]) for c in targets}
+    bad = {c: {p: r for p, r in per.items() if r is not True} for c, per in pis.items()}
+    bad = {c: per for c, per in bad.items() if per}
+    ret = {"result": not bad, "name": name, "frozen": targets, "pis": pis}
+    if bad:
+        ret["error"] = f"the pin could not be cleared on {', '.join(sorted(p for per in bad.values() for p in per))}"
+    return _done("unpin", ret)
+
+
+def rollback(name=None, campus=None, timeout=None):
+    """
+    Put ``campus`` back on the content it ran before its current pin, the
+    way operators do it: that content is republished under a new version,
+    above every published one (``rollback_of`` in its manifest names the
+    source), then rolled out to the campus. Kiosks only ever move up.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.rollback kiosk-app campus=riverside
+    """
+    try:
+        store = _store()
+        fleet_release.check_name(name)
+        inventory = _inventory()
+        if not campus or len(fleet_inventory.names(campus, "campus")) != 1:
+            raise ValueError("campus: name one campus (campus=riverside)")
+        (campus,) = _campuses(inventory, campus, "campus")
+        pin_ = _pin_of(_read_state(), name, campus)
+        if not pin_ or not pin_.get("history"):
+            raise ValueError(f"campus: {campus} has no earlier {name} version to go back to")
+        current, previous = pin_["version"], pin_["history"][-1]
+        source = _manifest(store, name, previous)
+        version = fleet_release.next_version(_published(store, name))
+
+        def copy(work):
+            for file_name in source["files"]:
+                src = os.path.join(store, name, previous, file_name)
+                try:
+                    os.link(src, os.path.join(work, file_name))  # same content, no second copy on disk
+                except OSError:
+                    shutil.copyfile(src, os.path.join(work, file_name))
+                fleet_release.compare(source["files"][file_name], fleet_release.hash_file(
+                    os.path.join(work, file_name)), f"{name} {previous} {file_name}")
+            return source["files"]
+
+        doc = _new_release(store, name, version, copy, source["install"], rollback_of=previous)
+    except (ValueError, OSError, fleet_inventory.InventoryError) as exc:
+        return _failed("rollback", exc)
+    _fire("kiosk/release/published", {"name": name, "version": version, "campuses": [], "rollback_of": previous})
+    ret = rollout(name=name, version=doc["version"], campuses=campus, timeout=timeout)
+    ret.update({"rolled_back": {"campus": campus, "from": current, "content_of": previous, "as": version}})
+    return ret
+
+
+# --------------------------------------------------------------------------- status
+
+
+def status(name=None, campuses=None, timeout=60):
+    """
+    Where release ``name`` stands, per campus: the pin, what each Pi has
+    staged and pinned, what each kiosk runs, and the drift (kiosks not on
+    the pin, Pis without it). Fails (exit 1) on drift or on a campus whose
+    kiosks run different versions; silent kiosks are listed, not failed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.status kiosk-app
+        salt-run kiosk_release.status kiosk-app campuses=riverside --out=json
+    """
+    try:
+        fleet_release.check_name(name)
+        inventory = _inventory()
+        targets = _campuses(inventory, campuses)
+        timeout = fleet_runner.number(timeout, "timeout", 1, 3600)
+        state = _read_state()
+    except (ValueError, fleet_inventory.InventoryError) as exc:
+        return _failed("status", exc)
+    pis = [p for c in targets for p in fleet_inventory.pis_of(inventory, c)]
+    kiosks = [k for c in targets for k in inventory["campuses"][c]["kiosks"]]
+    pi_returns = _execute(pis, "kiosk_pkg.repo_status", [name], {}, timeout)
+    kiosk_returns = _execute(kiosks, "kiosk_pkg.installed", [name], {}, timeout)
+    ret = {"result": True, "name": name, "campuses": {}}
+    problems, on_pin, silent = [], {}, {}
+    for campus in targets:
+        pin_ = _pin_of(state, name, campus)
+        want = pin_["version"] if pin_ else None
+        entry = {"pin": want, "serial": pin_["serial"] if pin_ else None, "pis": {}, "kiosks": {}}
+        for pi in fleet_inventory.pis_of(inventory, campus):
+            r = pi_returns.get(pi)
+            entry["pis"][pi] = ({"staged": r["staged"], "pin": (r.get("pin") or {}).get("version")}
+                                if _ok(r) else {"error": _why(r)})
+        installed = {}
+        for kiosk in sorted(inventory["campuses"][campus]["kiosks"]):
+            if kiosk not in kiosk_returns:
+                entry["kiosks"][kiosk] = {"silent": True}
+                silent.setdefault(campus, []).append(kiosk)
+                continue
+            rec = kiosk_returns[kiosk] if isinstance(kiosk_returns[kiosk], dict) else {}
+            installed[kiosk] = rec.get("version")
+            entry["kiosks"][kiosk] = {"installed": rec.get("version"), "previous": rec.get("previous")}
+        entry["drift"] = fleet_release.drift(want, installed)
+        entry["versions_running"] = sorted({v for v in installed.values() if v}, key=fleet_release.parse_version)
+        entry["pis_without_pin"] = sorted(p for p, r in entry["pis"].items()
+                                          if want and want not in r.get("staged", []))
+        if entry["drift"]:
+            problems.append(f"{campus}: {len(entry['drift'])} kiosk(s) not on {want}")
+        if len(entry["versions_running"]) > 1:
+            problems.append(f"{campus}: kiosks run {', '.join(entry['versions_running'])}")
+        if entry["pis_without_pin"]:
+            problems.append(f"{campus}: {', '.join(entry['pis_without_pin'])} lack {want}")
+        on_pin[campus] = {k: (v == want) for k, v in installed.items()}
+        ret["campuses"][campus] = entry
+    if problems:
+        ret.update(result=False, error="; ".join(problems))
+    return _done("status", ret, _record_kiosks(name, on_pin, silent))

@@ -1,0 +1,80 @@
+"""
+Kiosk release packages as states, through the ``kiosk_pkg`` execution module.
+
+.. code-block:: yaml
+
+    # on a kiosk: follow the campus pin (states/kiosk_fleet/release.sls, run at boot)
+    kiosk-app:
+      kiosk_pkg.installed
+
+    # on a Pi: hold a release in the campus repository
+    kiosk-app-1.4.0:
+      kiosk_pkg.staged:
+        - name: kiosk-app
+        - version: 1.4.0
+        - source: http://salt.example.org:8080/kiosk-releases/
+"""
+
+__virtualname__ = "kiosk_pkg"
+
+
+def __virtual__():
+    if "kiosk_pkg.check_update" in __salt__:
+        return __virtualname__
+    return (False, "kiosk_pkg state: the kiosk_pkg execution module is not available on this minion")
+
+
+def installed(name):
+    """
+    The kiosk runs its campus's pinned version of release ``name`` (verified
+    download from the campus Pis, install command, ``kiosk_release`` grain).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt kiosk-riverside-01 state.single kiosk_pkg.installed kiosk-app test=True
+    """
+    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    outcome = __salt__["kiosk_pkg.check_update"](name, test=__opts__["test"])
+    one = outcome["releases"][name]
+    if one["result"] is False:
+        ret.update(result=False, comment=one.get("error", "update failed"))
+    elif one["result"] is None:
+        ret.update(result=None, comment=one["comment"], changes={"version": {"old": one.get("installed"), "new": one.get("pin")}})
+    elif one.get("changed"):
+        ret.update(comment=f"installed {one['version']} from {one.get('source')}",
+                   changes={"version": {"old": one.get("installed"), "new": one["version"]}})
+    else:
+        ret["comment"] = one.get("comment", "up to date")
+    return ret
+
+
+def staged(name, version, source="salt://kiosk_releases/"):
+    """
+    This Pi's repository holds release ``name`` ``version``, verified
+    (size, md5, sha256) before it went live.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pi-riverside-1 state.single kiosk_pkg.staged kiosk-app version=1.4.0 test=True
+    """
+    version = str(version)
+    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    have = __salt__["kiosk_pkg.repo_status"](name)
+    if have.get("result") and version in have["staged"]:
+        ret["comment"] = f"{name} {version} is staged"
+        return ret
+    if __opts__["test"]:
+        ret.update(result=None, comment=f"would stage {name} {version} from {source}",
+                   changes={"staged": {"old": None, "new": version}})
+        return ret
+    outcome = __salt__["kiosk_pkg.stage"](name, version, source=source)
+    if not outcome["result"]:
+        ret.update(result=False, comment=outcome["error"])
+        return ret
+    ret.update(comment=f"staged {name} {version} from {outcome['source']} ({outcome['fetched']} bytes)",
+               changes={"staged": {"old": None, "new": version}})
+    return ret

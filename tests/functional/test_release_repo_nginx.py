@@ -1,0 +1,279 @@
+"""
+The kiosk release repository served by a real nginx (``tests/support/nginx.py``)
+from the templates ``kiosk_fleet.release_repo`` installs, on 127.0.x.y only:
+downloads, ranges, methods, hidden and staging files, symlinks, traversal,
+caching headers and the access log; then the state itself rendered through
+Salt's own loaders (pillar inventory -> listen addresses), its file.managed
+run for real into a temp dir (template + check_cmd), and nginx -t.
+"""
+
+import hashlib
+import http.client
+import os
+import pathlib
+import shlex
+import shutil
+import socket
+import subprocess
+
+import pytest
+import salt.config
+import salt.loader
+import yaml
+
+from tests.support.nginx import NginxRepo, nginx_binary, render
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SECRET = b"kiosk-release-repo: this file is outside the repository\n"
+PI_ADDRESSES = ["127.0.1.2", "127.0.2.2"]  # pi-riverside-1 in pillar/kiosk_fleet.sls (hall, upstairs)
+
+pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed (.ci/bootstrap installs it)")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    base = tmp_path_factory.mktemp("release-repo")
+    repo = base / "repo"
+    (repo / "app" / "1.0.0").mkdir(parents=True)
+    (repo / "app" / "index.json").write_text('{"name": "app", "versions": ["1.0.0"]}\n')
+    (repo / "app" / "1.0.0" / "manifest.json").write_text('{"files": {"pkg.bin": {}}}\n')
+    (repo / "app" / "1.0.0" / "pkg.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    (repo / ".staging").mkdir()
+    (repo / ".staging" / "x.tmp").write_bytes(b"half-downloaded " + SECRET)
+    (base / "secret.txt").write_bytes(SECRET)
+    (repo / "app" / "1.0.0" / "outside.bin").symlink_to(base / "secret.txt")
+    (repo / "app" / "1.0.0" / ".hidden").write_bytes(SECRET)
+    return base
+
+
+@pytest.fixture(scope="module")
+def nginx(tree):
+    with NginxRepo(PI_ADDRESSES, tree / "repo", tree / "nginx") as repo:
+        yield repo
+
+
+def request(repo, method, path, headers=None, body=None, listen=None):
+    host, port = (listen or repo.listen[0]).split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request(method, "/kiosk-releases/" + path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def raw_request(repo, target):
+    """The request line exactly as written: http clients would normalise the dot segments away."""
+    host, port = repo.listen[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data
+
+
+def test_serves_the_repository_read_only(nginx, tree):
+    pkg = (tree / "repo" / "app" / "1.0.0" / "pkg.bin").read_bytes()
+    before = len(nginx.log_entries())
+
+    # every listen address answers; whole file, byte for byte
+    for listen in nginx.listen:
+        status, headers, body = request(nginx, "GET", "app/1.0.0/pkg.bin", listen=listen)
+        assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(pkg).digest()
+        assert "immutable" in headers["cache-control"]
+        assert headers["content-type"] == "application/octet-stream"
+
+    # resuming a download: the tail only
+    offset = len(pkg) - 123_457
+    status, headers, body = request(nginx, "GET", "app/1.0.0/pkg.bin", {"Range": f"bytes={offset}-"})
+    assert status == 206 and body == pkg[offset:]
+    headers_range = headers["content-range"]
+    assert headers_range == f"bytes {offset}-{len(pkg) - 1}/{len(pkg)}"
+
+    status, headers, body = request(nginx, "HEAD", "app/1.0.0/pkg.bin")
+    assert (status, body, int(headers["content-length"])) == (200, b"", len(pkg))
+
+    status, headers, body = request(nginx, "GET", "app/index.json")
+    assert status == 200 and body == (tree / "repo" / "app" / "index.json").read_bytes()
+    assert headers["cache-control"] == "no-cache" and headers["content-type"] == "application/json"
+    status, headers, _ = request(nginx, "GET", "app/1.0.0/manifest.json")
+    assert status == 200 and "immutable" in headers["cache-control"]
+
+    for method in ("POST", "PUT", "DELETE"):
+        status, headers, _ = request(nginx, method, "app/1.0.0/manifest.json", body=b"x")
+        assert status == 405, method
+        assert headers.get("allow") == "GET, HEAD"
+
+    # staging and hidden files, directory listings, symlinks (even within the tree), other prefixes
+    for path in (".staging/x.tmp", ".staging/", "app/1.0.0/.hidden", "app/", ""):
+        status, _, body = request(nginx, "GET", path)
+        assert status in (403, 404), path
+        assert SECRET not in body and b"pkg.bin" not in body, path
+    status, _, body = request(nginx, "GET", "app/1.0.0/outside.bin")
+    assert status == 403 and SECRET not in body
+
+    # the access log: one entry per request, body bytes actually sent, the Range header
+    entries = nginx.wait_for_log(before + 15)[before:]
+    assert len(entries) == 15
+    assert {e["remote_addr"] for e in entries} == {"127.0.0.1"}
+    full, ranged, head = entries[0], entries[2], entries[3]
+    assert (full["method"], full["path"], full["status"], full["bytes"], full["range"]) == (
+        "GET", "/kiosk-releases/app/1.0.0/pkg.bin", 200, len(pkg), "")
+    assert {e["server_addr"] for e in entries[:2]} == set(PI_ADDRESSES)
+    assert (ranged["status"], ranged["bytes"], ranged["range"]) == (206, len(pkg) - offset, f"bytes={offset}-")
+    assert ranged["content_range"] == headers_range
+    assert (head["method"], head["status"], head["bytes"]) == ("HEAD", 200, 0)
+    assert [e["status"] for e in entries if e["method"] in ("POST", "PUT", "DELETE")] == [405] * 3
+    assert nginx.bytes_served("app/1.0.0/pkg.bin") == 3 * len(pkg) - offset
+    assert nginx.bytes_served("/kiosk-releases/app/1.0.0/pkg.bin") == 3 * len(pkg) - offset
+
+
+@pytest.mark.parametrize("target", [
+    "/kiosk-releases/../../../../../../etc/passwd",
+    "/kiosk-releases/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/kiosk-releases/..%2f..%2f..%2f..%2f..%2f..%2fetc/passwd",
+    "/kiosk-releases/app/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/%2E%2E/etc/passwd",
+    "/kiosk-releases/../secret.txt",           # resolves to /secret.txt: not under /kiosk-releases/
+    "/kiosk-releases/%2e%2e/secret.txt",
+    "/kiosk-releases/app/..%2f..%2fsecret.txt",
+    "/kiosk-releases../secret.txt",            # the alias off-by-slash classic
+    "/kiosk-releases/app/1.0.0/..%5c..%5c..%5csecret.txt",
+    "/kiosk-releases/app/../.staging/x.tmp",
+])
+def test_traversal_is_refused(nginx, target):
+    status, data = raw_request(nginx, target)
+    assert 400 <= status < 500, data[:200]
+    assert SECRET not in data and b"root:x:0:0" not in data
+
+
+def test_nginx_dies_with_a_clear_error_on_a_taken_port(tree, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        repo = NginxRepo([f"127.0.0.1:{port}"], tree / "repo", tmp_path / "nginx", start_timeout=5)
+        try:
+            with pytest.raises(RuntimeError, match="Address already in use"):
+                repo.start()  # not fooled by the connection the other listener accepts
+            assert not repo.is_running
+        finally:
+            repo.stop()
+
+
+# --- the state, rendered through Salt ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pi_minion(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pi-minion")
+    pillar = root / "pillar"
+    pillar.mkdir()
+    (pillar / "top.sls").write_text("base:\n  '*':\n    - kiosk_fleet\n    - release_repo\n")
+    shutil.copy(REPO / "pillar" / "kiosk_fleet.sls", pillar / "kiosk_fleet.sls")
+    (pillar / "release_repo.sls").write_text(yaml.safe_dump({"kiosk_release_repo": {
+        "repo_dir": str(root / "releases"), "port": 8080, "access_log": str(root / "access.log")}}))
+    opts = salt.config.minion_config(None)
+    opts.update({
+        "id": "pi-riverside-1", "file_client": "local", "root_dir": str(root / "r"), "cachedir": str(root / "cache"),
+        "pki_dir": str(root / "pki"), "sock_dir": str(root / "sock"), "log_file": str(root / "minion.log"),
+        "file_roots": {"base": [str(REPO / "states")]}, "pillar_roots": {"base": [str(pillar)]},
+        "enable_fqdns_grains": False,  # no reverse-DNS lookups (network rule)
+    })
+    opts["grains"] = salt.loader.grains(opts)
+    opts["grains"]["campus"] = "riverside"
+    mods = salt.loader.minion_mods(opts, utils=salt.loader.utils(opts))
+    return root, mods
+
+
+def _args(state, function):
+    """{arg: value} of one state function in state.show_sls's output."""
+    args = {}
+    for item in state[function]:
+        if isinstance(item, dict):
+            args.update(item)
+    return args
+
+
+def test_state_renders_the_pi_config_from_the_inventory(pi_minion, tmp_path):
+    root, mods = pi_minion
+    states = mods["state.show_sls"]("kiosk_fleet.release_repo")
+    assert isinstance(states, dict), states  # a list of render errors otherwise
+    assert _args(states["kiosk_release_repo_nginx"], "pkg")["name"] == "nginx"
+    assert _args(states["kiosk_release_repo_dir"], "file")["name"] == str(root / "releases")
+    service = _args(states["kiosk_release_repo_service"], "service")
+    assert (service["name"], service["reload"]) == ("nginx", True)
+    assert {"file": "kiosk_release_repo_site"} in service["watch"]
+    assert {"file": "kiosk_release_repo_log_format"} in service["watch"]
+    http = _args(states["kiosk_release_repo_log_format"], "file")
+    assert http["name"] == "/etc/nginx/conf.d/kiosk-release-repo-http.conf"
+    site = _args(states["kiosk_release_repo_site"], "file")
+    assert site["name"] == "/etc/nginx/sites-enabled/kiosk-release-repo.conf"
+    assert site["context"] == {"listen": [f"{a}:8080" for a in PI_ADDRESSES], "repo_dir": str(root / "releases"),
+                               "access_log": str(root / "access.log")}
+    assert site["check_cmd"].startswith("/bin/sh -c ")
+    # Salt's check_cmd temp file lands in the minion's cwd unless tmp_dir is set
+    assert site["tmp_dir"] == "/etc/nginx"
+
+    # the http-level snippet and the site through Salt's file.managed, as on the Pi (template, context,
+    # check_cmd), into a temp dir; the check includes the snippet from there
+    http_conf = tmp_path / "kiosk-release-repo-http.conf"
+    ret = mods["state.single"]("file.managed", name=str(http_conf), source=http["source"], template="jinja")
+    assert all(r["result"] for r in ret.values()), ret
+    check_cmd = site["check_cmd"].replace(http["name"], str(http_conf))
+    assert str(http_conf) in check_cmd
+
+    dest = tmp_path / "kiosk-release-repo.conf"
+    ret = mods["state.single"]("file.managed", name=str(dest), source=site["source"], template="jinja",
+                               context=site["context"], check_cmd=check_cmd, tmp_dir=str(tmp_path))
+    assert all(r["result"] for r in ret.values()), ret
+    conf = dest.read_text()
+    assert [line.strip() for line in conf.splitlines() if line.strip().startswith("listen ")] == [
+        "listen 127.0.1.2:8080;", "listen 127.0.2.2:8080;"]
+    assert f'alias "{root / "releases"}/";' in conf
+    assert f'access_log "{root / "access.log"}" kiosk_release_repo;' in conf
+    # the tests' nginx renders the same files with plain jinja2: same text
+    assert conf == render("kiosk-release-repo.conf.jinja", **site["context"])
+    assert http_conf.read_text() == render("kiosk-release-repo-http.conf.jinja")
+
+    # and nginx accepts it in the tests' main conf
+    checked = NginxRepo(PI_ADDRESSES, root / "releases", tmp_path / "nginx").check(server_conf=conf)
+    assert checked.returncode == 0, checked.stderr
+
+    # a config nginx refuses is not installed: check_cmd fails, the file keeps its content
+    bad = dict(site["context"], listen=["127.0.1.2:notaport"])
+    ret = mods["state.single"]("file.managed", name=str(dest), source=site["source"], template="jinja",
+                               context=bad, check_cmd=check_cmd, tmp_dir=str(tmp_path))
+    (result,) = ret.values()
+    assert result["result"] is False and "check_cmd execution failed" in result["comment"], result
+    assert "invalid port" in result["comment"]
+    assert dest.read_text() == conf
+
+
+def test_state_off_the_inventory_needs_listen_from_pillar(pi_minion):
+    """The central master is no Pi of the inventory: no address at all fails the state (never 0.0.0.0)."""
+    _, mods = pi_minion
+    grains = mods.opts["grains"]  # the modules' __opts__ (state.apply may have reloaded the grains)
+    grains["campus"] = "nowhere"
+    try:
+        states = mods["state.show_sls"]("kiosk_fleet.release_repo")
+        given = mods["state.show_sls"]("kiosk_fleet.release_repo",
+                                        pillar={"kiosk_release_repo": {"listen": ["127.0.9.1", "::1"]}})
+        one = mods["state.show_sls"]("kiosk_fleet.release_repo", pillar={"kiosk_release_repo": {"listen": "127.0.9.1"}})
+    finally:
+        grains["campus"] = "riverside"
+    assert list(states) == ["kiosk_release_repo_needs_addresses"], states
+    assert "test" in states["kiosk_release_repo_needs_addresses"]
+    assert _args(given["kiosk_release_repo_site"], "file")["context"]["listen"] == ["127.0.9.1:8080", "[::1]:8080"]
+    assert _args(one["kiosk_release_repo_site"], "file")["context"]["listen"] == ["127.0.9.1:8080"]
+
+
+def test_check_cmd_is_a_plain_command(pi_minion):
+    """Salt runs check_cmd without a shell (shlex-split, the temp file appended): it must split into sh -c."""
+    _, mods = pi_minion
+    site = _args(mods["state.show_sls"]("kiosk_fleet.release_repo")["kiosk_release_repo_site"], "file")
+    argv = shlex.split(site["check_cmd"])
+    assert argv[:2] == ["/bin/sh", "-c"] and argv[-1] == "kiosk-release-repo-check" and len(argv) == 4
+    syntax = subprocess.run(["/bin/sh", "-n", "-c", argv[2]], capture_output=True, text=True, check=False)
+    assert syntax.returncode == 0, syntax.stderr

@@ -1,0 +1,278 @@
+"""
+A real nginx serving the kiosk release repository, for tests.
+
+Renders the SAME templates the ``kiosk_fleet.release_repo`` state installs
+(``states/kiosk_fleet/files/kiosk-release-repo-http.conf.jinja`` at http level,
+``kiosk-release-repo.conf.jinja`` as the server block) into a minimal main
+``nginx.conf`` whose pid file, error log and temp directories live in
+``workdir``, and runs ``nginx -p <workdir> -c <conf> -g 'daemon off;'`` as a
+child process (its own process group, stopped by its pid).
+
+    with NginxRepo(["127.0.1.2"], repo_dir, workdir) as repo:   # a free port is chosen
+        urllib.request.urlopen(repo.url("app/index.json"))
+        repo.wait_for_log(1)
+        repo.log_entries()   # [{"remote_addr": "127.0.0.1", "method": "GET", "path": ..., "status": 200, ...}]
+
+Network rule: listen addresses must be in 127.0.0.0/8 (checked).
+"""
+
+import contextlib
+import ctypes
+import ipaddress
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import jinja2
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TEMPLATES = REPO / "states" / "kiosk_fleet" / "files"
+SERVER_TEMPLATE = "kiosk-release-repo.conf.jinja"
+HTTP_TEMPLATE = "kiosk-release-repo-http.conf.jinja"
+URL_PREFIX = "/kiosk-releases/"
+
+
+def nginx_binary():
+    """Path of the nginx binary, or None (non-root PATHs often lack /usr/sbin)."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+def render(template, **context):
+    """Render one of the shipped templates with plain jinja2 (as Salt's jinja renderer does)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    return env.get_template(template).render(**context)
+
+
+def free_port(address):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def _split(listen):
+    address, _, port = listen.rpartition(":")
+    return address, int(port)
+
+
+def main_conf(workdir, includes, run_as_root_user=True):
+    """A minimal main nginx.conf: everything nginx writes stays in workdir; ``includes`` go into http { }."""
+    workdir = pathlib.Path(workdir)
+    lines = []
+    if run_as_root_user and os.geteuid() == 0:
+        # workers run as "nobody" by default: they could not read test dirs made with mode 0700
+        lines.append("user root root;")
+    lines += [
+        "worker_processes 1;",
+        f"pid {workdir / 'nginx.pid'};",
+        f"error_log {workdir / 'error.log'} info;",
+        "events {",
+        "    worker_connections 64;",
+        "}",
+        "http {",
+        f"    client_body_temp_path {workdir / 'tmp' / 'body'};",
+        f"    proxy_temp_path {workdir / 'tmp' / 'proxy'};",
+        f"    fastcgi_temp_path {workdir / 'tmp' / 'fastcgi'};",
+        f"    uwsgi_temp_path {workdir / 'tmp' / 'uwsgi'};",
+        f"    scgi_temp_path {workdir / 'tmp' / 'scgi'};",
+        f"    access_log {workdir / 'default-access.log'};",
+    ]
+    lines += [f"    include {path};" for path in includes]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _die_with_parent():
+    """In the child before exec: SIGTERM (nginx's fast shutdown) when the test process dies without stop()."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class NginxError(RuntimeError):
+    pass
+
+
+class NginxRepo:
+    """nginx serving ``repo_dir`` under /kiosk-releases/ on ``listen``.
+
+    listen:   list of "127.x.y.z:port" or bare "127.x.y.z" (a free port is chosen);
+    repo_dir: the repository; workdir: configs, logs, pid and temp dirs (created).
+    """
+
+    def __init__(self, listen, repo_dir, workdir, access_log=None, start_timeout=10.0):
+        self.nginx = nginx_binary()
+        if not self.nginx:
+            raise NginxError("nginx is not installed (.ci/bootstrap installs it)")
+        self.repo_dir = pathlib.Path(repo_dir)
+        self.workdir = pathlib.Path(workdir)
+        self.access_log = pathlib.Path(access_log) if access_log else self.workdir / "access.log"
+        self.start_timeout = start_timeout
+        self._requested = list(listen)
+        self.listen = []
+        self.proc = None
+        self._resolve_listen()
+
+    def _resolve_listen(self):
+        self.listen = []
+        for entry in self._requested:
+            address, port = _split(entry) if ":" in entry else (entry, None)
+            if not ipaddress.ip_address(address).is_loopback or ipaddress.ip_address(address).version != 4:
+                raise ValueError(f"{entry}: tests listen on 127.0.0.0/8 only")
+            self.listen.append(f"{address}:{port or free_port(address)}")
+
+    # configuration
+    def render(self):
+        """(http-level snippet, server block) as the state would install them."""
+        return (render(HTTP_TEMPLATE),
+                render(SERVER_TEMPLATE, listen=self.listen, repo_dir=str(self.repo_dir),
+                       access_log=str(self.access_log)))
+
+    def write_config(self, server_conf=None, name="nginx.conf"):
+        """Write the snippets and a main conf including them; returns the main conf's path.
+        ``server_conf`` replaces the rendered server block (e.g. one Salt rendered)."""
+        http_conf, rendered = self.render()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "tmp").mkdir(exist_ok=True)
+        stem = pathlib.Path(name).stem
+        http_path = self.workdir / f"{stem}-kiosk-release-repo-http.conf"
+        server_path = self.workdir / f"{stem}-kiosk-release-repo.conf"
+        http_path.write_text(http_conf)
+        server_path.write_text(rendered if server_conf is None else server_conf)
+        conf = self.workdir / name
+        conf.write_text(main_conf(self.workdir, [http_path, server_path]))
+        return conf
+
+    def _cmd(self, conf, *extra):
+        # -e: the log for messages before the config is read (the compiled-in one is /var/log/nginx)
+        return [self.nginx, "-p", f"{self.workdir}/", "-c", str(conf), "-e", str(self.workdir / "error.log"), *extra]
+
+    def check(self, server_conf=None):
+        """``nginx -t`` of the config (or of ``server_conf`` in the same main conf): CompletedProcess."""
+        conf = self.write_config(server_conf, name="nginx-check.conf")
+        return subprocess.run(self._cmd(conf, "-t"), capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL, check=False)
+
+    # process
+    def start(self):
+        if self.is_running:
+            return self
+        for attempt in range(3):
+            conf = self.write_config()
+            (self.workdir / "nginx.pid").unlink(missing_ok=True)
+            self.proc = subprocess.Popen(self._cmd(conf, "-g", "daemon off;"), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
+            try:
+                self._wait_listening()
+                return self
+            except NginxError as exc:
+                err = self.stop()
+                # another process took a port we chose between free_port() and nginx's bind: choose again
+                if "Address already in use" in err and attempt < 2 and any(":" not in e for e in self._requested):
+                    self._resolve_listen()
+                    continue
+                raise NginxError(f"{exc}\n{err}") from None
+        raise AssertionError("unreachable")
+
+    def _wait_listening(self):
+        # nginx writes its pid file once every listen socket is bound: until then a connection could reach
+        # whoever else holds the port (nginx retries a busy bind for ~2.5 s, then exits)
+        deadline = time.monotonic() + self.start_timeout
+        pid_file = self.workdir / "nginx.pid"
+        pending = list(self.listen)
+        while pending:
+            if self.proc.poll() is not None:
+                raise NginxError(f"nginx exited with {self.proc.returncode} while starting")
+            if time.monotonic() > deadline:
+                raise NginxError(f"nginx is not listening on {pending} after {self.start_timeout} s")
+            if not (pid_file.exists() and pid_file.read_text().strip() == str(self.proc.pid)):
+                time.sleep(0.02)
+                continue
+            address, port = _split(pending[0])
+            with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.5):
+                pending.pop(0)
+                continue
+            time.sleep(0.02)
+
+    @property
+    def is_running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=10.0):
+        """Stop nginx (SIGQUIT: graceful, then SIGKILL to its process group); returns its stderr."""
+        if self.proc is None:
+            return ""
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGQUIT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # master and workers: the group nginx leads
+                proc.wait(5)
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+        error_log = self.workdir / "error.log"
+        if error_log.exists():
+            err += error_log.read_text(errors="replace")[-4000:]
+        return err
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # client side
+    def url(self, path="", listen=None):
+        """http://<listen>/kiosk-releases/<path> (first listen address unless given)."""
+        return f"http://{listen or self.listen[0]}{URL_PREFIX}{path.lstrip('/')}"
+
+    def log_entries(self):
+        """Parsed access log: dicts with remote_addr, method, path (raw, without query; from the request line
+        when nginx refused it with 400 and uri is empty), query, uri, request,
+        status (int), bytes (int, body bytes sent), range ("" if none), content_range, time, request_time,
+        server_addr, server_port (int), user_agent."""
+        if not self.access_log.exists():
+            return []
+        entries = []
+        for line in self.access_log.read_text().splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            # $request_uri is empty when nginx refused the request line itself (400): take it from the line
+            uri = entry["uri"] or (entry["request"].split(" ") + ["", ""])[1]
+            path, _, query = uri.partition("?")
+            entry.update(path=path, query=query)
+            if str(entry.get("server_port", "")).isdigit():
+                entry["server_port"] = int(entry["server_port"])
+            entries.append(entry)
+        return entries
+
+    def wait_for_log(self, count, timeout=5.0):
+        """The access log once it holds ``count`` entries: nginx writes an entry when the request is
+        finalised, which can be a moment after the client has read the last byte."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = self.log_entries()
+            if len(entries) >= count or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.02)
+
+    def bytes_served(self, path_prefix=None):
+        """Sum of body bytes sent, for request paths starting with ``path_prefix`` (a full URL path such as
+        /kiosk-releases/app/, or one relative to /kiosk-releases/)."""
+        if path_prefix is not None and not path_prefix.startswith("/"):
+            path_prefix = URL_PREFIX + path_prefix
+        return sum(e["bytes"] for e in self.log_entries() if path_prefix is None or e["path"].startswith(path_prefix))
