@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_inventory
@@ -49,6 +50,7 @@ __virtualname__ = "kiosk_release"
 CONFIG_KEY = "kiosk_release"
 DEFAULT_TIMEOUT = 3600
 TEXTFILE = "kiosk_release.prom"
+STATE_LOCK_WAIT = 60  # s; the lock is only held to read and write a small JSON file
 
 
 def __virtual__():
@@ -107,7 +109,16 @@ def _state():
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "state.json")
     with open(os.path.join(directory, "state.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        deadline = time.monotonic() + STATE_LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ValueError(f"state: {path} stayed locked by another kiosk_release run "
+                                     f"for {STATE_LOCK_WAIT} s") from None
+                time.sleep(0.1)
         state = fleet_release.read_json(path, "state") or {}
         state.setdefault("pins", {})
         state.setdefault("pushed", {})
@@ -542,17 +553,19 @@ def push(name=None, version=None, campus=None, pi=None, timeout=None):
             raise ValueError("campus: name one campus to push to (or pi=<a Pi of it>)")
         (campus,) = _campuses(inventory, campus, "campus")
         timeout = _timeout(timeout)
-        with _state() as state:
+        skip = None
+        with _state() as state:  # decide and mark under the lock; act after releasing it
             pin = _pin_of(state, name, campus)
             if not pin or pin["version"] != version:
-                return _done("push", {"result": True, "pushed": False, "comment":
-                                      f"{campus} is pinned to {pin and pin['version']}, not {version}: nothing to push"})
-            if state["pushed"].get(name, {}).get(campus) == pin["serial"]:
-                return _done("push", {"result": True, "pushed": False,
-                                      "comment": f"{name} {version} already pushed to {campus}"})
-            state["pushed"].setdefault(name, {})[campus] = pin["serial"]
+                skip = f"{campus} is pinned to {pin and pin['version']}, not {version}: nothing to push"
+            elif state["pushed"].get(name, {}).get(campus) == pin["serial"]:
+                skip = f"{name} {version} already pushed to {campus}"
+            else:
+                state["pushed"].setdefault(name, {})[campus] = pin["serial"]
     except (ValueError, fleet_inventory.InventoryError) as exc:
         return _failed("push", exc)
+    if skip:
+        return _done("push", {"result": True, "pushed": False, "comment": skip})
     kiosks = _push(inventory, name, version, [campus], timeout)[campus]
     bad = {k: v for k, v in kiosks.items() if v is not True}
     ret = {"result": not bad, "pushed": True, "name": name, "version": version, "campus": campus, "kiosks": kiosks}
@@ -610,14 +623,14 @@ def _roll_ring(inventory, name, version, ring, timeout, threshold):
         for campus in ring:  # the push below is this rollout's: reactors must not push it again
             state["pushed"].setdefault(name, {})[campus] = pins[campus]["serial"]
     staged = _stage_campuses(inventory, name, version, ring, timeout, {c: p["serial"] for c, p in pins.items()})
-    pinned = {c: _pin_pis(inventory, name, c, pins[c]) for c in ring if staged[c]["seed"]}
+    # staging with the serial pinned every Pi that holds the version (staged_on)
     kiosks = _push(inventory, name, version, [c for c in ring if staged[c]["seed"]], timeout)
     for campus in ring:
         if not staged[campus]["seed"]:
             kiosks[campus] = {k: f"{campus}: no Pi staged {version}" for k in inventory["campuses"][campus]["kiosks"]}
     flat = {k: v is True for per in kiosks.values() for k, v in per.items()}
     go_on, share = fleet_release.ring_verdict(flat, threshold)
-    entry = {"campuses": ring, "staging": staged, "pis_pinned": pinned, "kiosks": kiosks,
+    entry = {"campuses": ring, "staging": staged, "kiosks": kiosks,
              "error_share": share, "go_on": go_on}
     if not go_on:
         entry["error"] = (f"halted after ring {', '.join(ring)}: {share:.0%} of its kiosks are not on {version} "
@@ -659,6 +672,8 @@ def pin(name=None, version=None, campus=None, timeout=None):
         timeout = _timeout(timeout)
         with _state() as state:
             pins = {c: _set_pin(state, name, c, version) for c in targets}
+            for campus in targets:  # no push: the staged reactor must leave these kiosks alone
+                state["pushed"].setdefault(name, {})[campus] = pins[campus]["serial"]
     except (ValueError, fleet_inventory.InventoryError) as exc:
         return _failed("pin", exc)
     staged = _stage_campuses(inventory, name, version, targets, timeout, {c: p["serial"] for c, p in pins.items()})

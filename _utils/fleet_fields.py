@@ -10,7 +10,7 @@ import re
 __virtualname__ = "fleet_fields"
 
 # Salt minion ids, campus names, labels: letters, digits, dot, dash, underscore
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
 def __virtual__():

@@ -119,7 +119,7 @@ def _validate_pis(campus, raw, vlans, errors):
         repo_url = pi.get("repo_url")
         if repo_url is not None:
             # the Pi's release repository when not at http://<source>:<repo_port>/kiosk-releases/
-            if not isinstance(repo_url, str) or not re.match(r"^https?://[^\s/]+/", repo_url):
+            if not isinstance(repo_url, str) or not re.match(r"^https?://[^\s/]+/\S*\Z", repo_url):
                 errors.append(f"{field}.repo_url: {repo_url!r} is not an http(s) URL ending in a path")
             else:
                 pis[pi_id]["repo_url"] = repo_url if repo_url.endswith("/") else repo_url + "/"

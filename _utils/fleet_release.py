@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_fields
@@ -42,12 +43,13 @@ REPO_PREFIX = "/kiosk-releases/"
 INDEX = "index.json"
 MANIFEST = "manifest.json"
 STAGING = ".staging"  # inside the repo (same file system: atomic rename); nginx never serves dot dirs
-VERSION = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9}){0,3}$")
+VERSION = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9}){0,3}\Z")
 # files of a release sit flat in its version directory: no "/", no leading dot
-FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-HEX = {"md5": re.compile(r"^[0-9a-f]{32}$"), "sha256": re.compile(r"^[0-9a-f]{64}$")}
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
+HEX = {"md5": re.compile(r"^[0-9a-f]{32}\Z"), "sha256": re.compile(r"^[0-9a-f]{64}\Z")}
 # placeholders of the install command, replaced argument by argument (never a shell)
-PLACEHOLDERS = ("{dir}", "{name}", "{version}")
+PLACEHOLDER = re.compile(r"\{(dir|name|version)\}")
+READ = 64 * 1024  # network reads: a cut loses at most this much of what arrived
 
 
 def __virtual__():
@@ -88,13 +90,19 @@ def sort_versions(versions):
 
 
 def next_version(versions):
-    """The version above every one of ``versions``: the highest, last part + 1 (1.4.0 -> 1.4.1)."""
+    """The version above every one of ``versions``: the highest, last part + 1 (1.4.0 -> 1.4.1), carrying."""
     if not versions:
         raise ReleaseError("versions: no published version to go above")
-    top = sort_versions(versions)[-1]
-    parts = top.split(".")
-    parts[-1] = str(int(parts[-1]) + 1)
-    return ".".join(parts)
+    parts = [int(p) for p in sort_versions(versions)[-1].split(".")]
+    i = len(parts) - 1
+    parts[i] += 1
+    while parts[i] > 999_999_999:  # 9 digits per part: carry to the left (1.999999999 -> 2.0)
+        if i == 0:
+            raise ReleaseError("versions: no version above the newest one fits in 9 digits per part")
+        parts[i] = 0
+        i -= 1
+        parts[i] += 1
+    return ".".join(map(str, parts))
 
 
 def check_file_name(name, field):
@@ -303,13 +311,9 @@ def _bytes(value):
 
 def install_argv(doc, package_dir):
     """The manifest's install command with ``{dir}``, ``{name}``, ``{version}`` filled in, argument by argument."""
-    values = {"{dir}": str(package_dir), "{name}": doc["name"], "{version}": doc["version"]}
-    argv = []
-    for arg in doc["install"]:
-        for placeholder in PLACEHOLDERS:
-            arg = arg.replace(placeholder, values[placeholder])
-        argv.append(arg)
-    return argv
+    values = {"dir": str(package_dir), "name": doc["name"], "version": doc["version"]}
+    # one pass: a value that itself holds "{version}" is not substituted again
+    return [PLACEHOLDER.sub(lambda m: values[m.group(1)], arg) for arg in doc["install"]]
 
 
 # --------------------------------------------------------------------------- files on disk
@@ -420,6 +424,8 @@ def _serial(serial):
         value = int(serial)
     except (TypeError, ValueError):
         raise ReleaseError(f"serial: {serial!r} is not a whole number") from None
+    if isinstance(serial, float) and serial != value:
+        raise ReleaseError(f"serial: {serial!r} is not a whole number")
     if isinstance(serial, bool) or value < 0:
         raise ReleaseError(f"serial: {serial!r} is not a whole number >= 0")
     return value
@@ -490,18 +496,21 @@ def fetch(session, url, part, expected, field, timeout=(5, 60), retries=3, chunk
                     with open(part, "r+b" if have else "wb") as out:
                         out.seek(have)
                         out.truncate()
-                        for data in resp.iter_content(chunk):
+                        for data in resp.iter_content(min(chunk, READ)):
                             if digest.size + len(data) > size:
                                 _unlink(part)
                                 raise ReleaseError(f"{field}: {url} is longer than the manifest's {size} bytes")
                             out.write(data)
                             digest.update(data)
                             fetched += len(data)
+                except requests.RequestException:
+                    raise  # a network cut (requests' errors are OSErrors too): handled below
                 except OSError as exc:
                     _unlink(part)
                     raise disk_error(exc, part) from None
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        except requests.RequestException as exc:
             last_error = exc  # a cut: the part file keeps what arrived, the next attempt resumes
+            time.sleep(min(0.5 * (_attempt + 1), 5))
             continue
         if digest.size >= size:
             break
@@ -555,6 +564,8 @@ def kiosk_repo_urls(inventory, campus, kiosk_id, home_pi):
     spec = inventory["campuses"][campus]
     if kiosk_id not in spec["kiosks"]:
         raise ReleaseError(f"kiosk: {kiosk_id!r} is not a kiosk of campus {campus}")
+    if home_pi not in spec["pis"]:
+        raise ReleaseError(f"home_pi: {home_pi!r} is not a Pi of campus {campus}")
     vlan = spec["kiosks"][kiosk_id]["vlan"]
     order = [home_pi] + sorted(p for p in spec["pis"] if p != home_pi)
     urls = [(pi, repo_url(inventory, campus, pi, vlan)) for pi in order]
@@ -628,4 +639,8 @@ def ring_verdict(kiosk_results, max_error_share):
 
 def drift(pin, installed):
     """Kiosks whose installed version is not the campus pin: ``{kiosk: installed or None}``."""
-    return {k: v for k, v in sorted(installed.items()) if pin is not None and v != pin}
+    if pin is None:
+        return {}
+    want = parse_version(pin)
+    return {k: v for k, v in sorted(installed.items())
+            if v is None or not VERSION.match(str(v)) or parse_version(v) != want}

