@@ -59,6 +59,7 @@ __virtualname__ = "kiosk_pkg"
 
 GRAIN = "kiosk_release"
 DEFAULT_REPO_DIR = "/srv/kiosk-releases"
+NOT_STAGED = "release not staged"
 INDEX_TIMEOUT = (3, 10)  # connect, read: a dead Pi must not hold up the boot
 
 
@@ -390,7 +391,7 @@ def _read_indexes(session, repos, name):
         try:
             resp = session.get(url, timeout=INDEX_TIMEOUT)
             if resp.status_code == 404:
-                indexes[base], problems[pi_id] = None, "release not staged"
+                indexes[base], problems[pi_id] = None, NOT_STAGED
                 continue
             resp.raise_for_status()
             indexes[base] = fleet_release.validate_index(resp.json(), name, f"{pi_id} index")
@@ -515,14 +516,15 @@ def check_update(name=None, force=False, test=False):
 def _update_one(session, repos, name, root, force, test):
     report = {"result": True, "changed": False}
     indexes, problems = _read_indexes(session, repos, name)
-    report["repos_down"] = problems
+    report["repos_down"] = {k: v for k, v in problems.items() if v != NOT_STAGED}
     pin_ = fleet_release.choose_pin(indexes)
     current = (__grains__.get(GRAIN) or {}).get(name) or {}
     report["installed"] = current.get("version")
     if pin_ is None:
-        if len(problems) == len(repos):
-            return _fail(report, f"repos: no campus Pi answered ({'; '.join(f'{k}: {v}' for k, v in problems.items())})")
-        report["comment"] = "no campus pin for this release"
+        down = report["repos_down"]
+        if len(down) == len(repos):
+            return _fail(report, f"repos: no campus Pi answered ({'; '.join(f'{k}: {v}' for k, v in down.items())})")
+        report["comment"] = "no campus pin for this release yet: nothing to do"
         return report
     report["pin"] = pin_["version"]
     if pin_["version"] is None:

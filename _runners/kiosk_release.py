@@ -231,12 +231,16 @@ def _failed(action, exc):
 # --------------------------------------------------------------------------- calls to minions
 
 
+SILENT = "Minion did not return"  # what salt.execute (3007) puts in place of a silent minion's return
+
+
 def _execute(targets, fun, arg=(), kwarg=None, timeout=60):
-    """``salt.execute`` on a list of minions; ``{minion: return}`` (silent ones absent)."""
+    """``salt.execute`` on a list of minions; ``{minion: return}``, silent minions left out."""
     if not targets:
         return {}
-    return __salt__["salt.execute"](sorted(targets), fun, arg=list(arg), kwarg=kwarg or {},
-                                   tgt_type="list", timeout=timeout) or {}
+    returns = __salt__["salt.execute"](sorted(targets), fun, arg=list(arg), kwarg=kwarg or {},
+                                      tgt_type="list", timeout=timeout) or {}
+    return {m: r for m, r in returns.items() if not (isinstance(r, str) and r.startswith(SILENT))}
 
 
 def _ok(ret):
@@ -820,7 +824,8 @@ def status(name=None, campuses=None, timeout=60):
             problems.append(f"{campus}: kiosks run {', '.join(entry['versions_running'])}")
         if entry["pis_without_pin"]:
             problems.append(f"{campus}: {', '.join(entry['pis_without_pin'])} lack {want}")
-        on_pin[campus] = {k: (v == want) for k, v in installed.items()}
+        if want is not None:  # an unpinned campus has no kiosk on (or off) its pin
+            on_pin[campus] = {k: k not in entry["drift"] for k in installed}
         ret["campuses"][campus] = entry
     if problems:
         ret.update(result=False, error="; ".join(problems))

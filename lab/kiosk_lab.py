@@ -2,26 +2,37 @@
 kiosk-lab: the production topology on one machine, outside pytest.
 
     kiosk-lab up      start top master, every Pi (master + syndic + minion),
-                      the kiosk simulator and the kiosks' minions
+                      the release servers (nginx: the master's store export
+                      and each Pi's repository), the kiosk simulator and the
+                      kiosks' minions
     kiosk-lab status  which daemons and simulated kiosks are running
-    kiosk-lab demo    up, then show the fleet answering through the Pis
+    kiosk-lab demo    up, then show the fleet answering through the Pis, a
+                      kiosk woken and shut down, and a release published
+                      to one campus reaching its kiosks through the reactors
     kiosk-lab down    stop everything the lab started, by pid
 
 Every node gets its own loopback address and Salt's standard ports, as on
 real hosts: the top master listens on 127.0.100.1:4505/4506, each Pi master on
 its first VLAN address (127.0.1.2, ...), kiosks sit on their VLANs
-(127.0.1.11, ...). Nothing leaves 127.0.0.0/8.
+(127.0.1.11, ...). nginx exports the top master's release store on
+127.0.100.1:8080 and serves each Pi's repository on its VLAN addresses, on
+the campus ``repo_port`` of the inventory. Nothing leaves 127.0.0.0/8.
 """
 
 import argparse
+import contextlib
+import ctypes
 import getpass
 import json
 import os
 import pathlib
+import queue
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import yaml
@@ -31,9 +42,17 @@ sys.path.insert(0, str(REPO / "_utils"))
 
 import fleet_inventory  # noqa: E402
 
+from lab import nginx_repo  # noqa: E402
+
 DEFAULT_RUN_DIR = "/tmp/kiosk-lab"  # short: salt's unix sockets must stay < 107 chars
 TOP_ADDRESS = "127.0.100.1"
+MASTER_EXPORT_PORT = 8080  # nginx exporting the top master's release store (kiosk_release:master_url)
 DEMO_OFF_KIOSK = "kiosk-hillside-03"
+DEMO_RELEASE = "kiosk-app"
+DEMO_RELEASE_VERSION = "1.0.0"
+DEMO_RELEASE_CAMPUS = "riverside"  # the campus the demo publishes to (else the inventory's first)
+DEMO_RELEASE_MB = 4
+RELEASE_REACTORS = ("published", "staged", "alert")  # kiosk/release/<event> -> reactor/kiosk_release_<event>.sls
 PACK_DIRS = ("_modules", "_states", "_runners", "_beacons", "_utils")
 BIN = pathlib.Path(sys.executable).parent
 
@@ -53,6 +72,49 @@ def pi_address(pi_spec, campus_spec):
         if pi_spec["vlans"][vlan].get("source"):
             return pi_spec["vlans"][vlan]["source"]
     raise fleet_inventory.InventoryError("lab: every Pi needs a source address on one VLAN")
+
+
+def release_store(run):
+    """The top master's release store: under its first file root, so salt://kiosk_releases/ reaches it too."""
+    return run / "srv" / "salt" / "kiosk_releases"
+
+
+def master_export_url():
+    return f"http://{TOP_ADDRESS}:{MASTER_EXPORT_PORT}{nginx_repo.URL_PREFIX}"
+
+
+def release_servers(run, inv):
+    """``[(name, repo_dir, listen)]``: nginx exporting the top master's store, and each Pi's repository on
+    the Pi's VLAN source addresses and its campus ``repo_port`` (where the kiosks look for it)."""
+    servers = [("nginx top export", release_store(run), [f"{TOP_ADDRESS}:{MASTER_EXPORT_PORT}"])]
+    for spec in inv["campuses"].values():
+        for pi_id, pi in sorted(spec["pis"].items()):
+            listen = [f"{v['source']}:{spec['repo_port']}" for _, v in sorted(pi["vlans"].items()) if v.get("source")]
+            servers.append((f"nginx {pi_id}", run / "repo" / pi_id, listen))
+    return servers
+
+
+def start_release_servers(run, inv):
+    """Start nginx (the shipped templates, lab/nginx_repo.py) for the master export and every Pi; each is
+    recorded in pids.json like the salt daemons. Returns an error message, or None."""
+    nginx = nginx_repo.nginx_binary()
+    if not nginx:
+        return "nginx is not installed (.ci/bootstrap installs it)"
+    for name, repo_dir, listen in release_servers(run, inv):
+        try:
+            listen = nginx_repo.resolve_listen(listen)  # network rule: 127.0.0.0/8 only
+        except ValueError as exc:
+            return f"{name}: {exc}"
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        workdir = run / "nginx" / name.split(" ", 1)[1].replace(" ", "-")
+        conf = nginx_repo.write_config(workdir, listen, repo_dir, workdir / "access.log")
+        proc = start(run, name, nginx_repo.command(nginx, workdir, conf, "-g", "daemon off;"))
+        try:
+            nginx_repo.wait_listening(proc, workdir, listen, timeout=15)
+        except nginx_repo.NginxError as exc:
+            return f"{name}: {exc}\n{nginx_repo.error_log_tail(workdir, 1000)}"
+        say(f"started {name:<24} pid {proc.pid} (http://{', http://'.join(listen)}{nginx_repo.URL_PREFIX})")
+    return None
 
 
 def write_yaml(path, data):
@@ -89,9 +151,22 @@ def write_configs(run, raw, inv):
         "order_masters": True,
         "auto_accept": True,
         "syndic_wait": 2,
-        "reactor": [{"kiosk/boot": [str(REPO / "reactor" / "kiosk_boot.sls")]}],
+        # kiosk events reach the top master twice (plain and syndic/<pi>/...): plain tags only
+        "reactor": [{"kiosk/boot": [str(REPO / "reactor" / "kiosk_boot.sls")]}] + [
+            {f"kiosk/release/{event}": [str(REPO / "reactor" / f"kiosk_release_{event}.sls")]}
+            for event in RELEASE_REACTORS
+        ],
+        # releases: the store under the first file root (salt://kiosk_releases/), exported by
+        # nginx for the Pis (start_release_servers); metrics next to the run's other files
+        "kiosk_release": {
+            "store": str(release_store(run)),
+            "master_url": master_export_url(),
+            "textfile_dir": str(run / "metrics"),
+            "timeout": 300,
+        },
         **roots,
     })
+    (run / "metrics").mkdir(exist_ok=True)
     daemons = [("top master", ["salt-master", "-c", str(top)])]
     for campus, spec in inv["campuses"].items():
         for pi_id, pi in sorted(spec["pis"].items()):
@@ -116,6 +191,8 @@ def write_configs(run, raw, inv):
                 "user": user,
                 "enable_fqdns_grains": False,  # no reverse-DNS lookups off the machine
                 "grains": {"campus": campus, "kiosk_fleet_role": "pi"},
+                # the repository this Pi's nginx serves to its kiosks
+                "kiosk_release": {"repo_dir": str(run / "repo" / pi_id)},
             })
             daemons += [
                 (f"{pi_id} master", ["salt-master", "-c", str(pi_dir)]),
@@ -135,6 +212,8 @@ def write_configs(run, raw, inv):
                 # Salt's hosts module edits this file (change template "hosts"), not /etc/hosts
                 "hosts.file": str(kiosk_dir / "hosts"),
                 "grains": {"campus": campus, "kiosk_fleet_role": "kiosk"},
+                # release packages (C:\ProgramData\kiosk-fleet\releases on a real kiosk)
+                "kiosk_release": {"dir": str(run / "kiosk" / kiosk_id)},
                 # at boot, announce kiosk/boot: the top master's reactor syncs the pack
                 "startup_states": "sls",
                 "sls_list": ["kiosk_fleet.boot"],
@@ -172,7 +251,7 @@ def start(run, name, argv):
     pids = read_pids(run)
     pids[name] = proc.pid
     (run / "pids.json").write_text(json.dumps(pids, indent=1))
-    return proc.pid
+    return proc
 
 
 def salt(run, *args, timeout=60):
@@ -212,8 +291,13 @@ def cmd_up(args):
         shutil.rmtree(run)
     run.mkdir(parents=True)
     daemons = write_configs(run, raw, inv)
+    error = start_release_servers(run, inv)
+    if error:
+        say(f"release server failed: {error}")
+        cmd_down(args)
+        return 1
     for name, argv in daemons:
-        pid = start(run, name, argv)
+        pid = start(run, name, argv).pid
         say(f"started {name:<24} pid {pid}")
         if name == "top master" or name.endswith(" master"):
             time.sleep(1.5)  # a master must listen before its syndic/minion dials in
@@ -228,7 +312,7 @@ def cmd_up(args):
         sys.executable, "-m", "lab.kiosk_sim", "--run-dir", str(run), "serve",
         "--inventory", str(run / "inventory.json"), "--salt-minion", str(BIN / "salt-minion"),
         "--on", ",".join(k for k in kiosks if k not in off),
-    ])
+    ]).pid
     say(f"started {'kiosk simulator':<24} pid {pid} (magic packets -> kiosk minions)")
     expected = sorted([p for c in inv["campuses"].values() for p in c["pis"]] + [k for k in kiosks if k not in off])
     say(f"waiting for {len(expected)} minions to answer the top master through the syndics ...")
@@ -242,6 +326,7 @@ def cmd_up(args):
     say("up. Use the top master with:")
     print(f"    {BIN / 'salt'} -c {run / 'top'} '*' test.ping")
     print(f"    {BIN / 'salt-run'} -c {run / 'top'} kiosk_fleet.ping")
+    print(f"    {BIN / 'salt-run'} -c {run / 'top'} kiosk_release.publish name=... version=... source=... campuses=...")
     print(f"    {REPO / 'lab' / 'kiosk-lab'} down")
     return 0
 
@@ -299,18 +384,31 @@ def salt_run(run, *args, timeout=120):
 
 
 def cmd_demo(args):
-    """Up with one kiosk powered off, then wake it through its Pis and shut it down."""
+    """Up with one kiosk powered off, wake it through its Pis and shut it down, then publish a release to one
+    campus and follow the reactors staging it on the campus's Pis and installing it on its kiosks."""
     args.off = args.off or DEMO_OFF_KIOSK
     status = cmd_up(args)
     if status:
         return status
     run = pathlib.Path(args.dir)
+    # what an operator keeps open in a second terminal; started now, it listens by the time of the release
+    watch = EventWatch(run, "kiosk/release/*")
+    try:
+        code = demo_power(run, args.off.split(",")[0])
+        code = demo_release(run, watch) or code
+    finally:
+        watch.stop()
+    cmd_status(args)
+    say("the lab stays up; stop it with: lab/kiosk-lab down")
+    return code
+
+
+def demo_power(run, kiosk):
     top = f"-c {run / 'top'}"
-    say(f"$ salt {top} '*' test.ping      ({args.off} is powered off)")
+    say(f"$ salt {top} '*' test.ping      ({kiosk} is powered off)")
     answered = salt(run, "*", "test.ping")
     for minion in sorted(answered):
         print(f"    {minion}: {answered[minion]}")
-    kiosk = args.off.split(",")[0]
     say(f"$ salt-run {top} kiosk_power.wake kiosks={kiosk}")
     code, report = salt_run(run, "kiosk_power.wake", f"kiosks={kiosk}")
     for pi, sent in sorted(report.get("kiosks", {}).get(kiosk, {}).get("sent_by", {}).items()):
@@ -329,9 +427,178 @@ def cmd_demo(args):
     code, report = salt_run(run, "kiosk_power.shutdown", f"kiosks={kiosk}", "delay_s=2", "message=Lab demo")
     print(f"    accepted: {report.get('accepted')}  failed: {report.get('failed')}  silent: {report.get('silent')}")
     time.sleep(4)
-    cmd_status(args)
-    say("the lab stays up; stop it with: lab/kiosk-lab down")
     return code
+
+
+# --------------------------------------------------------------------------- the release part of the demo
+
+RELEASE_INSTALL_SCRIPT = """\
+# kiosk-app's installer in the lab: the kiosk's install step, as msiexec would be on a real kiosk
+import pathlib, sys, time
+package, version = pathlib.Path(sys.argv[1]), sys.argv[2]
+(package / "INSTALLED").write_text(f"{version} {time.strftime('%Y-%m-%dT%H:%M:%S')}\\n")
+"""
+MIB = 1 << 20
+
+
+def _die_with_parent():
+    """In the child before exec: SIGTERM when the lab process dies (a watcher must not outlive the demo)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EventWatch:
+    """``salt-run state.event <tagmatch>`` on the top master, its lines read in a thread."""
+
+    def __init__(self, run, tagmatch):
+        self.proc = subprocess.Popen(  # argument list, never a shell string
+            [str(BIN / "salt-run"), "-c", str(run / "top"), "state.event", tagmatch],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, cwd=REPO,
+            preexec_fn=_die_with_parent,
+        )
+        self.events = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            tag, _, raw = line.rstrip("\n").partition("\t")
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                continue
+            self.events.put((time.time(), tag, data if isinstance(data, dict) else {}))
+
+    def get(self, timeout):
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def build_demo_package(run):
+    """What Jenkins would hand over: a few MB app payload and its install script."""
+    out = run / "build" / f"{DEMO_RELEASE}-{DEMO_RELEASE_VERSION}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "app.bin").write_bytes(os.urandom(DEMO_RELEASE_MB * MIB))
+    (out / "install.py").write_text(RELEASE_INSTALL_SCRIPT)
+    return out
+
+
+def describe_event(tag, data):
+    """One line for a kiosk/release/* event on the top master's bus."""
+    payload = data.get("data") if isinstance(data.get("data"), dict) else data
+    what = f"{payload.get('name')} {payload.get('version')}"
+    if tag == "kiosk/release/published":
+        return f"{what} for {', '.join(payload.get('campuses') or []) or 'no campus'}" \
+               "  -> reactor: kiosk_release.stage on the campus's Pis"
+    if tag == "kiosk/release/staged":
+        return (f"{data.get('id')}: {what} verified and live, {payload.get('fetched', 0) / MIB:.1f} MiB fetched"
+                f"{', campus pin set' if payload.get('pinned') else ''}  -> reactor: kiosk_release.push")
+    if tag == "kiosk/release/installed":
+        return f"{data.get('id')}: {what} installed"
+    if tag == "kiosk/release/alert":
+        return f"{data.get('id')}: {what} REFUSED ({payload.get('hop')}): {payload.get('error')}"
+    return json.dumps(payload)[:200]
+
+
+def served_mib(run, server, name, version):
+    """MiB of ``name``/``version`` an nginx of the lab served (its access log, one JSON object a line)."""
+    log = run / "nginx" / server / "access.log"
+    prefix = f"{nginx_repo.URL_PREFIX}{name}/{version}/"
+    total = 0
+    for line in (log.read_text().splitlines() if log.exists() else []):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            entry = json.loads(line)
+            if entry["uri"].startswith(prefix):
+                total += int(entry["bytes"])
+    return total / MIB
+
+
+def demo_release(run, watch):
+    """Publish a release to one campus; the reactors stage it on its Pis and install it on its kiosks."""
+    inv = json.loads((run / "inventory.json").read_text())
+    campus = DEMO_RELEASE_CAMPUS if DEMO_RELEASE_CAMPUS in inv["campuses"] else next(iter(inv["campuses"]))
+    power = json.loads((run / "sim-state.json").read_text())
+    kiosks = sorted(inv["campuses"][campus]["kiosks"])
+    powered = [k for k in kiosks if power.get(k, {}).get("on")]
+    top = f"-c {run / 'top'}"
+    name, version = DEMO_RELEASE, DEMO_RELEASE_VERSION
+    began = time.time()
+    build = build_demo_package(run)
+    install = json.dumps([sys.executable, "{dir}/install.py", "{dir}", "{version}"])
+    argv = ["kiosk_release.publish", f"name={name}", f"version={version}", f"source={build}",
+            f"install={install}", f"campuses={campus}"]
+    say(f"$ salt-run {top} {shlex.join(argv)}")
+    started = time.time()
+    code, report = salt_run(run, *argv)
+    if code or not report.get("result"):
+        say(f"publish failed: {report.get('error', report)}")
+        return code or 1
+    md5 = report["files"]["app.bin"]["md5"]
+    print(f"    {name} {version} in the store: {', '.join(sorted(report['files']))} ({report['bytes'] / MIB:.1f} MiB, "
+          f"app.bin md5 {md5}); {campus} pinned to it")
+    say(f"the reactors take over; the top master's event bus (salt-run {top} state.event 'kiosk/release/*'):")
+    pis = set(inv["campuses"][campus]["pis"])
+    staged, installed, failed, done_at, deadline = set(), set(), set(), None, time.time() + 90
+    # until every Pi of the campus staged it and every powered-on kiosk installed it (or its install failed)
+    while time.time() < deadline and not (pis <= staged and set(powered) <= installed | failed):
+        event = watch.get(timeout=1)
+        if event is None:
+            continue
+        at, tag, data = event
+        print(f"    +{at - started:4.1f}s {tag:<24} {describe_event(tag, data)}")
+        if tag == "kiosk/release/staged":
+            staged.add(data.get("id"))
+        payload = data.get("data") if isinstance(data.get("data"), dict) else data
+        if tag == "kiosk/release/alert" and payload.get("hop") == "install" and data.get("id") in kiosks:
+            failed.add(data["id"])  # a bad download is retried from the next Pi; a failed install is final
+        if tag == "kiosk/release/installed" and data.get("id") in kiosks:
+            installed.add(data["id"])
+            done_at = at if set(powered) <= installed and done_at is None else done_at
+    if done_at:
+        say(f"{name} {version} installed on the {len(powered)} powered-on kiosks of {campus}, "
+            f"{done_at - started:.0f} s after the publish")
+    served = {server: served_mib(run, server, name, version)
+              for server in ["top-export"] + sorted(inv["campuses"][campus]["pis"])}
+    print(f"    nginx served {name} {version}: " + ", ".join(f"{s} {m:.1f} MiB" for s, m in served.items())
+          + f"  (top-export: the WAN copy, once for {campus})")
+    # timeout=5: a powered-off kiosk never answers; the runner's default (60 s) is for real WAN links
+    say(f"$ salt-run {top} kiosk_release.status {name} timeout=5")
+    status_code, status = salt_run(run, "kiosk_release.status", name, "timeout=5")
+    campuses = status.get("campuses") or {}
+    for each, entry in sorted(campuses.items()):
+        silent = sorted(k for k, v in entry["kiosks"].items() if v.get("silent"))
+        held = ", ".join(f"{p} has {', '.join(r['staged']) or 'none'}" if "staged" in r else f"{p}: {r.get('error')}"
+                         for p, r in sorted(entry["pis"].items()))
+        print(f"    {each}: pin {entry['pin'] or 'none'}"
+              + (f" (serial {entry['serial']})" if entry["serial"] else "")
+              + f", running {', '.join(entry['versions_running']) or 'none'}"
+              + f", drift {entry['drift'] or 'none'}"
+              + (f", silent {', '.join(silent)}" if silent else "")
+              + f"; {held}")
+    kiosks_seen = (campuses.get(campus) or {}).get("kiosks", {})
+    for kiosk in kiosks:
+        seen = kiosks_seen.get(kiosk, {})
+        print(f"      {kiosk}: {'silent' if seen.get('silent') else seen.get('installed') or 'nothing installed'}"
+              + ("" if kiosk in powered else " (powered off)"))
+    if status_code:
+        say(f"status: {status.get('error', status)}")
+    missing = [k for k in powered if kiosks_seen.get(k, {}).get("installed") != version]
+    if missing:
+        say(f"release {name} {version} did NOT reach {', '.join(missing)} of {campus}")
+        return 1
+    say(f"release {name} {version} on {campus}: {'done' if not status_code else 'installed, status FAILED'} "
+        f"(release demo {time.time() - began:.0f} s)")
+    return status_code
 
 
 def main(argv=None):

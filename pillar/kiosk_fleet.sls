@@ -1,13 +1,18 @@
 # Sample fleet inventory: the lab runs on it (every address on loopback).
 # Schema and validation: _utils/fleet_inventory.py; check a real one with
 #   salt-run kiosk_fleet.inventory
-# In production, VLANs are real subnets (e.g. 10.20.1.0/24), wol_port is 9
-# and each Pi lists, per VLAN, the source address of its interface there.
+# In production, VLANs are real subnets (e.g. 10.20.1.0/24), wol_port is 9,
+# repo_port 80 (the default) and each Pi lists, per VLAN, the source address
+# of its interface there. Kiosks download releases from
+# http://<their Pi's address on their VLAN>:<repo_port>/kiosk-releases/
+# (nginx, states/kiosk_fleet/release_repo.sls; set its pillar
+# kiosk_release_repo:port to the same port).
 kiosk_fleet:
   campuses:
     riverside:
       timezone: Asia/Shanghai
       wol_port: 40009            # lab: unprivileged port; production: 9
+      repo_port: 8080            # lab: unprivileged port; production: 80 (the default)
       service_port: 3389
       vlans:
         hall: {network: 127.0.1.0/24}       # broadcast 127.0.1.255
@@ -23,6 +28,7 @@ kiosk_fleet:
     hillside:
       timezone: Asia/Shanghai
       wol_port: 40009
+      repo_port: 8080
       vlans:
         lobby: {network: 127.0.3.0/24}
       pis:

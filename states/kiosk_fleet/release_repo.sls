@@ -9,7 +9,7 @@
 
       kiosk_release_repo:
         repo_dir: /srv/kiosk-releases
-        port: 80
+        port: 80                  # default: the campus repo_port of the inventory, else 80
         listen: [10.20.1.2]       # addresses (no port); default on a Pi: its own
                                   # kiosk_fleet:campuses:<campus>:pis:<id>:vlans:*:source
         access_log: /var/log/nginx/kiosk-release-repo.access.log
@@ -28,14 +28,15 @@
     Apply with: salt 'pi-*' state.apply kiosk_fleet.release_repo #}
 {%- set conf = salt['pillar.get']('kiosk_release_repo', {}) %}
 {%- set repo_dir = conf.get('repo_dir', '/srv/kiosk-releases') %}
-{%- set port = conf.get('port', 80) %}
+{#- port: the campus repo_port of the inventory (what kiosks use), else 80 #}
+{%- set campus_spec = salt['pillar.get']('kiosk_fleet:campuses', {}).get(grains.get('campus', ''), {}) %}
+{%- set port = conf.get('port', campus_spec.get('repo_port', 80)) %}
 {%- set access_log = conf.get('access_log', '/var/log/nginx/kiosk-release-repo.access.log') %}
 {%- set http_conf = '/etc/nginx/conf.d/kiosk-release-repo-http.conf' %}
 {%- set site_conf = '/etc/nginx/sites-enabled/kiosk-release-repo.conf' %}
 
 {#- default addresses: this Pi's source address on each of its VLANs (inventory) #}
-{%- set campuses = salt['pillar.get']('kiosk_fleet:campuses', {}) %}
-{%- set pi = campuses.get(grains.get('campus', ''), {}).get('pis', {}).get(grains['id'], {}) %}
+{%- set pi = campus_spec.get('pis', {}).get(grains['id'], {}) %}
 {%- set addresses = conf.get('listen') or [] %}
 {%- if addresses is string %}{% set addresses = [addresses] %}{% endif %}
 {%- if not addresses %}

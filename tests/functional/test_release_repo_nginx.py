@@ -173,7 +173,8 @@ def pi_minion(tmp_path_factory):
     (pillar / "top.sls").write_text("base:\n  '*':\n    - kiosk_fleet\n    - release_repo\n")
     shutil.copy(REPO / "pillar" / "kiosk_fleet.sls", pillar / "kiosk_fleet.sls")
     (pillar / "release_repo.sls").write_text(yaml.safe_dump({"kiosk_release_repo": {
-        "repo_dir": str(root / "releases"), "port": 8080, "access_log": str(root / "access.log")}}))
+        # no port: it comes from the campus repo_port of the inventory (8080 in the sample), as kiosks use it
+        "repo_dir": str(root / "releases"), "access_log": str(root / "access.log")}}))
     opts = salt.config.minion_config(None)
     opts.update({
         "id": "pi-riverside-1", "file_client": "local", "root_dir": str(root / "r"), "cachedir": str(root / "cache"),
@@ -265,8 +266,9 @@ def test_state_off_the_inventory_needs_listen_from_pillar(pi_minion):
         grains["campus"] = "riverside"
     assert list(states) == ["kiosk_release_repo_needs_addresses"], states
     assert "test" in states["kiosk_release_repo_needs_addresses"]
-    assert _args(given["kiosk_release_repo_site"], "file")["context"]["listen"] == ["127.0.9.1:8080", "[::1]:8080"]
-    assert _args(one["kiosk_release_repo_site"], "file")["context"]["listen"] == ["127.0.9.1:8080"]
+    # off the inventory there is no campus repo_port: the default port, 80
+    assert _args(given["kiosk_release_repo_site"], "file")["context"]["listen"] == ["127.0.9.1:80", "[::1]:80"]
+    assert _args(one["kiosk_release_repo_site"], "file")["context"]["listen"] == ["127.0.9.1:80"]
 
 
 def test_check_cmd_is_a_plain_command(pi_minion):

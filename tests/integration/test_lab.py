@@ -1,6 +1,9 @@
 """
-The lab as an operator runs it: `kiosk-lab up`, the fleet answering through
-the Pis, a simulated kiosk woken by a real magic packet, `kiosk-lab down`.
+The lab as an operator runs it: `kiosk-lab demo` (up, the fleet answering
+through the Pis, a simulated kiosk woken by a real magic packet and shut
+down, a release published to one campus and installed on its kiosks by the
+reactors), then the same by hand, then `kiosk-lab down`, which must leave no
+salt daemon, kiosk minion or nginx behind.
 """
 
 import json
@@ -12,6 +15,7 @@ import sys
 import tempfile
 import time
 
+from prometheus_client.parser import text_string_to_metric_families
 import pytest
 
 import fleet_wol
@@ -21,6 +25,8 @@ pytestmark = pytest.mark.topology
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
 OFF_KIOSK = "kiosk-hillside-03"
+RELEASE, VERSION, CAMPUS = "kiosk-app", "1.0.0", "riverside"  # what the demo publishes, and where
+RIVERSIDE_KIOSKS = ["kiosk-riverside-01", "kiosk-riverside-02", "kiosk-riverside-10", "kiosk-riverside-11"]
 
 
 def lab(run, *args, timeout=300):
@@ -63,23 +69,47 @@ def alive(pid):
     return True
 
 
+def lab_processes(run, pids):
+    """{pid: command line} of the processes the lab left: anything in a process group it started (nginx's
+    workers are "nginx: worker process"), and any nginx with the run dir on its command line."""
+    left = {}
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            pgid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+        except (OSError, ValueError, IndexError):
+            continue
+        if pgid in pids.values() or ("nginx" in cmdline and str(run) in cmdline):
+            left[int(proc.name)] = cmdline
+    return left
+
+
 @pytest.fixture(scope="module")
 def lab_run():
     run = pathlib.Path(tempfile.mkdtemp(prefix="kl", dir="/tmp"))
-    up = lab(run, "up", "--off", OFF_KIOSK)
+    started = time.monotonic()
+    demo = lab(run, "demo", timeout=600)
+    print(f"kiosk-lab demo: {time.monotonic() - started:.0f} s, exit {demo.returncode}")
     try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield run, up.stdout
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        yield run, demo.stdout
     finally:
         pids = json.loads((run / "pids.json").read_text()) if (run / "pids.json").exists() else {}
-        down = lab(run, "down", timeout=120)
+        nginx = {p: c for p, c in lab_processes(run, pids).items() if "nginx" in c}
+        down = lab(run, "down", timeout=120)  # first: whatever failed, nothing may stay up
         assert down.returncode == 0, down.stdout + down.stderr
         assert not [name for name, pid in pids.items() if alive(pid)], "kiosk-lab down left processes running"
+        assert lab_processes(run, pids) == {}, "kiosk-lab down left processes running"
+        if demo.returncode == 0:  # down stopped them: the master export and 4 Pis (a master and a worker each)
+            assert len([c for c in nginx.values() if "master process" in c]) == 5, nginx
 
 
 def test_lab_up_prints_the_config_dir_and_every_minion_answers(lab_run):
     run, stdout = lab_run
     assert f"-c {run / 'top'}" in stdout
+    # the demo's power cycle left kiosk-hillside-03 off
     answered = salt(run, "*", "test.ping")
     assert answered == {
         m: True
@@ -103,9 +133,45 @@ def sim_state(run):
     return json.loads((run / "sim-state.json").read_text())
 
 
+def test_the_demo_release_reached_the_campus_kiosks_through_the_reactors(lab_run):
+    run, stdout = lab_run
+    assert f"salt-run -c {run / 'top'} kiosk_release.publish name={RELEASE} version={VERSION}" in stdout
+    assert f"campuses={CAMPUS}" in stdout
+    assert f"{RELEASE} {VERSION} installed on the 4 powered-on kiosks of {CAMPUS}" in stdout
+    # the reactor chain as the demo saw it on the top master's event bus
+    for line in ["kiosk/release/published", "kiosk/release/staged     pi-riverside-1",
+                 "kiosk/release/staged     pi-riverside-2"] + [f"kiosk/release/installed  {k}" for k in RIVERSIDE_KIOSKS]:
+        assert line in stdout, line
+    assert f"{CAMPUS}: pin {VERSION} (serial 1), running {VERSION}, drift none" in stdout
+    # on disk: every riverside kiosk ran the install command, hillside got nothing
+    for kiosk in RIVERSIDE_KIOSKS:
+        marker = run / "kiosk" / kiosk / RELEASE / VERSION / "INSTALLED"
+        assert marker.read_text().split()[0] == VERSION, kiosk
+    assert not (run / "kiosk" / "kiosk-hillside-01" / RELEASE / VERSION).exists()
+    # the WAN: app.bin left the master's nginx export once (the other Pi copied it from the seed)
+    export_log = [json.loads(line) for line in (run / "nginx" / "top-export" / "access.log").read_text().splitlines()]
+    assert [e["status"] for e in export_log if e["uri"] == f"/kiosk-releases/{RELEASE}/{VERSION}/app.bin"] == [200]
+    # the servers listen where the inventory and master_url say
+    for address in ("127.0.100.1", "127.0.1.2", "127.0.2.2", "127.0.1.3", "127.0.2.3", "127.0.3.2", "127.0.3.3"):
+        assert port_open(address, 8080), address
+    # and the status runner agrees, answer by answer
+    code, status = salt_run(run, "kiosk_release.status", RELEASE, f"campuses={CAMPUS}")
+    assert code == 0, status
+    entry = status["campuses"][CAMPUS]
+    assert entry["pin"] == VERSION and entry["drift"] == {} and entry["versions_running"] == [VERSION]
+    assert {p: r["staged"] for p, r in entry["pis"].items()} == {"pi-riverside-1": [VERSION], "pi-riverside-2": [VERSION]}
+    assert {k: v["installed"] for k, v in entry["kiosks"].items()} == dict.fromkeys(RIVERSIDE_KIOSKS, VERSION)
+    metrics = (run / "metrics" / "kiosk_release.prom").read_text()
+    on_pin = [s.value for family in text_string_to_metric_families(metrics) for s in family.samples
+              if s.name == "kiosk_release_kiosks" and s.labels == {"name": RELEASE, "campus": CAMPUS, "state": "on_pin"}]
+    assert on_pin == [4], metrics
+
+
 def test_kiosk_power_wake_and_shutdown_cycle_a_simulated_kiosk(lab_run):
     run, _ = lab_run
-    assert not port_open("127.0.3.13", 3389)
+    # the demo woke it and shut it down again
+    assert wait_for(lambda: not port_open("127.0.3.13", 3389), 10)
+    packets_before = sim_state(run)[OFF_KIOSK]["packets"]
     code, report = salt_run(run, "kiosk_power.wake", f"kiosks={OFF_KIOSK}")
     assert code == 0, report
     assert sorted(report["kiosks"][OFF_KIOSK]["sent_by"]) == ["pi-hillside-1", "pi-hillside-2"]
@@ -114,7 +180,7 @@ def test_kiosk_power_wake_and_shutdown_cycle_a_simulated_kiosk(lab_run):
     # syncs the pack to it: then kiosk_power answers
     assert wait_for(lambda: isinstance(salt(run, OFF_KIOSK, "kiosk_power.status").get(OFF_KIOSK), dict), 120, step=3)
     # two Pis x 3 repeats reached the simulated NIC; the first one woke it
-    assert sim_state(run)[OFF_KIOSK]["packets"] == 6
+    assert sim_state(run)[OFF_KIOSK]["packets"] == packets_before + 6
     code, report = salt_run(run, "kiosk_power.shutdown", f"kiosks={OFF_KIOSK}", "delay_s=1")
     assert code == 0, report
     assert report["accepted"] == [OFF_KIOSK]

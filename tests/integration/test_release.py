@@ -135,6 +135,9 @@ def alerts(topology, version):
 
 
 def test_publish_crosses_the_wan_once_per_campus_and_reaches_every_kiosk_by_reactor(fleet):
+    # before anything is staged for the campus, a kiosk's check (its boot state) has nothing to do: no failure
+    early = fleet.t.salt("kiosk_pkg.check_update", NAME, tgt="kiosk-east-01")
+    assert early.returncode == 0 and early.data["releases"][NAME]["repos_down"] == {}, early
     build = fleet.build("1.0.0", BIG, seed=1)
     size = (build / "app.bin").stat().st_size
     md5 = hashlib.md5((build / "app.bin").read_bytes()).hexdigest()
@@ -359,3 +362,28 @@ def test_the_pi_repository_refuses_path_traversal(fleet):
         status = int(answer.split(b" ", 2)[1])
         assert 400 <= status < 500, (path, answer[:200])
         assert b"not for kiosks" not in answer and b"root:" not in answer
+
+
+def test_staging_over_salt_fileserver_is_checked_by_the_pack(fleet):
+    """source=salt://: cp.get_file has no hash check of its own; a flipped bit never goes live."""
+    version = "3.0.0"
+    build = fleet.build(version, SMALL, seed=7)
+    assert fleet.t.salt_run("kiosk_release.publish", f"name={NAME}", f"version={version}", f"source={build}",
+                            f"install={INSTALL}").returncode == 0
+    stored = fleet.store / NAME / version / "app.bin"
+    original = stored.read_bytes()
+    flip_bit(stored, 777)
+    try:
+        # the Pi minion's master serves the same tree in this topology (shared file_roots)
+        bad = fleet.t.salt("kiosk_pkg.stage", NAME, version, "source=salt://kiosk_releases/", tgt="pi-west-2")
+        assert bad.returncode != 0 and "md5 mismatch" in bad.data["error"], bad
+        assert not (fleet.pi_repo("pi-west-2") / NAME / version).exists()
+        assert no_partial_files(fleet.pi_repo("pi-west-2")) == []
+    finally:
+        stored.write_bytes(original)
+    good = fleet.t.salt("kiosk_pkg.stage", NAME, version, "source=salt://kiosk_releases/", tgt="pi-west-2")
+    assert good.returncode == 0 and good.data["changed"] is True, good
+    copy = fleet.pi_repo("pi-west-2") / NAME / version / "app.bin"
+    assert copy.read_bytes() == original
+    index = json.loads((fleet.pi_repo("pi-west-2") / NAME / "index.json").read_text())
+    assert version in index["versions"] and index["pin"]["version"] != version  # staged, not pinned

@@ -6,7 +6,9 @@ Renders the SAME templates the ``kiosk_fleet.release_repo`` state installs
 ``kiosk-release-repo.conf.jinja`` as the server block) into a minimal main
 ``nginx.conf`` whose pid file, error log and temp directories live in
 ``workdir``, and runs ``nginx -p <workdir> -c <conf> -g 'daemon off;'`` as a
-child process (its own process group, stopped by its pid).
+child process (its own process group, stopped by its pid). Rendering, main
+conf, command line and the start-up wait are ``lab/nginx_repo.py``, the code
+the lab runs its release servers with.
 
     with NginxRepo(["127.0.1.2"], repo_dir, workdir) as repo:   # a free port is chosen
         urllib.request.urlopen(repo.url("app/index.json"))
@@ -18,86 +20,38 @@ Network rule: listen addresses must be in 127.0.0.0/8 (checked).
 
 import contextlib
 import ctypes
-import ipaddress
 import json
 import os
 import pathlib
-import shutil
 import signal
-import socket
 import subprocess
 import time
 
-import jinja2
+# the rendering, main conf, command line and start-up wait are shared with the lab (lab/nginx_repo.py)
+from lab import nginx_repo
+from lab.nginx_repo import (  # this module's public API (__all__)
+    HTTP_TEMPLATE,
+    REPO,
+    SERVER_TEMPLATE,
+    TEMPLATES,
+    URL_PREFIX,
+    NginxError,
+    free_port,
+    main_conf,
+    nginx_binary,
+    render,
+)
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-TEMPLATES = REPO / "states" / "kiosk_fleet" / "files"
-SERVER_TEMPLATE = "kiosk-release-repo.conf.jinja"
-HTTP_TEMPLATE = "kiosk-release-repo-http.conf.jinja"
-URL_PREFIX = "/kiosk-releases/"
+__all__ = ["HTTP_TEMPLATE", "REPO", "SERVER_TEMPLATE", "TEMPLATES", "URL_PREFIX", "NginxError", "NginxRepo",
+           "free_port", "main_conf", "nginx_binary", "render"]
 
-
-def nginx_binary():
-    """Path of the nginx binary, or None (non-root PATHs often lack /usr/sbin)."""
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
-
-
-def render(template, **context):
-    """Render one of the shipped templates with plain jinja2 (as Salt's jinja renderer does)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True)
-    return env.get_template(template).render(**context)
-
-
-def free_port(address):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((address, 0))
-        return sock.getsockname()[1]
-
-
-def _split(listen):
-    address, _, port = listen.rpartition(":")
-    return address, int(port)
-
-
-def main_conf(workdir, includes, run_as_root_user=True):
-    """A minimal main nginx.conf: everything nginx writes stays in workdir; ``includes`` go into http { }."""
-    workdir = pathlib.Path(workdir)
-    lines = []
-    if run_as_root_user and os.geteuid() == 0:
-        # workers run as "nobody" by default: they could not read test dirs made with mode 0700
-        lines.append("user root root;")
-    lines += [
-        "worker_processes 1;",
-        f"pid {workdir / 'nginx.pid'};",
-        f"error_log {workdir / 'error.log'} info;",
-        "events {",
-        "    worker_connections 64;",
-        "}",
-        "http {",
-        f"    client_body_temp_path {workdir / 'tmp' / 'body'};",
-        f"    proxy_temp_path {workdir / 'tmp' / 'proxy'};",
-        f"    fastcgi_temp_path {workdir / 'tmp' / 'fastcgi'};",
-        f"    uwsgi_temp_path {workdir / 'tmp' / 'uwsgi'};",
-        f"    scgi_temp_path {workdir / 'tmp' / 'scgi'};",
-        f"    access_log {workdir / 'default-access.log'};",
-    ]
-    lines += [f"    include {path};" for path in includes]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+_split = nginx_repo.split_listen
 
 
 def _die_with_parent():
     """In the child before exec: SIGTERM (nginx's fast shutdown) when the test process dies without stop()."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class NginxError(RuntimeError):
-    pass
 
 
 class NginxRepo:
@@ -121,38 +75,21 @@ class NginxRepo:
         self._resolve_listen()
 
     def _resolve_listen(self):
-        self.listen = []
-        for entry in self._requested:
-            address, port = _split(entry) if ":" in entry else (entry, None)
-            if not ipaddress.ip_address(address).is_loopback or ipaddress.ip_address(address).version != 4:
-                raise ValueError(f"{entry}: tests listen on 127.0.0.0/8 only")
-            self.listen.append(f"{address}:{port or free_port(address)}")
+        self.listen = nginx_repo.resolve_listen(self._requested)
 
     # configuration
     def render(self):
         """(http-level snippet, server block) as the state would install them."""
-        return (render(HTTP_TEMPLATE),
-                render(SERVER_TEMPLATE, listen=self.listen, repo_dir=str(self.repo_dir),
-                       access_log=str(self.access_log)))
+        return nginx_repo.render_repo(self.listen, self.repo_dir, self.access_log)
 
     def write_config(self, server_conf=None, name="nginx.conf"):
         """Write the snippets and a main conf including them; returns the main conf's path.
         ``server_conf`` replaces the rendered server block (e.g. one Salt rendered)."""
-        http_conf, rendered = self.render()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "tmp").mkdir(exist_ok=True)
-        stem = pathlib.Path(name).stem
-        http_path = self.workdir / f"{stem}-kiosk-release-repo-http.conf"
-        server_path = self.workdir / f"{stem}-kiosk-release-repo.conf"
-        http_path.write_text(http_conf)
-        server_path.write_text(rendered if server_conf is None else server_conf)
-        conf = self.workdir / name
-        conf.write_text(main_conf(self.workdir, [http_path, server_path]))
-        return conf
+        return nginx_repo.write_config(self.workdir, self.listen, self.repo_dir, self.access_log,
+                                       server_conf=server_conf, name=name)
 
     def _cmd(self, conf, *extra):
-        # -e: the log for messages before the config is read (the compiled-in one is /var/log/nginx)
-        return [self.nginx, "-p", f"{self.workdir}/", "-c", str(conf), "-e", str(self.workdir / "error.log"), *extra]
+        return nginx_repo.command(self.nginx, self.workdir, conf, *extra)
 
     def check(self, server_conf=None):
         """``nginx -t`` of the config (or of ``server_conf`` in the same main conf): CompletedProcess."""
@@ -183,24 +120,7 @@ class NginxRepo:
         raise AssertionError("unreachable")
 
     def _wait_listening(self):
-        # nginx writes its pid file once every listen socket is bound: until then a connection could reach
-        # whoever else holds the port (nginx retries a busy bind for ~2.5 s, then exits)
-        deadline = time.monotonic() + self.start_timeout
-        pid_file = self.workdir / "nginx.pid"
-        pending = list(self.listen)
-        while pending:
-            if self.proc.poll() is not None:
-                raise NginxError(f"nginx exited with {self.proc.returncode} while starting")
-            if time.monotonic() > deadline:
-                raise NginxError(f"nginx is not listening on {pending} after {self.start_timeout} s")
-            if not (pid_file.exists() and pid_file.read_text().strip() == str(self.proc.pid)):
-                time.sleep(0.02)
-                continue
-            address, port = _split(pending[0])
-            with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.5):
-                pending.pop(0)
-                continue
-            time.sleep(0.02)
+        nginx_repo.wait_listening(self.proc, self.workdir, self.listen, self.start_timeout)
 
     @property
     def is_running(self):
@@ -223,10 +143,7 @@ class NginxRepo:
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if proc.stderr:
             proc.stderr.close()
-        error_log = self.workdir / "error.log"
-        if error_log.exists():
-            err += error_log.read_text(errors="replace")[-4000:]
-        return err
+        return err + nginx_repo.error_log_tail(self.workdir)
 
     def __enter__(self):
         return self.start()
