@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import fleet_schedule as fs
@@ -521,15 +521,27 @@ def test_priority_resolution_does_not_depend_on_rule_order(data, moments, rnd):
 
 @PROPERTY
 @given(schedules(), instants(), st.integers(1, 4 * 86400), st.sampled_from(["k1", "k2", "k3"]))
+@example(  # window ending at the spring-forward gap: a probe 1 us before 03:00 CEST must not be wall time 02:59:59
+    data={"campuses": {"c": {"timezone": "Europe/Berlin", "default": "unmanaged", "rules": [], "kiosks": {
+        "k1": [],
+        "k2": [{"name": "other-0", "weekly": {"sun": ["00:00-02:00"]}},
+               {"name": "other-1", "weekly": {"mon": []}, "dates": ["2027-03-12", "2027-03-12"]},
+               {"name": "other-2", "weekly": {"mon": []}, "dates": ["2027-03-14", "2027-03-14"]},
+               {"name": "other-3", "always": "on", "dates": ["2027-03-16", "2027-03-16"]}]}}}},
+    start=dt.datetime(2027, 3, 25, tzinfo=UTC), span=262800, kiosk="k2",
+)
 def test_transitions_agree_with_desired_state_between_them(data, start, span, kiosk):
     schedule = fs.load(data)
     end = start + dt.timedelta(seconds=span)
     got = fs.transitions(schedule, "c", kiosk, start, end)
-    times = [t for t, _, _ in got]
+    # Compare and step on the UTC timeline: between two datetimes sharing a tzinfo,
+    # Python's - + < are wall-clock, so "1 us before 03:00 CEST" would be the
+    # nonexistent 02:59:59.999999, which zoneinfo places an hour later, past the edge.
+    times = [t.astimezone(UTC) for t, _, _ in got]
     assert times == sorted(times) and len(set(times)) == len(times)
     assert all(start < t <= end for t in times)
     current = fs.desired_state(schedule, "c", kiosk, start)["state"]
-    edges = [start] + times + [end]
+    edges = [start.astimezone(UTC)] + times + [end.astimezone(UTC)]
     for index, (lo, hi) in enumerate(zip(edges, edges[1:])):
         if index:
             _, new_state, rule = got[index - 1]
