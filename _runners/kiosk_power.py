@@ -25,13 +25,11 @@ mismatches.
 
 import contextlib
 import datetime as _dt
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
-import time
 import urllib.parse
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
@@ -204,23 +202,12 @@ def _write_json(name, data):
         raise
 
 
-@contextlib.contextmanager
 def _locked():
     """One sweep/verify/hold at a time on this master (the schedule runs them every minute)."""
-    with open(os.path.join(_state_dir(), LOCK_FILE), "a", encoding="utf-8") as handle:
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise fleet_sweep.SweepError(f"state: another kiosk_power run held the lock for {LOCK_TIMEOUT_S} s")
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return fleet_runner.exclusive(
+        os.path.join(_state_dir(), LOCK_FILE), LOCK_TIMEOUT_S,
+        fleet_sweep.SweepError(f"state: another kiosk_power run held the lock for {LOCK_TIMEOUT_S} s"),
+    )
 
 
 def _state():

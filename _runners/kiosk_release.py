@@ -27,13 +27,11 @@ Every function returns ``{"result": bool, ...}`` and exits non-zero on failure.
 """
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_inventory
@@ -108,17 +106,8 @@ def _state():
     directory = os.path.join(__opts__["cachedir"], "kiosk_release")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "state.json")
-    with open(os.path.join(directory, "state.lock"), "w") as lock:
-        deadline = time.monotonic() + STATE_LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ValueError(f"state: {path} stayed locked by another kiosk_release run "
-                                     f"for {STATE_LOCK_WAIT} s") from None
-                time.sleep(0.1)
+    busy = ValueError(f"state: {path} stayed locked by another kiosk_release run for {STATE_LOCK_WAIT} s")
+    with fleet_runner.exclusive(os.path.join(directory, "state.lock"), STATE_LOCK_WAIT, busy):
         state = fleet_release.read_json(path, "state") or {}
         state.setdefault("pins", {})
         state.setdefault("pushed", {})

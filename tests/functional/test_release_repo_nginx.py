@@ -63,18 +63,6 @@ def request(repo, method, path, headers=None, body=None, listen=None):
         conn.close()
 
 
-def raw_request(repo, target):
-    """The request line exactly as written: http clients would normalise the dot segments away."""
-    host, port = repo.listen[0].split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    status = int(data.split(b" ", 2)[1])
-    return status, data
-
-
 def test_serves_the_repository_read_only(nginx, tree):
     pkg = (tree / "repo" / "app" / "1.0.0" / "pkg.bin").read_bytes()
     before = len(nginx.log_entries())
@@ -144,7 +132,7 @@ def test_serves_the_repository_read_only(nginx, tree):
     "/kiosk-releases/app/../.staging/x.tmp",
 ])
 def test_traversal_is_refused(nginx, target):
-    status, data = raw_request(nginx, target)
+    status, data = nginx.raw_get(target)
     assert 400 <= status < 500, data[:200]
     assert SECRET not in data and b"root:x:0:0" not in data
 

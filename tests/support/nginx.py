@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import time
 
@@ -155,6 +156,17 @@ class NginxRepo:
     def url(self, path="", listen=None):
         """http://<listen>/kiosk-releases/<path> (first listen address unless given)."""
         return f"http://{listen or self.listen[0]}{URL_PREFIX}{path.lstrip('/')}"
+
+    def raw_get(self, target):
+        """``(status, whole answer)`` of ``GET <target>`` sent exactly as written (http clients
+        would normalise dot segments away), on the first listen address."""
+        host, port = self.listen[0].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return int(data.split(b" ", 2)[1]), data
 
     def log_entries(self):
         """Parsed access log: dicts with remote_addr, method, path (raw, without query; from the request line

@@ -1,3 +1,5 @@
+import pytest
+
 import fleet_runner
 
 
@@ -32,3 +34,27 @@ def test_presence_splits_up_and_down_per_campus():
         "east": {"up": ["k1"], "down": ["k2", "k3"]},
         "west": {"up": ["k4"], "down": []},
     }
+
+
+def test_exclusive_lock_waits_then_raises_the_given_error(tmp_path):
+    import threading
+
+    path = tmp_path / "state.lock"
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with fleet_runner.exclusive(path, 1, ValueError("unused")):
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(5)
+    with pytest.raises(ValueError, match="state: busy"):
+        with fleet_runner.exclusive(path, 0.3, ValueError("state: busy")):
+            pass
+    release.set()
+    thread.join()
+    with fleet_runner.exclusive(path, 0.3, ValueError("state: busy")):
+        entered = True
+    assert entered
