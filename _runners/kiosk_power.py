@@ -34,6 +34,7 @@ import urllib.parse
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_inventory
+    import fleet_metrics
     import fleet_power
     import fleet_runner
     import fleet_schedule
@@ -42,6 +43,7 @@ try:  # classic install: Salt puts the _utils folder on sys.path while loading
 except ImportError:  # pip-installed extension
     from saltext_kiosk_fleet.utils import (
         fleet_inventory,
+        fleet_metrics,
         fleet_power,
         fleet_runner,
         fleet_schedule,
@@ -208,6 +210,54 @@ def _locked():
         os.path.join(_state_dir(), LOCK_FILE), LOCK_TIMEOUT_S,
         fleet_sweep.SweepError(f"state: another kiosk_power run held the lock for {LOCK_TIMEOUT_S} s"),
     )
+
+
+POWER_STATES = ("on", "off", "degraded", "unknown")
+
+
+def _metrics(action, ret, inventory):
+    """
+    kiosk_power.prom for node_exporter (master config ``kiosk_power:
+    {textfile_dir: ...}``): what the last sweep did and what the last sweep or
+    verify saw, per campus. Written after the run; a write problem is logged,
+    never turned into a failed sweep.
+    """
+    directory = (__opts__.get("kiosk_power") or {}).get("textfile_dir")
+    if not directory:
+        return
+    path = os.path.join(_state_dir(), "metrics.json")
+    last = _read_json("metrics.json", {})
+    campus_of = {k: c for c, spec in inventory["campuses"].items() for k in spec["kiosks"]}
+    seen = {c: dict.fromkeys(POWER_STATES, 0) for c in inventory["campuses"]}
+    for kiosk, observed in (ret.get("observed") or {}).items():
+        if kiosk in campus_of and observed in POWER_STATES:
+            seen[campus_of[kiosk]][observed] += 1
+    last.setdefault("runs", {})[action] = {"ok": bool(ret.get("result")), "at": _dt.datetime.now(_dt.timezone.utc).timestamp()}
+    last["observed"] = seen
+    if action == "sweep":
+        last["actions"] = {c: {"wake": len(ret.get("wake", {}).get(c, [])), "shutdown": len(ret.get("shutdown", {}).get(c, []))}
+                           for c in inventory["campuses"]}
+    if action == "verify":
+        last["mismatches"] = {c: sum(1 for m in ret.get("mismatches", []) if m.get("campus") == c)
+                              for c in inventory["campuses"]}
+    families = [
+        ("kiosk_power_last_run_success", "gauge", "1 when the last sweep/verify succeeded.",
+         [({"action": a}, r["ok"]) for a, r in sorted(last["runs"].items())]),
+        ("kiosk_power_last_run_timestamp_seconds", "gauge", "When the last sweep/verify ran (Unix time).",
+         [({"action": a}, r["at"]) for a, r in sorted(last["runs"].items())]),
+        ("kiosk_power_kiosks_observed", "gauge", "Managed kiosks per observed state in the last sweep/verify.",
+         [({"campus": c, "state": st}, n) for c, per in sorted(last["observed"].items()) for st, n in per.items()]),
+        ("kiosk_power_sweep_actions", "gauge", "Kiosks the last sweep woke or shut down.",
+         [({"campus": c, "action": a}, n) for c, per in sorted(last.get("actions", {}).items()) for a, n in sorted(per.items())]),
+        ("kiosk_power_verify_mismatches", "gauge", "Kiosks not in the state they should be at the last verify.",
+         [({"campus": c}, n) for c, n in sorted(last.get("mismatches", {}).items())]),
+    ]
+    try:
+        _write_json("metrics.json", last)
+        fleet_metrics.write_textfile(directory, "kiosk_power.prom", fleet_metrics.render(families),
+                                     field="kiosk_power.textfile_dir")
+    except (OSError, ValueError) as exc:
+        log.warning("kiosk_power: metrics not written (%s): %s", path, exc)
 
 
 def _state():
@@ -530,6 +580,7 @@ def _sweep(inventory, schedule, source, now, delay_s, message, timeout):
     }
     if errors:
         ret["error"] = "; ".join(errors)
+    _metrics("sweep", ret, inventory)
     return fleet_runner.finish(__context__, ret)
 
 
@@ -615,6 +666,7 @@ def verify(at=None, kiosks=None, campus=None, timeout=30):
             f"{m['kiosk']} (expected {m['expected']}, observed {m['observed']})" for m in mismatches)
     elif selection and not pis["answered"]:
         ret["error"] = f"scan: no Pi answered ({', '.join(pis['silent'])})"
+    _metrics("verify", ret, inventory)
     return fleet_runner.finish(__context__, ret)
 
 

@@ -120,6 +120,11 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
     assert counts(got["127.0.1.255"]) == {("127.0.1.2", "52:54:00:e1:00:01"): 3, ("127.0.1.3", "52:54:00:e1:00:01"): 3}
     assert "127.0.2.255" not in got and "127.0.3.255" not in got  # kiosk-east-02 and west: no packet
     assert json.loads(record.read_text()) == ["shutdown", "0", "Closing now"]
+    metrics = (topology.release_dir["textfile_dir"] / "kiosk_power.prom").read_text()
+    assert 'kiosk_power_sweep_actions{campus="east",action="wake"} 1' in metrics
+    assert 'kiosk_power_sweep_actions{campus="east",action="shutdown"} 1' in metrics
+    assert 'kiosk_power_kiosks_observed{campus="east",state="off"} 1' in metrics
+    assert 'kiosk_power_last_run_success{action="sweep"} 1' in metrics
 
     # a second sweep a minute later does not wake kiosk-east-01 again: its verification is pending
     services.down("kiosk-east-02")  # it did shut down
@@ -143,6 +148,9 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
     assert check.returncode == 1, check
     expected = {"kiosk": "kiosk-east-01", "campus": "east", "expected": "on", "observed": "off", "since": SINCE}
     assert check.data["mismatches"] == [expected]
+    metrics = (topology.release_dir["textfile_dir"] / "kiosk_power.prom").read_text()
+    assert 'kiosk_power_verify_mismatches{campus="east"} 1' in metrics
+    assert 'kiosk_power_last_run_success{action="verify"} 0' in metrics
     assert "kiosk-east-01 (expected on, observed off)" in check.data["error"]
     matched = event_listener.wait_for_events([(topology.top.id, "kiosk/power/mismatch")], after_time=start, timeout=60)
     assert matched.found_all_events, "no kiosk/power/mismatch on the top master"

@@ -181,6 +181,7 @@ def top_master_config(repo, tree, webhook_url, release_dir):
             {"kiosk/release/alert": [str(reactor_dir / "kiosk_release_alert.sls")]},
         ],
         "kiosk_fleet_alerts": {"webhook_url": webhook_url, "timeout": 5},
+        "kiosk_power": {"textfile_dir": str(release_dir["textfile_dir"])},  # sweep metrics
         # the store under the first file root (salt://kiosk_releases/); the Pis
         # stage over HTTP from the master's nginx export of it (tests/integration/test_release.py)
         "kiosk_release": {
