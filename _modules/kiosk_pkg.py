@@ -42,9 +42,10 @@ from salt.exceptions import SaltInvocationError
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_inventory
+    import fleet_lock
     import fleet_release
 except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_release
+    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_lock, fleet_release
 
 try:
     import requests
@@ -61,6 +62,10 @@ GRAIN = "kiosk_release"
 DEFAULT_REPO_DIR = "/srv/kiosk-releases"
 NOT_STAGED = "release not staged"
 INDEX_TIMEOUT = (3, 10)  # connect, read: a dead Pi must not hold up the boot
+# another job staging or installing the same release (a push during the boot
+# state, a rollout during the reactor's staging): wait for it, then find it done
+BUSY_WAIT = 3600
+INSTALLED = "installed.json"  # <dir>/<name>/installed.json: the grain, readable by the next job at once
 
 
 def __virtual__():
@@ -139,6 +144,13 @@ def _write_index(repo, name, index):
     fleet_release.write_json_atomic(os.path.join(repo, name, fleet_release.INDEX), index)
 
 
+def _lock(root, key, wait=BUSY_WAIT):
+    staging = os.path.join(root, fleet_release.STAGING)
+    os.makedirs(staging, exist_ok=True)
+    busy = fleet_release.ReleaseError(f"lock: another job kept {key} busy for {wait} s")
+    return fleet_lock.exclusive(os.path.join(staging, f"{key}.lock"), wait, busy)
+
+
 def _live(repo, name, version):
     """A version is live when its directory and manifest are there (they arrive by one rename)."""
     return os.path.isfile(os.path.join(repo, name, version, fleet_release.MANIFEST))
@@ -184,8 +196,14 @@ def _download(session, source, doc, work_dir, retries):
         url = fleet_release.file_url(source, doc["name"], doc["version"], file_name)
         part = os.path.join(work_dir, file_name + ".part")
         final = os.path.join(work_dir, file_name)
-        if os.path.exists(final):  # verified by an earlier, interrupted run of the same release
-            continue
+        if os.path.exists(final):
+            # left by an earlier, interrupted run of this release: keep it only if it matches
+            # this manifest (the earlier run may have trusted another source's manifest)
+            try:
+                fleet_release.compare(expected, fleet_release.hash_file(final), file_name)
+                continue
+            except fleet_release.ReleaseError:
+                os.unlink(final)
         field = f"{doc['name']} {doc['version']} {file_name}"
         if source.startswith("salt://"):
             reports[file_name] = _salt_fetch(url, part, expected, field)
@@ -244,21 +262,25 @@ def stage(name, version, source="salt://kiosk_releases/", serial=None, retries=3
            "changed": False, "fetched": 0}
     try:
         retries = _retries(retries)
-        index = _index(repo, name)
-        if version not in index["versions"] or not _live(repo, name, version):
-            os.makedirs(repo, exist_ok=True)
-            with requests.Session() as session:
-                doc, raw, work, label, reports = _fetch_release(
-                    session, _stage_sources(source), name, version, repo, hop, retries)
-            _materialise(repo, doc, raw, work)
-            index = fleet_release.index_add(_index(repo, name), doc)
-            ret.update(changed=True, source=label, fetched=sum(r["fetched"] for r in reports.values()),
-                       resumed=any(r["resumed_from"] for r in reports.values()))
-        if serial is not None:
-            index = fleet_release.index_pin(index, version, serial)
-            ret["pinned"] = True
-        if ret["changed"] or serial is not None:
-            _write_index(repo, name, index)
+        os.makedirs(repo, exist_ok=True)
+        with _lock(repo, f"{name}-{version}"):
+            index = _index(repo, name)
+            if version not in index["versions"] or not _live(repo, name, version):
+                with requests.Session() as session:
+                    doc, raw, work, label, reports = _fetch_release(
+                        session, _stage_sources(source), name, version, repo, hop, retries)
+                _materialise(repo, doc, raw, work)
+                ret.update(changed=True, source=label, fetched=sum(r["fetched"] for r in reports.values()),
+                           resumed=any(r["resumed_from"] for r in reports.values()))
+            if ret["changed"] or serial is not None:
+                with _lock(repo, f"{name}.index", 60):  # read-modify-write: one writer at a time
+                    index = _index(repo, name)
+                    if ret["changed"]:
+                        index = fleet_release.index_add(index, doc)
+                    if serial is not None:
+                        index = fleet_release.index_pin(index, version, serial)
+                        ret["pinned"] = True
+                    _write_index(repo, name, index)
     except (fleet_release.ReleaseError, fleet_inventory.InventoryError, OSError) as exc:
         return _fail(ret, fleet_release.disk_error(exc, repo) if isinstance(exc, OSError) else exc)
     if ret["changed"]:
@@ -269,7 +291,7 @@ def stage(name, version, source="salt://kiosk_releases/", serial=None, retries=3
     return ret
 
 
-def _retries(value):  # noqa: D401 - argument check
+def _retries(value):
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -307,8 +329,10 @@ def pin(name, version, serial):
     repo = _repo_dir()
     ret = {"result": True, "name": name, "version": version, "pi": __opts__["id"]}
     try:
-        index = fleet_release.index_pin(_index(repo, name), version, serial)
-        _write_index(repo, name, index)
+        os.makedirs(repo, exist_ok=True)
+        with _lock(repo, f"{name}.index", 60):
+            index = fleet_release.index_pin(_index(repo, name), version, serial)
+            _write_index(repo, name, index)
     except (fleet_release.ReleaseError, OSError) as exc:
         return _fail(ret, exc)
     ret["pin"] = index["pin"]
@@ -353,13 +377,15 @@ def prune(name, keep=3):
     if keep < 2:
         raise SaltInvocationError(f"keep: {keep} is below 2 (the pin and the one before it stay)")
     repo = _repo_dir()
-    index = _index(repo, name)
-    versions = fleet_release.sort_versions(index["versions"])
-    kept = set(versions[-keep:]) | ({index["pin"]["version"]} if index["pin"] and index["pin"]["version"] else set())
-    removed = fleet_release.prune_plan(versions, kept)
-    for version in removed:
-        del index["versions"][version]
-    _write_index(repo, name, index)  # first out of the index, then off the disk
+    with _lock(repo, f"{name}.index", 60):
+        index = _index(repo, name)
+        versions = fleet_release.sort_versions(index["versions"])
+        pinned = {index["pin"]["version"]} if index["pin"] and index["pin"]["version"] else set()
+        kept = set(versions[-keep:]) | pinned
+        removed = fleet_release.prune_plan(versions, kept)
+        for version in removed:
+            del index["versions"][version]
+        _write_index(repo, name, index)  # first out of the index, then off the disk
     for version in removed:
         shutil.rmtree(os.path.join(repo, name, version), ignore_errors=True)
     return {"result": True, "name": name, "removed": removed, "kept": fleet_release.sort_versions(kept)}
@@ -412,11 +438,10 @@ def installed(name=None):
         salt -G campus:riverside kiosk_pkg.installed
         salt kiosk-riverside-01 kiosk_pkg.installed kiosk-app
     """
-    grain = __grains__.get(GRAIN) or {}
     if name is not None:
         _args(name)
-        return grain.get(name)
-    return grain
+        return _current(_kiosk_dir(), name) or None
+    return __grains__.get(GRAIN) or {}
 
 
 def _install(doc, package_dir):
@@ -427,17 +452,30 @@ def _install(doc, package_dir):
                                    timeout=int(_conf("install_timeout", 1800)), output_loglevel="debug")
 
 
-def _record(name, version, serial):
-    grain = dict(__grains__.get(GRAIN) or {})
-    before = grain.get(name) or {}
-    grain[name] = {
+def _current(root, name):
+    """What this kiosk runs: the record next to the packages (written at once by the job that
+    installed), else the grain (this job's copy of the grains may predate another job's install)."""
+    try:
+        record = fleet_release.read_json(os.path.join(root, name, INSTALLED), INSTALLED)
+    except fleet_release.ReleaseError as exc:  # a torn record must not stop the update: the grain is the fallback
+        log.warning("kiosk_pkg: %s", exc)
+        record = None
+    return record if isinstance(record, dict) else ((__grains__.get(GRAIN) or {}).get(name) or {})
+
+
+def _record(root, name, version, serial):
+    before = _current(root, name)
+    record = {
         "version": version,
         "previous": before.get("version") if before.get("version") != version else before.get("previous"),
         "serial": serial,
         "installed_at": fleet_release.now_iso(),
     }
+    fleet_release.write_json_atomic(os.path.join(root, name, INSTALLED), record)
+    grain = dict(__grains__.get(GRAIN) or {})
+    grain[name] = record
     __salt__["grains.setval"](GRAIN, grain)
-    return grain[name]
+    return record
 
 
 def _integrity(exc):
@@ -518,7 +556,7 @@ def _update_one(session, repos, name, root, force, test):
     indexes, problems = _read_indexes(session, repos, name)
     report["repos_down"] = {k: v for k, v in problems.items() if v != NOT_STAGED}
     pin_ = fleet_release.choose_pin(indexes)
-    current = (__grains__.get(GRAIN) or {}).get(name) or {}
+    current = _current(root, name)
     report["installed"] = current.get("version")
     if pin_ is None:
         down = report["repos_down"]
@@ -537,6 +575,17 @@ def _update_one(session, repos, name, root, force, test):
     if test:
         report.update(result=None, comment=f"would install {version} (installed: {current.get('version')})")
         return report
+    try:
+        with _lock(root, f"{name}.install"):  # one install per kiosk and version, whichever job comes first
+            if _current(root, name).get("version") == version and not force:
+                report["comment"] = f"already on {version} (installed by another job)"
+                return report
+            return _fetch_and_install(session, repos, indexes, pin_, name, version, root, report)
+    except fleet_release.ReleaseError as exc:
+        return _fail(report, exc)
+
+
+def _fetch_and_install(session, repos, indexes, pin_, name, version, root, report):
     # the repo that set the pin first, then the others that hold the version
     order = sorted(repos, key=lambda r: r[1] != pin_["repo"])
     candidates = [r for r in order if indexes.get(r[1]) and version in indexes[r[1]]["versions"]]
@@ -559,7 +608,7 @@ def _update_one(session, repos, name, root, force, test):
         error = f"install command exited {outcome['retcode']}: {(outcome.get('stderr') or '')[-500:]}"
         _alert("install", name, version, error)
         return _fail(report, error)
-    report.update(changed=True, version=version, record=_record(name, version, pin_["serial"]))
+    report.update(changed=True, version=version, record=_record(root, name, version, pin_["serial"]))
     keep = {version, report["record"]["previous"]}
     present = [v for v in os.listdir(os.path.join(root, name)) if fleet_release.VERSION.match(v)]
     for old in fleet_release.prune_plan(present, keep):

@@ -34,6 +34,7 @@ import urllib.parse
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_inventory
+    import fleet_lock
     import fleet_metrics
     import fleet_power
     import fleet_runner
@@ -43,6 +44,7 @@ try:  # classic install: Salt puts the _utils folder on sys.path while loading
 except ImportError:  # pip-installed extension
     from saltext_kiosk_fleet.utils import (
         fleet_inventory,
+        fleet_lock,
         fleet_metrics,
         fleet_power,
         fleet_runner,
@@ -206,7 +208,7 @@ def _write_json(name, data):
 
 def _locked():
     """One sweep/verify/hold at a time on this master (the schedule runs them every minute)."""
-    return fleet_runner.exclusive(
+    return fleet_lock.exclusive(
         os.path.join(_state_dir(), LOCK_FILE), LOCK_TIMEOUT_S,
         fleet_sweep.SweepError(f"state: another kiosk_power run held the lock for {LOCK_TIMEOUT_S} s"),
     )

@@ -35,11 +35,12 @@ import tempfile
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_inventory
+    import fleet_lock
     import fleet_metrics
     import fleet_release
     import fleet_runner
 except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_metrics, fleet_release, fleet_runner
+    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_lock, fleet_metrics, fleet_release, fleet_runner
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _state():
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "state.json")
     busy = ValueError(f"state: {path} stayed locked by another kiosk_release run for {STATE_LOCK_WAIT} s")
-    with fleet_runner.exclusive(os.path.join(directory, "state.lock"), STATE_LOCK_WAIT, busy):
+    with fleet_lock.exclusive(os.path.join(directory, "state.lock"), STATE_LOCK_WAIT, busy):
         state = fleet_release.read_json(path, "state") or {}
         state.setdefault("pins", {})
         state.setdefault("pushed", {})

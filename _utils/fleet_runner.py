@@ -10,10 +10,6 @@ Two channels carry the exit code, because Salt reads both: salt 3007's
 orchestrate) comes from ``__context__["retcode"]`` (salt/client/mixins.py).
 """
 
-import contextlib
-import fcntl
-import time
-
 __virtualname__ = "fleet_runner"
 
 
@@ -60,25 +56,3 @@ def presence(selection, answered):
         report[campus] = {"up": up, "down": sorted(set(kiosk_ids) - set(up))}
     return report
 
-
-@contextlib.contextmanager
-def exclusive(path, wait_s, error):
-    """
-    Hold an exclusive ``flock`` on ``path`` for the with-block. Runners run
-    concurrently (reactor threads, the master schedule, an operator): waits
-    up to ``wait_s`` seconds, then raises ``error`` (an exception instance).
-    """
-    with open(path, "a", encoding="utf-8") as handle:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise error from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

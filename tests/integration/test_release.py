@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import sys
+import threading
 import time
 
 import pytest
@@ -186,7 +187,8 @@ def test_rollout_canary_first_then_the_rest_and_status_per_kiosk(fleet):
     assert status.returncode == 0, status
     assert status.data["campuses"]["east"]["kiosks"]["kiosk-east-02"] == {"installed": "1.1.0", "previous": "1.0.0"}
     # the previous package stays for rollback, older ones go
-    assert sorted(os.listdir(fleet.kiosk_dir("kiosk-east-02") / NAME)) == ["1.0.0", "1.1.0", "install.log"]
+    assert sorted(os.listdir(fleet.kiosk_dir("kiosk-east-02") / NAME)) == ["1.0.0", "1.1.0", "install.log",
+                                                                           "installed.json"]
 
 
 def flip_bit(path, offset):
@@ -293,6 +295,17 @@ def test_a_cut_download_resumes_where_it_stopped(fleet):
     assert [(e["status"], e["range"], e["bytes"]) for e in entries] == [(206, f"bytes={have}-", size - have)]
     # pin does not push: kiosk-west-02 moves at its next boot or check
     assert fleet.installed("west")["kiosk-west-02"] != version
+    # two jobs at once on one kiosk (the boot state and a push): one download, one install
+    results = {}
+    jobs = [threading.Thread(target=lambda n=n: results.update(
+        {n: fleet.t.salt("kiosk_pkg.check_update", NAME, tgt="kiosk-west-02")})) for n in range(2)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    assert all(r.returncode == 0 for r in results.values()), results
+    assert fleet.install_log("kiosk-west-02").count(version) == 1
+    assert fleet.installed("west")["kiosk-west-02"] == version
 
 
 def test_one_pi_down_kiosks_use_the_other(fleet):

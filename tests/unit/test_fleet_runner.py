@@ -1,5 +1,3 @@
-import pytest
-
 import fleet_runner
 
 
@@ -35,26 +33,3 @@ def test_presence_splits_up_and_down_per_campus():
         "west": {"up": ["k4"], "down": []},
     }
 
-
-def test_exclusive_lock_waits_then_raises_the_given_error(tmp_path):
-    import threading
-
-    path = tmp_path / "state.lock"
-    held, release = threading.Event(), threading.Event()
-
-    def holder():
-        with fleet_runner.exclusive(path, 1, ValueError("unused")):
-            held.set()
-            release.wait(5)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    held.wait(5)
-    with pytest.raises(ValueError, match="state: busy"):
-        with fleet_runner.exclusive(path, 0.3, ValueError("state: busy")):
-            pass
-    release.set()
-    thread.join()
-    with fleet_runner.exclusive(path, 0.3, ValueError("state: busy")):
-        entered = True
-    assert entered
