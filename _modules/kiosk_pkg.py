@@ -144,6 +144,14 @@ def _write_index(repo, name, index):
     fleet_release.write_json_atomic(os.path.join(repo, name, fleet_release.INDEX), index)
 
 
+def _session():
+    session = requests.Session()
+    # campus LAN and the master's export only: never the hospital's proxy from the
+    # environment or the Windows (WinINET/GPO) settings
+    session.trust_env = False
+    return session
+
+
 def _lock(root, key, wait=BUSY_WAIT):
     staging = os.path.join(root, fleet_release.STAGING)
     os.makedirs(staging, exist_ok=True)
@@ -266,7 +274,7 @@ def stage(name, version, source="salt://kiosk_releases/", serial=None, retries=3
         with _lock(repo, f"{name}-{version}"):
             index = _index(repo, name)
             if version not in index["versions"] or not _live(repo, name, version):
-                with requests.Session() as session:
+                with _session() as session:
                     doc, raw, work, label, reports = _fetch_release(
                         session, _stage_sources(source), name, version, repo, hop, retries)
                 _materialise(repo, doc, raw, work)
@@ -278,14 +286,18 @@ def stage(name, version, source="salt://kiosk_releases/", serial=None, retries=3
                     if ret["changed"]:
                         index = fleet_release.index_add(index, doc)
                     if serial is not None:
-                        index = fleet_release.index_pin(index, version, serial)
-                        ret["pinned"] = True
+                        try:
+                            index = fleet_release.index_pin(index, version, serial)
+                            ret["pinned"] = True
+                        except fleet_release.ReleaseError as exc:
+                            # a newer pin arrived while this job ran: the staging still counts
+                            ret["pin_skipped"] = str(exc)
                     _write_index(repo, name, index)
     except (fleet_release.ReleaseError, fleet_inventory.InventoryError, OSError) as exc:
         return _fail(ret, fleet_release.disk_error(exc, repo) if isinstance(exc, OSError) else exc)
     if ret["changed"]:
         _event("kiosk/release/staged", {"name": name, "version": version, "campus": __grains__.get("campus"),
-                                         "fetched": ret["fetched"], "pinned": serial is not None})
+                                         "fetched": ret["fetched"], "pinned": bool(ret.get("pinned"))})
     ret["staged"] = fleet_release.sort_versions(index["versions"])
     ret["pin"] = index["pin"]
     return ret
@@ -373,10 +385,20 @@ def prune(name, keep=3):
         salt -G kiosk_fleet_role:pi kiosk_pkg.prune kiosk-app keep=3
     """
     _args(name)
-    keep = int(keep)
+    try:
+        keep = int(keep)
+    except (TypeError, ValueError):
+        raise SaltInvocationError(f"keep: {keep!r} is not a whole number") from None
     if keep < 2:
         raise SaltInvocationError(f"keep: {keep} is below 2 (the pin and the one before it stay)")
     repo = _repo_dir()
+    try:
+        return _prune(repo, name, keep)
+    except (fleet_release.ReleaseError, OSError) as exc:
+        return _fail({"name": name, "pi": __opts__["id"]}, exc)
+
+
+def _prune(repo, name, keep):
     with _lock(repo, f"{name}.index", 60):
         index = _index(repo, name)
         versions = fleet_release.sort_versions(index["versions"])
@@ -386,8 +408,8 @@ def prune(name, keep=3):
         for version in removed:
             del index["versions"][version]
         _write_index(repo, name, index)  # first out of the index, then off the disk
-    for version in removed:
-        shutil.rmtree(os.path.join(repo, name, version), ignore_errors=True)
+        for version in removed:
+            shutil.rmtree(os.path.join(repo, name, version), ignore_errors=True)
     return {"result": True, "name": name, "removed": removed, "kept": fleet_release.sort_versions(kept)}
 
 
@@ -540,7 +562,7 @@ def check_update(name=None, force=False, test=False):
     root = _kiosk_dir()
     os.makedirs(root, exist_ok=True)
     result = {"result": True, "kiosk": __opts__["id"], "campus": campus, "releases": {}}
-    with requests.Session() as session:
+    with _session() as session:
         for each in names:
             report = _update_one(session, repos, each, root, force, test)
             result["releases"][each] = report
@@ -572,6 +594,11 @@ def _update_one(session, repos, name, root, force, test):
     if current.get("version") == version and not force:
         report["comment"] = f"already on {version}"
         return report
+    if isinstance(current.get("serial"), int) and pin_["serial"] < current["serial"] and not force:
+        # the Pis that answered missed a pin change this kiosk already followed: never go back
+        report["comment"] = (f"keeping {current.get('version')}: the answering Pis carry an older pin "
+                             f"(serial {pin_['serial']} < {current['serial']})")
+        return report
     if test:
         report.update(result=None, comment=f"would install {version} (installed: {current.get('version')})")
         return report
@@ -594,6 +621,9 @@ def _fetch_and_install(session, repos, indexes, pin_, name, version, root, repor
         if os.path.isfile(os.path.join(package, fleet_release.MANIFEST)):
             with open(os.path.join(package, fleet_release.MANIFEST), "rb") as handle:
                 doc = _load_manifest(handle.read(), name, version, package)
+            for file_name, expected in doc["files"].items():  # kept on disk: check before running it
+                fleet_release.compare(expected, fleet_release.hash_file(os.path.join(package, file_name)),
+                                      f"{name} {version} {file_name} (local copy)")
             report["source"] = "local"
         else:
             doc, raw, work, pi_id, fetched = _fetch_release(session, candidates, name, version, root, "pi->kiosk")
@@ -604,11 +634,14 @@ def _fetch_and_install(session, repos, indexes, pin_, name, version, root, repor
     except (fleet_release.ReleaseError, OSError) as exc:
         return _fail(report, exc)
     outcome = _install(doc, package)
-    if outcome["retcode"] != 0:
+    if outcome["retcode"] not in doc.get("success_codes", [0]):
         error = f"install command exited {outcome['retcode']}: {(outcome.get('stderr') or '')[-500:]}"
         _alert("install", name, version, error)
         return _fail(report, error)
-    report.update(changed=True, version=version, record=_record(root, name, version, pin_["serial"]))
+    try:
+        report.update(changed=True, version=version, record=_record(root, name, version, pin_["serial"]))
+    except OSError as exc:
+        return _fail(report, f"installed {version}, but the record could not be written: {exc}")
     keep = {version, report["record"]["previous"]}
     present = [v for v in os.listdir(os.path.join(root, name)) if fleet_release.VERSION.match(v)]
     for old in fleet_release.prune_plan(present, keep):

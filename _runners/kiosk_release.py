@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_inventory
@@ -54,14 +55,6 @@ STATE_LOCK_WAIT = 60  # s; the lock is only held to read and write a small JSON 
 
 def __virtual__():
     return __virtualname__
-
-
-class _Fail(Exception):
-    """A runner-level failure with extra data for the JSON answer."""
-
-    def __init__(self, error, **data):
-        super().__init__(str(error))
-        self.data = data
 
 
 # --------------------------------------------------------------------------- configuration and state
@@ -147,6 +140,8 @@ def _published(store, name):
 
 
 def _manifest(store, name, version):
+    fleet_release.check_name(name)
+    version = fleet_release.check_version(version)
     doc = fleet_release.read_json(os.path.join(store, name, version, fleet_release.MANIFEST), "manifest")
     if doc is None:
         known = _published(store, name)
@@ -164,8 +159,10 @@ def _set_pin(state, name, campus, version):
     history = list(current.get("history", []))
     if current.get("version") is not None and current["version"] != version:
         history.append(current["version"])
-    pin = {"version": version, "serial": current["serial"] + 1, "history": history[-20:],
-           "at": fleet_release.now_iso()}
+    # the serial also follows the clock: a master whose cachedir was wiped never
+    # issues serials below what the Pis hold (they refuse older serials)
+    serial = max(current["serial"] + 1, int(time.time()))
+    pin = {"version": version, "serial": serial, "history": history[-20:], "at": fleet_release.now_iso()}
     state["pins"][name][campus] = pin
     state["pushed"].setdefault(name, {}).pop(campus, None)
     return pin
@@ -221,6 +218,7 @@ def _failed(action, exc):
 # --------------------------------------------------------------------------- calls to minions
 
 
+SILENT_KIOSK = "silent"  # a kiosk that did not answer a push: not counted against a ring
 SILENT = "Minion did not return"  # what salt.execute (3007) puts in place of a silent minion's return
 
 
@@ -312,7 +310,7 @@ def _store_release(store, doc, work):
     os.rename(work, os.path.join(store, doc["name"], doc["version"]))
 
 
-def _new_release(store, name, version, files_from, install, rollback_of=None, md5=None):
+def _new_release(store, name, version, files_from, install, rollback_of=None, success_codes=None):
     fleet_release.check_name(name)
     version = fleet_release.check_version(version)
     published = _published(store, name)
@@ -327,7 +325,8 @@ def _new_release(store, name, version, files_from, install, rollback_of=None, md
     try:
         files = files_from(work)
         fleet_release.check_free_space(store, 0)
-        doc = _sign(fleet_release.build_manifest(name, version, files, install, rollback_of=rollback_of))
+        doc = _sign(fleet_release.build_manifest(name, version, files, install, rollback_of=rollback_of,
+                                                 success_codes=success_codes))
         _store_release(store, doc, work)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -339,15 +338,17 @@ def _fire(tag, data):
     __salt__["event.send"](tag, data)
 
 
-def publish(name=None, version=None, source=None, install=None, campuses=None, md5=None):
+def publish(name=None, version=None, source=None, install=None, campuses=None, md5=None, success_codes=None):
     """
     Publish release ``name`` ``version`` from ``source`` (a file, a directory
     of files, or an http(s) URL, as the master sees it): hash every file in
     the copying pass (size, md5, sha256), write the manifest (signed when
     ``kiosk_release:signing_key`` is set) and store it under the master's
     store. ``install`` is the kiosk's install command as an argument list
-    (``{dir}``, ``{name}``, ``{version}`` are filled in). ``md5``: the hash the
-    build computed, checked against the copy. Versions only go up.
+    (``{dir}``, ``{name}``, ``{version}`` are filled in) and ``success_codes``
+    its exit codes that mean success (default ``[0]``; msiexec with
+    ``/norestart``: ``[0, 3010]``). ``md5``: the hash the build computed,
+    checked against the copy. Versions only go up.
 
     With ``campuses``, those campuses are pinned to the new version and the
     reactors take it from there (``kiosk/release/published`` -> staging on
@@ -367,7 +368,9 @@ def publish(name=None, version=None, source=None, install=None, campuses=None, m
         inventory = _inventory() if campuses else None
         targets = _campuses(inventory, campuses) if campuses else []
         install = fleet_release.check_install(install)
-        doc = _new_release(store, name, version, lambda work: _import_source(source, work, md5), install)
+        success_codes = fleet_release.check_success_codes(success_codes)
+        doc = _new_release(store, name, version, lambda work: _import_source(source, work, md5), install,
+                           success_codes=success_codes)
         if targets:
             with _state() as state:
                 for campus in targets:
@@ -447,7 +450,10 @@ def _stage_campuses(inventory, name, version, campuses, timeout, serials):
         for campus, (pi,) in wave.items():
             if report[campus]["pis"][pi]["staged"]:
                 report[campus]["seed"] = pi
-    peers = {c: untried[c] for c in campuses if report[c]["seed"] and untried[c]}
+    # every Pi still without it (never tried, or failed as a seed) copies from the campus over the LAN
+    peers = {c: [p for p in fleet_inventory.pis_of(inventory, c) if not report[c]["pis"].get(p, {}).get("staged")]
+             for c in campuses if report[c]["seed"]}
+    peers = {c: pis for c, pis in peers.items() if pis}
     call(peers, "campus", "pi->pi")
     retry = {c: [p for p in pis if not report[c]["pis"][p]["staged"]] for c, pis in peers.items()}
     call({c: p for c, p in retry.items() if p}, master_source, "master->pi")
@@ -515,6 +521,9 @@ def _push(inventory, name, version, campuses, timeout):
     returns = _execute(list(kiosks), "kiosk_pkg.check_update", [name], {}, timeout)
     result = {c: {} for c in campuses}
     for kiosk, campus in sorted(kiosks.items()):
+        if kiosk not in returns:  # off (night, power cut): it follows the pin at its next boot
+            result[campus][kiosk] = SILENT_KIOSK
+            continue
         ret = returns.get(kiosk)
         one = ((ret or {}).get("releases") or {}).get(name) if isinstance(ret, dict) else None
         on_version = isinstance(one, dict) and one.get("result") and (one.get("version") or one.get("installed")) == version
@@ -561,7 +570,7 @@ def push(name=None, version=None, campus=None, pi=None, timeout=None):
     if skip:
         return _done("push", {"result": True, "pushed": False, "comment": skip})
     kiosks = _push(inventory, name, version, [campus], timeout)[campus]
-    bad = {k: v for k, v in kiosks.items() if v is not True}
+    bad = {k: v for k, v in kiosks.items() if v is not True and v != SILENT_KIOSK}
     ret = {"result": not bad, "pushed": True, "name": name, "version": version, "campus": campus, "kiosks": kiosks}
     if bad:
         ret["error"] = f"{len(bad)} of {len(kiosks)} kiosks of {campus} are not on {version}"
@@ -622,7 +631,7 @@ def _roll_ring(inventory, name, version, ring, timeout, threshold):
     for campus in ring:
         if not staged[campus]["seed"]:
             kiosks[campus] = {k: f"{campus}: no Pi staged {version}" for k in inventory["campuses"][campus]["kiosks"]}
-    flat = {k: v is True for per in kiosks.values() for k, v in per.items()}
+    flat = {k: v is True for per in kiosks.values() for k, v in per.items() if v != SILENT_KIOSK}
     go_on, share = fleet_release.ring_verdict(flat, threshold)
     entry = {"campuses": ring, "staging": staged, "kiosks": kiosks,
              "error_share": share, "go_on": go_on}
@@ -637,8 +646,9 @@ def _record_kiosks(name, kiosks_by_campus, silent=None):
         per = metrics.setdefault("kiosks", {}).setdefault(name, {})
         for campus, kiosks in kiosks_by_campus.items():
             on = sum(1 for v in kiosks.values() if v is True)
-            quiet = len((silent or {}).get(campus, []))
-            per[campus] = {"on_pin": on, "drift": len(kiosks) - on, "silent": quiet}
+            off = sum(1 for v in kiosks.values() if v == SILENT_KIOSK)
+            quiet = len((silent or {}).get(campus, [])) + off
+            per[campus] = {"on_pin": on, "drift": len(kiosks) - on - off, "silent": quiet}
 
     return update
 
@@ -730,9 +740,10 @@ def rollback(name=None, campus=None, timeout=None):
             raise ValueError("campus: name one campus (campus=riverside)")
         (campus,) = _campuses(inventory, campus, "campus")
         pin_ = _pin_of(_read_state(), name, campus)
-        if not pin_ or not pin_.get("history"):
-            raise ValueError(f"campus: {campus} has no earlier {name} version to go back to")
-        current, previous = pin_["version"], pin_["history"][-1]
+        if not pin_ or pin_["version"] is None:
+            raise ValueError(f"campus: {campus} is not pinned to a {name} version (frozen or never rolled out)")
+        current = pin_["version"]
+        previous = _before(store, name, current, pin_.get("history", []))
         source = _manifest(store, name, previous)
         version = fleet_release.next_version(_published(store, name))
 
@@ -747,13 +758,34 @@ def rollback(name=None, campus=None, timeout=None):
                     os.path.join(work, file_name)), f"{name} {previous} {file_name}")
             return source["files"]
 
-        doc = _new_release(store, name, version, copy, source["install"], rollback_of=previous)
+        doc = _new_release(store, name, version, copy, source["install"], rollback_of=previous,
+                           success_codes=source.get("success_codes"))
     except (ValueError, OSError, fleet_inventory.InventoryError) as exc:
         return _failed("rollback", exc)
     _fire("kiosk/release/published", {"name": name, "version": version, "campuses": [], "rollback_of": previous})
     ret = rollout(name=name, version=doc["version"], campuses=campus, timeout=timeout)
     ret.update({"rolled_back": {"campus": campus, "from": current, "content_of": previous, "as": version}})
     return ret
+
+
+def _before(store, name, current, history):
+    """
+    The version whose content a campus ran before ``current``: the newest
+    history entry with other content; if ``current`` is itself a rollback to
+    X, only versions up to X count (a second rollback goes further back,
+    never to the release it rolled back from).
+    """
+    now = _manifest(store, name, current)
+    limit = fleet_release.parse_version(now["rollback_of"]) if now.get("rollback_of") else None
+    for version in reversed(history):
+        if version is None or (limit is not None and fleet_release.parse_version(version) > limit):
+            continue
+        try:
+            if _manifest(store, name, version)["files"] != now["files"]:
+                return version
+        except ValueError:  # no longer in the store
+            continue
+    raise ValueError(f"campus: no earlier {name} content to go back to from {current} (history: {history})")
 
 
 # --------------------------------------------------------------------------- status

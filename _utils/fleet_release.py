@@ -71,9 +71,12 @@ def check_name(name, field="name"):
 
 def parse_version(version, field="version"):
     """``"1.4.0"`` -> ``(1, 4, 0, 0)``: padded to four parts, so 1.4 == 1.4.0."""
-    if isinstance(version, (int, float)) and not isinstance(version, bool):
-        # YAML on the salt CLI turns version=2 into an int, version=1.4 into a float
-        version = str(version)
+    if isinstance(version, float):
+        # YAML on the salt CLI turns version=1.10 into the float 1.1: never guess which was meant
+        raise ReleaseError(f"{field}: {version!r} arrived as a number (YAML reads 1.10 as 1.1): "
+                           f"quote it or give three parts, e.g. {field}='\"1.10\"' or 1.10.0")
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)  # version=2 on the salt CLI
     if not isinstance(version, str) or not VERSION.match(version):
         raise ReleaseError(f"{field}: {version!r} is not a version (1 to 4 dot-separated numbers, e.g. 1.4.0)")
     parts = tuple(int(p) for p in version.split("."))
@@ -187,15 +190,28 @@ def check_install(install, field="install"):
     return list(install)
 
 
-def build_manifest(name, version, files, install=None, created_at=None, rollback_of=None):
+def check_success_codes(codes, field="success_codes"):
+    """Exit codes of the install command that mean success (default [0]; msiexec: [0, 3010])."""
+    if codes is None:
+        return [0]
+    if isinstance(codes, int) and not isinstance(codes, bool):
+        codes = [codes]
+    if not isinstance(codes, (list, tuple)) or not codes or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in codes):
+        raise ReleaseError(f"{field}: expected a list of exit codes, got {codes!r}")
+    return sorted(set(codes))
+
+
+def build_manifest(name, version, files, install=None, created_at=None, rollback_of=None, success_codes=None):
     """A manifest from hashed files ``{file name: {"size", "md5", "sha256"}}``; validated."""
     doc = {
         "format": FORMAT,
         "name": name,
-        "version": version if not isinstance(version, (int, float)) else str(version),
+        "version": check_version(version),
         "created_at": created_at or now_iso(),
         "files": files,
         "install": check_install(install),
+        "success_codes": check_success_codes(success_codes),
         "rollback_of": rollback_of,
     }
     return validate_manifest(doc)
@@ -242,6 +258,11 @@ def validate_manifest(doc, name=None, version=None):
         check_install(doc.get("install"), "manifest.install")
     except ReleaseError as exc:
         errors.extend(exc.errors)
+    if "success_codes" in doc:
+        try:
+            check_success_codes(doc["success_codes"], "manifest.success_codes")
+        except ReleaseError as exc:
+            errors.extend(exc.errors)
     if doc.get("rollback_of") is not None:
         try:
             check_version(doc["rollback_of"], "manifest.rollback_of")
@@ -382,6 +403,8 @@ def validate_index(doc, name, field="index"):
         raise ReleaseError(f"{field}: not a repository index of release {name!r}")
     if not isinstance(doc.get("versions"), dict):
         raise ReleaseError(f"{field}.versions: expected a mapping")
+    for version in doc["versions"]:  # they become directory names on the kiosk
+        check_version(version, f"{field}.versions")
     pin = doc.get("pin")
     if pin is not None:
         if not isinstance(pin, dict) or (pin.get("version") is not None and pin.get("version") not in doc["versions"]):
@@ -467,6 +490,8 @@ def fetch(session, url, part, expected, field, timeout=(5, 60), retries=3, chunk
     import requests  # only where downloads happen: the master runner does not need it
 
     size = expected["size"]
+    if size == 0 and not os.path.exists(part):
+        open(part, "wb").close()  # nothing to download; the empty part is verified below
     digest = None
     fetched, resumed, last_error = 0, [], None
     for _attempt in range(retries + 1):
@@ -522,6 +547,8 @@ def fetch(session, url, part, expected, field, timeout=(5, 60), retries=3, chunk
     except ReleaseError:
         _unlink(part)  # never keep (or resume from) bytes that do not match
         raise
+    with open(part, "rb") as handle:  # on disk before the caller renames it live (power cuts)
+        os.fsync(handle.fileno())
     return {"url": url, "fetched": fetched, "resumed_from": resumed}
 
 

@@ -189,6 +189,15 @@ def test_plain_download_is_verified_and_left_as_the_part(server, session, packag
     assert server.sent == len(package["data"])
 
 
+def test_an_empty_file_is_verified_without_a_download(server, session, tmp_path):
+    served = tmp_path / "empty.txt"
+    served.write_bytes(b"")
+    url = server.add("/kiosk-releases/app/1.0.0/empty.txt", served)
+    part = tmp_path / "empty.txt.part"
+    report = fleet_release.fetch(session, url, str(part), describe(b""), "files.empty.txt", timeout=TIMEOUT)
+    assert part.exists() and part.read_bytes() == b"" and report["fetched"] == 0
+
+
 def test_a_cut_mid_way_is_resumed_with_range_from_what_is_on_disk(server, session, package):
     size = len(package["data"])
     server.cut_after = size // 2 + 12345  # not on a chunk boundary

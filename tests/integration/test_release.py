@@ -161,6 +161,10 @@ def test_publish_crosses_the_wan_once_per_campus_and_reaches_every_kiosk_by_reac
         assert (package / "INSTALLED").read_text() == "1.0.0"
         # staged events arrive from each Pi, twice through the syndics: still one install
         assert fleet.install_log(kiosk_id) == ["1.0.0"], kiosk_id
+    # ... and one push per campus: each kiosk checked its two Pis' indexes once (plus the early check)
+    index_reads = [e for server in fleet.pis.values() for e in server.log_entries()
+                   if e["path"].endswith(f"/{NAME}/index.json")]
+    assert len(index_reads) == 2 + 4 * 2, index_reads
     status = fleet.t.salt_run("kiosk_release.status", NAME)
     assert status.returncode == 0, status
     for campus in ("east", "west"):
@@ -343,7 +347,11 @@ def test_rollback_republishes_the_previous_content_under_a_higher_version(fleet)
 
 def test_bad_requests_fail_with_the_field_named(fleet, tmp_path):
     cases = [
-        (("kiosk_release.publish", f"name={NAME}", "version=0.9", f"source={tmp_path}"), "version: 0.9 is not above"),
+        (("kiosk_release.publish", f"name={NAME}", "version=0.9.0", f"source={tmp_path}"),
+         "version: 0.9.0 is not above"),
+        # YAML reads 1.10 as the float 1.1: refused, never guessed
+        (("kiosk_release.publish", f"name={NAME}", "version=9.10", f"source={tmp_path}"), "arrived as a number"),
+        (("kiosk_release.rollout", "name=../etc", "version=9.0.0"), "name:"),
         (("kiosk_release.publish", "name=../x", "version=9.0", f"source={tmp_path}"), "name:"),
         (("kiosk_release.publish", f"name={NAME}", "version=9.0", "source=/nonexistent/pkg"), "source:"),
         (("kiosk_release.publish", f"name={NAME}", "version=9.0", f"source={tmp_path}", "install=msiexec /i x"),

@@ -57,12 +57,13 @@ def test_versions_compare_numerically_and_are_padded():
         "0.0.1", "1.2.3", "1.9", "1.9.1", "1.10", "2"]
 
 
-def test_yaml_numbers_are_versions():
-    # version=2 / version=1.4 on the salt CLI arrive as int / float
+def test_yaml_ints_are_versions_floats_are_refused():
+    # version=2 on the salt CLI arrives as an int; version=1.10 as the float 1.1, which is ambiguous
     assert fleet_release.parse_version(2) == (2, 0, 0, 0)
-    assert fleet_release.parse_version(1.4) == (1, 4, 0, 0)
     assert fleet_release.check_version(2) == "2"
-    assert fleet_release.check_version(1.4) == "1.4"
+    for number in (1.4, 1.10, 2026.10):
+        message = raises(fleet_release.check_version, number)
+        assert message.startswith(f"version: {number!r} arrived as a number") and "quote it" in message
 
 
 @pytest.mark.parametrize(
@@ -72,8 +73,11 @@ def test_yaml_numbers_are_versions():
 )
 def test_bad_version_is_refused_naming_the_field(bad):
     message = raises(fleet_release.parse_version, bad, "manifest.version")
-    shown = str(bad) if isinstance(bad, (int, float)) and not isinstance(bad, bool) else bad  # YAML numbers as text
-    assert message.startswith(f"manifest.version: {shown!r} is not a version")
+    if isinstance(bad, float):
+        assert message.startswith(f"manifest.version: {bad!r} arrived as a number")
+    else:
+        shown = str(bad) if isinstance(bad, int) and not isinstance(bad, bool) else bad  # YAML ints as text
+        assert message.startswith(f"manifest.version: {shown!r} is not a version")
     assert raises(fleet_release.check_version, bad).startswith("version: ")
 
 
@@ -101,8 +105,7 @@ def test_next_version_is_above_every_version(versions):
 
 
 def test_next_version_of_a_maximal_last_part_is_still_a_version():
-    # BUG: 1.999999999 -> "1.1000000000", which parse_version refuses (10 digits):
-    # the next publish of that release fails with a confusing "version: ... is not a version".
+    # regression: 1.999999999 once gave "1.1000000000", which parse_version refuses (10 digits)
     nxt = fleet_release.next_version(["1.999999999"])
     fleet_release.check_version(nxt)
     assert fleet_release.parse_version(nxt) > fleet_release.parse_version("1.999999999")
@@ -154,8 +157,7 @@ def test_an_accepted_file_name_is_one_plain_path_component(name):
     ids=["name", "version", "file_name"],
 )
 def test_a_trailing_newline_is_refused(check, value):
-    # BUG: the patterns end in "$", which also matches before a final "\n"
-    # (re.match + "$"); use re.fullmatch or "\Z" (fleet_fields.NAME, VERSION, FILE_NAME, HEX).
+    # regression: patterns ending in "$" also matched before a final "\n" (now "\Z")
     with pytest.raises(ReleaseError):
         check(value)
 
@@ -218,9 +220,15 @@ def test_built_manifest(manifest):
     assert fleet_release.validate_manifest(json.loads(json.dumps(manifest)), "kiosk-ui", "1.4.0") == manifest
 
 
-def test_build_manifest_takes_yaml_numbers_and_stamps_the_time():
-    doc = fleet_release.build_manifest("app", 1.4, {"a": entry(b"")})
-    assert doc["version"] == "1.4" and doc["install"] == []
+def test_build_manifest_takes_yaml_ints_and_stamps_the_time():
+    doc = fleet_release.build_manifest("app", "1.4", {"a": entry(b"")})
+    assert doc["version"] == "1.4" and doc["install"] == [] and doc["success_codes"] == [0]
+    assert fleet_release.build_manifest("app", "1.4", {"a": entry(b"")}, success_codes=[3010, 0, 0])[
+        "success_codes"] == [0, 3010]
+    with pytest.raises(fleet_release.ReleaseError, match="success_codes"):
+        fleet_release.build_manifest("app", "1.4", {"a": entry(b"")}, success_codes=["0"])
+    with pytest.raises(fleet_release.ReleaseError, match="^version: 1.4 arrived as a number"):
+        fleet_release.build_manifest("app", 1.4, {"a": entry(b"")})
     assert fleet_release.build_manifest("app", 2, {"a": entry(b"")}, rollback_of="1.0")["version"] == "2"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", doc["created_at"])
 
@@ -338,10 +346,8 @@ def test_install_argv_never_splits_or_joins_arguments(args, package_dir):
 
 
 def test_install_argv_substitutes_in_one_pass():
-    # BUG: the placeholders are replaced one after the other over the whole
-    # argument, so a value that contains a placeholder is substituted again:
-    # package_dir "/srv/{version}" turns into "/srv/1.4.0". Fix: one re.sub
-    # over r"\{(dir|name|version)\}" per argument.
+    # regression: placeholders were replaced one after the other, so a value holding a
+    # placeholder was substituted again ("/srv/{version}" became "/srv/1.4.0"); now one pass
     doc = {"name": "kiosk-ui", "version": "1.4.0", "install": ["{dir}/install.sh"]}
     assert fleet_release.install_argv(doc, "/srv/{version}") == ["/srv/{version}/install.sh"]
 
@@ -477,8 +483,7 @@ def test_bad_pin_serial_is_refused(index, serial):
 
 
 def test_a_fractional_pin_serial_is_refused(index):
-    # BUG: _serial() does int(2.5) -> 2, so serial=2.5 (a float from the salt CLI)
-    # is silently truncated instead of refused as "not a whole number".
+    # regression: serial=2.5 (a float from the salt CLI) was truncated to 2, not refused
     raises(fleet_release.index_pin, index, "1.4.0", 2.5, match="^serial: ")
 
 
@@ -758,9 +763,15 @@ def test_bad_repo_url_is_named(bad):
 
 @pytest.mark.parametrize("bad", ["http://pi-east-1/kiosk releases/", "http://pi-east-1/kiosk-releases/\n"])
 def test_repo_url_with_whitespace_is_refused(bad):
-    # BUG (minor): the repo_url pattern only checks the start of the URL
-    # (re.match, no end anchor), so whitespace after the host passes and
-    # surfaces later as a 404 on every kiosk. Fix: r"^https?://[^\s/]+/\S*\Z".
+    # regression: the repo_url pattern only checked the start of the URL, so whitespace
+    # after the host passed and surfaced later as a 404 on every kiosk
     raw = raw_inventory()
     raw["campuses"]["east"]["pis"]["pi-east-1"]["repo_url"] = bad
     assert any(e.startswith("campuses.east.pis.pi-east-1.repo_url:") for e in inventory_errors(raw))
+
+
+def test_index_versions_must_be_versions():
+    # they become directory names on the kiosk: a rogue LAN host must not make it write elsewhere
+    index = {"format": 1, "name": "app", "versions": {"../../x": {}}, "pin": None}
+    with pytest.raises(fleet_release.ReleaseError, match="index.versions"):
+        fleet_release.validate_index(index, "app")

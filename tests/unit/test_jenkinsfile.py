@@ -34,3 +34,12 @@ def test_salt_run_is_only_called_through_the_json_helper():
     assert re.search(r"returnStatus: true", code) and "error(" in code
     # no shell string with salt-run built from parameters
     assert not re.search(r"""sh\s*\(?\s*(script:\s*)?["']\s*(sudo\s+)?salt-run""", code)
+
+
+def test_no_parameter_is_interpolated_into_a_shell_script():
+    code = (REPO / "Jenkinsfile").read_text()
+    scripts = re.findall(r"sh\s*\(\s*script:\s*(\"[^\"]*\"|'[^']*')", code)
+    assert scripts, "expected at least one sh(script: ...) step"
+    for script in scripts:
+        assert "${" not in script or script.startswith("'"), script  # Groovy interpolates "..." only
+        assert "params." not in script, script
