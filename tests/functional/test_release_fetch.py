@@ -144,6 +144,7 @@ def server():
 @pytest.fixture
 def session():
     with requests.Session() as sess:
+        sess.trust_env = False  # loopback only: never a proxy from the environment
         yield sess
 
 
