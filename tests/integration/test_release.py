@@ -352,9 +352,9 @@ def test_bad_requests_fail_with_the_field_named(fleet, tmp_path):
         # YAML reads 1.10 as the float 1.1: refused, never guessed
         (("kiosk_release.publish", f"name={NAME}", "version=9.10", f"source={tmp_path}"), "arrived as a number"),
         (("kiosk_release.rollout", "name=../etc", "version=9.0.0"), "name:"),
-        (("kiosk_release.publish", "name=../x", "version=9.0", f"source={tmp_path}"), "name:"),
-        (("kiosk_release.publish", f"name={NAME}", "version=9.0", "source=/nonexistent/pkg"), "source:"),
-        (("kiosk_release.publish", f"name={NAME}", "version=9.0", f"source={tmp_path}", "install=msiexec /i x"),
+        (("kiosk_release.publish", "name=../x", "version=9.0.0", f"source={tmp_path}"), "name:"),
+        (("kiosk_release.publish", f"name={NAME}", "version=9.0.0", "source=/nonexistent/pkg"), "source:"),
+        (("kiosk_release.publish", f"name={NAME}", "version=9.0.0", f"source={tmp_path}", "install=msiexec /i x"),
          "install:"),
         (("kiosk_release.rollout", NAME, "7.7.7", "campuses=east"), "version: kiosk-app 7.7.7 is not published"),
         (("kiosk_release.rollout", NAME, "1.0.0", "campuses=mars"), "campuses: unknown campus mars"),
