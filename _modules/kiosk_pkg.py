@@ -44,8 +44,9 @@ try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_inventory
     import fleet_lock
     import fleet_release
+    import fleet_runner
 except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_lock, fleet_release
+    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_lock, fleet_release, fleet_runner
 
 try:
     import requests
@@ -305,12 +306,9 @@ def stage(name, version, source="salt://kiosk_releases/", serial=None, retries=3
 
 def _retries(value):
     try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise SaltInvocationError(f"retries: {value!r} is not a whole number") from None
-    if not 0 <= number <= 100:
-        raise SaltInvocationError(f"retries: {value!r} is outside 0-100")
-    return number
+        return fleet_runner.number(value, "retries", 0, 100)
+    except ValueError as exc:
+        raise SaltInvocationError(str(exc)) from None
 
 
 def _stage_sources(source):
