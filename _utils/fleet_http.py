@@ -1,0 +1,66 @@
+"""
+HTTP rules shared by every part of the pack that talks to a web server (the
+schedule platform, the alert webhook, release sources): what of a URL may be
+shown, how an error is told without leaking a token, and a session that
+ignores the environment's proxies and follows no redirect.
+
+A URL's user-info, path and query may all carry secrets (``/hook/<token>``,
+``?token=...``), and requests' exception text repeats the path and query
+(``... with url: /api?token=SECRET``). So nothing here ever prints an
+exception's text: errors name the exception class and the host only.
+"""
+
+import urllib.parse
+
+__virtualname__ = "fleet_http"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def host_of(url):
+    """``scheme://host[:port]`` of ``url``: what may appear in a return, an event, a log line or a metric."""
+    if not isinstance(url, str):
+        return "<invalid URL>"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<invalid URL>"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    shown = f"{parts.scheme}://{host}" if parts.scheme else host
+    return f"{shown}:{port}" if port else shown
+
+
+def describe_error(exc, url):
+    """``"ConnectTimeout contacting https://host"``: the class, never the text (it repeats path and query)."""
+    return f"{type(exc).__name__} contacting {host_of(url)}"
+
+
+def check_url(url, field):
+    """``url`` if it is an absolute http(s) URL with a host; ValueError naming ``field`` (never the URL) otherwise."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"{field}: expected an http(s) URL")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"{field}: not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field}: expected an http(s) URL with a host (got scheme {parts.scheme!r})")
+    if any(c in url for c in "\r\n\0 "):
+        raise ValueError(f"{field}: the URL holds whitespace or control characters")
+    return url
+
+
+def session():
+    """A requests session that ignores ``*_proxy``/netrc from the environment and follows no redirect."""
+    import requests  # pylint: disable=import-outside-toplevel
+
+    sess = requests.Session()
+    sess.trust_env = False
+    sess.max_redirects = 0
+    return sess
