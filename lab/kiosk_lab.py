@@ -117,6 +117,26 @@ def start_release_servers(run, inv):
     return None
 
 
+def make_signing_key(directory, name="kiosk_release"):
+    """A fresh Ed25519 key pair for signing releases: the private key PEM is written to
+    ``<directory>/<name>.pem`` (mode 0600, created with that mode: never readable by others);
+    returns ``(path, public_pem)``. The lab and the test topology make one at start-up."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = pathlib.Path(directory) / f"{name}.pem"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return path, public
+
+
 def write_yaml(path, data):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, default_flow_style=False))
@@ -135,6 +155,13 @@ def write_configs(run, raw, inv):
     for sls in (REPO / "pillar").glob("*.sls"):  # top.sls and the other sample pillars
         shutil.copy(sls, srv / "pillar" / sls.name)
     write_yaml(srv / "pillar" / "kiosk_fleet.sls", raw)  # the inventory the lab was given
+    # releases are signed: a key pair made now; the public key reaches every Pi and kiosk by minion id
+    signing_key, public_pem = make_signing_key(run / "keys")
+    ids = sorted(n for c in inv["campuses"].values() for n in [*c["pis"], *c["kiosks"]])
+    top_sls = yaml.safe_load((srv / "pillar" / "top.sls").read_text())
+    top_sls["base"][",".join(ids)] = [{"match": "list"}, "kiosk_release_keys"]
+    write_yaml(srv / "pillar" / "top.sls", top_sls)
+    write_yaml(srv / "pillar" / "kiosk_release_keys.sls", {"kiosk_release": {"verify_key": [public_pem]}})
     roots = {
         "file_roots": {"base": [str(srv / "salt"), str(REPO / "states")]},
         "pillar_roots": {"base": [str(srv / "pillar")]},
@@ -163,6 +190,7 @@ def write_configs(run, raw, inv):
             "master_url": master_export_url(),
             "textfile_dir": str(run / "metrics"),
             "timeout": 300,
+            "signing_key": str(signing_key),  # made above, mode 0600
         },
         **roots,
     })

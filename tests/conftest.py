@@ -86,9 +86,15 @@ def fleet_inventory():
 
 
 @pytest.fixture(scope="session")
-def salt_tree(short_root, fleet_inventory):
+def signing_key(short_root):
+    """The release signing key of the session: ``(private key PEM path (0600), public key PEM)``."""
+    return topo.make_signing_key(short_root / "keys")
+
+
+@pytest.fixture(scope="session")
+def salt_tree(short_root, fleet_inventory, signing_key):
     """file_roots and pillar_roots shared by every master (see tests/support/topology.py)."""
-    return topo.write_salt_tree(REPO, short_root / "srv", fleet_inventory)
+    return topo.write_salt_tree(REPO, short_root / "srv", fleet_inventory, [signing_key[1]])
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +106,7 @@ def webhook():
 
 
 @pytest.fixture(scope="session")
-def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook):
+def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, signing_key):
     started = []
     try:
         power_dir = short_root / "power"
@@ -110,7 +116,7 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook):
         top = salt_factories.salt_master_daemon(
             "top",
             order_masters=True,
-            overrides=topo.top_master_config(REPO, salt_tree, webhook.url, release_dir),
+            overrides=topo.top_master_config(REPO, salt_tree, webhook.url, release_dir, signing_key[0]),
         )
         top.start()
         started.append(top)
@@ -136,6 +142,7 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook):
         fleet = topo.Topology(
             top=top, pis=pis, kiosks=kiosks, inventory=fleet_inventory, salt_tree=salt_tree,
             power_dir=power_dir, env_dir=env_dir, webhook=webhook, release_dir=release_dir,
+            signing_key_path=signing_key[0], verify_keys=[signing_key[1]],
         )
         fleet.sync_all()
         yield fleet

@@ -13,6 +13,8 @@ import sys
 
 import yaml
 
+from lab.kiosk_lab import make_signing_key  # noqa: F401 - re-exported: tests make a second ("wrong") key with it
+
 # Syndic return path (salt 3007): the Pi minion's publish_port must be the
 # relayed-port sentinel 4506, else saltfactories' syndic helper subscribes the
 # syndic to its own Pi master's publisher instead of the top master's.
@@ -131,11 +133,19 @@ CHANGES_PILLAR = {
 }
 
 
-def write_salt_tree(repo, dest, inventory):
+def fleet_minion_ids(inventory):
+    """Every Pi and kiosk id of an inventory (pillar targeting by minion id)."""
+    campuses = inventory["kiosk_fleet"]["campuses"].values()
+    return sorted([p for c in campuses for p in c["pis"]] + [k for c in campuses for k in c["kiosks"]])
+
+
+def write_salt_tree(repo, dest, inventory, verify_keys):
     """
     Lay out what every master serves: ``salt/`` links the pack's ``_*``
     folders (so ``saltutil.sync_all`` finds them), ``repo/states`` is the
-    second file root, ``pillar/`` holds the inventory.
+    second file root, ``pillar/`` holds the inventory and the release
+    verification keys (``verify_keys``: public key PEMs, given to every Pi
+    and kiosk by minion id).
     """
     dest = pathlib.Path(dest)
     salt_dir = dest / "salt"
@@ -146,8 +156,13 @@ def write_salt_tree(repo, dest, inventory):
         link = salt_dir / name
         if not link.exists():
             os.symlink(pathlib.Path(repo) / name, link)
+    ids = ",".join(fleet_minion_ids(inventory))
     (pillar_dir / "top.sls").write_text(
         "base:\n  '*':\n    - kiosk_fleet\n    - kiosk_fleet_schedules\n    - kiosk_fleet_changes\n"
+        f"  '{ids}':\n    - match: list\n    - kiosk_release_keys\n"
+    )
+    (pillar_dir / "kiosk_release_keys.sls").write_text(
+        yaml.safe_dump({"kiosk_release": {"verify_key": list(verify_keys)}})
     )
     (pillar_dir / "kiosk_fleet_changes.sls").write_text(yaml.safe_dump(CHANGES_PILLAR))
     (pillar_dir / "kiosk_fleet.sls").write_text(yaml.safe_dump(inventory))
@@ -159,7 +174,7 @@ def write_salt_tree(repo, dest, inventory):
     }
 
 
-def top_master_config(repo, tree, webhook_url, release_dir):
+def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
     reactor_dir = pathlib.Path(repo) / "reactor"
     return {
         "file_roots": tree["file_roots"],
@@ -190,6 +205,8 @@ def top_master_config(repo, tree, webhook_url, release_dir):
             "master_url": f"http://{MASTER_EXPORT_ADDRESS}:{release_dir['master_port']}/kiosk-releases/",
             "textfile_dir": str(release_dir["textfile_dir"]),
             "timeout": 300,
+            # made at start-up (conftest.py): publish signs with it, Pis and kiosks verify (pillar)
+            "signing_key": str(signing_key_path),
         },
     }
 
@@ -293,6 +310,11 @@ class Topology:
     env_dir: pathlib.Path
     webhook: object
     release_dir: dict
+    # the release signing key made at start-up: the private key PEM file (0600) named in the top
+    # master's kiosk_release:signing_key, and the public PEMs every Pi and kiosk gets as
+    # pillar kiosk_release:verify_key (a list)
+    signing_key_path: pathlib.Path = None
+    verify_keys: list = dataclasses.field(default_factory=list)
     synced: dict = dataclasses.field(default_factory=dict)
 
     @property
