@@ -63,7 +63,7 @@ def apply(template=None, campus=None, kiosks=None, test=False, params=None, time
         timeout = fleet_runner.number(timeout, "timeout", 1, 3600)
         if not isinstance(test, bool):
             raise fleet_change.ChangeError(f"test: expected True or False, got {test!r}")
-        pillar = __salt__["pillar.show_pillar"]()
+        pillar = fleet_inventory.master_data(__opts__)  # master-only: the whole fleet
         fleet_change.check_pillar(pillar)
         inventory = fleet_inventory.from_pillar(pillar)
         selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)

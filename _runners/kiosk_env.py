@@ -33,7 +33,7 @@ def __virtual__():
 
 
 def _campus_pis(campus):
-    inventory = fleet_inventory.from_pillar(__salt__["pillar.show_pillar"]())
+    inventory = fleet_inventory.master_inventory(__opts__)
     names = fleet_inventory.names(campus, "campus") or sorted(inventory["campuses"])
     return {name: fleet_inventory.pis_of(inventory, name) for name in names}
 

@@ -6,6 +6,8 @@ failure, so ``salt-run ... --out=json`` works as a Jenkins step.
 """
 
 import logging
+import os
+import tempfile
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_inventory
@@ -23,13 +25,16 @@ def __virtual__():
 
 
 def _load_inventory():
-    """The validated inventory from the master's pillar (raises InventoryError)."""
-    return fleet_inventory.from_pillar(__salt__["pillar.show_pillar"]())
+    """The validated inventory from the master-only fleet data file (raises InventoryError)."""
+    return fleet_inventory.master_inventory(__opts__)
 
 
 def inventory():
     """
-    Validate the fleet inventory in pillar and return it, normalised.
+    Validate the whole fleet inventory (the fleet data file named by the
+    master config ``kiosk_fleet:data``) and return it, normalised. This is the
+    full check: every campus, MACs and ids unique across campuses (a minion
+    checks only its own slice).
 
     Fails (exit code 1) with every problem listed, each naming its field.
 
@@ -78,3 +83,55 @@ def ping(campus=None, kiosks=None, timeout=10):
     if down:
         ret["error"] = f"{len(down)} kiosk(s) did not answer: {', '.join(down)}"
     return fleet_runner.finish(__context__, ret)
+
+
+def campus_data(campus=None, dest=None):
+    """
+    The part of the fleet data a campus's Pi masters need (its inventory,
+    hosts entries and the release verification keys; what
+    ``fleet_inventory.campus_slice`` keeps): with ``dest`` (an absolute path
+    on this master), written there (mode 0640, replaced atomically) for the
+    operator to copy to the campus's Pis as their ``kiosk_fleet:data``;
+    without, returned. The campus must pass the full inventory check first.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_fleet.campus_data campus=east dest=/srv/kiosk-fleet/east.yaml
+        salt-run kiosk_fleet.campus_data campus=east --out=yaml
+    """
+    try:
+        names = fleet_inventory.names(campus, "campus")
+        if len(names) != 1:
+            raise fleet_inventory.InventoryError(f"campus: name exactly one campus, got {campus!r}")
+        if dest is not None and (not isinstance(dest, str) or not os.path.isabs(dest)):
+            raise fleet_inventory.InventoryError(f"dest: {dest!r} is not an absolute path")
+        data = fleet_inventory.master_data(__opts__)
+        inv = fleet_inventory.validate(data.get(fleet_inventory.PILLAR_KEY))
+        if names[0] not in inv["campuses"]:
+            raise fleet_inventory.InventoryError(
+                f"campus: unknown campus {names[0]} (known: {', '.join(sorted(inv['campuses']))})")
+        part = fleet_inventory.campus_slice(data, names[0])
+    except fleet_inventory.InventoryError as exc:
+        return fleet_runner.fail(__context__, exc)
+    if dest is None:
+        return fleet_runner.finish(__context__, {"result": True, "campus": names[0], "data": part})
+    import yaml  # Salt's own dependency
+
+    directory = os.path.dirname(dest)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".campus-data-")
+        try:
+            with os.fdopen(fd, "w") as out:
+                yaml.safe_dump(part, out, default_flow_style=False)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o640)
+            os.replace(tmp, dest)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        return fleet_runner.fail(__context__, f"dest: cannot write {dest}: {exc.strerror}")
+    return fleet_runner.finish(__context__, {"result": True, "campus": names[0], "dest": dest})

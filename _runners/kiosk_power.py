@@ -13,8 +13,8 @@ Where the schedules come from (first found wins)
        sync succeeded, it is in force until the next good sync, and a failed
        sync (platform down, HTTP 500, invalid JSON, invalid schedule) leaves
        it in force; delete the file to go back to pillar;
-    2. the master's pillar key ``kiosk_fleet_schedules`` (compiled fresh on
-       every call, ``pillar.show_pillar``);
+    2. the key ``kiosk_fleet_schedules`` of the fleet data file (master
+       config ``kiosk_fleet:data``, read on every call; no minion gets it);
     3. neither: every kiosk is ``unmanaged`` (sweeps do nothing).
 
 State (``<master cachedir>/kiosk_power/state.json``, written to a temporary
@@ -270,7 +270,7 @@ def _state():
 
 
 def _inventory():
-    return fleet_inventory.from_pillar(__salt__["pillar.show_pillar"]())
+    return fleet_inventory.master_inventory(__opts__)
 
 
 def _schedule(inventory):
@@ -284,7 +284,7 @@ def _schedule(inventory):
             raise fleet_schedule.ScheduleError(
                 f"synced schedule ({os.path.join(_state_dir(), SCHEDULES_FILE)}) no longer matches the inventory: {exc}"
             ) from exc
-    data = __salt__["pillar.show_pillar"]().get(fleet_schedule.PILLAR_KEY)
+    data = fleet_inventory.master_data(__opts__).get(fleet_schedule.PILLAR_KEY)
     if data is None:
         return fleet_schedule.load({"campuses": {}}), {"source": "none"}
     return fleet_schedule.load(data, inventory), {"source": "pillar", "key": fleet_schedule.PILLAR_KEY}
@@ -410,7 +410,7 @@ def sync_schedules(url=None, timeout=10):
     if previous is not None:
         old = previous.get("schedule")
     else:
-        old = __salt__["pillar.show_pillar"]().get(fleet_schedule.PILLAR_KEY)
+        old = fleet_inventory.master_data(__opts__).get(fleet_schedule.PILLAR_KEY)
         try:
             old = fleet_schedule.validate(old, inventory) if old is not None else None
         except fleet_schedule.ScheduleError:

@@ -116,7 +116,7 @@ def _read_state():
 
 
 def _inventory():
-    return fleet_inventory.from_pillar(__salt__["pillar.show_pillar"]())
+    return fleet_inventory.master_inventory(__opts__)
 
 
 def _campuses(inventory, campuses, field="campuses"):

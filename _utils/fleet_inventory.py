@@ -22,7 +22,20 @@ One schema, shared by every capability. It lives in pillar under the key
 
 :func:`validate` returns a normalised copy or raises :class:`InventoryError`
 listing every problem, each naming the field (``campuses.east.kiosks.k1.mac``).
+
+Need to know. The whole fleet (inventory, power schedules, change parameters,
+release verification keys) is one YAML file on the masters, named in the
+master config (``kiosk_fleet: {data: /etc/salt/kiosk-fleet/fleet.yaml}``),
+that no minion receives: the runners read it with :func:`master_inventory` /
+:func:`master_data`; the pillar (``pillar/kiosk_fleet.sls``) gives each minion
+:func:`slice_for` of it, keyed by the minion id the master authenticated: a
+kiosk its own entry and its campus's settings, VLANs and Pis; a Pi its campus;
+anyone else nothing. The slice keeps this schema, so :func:`from_pillar` works
+on it, and validating a slice checks only that campus.
 """
+
+import copy
+import os
 
 import ipaddress
 import re
@@ -37,6 +50,14 @@ except ImportError:  # pip-installed extension
 __virtualname__ = "fleet_inventory"
 
 PILLAR_KEY = "kiosk_fleet"
+SCHEDULES_KEY = "kiosk_fleet_schedules"  # fleet_schedule.PILLAR_KEY
+CHANGES_KEY = "kiosk_fleet_changes"  # fleet_change.PILLAR_KEY
+RELEASE_KEY = "kiosk_release"  # only verify_key (public keys) in the fleet data
+# what the fleet data file may hold: the pillar keys the fleet ever used
+DATA_KEYS = (PILLAR_KEY, SCHEDULES_KEY, CHANGES_KEY, RELEASE_KEY)
+MASTER_CONFIG_KEY = "kiosk_fleet"  # master config: kiosk_fleet: {data: <path>}
+# campus settings a minion's slice carries (validate() ignores anything else)
+_CAMPUS_SETTINGS = ("timezone", "wol_port", "service_port", "repo_port", "vlans", "pis")
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_WOL_PORT = 9
 DEFAULT_SERVICE_PORT = 3389
@@ -218,7 +239,8 @@ def validate(data):
 def from_pillar(pillar):
     """
     Validate the inventory held in a pillar (under ``kiosk_fleet``): a dict,
-    or a module's ``__pillar__`` (a loader context object with ``get``).
+    or a module's ``__pillar__`` (a loader context object with ``get``). On a
+    minion that is its slice (:func:`slice_for`): its own campus only.
     """
     if not callable(getattr(pillar, "get", None)):
         raise InventoryError(f"pillar: expected a mapping, got {type(pillar).__name__}")
@@ -297,3 +319,190 @@ def pis_of(inventory, campus):
     if campus not in inventory["campuses"]:
         raise InventoryError(f"campus: unknown campus {campus!r}")
     return sorted(inventory["campuses"][campus]["pis"])
+
+
+# --------------------------------------------------------------------------- master-only data and pillar slices
+
+
+def _file_roots(opts):
+    roots = opts.get("file_roots") if callable(getattr(opts, "get", None)) else None
+    if not isinstance(roots, dict):
+        return []
+    return [r for env in roots.values() if isinstance(env, list) for r in env if isinstance(r, str)]
+
+
+def data_path(opts):
+    """
+    The fleet data file named in the master config (``kiosk_fleet:data``), an
+    absolute path outside every ``file_roots`` (a file there would be served
+    to any minion by ``cp.get_file``). Raises :class:`InventoryError` naming
+    the setting.
+    """
+    conf = opts.get(MASTER_CONFIG_KEY) if callable(getattr(opts, "get", None)) else None
+    field = f"{MASTER_CONFIG_KEY}:data"
+    if not isinstance(conf, dict) or conf.get("data") in (None, ""):
+        raise InventoryError(f"{field}: not set in the master config (the fleet data file, e.g. "
+                             "/etc/salt/kiosk-fleet/fleet.yaml; README \"Inventory\")")
+    path = conf["data"]
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise InventoryError(f"{field}: {path!r} is not an absolute path")
+    real = os.path.realpath(path)
+    for root in _file_roots(opts):
+        root = os.path.realpath(root)
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            raise InventoryError(f"{field}: {path} is under file_roots ({root}): minions could fetch it")
+    return path
+
+
+def _check_verify_keys(release, field, errors):
+    """``kiosk_release`` in the fleet data: only ``verify_key``, a list of public key PEMs."""
+    release = fleet_fields.mapping(release, field, errors)
+    extra = sorted(set(release) - {"verify_key"})
+    if extra:
+        # the signing key stays in the top master's config; nothing else of kiosk_release belongs here
+        errors.append(f"{field}: only verify_key belongs in the fleet data (found {', '.join(map(str, extra))})")
+    keys = release.get("verify_key")
+    if keys is None:
+        return
+    if not isinstance(keys, list):
+        errors.append(f"{field}.verify_key: expected a list of public key PEMs, got {type(keys).__name__}")
+        return
+    for n, key in enumerate(keys):
+        if not isinstance(key, str) or "PRIVATE KEY" in key or "-----BEGIN PUBLIC KEY-----" not in key:
+            # never name or echo the value: it could be a private key pasted by mistake
+            errors.append(f"{field}.verify_key[{n}]: not a public key PEM (-----BEGIN PUBLIC KEY-----)")
+
+
+def check_data(data, source="fleet data"):
+    """
+    The fleet data document (a mapping of :data:`DATA_KEYS`): top-level shape
+    only, so a bad entry in one campus never hides the others; the inventory
+    itself is checked by :func:`validate`. Returns ``data``.
+    """
+    errors = []
+    data = fleet_fields.mapping(data, source, errors)
+    if not data and not errors:
+        errors.append(f"{source}: empty")
+    unknown = sorted(str(k) for k in data if k not in DATA_KEYS)
+    if unknown:
+        errors.append(f"{source}: unknown key {', '.join(unknown)} (known: {', '.join(DATA_KEYS)})")
+    for key in (PILLAR_KEY, SCHEDULES_KEY, CHANGES_KEY):
+        fleet_fields.mapping(data.get(key), f"{source}.{key}", errors)
+    if RELEASE_KEY in data:
+        _check_verify_keys(data[RELEASE_KEY], f"{source}.{RELEASE_KEY}", errors)
+    if errors:
+        raise InventoryError(errors)
+    return data
+
+
+def load_data(path):
+    """
+    Read the fleet data file (YAML, see ``pillar/fleet.yaml``); the file
+    itself must not be a symlink. Raises :class:`InventoryError` naming the
+    path for a missing, unreadable, non-YAML or wrongly shaped file.
+    """
+    import yaml  # Salt's own dependency; imported here so the pure parts need nothing
+
+    field = f"{MASTER_CONFIG_KEY}:data"
+    if not isinstance(path, str) or not path:
+        raise InventoryError(f"{field}: {path!r} is not a path")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise InventoryError(f"{field}: cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        raw = handle.read()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise InventoryError(f"{field}: {path} is not valid YAML{line}") from None
+    return check_data(data, source=path)
+
+
+def master_data(opts):
+    """The whole fleet data of this master (runners: ``master_data(__opts__)``)."""
+    return load_data(data_path(opts))
+
+
+def master_inventory(opts):
+    """The whole validated inventory of this master (runners: ``master_inventory(__opts__)``)."""
+    return validate(master_data(opts).get(PILLAR_KEY))
+
+
+def _raw_campuses(fleet):
+    inventory = fleet.get(PILLAR_KEY)
+    campuses = inventory.get("campuses") if isinstance(inventory, dict) else None
+    return campuses if isinstance(campuses, dict) else {}
+
+
+def _members(spec, role):
+    members = spec.get(role) if isinstance(spec, dict) else None
+    return members if isinstance(members, dict) else {}
+
+
+def campus_slice(fleet, campus, kiosk=None):
+    """
+    The pillar of one campus's minions, from the fleet data ``fleet``: the
+    campus's settings, VLANs and Pis; its kiosks (all of them, or only
+    ``kiosk``); its hosts entries of ``kiosk_fleet_changes`` (other keys of
+    that mapping are fleet-wide defaults and are kept); the release
+    verification keys. No power schedules (no minion needs them). Not
+    validated: the minion validates what it gets.
+    """
+    if not isinstance(fleet, dict):
+        raise InventoryError(f"fleet: expected a mapping, got {type(fleet).__name__}")
+    spec = _raw_campuses(fleet).get(campus)
+    if not isinstance(spec, dict):
+        raise InventoryError(f"campus: {campus!r} is not a campus of the fleet data")
+    kiosks = _members(spec, "kiosks")
+    if kiosk is not None:
+        if kiosk not in kiosks:
+            raise InventoryError(f"kiosk: {kiosk!r} is not a kiosk of campus {campus}")
+        kiosks = {kiosk: kiosks[kiosk]}
+    entry = {k: spec[k] for k in _CAMPUS_SETTINGS if k in spec}
+    entry["kiosks"] = kiosks
+    out = {PILLAR_KEY: {"campuses": {campus: entry}}}
+    changes = fleet.get(CHANGES_KEY)
+    if isinstance(changes, dict):
+        shared = {k: v for k, v in changes.items() if k != "hosts"}
+        hosts = changes.get("hosts")
+        if isinstance(hosts, dict) and campus in hosts:
+            shared["hosts"] = {campus: hosts[campus]}
+        if shared:
+            out[CHANGES_KEY] = shared
+    release = fleet.get(RELEASE_KEY)
+    if isinstance(release, dict) and isinstance(release.get("verify_key"), list):
+        out[RELEASE_KEY] = {"verify_key": list(release["verify_key"])}
+    return copy.deepcopy(out)
+
+
+def slice_for(fleet, minion_id):
+    """
+    The pillar of one minion from the fleet data ``fleet`` (what
+    ``pillar/kiosk_fleet.sls`` returns): for a kiosk, :func:`campus_slice`
+    of its campus holding only its own kiosk entry; for a Pi, its campus's
+    slice with every kiosk of the campus; for any other id (or an id the
+    data names twice), ``{}``. ``minion_id`` must be the id the master
+    authenticated (``__opts__["id"]`` while rendering pillar), never a grain.
+
+    Only the minion's own campus is read, so a bad entry in another campus
+    changes nothing here.
+    """
+    if not isinstance(minion_id, str) or not minion_id:
+        raise InventoryError(f"minion_id: {minion_id!r} is not a minion id")
+    if not isinstance(fleet, dict):
+        raise InventoryError(f"fleet: expected a mapping, got {type(fleet).__name__}")
+    if not _NAME.match(minion_id):  # no fleet name looks like this (e.g. "*" of pillar.show_pillar)
+        return {}
+    found = [
+        (campus, role)
+        for campus, spec in _raw_campuses(fleet).items()
+        for role in ("kiosks", "pis")
+        if minion_id in _members(spec, role)
+    ]
+    if len(found) != 1:  # unknown, or claimed twice (kiosk_fleet.inventory names it): fail closed
+        return {}
+    campus, role = found[0]
+    return campus_slice(fleet, campus, kiosk=minion_id if role == "kiosks" else None)

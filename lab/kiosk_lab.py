@@ -62,8 +62,9 @@ def say(message):
 
 
 def load_inventory(path):
-    raw = yaml.safe_load(pathlib.Path(path).read_text())
-    return raw, fleet_inventory.validate(raw[fleet_inventory.PILLAR_KEY])
+    """The fleet data file the lab runs on and its validated inventory (InventoryError naming the field)."""
+    raw = fleet_inventory.load_data(str(path))
+    return raw, fleet_inventory.validate(raw.get(fleet_inventory.PILLAR_KEY))
 
 
 def pi_address(pi_spec, campus_spec):
@@ -152,16 +153,20 @@ def write_configs(run, raw, inv):
         link = srv / "salt" / name
         if not link.exists():
             os.symlink(REPO / name, link)
-    for sls in (REPO / "pillar").glob("*.sls"):  # top.sls and the other sample pillars
+    for sls in (REPO / "pillar").glob("*.sls"):  # the shipped pillar: top.sls and the kiosk_fleet.sls slicer
         shutil.copy(sls, srv / "pillar" / sls.name)
-    write_yaml(srv / "pillar" / "kiosk_fleet.sls", raw)  # the inventory the lab was given
-    # releases are signed: a key pair made now; the public key reaches every Pi and kiosk by minion id
+    # releases are signed: a key pair made now; the public key goes into the fleet data, whose
+    # pillar slices give it to every Pi and kiosk
     signing_key, public_pem = make_signing_key(run / "keys")
-    ids = sorted(n for c in inv["campuses"].values() for n in [*c["pis"], *c["kiosks"]])
-    top_sls = yaml.safe_load((srv / "pillar" / "top.sls").read_text())
-    top_sls["base"][",".join(ids)] = [{"match": "list"}, "kiosk_release_keys"]
-    write_yaml(srv / "pillar" / "top.sls", top_sls)
-    write_yaml(srv / "pillar" / "kiosk_release_keys.sls", {"kiosk_release": {"verify_key": [public_pem]}})
+    data = dict(raw)
+    data[fleet_inventory.RELEASE_KEY] = {"verify_key": [public_pem]}
+    # the fleet data, outside every root: the whole of it for the top master's runners, each
+    # campus's part for its Pi masters (they render the pillar of that campus's minions)
+    fleet_files = {None: run / "fleet" / "fleet.yaml"}
+    write_yaml(fleet_files[None], data)
+    for campus in inv["campuses"]:
+        fleet_files[campus] = run / "fleet" / f"{campus}.yaml"
+        write_yaml(fleet_files[campus], fleet_inventory.campus_slice(data, campus))
     roots = {
         "file_roots": {"base": [str(srv / "salt"), str(REPO / "states")]},
         "pillar_roots": {"base": [str(srv / "pillar")]},
@@ -178,6 +183,7 @@ def write_configs(run, raw, inv):
         "order_masters": True,
         "auto_accept": True,
         "syndic_wait": 2,
+        "kiosk_fleet": {"data": str(fleet_files[None])},  # the whole fleet: runners only
         # kiosk events reach the top master twice (plain and syndic/<pi>/...): plain tags only
         "reactor": [{"kiosk/boot": [str(REPO / "reactor" / "kiosk_boot.sls")]}] + [
             {f"kiosk/release/{event}": [str(REPO / "reactor" / f"kiosk_release_{event}.sls")]}
@@ -191,10 +197,12 @@ def write_configs(run, raw, inv):
             "textfile_dir": str(run / "metrics"),
             "timeout": 300,
             "signing_key": str(signing_key),  # made above, mode 0600
+            "source_root": str(build_root(run)),  # publish takes sources from below it only
         },
         **roots,
     })
     (run / "metrics").mkdir(exist_ok=True)
+    build_root(run).mkdir(exist_ok=True)
     daemons = [("top master", ["salt-master", "-c", str(top)])]
     for campus, spec in inv["campuses"].items():
         for pi_id, pi in sorted(spec["pis"].items()):
@@ -207,6 +215,7 @@ def write_configs(run, raw, inv):
                 "log_file": str(pi_dir / "master.log"),
                 "auto_accept": True,
                 "syndic_master": TOP_ADDRESS,
+                "kiosk_fleet": {"data": str(fleet_files[campus])},  # this campus's part only
                 "syndic_log_file": str(pi_dir / "syndic.log"),
                 "syndic_pidfile": str(pi_dir / "syndic.pid"),
                 **roots,
@@ -314,7 +323,11 @@ def cmd_up(args):
     if any(alive(pid) for pid in read_pids(run).values()):
         say(f"already running in {run} (kiosk-lab down first)")
         return 1
-    raw, inv = load_inventory(args.inventory)
+    try:
+        raw, inv = load_inventory(args.inventory)
+    except fleet_inventory.InventoryError as exc:
+        say(f"--inventory: {exc}")
+        return 2
     if run.exists():
         shutil.rmtree(run)
     run.mkdir(parents=True)
@@ -512,9 +525,14 @@ class EventWatch:
                 self.proc.wait(5)
 
 
+def build_root(run):
+    """Where the lab's builds are made: the top master's kiosk_release:source_root."""
+    return run / "build"
+
+
 def build_demo_package(run):
     """What Jenkins would hand over: a few MB app payload and its install script."""
-    out = run / "build" / f"{DEMO_RELEASE}-{DEMO_RELEASE_VERSION}"
+    out = build_root(run) / f"{DEMO_RELEASE}-{DEMO_RELEASE_VERSION}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "app.bin").write_bytes(os.urandom(DEMO_RELEASE_MB * MIB))
     (out / "install.py").write_text(RELEASE_INSTALL_SCRIPT)
@@ -635,7 +653,8 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "demo"):
         p = sub.add_parser(name)
-        p.add_argument("--inventory", default=str(REPO / "pillar" / "kiosk_fleet.sls"))
+        p.add_argument("--inventory", default=str(REPO / "pillar" / "fleet.yaml"),
+                       help="fleet data file (inventory, change parameters; README \"Inventory\")")
         p.add_argument("--off", help="kiosks that start powered off (comma-separated)")
         p.add_argument("--timeout", type=int, default=180, help="seconds to wait for every minion")
     sub.add_parser("down")

@@ -125,7 +125,7 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, si
             for pi_id in sorted(spec["pis"]):
                 syndic = top.salt_syndic_daemon(
                     pi_id,
-                    master_overrides=topo.pi_master_config(salt_tree),
+                    master_overrides=topo.pi_master_config(salt_tree, campus),
                     minion_overrides=topo.pi_minion_config(campus, pi_id, env_dir, release_dir),
                 )
                 syndic.start()

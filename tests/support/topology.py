@@ -8,9 +8,11 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import socket
 import sys
 
+import fleet_inventory  # _utils is on sys.path in tests (setup.cfg: pythonpath)
 import yaml
 
 from lab.kiosk_lab import make_signing_key  # noqa: F401 - re-exported: tests make a second ("wrong") key with it
@@ -133,43 +135,51 @@ CHANGES_PILLAR = {
 }
 
 
-def fleet_minion_ids(inventory):
-    """Every Pi and kiosk id of an inventory (pillar targeting by minion id)."""
-    campuses = inventory["kiosk_fleet"]["campuses"].values()
-    return sorted([p for c in campuses for p in c["pis"]] + [k for c in campuses for k in c["kiosks"]])
+def fleet_data(inventory, verify_keys):
+    """The whole fleet data file of the topology: inventory, schedules, change parameters, verify keys."""
+    return {
+        **inventory,
+        **SWEEP_SCHEDULES,
+        **CHANGES_PILLAR,
+        "kiosk_release": {"verify_key": list(verify_keys)},
+    }
 
 
 def write_salt_tree(repo, dest, inventory, verify_keys):
     """
     Lay out what every master serves: ``salt/`` links the pack's ``_*``
     folders (so ``saltutil.sync_all`` finds them), ``repo/states`` is the
-    second file root, ``pillar/`` holds the inventory and the release
-    verification keys (``verify_keys``: public key PEMs, given to every Pi
-    and kiosk by minion id).
+    second file root, ``pillar/`` holds the shipped need-to-know pillar
+    (``pillar/top.sls`` and the ``kiosk_fleet.sls`` slicer). The fleet data
+    lives in ``fleet/``, outside every root: ``fleet.yaml`` (the whole fleet,
+    the top master's ``kiosk_fleet:data``, read by the runners) and one
+    ``<campus>.yaml`` per campus (that campus's part, its Pi masters'
+    ``kiosk_fleet:data``). ``verify_keys``: the release public key PEMs every
+    Pi and kiosk gets in pillar.
     """
     dest = pathlib.Path(dest)
     salt_dir = dest / "salt"
     pillar_dir = dest / "pillar"
-    salt_dir.mkdir(parents=True, exist_ok=True)
-    pillar_dir.mkdir(parents=True, exist_ok=True)
+    fleet_dir = dest / "fleet"
+    for path in (salt_dir, pillar_dir, fleet_dir):
+        path.mkdir(parents=True, exist_ok=True)
     for name in PACK_DIRS:
         link = salt_dir / name
         if not link.exists():
             os.symlink(pathlib.Path(repo) / name, link)
-    ids = ",".join(fleet_minion_ids(inventory))
-    (pillar_dir / "top.sls").write_text(
-        "base:\n  '*':\n    - kiosk_fleet\n    - kiosk_fleet_schedules\n    - kiosk_fleet_changes\n"
-        f"  '{ids}':\n    - match: list\n    - kiosk_release_keys\n"
-    )
-    (pillar_dir / "kiosk_release_keys.sls").write_text(
-        yaml.safe_dump({"kiosk_release": {"verify_key": list(verify_keys)}})
-    )
-    (pillar_dir / "kiosk_fleet_changes.sls").write_text(yaml.safe_dump(CHANGES_PILLAR))
-    (pillar_dir / "kiosk_fleet.sls").write_text(yaml.safe_dump(inventory))
-    (pillar_dir / "kiosk_fleet_schedules.sls").write_text(yaml.safe_dump(SWEEP_SCHEDULES))
+    for sls in ("top.sls", "kiosk_fleet.sls"):  # the shipped pillar, as an operator installs it
+        shutil.copy(pathlib.Path(repo) / "pillar" / sls, pillar_dir / sls)
+    data = fleet_data(inventory, verify_keys)
+    (fleet_dir / "fleet.yaml").write_text(yaml.safe_dump(data))
+    campus_data = {}
+    for campus in inventory["kiosk_fleet"]["campuses"]:
+        campus_data[campus] = str(fleet_dir / f"{campus}.yaml")
+        pathlib.Path(campus_data[campus]).write_text(yaml.safe_dump(fleet_inventory.campus_slice(data, campus)))
     return {
         "file_roots": {"base": [str(salt_dir), str(pathlib.Path(repo) / "states")]},
         "pillar_roots": {"base": [str(pillar_dir)]},
+        "fleet_data": str(fleet_dir / "fleet.yaml"),
+        "campus_data": campus_data,
         "repo": str(repo),
     }
 
@@ -180,6 +190,8 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
         "file_roots": tree["file_roots"],
         "pillar_roots": tree["pillar_roots"],
         "module_dirs": [str(repo)],
+        # the whole fleet, read by the runners; no minion receives it
+        "kiosk_fleet": {"data": tree["fleet_data"]},
         "auto_accept": True,
         "enable_fqdns_grains": False,  # masters load grains too: no reverse DNS
         "syndic_wait": SYNDIC_WAIT,
@@ -188,14 +200,13 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
         "reactor": [
             {"kiosk/boot": [str(reactor_dir / "kiosk_boot.sls")]},
             {"salt/beacon/*/kiosk_env/alert": [str(reactor_dir / "kiosk_env_alert.sls")]},
-            # fired by kiosk_power.verify on the top master itself: arrives once
-            {"kiosk/power/mismatch": [str(reactor_dir / "kiosk_power_mismatch.sls")]},
             # fired by kiosk_release.publish on the top master: arrives once
             {"kiosk/release/published": [str(reactor_dir / "kiosk_release_published.sls")]},
             {"kiosk/release/staged": [str(reactor_dir / "kiosk_release_staged.sls")]},
             {"kiosk/release/alert": [str(reactor_dir / "kiosk_release_alert.sls")]},
         ],
-        "kiosk_fleet_alerts": {"webhook_url": webhook_url, "timeout": 5},
+        "kiosk_fleet_alerts": {"webhook_url": webhook_url, "timeout": 5,
+                               "textfile_dir": str(release_dir["textfile_dir"])},
         "kiosk_power": {"textfile_dir": str(release_dir["textfile_dir"])},  # sweep metrics
         # the store under the first file root (salt://kiosk_releases/); the Pis
         # stage over HTTP from the master's nginx export of it (tests/integration/test_release.py)
@@ -207,14 +218,21 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
             "timeout": 300,
             # made at start-up (conftest.py): publish signs with it, Pis and kiosks verify (pillar)
             "signing_key": str(signing_key_path),
+            # publish takes sources from below this directory only
+            "source_root": str(release_dir["builds"]),
+            # until kiosks fetch from their inventory IP and kiosk_pkg.served exists, a ring
+            # cannot confirm downloads from the Pis' nginx logs
+            "confirm_downloads": False,
         },
     }
 
 
-def pi_master_config(tree):
+def pi_master_config(tree, campus):
     return {
         "file_roots": tree["file_roots"],
         "pillar_roots": tree["pillar_roots"],
+        # the campus's part of the fleet data: the pillar slices of its Pis and kiosks come from it
+        "kiosk_fleet": {"data": tree["campus_data"][campus]},
         "module_dirs": [tree["repo"]],
         "auto_accept": True,
         "enable_fqdns_grains": False,
@@ -226,10 +244,12 @@ MASTER_EXPORT_ADDRESS = "127.0.0.1"
 
 
 def release_dirs(root):
-    """Where the release tests keep Pi repositories, kiosk packages and metrics; the export port."""
+    """Where the release tests keep Pi repositories, kiosk packages, metrics and the builds they publish
+    (``builds``: the top master's ``kiosk_release:source_root``); the export port."""
     root = pathlib.Path(root)
     (root / "metrics").mkdir(parents=True, exist_ok=True)
-    return {"root": root, "textfile_dir": root / "metrics", "master_port": free_tcp_port()}
+    (root / "builds").mkdir(parents=True, exist_ok=True)
+    return {"root": root, "textfile_dir": root / "metrics", "builds": root / "builds", "master_port": free_tcp_port()}
 
 
 # The Pi whose kiosk_env beacon runs in the topology, on a fake IIO sysfs tree

@@ -30,8 +30,8 @@ def test_valid_inventory_is_normalised(raw):
     assert inv["campuses"]["west"]["wol_port"] == 40009
 
 
-def test_shipped_sample_pillar_is_valid():
-    sample = yaml.safe_load((REPO / "pillar" / "kiosk_fleet.sls").read_text())
+def test_shipped_sample_fleet_data_is_valid():
+    sample = fleet_inventory.load_data(str(REPO / "pillar" / "fleet.yaml"))
     inv = fleet_inventory.validate(sample["kiosk_fleet"])
     assert len(inv["campuses"]) == 2
     assert sum(len(c["kiosks"]) for c in inv["campuses"].values()) >= 6
