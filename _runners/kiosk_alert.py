@@ -1,25 +1,49 @@
 """
-Alert delivery from the top master: one JSON POST to the webhook configured
-in the master config.
+Alert delivery from the top master: the one runner that posts to the
+webhook configured in the master config. Payloads are built by
+``_utils/fleet_alerts.py``; reactors only hand ``tag`` and ``data`` to
+:func:`event`.
 
 .. code-block:: yaml
 
-    # /etc/salt/master.d/kiosk-fleet.conf
+    # /etc/salt/master.d/kiosk-fleet-top.conf
     kiosk_fleet_alerts:
-      webhook_url: https://alerts.example.org/hooks/kiosk   # http(s)
-      timeout: 5                                            # seconds, default 5
+      webhook_url: https://alerts.example.org/hooks/kiosk   # http(s); may carry a token, never shown
+      timeout: 5               # seconds per POST, default 5
+      rate_limit: 10           # alerts accepted per sending minion per window, default 10
+      rate_window_s: 60        # the window, default 60 s
+      reread_timeout: 20       # seconds to wait for a Pi's re-read, default 20
+      textfile_dir: /var/lib/prometheus/node-exporter   # default: kiosk_power:textfile_dir
 
 One attempt per alert with a short timeout, never a retry loop: reactors run
 in the master's thread pool, and a dead webhook must not pile up threads.
+The URL is shown as ``scheme://host[:port]`` only (``fleet_http``): its path
+and query may hold a token.
+
+Rate limit: per claimed sender id, at most ``rate_limit`` accepted alerts in
+any ``rate_window_s`` seconds, decided under an SQLite write transaction
+(``<cachedir>/kiosk_alerts/rate.sqlite``: reactor runners are threads of one
+process, the CLI another process); the rest are dropped and counted in
+``kiosk_alerts_dropped_total{minion}``. The id is what the event claims, so
+a tampered kiosk can use up a Pi's allowance for a window: the counter shows
+it, and the Pi's own ``kiosk_env`` metrics are not affected.
 """
 
+import contextlib
 import logging
-import urllib.parse
+import os
+import sqlite3
+import threading
+import time
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_alerts
+    import fleet_http
+    import fleet_inventory
+    import fleet_metrics
     import fleet_runner
 except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_runner
+    from saltext_kiosk_fleet.utils import fleet_alerts, fleet_http, fleet_inventory, fleet_metrics, fleet_runner
 
 try:
     import requests
@@ -34,7 +58,15 @@ __virtualname__ = "kiosk_alert"
 
 CONFIG_KEY = "kiosk_fleet_alerts"
 DEFAULT_TIMEOUT = 5
-SEVERITIES = ("info", "warning", "critical")
+DEFAULT_RATE_LIMIT = 10
+DEFAULT_RATE_WINDOW_S = 60
+DEFAULT_REREAD_TIMEOUT = 20
+STATE_DIR = "kiosk_alerts"
+RATE_DB = "rate.sqlite"
+TEXTFILE = "kiosk_alerts.prom"
+INVENTORY_TTL_S = 30  # a flood of events must not compile pillar once per event
+_INVENTORY = {"at": None, "value": None}
+_INVENTORY_LOCK = threading.Lock()
 
 
 def __virtual__():
@@ -43,14 +75,11 @@ def __virtual__():
     return __virtualname__
 
 
-def _settings(timeout):
+def _settings(timeout=None):
     conf = __opts__.get(CONFIG_KEY)
     if not isinstance(conf, dict):
         raise ValueError(f"{CONFIG_KEY}: not set in the master config (expected {{webhook_url: https://...}})")
-    url = conf.get("webhook_url")
-    parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
-    if not parsed or parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(f"{CONFIG_KEY}.webhook_url: {url!r} is not an http(s) URL")
+    url = fleet_http.check_url(conf.get("webhook_url"), f"{CONFIG_KEY}.webhook_url")
     timeout = conf.get("timeout", DEFAULT_TIMEOUT) if timeout is None else timeout
     try:
         timeout = float(timeout)
@@ -58,14 +87,132 @@ def _settings(timeout):
         timeout = -1
     if not 0 < timeout <= 60:
         raise ValueError(f"timeout: {timeout!r} is outside 0-60 seconds")
-    return url, timeout
+    textfile_dir = conf.get("textfile_dir") or (__opts__.get("kiosk_power") or {}).get("textfile_dir")
+    return {
+        "url": url,
+        "timeout": timeout,
+        "rate_limit": fleet_runner.number(conf.get("rate_limit", DEFAULT_RATE_LIMIT),
+                                          f"{CONFIG_KEY}.rate_limit", 1, 100000),
+        "rate_window_s": fleet_runner.number(conf.get("rate_window_s", DEFAULT_RATE_WINDOW_S),
+                                             f"{CONFIG_KEY}.rate_window_s", 1, 86400),
+        "reread_timeout": fleet_runner.number(conf.get("reread_timeout", DEFAULT_REREAD_TIMEOUT),
+                                              f"{CONFIG_KEY}.reread_timeout", 1, 600),
+        "textfile_dir": textfile_dir,
+    }
 
 
-def post(payload, timeout=None):
+def _inventory():
+    """The fleet inventory, kept for INVENTORY_TTL_S seconds in this process."""
+    with _INVENTORY_LOCK:
+        now = time.monotonic()
+        if _INVENTORY["at"] is None or now - _INVENTORY["at"] > INVENTORY_TTL_S:
+            _INVENTORY["value"] = fleet_inventory.master_inventory(__opts__)
+            _INVENTORY["at"] = now
+        return _INVENTORY["value"]
+
+
+# ---------------------------------------------------------------- durable state: rate limit and counters
+
+
+@contextlib.contextmanager
+def _db():
+    folder = os.path.join(__opts__["cachedir"], STATE_DIR)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    conn = sqlite3.connect(os.path.join(folder, RATE_DB), timeout=30, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS sent (minion TEXT NOT NULL, at REAL NOT NULL)")
+        conn.execute("CREATE INDEX IF NOT EXISTS sent_minion ON sent (minion)")
+        conn.execute("CREATE TABLE IF NOT EXISTS counters (metric TEXT NOT NULL, label TEXT NOT NULL,"
+                     " count INTEGER NOT NULL, PRIMARY KEY (metric, label))")
+        conn.execute("BEGIN IMMEDIATE")  # one writer at a time, across threads and processes
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
+
+
+METRICS = (
+    ("kiosk_alerts_dropped_total", "minion", "Alerts dropped by the per-minion rate limit."),
+    ("kiosk_alerts_refused_total", "reason", "Alert events refused: invalid or unknown sender, or not confirmed by a re-read."),
+    ("kiosk_alerts_posted_total", "kind", "Alerts POSTed to the webhook and accepted (2xx)."),
+    ("kiosk_alerts_post_failures_total", "kind", "Alerts the webhook did not accept (network error, non-2xx)."),
+)
+
+
+def _count(conn, metric, label, settings):
+    conn.execute("INSERT INTO counters (metric, label, count) VALUES (?, ?, 1)"
+                 " ON CONFLICT (metric, label) DO UPDATE SET count = count + 1", (metric, label))
+    directory = settings.get("textfile_dir") if settings else None
+    if not directory:
+        return
+    rows = conn.execute("SELECT metric, label, count FROM counters ORDER BY metric, label").fetchall()
+    families = [(name, "counter", help_text, [({key: label}, count) for metric, label, count in rows if metric == name])
+                for name, key, help_text in METRICS]
+    try:  # written inside the transaction: a later count never gets overwritten by an older file
+        fleet_metrics.write_textfile(directory, TEXTFILE, fleet_metrics.render(families),
+                                     field=f"{CONFIG_KEY}.textfile_dir")
+    except (OSError, ValueError) as exc:
+        log.warning("kiosk_alert: metrics not written: %s", type(exc).__name__)
+
+
+def _record(metric, label, settings):
+    try:
+        with _db() as conn:
+            _count(conn, metric, label, settings)
+    except sqlite3.Error as exc:
+        log.error("kiosk_alert: could not count %s: %s", metric, type(exc).__name__)
+
+
+def _allow(minion, settings):
+    """The rate limit for ``minion`` (decided and recorded in one transaction)."""
+    now = time.time()
+    with _db() as conn:
+        times = [row[0] for row in conn.execute("SELECT at FROM sent WHERE minion = ?", (minion,))]
+        allowed, kept = fleet_alerts.rate_decision(times, now, settings["rate_limit"], settings["rate_window_s"])
+        conn.execute("DELETE FROM sent WHERE at <= ?", (now - settings["rate_window_s"],))
+        if allowed:
+            conn.execute("INSERT INTO sent (minion, at) VALUES (?, ?)", (minion, now))
+        else:
+            _count(conn, "kiosk_alerts_dropped_total", minion, settings)
+    return allowed
+
+
+# ---------------------------------------------------------------- posting
+
+
+def _send(payload, settings):
+    url = settings["url"]
+    kind = str(payload.get("kind") or "manual")
+    try:
+        with fleet_http.session() as sess:
+            answer = sess.post(url, json=payload, timeout=settings["timeout"], allow_redirects=False)
+    except requests.RequestException as exc:
+        error = fleet_http.describe_error(exc, url)
+        log.error("kiosk_alert: POST to the webhook failed: %s (%s)", error, payload["summary"])
+        _record("kiosk_alerts_post_failures_total", kind, settings)
+        return fleet_runner.fail(__context__, f"{CONFIG_KEY}.webhook_url: POST failed: {error}", payload=payload)
+    if not 200 <= answer.status_code < 300:
+        log.error("kiosk_alert: the webhook at %s answered HTTP %s (%s)", fleet_http.host_of(url),
+                  answer.status_code, payload["summary"])
+        _record("kiosk_alerts_post_failures_total", kind, settings)
+        return fleet_runner.fail(__context__, f"{CONFIG_KEY}.webhook_url: {fleet_http.host_of(url)} answered"
+                                 f" HTTP {answer.status_code}", payload=payload)
+    _record("kiosk_alerts_posted_total", kind, settings)
+    return fleet_runner.finish(__context__, {"result": True, "status": answer.status_code, "payload": payload})
+
+
+def post(payload=None, timeout=None):
     """
-    POST ``payload`` (a mapping with at least ``severity`` and ``summary``)
-    as JSON to ``kiosk_fleet_alerts:webhook_url``. Fails (exit code 1) on a
-    bad payload, a missing URL, a network error or a non-2xx answer.
+    POST ``payload`` (a mapping with at least ``severity``: info, warning or
+    critical, and a one-line ``summary``) as JSON to
+    ``kiosk_fleet_alerts:webhook_url``. What ``kiosk_power.verify`` calls
+    for its mismatches, and an operator's test. Fails (exit code 1) on a bad
+    payload, a missing URL, a network error or a non-2xx answer; errors name
+    the webhook's scheme and host only.
 
     CLI Example:
 
@@ -73,27 +220,105 @@ def post(payload, timeout=None):
 
         salt-run kiosk_alert.post '{"severity": "warning", "summary": "test from the top master"}'
     """
-    if not isinstance(payload, dict):
-        return fleet_runner.fail(__context__, f"payload: expected a mapping, got {type(payload).__name__}")
-    if payload.get("severity") not in SEVERITIES:
-        return fleet_runner.fail(__context__, f"payload.severity: {payload.get('severity')!r} is not one of {SEVERITIES}")
-    if not isinstance(payload.get("summary"), str) or not payload["summary"]:
-        return fleet_runner.fail(__context__, "payload.summary: missing")
     try:
-        url, timeout = _settings(timeout)
+        fleet_alerts.check_payload(payload)
+        settings = _settings(timeout)
+    except ValueError as exc:
+        return fleet_runner.fail(__context__, exc)
+    return _send(payload, settings)
+
+
+def _reread(pi, timeout):
+    """
+    ``kiosk_env.read`` on ``pi`` now, every return of the job collected: two
+    different returns for the Pi mean one was forged (see
+    ``fleet_alerts.single_returns``), and the reading is not used.
+    """
+    import salt.client  # pylint: disable=import-outside-toplevel
+
+    pairs = []
+    with salt.client.get_local_client(__opts__["conf_file"]) as client:
+        for item in client.cmd_iter([pi], "kiosk_env.read", tgt_type="list", timeout=timeout):
+            for minion, answer in (item or {}).items():
+                if isinstance(answer, dict) and "ret" in answer:
+                    pairs.append((minion, answer["ret"]))
+    answers, conflicting = fleet_alerts.single_returns(pairs)
+    if pi in conflicting:
+        return None, f"{pi} answered the re-read twice, differently (a forged return)"
+    if pi not in answers:
+        return None, f"{pi} did not answer the re-read within {timeout} s"
+    return answers[pi], ""
+
+
+def _refuse(settings, reason, tag, error):
+    log.warning("kiosk_alert: alert event %.120r not posted: %s", tag, error)
+    _record("kiosk_alerts_refused_total", reason, settings)
+    return fleet_runner.fail(__context__, error, posted=False)
+
+
+def event(tag=None, data=None, timeout=None):
+    """
+    Post the alert an event announces, after checking it: what the alert
+    reactors call with the event's ``tag`` and ``data``, nothing else.
+
+    - ``salt/beacon/<pi>/kiosk_env/alert|clear|sensor_error``: ``data["id"]``
+      must equal the tag's Pi and be a Pi of the inventory; the Pi is asked
+      again (``kiosk_env.read``, one job) and the alert is posted only when
+      the reading agrees (an alert still out of range, an all-clear back in
+      range, a sensor still failing); otherwise nothing is posted and the
+      refusal is logged;
+    - ``kiosk/release/alert``: ``data["id"]`` must be a Pi or kiosk of the
+      inventory;
+    - both: at most ``rate_limit`` alerts per sender id per
+      ``rate_window_s`` seconds, the rest dropped and counted
+      (``kiosk_alerts_dropped_total{minion}``).
+
+    The campus comes from the inventory, never from the event. Power
+    mismatches are never posted from an event (``kiosk_power.verify`` posts
+    them itself). Exit code 1 when nothing was posted.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_alert.event tag=salt/beacon/pi-riverside-1/kiosk_env/alert \\
+            data='{"id": "pi-riverside-1", "metric": "smoke", "value": true}'
+    """
+    try:
+        settings = _settings()
     except ValueError as exc:
         return fleet_runner.fail(__context__, exc)
     try:
-        answer = requests.post(url, json=payload, timeout=timeout)
-    except requests.RequestException as exc:
-        # the URL may carry a token: name only its scheme and host
-        parsed = urllib.parse.urlsplit(url)
-        error = str(exc).replace(url, f"{parsed.scheme}://{parsed.hostname}/...")
-        if parsed.path and len(parsed.path) > 1:
-            error = error.replace(parsed.path, "/...")
-        log.error("kiosk_alert: POST to the webhook failed: %s (%s)", error, payload["summary"])
-        return fleet_runner.fail(__context__, f"webhook_url: POST failed: {error}", payload=payload)
-    if not 200 <= answer.status_code < 300:
-        log.error("kiosk_alert: webhook answered %s (%s)", answer.status_code, payload["summary"])
-        return fleet_runner.fail(__context__, f"webhook_url: answered HTTP {answer.status_code}", payload=payload)
-    return fleet_runner.finish(__context__, {"result": True, "status": answer.status_code, "payload": payload})
+        claim = fleet_alerts.sender(tag, data)
+        campus = fleet_alerts.campus_of_sender(_inventory(), claim)
+        if claim["kind"] == "env":
+            fleet_alerts.env_subject(claim)
+    except (fleet_alerts.AlertError, fleet_inventory.InventoryError) as exc:
+        return _refuse(settings, "invalid", tag, exc)
+    minion = claim["minion"]
+    try:
+        allowed = _allow(minion, settings)
+    except (sqlite3.Error, ValueError) as exc:
+        log.error("kiosk_alert: rate limit state unusable (%s): nothing posted", type(exc).__name__)
+        return fleet_runner.fail(__context__, f"rate limit: state unusable ({type(exc).__name__})", posted=False)
+    if not allowed:
+        log.warning("kiosk_alert: %s sent more than %s alerts in %s s: alert %.120r dropped",
+                    minion, settings["rate_limit"], settings["rate_window_s"], tag)
+        return fleet_runner.fail(
+            __context__, f"rate limit: {minion} sent more than {settings['rate_limit']} alerts"
+            f" in {settings['rate_window_s']} s; dropped", posted=False)
+    try:
+        if claim["kind"] == "release":
+            payload = fleet_alerts.release_alert(claim, campus)
+        else:
+            reading, why = _reread(minion, timeout or settings["reread_timeout"])
+            agrees = False
+            if reading is not None:
+                agrees, why = fleet_alerts.reread_agrees(claim, reading)
+            if not agrees:
+                return _refuse(settings, "unconfirmed", tag,
+                               f"re-read of {minion} does not confirm the {claim['env_kind']}: {why}")
+            payload = fleet_alerts.env_alert(claim, campus, reading)
+    except fleet_alerts.AlertError as exc:
+        return _refuse(settings, "invalid", tag, exc)
+    return _send(payload, settings)

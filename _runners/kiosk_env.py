@@ -4,7 +4,8 @@ Environment status of the campus Pis, from the top master.
 ``kiosk_env.status`` asks every Pi for a reading (``kiosk_env.read``, through
 the syndics), keeps the last good reading of each Pi in the master's cache,
 and answers from that cache, marked stale, for a Pi that did not answer.
-``kiosk_env.notify`` is what the ``kiosk_env_alert`` reactor calls.
+Environment alerts are posted by ``kiosk_alert.event`` (reactor
+``kiosk_env_alert.sls``), which re-reads the Pi before posting.
 """
 
 import logging
@@ -84,24 +85,3 @@ def status(campus=None, stale_s=DEFAULT_STALE_S, timeout=30):
         )
     return fleet_runner.finish(__context__, report)
 
-
-def notify(tag=None, data=None, timeout=5):
-    """
-    Post a kiosk_env beacon event (alert, clear, sensor_error) to the webhook
-    in the master config ``kiosk_fleet_alerts: {webhook_url: ...}``. Smoke
-    alerts are ``severity: critical``. One attempt, ``timeout`` seconds: the
-    beacon only fires on a crossing, so there is nothing to retry into a storm.
-    Called by ``reactor/kiosk_env_alert.sls``.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-run kiosk_env.notify tag=salt/beacon/pi-riverside-1/kiosk_env/alert \\
-            data='{"id": "pi-riverside-1", "metric": "smoke", "value": true}'
-    """
-    try:
-        payload = fleet_env.alert_payload(tag, data)
-    except fleet_env.EnvError as exc:
-        return fleet_runner.fail(__context__, exc)
-    return __salt__["kiosk_alert.post"](payload, timeout=timeout)

@@ -30,9 +30,10 @@ import json
 import logging
 import os
 import tempfile
-import urllib.parse
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_alerts
+    import fleet_http
     import fleet_inventory
     import fleet_lock
     import fleet_metrics
@@ -43,6 +44,8 @@ try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_wol
 except ImportError:  # pip-installed extension
     from saltext_kiosk_fleet.utils import (
+        fleet_alerts,
+        fleet_http,
         fleet_inventory,
         fleet_lock,
         fleet_metrics,
@@ -306,25 +309,53 @@ def _int(value, field, low, high):
     return number
 
 
+def _execute(targets, fun, timeout, kwarg=None):
+    """
+    ``(answers, conflicting)`` of one job to ``targets``: every return is
+    collected, and a minion that answered twice, differently (a return forged
+    by another minion behind a syndic, see ``fleet_alerts.single_returns``),
+    counts as silent.
+    """
+    import salt.client  # pylint: disable=import-outside-toplevel
+
+    pairs = []
+    with salt.client.get_local_client(__opts__["conf_file"]) as client:
+        for item in client.cmd_iter(targets, fun, kwarg=kwarg, tgt_type="list", timeout=timeout):
+            for minion, answer in (item or {}).items():
+                if minion in targets and isinstance(answer, dict) and "ret" in answer:
+                    pairs.append((minion, answer["ret"]))
+    answers, conflicting = fleet_alerts.single_returns(pairs)
+    if conflicting:
+        log.warning("kiosk_power: %s: conflicting returns from %s (one was forged); counted as silent",
+                    fun, ", ".join(conflicting))
+    return answers, conflicting
+
+
 def _observe(inventory, selection, timeout):
-    """ONE job: kiosk_scan.scan on every Pi of the campuses in ``selection``."""
+    """
+    ONE scan job: kiosk_scan.scan on every Pi of the campuses in
+    ``selection``, and one ``test.ping`` of the kiosks. The Pis' probe of
+    the service port decides (see ``fleet_sweep.observed_states``): a
+    kiosk's own answer never makes it count as on, because a minion behind
+    a syndic can forge another minion's return.
+    """
     campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
     pis = sorted({p for ids in campus_pis.values() for p in ids})
     kiosk_ids = sorted(k for ids in selection.values() for k in ids)
     if not kiosk_ids:
         return {}, {"answered": [], "silent": []}
-    returns = __salt__["salt.execute"](
-        pis, "kiosk_scan.scan", tgt_type="list", kwarg={"kiosks": kiosk_ids}, timeout=timeout
-    ) or {}
-    # minion presence: a kiosk whose port is closed but whose minion answers
-    # is powered on with its app down ("degraded"), not off
-    pings = __salt__["salt.execute"](kiosk_ids, "test.ping", tgt_type="list", timeout=timeout) or {}
+    returns, forged_pis = _execute(pis, "kiosk_scan.scan", timeout, kwarg={"kiosks": kiosk_ids})
+    # minion presence only tells a powered kiosk with its app down ("degraded")
+    # from one that is off, among kiosks a Pi saw with the port closed
+    pings, _ = _execute(kiosk_ids, "test.ping", timeout)
     presence = {k: True for k, answer in pings.items() if answer is True}
     answered = sorted(p for p in pis if isinstance(returns.get(p), dict))
     pis_report = {"answered": answered, "silent": sorted(set(pis) - set(answered))}
     errors = {p: str(r) for p, r in returns.items() if p in pis and not isinstance(r, dict)}
     if errors:
         pis_report["errors"] = errors
+    if forged_pis:
+        pis_report["conflicting"] = forged_pis
     return fleet_sweep.observed_states(selection, returns, campus_pis, presence), pis_report
 
 
@@ -341,9 +372,26 @@ def _managed(expected, selection):
     return out
 
 
-def _redact(url):
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+def _platform(url):
+    """
+    ``(url, headers)`` for the schedule platform: ``url=`` when given (no
+    token is sent to it), else ``kiosk_power:platform_url`` from the master
+    config, with ``kiosk_power:platform_token`` (optional) sent as
+    ``Authorization: Bearer``.
+    """
+    if url is not None and url != "":
+        return fleet_http.check_url(url, "url"), {}
+    conf = __opts__.get("kiosk_power") or {}
+    configured = conf.get("platform_url")
+    if configured is None:
+        raise ValueError("url: not given, and kiosk_power:platform_url is not set in the master config")
+    fleet_http.check_url(configured, "kiosk_power.platform_url")
+    token = conf.get("platform_token")
+    if token is None:
+        return configured, {}
+    if not isinstance(token, str) or not token or any(c in token for c in "\r\n\0"):
+        raise ValueError("kiosk_power.platform_token: expected one line of text")
+    return configured, {"Authorization": f"Bearer {token}"}
 
 
 def sync_schedules(url=None, timeout=10):
@@ -351,29 +399,37 @@ def sync_schedules(url=None, timeout=10):
     Fetch the schedules from the web platform (HTTP GET, JSON: the schedule
     itself or ``{"kiosk_fleet_schedules": ...}``), validate them against the
     inventory and keep them as the last good copy (in force over pillar).
-    When the platform is down, answers non-2xx, sends invalid JSON or an
-    invalid schedule, the runner fails (exit code 1) and the last good copy
-    stays in force. Reports what changed, by campus.
+    When the platform is down, answers non-2xx (redirects are not
+    followed), sends invalid JSON or an invalid schedule, the runner fails
+    (exit code 1) and the last good copy stays in force. Reports what
+    changed, by campus.
+
+    Without ``url=`` (what the master schedule and Jenkins do) the platform
+    is ``kiosk_power:platform_url`` in the master config, and
+    ``kiosk_power:platform_token`` (optional) is sent as ``Authorization:
+    Bearer``. Returns, errors, logs and the stored copy show the URL as
+    ``scheme://host[:port]`` only: its path and query may hold a token too.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-run kiosk_power.sync_schedules url=https://platform.example.org/api/kiosk-schedules
+        salt-run kiosk_power.sync_schedules
         salt-run kiosk_power.sync_schedules url=http://127.0.0.1:8080/schedules timeout=5 --out=json
     """
     if not HAS_REQUESTS:
         return fleet_runner.fail(__context__, "requests: the requests package is not installed")
-    parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
-    if not parsed or parsed.scheme not in ("http", "https") or not parsed.hostname:
-        return fleet_runner.fail(__context__, f"url: {url!r} is not an http(s) URL")
+    try:
+        url, headers = _platform(url)
+    except ValueError as exc:
+        return fleet_runner.fail(__context__, exc)
     try:
         timeout = float(timeout)
     except (TypeError, ValueError):
         timeout = -1
     if not 0 < timeout <= 120:
         return fleet_runner.fail(__context__, f"timeout: {timeout!r} is outside 0-120 seconds")
-    shown = _redact(url)
+    shown = fleet_http.host_of(url)
     try:
         previous = _read_json(SCHEDULES_FILE, None)
     except fleet_sweep.SweepError as exc:  # a corrupt copy must not block syncing a good one
@@ -388,10 +444,11 @@ def sync_schedules(url=None, timeout=10):
     except fleet_inventory.InventoryError as exc:
         return fleet_runner.fail(__context__, exc, in_force=in_force)
     try:
-        answer = requests.get(url, timeout=timeout, allow_redirects=False)
+        with fleet_http.session() as sess:
+            answer = sess.get(url, timeout=timeout, allow_redirects=False, headers=headers)
     except requests.RequestException as exc:
-        error = str(exc).replace(url, shown)
-        return fleet_runner.fail(__context__, f"url: GET {shown} failed: {error}; last good copy kept", in_force=in_force)
+        error = fleet_http.describe_error(exc, url)
+        return fleet_runner.fail(__context__, f"url: GET failed: {error}; last good copy kept", in_force=in_force)
     if answer.status_code != 200:
         return fleet_runner.fail(
             __context__, f"url: {shown} answered HTTP {answer.status_code}; last good copy kept", in_force=in_force
@@ -399,7 +456,8 @@ def sync_schedules(url=None, timeout=10):
     try:
         data = answer.json()
     except ValueError as exc:
-        return fleet_runner.fail(__context__, f"url: {shown} sent invalid JSON ({exc}); last good copy kept", in_force=in_force)
+        return fleet_runner.fail(__context__, f"url: {shown} sent invalid JSON ({type(exc).__name__});"
+                                 " last good copy kept", in_force=in_force)
     if isinstance(data, dict) and fleet_schedule.PILLAR_KEY in data:
         data = data[fleet_schedule.PILLAR_KEY]
     try:
@@ -586,12 +644,27 @@ def _sweep(inventory, schedule, source, now, delay_s, message, timeout):
     return fleet_runner.finish(__context__, ret)
 
 
-def _fire(mismatches):
-    fired = []
+def _alert(mismatches):
+    """
+    Post one alert per mismatch (payload: ``fleet_alerts.power_mismatch``,
+    through ``kiosk_alert.post``), then fire ``kiosk/power/mismatch`` for
+    listeners. The event is informational: no reactor posts from it, since a
+    kiosk can fire the same tag. Returns (kiosks whose alert was posted,
+    errors, kiosks whose event was fired).
+    """
+    posted, errors, fired = [], [], []
     for item in mismatches:
+        try:
+            answer = __salt__["kiosk_alert.post"](fleet_alerts.power_mismatch(item))
+        except fleet_alerts.AlertError as exc:
+            answer = {"result": False, "error": str(exc)}
+        if answer.get("result"):
+            posted.append(item["kiosk"])
+        else:
+            errors.append(f"{item['kiosk']}: {answer.get('error')}")
         __salt__["event.send"](MISMATCH_TAG, dict(item))  # event.send stamps the dict it gets
         fired.append(item["kiosk"])
-    return fired
+    return posted, errors, fired
 
 
 def verify(at=None, kiosks=None, campus=None, timeout=30):
@@ -599,11 +672,13 @@ def verify(at=None, kiosks=None, campus=None, timeout=30):
     Liveness verification from the campus Pis (``kiosk_scan.scan``, ONE job
     per call). Without ``kiosks``/``campus``: run the verifications due at
     ``at`` (default now) that sweeps scheduled at +5/+10/+15 minutes; a kiosk
-    still not in its expected state at its last check fires a
-    ``kiosk/power/mismatch`` event (kiosk, campus, expected, observed, since)
-    on this master's bus. With ``kiosks``/``campus``: an explicit check now
-    of those managed kiosks against their expected state, every difference
-    fires the event (``since``: now). Exit code 1 when a mismatch was found
+    still not in its expected state at its last check is a mismatch. With
+    ``kiosks``/``campus``: an explicit check now of those managed kiosks
+    against their expected state, every difference is a mismatch (``since``:
+    now). Each mismatch (``degraded`` included) is posted to the alert
+    webhook by this runner (``kiosk_alert.post``), then fired as
+    ``kiosk/power/mismatch`` (kiosk, campus, expected, observed, since) on
+    this master's bus for listeners. Exit code 1 when a mismatch was found
     or no Pi answered.
 
     CLI Example:
@@ -650,7 +725,7 @@ def verify(at=None, kiosks=None, campus=None, timeout=30):
             _write_json(STATE_FILE, state)
     except (fleet_inventory.InventoryError, fleet_schedule.ScheduleError, fleet_sweep.SweepError) as exc:
         return fleet_runner.fail(__context__, exc)
-    fired = _fire(mismatches)
+    posted, alert_errors, fired = _alert(mismatches)
     ret = {
         "result": not mismatches and (not selection or bool(pis["answered"])),
         "at": fleet_sweep.iso(now),
@@ -660,12 +735,15 @@ def verify(at=None, kiosks=None, campus=None, timeout=30):
         "waiting": sorted(waiting),
         "mismatches": mismatches,
         "events": {"tag": MISMATCH_TAG, "kiosks": fired},
+        "alerts": {"posted": posted, "errors": alert_errors},
         "observed": {k: v["state"] for k, v in observed.items()},
         "pis": pis,
     }
     if mismatches:
         ret["error"] = "not in the expected state: " + ", ".join(
             f"{m['kiosk']} (expected {m['expected']}, observed {m['observed']})" for m in mismatches)
+        if alert_errors:
+            ret["error"] += "; alerts not posted: " + "; ".join(alert_errors)
     elif selection and not pis["answered"]:
         ret["error"] = f"scan: no Pi answered ({', '.join(pis['silent'])})"
     _metrics("verify", ret, inventory)

@@ -7,13 +7,13 @@ Vocabulary
     *observed*  what the campus Pis saw with ``kiosk_scan.scan`` (nmap TCP
                 connect probe of the kiosk's service port), combined with
                 minion presence (the kiosk's minion answered ``test.ping``):
-                ``on`` when any Pi of its campus saw the port open, or no Pi
-                could scan but the minion answered; ``degraded`` when the
-                port is closed but the minion answers (powered on, the kiosk
-                app is down: a sweep does not wake it, verification alerts);
+                ``on`` when any Pi of its campus saw the port open;
+                ``degraded`` when a Pi saw the port closed and the minion
+                answers (powered on, the kiosk app is down: a sweep wakes it
+                like an off kiosk when it is due on, verification alerts);
                 ``off`` when at least one Pi answered, none saw the port open
                 and the minion is silent; ``unknown`` when no Pi of its
-                campus answered and the minion is silent;
+                campus answered, whatever the minion says;
     *hold*      an operator override ``{kiosk, state, until, reason, set_at}``:
                 the sweep keeps the kiosk in ``state`` until ``until`` (then the
                 hold is ignored, and dropped by :func:`prune_holds`);
@@ -26,6 +26,20 @@ Verification
     expected state when its *last* check is due is a mismatch
     ``{kiosk, campus, expected, observed, since}`` (``since``: the sweep
     that changed it). Earlier failed checks only wait.
+
+Why the Pis' probe decides
+    A kiosk's minion answer is never enough to count a kiosk as on: a
+    minion behind a syndic can forge the job return of another minion
+    (a ``salt/job/<jid>/ret/<id>`` event, forwarded by the syndic as a
+    return), so a tampered kiosk could make a powered-off kiosk answer
+    ``test.ping``. Minion presence only tells ``degraded`` from ``off``
+    among kiosks a Pi saw with the port closed, and a sweep wakes a
+    ``degraded`` kiosk that is due on like an ``off`` one (a magic packet to
+    a running PC does nothing), so a forged answer can neither stop a wake
+    nor stand in for the probe. Verification also rests on the probe. The
+    probe itself is a Pi's job return; the runners drop a Pi that answered
+    twice differently (``fleet_alerts.single_returns``), which catches a
+    forgery racing the real answer, not one sent while the Pi is down.
 
 Instants are timezone-aware datetimes in memory and ISO 8601 strings in the
 records (so the state file is plain JSON).
@@ -238,8 +252,8 @@ def observed_states(selection, scan_returns, campus_pis, presence=None):
                 state = ON
             elif seen:
                 state = DEGRADED if minion else OFF
-            else:
-                state = ON if minion else UNKNOWN
+            else:  # no probe: the minion's own answer is not evidence (it can be forged)
+                state = UNKNOWN
             out[kiosk] = {"state": state, "seen_by": seen, "minion": minion}
     return out
 
@@ -271,8 +285,10 @@ def plan_actions(desired, observed, holds, now, pending=None):
     What a sweep does: ``{"wake": {campus: [ids]}, "shutdown": {campus: [ids]},
     "nothing": {kiosk: reason}, "expected": {kiosk: {...}}}``.
 
-    Wake a kiosk expected on and observed off; shut down one expected off and
-    observed on; leave alone unmanaged kiosks, kiosks already right, kiosks
+    Wake a kiosk expected on and observed off or ``degraded`` (the minion's
+    answer that makes it degraded may be forged, and a magic packet to a
+    running PC is harmless); shut down one expected off and observed on or
+    ``degraded``; leave alone unmanaged kiosks, kiosks already right, kiosks
     no Pi could observe (``unknown``: nothing to act on safely) and kiosks
     whose earlier change to the same expected state is still being verified
     (``pending``: a kiosk takes minutes to boot; a sweep every minute must not
@@ -292,9 +308,6 @@ def plan_actions(desired, observed, holds, now, pending=None):
             nothing[kiosk] = f"turned {want['state']} at {waiting['since']}, verification pending"
         elif seen == UNKNOWN:
             nothing[kiosk] = "not observed (no Pi of the campus answered)"
-        elif seen == DEGRADED and want["state"] == ON:
-            # powered on, app down: a magic packet cannot help; verification alerts
-            nothing[kiosk] = "powered on (minion answers) but its service port is closed"
         elif want["state"] == seen:
             nothing[kiosk] = f"already {seen}"
         elif want["state"] == ON:

@@ -2,8 +2,10 @@
     Sync the pack to it before anything else targets it. Kiosk events reach
     the top master twice (plain, and as syndic/<pi>/kiosk/boot): the master's
     reactor config must match the plain tag only, or this runs twice.
-    The id comes from the event load, never from the event payload a kiosk
-    chose, so a kiosk cannot make the master act on another minion. #}
+    The id (data['id']) is a claim: behind a syndic a kiosk can fire this tag
+    with any id. That is acceptable here only because the reaction is a
+    harmless, idempotent saltutil.sync_all of the pack from the Pi's own
+    file_roots; never add an action to this file that a forged id could abuse. #}
 {%- set kiosk_id = data.get('id', '') %}
 {%- if kiosk_id and kiosk_id is string and kiosk_id | regex_match('^([A-Za-z0-9][A-Za-z0-9._-]{0,62})$') %}
 sync_pack_on_kiosk_boot:

@@ -1,26 +1,16 @@
 {#- kiosk/release/alert: a Pi or a kiosk refused a copy of a release (size,
-    md5, sha256 or signature mismatch) or an install failed. Nothing went
-    live; tell the operators (kiosk_alert.post to the webhook).
+    md5, sha256 or signature mismatch) or an install failed. Hand the tag and
+    the data to runner kiosk_alert.event: the sender id (data['id'], a claim
+    nothing authenticates behind a syndic) must be a Pi or kiosk of the
+    inventory, the payload is built and checked in Python
+    (_utils/fleet_alerts.py), at most kiosk_fleet_alerts:rate_limit per
+    sender per window.
 
       reactor:
         - 'kiosk/release/alert':
             - /opt/kiosk-fleet/reactor/kiosk_release_alert.sls #}
-{%- set minion = data.get('id', '') %}
-{%- set payload = data.get('data') if data.get('data') is mapping else data %}
-{%- if minion is string and minion | regex_match('^([A-Za-z0-9][A-Za-z0-9._-]{0,62})$') %}
 kiosk_release_alert_webhook:
-  runner.kiosk_alert.post:
+  runner.kiosk_alert.event:
     - args:
-      - payload:
-          severity: warning
-          summary: {{ ('release %s %s refused on %s (%s): %s' | format(payload.get('name'), payload.get('version'),
-                       minion, payload.get('hop'), payload.get('error')))[:900] | json }}
-          kind: kiosk_release
-          minion: {{ minion | json }}
-          campus: {{ payload.get('campus') | json }}
-          name: {{ payload.get('name') | json }}
-          version: {{ payload.get('version') | string | json }}
-          hop: {{ payload.get('hop') | json }}
-          source: {{ payload.get('source') | json }}
-          error: {{ (payload.get('error') | string)[:2000] | json }}
-{%- endif %}
+      - tag: {{ tag | json }}
+      - data: {{ data | json }}

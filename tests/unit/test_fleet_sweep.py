@@ -117,7 +117,7 @@ def test_on_if_any_pi_saw_the_port_open():
     assert fleet_sweep.observed_states({"east": ["k1"]}, {"p1": "ERROR: boom"}, pis)["k1"]["state"] == "unknown"
 
 
-def test_minion_presence_tells_degraded_from_off_and_powered_from_unknown():
+def test_minion_presence_tells_degraded_from_off_but_never_makes_a_kiosk_on():
     sel = {"east": ["k1", "k2", "k3", "k4"]}
     pis = {"east": ["p1"]}
     returns = {"p1": {"campus": "east", "kiosks": {"k1": {"state": "closed"}, "k2": {"state": "closed"},
@@ -126,15 +126,29 @@ def test_minion_presence_tells_degraded_from_off_and_powered_from_unknown():
     assert out["k1"] == {"state": "degraded", "seen_by": {"p1": "closed"}, "minion": True}  # app down
     assert out["k2"]["state"] == "off"  # port closed, minion silent
     assert out["k3"]["state"] == "on"
-    assert out["k4"] == {"state": "on", "seen_by": {}, "minion": True}  # no scan, but the minion answers
+    # no Pi probed it: its (forgeable) test.ping answer alone is not evidence
+    assert out["k4"] == {"state": "unknown", "seen_by": {}, "minion": True}
+    # no Pi answered at all, every minion "answers": nothing counts as on
+    silent = fleet_sweep.observed_states(sel, {}, pis, presence=dict.fromkeys(sel["east"], True))
+    assert {k: v["state"] for k, v in silent.items()} == dict.fromkeys(sel["east"], "unknown")
 
 
-def test_a_degraded_kiosk_due_on_is_not_woken_but_one_due_off_is_shut_down():
+def test_a_degraded_kiosk_due_on_is_woken_and_one_due_off_is_shut_down():
+    # "degraded" rests on the kiosk's own answer (forgeable): it must not stop a wake
     obs = seen(kiosk_east_01="degraded", kiosk_east_02="degraded", kiosk_west_01="off")
     actions = fleet_sweep.plan_actions(desired(), obs, {}, T0)
-    assert actions["wake"] == {}
-    assert actions["nothing"]["kiosk-east-01"].startswith("powered on")
+    assert actions["wake"] == {"east": ["kiosk-east-01"]}
     assert actions["shutdown"] == {"east": ["kiosk-east-02"]}
+
+
+def test_a_degraded_kiosk_still_degraded_at_its_last_check_is_a_mismatch():
+    pending = fleet_sweep.schedule_checks({}, {"east": ["kiosk-east-01"]},
+                                          {"kiosk-east-01": {"state": "on"}}, T0)
+    last = T0 + dt.timedelta(minutes=15)
+    _, verified, waiting, mismatches = fleet_sweep.apply_checks(
+        pending, {"kiosk-east-01": {"state": "degraded"}}, last)
+    assert verified == [] and waiting == []
+    assert mismatches == [fleet_sweep.mismatch("kiosk-east-01", "east", "on", "degraded", fleet_sweep.iso(T0))]
 
 
 # ---------------------------------------------------------------- verification
