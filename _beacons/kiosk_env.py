@@ -17,7 +17,7 @@ campus Pi, with thresholds, hysteresis and Prometheus textfile metrics.
         - error_after: 3                # failed intervals before sensor_error
         - report_every: 10              # a reading event every N intervals
         - textfile_dir: /var/lib/prometheus/node-exporter
-        - campus: riverside             # default: grain campus, then inventory
+        - campus: riverside             # default: the Pi's campus in its pillar (inventory slice)
 
 Events: ``salt/beacon/<pi>/kiosk_env/alert|clear|sensor_error|reading``.
 

@@ -53,10 +53,9 @@ def _config(config=None, kwargs=None):
 
 
 def _campus(cfg):
+    """The beacon config's campus, else the campus of this Pi in its pillar slice (never a grain: the minion writes those)."""
     if cfg.get("campus"):
         return cfg["campus"]
-    if __grains__.get("campus"):
-        return str(__grains__["campus"])
     try:
         inventory = fleet_inventory.from_pillar(__pillar__)
         return fleet_inventory.campus_of(inventory, __opts__["id"])

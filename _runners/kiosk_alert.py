@@ -169,8 +169,8 @@ def _record(metric, label, settings):
 
 def _allow(minion, settings):
     """The rate limit for ``minion`` (decided and recorded in one transaction)."""
-    now = time.time()
     with _db() as conn:
+        now = time.time()  # read under the lock: decisions are taken in clock order
         times = [row[0] for row in conn.execute("SELECT at FROM sent WHERE minion = ?", (minion,))]
         allowed, kept = fleet_alerts.rate_decision(times, now, settings["rate_limit"], settings["rate_window_s"])
         conn.execute("DELETE FROM sent WHERE at <= ?", (now - settings["rate_window_s"],))

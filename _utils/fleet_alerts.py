@@ -333,13 +333,16 @@ def rate_decision(times, now, limit, window_s):
     alerts this sender already had accepted. Returns ``(allowed, kept)``:
     ``kept`` the instants still inside the window ending at ``now``, plus
     ``now`` when allowed (at most ``limit`` in any ``window_s`` seconds).
+    An instant a little ahead of ``now`` (another process's clock read)
+    counts; one more than a window ahead (the clock was set back) is
+    forgotten, so a clock change cannot block a sender for long.
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise AlertError(f"rate_limit: {_short(limit)} is not a positive whole number")
     if isinstance(window_s, bool) or not isinstance(window_s, (int, float)) or not window_s > 0:
         raise AlertError(f"rate_window_s: {_short(window_s)} is not a positive number of seconds")
     _number(now, "now")
-    kept = sorted(t for t in times if now - window_s < t <= now)
+    kept = sorted(t for t in times if now - window_s < t <= now + window_s)
     if len(kept) >= limit:
         return False, kept
     return True, kept + [now]

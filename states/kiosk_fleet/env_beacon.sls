@@ -31,7 +31,9 @@
 {%- set conf = salt['pillar.get']('kiosk_env', {}) %}
 {%- set keys = ['temperature', 'humidity', 'smoke', 'gpio', 'hysteresis', 'warmup_s', 'retries',
                 'error_after', 'report_every', 'textfile_dir', 'sysfs_root'] %}
-{%- set campus = conf.get('campus') or grains.get('campus', '') %}
+{#- no campus from grains (the minion writes those): without pillar kiosk_env:campus
+    the module takes the Pi's campus from its inventory slice in pillar at each poll #}
+{%- set campus = conf.get('campus', '') %}
 
 {%- if conf.get('textfile_dir') %}
 kiosk_env_textfile_dir:

@@ -1,14 +1,12 @@
 """
-The kiosk_env beacon, execution module and runners loaded through Salt's own
-loaders (``module_dirs: [repo]``, in-process, as a Pi or the top master loads
-them), against a fake sysfs tree and a fake GPIO reader. Nothing of Salt is
-mocked; the webhook is a real HTTP server on 127.0.0.1.
+The kiosk_env beacon and execution module loaded through Salt's own loaders
+(``module_dirs: [repo]``, in-process, as a Pi loads them), against a fake
+sysfs tree and a fake GPIO reader. Nothing of Salt is mocked. The alert path
+(re-read, webhook) is tested by tests/functional/test_alert_runner.py and on
+the topology (tests/integration/test_env.py, test_forged_alerts.py).
 """
 
-import http.server
-import json
 import pathlib
-import threading
 
 import pytest
 import salt.beacons
@@ -55,7 +53,12 @@ def minion(tmp_path):
                  "id": "pi-riverside-1"})
     opts["enable_fqdns_grains"] = False  # no reverse-DNS lookups (network rule)
     opts["grains"] = salt.loader.grains(opts)
-    opts["grains"]["campus"] = "riverside"
+    # the Pi's pillar slice: its campus, where the module finds the campus label
+    opts["pillar"] = {"kiosk_fleet": {"campuses": {"riverside": {
+        "vlans": {"hall": {"network": "10.20.1.0/24"}},
+        "pis": {"pi-riverside-1": {"vlans": {"hall": {"source": "10.20.1.2"}}}},
+        "kiosks": {},
+    }}}}
     mods = salt.loader.minion_mods(opts, utils=salt.loader.utils(opts))
     return opts, mods
 
@@ -204,45 +207,3 @@ def test_module_read_uses_the_beacon_config(minion, sysfs, tmp_path):
         mods["kiosk_env.read"](retries=7)
     missing = mods["kiosk_env.read"](sysfs_root=str(tmp_path / "nope"))
     assert missing["temperature"] is None and "does not exist" in missing["errors"]["dht11"]
-
-
-class Hook(http.server.BaseHTTPRequestHandler):
-    received = []
-
-    def do_POST(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        Hook.received.append(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def webhook():
-    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    Hook.received = []
-    yield f"http://127.0.0.1:{server.server_port}/hooks/kiosk"
-    server.shutdown()
-    server.server_close()
-
-
-def test_notify_runner_posts_smoke_as_critical(tmp_path, webhook):
-    opts = salt.config.master_config(None)
-    opts.update({"root_dir": str(tmp_path), "cachedir": str(tmp_path), "module_dirs": [str(REPO)],
-                 "kiosk_fleet_alerts": {"webhook_url": webhook, "timeout": 3}})
-    runners = salt.loader.runner(opts, utils=salt.loader.utils(opts))
-    ret = runners["kiosk_env.notify"](
-        tag="salt/beacon/pi-riverside-1/kiosk_env/alert",
-        data={"id": "pi-riverside-1", "metric": "smoke", "value": True, "campus": "riverside"},
-    )
-    assert ret["result"] is True and ret["retcode"] == 0 and ret["status"] == 204
-    assert len(Hook.received) == 1
-    assert Hook.received[0]["severity"] == "critical" and Hook.received[0]["pi"] == "pi-riverside-1"
-    spoofed = runners["kiosk_env.notify"](tag="salt/beacon/pi-riverside-2/kiosk_env/alert",
-                                          data={"id": "pi-riverside-1", "metric": "smoke"})
-    assert spoofed["result"] is False and spoofed["retcode"] == 1 and "does not match the tag" in spoofed["error"]
-    assert len(Hook.received) == 1

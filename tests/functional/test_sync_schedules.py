@@ -1,9 +1,11 @@
 """
 ``kiosk_power.sync_schedules`` loaded by Salt's runner loader (as on the top
-master, pillar compiled from a real pillar_roots), fetching from a real HTTP
+master, the fleet data from a master-only file), fetching from a real HTTP
 server on 127.0.0.1: good JSON, then HTTP 500, invalid JSON, an invalid
 schedule and a dead server. The last good copy stays in force and every
-failure exits non-zero.
+failure exits non-zero. The platform's URL carries a token in its path and
+its query, and the master config a bearer token: none of them appears in a
+return or the stored copy.
 """
 
 import http.server
@@ -27,15 +29,22 @@ CHANGED = {"kiosk_fleet_schedules": {"campuses": {
 }}}
 
 
+PATH_TOKEN = "p4thT0ken"
+QUERY_TOKEN = "s3cret"
+BEARER = "b3arerT0ken"
+
+
 class Platform:
-    """The schedule platform: answers GET with whatever the test set."""
+    """The schedule platform: answers GET with whatever the test set; records what it was asked."""
 
     def __init__(self):
         self.status, self.body = 200, b"{}"
+        self.requests = []
         platform = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
+                platform.requests.append({"path": self.path, "authorization": self.headers.get("Authorization")})
                 self.send_response(platform.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(platform.body)))
@@ -46,7 +55,8 @@ class Platform:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/schedules?token=s3cret"
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"{self.origin}/api/{PATH_TOKEN}/schedules?token={QUERY_TOKEN}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def serve(self, status, body):
@@ -65,18 +75,24 @@ def platform():
     server.close()
 
 
+def secrets_in(value):
+    text = json.dumps(value, default=str)
+    return [s for s in (PATH_TOKEN, QUERY_TOKEN, BEARER) if s in text]
+
+
 @pytest.fixture
 def runners(tmp_path):
-    pillar = tmp_path / "pillar"
-    pillar.mkdir()
-    (pillar / "top.sls").write_text("base:\n  '*':\n    - kiosk_fleet\n    - kiosk_fleet_schedules\n")
-    (pillar / "kiosk_fleet.sls").write_text(yaml.safe_dump(two_campus_inventory(wol_port=9)))
-    (pillar / "kiosk_fleet_schedules.sls").write_text(yaml.safe_dump(SWEEP_SCHEDULES))
+    return load_runners(tmp_path)
+
+
+def load_runners(tmp_path, **config):
+    fleet = tmp_path / "fleet.yaml"  # the master-only fleet data the runners read
+    fleet.write_text(yaml.safe_dump({**two_campus_inventory(wol_port=9), **SWEEP_SCHEDULES}))
     opts = salt.config.master_config(None)
     opts.update({"root_dir": str(tmp_path), "cachedir": str(tmp_path / "cache"), "pki_dir": str(tmp_path / "pki"),
                  "sock_dir": str(tmp_path / "sock"), "module_dirs": [str(REPO)], "id": "top_master",
-                 "pillar_roots": {"base": [str(pillar)]}, "file_roots": {"base": [str(tmp_path / "files")]},
-                 "__role": "master"})
+                 "kiosk_fleet": {"data": str(fleet)}, "file_roots": {"base": [str(tmp_path / "files")]},
+                 "__role": "master", **config})
     return salt.loader.runner(opts, utils=salt.loader.utils(opts)), pathlib.Path(opts["cachedir"])
 
 
@@ -97,8 +113,11 @@ def test_good_then_500_then_invalid_json_keeps_the_last_good_copy(runners, platf
     ret, rc = call(runners, "kiosk_power.sync_schedules", url=platform.url)
     assert rc == 0 and ret["result"] is True and ret["retcode"] == 0, ret
     assert ret["changed"] is True and ret["changes"] == {"added": [], "removed": [], "changed": ["east"]}
-    assert ret["url"] == platform.url.split("?")[0]  # the token never reaches the output
+    assert ret["url"] == platform.origin  # scheme, host and port only: path and query may hold tokens
+    assert platform.requests[-1] == {"path": f"/api/{PATH_TOKEN}/schedules?token={QUERY_TOKEN}",
+                                     "authorization": None}  # no configured token to a url= given by hand
     good = json.loads(copy.read_text())
+    assert secrets_in(good) == [] and secrets_in(ret) == []
     assert good["schedule"]["campuses"]["east"]["rules"][0]["weekly"]["mon"] == ["07:00-22:00"]
     status, _ = call(runners, "kiosk_power.status")
     assert status["schedule"]["source"] == "synced"
@@ -113,7 +132,7 @@ def test_good_then_500_then_invalid_json_keeps_the_last_good_copy(runners, platf
         ret, rc = call(runners, "kiosk_power.sync_schedules", url=platform.url)
         assert rc == 1 and ret["result"] is False and ret["retcode"] == 1, ret
         assert error in ret["error"] and "last good copy kept" in ret["error"]
-        assert "s3cret" not in ret["error"]
+        assert secrets_in(ret) == []
         assert ret["in_force"]["source"] == "synced"
         assert json.loads(copy.read_text()) == good  # untouched
 
@@ -129,10 +148,40 @@ def test_platform_down_and_bad_arguments_fail_visibly(runners, platform):
     platform.close()
     ret, rc = call(runners, "kiosk_power.sync_schedules", url=url, timeout=2)
     assert rc == 1 and "failed" in ret["error"] and ret["in_force"] == {"source": "pillar"}
+    # the class and the host, never requests' text (it repeats the path and the query)
+    assert ret["error"] == f"url: GET failed: ConnectionError contacting {platform.origin}; last good copy kept"
+    assert secrets_in(ret) == []
     for kwargs, field in [({"url": "ftp://127.0.0.1/x"}, "url:"), ({"url": None}, "url:"),
+                          ({"url": "http://127.0.0.1:1/a b"}, "url:"),
                           ({"url": "http://127.0.0.1/", "timeout": 0}, "timeout:")]:
         ret, rc = call(runners, "kiosk_power.sync_schedules", **kwargs)
         assert rc == 1 and ret["error"].startswith(field), ret
     ret, rc = call(runners, "kiosk_power.hold", kiosk="kiosk-east-09", state="on",
                    until="2099-01-01T00:00:00Z", reason="x")
     assert rc == 1 and ret["error"].startswith("kiosk:")
+
+
+def test_without_url_the_platform_and_its_token_come_from_the_master_config(tmp_path, platform):
+    loaded, _ = load_runners(tmp_path, kiosk_power={"platform_url": platform.url, "platform_token": BEARER})
+    platform.serve(200, GOOD)
+    ret = loaded["kiosk_power.sync_schedules"]()
+    assert ret["result"] is True and ret["retcode"] == 0, ret
+    assert platform.requests == [{"path": f"/api/{PATH_TOKEN}/schedules?token={QUERY_TOKEN}",
+                                  "authorization": f"Bearer {BEARER}"}]
+    assert ret["url"] == platform.origin and secrets_in(ret) == []
+    platform.serve(302, b"")  # a redirect is an answer, not a hop to follow
+    ret = loaded["kiosk_power.sync_schedules"]()
+    assert ret["retcode"] == 1 and "answered HTTP 302" in ret["error"] and len(platform.requests) == 2
+    assert secrets_in(ret) == []
+    status = loaded["kiosk_power.status"]()
+    assert status["schedule"]["url"] == platform.origin
+
+
+def test_a_missing_or_bad_platform_config_is_named(tmp_path):
+    ret = load_runners(tmp_path)[0]["kiosk_power.sync_schedules"]()
+    assert ret["retcode"] == 1 and ret["error"].startswith("url: not given, and kiosk_power:platform_url is not set")
+    bad = load_runners(tmp_path, kiosk_power={"platform_url": "ftp://x/y?token=abc"})[0]["kiosk_power.sync_schedules"]()
+    assert bad["retcode"] == 1 and bad["error"].startswith("kiosk_power.platform_url: ") and "abc" not in bad["error"]
+    token = load_runners(tmp_path, kiosk_power={"platform_url": "http://127.0.0.1:1/", "platform_token": "a\nb"})[0]
+    ret = token["kiosk_power.sync_schedules"]()
+    assert ret["retcode"] == 1 and ret["error"].startswith("kiosk_power.platform_token: ")

@@ -1,7 +1,14 @@
-"""A real HTTP server on loopback that records the JSON bodies POSTed to it."""
+"""
+A real HTTP server on loopback that records the JSON bodies POSTed to it.
+
+Its URL carries a token in the path and one in the query, as real webhooks
+do (``/hooks/<token>/kiosk?token=...``): tests check that neither ever shows
+up in a runner's return, an event or the master's log (:meth:`secrets_in`).
+"""
 
 import http.server
 import json
+import secrets
 import threading
 import time
 
@@ -10,14 +17,18 @@ class Webhook:
     def __init__(self):
         self.posts = []
         received = self.posts
+        self.path_token = f"pathtok{secrets.token_hex(6)}"
+        self.query_token = f"querytok{secrets.token_hex(6)}"
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                post = {"path": self.path, "at": time.time()}
                 try:
-                    received.append({"path": self.path, "json": json.loads(body)})
+                    post["json"] = json.loads(body)
                 except json.JSONDecodeError:
-                    received.append({"path": self.path, "raw": body.decode("utf-8", "replace")})
+                    post["raw"] = body.decode("utf-8", "replace")
+                received.append(post)
                 self.send_response(204)
                 self.end_headers()
 
@@ -25,9 +36,16 @@ class Webhook:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/kiosk"
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.path = f"/hooks/{self.path_token}/kiosk?token={self.query_token}"
+        self.url = f"{self.origin}{self.path}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+        self.closed = False
+
+    def secrets_in(self, text):
+        """The tokens of this webhook's URL found in ``text``."""
+        return [t for t in (self.path_token, self.query_token) if t in text]
 
     def wait_for(self, predicate, timeout=60):
         """The first recorded POST for which ``predicate(json)`` holds, or None."""
@@ -39,6 +57,13 @@ class Webhook:
             time.sleep(0.5)
         return None
 
+    def matching(self, predicate):
+        """Every recorded POST whose JSON body satisfies ``predicate``."""
+        return [p for p in list(self.posts) if "json" in p and predicate(p["json"])]
+
     def close(self):
+        if self.closed:
+            return
+        self.closed = True
         self.server.shutdown()
         self.server.server_close()

@@ -178,9 +178,10 @@ def test_rate_decision_allows_at_most_the_limit_in_any_window():
 
 
 def test_rate_decision_forgets_old_and_future_instants_and_checks_its_arguments():
-    allowed, kept = fleet_alerts.rate_decision([1.0, 2.0, 500.0], 100.0, 1, 60)
+    allowed, kept = fleet_alerts.rate_decision([1.0, 2.0, 500.0], 100.0, 1, 60)  # 500: the clock went back
     assert allowed is True and kept == [100.0]
     assert fleet_alerts.rate_decision([100.0], 100.5, 1, 60) == (False, [100.0])
+    assert fleet_alerts.rate_decision([100.5], 100.0, 1, 60) == (False, [100.5])  # another reader's clock
     for limit, window, field in [(0, 60, "rate_limit"), (True, 60, "rate_limit"), (1, 0, "rate_window_s")]:
         with pytest.raises(AlertError, match=f"^{field}: "):
             fleet_alerts.rate_decision([], 1.0, limit, window)
