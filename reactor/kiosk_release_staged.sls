@@ -1,12 +1,15 @@
 {#- kiosk/release/staged: a Pi verified a release and put it in its
-    repository (fired by kiosk_pkg.stage). Push the install to the kiosks of
-    the Pi's campus if the campus is pinned to that version. Every Pi of a
-    campus fires this, and each event reaches the top master twice (plain
-    and syndic/<pi>/...): match the plain tag only; kiosk_release.push
-    pushes once per campus pin, whatever the number of events.
+    repository (fired by kiosk_pkg.stage). Every Pi of a campus fires this,
+    and each event reaches the top master twice (plain and
+    syndic/<pi>/...): match the plain tag only.
 
-    The Pi id comes from the event load (data['id']), never from the
-    payload, and the runner derives the campus from it.
+    The event is only a hint: a kiosk can forge it, data['id'] included. So
+    kiosk_release.push re-checks everything: the id must be a Pi of the
+    inventory, the campus must be pinned to that version, a Pi of the campus
+    must report the pin live (kiosk_pkg.repo_status), and the campus is
+    marked pushed only after a push that succeeded (once per pin serial). A
+    forged event for a campus already pushed, or whose Pis do not hold the
+    pin, does nothing.
 
       reactor:
         - 'kiosk/release/staged':

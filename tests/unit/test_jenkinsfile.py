@@ -1,10 +1,14 @@
-"""The shipped Jenkinsfile calls runners that exist, always with JSON output through one helper."""
+"""The shipped Jenkinsfile: runners that exist, called only through the root wrapper, parameters checked first."""
 
 import ast
 import pathlib
 import re
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
+TEXT = (REPO / "Jenkinsfile").read_text()
+CODE = "\n".join(line.split("//")[0] for line in TEXT.splitlines())
 
 
 def runner_functions():
@@ -19,27 +23,60 @@ def runner_functions():
 
 
 def test_every_runner_the_pipeline_calls_exists():
-    text = (REPO / "Jenkinsfile").read_text()
-    called = set(re.findall(r"'(kiosk_[a-z]+\.[a-z_]+)'", text))
+    called = set(re.findall(r"'(kiosk_[a-z]+\.[a-z_]+)'", TEXT))
     assert {"kiosk_release.publish", "kiosk_release.rollout", "kiosk_release.status",
             "kiosk_release.rollback", "kiosk_power.sweep", "kiosk_power.verify"} <= called
     assert called - runner_functions() == set()
 
 
-def test_salt_run_is_only_called_through_the_json_helper():
-    text = (REPO / "Jenkinsfile").read_text()
-    code = "\n".join(line.split("//")[0] for line in text.splitlines())
-    # the only place that names salt-run builds the argument list with --out=json
-    assert code.count("'salt-run'") == 1 and "'--out=json'" in code
-    assert re.search(r"returnStatus: true", code) and "error(" in code
-    # no shell string with salt-run built from parameters
-    assert not re.search(r"""sh\s*\(?\s*(script:\s*)?["']\s*(sudo\s+)?salt-run""", code)
+def test_runners_are_only_called_through_the_wrapper():
+    # the only command run with sudo is the wrapper, from one helper; never salt-run itself
+    assert CODE.count("'sudo'") == 1 and "['sudo', '-n', '/usr/local/sbin/kiosk-salt-run']" in CODE
+    assert "salt-run" not in CODE.replace("kiosk-salt-run", "")
+    assert "--out-file" not in CODE  # the wrapper takes no salt-run option; its stdout is the JSON
+    assert re.search(r"returnStatus: true", CODE) and "error(" in CODE
+
+
+def test_the_install_command_is_no_parameter_and_comes_from_the_package():
+    params = re.findall(r"(?:string|choice)\(name: '([A-Z_]+)'", CODE)
+    assert "INSTALL" not in params and "PACKAGE" in params
+    assert "install=" not in CODE
+    assert "kiosk-install.json" in CODE and "readJSON(file: installFile)" in CODE
+
+
+def test_every_parameter_is_checked_before_use():
+    for field in ("RELEASE_NAME", "VERSION", "PACKAGE", "CANARY", "CAMPUSES", "MAX_ERROR_SHARE"):
+        assert re.search(rf"checked\('{field}', params\.{field}, [A-Z]+_PATTERN\)", CODE), field
+    stages = re.findall(r"stage\('([^']+)'\)", CODE)
+    assert stages[0] == "Check parameters"
+
+
+def groovy_pattern(name):
+    return re.search(rf"^{name} = /(.*)/$", TEXT, re.M).group(1).replace("\\/", "/")
+
+
+@pytest.mark.parametrize("package, ok", [
+    ("out/kiosk-app", True), ("build/out/kiosk-app-1.4.0", True), ("out", True),
+    ("../out", False), ("out/../../etc", False), ("/etc/passwd", False), ("out/.hidden", False),
+    ("out//x", False), ("out/x;id", False), ("out/$(id)", False), ("", False), ("out/x y", False),
+])
+def test_package_pattern(package, ok):
+    # Groovy's ==~ matches the whole string, like re.fullmatch
+    assert bool(re.fullmatch(groovy_pattern("PACKAGE_PATTERN"), package)) is ok
+
+
+@pytest.mark.parametrize("name, value, ok", [
+    ("VERSION_PATTERN", "1.10", True), ("VERSION_PATTERN", "1.4.0.7", True), ("VERSION_PATTERN", "1.x", False),
+    ("VERSION_PATTERN", "1.0;id", False), ("NAMES_PATTERN", "east,west", True), ("NAMES_PATTERN", "east;id", False),
+    ("SHARE_PATTERN", "0.05", True), ("SHARE_PATTERN", "1", True), ("SHARE_PATTERN", "1.5", False),
+    ("NAME_PATTERN", "kiosk-app", True), ("NAME_PATTERN", "-x", False),
+])
+def test_parameter_patterns(name, value, ok):
+    assert bool(re.fullmatch(groovy_pattern(name), value)) is ok
 
 
 def test_no_parameter_is_interpolated_into_a_shell_script():
-    code = (REPO / "Jenkinsfile").read_text()
-    scripts = re.findall(r"sh\s*\(\s*script:\s*(\"[^\"]*\"|'[^']*')", code)
+    scripts = re.findall(r"sh\s*\(\s*script:\s*([^,]+),", CODE)
     assert scripts, "expected at least one sh(script: ...) step"
     for script in scripts:
-        assert "${" not in script or script.startswith("'"), script  # Groovy interpolates "..." only
-        assert "params." not in script, script
+        assert "params." not in script and "${" not in script, script  # Groovy interpolates "..." only
