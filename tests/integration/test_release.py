@@ -106,7 +106,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(topology, tmp_path_factory):
+def fleet(topology):
     inventory = topology.inventory["kiosk_fleet"]
     root = pathlib.Path(topology.release_dir["root"])
     store = pathlib.Path(topology.top.config["kiosk_release"]["store"])
@@ -123,7 +123,8 @@ def fleet(topology, tmp_path_factory):
                 listen = [f"{v['source']}:{campus['repo_port']}" for v in pi["vlans"].values()]
                 pis[pi_id] = NginxRepo(listen, root / "repo" / pi_id, root / "nginx" / pi_id).start()
                 started.append(pis[pi_id])
-        yield Fleet(topology, master, pis, tmp_path_factory.mktemp("builds"))
+        # builds are made under the top master's kiosk_release:source_root (publish reads nothing else)
+        yield Fleet(topology, master, pis, pathlib.Path(topology.release_dir["builds"]))
     finally:
         for server in started:
             server.stop()
