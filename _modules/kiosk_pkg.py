@@ -6,20 +6,26 @@ On a Pi (its repository, served read-only by nginx, see
 
 * :func:`stage` fetches a release from the master (``http(s)://`` export of
   the master's store, resumable; or ``salt://`` through ``cp.get_file``) or
-  from another Pi of the campus, verifies size, md5 and sha256 of every
-  file, and only then renames the version into the repository and updates
-  its index. A mismatch deletes the download, leaves the live versions as
-  they were and fires ``kiosk/release/alert``; success fires
-  ``kiosk/release/staged``.
-* :func:`pin` sets the campus's version in the repository index.
+  from another Pi of the campus, checks the manifest's signature, verifies
+  size, md5 and sha256 of every file, and only then renames the version
+  into the repository and updates its index. A bad signature or copy
+  deletes the download, leaves the live versions as they were and fires
+  ``kiosk/release/alert``; success fires ``kiosk/release/staged``.
+* :func:`pin` stores the master's signed campus pin in the repository index.
 
 On a kiosk:
 
 * :func:`check_update` asks its campus's Pi repositories (home Pi first,
-  the next when one is down) for the campus pin, downloads what is missing
-  with HTTP Range resume, verifies, runs the manifest's install command and
-  records the version in the ``kiosk_release`` grain. The previous version's
-  package stays on disk.
+  the next when one is down) for the campus pin, follows only a pin signed
+  for its campus, downloads what is missing with HTTP Range resume,
+  verifies signature and hashes, runs the manifest's install command and
+  records the version in ``<dir>/<name>/installed.json`` (the
+  ``kiosk_release`` grain, ``_grains/kiosk_release.py``). The previous
+  version's package stays on disk.
+
+Nothing is staged, pinned or installed without the master's public key in
+**pillar** (never read from the minion config: a kiosk's own files are not
+trusted), key ``kiosk_release:verify_key``: one PEM or a list (rotation).
 
 Minion config (or pillar), key ``kiosk_release``::
 
@@ -27,26 +33,34 @@ Minion config (or pillar), key ``kiosk_release``::
       repo_dir: /srv/kiosk-releases      # Pi: the repository nginx serves
       dir: C:\\ProgramData\\kiosk-fleet\\releases   # kiosk: packages (default: <cachedir>/kiosk_release)
       releases: [kiosk-app]              # kiosk: what check_update looks at by default
-      verify_key: |                      # optional: Ed25519 public key (PEM); unsigned manifests are refused
-        -----BEGIN PUBLIC KEY-----
-        ...
       install_timeout: 1800
+
+Pillar only::
+
+    kiosk_release:
+      verify_key:                        # Ed25519 public key(s) of the master, PEM
+        - |
+          -----BEGIN PUBLIC KEY-----
+          ...
 """
 
 import json
 import logging
 import os
+import re
 import shutil
+import time
 
 from salt.exceptions import SaltInvocationError
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_http
     import fleet_inventory
     import fleet_lock
     import fleet_release
     import fleet_runner
 except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_lock, fleet_release, fleet_runner
+    from saltext_kiosk_fleet.utils import fleet_http, fleet_inventory, fleet_lock, fleet_release, fleet_runner
 
 try:
     import requests
@@ -59,14 +73,15 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "kiosk_pkg"
 
-GRAIN = "kiosk_release"
+GRAIN = "kiosk_release"  # reported by _grains/kiosk_release.py from installed.json
 DEFAULT_REPO_DIR = "/srv/kiosk-releases"
 NOT_STAGED = "release not staged"
 INDEX_TIMEOUT = (3, 10)  # connect, read: a dead Pi must not hold up the boot
 # another job staging or installing the same release (a push during the boot
 # state, a rollout during the reactor's staging): wait for it, then find it done
 BUSY_WAIT = 3600
-INSTALLED = "installed.json"  # <dir>/<name>/installed.json: the grain, readable by the next job at once
+INSTALLED = fleet_release.INSTALLED  # <dir>/<name>/installed.json: read by the grains module and the next job
+HOP = re.compile(r"^[a-z]+->[a-z]+\Z")
 
 
 def __virtual__():
@@ -108,20 +123,45 @@ def _args(name, version=None):
         raise SaltInvocationError(str(exc)) from exc
 
 
-def _verify_key():
-    return _conf("verify_key") or None
+def _verify_keys():
+    """The master's public keys, from pillar only; SignatureError (refuse everything) without them."""
+    conf = __pillar__.get("kiosk_release") or {}
+    value = conf.get("verify_key") if isinstance(conf, dict) else None
+    return fleet_release.verify_keys(value)
 
 
-def _load_manifest(raw, name, version, source):
+def _keys_or_alert(hop, name, version):
+    try:
+        return _verify_keys()
+    except fleet_release.SignatureError as exc:
+        _alert(hop, name, version, exc)
+        raise
+
+
+def _load_manifest(raw, name, version, source, keys):
+    """A manifest signed by one of ``keys``, then checked field by field (signature first: garbage is refused
+    as unsigned before anything else of it is looked at)."""
     try:
         doc = json.loads(raw)
-    except ValueError as exc:
-        raise fleet_release.ReleaseError(f"manifest: {source} is not JSON ({exc})") from None
-    doc = fleet_release.validate_manifest(doc, name=name, version=version)
-    key = _verify_key()
-    if key:
-        fleet_release.verify_signature(doc, key)
-    return doc
+    except ValueError:
+        raise fleet_release.ReleaseError(f"manifest: {source} is not JSON") from None
+    fleet_release.verify(doc, keys, "manifest")
+    return fleet_release.validate_manifest(doc, name=name, version=version)
+
+
+def _my_campus():
+    """This minion's campus from the pillar inventory (never from a grain the minion reports about itself)."""
+    return fleet_inventory.campus_of(fleet_inventory.from_pillar(__pillar__), __opts__["id"])
+
+
+def _signed_pin(pin, keys, name, hop, version=None):
+    """The master's signed pin checked for this Pi's campus; an alert names the hop when it does not hold."""
+    try:
+        pin = fleet_release.verify_pin(pin, keys, name, _my_campus())
+    except fleet_release.SignatureError as exc:
+        _alert(hop, name, version, exc)
+        raise
+    return pin
 
 
 # --------------------------------------------------------------------------- Pi: the campus repository
@@ -146,11 +186,9 @@ def _write_index(repo, name, index):
 
 
 def _session():
-    session = requests.Session()
     # campus LAN and the master's export only: never the hospital's proxy from the
-    # environment or the Windows (WinINET/GPO) settings
-    session.trust_env = False
-    return session
+    # environment or the Windows (WinINET/GPO) settings, never a redirect elsewhere
+    return fleet_http.session()
 
 
 def _lock(root, key, wait=BUSY_WAIT):
@@ -163,6 +201,20 @@ def _lock(root, key, wait=BUSY_WAIT):
 def _live(repo, name, version):
     """A version is live when its directory and manifest are there (they arrive by one rename)."""
     return os.path.isfile(os.path.join(repo, name, version, fleet_release.MANIFEST))
+
+
+def _live_signed(repo, name, version, keys):
+    """Live, and its manifest signed by a key we hold: a copy staged before signing (or under a retired
+    key) is fetched again, signed, rather than served to kiosks that would refuse it."""
+    if not _live(repo, name, version):
+        return False
+    try:
+        with open(os.path.join(repo, name, version, fleet_release.MANIFEST), "rb") as handle:
+            _load_manifest(handle.read(), name, version, "staged copy", keys)
+    except (fleet_release.ReleaseError, OSError) as exc:
+        log.warning("kiosk_pkg: %s %s is staged but not usable (%s): fetching it again", name, version, exc)
+        return False
+    return True
 
 
 def _salt_fetch(url, part, expected, field):
@@ -178,7 +230,7 @@ def _salt_fetch(url, part, expected, field):
     return {"url": url, "fetched": expected["size"], "resumed_from": []}
 
 
-def _fetch_manifest(session, source, name, version, tmp_dir):
+def _fetch_manifest(session, source, name, version, tmp_dir, keys):
     url = fleet_release.file_url(source, name, version, fleet_release.MANIFEST)
     if source.startswith("salt://"):
         path = os.path.join(tmp_dir, fleet_release.MANIFEST)
@@ -191,11 +243,11 @@ def _fetch_manifest(session, source, name, version, tmp_dir):
         try:
             resp = session.get(url, timeout=INDEX_TIMEOUT)
         except requests.RequestException as exc:
-            raise fleet_release.ReleaseError(f"source: {url} cannot be reached ({exc.__class__.__name__})") from None
+            raise fleet_release.ReleaseError(f"source: {fleet_http.describe_error(exc, url)}") from None
         if resp.status_code != 200:
             raise fleet_release.ReleaseError(f"source: {url} answered HTTP {resp.status_code}")
         raw = resp.content
-    return _load_manifest(raw, name, version, url), raw
+    return _load_manifest(raw, name, version, url, keys), raw
 
 
 def _download(session, source, doc, work_dir, retries):
@@ -243,18 +295,22 @@ def _work_dir(root, name, version):
     return path
 
 
-def stage(name, version, source="salt://kiosk_releases/", serial=None, retries=3, hop="master->pi"):
+def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, hop="master->pi"):
     """
     Stage release ``name`` ``version`` into this Pi's repository from
     ``source``: the master's export (``http(s)://host/kiosk-releases/`` or
-    ``salt://kiosk_releases/``) or another Pi's repository. Every file is
-    checked (size, md5, sha256) before the version goes live; the index is
-    updated last. With ``serial``, the campus pin moves to this version too
-    (``serial`` is the master's pin counter for the campus). ``hop`` labels
-    alerts (``master->pi``, or ``pi->pi`` when ``source`` is another Pi).
+    ``salt://kiosk_releases/``) or another Pi's repository. The manifest
+    must be signed by a key in pillar ``kiosk_release:verify_key``, and
+    every file is checked (size, md5, sha256) before the version goes live;
+    the index is updated last. With ``pin`` (the master's signed campus pin
+    for this version, as ``kiosk_release`` makes it), the campus pin moves
+    to this version too; a pin not signed for this Pi's campus refuses the
+    whole call. ``hop`` labels alerts (``master->pi``, or ``pi->pi`` when
+    ``source`` is another Pi).
 
     Fires ``kiosk/release/staged`` on success, ``kiosk/release/alert`` on a
-    mismatch or a failed download. Exit code 1 on failure.
+    refused signature or pin, a mismatch or a failed download. Exit code 1
+    on failure.
 
     CLI Example:
 
@@ -267,28 +323,36 @@ def stage(name, version, source="salt://kiosk_releases/", serial=None, retries=3
     repo = _repo_dir()
     if not isinstance(source, str) or not (source == "campus" or source.startswith(("salt://", "http://", "https://"))):
         raise SaltInvocationError(f"source: {source!r} is not 'campus' or a salt:// or http(s):// URL")
+    if not isinstance(hop, str) or not HOP.match(hop):
+        raise SaltInvocationError(f"hop: {hop!r} is not a hop label like master->pi")
     ret = {"result": True, "name": name, "version": version, "pi": __opts__["id"], "source": source,
            "changed": False, "fetched": 0}
     try:
         retries = _retries(retries)
+        keys = _keys_or_alert(hop, name, version)
+        if pin is not None:
+            pin = _signed_pin(pin, keys, name, hop, version)
+            if pin.get("version") != version:
+                raise fleet_release.SignatureError(
+                    f"pin.version: {pin.get('version')!r} is not the version being staged ({version})")
         os.makedirs(repo, exist_ok=True)
         with _lock(repo, f"{name}-{version}"):
             index = _index(repo, name)
-            if version not in index["versions"] or not _live(repo, name, version):
+            if version not in index["versions"] or not _live_signed(repo, name, version, keys):
                 with _session() as session:
                     doc, raw, work, label, reports = _fetch_release(
-                        session, _stage_sources(source), name, version, repo, hop, retries)
+                        session, _stage_sources(source), name, version, repo, hop, keys, retries)
                 _materialise(repo, doc, raw, work)
                 ret.update(changed=True, source=label, fetched=sum(r["fetched"] for r in reports.values()),
                            resumed=any(r["resumed_from"] for r in reports.values()))
-            if ret["changed"] or serial is not None:
+            if ret["changed"] or pin is not None:
                 with _lock(repo, f"{name}.index", 60):  # read-modify-write: one writer at a time
                     index = _index(repo, name)
                     if ret["changed"]:
                         index = fleet_release.index_add(index, doc)
-                    if serial is not None:
+                    if pin is not None:
                         try:
-                            index = fleet_release.index_pin(index, version, serial)
+                            index = fleet_release.index_pin(index, pin)
                             ret["pinned"] = True
                         except fleet_release.ReleaseError as exc:
                             # a newer pin arrived while this job ran: the staging still counts
@@ -322,28 +386,35 @@ def _stage_sources(source):
     return [(p, url) for p, url in sources if url]
 
 
-def pin(name, version, serial):
+def pin(name, pin):
     """
-    Set the campus pin of release ``name`` in this Pi's repository index to
-    ``version`` (which must be staged here); ``version=None`` freezes the
-    campus (kiosks stop updating). ``serial`` is the master's pin counter:
-    an older serial never overwrites a newer pin.
+    Store the master's signed campus pin of release ``name`` (``pin``: the
+    document ``kiosk_release`` signs, ``{kind, name, campus, version, serial,
+    signed_at, signature}``, as a dict or its JSON) in this Pi's repository
+    index. Its version must be staged here; version ``None`` freezes the
+    campus (kiosks stop updating). Refused, with an alert naming the hop
+    ``master->pi``: no ``kiosk_release:verify_key`` in pillar, a signature
+    by no key in it, another campus or release, a serial more than a day
+    ahead of its signing time. An older serial never overwrites a newer pin.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt pi-riverside-1 kiosk_pkg.pin kiosk-app 1.4.0 serial=7
+        salt pi-riverside-1 kiosk_pkg.pin kiosk-app pin='{"kind": "pin", "name": "kiosk-app", ...}'
     """
-    version = _args(name, version)
+    _args(name)
     repo = _repo_dir()
-    ret = {"result": True, "name": name, "version": version, "pi": __opts__["id"]}
+    ret = {"result": True, "name": name, "pi": __opts__["id"]}
     try:
+        keys = _keys_or_alert("master->pi", name, None)
+        pin = _signed_pin(pin, keys, name, "master->pi")
+        ret["version"] = pin["version"]
         os.makedirs(repo, exist_ok=True)
         with _lock(repo, f"{name}.index", 60):
-            index = fleet_release.index_pin(_index(repo, name), version, serial)
+            index = fleet_release.index_pin(_index(repo, name), pin)
             _write_index(repo, name, index)
-    except (fleet_release.ReleaseError, OSError) as exc:
+    except (fleet_release.ReleaseError, fleet_inventory.InventoryError, OSError) as exc:
         return _fail(ret, exc)
     ret["pin"] = index["pin"]
     return ret
@@ -367,8 +438,13 @@ def repo_status(name):
     except fleet_release.ReleaseError as exc:
         return _fail({"name": name, "pi": __opts__["id"]}, exc)
     live = [v for v in index["versions"] if _live(repo, name, v)]
+    try:  # what a kiosk would make of this pin (a pin left from before signing is not followed)
+        verified = index["pin"] is not None and bool(
+            fleet_release.verify_pin(index["pin"], _verify_keys(), name, _my_campus()))
+    except (fleet_release.ReleaseError, fleet_inventory.InventoryError):
+        verified = False
     return {"result": True, "name": name, "pi": __opts__["id"], "staged": fleet_release.sort_versions(live),
-            "pin": index["pin"]}
+            "pin": index["pin"], "pin_verified": verified}
 
 
 def prune(name, keep=3):
@@ -429,9 +505,13 @@ def _my_repos():
     return campus, fleet_release.kiosk_repo_urls(inventory, campus, kiosk_id, fleet_inventory.home_pi(spec, kiosk_id))
 
 
-def _read_indexes(session, repos, name):
-    """Each Pi's index (None for a Pi that is down or answers garbage), and why."""
-    indexes, problems = {}, {}
+def _read_indexes(session, repos, name, keys, campus):
+    """
+    Each Pi's index (None for a Pi that is down or answers garbage), why, and
+    the Pis whose pin was refused (not signed by a key in pillar, another
+    campus's, a serial far ahead of its signing time): an alert names each.
+    """
+    indexes, problems, refused = {}, {}, {}
     for pi_id, base in repos:
         url = f"{base}{name}/{fleet_release.INDEX}"
         try:
@@ -440,16 +520,22 @@ def _read_indexes(session, repos, name):
                 indexes[base], problems[pi_id] = None, NOT_STAGED
                 continue
             resp.raise_for_status()
-            indexes[base] = fleet_release.validate_index(resp.json(), name, f"{pi_id} index")
+            indexes[base] = fleet_release.verify_index(resp.json(), name, keys, campus, "index")
+        except fleet_release.SignatureError as exc:
+            indexes[base], refused[pi_id] = None, str(exc)
+            _alert("pi->kiosk", name, None, exc, base)
         except (requests.RequestException, ValueError) as exc:
-            indexes[base], problems[pi_id] = None, f"{exc.__class__.__name__}: {exc}"
-    return indexes, problems
+            indexes[base] = None
+            problems[pi_id] = (fleet_http.describe_error(exc, url) if isinstance(exc, requests.RequestException)
+                               else f"{exc.__class__.__name__}: {exc}")
+    return indexes, problems, refused
 
 
 def installed(name=None):
     """
-    The release versions this kiosk runs (the ``kiosk_release`` grain):
-    ``{name: {"version", "previous", "serial", "installed_at"}}``.
+    The release versions this kiosk runs, read from ``<dir>/<name>/installed.json``
+    (what the ``kiosk_release`` grain reports after the next grains refresh):
+    ``{name: {"version", "previous", "serial", "signed_at", "installed_at"}}``.
 
     CLI Example:
 
@@ -461,7 +547,7 @@ def installed(name=None):
     if name is not None:
         _args(name)
         return _current(_kiosk_dir(), name) or None
-    return __grains__.get(GRAIN) or {}
+    return fleet_release.read_installed(_kiosk_dir())
 
 
 def _install(doc, package_dir):
@@ -473,37 +559,57 @@ def _install(doc, package_dir):
 
 
 def _current(root, name):
-    """What this kiosk runs: the record next to the packages (written at once by the job that
-    installed), else the grain (this job's copy of the grains may predate another job's install)."""
+    """What this kiosk runs: the record next to the packages, written (fsync + rename) by the job that
+    installed; the grains module reports the same file. ``{}`` when there is none."""
     try:
         record = fleet_release.read_json(os.path.join(root, name, INSTALLED), INSTALLED)
-    except fleet_release.ReleaseError as exc:  # a torn record must not stop the update: the grain is the fallback
+    except fleet_release.ReleaseError as exc:  # a torn record must not stop the update
         log.warning("kiosk_pkg: %s", exc)
         record = None
-    return record if isinstance(record, dict) else ((__grains__.get(GRAIN) or {}).get(name) or {})
+    return record if isinstance(record, dict) else {}
 
 
-def _record(root, name, version, serial):
+def _installed_serial(record):
+    """
+    The pin serial the kiosk installed under, which no later pin may go
+    below. A record from before pins were signed may hold a serial an
+    unsigned index made up (10**15 froze kiosks): one more than a day ahead
+    of the clock is not honoured.
+    """
+    serial = record.get("serial")
+    if isinstance(serial, bool) or not isinstance(serial, int):
+        return None
+    if serial > time.time() + fleet_release.MAX_SERIAL_AHEAD:
+        log.warning("kiosk_pkg: the installed record's pin serial %s is far ahead of the clock: not honoured", serial)
+        return None
+    return serial
+
+
+def _record(root, name, version, pin_):
     before = _current(root, name)
     record = {
         "version": version,
         "previous": before.get("version") if before.get("version") != version else before.get("previous"),
-        "serial": serial,
+        "serial": pin_["serial"],
+        "signed_at": pin_.get("signed_at"),
         "installed_at": fleet_release.now_iso(),
     }
+    # one file, fsync'ed and renamed into place; the grains module reads it (no grains.setval:
+    # that rewrites the minion's grains file in place, and a power cut could lose the campus grain)
     fleet_release.write_json_atomic(os.path.join(root, name, INSTALLED), record)
-    grain = dict(__grains__.get(GRAIN) or {})
-    grain[name] = record
-    __salt__["grains.setval"](GRAIN, grain)
+    try:
+        __salt__["saltutil.refresh_grains"](refresh_pillar=False)
+    except Exception as exc:  # pylint: disable=broad-except - the install stands; the grain follows later
+        log.warning("kiosk_pkg: grains not refreshed after installing %s %s: %s", name, version, exc)
     return record
 
 
 def _integrity(exc):
-    """True when a copy was bad (hash, size, signature), as opposed to a source that is down."""
-    return any(word in str(exc) for word in ("mismatch", "longer than", "shorter than", "signature"))
+    """True when a copy was bad (hash, size) or not signed by our keys, as opposed to a source that is down."""
+    return isinstance(exc, (fleet_release.IntegrityError, fleet_release.SignatureError))
 
 
-def _fetch_release(session, candidates, name, version, root, hop, retries=3):
+def _fetch_release(session, candidates, name, version, root, hop, keys, retries=3):
     """
     Download and verify ``version`` from the first of ``candidates``
     (``[(label, base URL)]``) that has an intact copy; every bad copy fires
@@ -514,7 +620,7 @@ def _fetch_release(session, candidates, name, version, root, hop, retries=3):
     for label, base in candidates:
         work = _work_dir(root, name, version)
         try:
-            doc, raw = _fetch_manifest(session, base, name, version, work)
+            doc, raw = _fetch_manifest(session, base, name, version, work, keys)
             missing = sum(e["size"] for f, e in doc["files"].items() if not os.path.exists(os.path.join(work, f)))
             fleet_release.check_free_space(root, missing)
             reports = _download(session, base, doc, work, retries)
@@ -534,12 +640,18 @@ def check_update(name=None, force=False, test=False):
     Bring this kiosk to its campus's pinned version of ``name`` (default:
     every release in ``kiosk_release:releases``): read the index of each of
     the campus Pis' repositories (home Pi first; a Pi that is down is
-    skipped), follow the pin with the highest serial, download what is
-    missing (resumes a cut download), verify size/md5/sha256, run the
-    manifest's install command, record the version in the ``kiosk_release``
-    grain and keep the previous version's package. Nothing changes when the
-    kiosk already runs the pin; ``test=True`` only says what would happen.
-    Exit code 1 on any failure; the installed version then stays as it was.
+    skipped), keep only pins signed by a key in pillar
+    ``kiosk_release:verify_key`` for this kiosk's campus (pillar inventory),
+    follow the one with the highest serial (never one below the serial this
+    kiosk installed under), download what is missing (resumes a cut
+    download), verify the manifest's signature and size/md5/sha256, run the
+    manifest's install command, record the version in
+    ``<dir>/<name>/installed.json`` (the ``kiosk_release`` grain) and keep
+    the previous version's package. Every refusal (no key, a bad signature
+    or pin) fires ``kiosk/release/alert`` with ``hop: pi->kiosk``. Nothing
+    changes when the kiosk already runs the pin; ``test=True`` only says what
+    would happen; ``force=True`` reinstalls the pinned version. Exit code 1
+    on any failure; the installed version then stays as it was.
 
     CLI Example:
 
@@ -560,9 +672,18 @@ def check_update(name=None, force=False, test=False):
     root = _kiosk_dir()
     os.makedirs(root, exist_ok=True)
     result = {"result": True, "kiosk": __opts__["id"], "campus": campus, "releases": {}}
+    try:
+        keys = _verify_keys()
+    except fleet_release.SignatureError as exc:
+        for each in names:
+            _alert("pi->kiosk", each, None, exc)
+            result["releases"][each] = {"result": False, "changed": False, "error": str(exc)}
+        result["result"] = False
+        __context__["retcode"] = 1
+        return result
     with _session() as session:
         for each in names:
-            report = _update_one(session, repos, each, root, force, test)
+            report = _update_one(session, repos, each, root, force, test, keys, campus)
             result["releases"][each] = report
             if report["result"] is False:
                 result["result"] = False
@@ -571,15 +692,19 @@ def check_update(name=None, force=False, test=False):
     return result
 
 
-def _update_one(session, repos, name, root, force, test):
+def _update_one(session, repos, name, root, force, test, keys, campus):
     report = {"result": True, "changed": False}
-    indexes, problems = _read_indexes(session, repos, name)
+    indexes, problems, refused = _read_indexes(session, repos, name, keys, campus)
     report["repos_down"] = {k: v for k, v in problems.items() if v != NOT_STAGED}
+    if refused:
+        report["refused"] = refused
     pin_ = fleet_release.choose_pin(indexes)
     current = _current(root, name)
     report["installed"] = current.get("version")
     if pin_ is None:
         down = report["repos_down"]
+        if refused:
+            return _fail(report, "pin: refused from " + "; ".join(f"{k}: {v}" for k, v in refused.items()))
         if len(down) == len(repos):
             return _fail(report, f"repos: no campus Pi answered ({'; '.join(f'{k}: {v}' for k, v in down.items())})")
         report["comment"] = "no campus pin for this release yet: nothing to do"
@@ -592,10 +717,12 @@ def _update_one(session, repos, name, root, force, test):
     if current.get("version") == version and not force:
         report["comment"] = f"already on {version}"
         return report
-    if isinstance(current.get("serial"), int) and pin_["serial"] < current["serial"] and not force:
-        # the Pis that answered missed a pin change this kiosk already followed: never go back
+    floor = _installed_serial(current)
+    if floor is not None and pin_["serial"] < floor:
+        # the Pis that answered missed a pin change this kiosk already followed (or replay an old
+        # signed pin): never go back, not even with force
         report["comment"] = (f"keeping {current.get('version')}: the answering Pis carry an older pin "
-                             f"(serial {pin_['serial']} < {current['serial']})")
+                             f"(serial {pin_['serial']} < {floor})")
         return report
     if test:
         report.update(result=None, comment=f"would install {version} (installed: {current.get('version')})")
@@ -605,39 +732,49 @@ def _update_one(session, repos, name, root, force, test):
             if _current(root, name).get("version") == version and not force:
                 report["comment"] = f"already on {version} (installed by another job)"
                 return report
-            return _fetch_and_install(session, repos, indexes, pin_, name, version, root, report)
+            return _fetch_and_install(session, repos, indexes, pin_, name, version, root, report, keys)
     except fleet_release.ReleaseError as exc:
         return _fail(report, exc)
 
 
-def _fetch_and_install(session, repos, indexes, pin_, name, version, root, report):
+def _fetch_and_install(session, repos, indexes, pin_, name, version, root, report, keys):
     # the repo that set the pin first, then the others that hold the version
     order = sorted(repos, key=lambda r: r[1] != pin_["repo"])
     candidates = [r for r in order if indexes.get(r[1]) and version in indexes[r[1]]["versions"]]
     package = os.path.join(root, name, version)
-    try:
-        if os.path.isfile(os.path.join(package, fleet_release.MANIFEST)):
+    doc = None
+    if os.path.isfile(os.path.join(package, fleet_release.MANIFEST)):
+        try:  # kept on disk (a previous version, or a cut install): check before running it
             with open(os.path.join(package, fleet_release.MANIFEST), "rb") as handle:
-                doc = _load_manifest(handle.read(), name, version, package)
-            for file_name, expected in doc["files"].items():  # kept on disk: check before running it
+                doc = _load_manifest(handle.read(), name, version, package, keys)
+            for file_name, expected in doc["files"].items():
                 fleet_release.compare(expected, fleet_release.hash_file(os.path.join(package, file_name)),
                                       f"{name} {version} {file_name} (local copy)")
             report["source"] = "local"
-        else:
-            doc, raw, work, pi_id, fetched = _fetch_release(session, candidates, name, version, root, "pi->kiosk")
+        except (fleet_release.ReleaseError, OSError) as exc:
+            # a copy signed by a retired key, or changed on disk: never run it, fetch a fresh one
+            if _integrity(exc):
+                _alert("pi->kiosk", name, version, exc, "local")
+            log.warning("kiosk_pkg: the kept copy of %s %s is not used: %s", name, version, exc)
+            shutil.rmtree(package, ignore_errors=True)
+            doc = None
+    if doc is None:
+        try:
+            doc, raw, work, pi_id, fetched = _fetch_release(session, candidates, name, version, root, "pi->kiosk",
+                                                            keys)
             package = _materialise(root, doc, raw, work)
-            report["source"] = pi_id
-            report["fetched"] = sum(r["fetched"] for r in fetched.values())
-            report["resumed"] = any(r["resumed_from"] for r in fetched.values())
-    except (fleet_release.ReleaseError, OSError) as exc:
-        return _fail(report, exc)
+        except (fleet_release.ReleaseError, OSError) as exc:
+            return _fail(report, exc)
+        report["source"] = pi_id
+        report["fetched"] = sum(r["fetched"] for r in fetched.values())
+        report["resumed"] = any(r["resumed_from"] for r in fetched.values())
     outcome = _install(doc, package)
     if outcome["retcode"] not in doc.get("success_codes", [0]):
         error = f"install command exited {outcome['retcode']}: {(outcome.get('stderr') or '')[-500:]}"
         _alert("install", name, version, error)
         return _fail(report, error)
     try:
-        report.update(changed=True, version=version, record=_record(root, name, version, pin_["serial"]))
+        report.update(changed=True, version=version, record=_record(root, name, version, pin_))
     except OSError as exc:
         return _fail(report, f"installed {version}, but the record could not be written: {exc}")
     keep = {version, report["record"]["previous"]}

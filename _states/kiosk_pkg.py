@@ -26,8 +26,11 @@ def __virtual__():
 
 def installed(name):
     """
-    The kiosk runs its campus's pinned version of release ``name`` (verified
-    download from the campus Pis, install command, ``kiosk_release`` grain).
+    The kiosk runs its campus's pinned version of release ``name``: a pin
+    and a manifest signed by a key in pillar ``kiosk_release:verify_key``,
+    files verified, install command run, ``installed.json`` written (the
+    ``kiosk_release`` grain). Fails, installing nothing, when a signature
+    or the key is missing.
 
     CLI Example:
 
@@ -53,7 +56,8 @@ def installed(name):
 def staged(name, version, source="salt://kiosk_releases/"):
     """
     This Pi's repository holds release ``name`` ``version``, verified
-    (size, md5, sha256) before it went live.
+    (manifest signed by a key in pillar ``kiosk_release:verify_key``; size,
+    md5, sha256) before it went live.
 
     CLI Example:
 

@@ -6,15 +6,20 @@ kiosk (``kiosk_release`` runner, ``kiosk_pkg`` module and states).
 * hashing: md5 and sha256 of a file in one read, the two digests computed on
   two threads (hashlib releases the GIL), so verification runs at md5 speed;
 * the release manifest (name, version, files with size/md5/sha256, install
-  command, created-at, optional Ed25519 signature by a key held by the master);
+  command, created-at, Ed25519 signature by the master's key);
+* the signed campus pin (name, campus, version, serial, signed_at) and the
+  one function that verifies manifests and pins: :func:`verify`;
 * the Pi's repository index (``<repo>/<name>/index.json``): staged versions
-  and the campus pin with its serial;
+  and the signed campus pin;
 * downloads: streamed to a ``.part`` file, resumed with HTTP Range after a
   cut, verified, and only then renamed into place;
 * rollouts: rings (canary campus first) and the halt rule.
 
 Every check raises :class:`ReleaseError`, whose messages name the bad field
-(``manifest.files.app.zip.md5: ...``, ``version: ...``).
+(``manifest.files.app.zip.md5: ...``, ``version: ...``); a bad or missing
+signature, or a pin that does not hold, raises :class:`SignatureError`, and a
+copy whose size or hashes differ :class:`IntegrityError` (callers tell them
+apart by class, never by message).
 """
 
 import base64
@@ -58,6 +63,14 @@ def __virtual__():
 
 class ReleaseError(fleet_fields.FieldErrors):
     """A bad release request or document, a hash mismatch, a failed download."""
+
+
+class IntegrityError(ReleaseError):
+    """A copy whose size, md5 or sha256 is not the manifest's."""
+
+
+class SignatureError(ReleaseError):
+    """No verify key, a missing or bad signature, or a signed pin that does not hold."""
 
 
 # --------------------------------------------------------------------------- names and versions
@@ -169,7 +182,7 @@ def compare(expected, actual, field):
     """Raise :class:`ReleaseError` naming the first of size/md5/sha256 that differs."""
     for key in ("size", "md5", "sha256"):
         if expected[key] != actual[key]:
-            raise ReleaseError(f"{field}: {key} mismatch (expected {expected[key]}, got {actual[key]})")
+            raise IntegrityError(f"{field}: {key} mismatch (expected {expected[key]}, got {actual[key]})")
 
 
 # --------------------------------------------------------------------------- manifest
@@ -278,7 +291,7 @@ def manifest_size(doc):
 
 
 def canonical(doc):
-    """The bytes a signature covers: the manifest without ``signature``, sorted keys, no spaces."""
+    """The bytes a signature covers: the document without ``signature``, sorted keys, no spaces."""
     body = {k: v for k, v in doc.items() if k != "signature"}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
@@ -288,42 +301,169 @@ def _crypto():
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:  # pragma: no cover - salt 3007 depends on cryptography
-        raise ReleaseError("signature: the cryptography package is not installed") from None
+        raise SignatureError("signature: the cryptography package is not installed") from None
     return serialization, ed25519
 
 
-def sign_manifest(doc, private_key_pem):
-    """Return ``doc`` with ``signature: {"alg": "ed25519", "value": <base64>}``."""
+# seconds a pin's serial may run ahead of its signing time (serials follow the clock)
+MAX_SERIAL_AHEAD = 86400
+PIN_KIND = "pin"
+VERIFY_KEY_FIELD = "kiosk_release:verify_key"
+SIGNING_KEY_FIELD = "kiosk_release.signing_key"
+UNSIGNED = "refusing to work unsigned"
+
+
+def _private_key(private_key_pem, field=SIGNING_KEY_FIELD):
     serialization, ed25519 = _crypto()
+    if not isinstance(private_key_pem, (str, bytes)):
+        raise SignatureError(f"{field}: expected an Ed25519 private key in PEM, got {type(private_key_pem).__name__}")
     try:
         key = serialization.load_pem_private_key(_bytes(private_key_pem), password=None)
-    except (ValueError, TypeError) as exc:
-        raise ReleaseError(f"signing_key: not a PEM private key ({exc})") from None
+    except (ValueError, TypeError):  # the exception text could quote key material: not shown
+        raise SignatureError(f"{field}: not a PEM private key (unencrypted PKCS#8 expected)") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ReleaseError("signing_key: expected an Ed25519 private key")
+        raise SignatureError(f"{field}: expected an Ed25519 private key")
+    return key
+
+
+def verify_keys(value, field=VERIFY_KEY_FIELD):
+    """
+    The Ed25519 public keys in ``value`` (pillar ``kiosk_release:verify_key``:
+    one PEM string or a list of them, for rotation), loaded. None or an empty
+    list means the minion cannot verify anything: :class:`SignatureError`.
+    """
+    serialization, ed25519 = _crypto()
+    if value is None or value == "" or value == []:
+        raise SignatureError(f"{field}: missing from pillar (the master's Ed25519 public key, PEM, or a list); "
+                             f"{UNSIGNED}")
+    items = [value] if isinstance(value, (str, bytes)) else value
+    if not isinstance(items, (list, tuple)):
+        raise SignatureError(f"{field}: expected a PEM public key or a list of them, got {type(value).__name__}")
+    keys = []
+    for i, item in enumerate(items):
+        where = field if items is not value else f"{field}[{i}]"
+        if not isinstance(item, (str, bytes)):
+            raise SignatureError(f"{where}: expected a PEM public key, got {type(item).__name__}")
+        try:
+            key = serialization.load_pem_public_key(_bytes(item))
+        except (ValueError, TypeError):
+            raise SignatureError(f"{where}: not a PEM public key") from None
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise SignatureError(f"{where}: expected an Ed25519 public key")
+        keys.append(key)
+    return keys
+
+
+def sign(doc, private_key_pem, field=SIGNING_KEY_FIELD):
+    """Return ``doc`` with ``signature: {"alg": "ed25519", "value": <base64>}`` over :func:`canonical`."""
+    if not isinstance(doc, dict):
+        raise ReleaseError(f"document: expected a mapping to sign, got {type(doc).__name__}")
+    key = _private_key(private_key_pem, field)
     signed = dict(doc)
     signed["signature"] = {"alg": "ed25519", "value": base64.b64encode(key.sign(canonical(doc))).decode()}
     return signed
 
 
-def verify_signature(doc, public_key_pem):
-    """Raise :class:`ReleaseError` unless ``doc`` carries a valid signature by ``public_key_pem``."""
-    serialization, ed25519 = _crypto()
+def sign_manifest(doc, private_key_pem):
+    return sign(doc, private_key_pem)
+
+
+def verify(doc, keys, field):
+    """
+    The one signature check for manifests, pins and the pin in a Pi's
+    index: ``doc`` must carry an Ed25519 signature over :func:`canonical`
+    by one of ``keys`` (PEM strings, a list for rotation, or keys from
+    :func:`verify_keys`). Anything else raises :class:`SignatureError`
+    naming ``<field>.signature`` (or the key field). Returns ``doc``.
+    """
     from cryptography.exceptions import InvalidSignature
 
-    try:
-        key = serialization.load_pem_public_key(_bytes(public_key_pem))
-    except (ValueError, TypeError) as exc:
-        raise ReleaseError(f"verify_key: not a PEM public key ({exc})") from None
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ReleaseError("verify_key: expected an Ed25519 public key")
+    _, ed25519 = _crypto()
+    if not (isinstance(keys, (list, tuple)) and keys and all(isinstance(k, ed25519.Ed25519PublicKey) for k in keys)):
+        keys = verify_keys(keys)
+    if not isinstance(doc, dict):
+        raise SignatureError(f"{field}: expected a signed JSON object, got {type(doc).__name__}")
     sig = doc.get("signature")
     if not isinstance(sig, dict) or sig.get("alg") != "ed25519" or not isinstance(sig.get("value"), str):
-        raise ReleaseError("manifest.signature: missing (the fleet requires signed manifests)")
+        raise SignatureError(f"{field}.signature: missing (the fleet accepts signed documents only)")
     try:
-        key.verify(base64.b64decode(sig["value"], validate=True), canonical(doc))
-    except (InvalidSignature, ValueError):
-        raise ReleaseError("manifest.signature: does not match the manifest (tampered, or signed by another key)") from None
+        raw = base64.b64decode(sig["value"], validate=True)
+    except ValueError:
+        raise SignatureError(f"{field}.signature: not base64") from None
+    body = canonical(doc)
+    for key in keys:
+        try:
+            key.verify(raw, body)
+            return doc
+        except InvalidSignature:
+            continue
+    raise SignatureError(f"{field}.signature: does not match (tampered, or signed by a key not in "
+                         f"{VERIFY_KEY_FIELD})")
+
+
+def verify_signature(doc, public_key_pem):
+    """A manifest signed by ``public_key_pem`` (or a list of keys): :func:`verify` with field ``manifest``."""
+    return verify(doc, public_key_pem, "manifest")
+
+
+# --------------------------------------------------------------------------- the signed campus pin
+
+
+def build_pin(name, campus, version, serial, signed_at=None):
+    """
+    The campus pin as the master signs it: ``version`` None freezes the
+    campus. ``signed_at`` defaults to now (epoch seconds).
+    """
+    doc = {
+        "kind": PIN_KIND,
+        "name": check_name(name, "pin.name"),
+        "campus": check_name(campus, "pin.campus"),
+        "version": None if version is None else check_version(version, "pin.version"),
+        "serial": _serial(serial, "pin.serial"),
+        "signed_at": int(time.time()) if signed_at is None else _serial(signed_at, "pin.signed_at"),
+    }
+    return doc
+
+
+def sign_pin(name, campus, version, serial, private_key_pem, signed_at=None):
+    return sign(build_pin(name, campus, version, serial, signed_at), private_key_pem)
+
+
+def verify_pin(pin, keys, name, campus, field="pin"):
+    """
+    A campus pin a Pi or kiosk may act on: signed by one of ``keys``
+    (:func:`verify`), of release ``name``, for ``campus`` (the verifier's
+    own, from pillar), its serial at most :data:`MAX_SERIAL_AHEAD` seconds
+    ahead of its signing time (a forged or runaway serial would outrank
+    every later pin). Raises :class:`SignatureError`; returns ``pin``.
+    """
+    if isinstance(pin, str):  # from the CLI
+        try:
+            pin = json.loads(pin)
+        except ValueError:
+            raise SignatureError(f"{field}: not JSON") from None
+    if not isinstance(pin, dict):
+        raise SignatureError(f"{field}: expected a signed pin object, got {type(pin).__name__}")
+    verify(pin, keys, field)
+    if pin.get("kind") != PIN_KIND:
+        raise SignatureError(f"{field}.kind: {pin.get('kind')!r} is not a pin")
+    if pin.get("name") != name:
+        raise SignatureError(f"{field}.name: {pin.get('name')!r} is not release {name!r}")
+    if pin.get("campus") != campus:
+        raise SignatureError(f"{field}.campus: {pin.get('campus')!r} is not this minion's campus {campus!r}")
+    for key in ("serial", "signed_at"):
+        value = pin.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SignatureError(f"{field}.{key}: {value!r} is not a whole number >= 0")
+    if pin.get("version") is not None:
+        try:
+            check_version(pin["version"], f"{field}.version")
+        except ReleaseError as exc:
+            raise SignatureError(str(exc)) from None
+    if pin["serial"] > pin["signed_at"] + MAX_SERIAL_AHEAD:
+        raise SignatureError(f"{field}.serial: {pin['serial']} is more than {MAX_SERIAL_AHEAD} s ahead of "
+                             f"its signing time {pin['signed_at']}")
+    return pin
 
 
 def _bytes(value):
@@ -372,6 +512,33 @@ def _unlink(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+INSTALLED = "installed.json"  # <kiosk dir>/<name>/installed.json: what a kiosk runs
+
+
+def read_installed(root):
+    """
+    ``{name: record}`` from every ``<root>/<name>/installed.json`` (written
+    by :func:`write_json_atomic` after an install): what the kiosk runs.
+    Unreadable or foreign files are left out, never raised: the grains
+    module calls this at every minion start.
+    """
+    found = {}
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return found
+    for name in names:
+        if name.startswith(".") or not fleet_fields.NAME.match(name):
+            continue
+        try:
+            record = read_json(os.path.join(root, name, INSTALLED), INSTALLED)
+        except ReleaseError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("version"), str):
+            found[name] = record
+    return found
 
 
 def check_free_space(directory, needed, field="disk"):
@@ -426,45 +593,65 @@ def index_add(index, doc):
     return index
 
 
-def index_pin(index, version, serial):
+def index_pin(index, pin):
     """
-    Pin the campus to a staged ``version`` with the master's pin ``serial``
-    (a new dict). ``version=None`` freezes the campus: kiosks keep what they run.
+    Store the campus ``pin`` (a signed pin, already checked with
+    :func:`verify_pin`) in the index as it was signed (a new dict); its
+    version must be staged here. ``version`` None freezes the campus: kiosks
+    keep what they run. An older serial never replaces a newer pin.
     """
+    if not isinstance(pin, dict) or "signature" not in pin:
+        raise SignatureError("pin.signature: missing (a repository holds signed pins only)")
+    version = pin.get("version")
     if version is not None and version not in index["versions"]:
         raise ReleaseError(f"version: {version} is not staged here (staged: {', '.join(sort_versions(index['versions'])) or 'none'})")
-    serial = _serial(serial)
+    serial = _serial(pin.get("serial"), "pin.serial")
     current = index.get("pin") or {}
-    if current.get("serial", -1) > serial:
+    if isinstance(current.get("serial"), int) and current["serial"] > serial:
         raise ReleaseError(f"serial: {serial} is older than this repository's pin serial {current['serial']}")
     index = json.loads(json.dumps(index))
-    index["pin"] = {"version": version, "serial": serial, "pinned_at": now_iso()}
+    index["pin"] = json.loads(json.dumps(pin))
+    index["pinned_at"] = now_iso()
     return index
 
 
-def _serial(serial):
+def verify_index(doc, name, keys, campus, field="index"):
+    """
+    A Pi's index as a kiosk may use it: well-formed (:func:`validate_index`)
+    and its pin, if any, signed for this ``campus`` (:func:`verify_pin`,
+    the same signature check as manifests). Returns ``doc``.
+    """
+    validate_index(doc, name, field)
+    if doc.get("pin") is not None:
+        verify_pin(doc["pin"], keys, name, campus, f"{field}.pin")
+    return doc
+
+
+def _serial(serial, field="serial"):
     try:
         value = int(serial)
     except (TypeError, ValueError):
-        raise ReleaseError(f"serial: {serial!r} is not a whole number") from None
+        raise ReleaseError(f"{field}: {serial!r} is not a whole number") from None
     if isinstance(serial, float) and serial != value:
-        raise ReleaseError(f"serial: {serial!r} is not a whole number")
+        raise ReleaseError(f"{field}: {serial!r} is not a whole number")
     if isinstance(serial, bool) or value < 0:
-        raise ReleaseError(f"serial: {serial!r} is not a whole number >= 0")
+        raise ReleaseError(f"{field}: {serial!r} is not a whole number >= 0")
     return value
 
 
 def choose_pin(indexes):
     """
-    The pin a kiosk follows among its campus Pis' indexes (``{url: index or None}``):
-    the one with the highest serial, so a Pi that missed the last pin change
-    never drags a kiosk back. ``None`` when no Pi has a pin.
+    The pin a kiosk follows among its campus Pis' indexes (``{url: index or None}``,
+    each already checked with :func:`verify_index`): the one with the highest
+    serial, so a Pi that missed the last pin change never drags a kiosk back.
+    ``None`` when no Pi has a pin.
     """
     best = None
     for url, index in indexes.items():
         pin = (index or {}).get("pin")
         if pin and (best is None or pin["serial"] > best["serial"]):
-            best = {"version": pin["version"], "serial": pin["serial"], "repo": url}
+            best = {"version": pin["version"], "serial": pin["serial"], "repo": url,
+                    "signed_at": pin.get("signed_at")}
     return best
 
 
@@ -508,7 +695,7 @@ def fetch(session, url, part, expected, field, timeout=(5, 60), retries=3, chunk
             with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
                 if resp.status_code == 416:
                     _unlink(part)
-                    raise ReleaseError(f"{field}: {url} is shorter than the manifest's {size} bytes")
+                    raise IntegrityError(f"{field}: {url} is shorter than the manifest's {size} bytes")
                 if resp.status_code == 404:
                     raise ReleaseError(f"{field}: {url} is not in the repository (404)")
                 if resp.status_code not in (200, 206):
@@ -524,7 +711,7 @@ def fetch(session, url, part, expected, field, timeout=(5, 60), retries=3, chunk
                         for data in resp.iter_content(min(chunk, READ)):
                             if digest.size + len(data) > size:
                                 _unlink(part)
-                                raise ReleaseError(f"{field}: {url} is longer than the manifest's {size} bytes")
+                                raise IntegrityError(f"{field}: {url} is longer than the manifest's {size} bytes")
                             out.write(data)
                             digest.update(data)
                             fetched += len(data)

