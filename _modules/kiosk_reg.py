@@ -8,8 +8,11 @@ Backends (``kiosk_reg.backend`` says which one loaded):
   ``reg.import_file``); ``reg.exe export/load/unload`` as argument lists for
   what Salt's module lacks (snapshots, unloaded user hives).
 - **wine** (Linux, labs and tests): Wine's real registry through its
-  ``reg.exe`` (``wine reg add/delete/export/import/query``), argument lists
-  only, always ``/f``, stdin closed, a persistent ``wineserver -p`` per prefix.
+  ``reg.exe`` (``C:\\windows\\system32\\reg.exe add/delete/export/import/query``
+  started directly, not through ``wine reg``/``start.exe``), argument lists
+  only, always ``/f``, stdin closed, a persistent ``wineserver -p`` per prefix,
+  every Wine process started with address-space randomisation off
+  (``setarch <machine> -R``, see :func:`fleet_reg.wine_argv` for why).
   Values are read back with ``reg export`` (exact for every type; ``reg query``
   output is lossy). Minion config::
 
@@ -17,6 +20,7 @@ Backends (``kiosk_reg.backend`` says which one loaded):
         wineprefix: /var/lib/kiosk-reg/wine   # default: <cachedir>/kiosk_reg/wineprefix (created on first use)
         wine: wine                            # binaries, default from PATH
         wineserver: wineserver
+        setarch: setarch                      # util-linux
         timeout: 60                           # seconds per reg.exe call
         snapshot_dir: /var/cache/salt/minion/kiosk_reg/snapshots   # default
 
@@ -69,9 +73,13 @@ def __virtual__():
     conf = _conf() if isinstance(__opts__.get("kiosk_reg") or {}, dict) else {}
     wine = shutil.which(conf.get("wine", "wine"))
     server = shutil.which(conf.get("wineserver", "wineserver"))
-    if wine and server:
+    setarch = shutil.which(conf.get("setarch", "setarch"))
+    if wine and server and setarch:
         log.debug("kiosk_reg: Wine backend (%s, %s)", wine, server)
         return __virtualname__
+    if wine and server:
+        return (False, f"kiosk_reg: the Wine backend needs {conf.get('setarch', 'setarch')!r} (util-linux) "
+                       "on PATH to start Wine processes without address-space randomisation")
     return (False, "kiosk_reg: not Windows, and Wine is not installed for the Linux backend "
                    f"(no {conf.get('wine', 'wine')!r}/{conf.get('wineserver', 'wineserver')!r} on PATH; "
                    "apt-get install wine64 wine)")
@@ -85,7 +93,7 @@ def _bad(exc):
 
 
 class _Wine:
-    """Wine's registry through ``wine reg`` (one persistent wineserver per prefix)."""
+    """Wine's registry through its ``reg.exe`` (one persistent wineserver per prefix)."""
 
     name = "wine"
 
@@ -101,7 +109,12 @@ class _Wine:
         env.update({"WINEPREFIX": self.prefix, "WINEDEBUG": "-all",
                     "WINEDLLOVERRIDES": "mscoree,mshtml="})  # no Mono/Gecko install prompts
         self.env = env
-        self.reg = [self.wine, "reg"]
+        self.setarch = shutil.which(conf.get("setarch", "setarch")) or conf.get("setarch", "setarch")
+        self.reg = self.launch([fleet_reg.WINE_REG_EXE])
+
+    def launch(self, args):
+        """Every Wine process of this backend starts through ``setarch -R`` (:func:`fleet_reg.wine_argv` says why)."""
+        return fleet_reg.wine_argv(self.wine, args, setarch=self.setarch, machine=os.uname().machine)
 
     def _exec(self, argv, timeout=None):
         # Output goes to files, not pipes: Wine's helper processes (winedevice.exe, ...)
@@ -111,7 +124,8 @@ class _Wine:
                 proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env,
                                       timeout=timeout or self.timeout, check=False, close_fds=True)
             except subprocess.TimeoutExpired:
-                raise CommandExecutionError(f"{argv[:3]}... timed out after {timeout or self.timeout} s") from None
+                shown = " ".join(argv[len(self.reg) - 1:len(self.reg) + 1])
+                raise CommandExecutionError(f"{shown} ... timed out after {timeout or self.timeout} s") from None
             except OSError as exc:
                 raise CommandExecutionError(f"cannot run {argv[0]}: {exc}") from exc
             out.seek(0)
@@ -131,7 +145,7 @@ class _Wine:
                        stderr=subprocess.DEVNULL, env=self.env, check=False, timeout=30)
         if fresh:
             log.warning("kiosk_reg: initialising Wine prefix %s (once, a few seconds)", self.prefix)
-            rc, out, err = self._exec([self.wine, "wineboot", "--init"], timeout=600)
+            rc, out, err = self._exec(self.launch(["wineboot", "--init"]), timeout=600)
             if rc != 0 or not os.path.isdir(os.path.join(self.prefix, "drive_c", "windows")):
                 raise CommandExecutionError(f"wineboot --init failed in {self.prefix} ({rc}): {err or out}")
         __context__[key] = True
@@ -139,12 +153,6 @@ class _Wine:
     def run(self, args, ok_missing=False):
         self.ready()
         rc, out, err = self._exec(self.reg + list(args))
-        if rc != 0 and args[0] in ("export", "query") and not fleet_reg.is_not_found(err or out):
-            # read-only: retried once. A rare transient failure was seen on a loaded machine
-            # (2 of ~10 full test runs); logged in full to find its cause.
-            log.warning("kiosk_reg: wine reg %s failed (%s), retrying once: stdout=%r stderr=%r",
-                        args[0], rc, out[-2000:], err[-2000:])
-            rc, out, err = self._exec(self.reg + list(args))
         if rc != 0:
             message = (err or out).strip()
             if ok_missing and fleet_reg.is_not_found(message):
@@ -371,7 +379,8 @@ def _take_snapshot(backend, hive, subkey, label):
             with open(exported, "rb") as fh:
                 text = fleet_reg.decode_reg(fh.read())
             body = text.split("\n", 1)[1] if text.startswith(fleet_reg.REG_HEADER) else text
-    text = f"{fleet_reg.REG_HEADER}\r\n\r\n[-{full}]\r\n" + body.replace("\r\n", "\n").replace("\n", "\r\n")
+    header = fleet_reg.section_header(full, deleted=True)
+    text = f"{fleet_reg.REG_HEADER}\r\n\r\n{header}\r\n" + body.replace("\r\n", "\n").replace("\n", "\r\n")
     with open(path, "wb") as fh:
         fh.write(fleet_reg.encode_reg(text))
     return {"key": full, "existed": existed, "file": path}

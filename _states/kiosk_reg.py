@@ -35,6 +35,17 @@ def __virtual__():
     return (False, "kiosk_reg state: the kiosk_reg execution module is not available on this minion")
 
 
+# kiosk_reg's errors name its own arguments (key, name); the states call them name, vname
+_STATE_FIELDS = {"key": "name", "name": "vname"}
+
+
+def _comment(exc):
+    field, sep, rest = str(exc).partition(": ")
+    if sep and field in _STATE_FIELDS:
+        return f"{_STATE_FIELDS[field]}: {rest}"
+    return str(exc)
+
+
 def _ret(name):
     return {"name": name, "result": True, "changes": {}, "comment": ""}
 
@@ -62,7 +73,7 @@ def present(name, vname=None, data=None, vtype="REG_SZ", user=None):
     try:
         res = __salt__["kiosk_reg.set_value"](name, vname, data, vtype=vtype, user=user, test=test)
     except (CommandExecutionError, SaltInvocationError) as exc:
-        ret.update(result=False, comment=str(exc))
+        ret.update(result=False, comment=_comment(exc))
         return ret
     where = f"{res['key']} {res['name']}"
     if not res["changed"]:
@@ -91,7 +102,7 @@ def absent(name, vname=None, user=None):
     try:
         res = __salt__["kiosk_reg.delete_value"](name, vname, user=user, test=test)
     except (CommandExecutionError, SaltInvocationError) as exc:
-        ret.update(result=False, comment=str(exc))
+        ret.update(result=False, comment=_comment(exc))
         return ret
     where = f"{res['key']} {res['name']}"
     if not res["changed"]:
@@ -120,7 +131,7 @@ def key_absent(name, user=None):
     try:
         res = __salt__["kiosk_reg.delete_key"](name, user=user, test=test)
     except (CommandExecutionError, SaltInvocationError) as exc:
-        ret.update(result=False, comment=str(exc))
+        ret.update(result=False, comment=_comment(exc))
         return ret
     if not res["changed"]:
         ret["comment"] = f"{res['key']} is already absent"

@@ -13,10 +13,19 @@ Keys are written ``HIVE\\sub\\key`` with the hive short or long
     REG_QWORD               int 0..2**64-1
     REG_BINARY              bytes (also hex text "0aff", "0a,ff", "0a ff", or a list of ints)
 
+Key parts and value names refuse control characters (CR, LF, NUL, ... and
+U+0080-U+009F), the line and paragraph separators U+2028/U+2029, ``[``, ``]``
+and unpaired surrogates: in ``.reg`` text a key is a ``[...]`` section header
+and a value name is one quoted line, so any of these could end the line or the
+header and start a section of the caller's choosing. Text data may hold line
+breaks (``.reg`` lines carry data as hex bytes) but no NUL and no unpaired
+surrogate (UTF-16 cannot carry one).
+
 Every check raises :class:`RegError` (a ValueError) whose message starts with
 the name of the bad field.
 """
 
+import math
 import re
 
 __virtualname__ = "fleet_reg"
@@ -45,6 +54,10 @@ WINE_USER_SID = "S-1-5-21-0-0-0-1000"
 REG_HEADER = "Windows Registry Editor Version 5.00"
 _SID = re.compile(r"^S-1-\d+(-\d+)+$", re.IGNORECASE)
 _MULTI_SZ_SEPARATORS = "|;,#~!^*+=$@`"
+# What may not appear in a key part or a value name (see the module docstring)
+_UNSAFE_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\\[\\]\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CHAR_NAMES = {"\0": "a NUL character", "\r": "a carriage return", "\n": "a line feed", "[": "'['", "]": "']'"}
 
 
 def __virtual__():
@@ -55,6 +68,29 @@ class RegError(ValueError):
     """Bad registry input; the message starts with the field's name."""
 
 
+def _describe(char):
+    if char in _CHAR_NAMES:
+        return _CHAR_NAMES[char]
+    kind = "an unpaired surrogate" if _SURROGATE.match(char) else "a control character"
+    return f"{kind} (U+{ord(char):04X})"
+
+
+def _safe_name(text, field, what):
+    """Refuse what could end a ``.reg`` line or section header (see the module docstring)."""
+    bad = _UNSAFE_IN_NAMES.search(text)
+    if bad:
+        raise RegError(f"{field}: {what} {_short(text)} contains {_describe(bad.group())} at position "
+                       f"{bad.start()}; registry key parts and value names may not hold control characters, "
+                       "line breaks, '[' or ']'")
+    return text
+
+
+def _short(text, limit=80):
+    """``repr`` of ``text`` cut to ``limit`` characters (messages stay one short line)."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit - 4] + "...'"
+
+
 # ---------------------------------------------------------------- paths
 
 
@@ -62,12 +98,12 @@ def parse_key(key, field="key"):
     """
     ``(long hive, subkey)`` from ``HIVE\\sub\\key``; refuses an unknown hive, a
     bare hive, empty parts (``a\\\\b``, leading/trailing ``\\``), ``.``/``..``
-    parts, NUL and parts longer than 255 characters.
+    parts, parts longer than 255 characters, and control characters, line
+    breaks, ``[``, ``]`` or unpaired surrogates anywhere.
     """
     if not isinstance(key, str) or not key.strip():
         raise RegError(f"{field}: expected a registry key like HKLM\\Software\\Vendor, got {key!r}")
-    if "\0" in key:
-        raise RegError(f"{field}: {key!r} contains a NUL character")
+    _safe_name(key, field, "key")
     hive, _, rest = key.partition("\\")
     long_hive = HIVES.get(hive.upper())
     if long_hive is None:
@@ -110,7 +146,8 @@ def user_key(hive, subkey, sid, field="key"):
 def check_user(user, field="user"):
     if user is None:
         return None
-    if not isinstance(user, str) or not user.strip() or any(c in user for c in '\\/:*?"<>|\0'):
+    if not isinstance(user, str) or not user.strip() or any(c in user for c in '\\/:*?"<>|') \
+            or _UNSAFE_IN_NAMES.search(user):
         raise RegError(f"{field}: {user!r} is not a user name")
     return user.strip()
 
@@ -133,15 +170,19 @@ def sid_from_profiles(user, profiles, field="user"):
 
 
 def check_name(name, field="name"):
-    """The value name; ``None``, ``""``, ``(Default)`` and ``@`` mean the key's default value (``""``)."""
-    if name in DEFAULT_NAMES:
+    """
+    The value name; ``None``, ``""``, ``(Default)`` and ``@`` mean the key's
+    default value (``""``). Refuses control characters, line breaks, ``[``,
+    ``]`` and unpaired surrogates (see the module docstring).
+    """
+    if isinstance(name, str) and name in DEFAULT_NAMES:
+        return ""
+    if name is None:
         return ""
     if isinstance(name, bool) or not isinstance(name, (str, int)):
         raise RegError(f"{field}: expected a value name, got {type(name).__name__}")
     name = str(name)
-    if "\0" in name:
-        raise RegError(f"{field}: {name!r} contains a NUL character")
-    return name
+    return _safe_name(name, field, "value name")
 
 
 def display_name(name):
@@ -161,7 +202,7 @@ def _integer(data, bits, vtype, field):
     if isinstance(data, bool):
         raise RegError(f"{field}: {data!r} is a boolean; give {vtype} data as a number (1 or 0)")
     if isinstance(data, float):
-        if data != int(data):
+        if not math.isfinite(data) or data != int(data):
             raise RegError(f"{field}: {data!r} is not a whole number for {vtype}")
         data = int(data)
     if isinstance(data, str):
@@ -182,11 +223,17 @@ def _text(data, vtype, field):
     if isinstance(data, bool) or isinstance(data, float):
         raise RegError(f"{field}: {data!r} is not text; quote it for {vtype} (e.g. data='\"{data}\"')")
     if isinstance(data, int):
+        if abs(data) >= 10**MAX_KEY_PART:  # a number this long is a mistake (and str() of a huge int raises)
+            raise RegError(f"{field}: a number of over {MAX_KEY_PART} digits is not {vtype} text; quote it")
         return str(data)
     if not isinstance(data, str):
         raise RegError(f"{field}: expected text for {vtype}, got {type(data).__name__}")
     if "\0" in data:
         raise RegError(f"{field}: {vtype} text cannot contain a NUL character")
+    bad = _SURROGATE.search(data)
+    if bad:
+        raise RegError(f"{field}: {vtype} text contains an unpaired surrogate (U+{ord(bad.group()):04X}) "
+                       f"at position {bad.start()}; the registry stores UTF-16")
     return data
 
 
@@ -318,6 +365,34 @@ def import_argv(path, reg="reg"):
     return argv + ["import", path]
 
 
+# Wine: reg.exe started directly (``wine reg`` would start it through start.exe:
+# two Wine processes per call instead of one, and a failure of the second one
+# reported only as start.exe's "ShellExecuteEx failed")
+WINE_REG_EXE = "C:\\windows\\system32\\reg.exe"
+
+
+def wine_argv(wine, args, setarch="setarch", machine="x86_64"):
+    """
+    ``[setarch, machine, "-R", wine, *args]``: a Wine program started with the
+    kernel's address-space randomisation off for it and every Wine process it
+    starts (the personality is inherited).
+
+    Why: Debian's ``wine64`` loader (Wine 8, built without Wine's preloader) is
+    a fixed-address executable at 0x7d000000, and the kernel puts the start of
+    its brk heap at a random page up to 1 GiB above it. When that page lands
+    within about 1 MiB below 0x7ffe0000, Wine cannot reserve and map the shared
+    user data page (KUSER_SHARED_DATA) at its fixed address 0x7ffe0000 and the
+    process dies while starting (``err:virtual:virtual_alloc_first_teb wine:
+    failed to map the shared user data: c0000018``, hidden by
+    ``WINEDEBUG=-all``): about one Wine process start in a thousand. With
+    randomisation off the heap always starts right after the loader
+    (0x7d005000), far below that page.
+    """
+    if not isinstance(args, (list, tuple)) or not all(isinstance(a, str) for a in args):
+        raise RegError("args: expected a list of strings")
+    return [setarch, machine, "-R", wine, *args]
+
+
 def query_argv(hive, subkey, reg="reg"):
     argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
     return argv + ["query", join_key(hive, subkey)]
@@ -376,16 +451,34 @@ def import_text(sections):
     (``[-KEY]``). Write it UTF-16-LE with a BOM (:func:`encode_reg`): Wine reads a
     BOM-less file as ANSI (REGEDIT4) and mangles ``hex(2)``/``hex(7)``.
     """
+    if not isinstance(sections, (list, tuple)):
+        raise RegError(f"sections: expected a list of (key, values), got {type(sections).__name__}")
     out = [REG_HEADER, ""]
-    for key, values in sections:
+    for index, section in enumerate(sections):
+        if not isinstance(section, (list, tuple)) or len(section) != 2:
+            raise RegError(f"sections[{index}]: expected (key, values)")
+        key, values = section
+        out.append(section_header(key, deleted=values is None, field=f"sections[{index}].key"))
         if values is None:
-            out += [f"[-{key}]", ""]
+            out.append("")
             continue
-        out.append(f"[{key}]")
-        for name, (vtype, data) in values.items():
-            out.append(value_line(name, vtype, data))
+        if not isinstance(values, dict):
+            raise RegError(f"sections[{index}].values: expected a mapping of name: (vtype, data) or None")
+        for name, value in values.items():
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise RegError(f"sections[{index}].values: expected (vtype, data) for {_short(str(name))}")
+            out.append(value_line(name, *value))
         out.append("")
     return "\r\n".join(out) + "\r\n"
+
+
+def section_header(key, deleted=False, field="key"):
+    """
+    ``[KEY]`` (or ``[-KEY]``) for a full key, checked with :func:`parse_key`
+    first: the only way key text reaches a ``.reg`` file.
+    """
+    hive, subkey = parse_key(key, field)
+    return f"[{'-' if deleted else ''}{join_key(hive, subkey)}]"
 
 
 def encode_reg(text):

@@ -1,7 +1,8 @@
 """
 ``kiosk_reg`` (module and state) loaded by Salt's own loader, against Wine's
 real registry: one prefix under a temp dir, initialised once per session by
-the module itself, one persistent wineserver (stopped at the end).
+the module itself, one persistent wineserver that the session starts and
+stops by its pid (tests/support/wine.py).
 """
 
 import copy
@@ -19,9 +20,10 @@ import salt.loader
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 import fleet_reg
+from tests.support import wine
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-WINE = shutil.which("wine") and shutil.which("wineserver")
+WINE = shutil.which("wine") and shutil.which("wineserver") and shutil.which("setarch")
 pytestmark = pytest.mark.skipif(not WINE, reason="wine is not installed (apt-get install wine64 wine)")
 BASE = "HKLM\\Software\\KioskRegTest"
 INJECTION = 'a"b & c | d % e ^ f'
@@ -41,10 +43,9 @@ def _opts(root, **extra):
 @pytest.fixture(scope="session")
 def wine_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("kreg")
+    server = wine.WineServer(root / "wineprefix").start()
     yield root
-    env = {**os.environ, "WINEPREFIX": str(root / "wineprefix")}
-    subprocess.run(["wineserver", "-k"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=60, check=False)
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -78,14 +79,17 @@ def key(reg, request):
     reg("delete_key", name)
 
 
-def _wine_query(salt_env, key):
-    env = {**os.environ, "WINEPREFIX": salt_env["info"]["wineprefix"], "WINEDEBUG": "-all"}
-    env.pop("DISPLAY", None)
+def _wine_reg(salt_env, *args):
+    """reg.exe run directly (not through kiosk_reg): ``(exit code, stdout)``."""
     with open(os.devnull, "rb") as devnull:
-        out = subprocess.run(["wine", "reg", "query", key], stdin=devnull, capture_output=False,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, timeout=60,
-                             check=False)
-    return out.stdout.decode("utf-8", "replace")
+        out = subprocess.run(wine.reg_argv(*args), stdin=devnull, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env=wine.env(salt_env["info"]["wineprefix"]),
+                             timeout=60, check=False)
+    return out.returncode, out.stdout.decode("utf-8", "replace")
+
+
+def _wine_query(salt_env, key):
+    return _wine_reg(salt_env, "query", key)[1]
 
 
 def test_backend_is_wine_with_the_configured_prefix(salt_env, wine_root):
@@ -213,6 +217,49 @@ def test_restore_refuses_files_outside_the_snapshot_folder(reg, tmp_path):
         reg("restore", str(stray))
     with pytest.raises(SaltInvocationError, match="snapshot: expected a .reg file"):
         reg("restore", 42)
+
+
+INJECTED = "HKEY_LOCAL_MACHINE\\Software\\KioskRegTest\\Injected"
+# a value name that, pasted into .reg text as it is, ends its line and opens a section of its own
+EVIL_NAME = f'x"=hex:00\r\n[{INJECTED}]\r\n"pwn'
+BIG = bytes(range(256)) * 80  # too long for a command line: written through a generated .reg file
+
+
+def test_a_reg_text_injection_is_refused_and_nothing_is_written(salt_env, reg, key, tmp_path):
+    target = fleet_reg.join_key(*fleet_reg.parse_key(key))
+    # the name does escape when .reg text is built without the checks: Wine's reg.exe imports it
+    naive = f'{fleet_reg.REG_HEADER}\r\n\r\n[{target}]\r\n"{EVIL_NAME}"=hex:01\r\n'
+    (tmp_path / "naive.reg").write_bytes(fleet_reg.encode_reg(naive))
+    assert _wine_reg(salt_env, "import", str(tmp_path / "naive.reg"))[0] == 0
+    code, out = _wine_reg(salt_env, "query", INJECTED)
+    assert code == 0 and "pwn" in out
+    reg("delete_key", INJECTED)
+    reg("delete_key", key)
+    assert _wine_reg(salt_env, "query", INJECTED)[0] != 0
+
+    with pytest.raises(SaltInvocationError, match=r"^changes\[1\]\.name: value name .* contains a carriage return"):
+        reg("set_values", [{"key": key, "name": "ok", "data": "x"},
+                           {"key": key, "name": EVIL_NAME, "data": BIG, "vtype": "REG_BINARY"}])
+    with pytest.raises(SaltInvocationError, match=r"^name: value name .* contains a carriage return"):
+        reg("set_value", key, EVIL_NAME, BIG, vtype="REG_BINARY")
+    evil_key = f"{key}\\a]\r\n[{INJECTED}"
+    with pytest.raises(SaltInvocationError, match=r"^key: key .* contains '\]'"):
+        reg("set_value", evil_key, "v", BIG, vtype="REG_BINARY")
+    with pytest.raises(SaltInvocationError, match=r"^key: key .* contains '\['"):
+        reg("snapshot", f"{key}\\[x")
+    ret = salt_env["states"]["kiosk_reg.present"](key, vname=EVIL_NAME, data=BIG.hex(), vtype="REG_BINARY")
+    assert ret["result"] is False and ret["comment"].startswith("vname: value name"), ret
+    ret = salt_env["states"]["kiosk_reg.key_absent"](evil_key)
+    assert ret["result"] is False and ret["comment"].startswith("name: key"), ret
+    # nothing reached the registry: neither the injected key nor the target
+    assert _wine_reg(salt_env, "query", INJECTED)[0] != 0
+    assert _wine_reg(salt_env, "query", target)[0] != 0
+
+
+def test_quotes_and_backslashes_in_a_name_survive_a_generated_reg_file(reg, key):
+    name = 'q"uo\\te\\"'
+    assert reg("set_value", key, name, BIG, vtype="REG_BINARY")["changed"] is True
+    assert reg("list_values", key) == {name: {"vtype": "REG_BINARY", "data": BIG.hex()}}
 
 
 def test_a_bad_second_change_is_refused_before_anything_is_written(reg, key):

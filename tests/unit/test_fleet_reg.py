@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fleet_reg
 from fleet_reg import RegError
@@ -495,3 +497,101 @@ def test_windows_glue_rolls_back_when_salt_refuses_a_write(windows_kiosk_reg):
                         {"key": "HKLM\\SOFTWARE\\Kiosk", "name": "b", "data": 1, "vtype": "REG_DWORD"}],
                        snapshot=False)
     assert fake.keys[("HKEY_LOCAL_MACHINE", "SOFTWARE\\Kiosk")] == {"a": ("REG_SZ", "old")}
+
+
+# ------------------------------------------------------------------ nothing malformed reaches .reg text
+
+# What could end a .reg line or section header if it got into one
+BREAKERS = ["\r", "\n", "\0", "[", "]", "\r\n", "\x1a", "\x7f", "\x85", "\u2028", "\u2029", "\ud800", "\udfff"]
+INJECTION_NAME = 'x"=-\r\n[HKEY_LOCAL_MACHINE\\Software\\Injected]\r\n"pwn'
+INJECTION_KEY_PART = "Kiosk]\r\n[HKEY_LOCAL_MACHINE\\Software\\Injected"
+
+
+@pytest.mark.parametrize("bad", BREAKERS)
+def test_key_parts_refuse_line_breaks_brackets_and_controls(bad):
+    for key in (f"HKLM\\Software\\a{bad}b", f"HKLM\\{bad}\\x", f"HKLM\\Software\\x{bad}"):
+        with pytest.raises(RegError, match=r"^changes\[2\]\.key: key .* contains .* at position \d+; "):
+            fleet_reg.parse_key(key, "changes[2].key")
+
+
+@pytest.mark.parametrize("bad", BREAKERS)
+def test_value_names_refuse_line_breaks_brackets_and_controls(bad):
+    with pytest.raises(RegError, match=r"^changes\[0\]\.name: value name .* contains "):
+        fleet_reg.check_name(f"a{bad}b", "changes[0].name")
+    with pytest.raises(RegError, match=r"^name: "):
+        fleet_reg.value_line(f"a{bad}b", "REG_SZ", "x")
+    with pytest.raises(RegError, match=r"^name: "):
+        fleet_reg.add_argv("HKEY_LOCAL_MACHINE", "S", f"{bad}", "REG_SZ", "x")
+
+
+def test_the_refusal_names_the_character_not_the_raw_text():
+    with pytest.raises(RegError) as info:
+        fleet_reg.check_name(INJECTION_NAME)
+    message = str(info.value)
+    assert message.startswith("name: value name 'x\"=-\\r\\n[HKEY_LOCAL_MACHINE")  # shown escaped (repr), one line
+    assert "contains a carriage return at position 4" in message
+    assert "\r" not in message and "\n" not in message
+    with pytest.raises(RegError, match=r"contains an unpaired surrogate \(U\+D800\)"):
+        fleet_reg.check_name("a\ud800")
+    with pytest.raises(RegError, match=r"contains a control character \(U\+0085\)"):
+        fleet_reg.parse_key("HKLM\\a\x85")
+
+
+def test_an_injection_never_reaches_import_text():
+    with pytest.raises(RegError, match=r"^name: value name "):
+        fleet_reg.import_text([("HKEY_LOCAL_MACHINE\\Software\\Kiosk", {INJECTION_NAME: ("REG_SZ", "x")})])
+    with pytest.raises(RegError, match=r"^sections\[1\]\.key: key "):
+        fleet_reg.import_text([("HKEY_LOCAL_MACHINE\\Software\\Ok", None),
+                               ("HKEY_LOCAL_MACHINE\\Software\\" + INJECTION_KEY_PART, {"v": ("REG_SZ", "x")})])
+    with pytest.raises(RegError, match=r"^sections\[0\]\.key: key "):
+        fleet_reg.import_text([("HKEY_LOCAL_MACHINE\\Software\\" + INJECTION_KEY_PART, None)])
+    with pytest.raises(RegError, match=r"^key: key "):
+        fleet_reg.section_header("HKLM\\Software\\" + INJECTION_KEY_PART, deleted=True)
+    assert fleet_reg.section_header("HKLM\\Software\\K", deleted=True) == "[-HKEY_LOCAL_MACHINE\\Software\\K]"
+
+
+def test_text_data_keeps_line_breaks_but_not_unpaired_surrogates():
+    # data travels as hex bytes in .reg text, so line breaks and brackets in data are harmless
+    text = fleet_reg.import_text([("HKEY_LOCAL_MACHINE\\S", {"v": ("REG_SZ", INJECTION_NAME)})])
+    assert [line for line in text.split("\r\n") if line.startswith("[")] == ["[HKEY_LOCAL_MACHINE\\S]"]
+    assert fleet_reg.parse_reg(text) == {"HKEY_LOCAL_MACHINE\\S": {"v": ("REG_SZ", INJECTION_NAME)}}
+    with pytest.raises(RegError, match=r"^data\[1\]: REG_MULTI_SZ text contains an unpaired surrogate"):
+        fleet_reg.normalise("REG_MULTI_SZ", ["ok", "bad\udc00"])
+    assert fleet_reg.normalise("REG_SZ", "emoji \U0001F600 is a surrogate pair in UTF-16") \
+        == "emoji \U0001F600 is a surrogate pair in UTF-16"
+
+
+def _with_breaker(draw_text, breaker, position):
+    position = min(position, len(draw_text))
+    return draw_text[:position] + breaker + draw_text[position:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.sampled_from(BREAKERS), st.integers(0, 40), st.booleans())
+def test_generated_names_with_a_breaker_are_always_refused(text, breaker, position, in_key):
+    bad = _with_breaker(text, breaker, position)
+    sections = ([("HKEY_LOCAL_MACHINE\\Software\\" + bad.replace("\\", "_"), {"v": ("REG_SZ", "x")})] if in_key
+                else [("HKEY_LOCAL_MACHINE\\Software\\K", {bad: ("REG_SZ", "x")})])
+    field = r"sections\[0\]\.key" if in_key else "name"
+    with pytest.raises(RegError, match=rf"^{field}: "):
+        fleet_reg.import_text(sections)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=30), st.text(max_size=30), st.text(max_size=30))
+def test_any_generated_key_and_name_gives_exactly_the_sections_asked_for_or_a_refusal(part, name, data):
+    key = "HKEY_LOCAL_MACHINE\\Software\\" + part
+    try:
+        text = fleet_reg.import_text([(key, None), (key, {name: ("REG_SZ", data)})])
+    except RegError:
+        return
+    lines = text.split("\r\n")
+    # one header line per section, nothing else looks like one, and every line is a known kind
+    assert [line for line in lines if line.startswith("[")] == [f"[-{key}]", f"[{key}]"]
+    assert all(line == "" or line.startswith(("[", '"', "@", "  ", fleet_reg.REG_HEADER)) for line in lines)
+    assert not any(c in text for c in "\0\x85\u2028\u2029")
+    assert text.count("\n") == text.count("\r\n") and text.count("\r") == text.count("\r\n")
+    fleet_reg.encode_reg(text)  # UTF-16 can carry it
+    parsed = fleet_reg.parse_reg(text)
+    assert list(parsed) == [key]
+    assert parsed[key] == {fleet_reg.check_name(name): ("REG_SZ", data)}
