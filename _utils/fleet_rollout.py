@@ -10,6 +10,7 @@ decisions below read the runner's own state (pins, serials, what is waiting
 to be staged) and what the Pis report, never the event's word.
 """
 
+import json
 import os
 import stat
 
@@ -326,3 +327,37 @@ def campus_of_pi(inventory, pi):
         if pi in spec["pis"]:
             return campus
     raise RolloutError(f"pi: {pi!r} is not a Pi of the inventory")
+
+
+def served_from_log(lines, name, version, prefix=fleet_release.REPO_PREFIX, limit=100000):
+    """
+    What a Pi's nginx access log (the shipped ``kiosk_release_repo`` JSON
+    format, one object per line) says about ``name`` ``version``: ``{client
+    address: sorted statuses}`` of the ``GET``s of files under
+    ``<prefix><name>/<version>/`` (the manifest and ``index.json`` left out).
+    Unparsable lines are skipped; at most ``limit`` matching requests count.
+    Meant for a Pi-side ``kiosk_pkg.served``: the log is written by nginx, not
+    by the kiosk, so a kiosk cannot claim a download it did not make.
+    """
+    fleet_release.check_name(name)
+    version = fleet_release.check_version(version)
+    base = f"{prefix}{name}/{version}/"
+    seen, count = {}, 0
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or entry.get("method") != "GET":
+            continue
+        uri, addr, status = entry.get("uri"), entry.get("remote_addr"), entry.get("status")
+        if not isinstance(uri, str) or not isinstance(addr, str) or not isinstance(status, int):
+            continue
+        rest = uri[len(base):] if uri.startswith(base) else None
+        if not rest or "/" in rest or "?" in rest or rest == fleet_release.MANIFEST:
+            continue
+        seen.setdefault(addr, set()).add(status)
+        count += 1
+        if count >= limit:
+            break
+    return {addr: sorted(statuses) for addr, statuses in sorted(seen.items())}

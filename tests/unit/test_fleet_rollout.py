@@ -299,3 +299,29 @@ def test_a_ring_kiosk_counts_only_when_its_return_and_a_pi_log_agree():
     # a forged "installed" for a kiosk with no address in the inventory never counts
     assert confirmed != fleet_rollout.confirm_ring(results, {}, seen, SILENT)
     assert fleet_rollout.confirm_ring({"k1": True}, {}, seen, SILENT)["k1"] is not True
+
+
+def log_line(addr, uri, status, method="GET"):
+    import json
+
+    return json.dumps({"time": "2026-12-02T02:00:00+00:00", "remote_addr": addr, "method": method, "uri": uri,
+                       "status": status, "bytes": 10, "range": "", "content_range": ""})
+
+
+def test_served_from_log_reads_the_pi_nginx_log_of_that_version_only():
+    lines = [
+        log_line("10.0.0.11", "/kiosk-releases/kiosk-app/1.4.0/app.bin", 200),
+        log_line("10.0.0.11", "/kiosk-releases/kiosk-app/1.4.0/install.py", 200),
+        log_line("10.0.0.12", "/kiosk-releases/kiosk-app/1.4.0/app.bin", 206),
+        log_line("10.0.0.13", "/kiosk-releases/kiosk-app/1.4.0/manifest.json", 200),  # not the files
+        log_line("10.0.0.14", "/kiosk-releases/kiosk-app/1.3.0/app.bin", 200),  # another version
+        log_line("10.0.0.15", "/kiosk-releases/kiosk-app/1.4.0/app.bin", 200, method="HEAD"),
+        log_line("10.0.0.16", "/kiosk-releases/kiosk-app/1.4.0/../1.3.0/app.bin", 200),
+        log_line("10.0.0.17", "/kiosk-releases/kiosk-app/index.json", 200),
+        log_line("10.0.0.18", "/kiosk-releases/kiosk-app/1.4.0/app.bin", 404),
+        "not json", "", '["a list"]',
+    ]
+    assert fleet_rollout.served_from_log(lines, "kiosk-app", "1.4.0") == {
+        "10.0.0.11": [200], "10.0.0.12": [206], "10.0.0.18": [404]}
+    assert fleet_rollout.served_from_log(lines, "kiosk-app", "1.3.0") == {"10.0.0.14": [200]}
+    raises(fleet_rollout.served_from_log, lines, "../x", "1.4.0", match=r"^name:")
