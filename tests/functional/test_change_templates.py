@@ -5,7 +5,6 @@ desktop icons in Wine's real registry), with ``test=True`` first.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -13,6 +12,8 @@ import sys
 
 import pytest
 import yaml
+
+from tests.support import wine
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -22,7 +23,8 @@ RECYCLE_BIN = "{645FF040-5081-101B-9F08-00AA002F954E}"
 RECYCLE_BIN_ARG = f'"{RECYCLE_BIN}"'
 
 pytestmark = pytest.mark.skipif(
-    not (shutil.which("wine") and shutil.which("wineserver")), reason="wine is not installed (apt-get install wine64 wine)"
+    not (shutil.which("wine") and shutil.which("wineserver") and shutil.which("setarch")),
+    reason="wine is not installed (apt-get install wine64 wine)",
 )
 
 
@@ -32,9 +34,12 @@ def kiosk(tmp_path_factory):
     pillar = root / "pillar"
     pillar.mkdir()
     (pillar / "top.sls").write_text("base:\n  '*':\n    - changes\n")
-    (pillar / "changes.sls").write_text(yaml.safe_dump(
-        {"kiosk_fleet_changes": {"hosts": {"riverside": {"his.riverside.hospital.local": "127.0.50.15"}}}}
-    ))
+    # the shape of a kiosk's pillar slice: its one campus, and that campus's hosts entries
+    (pillar / "changes.sls").write_text(yaml.safe_dump({
+        "kiosk_fleet": {"campuses": {"riverside": {}}},
+        "kiosk_fleet_changes": {"hosts": {"riverside": {"his.riverside.hospital.local": "127.0.50.15"},
+                                          "hillside": {"his.hillside.hospital.local": "127.0.50.16"}}},
+    }))
     (root / "hosts").write_text("127.0.0.1 localhost\n")
     (root / "minion").write_text(yaml.safe_dump({
         "id": "kiosk-riverside-01",
@@ -47,13 +52,13 @@ def kiosk(tmp_path_factory):
         "states_dirs": [str(REPO / "_states")],
         "file_roots": {"base": [str(REPO / "states")]},
         "pillar_roots": {"base": [str(pillar)]},
-        "grains": {"campus": "riverside"},
+        "grains": {"campus": "hillside"},  # what a tampered kiosk says of itself: ignored (pillar decides)
         "hosts.file": str(root / "hosts"),
         "kiosk_reg": {"wineprefix": str(root / "wineprefix")},
     }))
+    server = wine.WineServer(root / "wineprefix").start()  # kiosk_reg's salt-calls find it running
     yield root
-    subprocess.run(["wineserver", "-k"], env={**os.environ, "WINEPREFIX": str(root / "wineprefix")},
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    server.stop()
 
 
 def salt_call(root, *args):
@@ -80,6 +85,7 @@ def test_lockdown_previews_with_test_true_then_applies_both_steps(kiosk):
     assert code == 0, err[-2000:]
     assert all(s["result"] is True and s["changes"] for s in states.values()), states
     assert "his.riverside.hospital.local" in (kiosk / "hosts").read_text()
+    assert "hillside" not in (kiosk / "hosts").read_text()
     code, value, err = salt_call(kiosk, "kiosk_reg.get_value", KEY, RECYCLE_BIN_ARG)
     assert code == 0 and value["data"] == 1 and value["vtype"] == "REG_DWORD", (value, err[-1000:])
 
