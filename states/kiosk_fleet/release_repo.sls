@@ -28,15 +28,24 @@
     Apply with: salt 'pi-*' state.apply kiosk_fleet.release_repo #}
 {%- set conf = salt['pillar.get']('kiosk_release_repo', {}) %}
 {%- set repo_dir = conf.get('repo_dir', '/srv/kiosk-releases') %}
+{#- this Pi's campus: the campus of the pillar inventory that lists this minion id as a Pi (the
+    pillar is computed by the master for the id it authenticated), never the campus grain, which
+    the minion reports about itself #}
+{%- set found = namespace(campus='', spec={}) %}
+{%- for name, spec in salt['pillar.get']('kiosk_fleet:campuses', {}) | dictsort %}
+{%-   if spec is mapping and opts['id'] in (spec.get('pis') or {}) %}
+{%-     set found.campus = name %}{% set found.spec = spec %}
+{%-   endif %}
+{%- endfor %}
 {#- port: the campus repo_port of the inventory (what kiosks use), else 80 #}
-{%- set campus_spec = salt['pillar.get']('kiosk_fleet:campuses', {}).get(grains.get('campus', ''), {}) %}
+{%- set campus_spec = found.spec %}
 {%- set port = conf.get('port', campus_spec.get('repo_port', 80)) %}
 {%- set access_log = conf.get('access_log', '/var/log/nginx/kiosk-release-repo.access.log') %}
 {%- set http_conf = '/etc/nginx/conf.d/kiosk-release-repo-http.conf' %}
 {%- set site_conf = '/etc/nginx/sites-enabled/kiosk-release-repo.conf' %}
 
 {#- default addresses: this Pi's source address on each of its VLANs (inventory) #}
-{%- set pi = campus_spec.get('pis', {}).get(grains['id'], {}) %}
+{%- set pi = campus_spec.get('pis', {}).get(opts['id'], {}) %}
 {%- set addresses = conf.get('listen') or [] %}
 {%- if addresses is string %}{% set addresses = [addresses] %}{% endif %}
 {%- if not addresses %}
@@ -54,7 +63,8 @@ kiosk_release_repo_needs_addresses:
   test.fail_without_changes:
     - name: >-
         release_repo: no address to listen on: set pillar kiosk_release_repo:listen, or give this Pi
-        its VLAN source addresses in kiosk_fleet:campuses:<campus>:pis (grain campus: {{ grains.get('campus', '') | json }})
+        its VLAN source addresses in kiosk_fleet:campuses:<campus>:pis (pillar campus of {{ opts['id'] | json }}:
+        {{ found.campus | json }})
 {%- else %}
 kiosk_release_repo_nginx:
   pkg.installed:

@@ -12,10 +12,10 @@ import http.client
 import os
 import pathlib
 import shlex
-import shutil
 import socket
 import subprocess
 
+import fleet_inventory
 import pytest
 import salt.config
 import salt.loader
@@ -25,7 +25,7 @@ from tests.support.nginx import NginxRepo, nginx_binary, render
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SECRET = b"kiosk-release-repo: this file is outside the repository\n"
-PI_ADDRESSES = ["127.0.1.2", "127.0.2.2"]  # pi-riverside-1 in pillar/kiosk_fleet.sls (hall, upstairs)
+PI_ADDRESSES = ["127.0.1.2", "127.0.2.2"]  # pi-riverside-1 in pillar/fleet.yaml (hall, upstairs)
 
 pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed (.ci/bootstrap installs it)")
 
@@ -167,27 +167,42 @@ def test_nginx_dies_with_a_clear_error_on_a_taken_port(tree, tmp_path):
 
 # --- the state, rendered through Salt ---------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pi_minion(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pi-minion")
-    pillar = root / "pillar"
-    pillar.mkdir()
-    (pillar / "top.sls").write_text("base:\n  '*':\n    - kiosk_fleet\n    - release_repo\n")
-    shutil.copy(REPO / "pillar" / "kiosk_fleet.sls", pillar / "kiosk_fleet.sls")
-    (pillar / "release_repo.sls").write_text(yaml.safe_dump({"kiosk_release_repo": {
-        # no port: it comes from the campus repo_port of the inventory (8080 in the sample), as kiosks use it
-        "repo_dir": str(root / "releases"), "access_log": str(root / "access.log")}}))
+def _minion(root, minion_id, pillar):
     opts = salt.config.minion_config(None)
     opts.update({
-        "id": "pi-riverside-1", "file_client": "local", "root_dir": str(root / "r"), "cachedir": str(root / "cache"),
+        "id": minion_id, "file_client": "local", "root_dir": str(root / "r"), "cachedir": str(root / "cache"),
         "pki_dir": str(root / "pki"), "sock_dir": str(root / "sock"), "log_file": str(root / "minion.log"),
         "file_roots": {"base": [str(REPO / "states")]}, "pillar_roots": {"base": [str(pillar)]},
         "enable_fqdns_grains": False,  # no reverse-DNS lookups (network rule)
     })
     opts["grains"] = salt.loader.grains(opts)
-    opts["grains"]["campus"] = "riverside"
-    mods = salt.loader.minion_mods(opts, utils=salt.loader.utils(opts))
-    return root, mods
+    # a campus grain that lies: the state takes the campus from the pillar inventory, never from this
+    opts["grains"]["campus"] = "hillside"
+    # a loader namespace per minion: two minions loaded in one process must not share module objects
+    base = f"salt.loaded.kfrepo_{minion_id.replace('-', '_')}"
+    return salt.loader.minion_mods(opts, utils=salt.loader.utils(opts, loaded_base_name=base), loaded_base_name=base)
+
+
+@pytest.fixture(scope="module")
+def pillar_tree(tmp_path_factory):
+    """The Pi's pillar as the master computes it: its slice of the sample fleet data (pillar/kiosk_fleet.sls)."""
+    root = tmp_path_factory.mktemp("pi-minion")
+    pillar = root / "pillar"
+    pillar.mkdir()
+    # the inventory only for the Pi (as slice_for gives it); release_repo settings for every minion
+    (pillar / "top.sls").write_text("base:\n  'pi-riverside-1':\n    - kiosk_fleet\n  '*':\n    - release_repo\n")
+    fleet = yaml.safe_load((REPO / "pillar" / "fleet.yaml").read_text())
+    (pillar / "kiosk_fleet.sls").write_text(yaml.safe_dump(fleet_inventory.slice_for(fleet, "pi-riverside-1")))
+    (pillar / "release_repo.sls").write_text(yaml.safe_dump({"kiosk_release_repo": {
+        # no port: it comes from the campus repo_port of the inventory (8080 in the sample), as kiosks use it
+        "repo_dir": str(root / "releases"), "access_log": str(root / "access.log")}}))
+    return root, pillar
+
+
+@pytest.fixture(scope="module")
+def pi_minion(pillar_tree):
+    root, pillar = pillar_tree
+    return root, _minion(root, "pi-riverside-1", pillar)
 
 
 def _args(state, function):
@@ -254,18 +269,14 @@ def test_state_renders_the_pi_config_from_the_inventory(pi_minion, tmp_path):
     assert dest.read_text() == conf
 
 
-def test_state_off_the_inventory_needs_listen_from_pillar(pi_minion):
+def test_state_off_the_inventory_needs_listen_from_pillar(pillar_tree, tmp_path):
     """The central master is no Pi of the inventory: no address at all fails the state (never 0.0.0.0)."""
-    _, mods = pi_minion
-    grains = mods.opts["grains"]  # the modules' __opts__ (state.apply may have reloaded the grains)
-    grains["campus"] = "nowhere"
-    try:
-        states = mods["state.show_sls"]("kiosk_fleet.release_repo")
-        given = mods["state.show_sls"]("kiosk_fleet.release_repo",
-                                        pillar={"kiosk_release_repo": {"listen": ["127.0.9.1", "::1"]}})
-        one = mods["state.show_sls"]("kiosk_fleet.release_repo", pillar={"kiosk_release_repo": {"listen": "127.0.9.1"}})
-    finally:
-        grains["campus"] = "riverside"
+    _, pillar = pillar_tree
+    mods = _minion(tmp_path, "salt-top", pillar)  # no inventory in its pillar, whatever its campus grain says
+    states = mods["state.show_sls"]("kiosk_fleet.release_repo")
+    given = mods["state.show_sls"]("kiosk_fleet.release_repo",
+                                    pillar={"kiosk_release_repo": {"listen": ["127.0.9.1", "::1"]}})
+    one = mods["state.show_sls"]("kiosk_fleet.release_repo", pillar={"kiosk_release_repo": {"listen": "127.0.9.1"}})
     assert list(states) == ["kiosk_release_repo_needs_addresses"], states
     assert "test" in states["kiosk_release_repo_needs_addresses"]
     # off the inventory there is no campus repo_port: the default port, 80
