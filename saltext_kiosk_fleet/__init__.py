@@ -2,6 +2,6 @@
 Salt extension entry point of the kiosk fleet pack.
 
 ``pip install .`` installs this package; Salt's loader finds it through the
-``salt.loader`` entry point and loads ``modules/``, ``states/``, ``runners/``
-and ``beacons/`` from it (mapped from the repo's ``_modules/`` etc.).
+``salt.loader`` entry point and loads ``modules/``, ``states/``, ``runners/``,
+``beacons/`` and ``grains/`` from it (mapped from the repo's ``_modules/`` etc.).
 """

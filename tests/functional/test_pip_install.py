@@ -15,7 +15,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # one loader per pack folder; the loader names the functions "<module>.<function>"
-LOADERS = {"_modules": "minion_mods", "_states": "states", "_runners": "runner", "_beacons": "beacons"}
+LOADERS = {"_modules": "minion_mods", "_states": "states", "_runners": "runner", "_beacons": "beacons",
+           "_grains": "grains"}
 
 PROBE = textwrap.dedent(
     """
@@ -32,6 +33,8 @@ PROBE = textwrap.dedent(
         "states": sorted(salt.loader.states(minion, mods, utils, {})),
         "runner": sorted(salt.loader.runner(master, utils=salt.loader.utils(master))),
         "beacons": sorted(salt.loader.beacons(minion, mods)),
+        # grains modules by their functions' module names: "<module>.<function>"
+        "grains": sorted(salt.loader.grain_funcs(minion)),
     }
     # the path each pack module was loaded from: must be the installed package
     found["paths"] = sorted(v[0] for k, v in mods.file_mapping.items() if k.startswith("kiosk_"))
