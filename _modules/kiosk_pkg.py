@@ -111,7 +111,7 @@ def _alert(hop, name, version, error, source=None):
     _event(
         "kiosk/release/alert",
         {"hop": hop, "name": name, "version": version, "error": str(error), "source": source,
-         "campus": __grains__.get("campus")},
+         "campus": _campus_or_none()},
     )
 
 
@@ -152,6 +152,14 @@ def _load_manifest(raw, name, version, source, keys):
 def _my_campus():
     """This minion's campus from the pillar inventory (never from a grain the minion reports about itself)."""
     return fleet_inventory.campus_of(fleet_inventory.from_pillar(__pillar__), __opts__["id"])
+
+
+def _campus_or_none():
+    """The pillar campus for event data (informational: the receiving runners look the sender up themselves)."""
+    try:
+        return _my_campus()
+    except fleet_inventory.InventoryError:
+        return None
 
 
 def _signed_pin(pin, keys, name, hop, version=None):
@@ -361,7 +369,7 @@ def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, h
     except (fleet_release.ReleaseError, fleet_inventory.InventoryError, OSError) as exc:
         return _fail(ret, fleet_release.disk_error(exc, repo) if isinstance(exc, OSError) else exc)
     if ret["changed"]:
-        _event("kiosk/release/staged", {"name": name, "version": version, "campus": __grains__.get("campus"),
+        _event("kiosk/release/staged", {"name": name, "version": version, "campus": _campus_or_none(),
                                          "fetched": ret["fetched"], "pinned": bool(ret.get("pinned"))})
     ret["staged"] = fleet_release.sort_versions(index["versions"])
     ret["pin"] = index["pin"]
@@ -781,5 +789,5 @@ def _fetch_and_install(session, repos, indexes, pin_, name, version, root, repor
     present = [v for v in os.listdir(os.path.join(root, name)) if fleet_release.VERSION.match(v)]
     for old in fleet_release.prune_plan(present, keep):
         shutil.rmtree(os.path.join(root, name, old), ignore_errors=True)
-    _event("kiosk/release/installed", {"name": name, "version": version, "campus": __grains__.get("campus")})
+    _event("kiosk/release/installed", {"name": name, "version": version, "campus": _campus_or_none()})
     return report

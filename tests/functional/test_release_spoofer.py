@@ -256,7 +256,8 @@ def minion(root, minion_id, pillar, extra=None):
     opts.update({
         "id": minion_id, "file_client": "local", "root_dir": str(root), "cachedir": str(root / "cache"),
         "sock_dir": str(root / "sock"), "pki_dir": str(root / "pki"), "module_dirs": [str(topo_repo())],
-        "grains": {"campus": "east"}, "pillar": pillar, "enable_fqdns_grains": False,
+        # a campus grain that lies: what counts is the campus of the pillar inventory (east)
+        "grains": {"campus": "west"}, "pillar": pillar, "enable_fqdns_grains": False,
         **(extra or {}),
     })
     for key in ("cachedir", "sock_dir", "pki_dir"):
@@ -342,7 +343,7 @@ def assert_refused(kiosk, before, report, marker_path, alerts, why):
     assert kiosk.installed()["version"] == "1.0.0"
     assert kiosk.install_log() == ["1.0.0"]
     assert kiosk.tree() == before  # no new version directory, no .part file, no changed record
-    assert alerts and all(a["hop"] == "pi->kiosk" for a in alerts), alerts
+    assert alerts and all(a["hop"] == "pi->kiosk" and a["campus"] == "east" for a in alerts), alerts
 
 
 # --------------------------------------------------------------------------- the kiosk
@@ -555,3 +556,23 @@ def test_the_pi_refuses_to_work_without_a_verify_key(servers, releases, tmp_path
         assert [a["hop"] for a in bus.drain("kiosk/release/alert")] == ["master->pi", "master->pi"]
     finally:
         bus.close()
+
+
+def test_a_copy_staged_before_signing_is_fetched_again_signed(pi, servers, releases, signing_key):
+    """An unsigned 4.0.0 left in the repository (staged by the old pack) is not kept as "already staged"."""
+    old = releases.package("4.0.0", sign=False)
+    for rel, body in old.items():
+        (pi.repo / NAME / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pi.repo / NAME / rel).write_bytes(body)
+    index = json.loads((pi.repo / NAME / "index.json").read_text())
+    index["versions"]["4.0.0"] = {"size": 1, "created_at": "x", "staged_at": "x", "rollback_of": None}
+    (pi.repo / NAME / "index.json").write_text(json.dumps(index))
+    put(servers["master"], releases.package("4.0.0"))
+    ret = pi.mods["kiosk_pkg.stage"](NAME, "4.0.0", source=servers["master"].base)
+    assert ret["result"] is True and ret["changed"] is True, ret
+    manifest = json.loads((pi.repo / NAME / "4.0.0" / "manifest.json").read_text())
+    assert fleet_release.verify(manifest, [signing_key[1]], "manifest") == manifest
+    # staged again: now a no-op
+    again = pi.mods["kiosk_pkg.stage"](NAME, "4.0.0", source=servers["master"].base)
+    assert again["result"] is True and again["changed"] is False, again
+
