@@ -18,7 +18,10 @@ Master config::
       master_url: http://salt.example.org:8080/kiosk-releases/   # optional: Pis stage over HTTP,
                                         # resuming after a cut (nginx exporting the store);
                                         # default salt://kiosk_releases/ (cp.get_file)
-      signing_key: /etc/salt/pki/master/kiosk_release.pem        # optional Ed25519 key: manifests are signed
+      signing_key: /etc/salt/pki/master/kiosk_release.pem        # required by publish/rollback: Ed25519 private
+                                        # key (mode 0600; salt-run kiosk_release.keygen makes it)
+      source_root: /var/lib/jenkins/workspace   # required by publish: a file or directory source must be
+                                        # below it (no '..', no symlink on the way, read with O_NOFOLLOW)
       textfile_dir: /var/lib/prometheus/node-exporter            # optional: kiosk_release.prom
       timeout: 3600                     # seconds a staging or install job may take
       max_error_share: 0.0              # rollout halts when more kiosks than this share fail
@@ -35,13 +38,16 @@ import tempfile
 import time
 
 try:  # classic install: Salt puts the _utils folder on sys.path while loading
+    import fleet_http
     import fleet_inventory
     import fleet_lock
     import fleet_metrics
     import fleet_release
+    import fleet_rollout
     import fleet_runner
 except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_lock, fleet_metrics, fleet_release, fleet_runner
+    from saltext_kiosk_fleet.utils import (fleet_http, fleet_inventory, fleet_lock, fleet_metrics, fleet_release,
+                                           fleet_rollout, fleet_runner)
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +112,11 @@ def _state():
         state.setdefault("pins", {})
         state.setdefault("pushed", {})
         state.setdefault("metrics", {})
+        before = json.dumps(state, sort_keys=True)
         yield state
-        fleet_release.write_json_atomic(path, state)
+        # written only when changed: a refused (forged, replayed) event leaves the file as it was
+        if json.dumps(state, sort_keys=True) != before:
+            fleet_release.write_json_atomic(path, state)
 
 
 def _read_state():
@@ -154,18 +163,34 @@ def _pin_of(state, name, campus):
 
 
 def _set_pin(state, name, campus, version):
-    """Move the campus pin; the serial grows on every change so Pis and kiosks can order pins."""
+    """
+    Move the campus pin; the serial grows on every change so Pis and kiosks
+    can order pins. The pin is signed here (``signed``: what the Pis store
+    and the kiosks verify); without a usable ``kiosk_release:signing_key``
+    this raises ValueError and, called inside ``_state()``, nothing is saved.
+    """
     current = state["pins"].setdefault(name, {}).get(campus) or {"version": None, "serial": 0, "history": []}
     history = list(current.get("history", []))
     if current.get("version") is not None and current["version"] != version:
         history.append(current["version"])
     # the serial also follows the clock: a master whose cachedir was wiped never
-    # issues serials below what the Pis hold (they refuse older serials)
+    # issues serials below what the Pis hold (they refuse older serials); kiosks
+    # refuse a serial more than a day ahead of its signing time
     serial = max(current["serial"] + 1, int(time.time()))
-    pin = {"version": version, "serial": serial, "history": history[-20:], "at": fleet_release.now_iso()}
+    signed = fleet_release.sign_pin(name, campus, version, serial, _signing_key())
+    pin = {"version": version, "serial": serial, "history": history[-20:], "at": fleet_release.now_iso(),
+           "signed": signed}
     state["pins"][name][campus] = pin
     state["pushed"].setdefault(name, {}).pop(campus, None)
     return pin
+
+
+def _pin_doc(name, campus, pin):
+    """The signed pin of a state entry; an entry saved before pins were signed is signed now (same serial)."""
+    signed = pin.get("signed")
+    if isinstance(signed, dict) and signed.get("serial") == pin["serial"] and signed.get("version") == pin["version"]:
+        return signed
+    return fleet_release.sign_pin(name, campus, pin["version"], pin["serial"], _signing_key())
 
 
 # --------------------------------------------------------------------------- metrics
@@ -246,42 +271,56 @@ def _why(ret):
 # --------------------------------------------------------------------------- publish
 
 
-def _import_source(source, work, md5):
-    """Copy (hashing in the same pass) a file, the files of a directory, or an http(s) URL into ``work``."""
-    if not isinstance(source, str) or not source:
-        raise ValueError("source: give a file, a directory or an http(s) URL")
-    files = {}
-    if source.startswith(("http://", "https://")):
-        import requests  # pylint: disable=import-outside-toplevel
+def _source_root():
+    root = _conf("source_root")
+    if not isinstance(root, str) or not os.path.isabs(root):
+        raise ValueError(f"{CONFIG_KEY}:source_root: not set to an absolute directory in the master config "
+                         f"(publish reads packages only from under it)")
+    return root
 
-        file_name = fleet_release.check_file_name(source.rstrip("/").rsplit("/", 1)[-1], "source")
-        digest = fleet_release.Digest()
-        try:
-            with requests.get(source, stream=True, timeout=(10, 120)) as resp, \
-                    open(os.path.join(work, file_name), "wb") as out:
-                if resp.status_code != 200:
-                    raise ValueError(f"source: {source} answered HTTP {resp.status_code}")
+
+def _import_url(source, work):
+    """Download one file; no proxy from the environment, no redirect followed, errors without path or query."""
+    import requests  # pylint: disable=import-outside-toplevel
+
+    fleet_http.check_url(source, "source")
+    host = fleet_http.host_of(source)
+    path = source.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    file_name = fleet_release.check_file_name(path.rsplit("/", 1)[-1], "source (the URL's last path segment)")
+    digest = fleet_release.Digest()
+    try:
+        with fleet_http.session() as sess, \
+                sess.get(source, stream=True, timeout=(10, 120), allow_redirects=False) as resp:
+            fleet_rollout.check_source_response(resp.status_code, resp.headers.get("Location"), host)
+            with open(os.path.join(work, file_name), "wb") as out:
                 for data in resp.iter_content(fleet_release.CHUNK):
                     out.write(data)
                     digest.update(data)
-        except requests.RequestException as exc:
-            raise ValueError(f"source: {source} cannot be downloaded ({exc.__class__.__name__}: {exc})") from None
-        files[file_name] = digest.result()
-    elif os.path.isdir(source):
-        for entry in sorted(os.listdir(source)):
-            path = os.path.join(source, entry)
-            if not os.path.isfile(path):
-                raise ValueError(f"source: {path} is not a plain file (a release is a flat set of files)")
-            fleet_release.check_file_name(entry, f"source.{entry}")
-        for entry in sorted(os.listdir(source)):
-            files[entry] = fleet_release.hash_file(os.path.join(source, entry), copy_to=os.path.join(work, entry))
-        if not files:
-            raise ValueError(f"source: {source} is an empty directory")
-    elif os.path.isfile(source):
-        file_name = fleet_release.check_file_name(os.path.basename(source), "source")
-        files[file_name] = fleet_release.hash_file(source, copy_to=os.path.join(work, file_name))
+                out.flush()
+                os.fsync(out.fileno())
+    except requests.TooManyRedirects:  # the session allows none: raised on the first 3xx
+        raise ValueError(f"source: {host} answered a redirect; redirects are not followed") from None
+    except requests.RequestException as exc:
+        raise ValueError(f"source: cannot be downloaded ({fleet_http.describe_error(exc, source)})") from None
+    return {file_name: digest.result()}
+
+
+def _import_source(source, work, md5):
+    """Copy (hashing in the same pass) a file, the files of a directory, or an http(s) URL into ``work``."""
+    if not isinstance(source, str) or not source:
+        raise ValueError("source: give a file or directory under kiosk_release:source_root, or an http(s) URL")
+    if source.startswith(("http://", "https://")):
+        files = _import_url(source, work)
     else:
-        raise ValueError(f"source: {source!r} is not a file, a directory or an http(s) URL on the master")
+        # walked from the root with lstat + O_NOFOLLOW: no '..', no symlink, no hard link to another file
+        _kind, fds = fleet_rollout.open_confined(source, _source_root())
+        files = {}
+        try:
+            for entry in sorted(fds):
+                # open() of an fd: the very file that was checked, closed when hashed
+                files[entry] = fleet_release.hash_file(fds.pop(entry), copy_to=os.path.join(work, entry))
+        finally:
+            fleet_rollout.close_all(fds)
     if md5 is not None:
         if len(files) != 1:
             raise ValueError("md5: only for a single-file source")
@@ -291,15 +330,58 @@ def _import_source(source, work, md5):
     return files
 
 
-def _sign(doc):
-    key_path = _conf("signing_key")
-    if not key_path:
-        return doc
+INSTALL_FILE = "kiosk-install.json"  # in a package directory: its install command (the Jenkinsfile passes none)
+
+
+def _install_from_package(work, files, install, success_codes):
+    """
+    ``install``/``success_codes`` as given, or, when ``install`` is not
+    given, read from the package's own ``kiosk-install.json`` (the copy just
+    made and hashed): an argument list, or ``{"install": [...],
+    "success_codes": [...]}``.
+    """
+    if install is not None or INSTALL_FILE not in files:
+        return fleet_release.check_install(install), fleet_release.check_success_codes(success_codes)
+    field = f"source.{INSTALL_FILE}"
+    if files[INSTALL_FILE]["size"] > 65536:
+        raise ValueError(f"{field}: larger than 64 KiB")
     try:
-        with open(key_path, "rb") as handle:
-            return fleet_release.sign_manifest(doc, handle.read())
+        with open(os.path.join(work, INSTALL_FILE), encoding="utf-8") as handle:
+            doc = json.load(handle)
+    except (OSError, ValueError):
+        raise ValueError(f"{field}: not valid JSON (expected an argument list or {{\"install\": [...]}})") from None
+    if isinstance(doc, dict):
+        unknown = sorted(set(doc) - {"install", "success_codes"})
+        if unknown:
+            raise ValueError(f"{field}: unknown key {', '.join(map(str, unknown))}")
+        codes = doc.get("success_codes") if success_codes is None else success_codes
+        return (fleet_release.check_install(doc.get("install"), f"{field}.install"),
+                fleet_release.check_success_codes(codes, f"{field}.success_codes"))
+    return fleet_release.check_install(doc, field), fleet_release.check_success_codes(success_codes)
+
+
+def _signing_key():
+    """The Ed25519 private key PEM publish signs with: required, read without following a symlink, mode 0600."""
+    key_path = _conf("signing_key")
+    field = getattr(fleet_release, "SIGNING_KEY_FIELD", f"{CONFIG_KEY}.signing_key")
+    if not key_path:
+        raise ValueError(f"{field}: not set in the master config; publish signs every manifest "
+                         f"(make a key with salt-run kiosk_release.keygen path=/etc/salt/pki/master/kiosk_release.pem)")
+    if not isinstance(key_path, str) or not os.path.isabs(key_path):
+        raise ValueError(f"{field}: {key_path!r} is not an absolute path")
+    try:
+        fd = os.open(key_path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise ValueError(f"{CONFIG_KEY}.signing_key: cannot read {key_path}: {exc.strerror}") from None
+        raise ValueError(f"{field}: cannot read {key_path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        fleet_rollout.check_key_mode(os.fstat(handle.fileno()).st_mode, field)
+        pem = handle.read()
+    fleet_rollout.public_key_of(pem, field)  # an unusable key fails here, before anything is copied
+    return pem
+
+
+def _sign(doc, key_pem):
+    return fleet_release.sign_manifest(doc, key_pem)
 
 
 def _store_release(store, doc, work):
@@ -311,6 +393,7 @@ def _store_release(store, doc, work):
 
 
 def _new_release(store, name, version, files_from, install, rollback_of=None, success_codes=None):
+    key_pem = _signing_key()
     fleet_release.check_name(name)
     version = fleet_release.check_version(version)
     published = _published(store, name)
@@ -324,9 +407,11 @@ def _new_release(store, name, version, files_from, install, rollback_of=None, su
     work = tempfile.mkdtemp(dir=staging, prefix=f"{name}-{version}-")
     try:
         files = files_from(work)
+        if callable(install):  # publish: the command may come from the package itself
+            install, success_codes = install(work, files)
         fleet_release.check_free_space(store, 0)
         doc = _sign(fleet_release.build_manifest(name, version, files, install, rollback_of=rollback_of,
-                                                 success_codes=success_codes))
+                                                 success_codes=success_codes), key_pem)
         _store_release(store, doc, work)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -340,41 +425,50 @@ def _fire(tag, data):
 
 def publish(name=None, version=None, source=None, install=None, campuses=None, md5=None, success_codes=None):
     """
-    Publish release ``name`` ``version`` from ``source`` (a file, a directory
-    of files, or an http(s) URL, as the master sees it): hash every file in
-    the copying pass (size, md5, sha256), write the manifest (signed when
-    ``kiosk_release:signing_key`` is set) and store it under the master's
-    store. ``install`` is the kiosk's install command as an argument list
-    (``{dir}``, ``{name}``, ``{version}`` are filled in) and ``success_codes``
-    its exit codes that mean success (default ``[0]``; msiexec with
-    ``/norestart``: ``[0, 3010]``). ``md5``: the hash the build computed,
+    Publish release ``name`` ``version`` from ``source`` (a file or a flat
+    directory of files under ``kiosk_release:source_root``, or an http(s) URL
+    fetched without proxy or redirect): hash every file in the copying pass
+    (size, md5, sha256), write the manifest signed with
+    ``kiosk_release:signing_key`` (required) and store it under the master's
+    store. A source outside the root, through ``..`` or through a symlink
+    is refused and nothing is stored. ``install`` is the kiosk's install
+    command as an argument list (``{dir}``, ``{name}``, ``{version}`` are
+    filled in) and ``success_codes`` its exit codes that mean success
+    (default ``[0]``; msiexec with ``/norestart``: ``[0, 3010]``). Without
+    ``install``, a directory source's own ``kiosk-install.json`` gives them
+    (an argument list, or ``{"install": [...], "success_codes": [...]}``).
+    ``md5``: the hash the build computed,
     checked against the copy. Versions only go up.
 
-    With ``campuses``, those campuses are pinned to the new version and the
-    reactors take it from there (``kiosk/release/published`` -> staging on
-    their Pis -> ``kiosk/release/staged`` -> install on their kiosks).
+    With ``campuses``, those campuses are pinned to the new version and
+    recorded as waiting to be staged; the reactors take it from there
+    (``kiosk/release/published`` -> ``on_published`` stages what is waiting
+    -> ``kiosk/release/staged`` -> ``push`` installs on their kiosks).
     Without, the release waits for ``rollout``.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-run kiosk_release.publish name=kiosk-app version=1.4.0 source=/var/lib/jenkins/out/kiosk-app-1.4.0.msi \\
+        salt-run kiosk_release.publish name=kiosk-app version=1.4.0 source=/var/lib/jenkins/workspace/out/kiosk-app-1.4.0.msi \\
             install='["msiexec", "/i", "{dir}\\\\kiosk-app-1.4.0.msi", "/qn"]' md5=9e107d9d372bb6826bd81d3542a419d6
-        salt-run kiosk_release.publish name=kiosk-app version=1.4.1 source=/build/out/ campuses=riverside
+        salt-run kiosk_release.publish name=kiosk-app version=1.4.1 source=/var/lib/jenkins/workspace/out/ campuses=riverside
     """
     try:
         store = _store()
         inventory = _inventory() if campuses else None
         targets = _campuses(inventory, campuses) if campuses else []
-        install = fleet_release.check_install(install)
-        success_codes = fleet_release.check_success_codes(success_codes)
-        doc = _new_release(store, name, version, lambda work: _import_source(source, work, md5), install,
-                           success_codes=success_codes)
+        if install is not None:  # refused early, before anything is copied
+            install = fleet_release.check_install(install)
+        success_codes = fleet_release.check_success_codes(success_codes) if success_codes is not None else None
+        doc = _new_release(store, name, version, lambda work: _import_source(source, work, md5),
+                           lambda work, files: _install_from_package(work, files, install, success_codes))
         if targets:
             with _state() as state:
                 for campus in targets:
-                    _set_pin(state, doc["name"], campus, doc["version"])
+                    pin_ = _set_pin(state, doc["name"], campus, doc["version"])
+                    # the published event is only a hint: on_published stages what is recorded here
+                    state.setdefault("to_stage", {}).setdefault(doc["name"], {})[campus] = pin_["serial"]
     except (ValueError, OSError, fleet_inventory.InventoryError) as exc:
         if isinstance(exc, OSError):
             exc = fleet_release.disk_error(exc, _conf("store") or "the release store", "store")
@@ -411,6 +505,121 @@ def published(name=None):
     return fleet_runner.finish(__context__, {"result": True, "releases": {n: _published(store, n) for n in names}})
 
 
+def keygen(path=None, force=False):
+    """
+    Make the Ed25519 key pair releases are signed with: the private key is
+    written to ``path`` (default ``kiosk_release:signing_key``) with mode
+    0600, never over an existing file unless ``force=True``; the public key
+    is returned, for the ``kiosk_release:verify_key`` list in the Pis' and
+    kiosks' pillar. The private key is never returned or logged.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.keygen path=/etc/salt/pki/master/kiosk_release-2027.pem
+    """
+    try:
+        path = _conf("signing_key") if path is None else path
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise ValueError(f"path: {path!r} is not an absolute path (or set {CONFIG_KEY}:signing_key)")
+        if not isinstance(force, bool):
+            raise ValueError(f"force: expected True or False, got {force!r}")
+        if os.path.lexists(path) and not force:
+            raise ValueError(f"path: {path} exists; refusing to replace a signing key (force=True replaces it)")
+        private, public = fleet_rollout.new_key_pair()
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kiosk_release-key-")  # mode 0600 from the start
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(private)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, OSError):
+            exc = ValueError(f"path: cannot write the key: {exc.strerror}")
+        return fleet_runner.fail(__context__, exc)
+    log.info("kiosk_release: wrote a new signing key to %s", path)
+    return fleet_runner.finish(__context__, {"result": True, "path": path, "public_key": public})
+
+
+def public_key(path=None):
+    """
+    The public key of the signing key (default ``kiosk_release:signing_key``),
+    to put in the ``kiosk_release:verify_key`` pillar list.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.public_key
+    """
+    try:
+        pem = _signing_key() if path is None else _read_key(path)
+        return fleet_runner.finish(__context__, {"result": True, "public_key": fleet_rollout.public_key_of(pem)})
+    except ValueError as exc:
+        return fleet_runner.fail(__context__, exc)
+
+
+def _read_key(path):
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise ValueError(f"path: {path!r} is not an absolute path")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ValueError(f"path: cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def on_published(name=None, version=None, campuses=None, timeout=None):
+    """
+    What the ``kiosk/release/published`` reactor calls. The event is a hint
+    (a kiosk can forge it): only campuses that ``publish`` recorded as
+    waiting for this release, still pinned to it with the same serial, are
+    staged, once per release, campus and serial. Anything else (an invented
+    or replayed event) does nothing: no job, no change of state.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.on_published kiosk-app 1.4.0 campuses=riverside
+    """
+    try:
+        store = _store()
+        fleet_release.check_name(name)
+        version = fleet_release.check_version(version)
+        hints = fleet_inventory.names(campuses, "campuses") if campuses not in (None, "") else None
+        timeout = _timeout(timeout)
+        held = version in _published(store, name)
+        if held:
+            _manifest(store, name, version)  # a readable, valid manifest (signed at publish)
+        with _state() as state:
+            claimed = fleet_rollout.claim_event_staging(state, name, version, hints, held)
+        if not claimed:
+            # no metrics, no state write: a forged event must leave no trace but the log line
+            log.info("kiosk_release: published event for %s %s: nothing of it is waiting to be staged", name, version)
+            return fleet_runner.finish(__context__, {"result": True, "staged": False,
+                                                     "comment": f"nothing of {name} {version} waits to be staged"})
+        inventory = _inventory()
+        targets = [c for c in claimed if c in inventory["campuses"]]
+    except (ValueError, fleet_inventory.InventoryError) as exc:
+        return fleet_runner.fail(__context__, exc)
+    report = _stage_campuses(inventory, name, version, targets, timeout, claimed)
+    failed = sorted(c for c, e in report.items() if not e["seed"])
+    ret = {"result": not failed, "staged": True, "name": name, "version": version, "campuses": report}
+    if failed:
+        ret["error"] = f"no Pi of {', '.join(failed)} could stage {name} {version} (run kiosk_release.stage or rollout)"
+    return _done("stage", ret, _record_wan(name, report))
+
+
 # --------------------------------------------------------------------------- staging on the Pis
 
 
@@ -424,16 +633,17 @@ def _stage_campuses(inventory, name, version, campuses, timeout, serials):
     master_source = _master_source()
     report = {c: {"seed": None, "pis": {}, "wan_bytes": 0} for c in campuses}
     untried = {c: fleet_inventory.pis_of(inventory, c) for c in campuses}
+    pins = _signed_pins(name, version, serials, report) if serials else {}
 
     def call(pis_by_campus, source, hop):
-        jobs = {}  # one job per distinct kwargs (the pin serial differs per campus)
+        jobs = {}  # one job per distinct kwargs (a signed pin names its campus)
         for campus, pis in pis_by_campus.items():
-            key = serials.get(campus)
+            key = campus if campus in pins else None
             jobs.setdefault(key, []).extend((campus, p) for p in pis)
-        for serial, members in jobs.items():
+        for key, members in jobs.items():
             kwarg = {"source": source, "hop": hop}
-            if serial is not None:
-                kwarg["serial"] = serial
+            if key is not None:
+                kwarg["pin"] = pins[key]
             returns = _execute([p for _, p in members], "kiosk_pkg.stage", [name, version], kwarg, timeout)
             for campus, pi in members:
                 ret = returns.get(pi)
@@ -461,6 +671,28 @@ def _stage_campuses(inventory, name, version, campuses, timeout, serials):
         entry["staged_on"] = sorted(p for p, r in entry["pis"].items() if r["staged"])
         entry["complete"] = len(entry["staged_on"]) == len(entry["pis"])
     return report
+
+
+def _signed_pins(name, version, serials, report):
+    """
+    ``{campus: signed pin}`` for the campuses whose pin in the state still
+    has the serial the caller decided on and names ``version``; the Pis get
+    it with ``kiosk_pkg.stage`` and store it only after verifying it. A pin
+    that moved on meanwhile, or cannot be signed, is left out (the Pis then
+    stage without pinning; ``pin_error`` says why).
+    """
+    state = _read_state()
+    pins = {}
+    for campus, serial in serials.items():
+        pin = _pin_of(state, name, campus)
+        if not pin or pin["serial"] != serial or pin["version"] != version:
+            continue
+        try:
+            pins[campus] = _pin_doc(name, campus, pin)
+        except ValueError as exc:
+            if campus in report:
+                report[campus]["pin_error"] = str(exc)
+    return pins
 
 
 def _record_wan(name, report):
@@ -511,7 +743,12 @@ def stage(name=None, version=None, campuses=None, timeout=None):
 def _pin_pis(inventory, name, campus, pin):
     """Copy the campus pin into the index of every Pi of the campus; ``{pi: ok or error}``."""
     pis = fleet_inventory.pis_of(inventory, campus)
-    returns = _execute(pis, "kiosk_pkg.pin", [name, pin["version"]], {"serial": pin["serial"]})
+    try:
+        doc = _pin_doc(name, campus, pin)
+    except ValueError as exc:
+        return dict.fromkeys(pis, str(exc))
+    # the signed pin, not a bare serial: the Pis verify it, and kiosks verify it again
+    returns = _execute(pis, "kiosk_pkg.pin", [name], {"pin": doc})
     return {pi: True if _ok(returns.get(pi)) else _why(returns.get(pi)) for pi in pis}
 
 
@@ -531,13 +768,46 @@ def _push(inventory, name, version, campuses, timeout):
     return result
 
 
+def _push_campus(inventory, name, version, campus, timeout):
+    """
+    Push the campus pin if it is due: not pushed yet, not being pushed by
+    another run, and live on a Pi of the campus (``kiosk_pkg.repo_status``:
+    pinned with this serial and staged). The campus is marked pushed only
+    after the push succeeded; a failed push is left due, for the next event,
+    ``rollout`` or ``status``. Returns ``(kiosks, None)`` or ``(None, why not)``.
+    """
+    with _state() as state:  # only read here: no write when nothing is due
+        serial, skip = fleet_rollout.push_decision(state, name, campus, version, time.time())
+    if skip:
+        return None, skip
+    pis = fleet_inventory.pis_of(inventory, campus)
+    live = fleet_rollout.pin_live(_execute(pis, "kiosk_pkg.repo_status", [name], {}, 60), version, serial)
+    if not live:
+        return None, f"{campus}: no Pi has the pin {name} {version} (serial {serial}) live yet"
+    with _state() as state:  # decide again under the lock, claim, act after releasing it
+        again, skip = fleet_rollout.push_decision(state, name, campus, version, time.time())
+        if skip or again != serial:
+            return None, skip or f"{campus}: the pin moved while its Pis were asked"
+        fleet_rollout.claim_push(state, name, campus, serial, int(time.time()) + timeout + 60)
+    ok = False
+    try:
+        kiosks = _push(inventory, name, version, [campus], timeout)[campus]
+        ok = fleet_rollout.push_succeeded(kiosks, SILENT_KIOSK)
+    finally:
+        with _state() as state:
+            fleet_rollout.end_push(state, name, campus, serial, ok)
+    return kiosks, None
+
+
 def push(name=None, version=None, campus=None, pi=None, timeout=None):
     """
-    Install ``version`` on the kiosks of ``campus`` if it is the campus pin,
-    once: the reactor calls this for every ``kiosk/release/staged`` event
-    (one per Pi, each arriving more than once through the syndics), and
-    only the first call for a campus pin pushes. Kiosks that were off catch
-    up at boot (startup state ``kiosk_fleet.release``).
+    Install ``version`` on the kiosks of ``campus`` if it is the campus pin
+    and a Pi of the campus has it live, once per pin: the reactor calls this
+    for every ``kiosk/release/staged`` event (one per Pi, each arriving more
+    than once through the syndics; a kiosk can forge it too). ``pi`` must be a
+    Pi of the inventory. The campus is marked pushed only after the push
+    succeeded; a failed push is retried by the next call. Kiosks that were
+    off catch up at boot (startup state ``kiosk_fleet.release``).
 
     CLI Example:
 
@@ -551,29 +821,20 @@ def push(name=None, version=None, campus=None, pi=None, timeout=None):
         version = fleet_release.check_version(version)
         inventory = _inventory()
         if pi is not None:
-            campus = fleet_inventory.campus_of(inventory, pi)
+            campus = fleet_rollout.campus_of_pi(inventory, pi)
         if not campus or len(fleet_inventory.names(campus, "campus")) != 1:
             raise ValueError("campus: name one campus to push to (or pi=<a Pi of it>)")
         (campus,) = _campuses(inventory, campus, "campus")
         timeout = _timeout(timeout)
-        skip = None
-        with _state() as state:  # decide and mark under the lock; act after releasing it
-            pin = _pin_of(state, name, campus)
-            if not pin or pin["version"] != version:
-                skip = f"{campus} is pinned to {pin and pin['version']}, not {version}: nothing to push"
-            elif state["pushed"].get(name, {}).get(campus) == pin["serial"]:
-                skip = f"{name} {version} already pushed to {campus}"
-            else:
-                state["pushed"].setdefault(name, {})[campus] = pin["serial"]
     except (ValueError, fleet_inventory.InventoryError) as exc:
-        return _failed("push", exc)
-    if skip:
-        return _done("push", {"result": True, "pushed": False, "comment": skip})
-    kiosks = _push(inventory, name, version, [campus], timeout)[campus]
+        return fleet_runner.fail(__context__, exc)
+    kiosks, skip = _push_campus(inventory, name, version, campus, timeout)
+    if skip:  # nothing done: no metrics either (the state file stays as it was)
+        return fleet_runner.finish(__context__, {"result": True, "pushed": False, "comment": skip})
     bad = {k: v for k, v in kiosks.items() if v is not True and v != SILENT_KIOSK}
     ret = {"result": not bad, "pushed": True, "name": name, "version": version, "campus": campus, "kiosks": kiosks}
     if bad:
-        ret["error"] = f"{len(bad)} of {len(kiosks)} kiosks of {campus} are not on {version}"
+        ret["error"] = f"{len(bad)} of {len(kiosks)} kiosks of {campus} are not on {version} (the push stays due)"
     return _done("push", ret)
 
 
@@ -604,6 +865,7 @@ def rollout(name=None, version=None, campuses=None, canary=None, rings=None, max
         ring_plan = fleet_release.plan_rings(targets, canary=canary, rings=rings)
         threshold = fleet_release.check_share(_conf("max_error_share", 0.0) if max_error_share is None else max_error_share)
         timeout = _timeout(timeout)
+        _signing_key()  # pins are signed: fail here, before any ring, without a usable key
     except (ValueError, fleet_inventory.InventoryError) as exc:
         return _failed("rollout", exc)
     done, ret = [], {"result": True, "name": name, "version": version, "rings": []}
@@ -623,11 +885,21 @@ def rollout(name=None, version=None, campuses=None, canary=None, rings=None, max
 def _roll_ring(inventory, name, version, ring, timeout, threshold):
     with _state() as state:
         pins = {c: _set_pin(state, name, c, version) for c in ring}
-        for campus in ring:  # the push below is this rollout's: reactors must not push it again
-            state["pushed"].setdefault(name, {})[campus] = pins[campus]["serial"]
-    staged = _stage_campuses(inventory, name, version, ring, timeout, {c: p["serial"] for c, p in pins.items()})
-    # staging with the serial pinned every Pi that holds the version (staged_on)
-    kiosks = _push(inventory, name, version, [c for c in ring if staged[c]["seed"]], timeout)
+        until = int(time.time()) + 2 * timeout + 120
+        for campus in ring:  # the push below is this rollout's: reactors skip it while it runs
+            fleet_rollout.claim_push(state, name, campus, pins[campus]["serial"], until)
+    ok = {}
+    try:
+        staged = _stage_campuses(inventory, name, version, ring, timeout, {c: p["serial"] for c, p in pins.items()})
+        # staging with the serial pinned every Pi that holds the version (staged_on)
+        pushed = [c for c in ring if staged[c]["seed"]]
+        kiosks = _push(inventory, name, version, pushed, timeout)
+        kiosks = _confirm(inventory, name, version, kiosks)
+        ok = {c: fleet_rollout.push_succeeded(kiosks[c], SILENT_KIOSK) for c in pushed}
+    finally:
+        with _state() as state:  # only a campus whose push succeeded is marked pushed
+            for campus in ring:
+                fleet_rollout.end_push(state, name, campus, pins[campus]["serial"], ok.get(campus, False))
     for campus in ring:
         if not staged[campus]["seed"]:
             kiosks[campus] = {k: f"{campus}: no Pi staged {version}" for k in inventory["campuses"][campus]["kiosks"]}
@@ -639,6 +911,26 @@ def _roll_ring(inventory, name, version, ring, timeout, threshold):
         entry["error"] = (f"halted after ring {', '.join(ring)}: {share:.0%} of its kiosks are not on {version} "
                           f"(limit {threshold:.0%})")
     return entry
+
+
+def _confirm(inventory, name, version, kiosks_by_campus):
+    """
+    A kiosk's return alone does not count (another minion behind the same
+    syndic can forge it): with ``kiosk_release:confirm_downloads`` (default
+    on), a kiosk counts as on ``version`` only when a Pi of its campus also
+    served it that version's files (``kiosk_pkg.served``, read from the Pi's
+    nginx access log, by the kiosk's inventory address).
+    """
+    if not _conf("confirm_downloads", True):
+        return kiosks_by_campus
+    confirmed = {}
+    for campus, kiosks in kiosks_by_campus.items():
+        spec = inventory["campuses"][campus]
+        pis = fleet_inventory.pis_of(inventory, campus)
+        served = fleet_rollout.served_by_ip(_execute(pis, "kiosk_pkg.served", [name, version], {}, 60), name, version)
+        ips = {k: str(spec["kiosks"][k].get("ip") or "") for k in kiosks}
+        confirmed[campus] = fleet_rollout.confirm_ring(kiosks, ips, served, SILENT_KIOSK)
+    return confirmed
 
 
 def _record_kiosks(name, kiosks_by_campus, silent=None):
@@ -797,6 +1089,8 @@ def status(name=None, campuses=None, timeout=60):
     staged and pinned, what each kiosk runs, and the drift (kiosks not on
     the pin, Pis without it). Fails (exit 1) on drift or on a campus whose
     kiosks run different versions; silent kiosks are listed, not failed.
+    A campus pin whose push failed or never ran is pushed again here
+    (``push_retried``) when a Pi of the campus has it live.
 
     CLI Example:
 
@@ -810,6 +1104,7 @@ def status(name=None, campuses=None, timeout=60):
         inventory = _inventory()
         targets = _campuses(inventory, campuses)
         timeout = fleet_runner.number(timeout, "timeout", 1, 3600)
+        push_timeout = _timeout(None)
         state = _read_state()
     except (ValueError, fleet_inventory.InventoryError) as exc:
         return _failed("status", exc)
@@ -849,6 +1144,13 @@ def status(name=None, campuses=None, timeout=60):
         if want is not None:  # an unpinned campus has no kiosk on (or off) its pin
             on_pin[campus] = {k: k not in entry["drift"] for k in installed}
         ret["campuses"][campus] = entry
+    # a push that failed (or never ran: the staged event was lost) is retried here
+    for campus in targets:
+        want = ret["campuses"][campus]["pin"]
+        if want is not None:
+            kiosks, _skip = _push_campus(inventory, name, want, campus, push_timeout)
+            if kiosks is not None:
+                ret["campuses"][campus]["push_retried"] = kiosks
     if problems:
         ret.update(result=False, error="; ".join(problems))
     return _done("status", ret, _record_kiosks(name, on_pin, silent))
