@@ -58,9 +58,11 @@ try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_inventory
     import fleet_lock
     import fleet_release
+    import fleet_rollout
     import fleet_runner
 except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_http, fleet_inventory, fleet_lock, fleet_release, fleet_runner
+    from saltext_kiosk_fleet.utils import (fleet_http, fleet_inventory, fleet_lock, fleet_release, fleet_rollout,
+                                           fleet_runner)
 
 try:
     import requests
@@ -193,10 +195,43 @@ def _write_index(repo, name, index):
     fleet_release.write_json_atomic(os.path.join(repo, name, fleet_release.INDEX), index)
 
 
-def _session():
+def _session(source=None):
     # campus LAN and the master's export only: never the hospital's proxy from the
     # environment or the Windows (WinINET/GPO) settings, never a redirect elsewhere
-    return fleet_http.session()
+    session = fleet_http.session()
+    if source is not None:
+        adapter = _SourceAdapter(source)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+    return session
+
+
+if HAS_REQUESTS:
+
+    class _SourceAdapter(requests.adapters.HTTPAdapter):
+        """Connections from one local address (the kiosk's inventory IP), so the Pi's log names the kiosk."""
+
+        def __init__(self, source, **kwargs):
+            self._source = source
+            super().__init__(**kwargs)
+
+        def init_poolmanager(self, connections, maxsize, block=False, **pool_kwargs):
+            pool_kwargs["source_address"] = (self._source, 0)
+            super().init_poolmanager(connections, maxsize, block=block, **pool_kwargs)
+
+
+def _bind_source(campus):
+    """
+    The kiosk's inventory IP when minion config ``kiosk_release:bind_source``
+    is True, else None (the system picks: a kiosk whose address is not the
+    inventory's must still download). Meant for hosts with many addresses,
+    like the test topology on loopback, where the Pis' logs could not tell
+    kiosks apart otherwise.
+    """
+    if _conf("bind_source") is not True:
+        return None
+    inventory = fleet_inventory.from_pillar(__pillar__)
+    return inventory["campuses"][campus]["kiosks"][__opts__["id"]]["ip"]
 
 
 def _lock(root, key, wait=BUSY_WAIT):
@@ -455,6 +490,38 @@ def repo_status(name):
             "pin": index["pin"], "pin_verified": verified}
 
 
+def served(name, version):
+    """
+    Which clients this Pi's nginx served files of release ``name`` ``version``
+    to, from its access log (minion config ``kiosk_release:access_log``, the
+    JSON lines of the shipped ``kiosk_release_repo`` log format):
+    ``{"clients": {address: [HTTP statuses]}}``. GETs of the version's files
+    count (not the manifest, not index.json). nginx writes the log, not the
+    kiosks, so the top master can check a kiosk's "installed" return
+    against it. Only the current log file is read (rotated files are not).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt -G campus:riverside and kiosk_fleet_role:pi kiosk_pkg.served kiosk-app 1.4.0
+    """
+    version = _args(name, version)
+    ret = {"result": True, "name": name, "version": version, "pi": __opts__["id"]}
+    path = _conf("access_log")
+    if not isinstance(path, str) or not os.path.isabs(path):
+        return _fail(ret, f"kiosk_release:access_log: {path!r} is not the absolute path of the repository's "
+                          "nginx access log (minion config)")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            ret["clients"] = fleet_rollout.served_from_log(handle, name, version)
+    except FileNotFoundError:
+        ret["clients"] = {}  # nothing served since the log was created or rotated
+    except OSError as exc:
+        return _fail(ret, f"kiosk_release:access_log: cannot read {path}: {exc.strerror or exc.__class__.__name__}")
+    return ret
+
+
 def prune(name, keep=3):
     """
     Delete staged versions of ``name`` beyond the ``keep`` newest; the pinned
@@ -689,7 +756,7 @@ def check_update(name=None, force=False, test=False):
         result["result"] = False
         __context__["retcode"] = 1
         return result
-    with _session() as session:
+    with _session(_bind_source(campus)) as session:
         for each in names:
             report = _update_one(session, repos, each, root, force, test, keys, campus)
             result["releases"][each] = report
