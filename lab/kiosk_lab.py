@@ -53,7 +53,7 @@ DEMO_RELEASE_VERSION = "1.0.0"
 DEMO_RELEASE_CAMPUS = "riverside"  # the campus the demo publishes to (else the inventory's first)
 DEMO_RELEASE_MB = 4
 RELEASE_REACTORS = ("published", "staged", "alert")  # kiosk/release/<event> -> reactor/kiosk_release_<event>.sls
-PACK_DIRS = ("_modules", "_states", "_runners", "_beacons", "_utils")
+PACK_DIRS = ("_modules", "_states", "_runners", "_beacons", "_grains", "_utils")
 BIN = pathlib.Path(sys.executable).parent
 
 

@@ -33,7 +33,8 @@ def test_pack_is_synced_to_every_minion(topology):
     # what saltutil.sync_all reported per minion when the topology came up
     assert sorted(topology.synced) == topology.minion_ids
     for minion_id, synced in topology.synced.items():
-        for folder, kind in (("_modules", "modules"), ("_utils", "utils"), ("_beacons", "beacons"), ("_states", "states")):
+        for folder, kind in (("_modules", "modules"), ("_utils", "utils"), ("_beacons", "beacons"), ("_states", "states"),
+                             ("_grains", "grains")):
             missing = {f"{kind}.{name}" for name in pack_names(folder)} - set(synced.get(kind, []))
             assert not missing, f"{minion_id} was not synced {missing}"
 

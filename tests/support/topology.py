@@ -23,7 +23,7 @@ from lab.kiosk_lab import make_signing_key  # noqa: F401 - re-exported: tests ma
 PI_MINION_PUBLISH_PORT = 4506
 # Each call from the top master waits syndic_wait for late syndic answers.
 SYNDIC_WAIT = 2
-PACK_DIRS = ("_modules", "_states", "_runners", "_beacons", "_utils")
+PACK_DIRS = ("_modules", "_states", "_runners", "_beacons", "_grains", "_utils")
 
 
 def free_udp_port():
