@@ -601,6 +601,7 @@ def on_published(name=None, version=None, campuses=None, timeout=None):
         held = version in _published(store, name)
         if held:
             _manifest(store, name, version)  # a readable, valid manifest (signed at publish)
+        inventory = _inventory()  # before the claim: a claim is never lost to an inventory error
         with _state() as state:
             claimed = fleet_rollout.claim_event_staging(state, name, version, hints, held)
         if not claimed:
@@ -608,7 +609,6 @@ def on_published(name=None, version=None, campuses=None, timeout=None):
             log.info("kiosk_release: published event for %s %s: nothing of it is waiting to be staged", name, version)
             return fleet_runner.finish(__context__, {"result": True, "staged": False,
                                                      "comment": f"nothing of {name} {version} waits to be staged"})
-        inventory = _inventory()
         targets = [c for c in claimed if c in inventory["campuses"]]
     except (ValueError, fleet_inventory.InventoryError) as exc:
         return fleet_runner.fail(__context__, exc)

@@ -18,8 +18,10 @@ import threading
 import pytest
 import salt.config
 import salt.loader
+import yaml
 
 import fleet_release
+from tests.support.topology import two_campus_inventory
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NAME = "kiosk-app"
@@ -78,8 +80,10 @@ class Master:
         self.conf = {"store": str(self.store), "source_root": str(self.root), "signing_key": str(self.key)}
         for key in without:
             del self.conf[key]
+        fleet = tmp_path / "fleet.yaml"  # the master-only fleet data (on_published reads the inventory)
+        fleet.write_text(yaml.safe_dump(two_campus_inventory(wol_port=9)))
         opts = salt.config.master_config(None)
-        opts.update({"root_dir": str(tmp_path), "cachedir": str(tmp_path / "cache"), "pki_dir": str(tmp_path / "pki"),
+        opts.update({"kiosk_fleet": {"data": str(fleet)}, "root_dir": str(tmp_path), "cachedir": str(tmp_path / "cache"), "pki_dir": str(tmp_path / "pki"),
                      "sock_dir": str(tmp_path / "sock"), "module_dirs": [str(REPO)], "id": "top_master",
                      "file_roots": {"base": [str(tmp_path / "files")]}, "__role": "master",
                      "kiosk_release": self.conf})
@@ -263,3 +267,18 @@ def test_the_install_command_comes_from_the_package_when_not_given(master):
     ret = master.run("publish", name=NAME, version="2.1.0", source=str(pkg.parent))
     assert ret["result"] is False and ret["error"].startswith("source.kiosk-install.json:"), ret
     assert not (master.store / NAME / "2.1.0").exists()
+
+
+def test_publish_to_campuses_records_what_waits_and_other_events_do_not_touch_it(master):
+    ret = publish(master, master.package(), campuses="east")
+    assert ret["result"] is True and ret["campuses"] == ["east"], ret
+    state = json.loads(master.state_file.read_text())
+    serial = state["pins"][NAME]["east"]["serial"]
+    assert state["to_stage"] == {NAME: {"east": serial}}
+    assert state["pins"][NAME]["east"]["signed"]["campus"] == "east"  # the pin is signed
+    before = master.state_file.read_bytes()
+    # an event naming another campus or another version claims nothing
+    for version, campuses in (("1.0.0", "west"), ("0.9.0", "east"), ("1.0.1", "east")):
+        ret = master.run("on_published", name=NAME, version=version, campuses=campuses)
+        assert ret["result"] is True and ret["staged"] is False, ret
+    assert master.state_file.read_bytes() == before
