@@ -328,7 +328,7 @@ def _parse(key, user, field="key"):
         hive, subkey = fleet_reg.parse_key(key, field)
         user = fleet_reg.check_user(user)
         if user is not None and hive != "HKEY_CURRENT_USER":
-            raise fleet_reg.RegError(f"{field}: user= applies to HKCU keys only, got {key!r}")
+            raise fleet_reg.RegError(f"{field}: user= applies to HKCU keys only, got {fleet_reg.shown(key)}")
     except fleet_reg.RegError as exc:
         raise _bad(exc) from exc
     return hive, subkey, user
@@ -446,6 +446,13 @@ def list_values(key, user=None):
     return {fleet_reg.display_name(n): _value(values, n) for n in values}
 
 
+def _flag(value, field):
+    """``test=`` and ``snapshot=``: a boolean, as the salt CLI's YAML gives ``True``/``False``."""
+    if not isinstance(value, bool):
+        raise SaltInvocationError(f"{field}: expected True or False, got {fleet_reg.shown(value)}")
+    return value
+
+
 def _check_change(change, field):
     """``field`` prefixes the field names: ``changes[1]`` for set_values, None for single calls."""
     if not isinstance(change, dict):
@@ -457,7 +464,7 @@ def _check_change(change, field):
     hive, subkey = fleet_reg.parse_key(change.get("key"), sub("key"))
     user = fleet_reg.check_user(change.get("user"), sub("user"))
     if user is not None and hive != "HKEY_CURRENT_USER":
-        raise fleet_reg.RegError(f"{sub('user')}: user= applies to HKCU keys only, got {change['key']!r}")
+        raise fleet_reg.RegError(f"{sub('user')}: user= applies to HKCU keys only, got {fleet_reg.shown(change['key'])}")
     name = fleet_reg.check_name(change.get("name"), sub("name"))
     if change.get("absent"):
         return {"key": change["key"], "hive": hive, "subkey": subkey, "user": user, "name": name, "absent": True}
@@ -485,6 +492,8 @@ def set_values(changes, test=False, snapshot=True):  # pylint: disable=redefined
     """
     if not isinstance(changes, (list, tuple)) or not changes:
         raise SaltInvocationError("changes: expected a non-empty list of changes")
+    _flag(test, "test")
+    _flag(snapshot, "snapshot")
     try:
         plan = [_check_change(c, f"changes[{i}]") for i, c in enumerate(changes)]
     except fleet_reg.RegError as exc:
@@ -583,6 +592,7 @@ def set_value(key, name, data, vtype="REG_SZ", user=None, test=False):
         salt kiosk-riverside-01 kiosk_reg.set_value 'HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Explorer\\HideDesktopIcons\\NewStartPanel' '"{645FF040-5081-101B-9F08-00AA002F954E}"' 1 vtype=REG_DWORD user=kiosk   # GUID quoted twice: bare {..} is YAML
         salt kiosk-riverside-01 kiosk_reg.set_value 'HKLM\\SOFTWARE\\Kiosk' Hosts '["a", "b"]' vtype=REG_MULTI_SZ
     """
+    _flag(test, "test")
     try:
         plan = [_check_change({"key": key, "name": name, "data": data, "vtype": vtype, "user": user}, None)]
     except fleet_reg.RegError as exc:
@@ -601,6 +611,7 @@ def delete_value(key, name, user=None, test=False):
 
         salt kiosk-riverside-01 kiosk_reg.delete_value 'HKLM\\SOFTWARE\\Kiosk' Campus
     """
+    _flag(test, "test")
     try:
         plan = [_check_change({"key": key, "name": name, "user": user, "absent": True}, None)]
     except fleet_reg.RegError as exc:
@@ -622,9 +633,10 @@ def delete_key(key, user=None, test=False):
         salt kiosk-riverside-01 kiosk_reg.delete_key 'HKLM\\SOFTWARE\\Kiosk\\Old'
     """
     hive, subkey, user = _parse(key, user)
+    _flag(test, "test")
     minimum = 3 if hive == "HKEY_USERS" else 2
     if len(subkey.split("\\")) < minimum:
-        raise SaltInvocationError(f"key: refusing to delete {key!r}: too close to the hive root")
+        raise SaltInvocationError(f"key: refusing to delete {fleet_reg.shown(key)}: too close to the hive root")
     be = _backend()
     with _target(be, hive, subkey, user) as (real_hive, real_key):
         values = be.read_key(real_hive, real_key)
@@ -669,22 +681,26 @@ def restore(snapshot):  # pylint: disable=redefined-outer-name
     """
     path = snapshot.get("file") if isinstance(snapshot, dict) else snapshot
     if not isinstance(path, str) or not path.endswith(".reg"):
-        raise SaltInvocationError(f"snapshot: expected a .reg file from kiosk_reg.snapshot, got {snapshot!r}")
+        raise SaltInvocationError(f"snapshot: expected a .reg file from kiosk_reg.snapshot, got {fleet_reg.shown(snapshot)}")
+    try:
+        fleet_reg.check_path(path, "snapshot")
+    except fleet_reg.RegError as exc:
+        raise _bad(exc) from exc
     folder = os.path.realpath(_snapshot_dir())
     real = os.path.realpath(path)
     if os.path.dirname(real) != folder:
-        raise SaltInvocationError(f"snapshot: {path!r} is not in the snapshot folder {folder}")
+        raise SaltInvocationError(f"snapshot: {fleet_reg.shown(path)} is not in the snapshot folder {folder}")
     if not os.path.isfile(real):
-        raise SaltInvocationError(f"snapshot: {path!r} does not exist")
+        raise SaltInvocationError(f"snapshot: {fleet_reg.shown(path)} does not exist")
     with open(real, "rb") as fh:
         text = fleet_reg.decode_reg(fh.read())
     try:
         fleet_reg.parse_reg(text)
     except (fleet_reg.RegError, ValueError) as exc:
-        raise SaltInvocationError(f"snapshot: {path!r} is not a readable .reg file: {exc}") from exc
+        raise SaltInvocationError(f"snapshot: {fleet_reg.shown(path)} is not a readable .reg file: {exc}") from exc
     deleted, key = fleet_reg.first_section(text)
     if not deleted:
-        raise SaltInvocationError(f"snapshot: {path!r} does not start with a [-KEY] section")
+        raise SaltInvocationError(f"snapshot: {fleet_reg.shown(path)} does not start with a [-KEY] section")
     try:
         fleet_reg.parse_key(key, "snapshot")
     except fleet_reg.RegError as exc:

@@ -79,16 +79,25 @@ def _safe_name(text, field, what):
     """Refuse what could end a ``.reg`` line or section header (see the module docstring)."""
     bad = _UNSAFE_IN_NAMES.search(text)
     if bad:
-        raise RegError(f"{field}: {what} {_short(text)} contains {_describe(bad.group())} at position "
+        raise RegError(f"{field}: {what} {shown(text)} contains {_describe(bad.group())} at position "
                        f"{bad.start()}; registry key parts and value names may not hold control characters, "
                        "line breaks, '[' or ']'")
     return text
 
 
-def _short(text, limit=80):
-    """``repr`` of ``text`` cut to ``limit`` characters (messages stay one short line)."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[:limit - 4] + "...'"
+def shown(value, limit=80):
+    """
+    ``repr`` of ``value`` for a message: escaped (no line break, no unpaired
+    surrogate), at most ``limit`` characters, and never raising (``repr`` of a
+    number of over 4,300 digits does).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        return f"<a {value.bit_length()}-bit number>"
+    try:
+        text = repr(value)
+    except ValueError:  # a huge number inside a list or mapping
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 4] + "..." + text[-1]
 
 
 # ---------------------------------------------------------------- paths
@@ -102,33 +111,41 @@ def parse_key(key, field="key"):
     breaks, ``[``, ``]`` or unpaired surrogates anywhere.
     """
     if not isinstance(key, str) or not key.strip():
-        raise RegError(f"{field}: expected a registry key like HKLM\\Software\\Vendor, got {key!r}")
+        raise RegError(f"{field}: expected a registry key like HKLM\\Software\\Vendor, got {shown(key)}")
     _safe_name(key, field, "key")
     hive, _, rest = key.partition("\\")
     long_hive = HIVES.get(hive.upper())
     if long_hive is None:
-        raise RegError(f"{field}: unknown hive {hive!r} in {key!r} (use one of HKLM, HKCU, HKU, "
+        raise RegError(f"{field}: unknown hive {shown(hive)} in {shown(key)} (use one of HKLM, HKCU, HKU, "
                        "HKEY_LOCAL_MACHINE, HKEY_CURRENT_USER, HKEY_USERS)")
     if not rest:
-        raise RegError(f"{field}: {key!r} names a whole hive; give a key below it")
+        raise RegError(f"{field}: {shown(key)} names a whole hive; give a key below it")
     parts = rest.split("\\")
     for index, part in enumerate(parts):
         if part == "":
-            raise RegError(f"{field}: {key!r} has an empty part (part {index + 1} below the hive)")
+            raise RegError(f"{field}: {shown(key)} has an empty part (part {index + 1} below the hive)")
         if part.strip() in (".", ".."):
-            raise RegError(f"{field}: {key!r} contains {part.strip()!r}; relative parts are not allowed")
+            raise RegError(f"{field}: {shown(key)} contains {shown(part.strip())}; relative parts are not allowed")
         if len(part) > MAX_KEY_PART:
-            raise RegError(f"{field}: part {index + 1} of {key!r} is {len(part)} characters, at most {MAX_KEY_PART}")
+            raise RegError(f"{field}: part {index + 1} of {shown(key)} is {len(part)} characters, at most {MAX_KEY_PART}")
     return long_hive, rest
 
 
 def join_key(hive, subkey):
+    if not isinstance(hive, str) or not isinstance(subkey, (str, type(None))):
+        raise RegError(f"key: expected a hive and a subkey as text, got {type(hive).__name__} "
+                       f"and {type(subkey).__name__}")
     return f"{hive}\\{subkey}" if subkey else hive
+
+
+def _checked_key(hive, subkey, field="key"):
+    """``HIVE\\subkey`` checked like :func:`parse_key` (long hive name)."""
+    return join_key(*parse_key(join_key(hive, subkey), field))
 
 
 def check_sid(sid, field="sid"):
     if not isinstance(sid, str) or not _SID.match(sid):
-        raise RegError(f"{field}: {sid!r} is not a SID (S-1-5-21-...)")
+        raise RegError(f"{field}: {shown(sid)} is not a SID (S-1-5-21-...)")
     return sid
 
 
@@ -138,7 +155,9 @@ def user_key(hive, subkey, sid, field="key"):
     Only HKCU keys can be redirected to a user.
     """
     if hive != "HKEY_CURRENT_USER":
-        raise RegError(f"{field}: user= applies to HKCU keys only, got a {SHORT.get(hive, hive)} key")
+        shown = SHORT.get(hive, hive) if isinstance(hive, str) else type(hive).__name__
+        raise RegError(f"{field}: user= applies to HKCU keys only, got a {shown} key")
+    _checked_key(hive, subkey, field)
     check_sid(sid, "user")
     return "HKEY_USERS", f"{sid}\\{subkey}"
 
@@ -148,7 +167,7 @@ def check_user(user, field="user"):
         return None
     if not isinstance(user, str) or not user.strip() or any(c in user for c in '\\/:*?"<>|') \
             or _UNSAFE_IN_NAMES.search(user):
-        raise RegError(f"{field}: {user!r} is not a user name")
+        raise RegError(f"{field}: {shown(user)} is not a user name")
     return user.strip()
 
 
@@ -159,13 +178,16 @@ def sid_from_profiles(user, profiles, field="user"):
     ``HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\ProfileList``.
     """
     user = check_user(user, field)
+    if not isinstance(profiles, dict):
+        raise RegError(f"profiles: expected a mapping of SID to profile folder, got {type(profiles).__name__}")
+    profiles = {sid: path for sid, path in profiles.items() if isinstance(sid, str)}
     found = [sid for sid, path in sorted(profiles.items())
              if isinstance(path, str) and re.split(r"[\\/]", path.rstrip("\\/"))[-1].lower() == user.lower()]
     if not found:
         known = ", ".join(sorted({re.split(r'[\\/]', str(p).rstrip('\\/'))[-1] for p in profiles.values()})) or "none"
-        raise RegError(f"{field}: no profile for {user!r} on this machine (profiles: {known})")
+        raise RegError(f"{field}: no profile for {shown(user)} on this machine (profiles: {known})")
     if len(found) > 1:
-        raise RegError(f"{field}: {user!r} matches several profiles: {', '.join(found)}")
+        raise RegError(f"{field}: {shown(user)} matches several profiles: {', '.join(found)}")
     return found[0]
 
 
@@ -181,6 +203,8 @@ def check_name(name, field="name"):
         return ""
     if isinstance(name, bool) or not isinstance(name, (str, int)):
         raise RegError(f"{field}: expected a value name, got {type(name).__name__}")
+    if isinstance(name, int) and abs(name) >= 10**MAX_KEY_PART:
+        raise RegError(f"{field}: a number of over {MAX_KEY_PART} digits is not a value name")
     name = str(name)
     return _safe_name(name, field, "value name")
 
@@ -194,34 +218,34 @@ def display_name(name):
 
 def check_type(vtype, field="vtype"):
     if not isinstance(vtype, str) or vtype.upper() not in TYPES:
-        raise RegError(f"{field}: {vtype!r} is not one of {', '.join(TYPES)}")
+        raise RegError(f"{field}: {shown(vtype)} is not one of {', '.join(TYPES)}")
     return vtype.upper()
 
 
 def _integer(data, bits, vtype, field):
     if isinstance(data, bool):
-        raise RegError(f"{field}: {data!r} is a boolean; give {vtype} data as a number (1 or 0)")
+        raise RegError(f"{field}: {shown(data)} is a boolean; give {vtype} data as a number (1 or 0)")
     if isinstance(data, float):
         if not math.isfinite(data) or data != int(data):
-            raise RegError(f"{field}: {data!r} is not a whole number for {vtype}")
+            raise RegError(f"{field}: {shown(data)} is not a whole number for {vtype}")
         data = int(data)
     if isinstance(data, str):
         text = data.strip()
         try:
             data = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
         except ValueError:
-            raise RegError(f"{field}: {text!r} is not a number for {vtype} (decimal or 0x hex)") from None
+            raise RegError(f"{field}: {shown(text)} is not a number for {vtype} (decimal or 0x hex)") from None
     if not isinstance(data, int):
         raise RegError(f"{field}: expected a number for {vtype}, got {type(data).__name__}")
     limit = 2**bits - 1
     if not 0 <= data <= limit:
-        raise RegError(f"{field}: {data} does not fit {vtype} (0..{limit})")
+        raise RegError(f"{field}: {shown(data)} does not fit {vtype} (0..{limit})")
     return data
 
 
 def _text(data, vtype, field):
     if isinstance(data, bool) or isinstance(data, float):
-        raise RegError(f"{field}: {data!r} is not text; quote it for {vtype} (e.g. data='\"{data}\"')")
+        raise RegError(f"{field}: {shown(data)} is not text; quote it for {vtype} (e.g. data='\"{data}\"')")
     if isinstance(data, int):
         if abs(data) >= 10**MAX_KEY_PART:  # a number this long is a mistake (and str() of a huge int raises)
             raise RegError(f"{field}: a number of over {MAX_KEY_PART} digits is not {vtype} text; quote it")
@@ -250,9 +274,9 @@ def _binary(data, field):
     if text[:2].lower() == "0x":
         text = text[2:]
     if not re.fullmatch(r"[0-9A-Fa-f]*", text):
-        raise RegError(f"{field}: {data!r} is not hex for REG_BINARY")
+        raise RegError(f"{field}: {shown(data)} is not hex for REG_BINARY")
     if len(text) % 2:
-        raise RegError(f"{field}: {data!r} has an odd number of hex digits ({len(text)}) for REG_BINARY")
+        raise RegError(f"{field}: {shown(data)} has an odd number of hex digits ({len(text)}) for REG_BINARY")
     return bytes.fromhex(text)
 
 
@@ -271,7 +295,7 @@ def normalise(vtype, data, field="data"):
         return _binary(data, field)
     # REG_MULTI_SZ
     if isinstance(data, str) or not isinstance(data, (list, tuple)):
-        raise RegError(f"{field}: REG_MULTI_SZ needs a list of strings, got {type(data).__name__} {data!r}")
+        raise RegError(f"{field}: REG_MULTI_SZ needs a list of strings, got {type(data).__name__} {shown(data)}")
     items = []
     for index, item in enumerate(data):
         item = _text(item, vtype, f"{field}[{index}]")
@@ -323,7 +347,7 @@ def add_argv(hive, subkey, name, vtype, data, reg="reg"):
     data = normalise(vtype, data)
     name = check_name(name)
     argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
-    argv += ["add", join_key(hive, subkey)]
+    argv += ["add", _checked_key(hive, subkey)]
     argv += ["/v", name] if name else ["/ve"]
     argv += ["/t", vtype]
     if vtype in ("REG_SZ", "REG_EXPAND_SZ"):
@@ -347,22 +371,28 @@ def add_argv(hive, subkey, name, vtype, data, reg="reg"):
 def delete_value_argv(hive, subkey, name, reg="reg"):
     argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
     name = check_name(name)
-    return argv + ["delete", join_key(hive, subkey)] + (["/v", name] if name else ["/ve"]) + ["/f"]
+    return argv + ["delete", _checked_key(hive, subkey)] + (["/v", name] if name else ["/ve"]) + ["/f"]
 
 
 def delete_key_argv(hive, subkey, reg="reg"):
     argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
-    return argv + ["delete", join_key(hive, subkey), "/f"]
+    return argv + ["delete", _checked_key(hive, subkey), "/f"]
 
 
 def export_argv(hive, subkey, path, reg="reg"):
     argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
-    return argv + ["export", join_key(hive, subkey), path, "/y"]
+    return argv + ["export", _checked_key(hive, subkey), check_path(path), "/y"]
+
+
+def check_path(path, field="path"):
+    if not isinstance(path, str) or not path or "\0" in path or _SURROGATE.search(path):
+        raise RegError(f"{field}: {shown(path)} is not a file path")
+    return path
 
 
 def import_argv(path, reg="reg"):
     argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
-    return argv + ["import", path]
+    return argv + ["import", check_path(path)]
 
 
 # Wine: reg.exe started directly (``wine reg`` would start it through start.exe:
@@ -395,7 +425,7 @@ def wine_argv(wine, args, setarch="setarch", machine="x86_64"):
 
 def query_argv(hive, subkey, reg="reg"):
     argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
-    return argv + ["query", join_key(hive, subkey)]
+    return argv + ["query", _checked_key(hive, subkey)]
 
 
 # ---------------------------------------------------------------- .reg files
@@ -436,7 +466,8 @@ def value_bytes(vtype, data):
 
 def value_line(name, vtype, data):
     """One ``.reg`` line; every type as ``hex(N):`` bytes (exact on Windows and Wine)."""
-    left = "@" if not check_name(name) else _quote(name)
+    name = check_name(name)
+    left = _quote(name) if name else "@"
     vtype = check_type(vtype)
     if vtype == "REG_DWORD":
         return f"{left}=dword:{normalise(vtype, data):08x}"
@@ -466,7 +497,7 @@ def import_text(sections):
             raise RegError(f"sections[{index}].values: expected a mapping of name: (vtype, data) or None")
         for name, value in values.items():
             if not isinstance(value, (list, tuple)) or len(value) != 2:
-                raise RegError(f"sections[{index}].values: expected (vtype, data) for {_short(str(name))}")
+                raise RegError(f"sections[{index}].values: expected (vtype, data) for {shown(str(name))}")
             out.append(value_line(name, *value))
         out.append("")
     return "\r\n".join(out) + "\r\n"
@@ -482,14 +513,24 @@ def section_header(key, deleted=False, field="key"):
 
 
 def encode_reg(text):
-    return b"\xff\xfe" + text.encode("utf-16-le")
+    if not isinstance(text, str):
+        raise RegError(f"reg file: expected text, got {type(text).__name__}")
+    try:
+        return b"\xff\xfe" + text.encode("utf-16-le")
+    except UnicodeEncodeError as exc:
+        raise RegError(f"reg file: UTF-16 cannot carry {_describe(text[exc.start])} at position {exc.start}") from None
 
 
 def decode_reg(raw):
     """Text of a .reg file: UTF-16 with BOM (reg export), else UTF-8."""
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return raw.decode("utf-16")
-    return raw.decode("utf-8-sig")
+    if not isinstance(raw, (bytes, bytearray)):
+        raise RegError(f"reg file: expected bytes, got {type(raw).__name__}")
+    try:
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            return bytes(raw).decode("utf-16")
+        return bytes(raw).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RegError(f"reg file: not UTF-16 with a BOM nor UTF-8 (byte {exc.start}: {exc.reason})") from None
 
 
 def _unquote(text, pos):
@@ -506,7 +547,7 @@ def _unquote(text, pos):
             return "".join(out), i + 1
         out.append(c)
         i += 1
-    raise RegError(f"reg file: unterminated string in {text!r}")
+    raise RegError(f"reg file: unterminated string in {shown(text)}")
 
 
 def _from_bytes(vtype, raw):
@@ -536,6 +577,8 @@ def parse_reg(text):
     value. Deleted keys (``[-KEY]``) map to ``None``. Unknown types come back as
     ``("REG_NONE"/"hex(N)", bytes)``.
     """
+    if not isinstance(text, str):
+        raise RegError(f"reg file: expected text, got {type(text).__name__}")
     # join continuation lines: a trailing backslash after hex data
     lines, buf = [], ""
     for raw_line in text.replace("\r\n", "\n").split("\n"):
@@ -573,23 +616,28 @@ def parse_reg(text):
         elif stripped.startswith('"'):
             vname, end = _unquote(stripped, 0)
             if stripped[end:end + 1] != "=":
-                raise RegError(f"reg file: no '=' after value name in {stripped!r}")
+                raise RegError(f"reg file: no '=' after value name in {shown(stripped)}")
             rest = stripped[end + 1:]
         else:
-            raise RegError(f"reg file: cannot read line {stripped!r}")
+            raise RegError(f"reg file: cannot read line {shown(stripped)}")
         if rest == "-":
             current.pop(vname, None)
             continue
         if rest.startswith('"'):
             current[vname] = ("REG_SZ", _unquote(rest, 0)[0])
         elif rest.lower().startswith("dword:"):
+            if not re.fullmatch(r"[0-9a-fA-F]{1,8}", rest[6:]):
+                raise RegError(f"reg file: {shown(rest)} is not dword:<up to 8 hex digits>")
             current[vname] = ("REG_DWORD", int(rest[6:], 16))
         else:
-            match = re.match(r"hex(?:\(([0-9a-fA-F]+)\))?:(.*)$", rest, re.IGNORECASE)
+            match = re.match(r"hex(?:\(([0-9a-fA-F]{1,8})\))?:([0-9a-fA-F,\s]*)$", rest, re.IGNORECASE)
             if not match:
-                raise RegError(f"reg file: cannot read value data {rest!r}")
+                raise RegError(f"reg file: cannot read value data {shown(rest)}")
             number = int(match.group(1), 16) if match.group(1) else 3
-            payload = bytes.fromhex(re.sub(r"[\s,]", "", match.group(2)))
+            try:
+                payload = bytes.fromhex(re.sub(r"[\s,]", "", match.group(2)))
+            except ValueError:
+                raise RegError(f"reg file: {shown(rest)} is not a list of hex bytes") from None
             vtype = NUMBER_TYPES.get(number, f"hex({number:x})")
             current[vname] = (vtype, _from_bytes(vtype, payload) if vtype in TYPES else payload)
     return keys
@@ -597,6 +645,8 @@ def parse_reg(text):
 
 def first_section(text):
     """``(deleted, key)`` of the first ``[KEY]`` / ``[-KEY]`` line of .reg text, or ``(None, None)``."""
+    if not isinstance(text, str):
+        raise RegError(f"reg file: expected text, got {type(text).__name__}")
     for line in text.replace("\r\n", "\n").split("\n"):
         line = line.strip()
         if line.startswith("[") and line.endswith("]"):
@@ -614,11 +664,15 @@ _QUERY_LINE_EMPTY = re.compile(r"^ {4}(.*?) {4}(REG_[A-Z_]+)(?: {4})?$")
 def _query_data(vtype, raw):
     raw = raw.rstrip("\r")
     if vtype in ("REG_DWORD", "REG_QWORD"):
-        if raw.lower().startswith("0x"):
+        if re.fullmatch(r"0[xX][0-9a-fA-F]{1,16}", raw):
             return int(raw, 16)
+        if raw.lower().startswith("0x"):
+            raise RegError(f"reg query: {shown(raw)} is not {vtype} data")
         return None  # Wine 8 prints REG_QWORD data as "(null)"
     if vtype == "REG_BINARY":
-        return bytes.fromhex(raw) if len(raw) % 2 == 0 else None
+        if not re.fullmatch(r"(?:[0-9a-fA-F]{2})*", raw):
+            raise RegError(f"reg query: {shown(raw)} is not REG_BINARY data")
+        return bytes.fromhex(raw)
     if vtype == "REG_MULTI_SZ":
         return raw.split("\\0") if raw else []
     return raw
@@ -633,6 +687,8 @@ def parse_query(text):
     non-ASCII through the console code page): read values with ``reg export``.
     ``(Default)`` maps to ``""``; Windows' ``(value not set)`` is left out.
     """
+    if not isinstance(text, str):
+        raise RegError(f"reg query: expected text, got {type(text).__name__}")
     keys, values, current = [], {}, None
     for line in text.replace("\r\n", "\n").split("\n"):
         if not line.strip():
@@ -658,6 +714,8 @@ def parse_query(text):
 
 def subkeys(text, parent):
     """Direct subkeys of ``parent`` in ``reg query parent`` output."""
+    if not isinstance(parent, str):
+        raise RegError(f"parent: expected a key, got {type(parent).__name__}")
     prefix = parent.rstrip("\\").lower() + "\\"
     return [k for k in parse_query(text)["keys"] if k.lower().startswith(prefix) and "\\" not in k[len(prefix):]]
 
@@ -670,7 +728,7 @@ NOT_FOUND_MESSAGES = (
 
 
 def is_not_found(message):
-    message = (message or "").lower()
+    message = message.lower() if isinstance(message, str) else ""
     return any(m in message for m in NOT_FOUND_MESSAGES)
 
 
@@ -683,6 +741,7 @@ def windows_call(op, hive, subkey, name=None, vtype=None, data=None):
     Salt is strict about ``vdata`` types: REG_DWORD/QWORD int, REG_BINARY bytes,
     REG_MULTI_SZ list of str, text types str. ``vname=None`` is the default value.
     """
+    _checked_key(hive, subkey)
     base = {"hive": hive, "key": subkey}
     if op == "read":
         return "reg.read_value", {**base, "vname": check_name(name) or None}
@@ -700,7 +759,7 @@ def windows_call(op, hive, subkey, name=None, vtype=None, data=None):
         return "reg.list_keys", base
     if op == "key_exists":
         return "reg.key_exists", base
-    raise RegError(f"op: {op!r} is not a registry operation")
+    raise RegError(f"op: {shown(op)} is not a registry operation")
 
 
 def windows_value(ret, name=None):
@@ -722,6 +781,8 @@ def windows_values(ret):
     """``{name: (vtype, data)}`` from ``reg.list_values`` (``None`` when the key is missing)."""
     if isinstance(ret, tuple) or ret is False:
         return None
+    if not isinstance(ret, (list, type(None))) or not all(isinstance(item, dict) for item in ret or []):
+        raise RegError(f"ret: expected reg.list_values' list of values, got {shown(ret)}")
     out = {}
     for item in ret or []:
         name = "" if item.get("vname") == "(Default)" else item.get("vname")
@@ -731,13 +792,16 @@ def windows_values(ret):
 
 def hive_load_argv(mount, ntuser_dat, reg="reg"):
     """``reg load HKU\\<mount> <NTUSER.DAT>`` for a user whose hive is not loaded (Windows)."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", mount or ""):
-        raise RegError(f"mount: {mount!r} is not a plain key name")
+    if not isinstance(mount, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", mount):
+        raise RegError(f"mount: {shown(mount)} is not a plain key name")
+    check_path(ntuser_dat, "ntuser_dat")
     argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
     return argv + ["load", f"HKU\\{mount}", ntuser_dat]
 
 
 def hive_unload_argv(mount, reg="reg"):
+    if not isinstance(mount, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", mount):
+        raise RegError(f"mount: {shown(mount)} is not a plain key name")
     argv = list(reg) if isinstance(reg, (list, tuple)) else [reg]
     return argv + ["unload", f"HKU\\{mount}"]
 
@@ -745,5 +809,5 @@ def hive_unload_argv(mount, reg="reg"):
 def ntuser_path(profile_dir):
     """``<profile>\\NTUSER.DAT`` (profile paths may hold %SystemDrive%)."""
     if not isinstance(profile_dir, str) or not profile_dir:
-        raise RegError(f"profile: {profile_dir!r} is not a profile folder")
+        raise RegError(f"profile: {shown(profile_dir)} is not a profile folder")
     return profile_dir.rstrip("\\") + "\\NTUSER.DAT"

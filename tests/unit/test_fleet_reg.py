@@ -1,5 +1,8 @@
+import inspect
+import re
+
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fleet_reg
@@ -435,6 +438,13 @@ class FakeSaltReg:
     def run_all(self, argv, **kwargs):
         self.calls.append(("run", list(argv)))
         assert kwargs.get("python_shell") is False
+        if argv[1] == "export":  # reg.exe export KEY FILE /y /reg:64: writes the key as .reg text
+            hive, _, key = argv[2].partition("\\")
+            if (hive, key) not in self.keys:
+                return {"retcode": 1, "stdout": "",
+                        "stderr": "ERROR: The system was unable to find the specified registry key or value."}
+            with open(argv[3], "wb") as fh:
+                fh.write(fleet_reg.encode_reg(fleet_reg.import_text([(argv[2], self.keys[(hive, key)])])))
         return {"retcode": 0, "stdout": "", "stderr": ""}
 
 
@@ -566,7 +576,7 @@ def _with_breaker(draw_text, breaker, position):
     return draw_text[:position] + breaker + draw_text[position:]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.text(max_size=40), st.sampled_from(BREAKERS), st.integers(0, 40), st.booleans())
 def test_generated_names_with_a_breaker_are_always_refused(text, breaker, position, in_key):
     bad = _with_breaker(text, breaker, position)
@@ -577,7 +587,7 @@ def test_generated_names_with_a_breaker_are_always_refused(text, breaker, positi
         fleet_reg.import_text(sections)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.text(max_size=30), st.text(max_size=30), st.text(max_size=30))
 def test_any_generated_key_and_name_gives_exactly_the_sections_asked_for_or_a_refusal(part, name, data):
     key = "HKEY_LOCAL_MACHINE\\Software\\" + part
@@ -595,3 +605,140 @@ def test_any_generated_key_and_name_gives_exactly_the_sections_asked_for_or_a_re
     parsed = fleet_reg.parse_reg(text)
     assert list(parsed) == [key]
     assert parsed[key] == {fleet_reg.check_name(name): ("REG_SZ", data)}
+
+
+# ------------------------------------------------------------------ fuzz: only RegError, naming the field
+
+class _Huge:
+    """Stands for 10**5000 in generated data: hypothesis cannot repr a number that long when it reports."""
+
+    def __repr__(self):
+        return "10**5000"
+
+
+HUGE = _Huge()
+
+
+def _real(value):
+    """Generated data with :data:`HUGE` replaced by the number itself."""
+    if value is HUGE:
+        return 10**5000
+    if isinstance(value, list):
+        return [_real(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_real(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _real(v) for k, v in value.items()}
+    return value
+
+
+ODD_TEXT = st.text(alphabet=st.characters(blacklist_categories=()), max_size=20)  # surrogates included
+SHELL = st.sampled_from(["; rm -rf /", "$(id)", "`id`", "a|b", "&&", "%PATH%", "^&", "\r\n", "\0", "]", "[",
+                         "HKLM\\..\\x", "-", "/f", "@", "(Default)", "10**5000", "1e999", "nan", "0x" + "f" * 40])
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**300), max_value=2**300), st.just(HUGE),
+    st.floats(allow_nan=True, allow_infinity=True), ODD_TEXT, SHELL, st.binary(max_size=10),
+    st.dates(), st.datetimes(),  # what YAML on the salt CLI makes of 2026-01-01
+    st.sampled_from(["HKLM\\Software\\K", "REG_SZ", "REG_DWORD", "REG_BINARY", "REG_MULTI_SZ", "S-1-5-21-1-2-3"]),
+)
+ANYTHING = st.recursive(
+    SCALARS,
+    lambda children: st.lists(children, max_size=4) | st.tuples(children, children)
+    | st.dictionaries(st.one_of(st.text(max_size=5), st.integers(), st.booleans()), children, max_size=4),
+    max_leaves=8,
+)
+REG_TEXTS = st.sampled_from([
+    "Windows Registry Editor Version 5.00\r\n\r\n[HKEY_LOCAL_MACHINE\\S]\r\n\"a\"=dword:zz\r\n",
+    "[HKEY_LOCAL_MACHINE\\S]\r\n\"a\"=dword:1ffffffff\r\n",
+    "[HKEY_LOCAL_MACHINE\\S]\r\n\"a\"=hex:0g\r\n",
+    "[HKEY_LOCAL_MACHINE\\S]\r\n\"a\"=hex(b):01,0\r\n",
+    "[HKEY_LOCAL_MACHINE\\S]\r\n\"a\"=hex(ffffffffff):01\r\n",
+    "[HKEY_LOCAL_MACHINE\\S]\r\n\"unterminated=1\r\n",
+    "\r\nHKEY_LOCAL_MACHINE\\S\r\n    v    REG_DWORD    0xzz\r\n",
+    "\r\nHKEY_LOCAL_MACHINE\\S\r\n    b    REG_BINARY    0g\r\n",
+])
+# per parameter: garbage, or something close enough to valid to get past the first check
+PARAMS = {
+    "key": st.sampled_from(["HKLM\\Software\\K", "HKEY_CURRENT_USER\\x\\y"]),
+    "hive": st.sampled_from(["HKEY_LOCAL_MACHINE", "HKEY_USERS", "HKEY_CURRENT_USER"]),
+    "subkey": st.sampled_from(["Software\\K", "S-1-5-21-1\\Software"]),
+    "vtype": st.sampled_from(["REG_SZ", "REG_DWORD", "REG_QWORD", "REG_BINARY", "REG_MULTI_SZ", "REG_EXPAND_SZ"]),
+    "name": ODD_TEXT, "text": st.one_of(ODD_TEXT, REG_TEXTS), "raw": st.binary(max_size=30),
+    "op": st.sampled_from(["read", "set", "delete_value", "delete_key", "list_values", "list_keys", "key_exists"]),
+    "sections": st.lists(st.tuples(st.just("HKEY_LOCAL_MACHINE\\S"), st.one_of(st.none(), st.dictionaries(
+        ODD_TEXT, st.tuples(st.sampled_from(["REG_SZ", "REG_DWORD", "REG_BINARY"]), ANYTHING), max_size=2))),
+        max_size=2),
+    "profiles": st.dictionaries(ODD_TEXT, ANYTHING, max_size=3),
+}
+# set by the code, not by input
+CODE_PARAMS = ("field", "reg", "setarch", "machine", "limit")
+FIELD_FIRST = re.compile(r"^(reg file|reg query|[A-Za-z_][\w.\[\]]*): \S")
+PUBLIC = sorted(n for n, f in vars(fleet_reg).items()
+                if inspect.isfunction(f) and not n.startswith("_") and f.__module__ == fleet_reg.__name__)
+
+
+def test_the_fuzz_covers_every_public_function():
+    assert len(PUBLIC) >= 35 and {"parse_key", "check_name", "import_text", "parse_reg", "normalise"} <= set(PUBLIC)
+
+
+@pytest.mark.parametrize("function", PUBLIC)
+def test_public_functions_raise_only_regerror_naming_the_field(function):
+    fn = getattr(fleet_reg, function)
+    params = [p for p in inspect.signature(fn).parameters if p not in CODE_PARAMS]
+    strategies = [st.one_of(ANYTHING, PARAMS[p]) if p in PARAMS else ANYTHING for p in params]
+
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.tuples(*strategies))
+    def check(args):
+        try:
+            fn(*_real(args))
+        except RegError as exc:
+            message = str(exc)
+            assert FIELD_FIRST.match(message), message
+            message.encode("utf-8")  # loggable: no unpaired surrogate in the message itself
+
+    check()
+
+
+@pytest.fixture
+def fuzzed_kiosk_reg(windows_kiosk_reg):
+    return windows_kiosk_reg[0]
+
+
+KIOSK_REG_CALLS = {
+    "get_value": ("key", "name", "user"),
+    "list_values": ("key", "user"),
+    "set_value": ("key", "name", "data", "vtype", "user", "test"),
+    "set_values": ("changes", "test", "snapshot"),
+    "delete_value": ("key", "name", "user", "test"),
+    "delete_key": ("key", "user", "test"),
+    "snapshot": ("key", "user"),
+    "restore": ("snapshot",),
+}
+KIOSK_PARAMS = {**PARAMS, "key": st.sampled_from(["HKLM\\Software\\K", "HKCU\\Software\\K", "HKLM\\Software\\K\\a"]),
+                "user": st.one_of(st.none(), st.sampled_from(["kiosk", "staff", "ghost"])),
+                "test": st.booleans(), "snapshot": st.booleans(),
+                "changes": st.lists(st.fixed_dictionaries({"key": st.sampled_from(["HKLM\\Software\\K"])},
+                                                          optional={"name": ANYTHING, "data": ANYTHING,
+                                                                    "vtype": ANYTHING, "user": ANYTHING,
+                                                                    "absent": ANYTHING}), max_size=3)}
+
+
+@pytest.mark.parametrize("function", sorted(KIOSK_REG_CALLS))
+def test_kiosk_reg_public_functions_raise_only_salt_errors_naming_the_field(fuzzed_kiosk_reg, function):
+    from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+    fn = getattr(fuzzed_kiosk_reg, function)
+    strategies = [st.one_of(ANYTHING, KIOSK_PARAMS.get(p, ANYTHING)) for p in KIOSK_REG_CALLS[function]]
+
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.tuples(*strategies))
+    def check(args):
+        try:
+            fn(*_real(args))
+        except (SaltInvocationError, CommandExecutionError) as exc:
+            message = str(exc)
+            assert FIELD_FIRST.match(message), message
+            message.encode("utf-8")
+
+    check()
