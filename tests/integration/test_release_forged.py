@@ -150,6 +150,9 @@ def test_forged_release_events_start_nothing_and_a_real_publish_still_goes_throu
     build3 = fleet.build(v3, SMALL, seed=103)
     assert fleet.t.salt_run("kiosk_release.publish", f"name={NAME}", f"version={v3}", f"source={build3}",
                             f"install={INSTALL}", "campuses=west").returncode == 0
+    # the lab's other attack: "west's Pi staged v3" before it did, so that the real push would be skipped;
+    # push asks the Pis, finds the pin not live (or the push already running/done), and marks nothing
+    fire(fleet, "kiosk/release/staged", {"id": "pi-west-2", "name": NAME, "version": v3}, preload=True)
     fleet.wait_installed(v3, "west")
     size = (build3 / "app.bin").stat().st_size
     assert fleet.master_bytes(v3) == size  # staged once over the WAN for west
