@@ -228,8 +228,10 @@ def write_configs(run, raw, inv):
                 "user": user,
                 "enable_fqdns_grains": False,  # no reverse-DNS lookups off the machine
                 "grains": {"campus": campus, "kiosk_fleet_role": "pi"},
-                # the repository this Pi's nginx serves to its kiosks
-                "kiosk_release": {"repo_dir": str(run / "repo" / pi_id)},
+                # the repository this Pi's nginx serves to its kiosks, and that nginx's access log
+                # (kiosk_pkg.served: which kiosk fetched what, for the master to check kiosk returns against)
+                "kiosk_release": {"repo_dir": str(run / "repo" / pi_id),
+                                  "access_log": str(run / "nginx" / pi_id / "access.log")},
             })
             daemons += [
                 (f"{pi_id} master", ["salt-master", "-c", str(pi_dir)]),
@@ -250,7 +252,8 @@ def write_configs(run, raw, inv):
                 "hosts.file": str(kiosk_dir / "hosts"),
                 "grains": {"campus": campus, "kiosk_fleet_role": "kiosk"},
                 # release packages (C:\ProgramData\kiosk-fleet\releases on a real kiosk)
-                "kiosk_release": {"dir": str(run / "kiosk" / kiosk_id)},
+                "kiosk_release": {"dir": str(run / "kiosk" / kiosk_id),
+                                  "bind_source": True},  # download from its inventory IP (the Pis' logs tell kiosks apart)
                 # at boot, announce kiosk/boot: the top master's reactor syncs the pack
                 "startup_states": "sls",
                 "sls_list": ["kiosk_fleet.boot"],

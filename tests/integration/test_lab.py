@@ -200,3 +200,23 @@ def test_a_magic_packet_on_the_wrong_vlan_wakes_nothing(lab_run):
         sock.sendto(fleet_wol.magic_packet("52:54:00:10:01:01"), ("127.0.3.255", 40009))
     time.sleep(1)
     assert sim_state(run) == before
+
+
+def test_lab_pillar_is_need_to_know_and_carries_the_start_up_key(lab_run):
+    run, _ = lab_run
+    key = run / "keys" / "kiosk_release.pem"
+    assert (key.stat().st_mode & 0o777) == 0o600
+    pillar = salt(run, "kiosk-riverside-01", "pillar.items")["kiosk-riverside-01"]
+    campuses = pillar["kiosk_fleet"]["campuses"]
+    assert list(campuses) == ["riverside"] and list(campuses["riverside"]["kiosks"]) == ["kiosk-riverside-01"]
+    assert sorted(campuses["riverside"]["pis"]) == ["pi-riverside-1", "pi-riverside-2"]
+    [public] = pillar["kiosk_release"]["verify_key"]
+    assert public.startswith("-----BEGIN PUBLIC KEY-----")
+    text = json.dumps(pillar)
+    assert "hillside" not in text and "kiosk-riverside-02" not in text and "52:54:00:10:01:02" not in text
+    pi = salt(run, "pi-hillside-1", "pillar.items")["pi-hillside-1"]
+    assert list(pi["kiosk_fleet"]["campuses"]) == ["hillside"]
+    assert len(pi["kiosk_fleet"]["campuses"]["hillside"]["kiosks"]) == 3
+    # the runners read the whole fleet from the master-only file
+    code, inv = salt_run(run, "kiosk_fleet.inventory")
+    assert code == 0 and inv["counts"] == {"riverside": {"pis": 2, "kiosks": 4}, "hillside": {"pis": 2, "kiosks": 3}}

@@ -220,9 +220,8 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
             "signing_key": str(signing_key_path),
             # publish takes sources from below this directory only
             "source_root": str(release_dir["builds"]),
-            # until kiosks fetch from their inventory IP and kiosk_pkg.served exists, a ring
-            # cannot confirm downloads from the Pis' nginx logs
-            "confirm_downloads": False,
+            # confirm_downloads (default on): rollout rings check kiosk returns against the Pis' nginx
+            # logs (Pi minions: kiosk_release:access_log; kiosks download from their inventory IP)
         },
     }
 
@@ -268,7 +267,11 @@ def write_fake_dht11(sysfs_root, temp_milli_c=22000, humidity_milli_pct=45000):
 
 def pi_minion_config(campus, pi_id, env_dir, release_dir):
     config = {
-        "kiosk_release": {"repo_dir": str(pathlib.Path(release_dir["root"]) / "repo" / pi_id)},
+        "kiosk_release": {
+            "repo_dir": str(pathlib.Path(release_dir["root"]) / "repo" / pi_id),
+            # the access log of this Pi's nginx (tests/integration/test_release.py: workdir nginx/<pi>)
+            "access_log": str(pathlib.Path(release_dir["root"]) / "nginx" / pi_id / "access.log"),
+        },
         "enable_fqdns_grains": False,  # the fqdns grain reverse-resolves every address: no DNS off the machine
         "publish_port": PI_MINION_PUBLISH_PORT,
         # saltfactories gives the Pi's master, syndic and minion one root and
@@ -304,7 +307,8 @@ POWER_RECORDER = (
 def kiosk_minion_config(campus, kiosk_id, power_dir, release_dir):
     record = str(pathlib.Path(power_dir) / f"{kiosk_id}.json")
     return {
-        "kiosk_release": {"dir": str(pathlib.Path(release_dir["root"]) / "kiosk" / kiosk_id)},
+        # bind_source: download from the inventory IP, so the Pis' nginx logs tell kiosks apart
+        "kiosk_release": {"dir": str(pathlib.Path(release_dir["root"]) / "kiosk" / kiosk_id), "bind_source": True},
         "enable_fqdns_grains": False,  # no reverse-DNS lookups off the machine
         "grains": {"campus": campus, "kiosk_fleet_role": "kiosk"},
         # Salt's hosts module edits this file: never the test machine's /etc/hosts
