@@ -671,7 +671,7 @@ def restore(snapshot):  # pylint: disable=redefined-outer-name
     """
     Put a key back as :func:`snapshot` saved it. ``snapshot`` is the file path
     or the dict :func:`snapshot` returned; only files in the snapshot folder
-    that start with ``[-KEY]`` are accepted.
+    that start with ``[-KEY]`` and hold nothing outside ``KEY`` are accepted.
 
     CLI Example:
 
@@ -693,17 +693,11 @@ def restore(snapshot):  # pylint: disable=redefined-outer-name
     if not os.path.isfile(real):
         raise SaltInvocationError(f"snapshot: {fleet_reg.shown(path)} does not exist")
     with open(real, "rb") as fh:
-        text = fleet_reg.decode_reg(fh.read())
+        raw = fh.read()
     try:
-        fleet_reg.parse_reg(text)
-    except (fleet_reg.RegError, ValueError) as exc:
-        raise SaltInvocationError(f"snapshot: {fleet_reg.shown(path)} is not a readable .reg file: {exc}") from exc
-    deleted, key = fleet_reg.first_section(text)
-    if not deleted:
-        raise SaltInvocationError(f"snapshot: {fleet_reg.shown(path)} does not start with a [-KEY] section")
-    try:
-        fleet_reg.parse_key(key, "snapshot")
+        key = fleet_reg.snapshot_key(fleet_reg.decode_reg(raw))
     except fleet_reg.RegError as exc:
-        raise _bad(exc) from exc
+        raise SaltInvocationError(f"snapshot: {fleet_reg.shown(path)} cannot be restored: "
+                                  f"{str(exc).removeprefix('snapshot: ')}") from exc
     _backend().import_file(real)
     return {"key": key, "file": real, "restored": True}

@@ -654,6 +654,28 @@ def first_section(text):
     return None, None
 
 
+def snapshot_key(text):
+    """
+    The key a snapshot (``.reg`` text from ``kiosk_reg.snapshot``) puts back:
+    it must read as a ``.reg`` file, start with ``[-KEY]`` for a valid key, and
+    hold no section outside ``KEY`` (so restoring it touches that key only).
+    """
+    sections = parse_reg(text)
+    deleted, key = first_section(text)
+    if not deleted:
+        raise RegError("snapshot: does not start with a [-KEY] section")
+    hive, subkey = parse_key(key, "snapshot")
+    full = join_key(hive, subkey)
+    for name in sections:
+        try:
+            inside = join_key(*parse_key(name, "snapshot"))
+        except RegError:
+            raise RegError(f"snapshot: section {shown(name)} is not a registry key") from None
+        if inside.lower() != full.lower() and not inside.lower().startswith(full.lower() + "\\"):
+            raise RegError(f"snapshot: section {shown(name)} is outside {shown(key)}")
+    return key
+
+
 # ---------------------------------------------------------------- reg query
 
 

@@ -210,6 +210,15 @@ def test_restoring_a_snapshot_of_a_missing_key_deletes_it(reg, key):
         reg("list_values", key)
 
 
+def test_restore_refuses_a_snapshot_that_reaches_outside_its_key(reg, key):
+    snap = reg("snapshot", key)
+    with open(snap["file"], "ab") as fh:  # a section for another key appended to a real snapshot
+        fh.write(fleet_reg.encode_reg(f"[{INJECTED}]\r\n\"pwn\"=dword:00000001\r\n")[2:])
+    with pytest.raises(SaltInvocationError, match=r"^snapshot: .* cannot be restored: section .* is outside"):
+        reg("restore", snap["file"])
+    assert reg("get_value", INJECTED, "pwn")["exists"] is False
+
+
 def test_restore_refuses_files_outside_the_snapshot_folder(reg, tmp_path):
     stray = tmp_path / "evil.reg"
     stray.write_bytes(fleet_reg.encode_reg(fleet_reg.import_text([("HKEY_LOCAL_MACHINE\\Software\\X", None)])))

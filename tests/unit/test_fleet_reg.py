@@ -607,6 +607,21 @@ def test_any_generated_key_and_name_gives_exactly_the_sections_asked_for_or_a_re
     assert parsed[key] == {fleet_reg.check_name(name): ("REG_SZ", data)}
 
 
+def test_a_snapshot_restores_only_its_own_key():
+    key = "HKEY_LOCAL_MACHINE\\Software\\Kiosk"
+    good = fleet_reg.import_text([(key, None), (key, {"v": ("REG_SZ", "x")}), (key + "\\sub", {})])
+    assert fleet_reg.snapshot_key(good) == key
+    for extra in ("HKEY_LOCAL_MACHINE\\Software\\Microsoft\\Windows\\CurrentVersion\\Run",
+                  "HKEY_LOCAL_MACHINE\\Software\\KioskEvil"):  # a sibling sharing the prefix is outside too
+        tampered = good + fleet_reg.import_text([(extra, {"pwn": ("REG_SZ", "x")})]).split("\r\n", 2)[2]
+        with pytest.raises(RegError, match=r"^snapshot: section .* is outside"):
+            fleet_reg.snapshot_key(tampered)
+    with pytest.raises(RegError, match=r"^snapshot: does not start with a \[-KEY\] section"):
+        fleet_reg.snapshot_key(fleet_reg.import_text([(key, {"v": ("REG_SZ", "x")})]))
+    with pytest.raises(RegError, match=r"^reg file: cannot read value data"):
+        fleet_reg.snapshot_key(good + '"v"=hex:zz\r\n')
+
+
 # ------------------------------------------------------------------ fuzz: only RegError, naming the field
 
 class _Huge:
