@@ -1,8 +1,9 @@
 """
 The fleet inventory: campuses, their Pis, VLANs and kiosks.
 
-One schema, shared by every capability. It lives in pillar under the key
-``kiosk_fleet`` (see ``pillar/kiosk_fleet.sls``)::
+One schema, shared by every capability. It lives under the key
+``kiosk_fleet`` of the fleet data file (sample ``pillar/fleet.yaml``), and a
+minion's pillar holds its slice under the same key::
 
     kiosk_fleet:
       campuses:
