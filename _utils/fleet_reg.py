@@ -178,13 +178,15 @@ def sid_from_profiles(user, profiles, field="user"):
     ``HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\ProfileList``.
     """
     user = check_user(user, field)
+    if user is None:
+        raise RegError(f"{field}: expected a user name, got None")
     if not isinstance(profiles, dict):
         raise RegError(f"profiles: expected a mapping of SID to profile folder, got {type(profiles).__name__}")
-    profiles = {sid: path for sid, path in profiles.items() if isinstance(sid, str)}
+    profiles = {sid: path for sid, path in profiles.items() if isinstance(sid, str) and isinstance(path, str)}
     found = [sid for sid, path in sorted(profiles.items())
              if isinstance(path, str) and re.split(r"[\\/]", path.rstrip("\\/"))[-1].lower() == user.lower()]
     if not found:
-        known = ", ".join(sorted({re.split(r'[\\/]', str(p).rstrip('\\/'))[-1] for p in profiles.values()})) or "none"
+        known = ", ".join(sorted({shown(re.split(r"[\\/]", p.rstrip("\\/"))[-1], 40) for p in profiles.values()})) or "none"
         raise RegError(f"{field}: no profile for {shown(user)} on this machine (profiles: {known})")
     if len(found) > 1:
         raise RegError(f"{field}: {shown(user)} matches several profiles: {', '.join(found)}")
