@@ -10,9 +10,16 @@ A URL's user-info, path and query may all carry secrets (``/hook/<token>``,
 exception's text: errors name the exception class and the host only.
 """
 
+import logging
 import urllib.parse
 
 __virtualname__ = "fleet_http"
+
+# urllib3 logs every request line, path and query included, at DEBUG: a
+# master running at log_level debug would write platform and webhook tokens
+# to its log. Importing this module (every part of the pack that does HTTP
+# does) caps that logger at INFO.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
 
 
 def __virtual__():

@@ -51,3 +51,9 @@ def test_session_ignores_environment_and_redirects(monkeypatch):
     sess = fleet_http.session()
     assert sess.trust_env is False
     assert sess.max_redirects == 0
+
+
+def test_urllib3_request_lines_never_reach_a_debug_log():
+    import logging
+
+    assert logging.getLogger("urllib3.connectionpool").getEffectiveLevel() >= logging.INFO
