@@ -460,7 +460,7 @@ def _check_change(change, field):
     sub = (lambda name: f"{field}.{name}") if field else (lambda name: name)
     unknown = set(change) - {"key", "name", "data", "vtype", "user", "absent"}
     if unknown:
-        raise fleet_reg.RegError(f"{field}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise fleet_reg.RegError(f"{field}: unknown field(s) {', '.join(sorted(fleet_reg.shown(k) for k in unknown))}")
     hive, subkey = fleet_reg.parse_key(change.get("key"), sub("key"))
     user = fleet_reg.check_user(change.get("user"), sub("user"))
     if user is not None and hive != "HKEY_CURRENT_USER":

@@ -99,6 +99,35 @@ def test_backend_is_wine_with_the_configured_prefix(salt_env, wine_root):
     assert info["wine_version"].startswith("wine-")
 
 
+ADDR_NO_RANDOMIZE = 0x0040000  # linux/personality.h
+KUSER_SHARED_DATA = 0x7FFE0000
+
+
+def test_wine_processes_start_without_address_randomisation(salt_env, reg, key):
+    """
+    The cause of the old start-up failures: a randomised brk heap over
+    0x7ffe0000 (see fleet_reg.wine_argv). Every Wine process of the prefix
+    (reg.exe's helpers here: services.exe, winedevice.exe, ...) must run with
+    randomisation off and its heap well below that page.
+    """
+    reg("set_value", key, "v", "x")
+    prefix = salt_env["info"]["wineprefix"]
+    seen = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if not os.readlink(f"/proc/{pid}/cwd").startswith(prefix + "/"):
+                continue
+            personality = int(pathlib.Path(f"/proc/{pid}/personality").read_text(), 16)
+            heap = [line for line in pathlib.Path(f"/proc/{pid}/maps").read_text().splitlines() if "[heap]" in line]
+        except OSError:  # exited meanwhile
+            continue
+        seen += 1
+        assert personality & ADDR_NO_RANDOMIZE, (pid, hex(personality))
+        if heap:
+            assert int(heap[0].split("-")[0], 16) < KUSER_SHARED_DATA - 0x1000000, (pid, heap[0])
+    assert seen >= 2  # at least services.exe and one winedevice.exe run for the prefix
+
+
 def test_virtual_names_the_missing_wine(wine_root):
     opts = _opts(wine_root, kiosk_reg={"wine": "/nonexistent/wine"})
     mods = salt.loader.minion_mods(opts, utils=salt.loader.utils(opts), whitelist=["kiosk_reg"])
