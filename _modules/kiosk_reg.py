@@ -466,7 +466,7 @@ def _check_change(change, field):
     if user is not None and hive != "HKEY_CURRENT_USER":
         raise fleet_reg.RegError(f"{sub('user')}: user= applies to HKCU keys only, got {fleet_reg.shown(change['key'])}")
     name = fleet_reg.check_name(change.get("name"), sub("name"))
-    if change.get("absent"):
+    if _flag(change.get("absent", False), sub("absent")):
         return {"key": change["key"], "hive": hive, "subkey": subkey, "user": user, "name": name, "absent": True}
     vtype = fleet_reg.check_type(change.get("vtype", "REG_SZ"), sub("vtype"))
     data = fleet_reg.normalise(vtype, change.get("data"), sub("data"))
