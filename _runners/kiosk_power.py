@@ -64,9 +64,6 @@ except ImportError:
     HAS_REQUESTS = False
 
 log = logging.getLogger(__name__)
-# urllib3 logs every request line, path and query included, at DEBUG: a
-# master or salt-run at log level debug would write a URL's token to its log
-logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
 
 __virtualname__ = "kiosk_power"
 
