@@ -376,8 +376,10 @@ def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, h
         if pin is not None:
             pin = _signed_pin(pin, keys, name, hop, version)
             if pin.get("version") != version:
-                raise fleet_release.SignatureError(
+                mismatch = fleet_release.SignatureError(
                     f"pin.version: {pin.get('version')!r} is not the version being staged ({version})")
+                _alert(hop, name, version, mismatch)
+                raise mismatch
         os.makedirs(repo, exist_ok=True)
         with _lock(repo, f"{name}-{version}"):
             index = _index(repo, name)

@@ -367,7 +367,8 @@ def test_the_pi_refuses_a_spoofed_master_and_forged_pins(pi, servers, releases, 
     put(master, releases.package("3.0.0"))
     for forged, why in ((dict(releases.pin("3.0.0", serial), serial=10**15), "pin.signature: does not match"),
                         (releases.pin("3.0.0", serial, campus="west"), "pin.campus: 'west' is not this minion's campus"),
-                        (releases.pin("3.0.0", serial, key="other"), "pin.signature: does not match")):
+                        (releases.pin("3.0.0", serial, key="other"), "pin.signature: does not match"),
+                        (releases.pin("2.0.0", serial), "pin.version: '2.0.0' is not the version being staged")):
         ret = pi.mods["kiosk_pkg.stage"](NAME, "3.0.0", source=master.base, pin=forged)
         assert ret["result"] is False and why in ret["error"], ret
         assert pi.bus.drain("kiosk/release/alert")[0]["hop"] == "master->pi"
