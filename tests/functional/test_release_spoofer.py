@@ -307,6 +307,27 @@ def test_a_kiosk_without_a_verify_key_in_pillar_refuses_to_work(servers, release
         node.bus.close()
 
 
+def test_a_kiosk_frozen_by_the_old_forgery_follows_the_next_signed_pin(servers, releases, signing_key, baseline):
+    """Frozen before this fix: installed.json holds serial 10**15 from a forged unsigned index. A record
+    serial more than a day ahead of the clock is not honoured, so the next valid signed pin is followed."""
+    root = tempfile.mkdtemp(prefix="kffz", dir="/tmp")
+    node = Kiosk(root, servers, [signing_key[1]])
+    try:
+        (node.dir / NAME / "0.9.0").mkdir(parents=True)
+        fleet_release.write_json_atomic(str(node.dir / NAME / "installed.json"), {
+            "version": "0.9.0", "previous": None, "serial": 10**15, "installed_at": "2026-11-30T00:00:00+00:00"})
+        spoof_all(servers, releases.package("1.0.0"), releases.index(["1.0.0"], releases.pin("1.0.0", baseline["serial"])))
+        report = node.check()
+        assert report["result"] is True and report["version"] == "1.0.0", report
+        assert node.installed()["serial"] == baseline["serial"] and node.installed()["previous"] == "0.9.0"
+        # a record serial within a day of the clock still holds: an older signed pin is not followed
+        spoof_all(servers, releases.package("0.9.0"), releases.index(["0.9.0"], releases.pin("0.9.0", baseline["serial"] - 5)))
+        again = node.check()
+        assert again["changed"] is False and "keeping 1.0.0" in again["comment"], again
+    finally:
+        node.bus.close()
+
+
 def test_a_properly_signed_release_still_installs_and_a_spoofed_pi_is_named(kiosk, baseline, servers, releases, marker):
     """pi-east-1 (the home Pi) is spoofed; pi-east-2 is honest and carries the real pin to 2.0.0."""
     path, argv = marker
