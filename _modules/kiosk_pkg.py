@@ -584,9 +584,10 @@ def _my_repos():
 
 def _read_indexes(session, repos, name, keys, campus):
     """
-    Each Pi's index (None for a Pi that is down or answers garbage), why, and
-    the Pis whose pin was refused (not signed by a key in pillar, another
-    campus's, a serial far ahead of its signing time): an alert names each.
+    Each Pi's index (None for a Pi that is down or answers no JSON), why, and
+    the Pis whose index was refused (a pin not signed by a key in pillar,
+    another campus's, a serial far ahead of its signing time, or JSON that
+    is no index of this release): an alert names each.
     """
     indexes, problems, refused = {}, {}, {}
     for pi_id, base in repos:
@@ -598,7 +599,7 @@ def _read_indexes(session, repos, name, keys, campus):
                 continue
             resp.raise_for_status()
             indexes[base] = fleet_release.verify_index(resp.json(), name, keys, campus, "index")
-        except fleet_release.SignatureError as exc:
+        except fleet_release.ReleaseError as exc:  # a bad signature or pin, or an index that is no index
             indexes[base], refused[pi_id] = None, str(exc)
             _alert("pi->kiosk", name, None, exc, base)
         except (requests.RequestException, ValueError) as exc:
@@ -781,7 +782,7 @@ def _update_one(session, repos, name, root, force, test, keys, campus):
     if pin_ is None:
         down = report["repos_down"]
         if refused:
-            return _fail(report, "pin: refused from " + "; ".join(f"{k}: {v}" for k, v in refused.items()))
+            return _fail(report, "index: refused from " + "; ".join(f"{k}: {v}" for k, v in refused.items()))
         if len(down) == len(repos):
             return _fail(report, f"repos: no campus Pi answered ({'; '.join(f'{k}: {v}' for k, v in down.items())})")
         report["comment"] = "no campus pin for this release yet: nothing to do"

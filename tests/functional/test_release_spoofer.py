@@ -275,6 +275,16 @@ def test_c_a_signed_old_manifest_under_a_forged_pin_is_refused(kiosk, baseline, 
     assert "0.9.0" not in os.listdir(kiosk.dir / NAME)
 
 
+def test_an_index_that_is_no_index_is_refused_and_named(kiosk, baseline, servers, releases):
+    before = kiosk.tree()
+    bogus = json.dumps({"format": 1, "name": NAME, "versions": {"../../x": {}}, "pin": None}).encode()
+    spoof_all(servers, {}, bogus)
+    report = kiosk.check()
+    alerts = kiosk.bus.drain("kiosk/release/alert")
+    assert report["result"] is False and "index.versions: '../../x' is not a version" in report["error"], report
+    assert kiosk.tree() == before and {a["hop"] for a in alerts} == {"pi->kiosk"}
+
+
 def test_c_a_replayed_older_signed_pin_is_not_followed(kiosk, baseline, servers, releases):
     """A genuine pin of an older serial (an old index replayed): signed, so no alarm, but never followed back."""
     before = kiosk.tree()

@@ -160,7 +160,7 @@ def test_a_lan_spoofer_in_place_of_the_pis_installs_nothing_and_alerts(rolled_ou
         result = fleet.t.salt("kiosk_pkg.check_update", NAME, tgt="kiosk-east-01")
         assert result.returncode != 0 and result.data["result"] is False, result
         report = result.data["releases"][NAME]
-        assert report["error"].startswith("pin: refused from"), report
+        assert report["error"].startswith("index: refused from"), report
         assert "pin.signature: missing" in report["error"]
         assert set(report["refused"]) == {"pi-east-1", "pi-east-2"}
         assert any(path.endswith("/index.json") for s in spoofers for _, path in s.asked)  # it did ask them
