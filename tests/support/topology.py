@@ -200,6 +200,8 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
         "reactor": [
             {"kiosk/boot": [str(reactor_dir / "kiosk_boot.sls")]},
             {"salt/beacon/*/kiosk_env/alert": [str(reactor_dir / "kiosk_env_alert.sls")]},
+            {"salt/beacon/*/kiosk_env/sensor_error": [str(reactor_dir / "kiosk_env_alert.sls")]},
+            {"salt/beacon/*/kiosk_env/clear": [str(reactor_dir / "kiosk_env_alert.sls")]},
             # fired by kiosk_release.publish on the top master: arrives once
             {"kiosk/release/published": [str(reactor_dir / "kiosk_release_published.sls")]},
             {"kiosk/release/staged": [str(reactor_dir / "kiosk_release_staged.sls")]},
@@ -220,8 +222,9 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
             "signing_key": str(signing_key_path),
             # publish takes sources from below this directory only
             "source_root": str(release_dir["builds"]),
-            # confirm_downloads (default on): rollout rings check kiosk returns against the Pis' nginx
-            # logs (Pi minions: kiosk_release:access_log; kiosks download from their inventory IP)
+            # off here: rollout tests that check kiosk returns against the Pis' nginx logs (Pi minions'
+            # kiosk_release:access_log, kiosks downloading from their inventory IP) turn it on for their calls
+            "confirm_downloads": False,
         },
     }
 
