@@ -275,7 +275,8 @@ def event(tag=None, data=None, timeout=None):
 
     The campus comes from the inventory, never from the event. Power
     mismatches are never posted from an event (``kiosk_power.verify`` posts
-    them itself). Exit code 1 when nothing was posted.
+    them itself). ``timeout``: seconds to wait for the re-read (default
+    ``reread_timeout``). Exit code 1 when nothing was posted.
 
     CLI Example:
 
@@ -286,6 +287,8 @@ def event(tag=None, data=None, timeout=None):
     """
     try:
         settings = _settings()
+        if timeout is not None:
+            settings["reread_timeout"] = fleet_runner.number(timeout, "timeout", 1, 600)
     except ValueError as exc:
         return fleet_runner.fail(__context__, exc)
     try:
@@ -311,7 +314,7 @@ def event(tag=None, data=None, timeout=None):
         if claim["kind"] == "release":
             payload = fleet_alerts.release_alert(claim, campus)
         else:
-            reading, why = _reread(minion, timeout or settings["reread_timeout"])
+            reading, why = _reread(minion, settings["reread_timeout"])
             agrees = False
             if reading is not None:
                 agrees, why = fleet_alerts.reread_agrees(claim, reading)

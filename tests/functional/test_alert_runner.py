@@ -92,6 +92,8 @@ def test_forged_senders_post_nothing_and_are_counted(tmp_path, webhook):
         assert ret["result"] is False and ret["retcode"] == 1 and ret["posted"] is False, (tag, ret)
     assert webhook.posts == []
     assert counters(tmp_path)[("kiosk_alerts_refused_total", (("reason", "invalid"),))] == len(cases)
+    bad = runners["kiosk_alert.event"](tag="kiosk/release/alert", data=release_event("kiosk-east-01"), timeout="soon")
+    assert bad["retcode"] == 1 and bad["error"].startswith("timeout: ") and webhook.posts == []
 
 
 def test_post_checks_the_payload_and_never_shows_the_webhook_token(tmp_path, webhook):
