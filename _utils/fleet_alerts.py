@@ -21,13 +21,15 @@ Why events are only hints
 import math
 import re
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_http
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fields
     import fleet_http
-except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_fields, fleet_http
-
-__virtualname__ = "fleet_alerts"
 
 SEVERITIES = ("info", "warning", "critical")
 ENV_KINDS = ("alert", "clear", "sensor_error")
@@ -45,11 +47,7 @@ _UNIT = re.compile(r"^[A-Za-z%]{1,4}\Z")
 _NAME = fleet_fields.NAME
 
 
-def __virtual__():
-    return __virtualname__
-
-
-class AlertError(ValueError):
+class AlertError(fleet_fields.FleetError):
     """An alert that cannot be built or is not believed; the message names the field."""
 
 

@@ -1,30 +1,45 @@
 """
-Validation helpers shared by the pack's pure modules: one error type that
-carries every problem found (each message names its field, e.g.
-``campuses.east.kiosks.k1.mac: ...``), the rule for fleet names (Salt minion
+Validation helpers shared by the pack's pure modules: the base of every
+input error of the pack (:class:`FleetError`, a ``ValueError`` naming its
+field), one error type that carries every problem found (each message names
+its field, e.g. ``campuses.east.kiosks.k1.mac: ...``), the rule for fleet names (Salt minion
 ids, campus names), and the "optional mapping" check.
 """
 
 import re
 
-__virtualname__ = "fleet_fields"
-
 # Salt minion ids, campus names, labels: letters, digits, dot, dash, underscore
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
-def __virtual__():
-    return __virtualname__
+# "campuses.east.kiosks.k1.mac: ..." -> the field is the part before ": "
+_FIELD_PREFIX = re.compile(r"^([^\s:]{1,200}): ")
 
 
-class FieldErrors(ValueError):
+class FleetError(ValueError):
+    """
+    The base of every error the pack raises on bad input: a ``ValueError``
+    whose message names the field (``kiosks.k1.mac: ...``). ``field`` holds
+    that name (given, or read from the message's ``field: `` prefix), so a
+    caller can catch one class and still say which input was wrong.
+    """
+
+    def __init__(self, *args, field=None):
+        super().__init__(*args)
+        if field is None and args and isinstance(args[0], str):
+            match = _FIELD_PREFIX.match(args[0])
+            field = match.group(1) if match else None
+        self.field = field
+
+
+class FieldErrors(FleetError):
     """Every problem of one request or document; ``errors`` lists them, each naming its field."""
 
-    def __init__(self, errors):
+    def __init__(self, errors, field=None):
         if isinstance(errors, str):
             errors = [errors]
-        self.errors = list(errors)
-        super().__init__("; ".join(self.errors))
+        self.errors = [str(e) for e in errors]
+        super().__init__("; ".join(self.errors), field=field)
 
 
 def mapping(value, field, errors):

@@ -42,13 +42,15 @@ import ipaddress
 import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_wol
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fields
     import fleet_wol
-except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_fields, fleet_wol
-
-__virtualname__ = "fleet_inventory"
 
 PILLAR_KEY = "kiosk_fleet"
 SCHEDULES_KEY = "kiosk_fleet_schedules"  # fleet_schedule.PILLAR_KEY
@@ -65,10 +67,6 @@ DEFAULT_SERVICE_PORT = 3389
 DEFAULT_REPO_PORT = 80  # the Pis' release repositories (nginx)
 # Salt minion ids and campus names: letters, digits, dot, dash, underscore
 _NAME = fleet_fields.NAME
-
-
-def __virtual__():
-    return __virtualname__
 
 
 class InventoryError(fleet_fields.FieldErrors):
@@ -158,7 +156,7 @@ def _validate_kiosks(campus, raw, vlans, service_port, errors, seen_macs):
         _name(kiosk_id, field, errors)
         kiosk = _mapping(kiosk, field, errors)
         try:
-            mac = fleet_wol.normalize_mac(kiosk.get("mac"), f"{field}.mac")
+            mac = fleet_wol.kiosk_mac(kiosk.get("mac"), f"{field}.mac")
         except fleet_wol.WolError as exc:
             errors.append(str(exc))
             mac = None

@@ -25,10 +25,16 @@ Every check raises :class:`RegError` (a ValueError) whose message starts with
 the name of the bad field.
 """
 
+import importlib.util
 import math
 import re
 
-__virtualname__ = "fleet_reg"
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_fields
 
 HIVES = {
     "HKLM": "HKEY_LOCAL_MACHINE",
@@ -60,11 +66,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _CHAR_NAMES = {"\0": "a NUL character", "\r": "a carriage return", "\n": "a line feed", "[": "'['", "]": "']'"}
 
 
-def __virtual__():
-    return __virtualname__
-
-
-class RegError(ValueError):
+class RegError(fleet_fields.FleetError):
     """Bad registry input; the message starts with the field's name."""
 
 

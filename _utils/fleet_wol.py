@@ -10,7 +10,14 @@ A magic packet is 6 bytes of 0xFF followed by the target MAC repeated 16 times
 
 import re
 
-__virtualname__ = "fleet_wol"
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_fields
 
 SYNC_STREAM = b"\xff" * 6
 MAGIC_PACKET_LEN = 6 + 16 * 6
@@ -20,11 +27,7 @@ _HEX12 = re.compile(r"[0-9a-f]{12}")
 _PASSWORD_4 = re.compile(r"^(?:\d{1,3}\.){3}\d{1,3}$")
 
 
-def __virtual__():
-    return __virtualname__
-
-
-class WolError(ValueError):
+class WolError(fleet_fields.FleetError):
     """A MAC address or SecureOn password that cannot be used; the message names it."""
 
 
@@ -61,23 +64,54 @@ def normalize_mac(mac, field="mac"):
 
 def _mac_from_yaml_int(value, field):
     """
-    Undo YAML's reading of a digits-only MAC typed on the salt CLI.
+    Undo YAML's reading of a digits-only MAC typed on the salt CLI, exactly
+    or not at all.
 
-    ``salt pi kiosk_wol.wake 52:54:00:10:01:01`` reaches the module as the
-    int 41135076061: YAML 1.1 reads colon-separated digits as base 60. Each
-    pair is 00-59 after the first, so base-60 digits give the pairs back
-    exactly. ``525400100101`` (bare hex, digits only) arrives as a decimal int.
+    The salt CLI turns three digits-only spellings of a MAC into an int:
+    ``52:54:00:10:01:01`` is read as base 60 (41135076061; the pairs after
+    the first are 00-59, so base-60 digits give them back), ``525400100101``
+    as a decimal int, and ``001122334455`` (a leading zero, digits 0-7 only,
+    which YAML 1.1 takes for octal) as the decimal int 1122334455 with its
+    zeros lost. Some numbers come from two spellings (7776000000 is
+    ``10:00:00:00:00:00`` and ``007776000000``): those are refused rather
+    than guessed, the operator quotes the MAC.
     """
-    if 0 <= value < 100 * 60**5:
+    candidates = []
+    if 10 * 60**5 <= value < 100 * 60**5:
         pairs = []
+        rest = value
         for _ in range(5):
-            value, pair = divmod(value, 60)
+            rest, pair = divmod(rest, 60)
             pairs.append(pair)
-        pairs.append(value)
-        return ":".join(f"{p:02d}" for p in reversed(pairs))
+        pairs.append(rest)
+        candidates.append(":".join(f"{p:02d}" for p in reversed(pairs)))
     if 10**11 <= value < 10**12:
-        return f"{value:012d}"
+        candidates.append(f"{value:012d}")
+    elif 0 <= value < 10**11 and set(f"{value:012d}") <= set("01234567"):
+        candidates.append(f"{value:012d}")
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise WolError(
+            f"{field}: {value!r} is a number that could be the MAC {candidates[0]} or {candidates[1]} "
+            "(quote the MAC on the command line)"
+        )
     raise WolError(f"{field}: {value!r} is a number, not a MAC address (quote the MAC on the command line)")
+
+
+def kiosk_mac(mac, field="mac"):
+    """
+    :func:`normalize_mac` for the MAC of one machine: refuses the all-zero
+    MAC and group (multicast, broadcast) MACs, which no network card owns;
+    a magic packet to one would wake nothing or everything.
+    """
+    normalized = normalize_mac(mac, field)
+    if normalized == "00:00:00:00:00:00":
+        raise WolError(f"{field}: {normalized} is the all-zero MAC, not a machine's address")
+    if int(normalized[:2], 16) & 1:
+        kind = "the broadcast" if normalized == "ff:ff:ff:ff:ff:ff" else "a multicast (group)"
+        raise WolError(f"{field}: {normalized} is {kind} MAC, not a machine's address")
+    return normalized
 
 
 def mac_bytes(mac, field="mac"):
@@ -163,7 +197,7 @@ def normalize_macs(macs, field="macs"):
         raise WolError(f"{field}: no MAC address given")
     result = {}  # dict: drops duplicates in O(1), keeps order
     for index, item in enumerate(items):
-        result.setdefault(normalize_mac(item, f"{field}[{index}]"), None)
+        result.setdefault(kiosk_mac(item, f"{field}[{index}]"), None)
     return list(result)
 
 

@@ -2,6 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import fleet_fields
 import fleet_wol
 
 MAC = "52:54:00:ab:cd:ef"
@@ -95,13 +96,67 @@ def test_arbitrary_text_either_parses_to_a_mac_or_raises_woLerror(text):
 
 
 @given(st.lists(st.integers(0, 59), min_size=5, max_size=5), st.integers(10, 99))
-def test_digit_only_mac_read_by_yaml_on_the_salt_cli_is_recovered(tail, first):
-    import yaml
+def test_digit_only_mac_read_by_yaml_on_the_salt_cli_is_recovered_exactly_or_refused(tail, first):
+    import salt.utils.args
 
     text = ":".join(f"{p:02d}" for p in [first, *tail])
-    typed = yaml.safe_load(text)  # what `salt pi kiosk_wol.wake 52:54:00:10:01:01` passes on
+    typed = salt.utils.args.yamlify_arg(text)  # what `salt pi kiosk_wol.wake 52:54:00:10:01:01` passes on
     assert isinstance(typed, int)
-    assert fleet_wol.normalize_mac(typed) == text
+    try:
+        got = fleet_wol.normalize_mac(typed)
+    except fleet_wol.WolError as exc:
+        # the same number is also a bare MAC with leading zeros: refused, never guessed
+        assert "quote the MAC" in str(exc) and text in str(exc)
+        return
+    assert got == text
+
+
+@given(st.lists(st.integers(0, 255), min_size=6, max_size=6))
+def test_any_bare_digits_mac_typed_on_the_salt_cli_is_recovered_exactly_or_refused(octets):
+    import salt.utils.args
+
+    for text in ("".join(f"{o:02x}" for o in octets), "".join(f"{o % 100:02d}" for o in octets)):
+        typed = salt.utils.args.yamlify_arg(text)
+        try:
+            got = fleet_wol.normalize_mac(typed)
+        except fleet_wol.WolError as exc:
+            assert str(exc).startswith("mac: ")
+            continue
+        assert got.replace(":", "") == text.lower()
+
+
+def test_leading_zero_bare_mac_typed_on_the_salt_cli_is_recovered():
+    import salt.utils.args
+
+    typed = salt.utils.args.yamlify_arg("001122334455")
+    assert typed == 1122334455  # the zeros are gone by the time the module sees it
+    assert fleet_wol.normalize_mac(typed) == "00:11:22:33:44:55"
+    assert fleet_wol.normalize_macs(typed) == ["00:11:22:33:44:55"]
+
+
+def test_a_number_two_macs_could_have_become_is_refused():
+    # 10:00:00:00:00:00 in base 60 and 007776000000 both reach the module as 7776000000
+    with pytest.raises(fleet_wol.WolError, match="10:00:00:00:00:00 or 007776000000.*quote"):
+        fleet_wol.normalize_mac(7776000000)
+
+
+@pytest.mark.parametrize(
+    "mac",
+    ["ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00", "01:00:5e:00:00:01", "33:33:00:00:00:01", "000000000000"],
+)
+def test_broadcast_multicast_and_zero_macs_are_no_kiosk_macs(mac):
+    with pytest.raises(fleet_wol.WolError, match=r"^macs\[0\]: .*not a machine's address"):
+        fleet_wol.normalize_macs([mac])
+    with pytest.raises(fleet_wol.WolError, match=r"^kiosks.k1.mac: "):
+        fleet_wol.kiosk_mac(mac, "kiosks.k1.mac")
+    assert fleet_wol.normalize_mac(mac)  # still a MAC: a SecureOn password may be spelled like one
+
+
+def test_wol_error_is_a_fleet_error_naming_its_field():
+    with pytest.raises(fleet_wol.WolError) as info:
+        fleet_wol.normalize_mac(["52:54:00:00:00:01"], field="kiosks.k1.mac")
+    assert isinstance(info.value, fleet_fields.FleetError) and isinstance(info.value, ValueError)
+    assert info.value.field == "kiosks.k1.mac"
 
 
 def test_digit_only_bare_mac_read_as_an_int_is_recovered():
