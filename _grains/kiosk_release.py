@@ -18,10 +18,14 @@ A minion without installed releases (a Pi) gets no grain.
 import logging
 import os
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
-    import fleet_release
-except ImportError:  # pip-installed extension
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
     from saltext_kiosk_fleet.utils import fleet_release
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_release
 
 log = logging.getLogger(__name__)
 

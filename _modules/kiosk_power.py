@@ -21,10 +21,14 @@ simulator's power button.
 import logging
 import time
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
-    import fleet_power
-except ImportError:  # pip-installed extension
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
     from saltext_kiosk_fleet.utils import fleet_power
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_power
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 

@@ -12,11 +12,15 @@ import logging
 import socket
 import time
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_wol
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_inventory
     import fleet_wol
-except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_wol
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 

@@ -31,18 +31,11 @@ import logging
 import os
 import tempfile
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
-    import fleet_alerts
-    import fleet_http
-    import fleet_inventory
-    import fleet_lock
-    import fleet_metrics
-    import fleet_power
-    import fleet_runner
-    import fleet_schedule
-    import fleet_sweep
-    import fleet_wol
-except ImportError:  # pip-installed extension
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
     from saltext_kiosk_fleet.utils import (
         fleet_alerts,
         fleet_http,
@@ -55,6 +48,17 @@ except ImportError:  # pip-installed extension
         fleet_sweep,
         fleet_wol,
     )
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_alerts
+    import fleet_http
+    import fleet_inventory
+    import fleet_lock
+    import fleet_metrics
+    import fleet_power
+    import fleet_runner
+    import fleet_schedule
+    import fleet_sweep
+    import fleet_wol
 
 try:
     import requests

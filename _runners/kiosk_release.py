@@ -37,7 +37,21 @@ import shutil
 import tempfile
 import time
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import (
+        fleet_http,
+        fleet_inventory,
+        fleet_lock,
+        fleet_metrics,
+        fleet_release,
+        fleet_rollout,
+        fleet_runner,
+    )
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_http
     import fleet_inventory
     import fleet_lock
@@ -45,9 +59,6 @@ try:  # classic install: Salt puts the _utils folder on sys.path while loading
     import fleet_release
     import fleet_rollout
     import fleet_runner
-except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import (fleet_http, fleet_inventory, fleet_lock, fleet_metrics, fleet_release,
-                                           fleet_rollout, fleet_runner)
 
 log = logging.getLogger(__name__)
 

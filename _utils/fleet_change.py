@@ -9,22 +9,20 @@ and reports per kiosk with :func:`summarize`.
 import ipaddress
 import re
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
-    import fleet_fields
-except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_fields
+import importlib.util
 
-__virtualname__ = "fleet_change"
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_fields
 
 TEMPLATE_DIR = "kiosk_fleet/changes"
 PILLAR_KEY = "kiosk_fleet_changes"
 _TEMPLATE = re.compile(r"^[a-z0-9][a-z0-9_]{0,62}$")
 # RFC 1123 host names, dotted
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-
-
-def __virtual__():
-    return __virtualname__
 
 
 class ChangeError(fleet_fields.FieldErrors):

@@ -24,13 +24,15 @@ import os
 import re
 import time
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_metrics
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fields
     import fleet_metrics
-except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_fields, fleet_metrics
-
-__virtualname__ = "fleet_env"
 
 DEFAULT_SYSFS_ROOT = "/sys"
 DEFAULT_WARMUP_S = 120
@@ -52,10 +54,6 @@ CONFIG_KEYS = {"sysfs_root", "gpio", "temperature", "humidity", "smoke", "hyster
                "retries", "error_after", "report_every", "textfile_dir", "campus"}
 GPIO_KEYS = {"chip_label", "line", "active_low", "dev_dir"}
 _LABEL = fleet_fields.NAME
-
-
-def __virtual__():
-    return __virtualname__
 
 
 class EnvError(fleet_fields.FieldErrors):

@@ -13,17 +13,11 @@ exception's text: errors name the exception class and the host only.
 import logging
 import urllib.parse
 
-__virtualname__ = "fleet_http"
-
 # urllib3 logs every request line, path and query included, at DEBUG: a
 # master running at log_level debug would write platform and webhook tokens
 # to its log. Importing this module (every part of the pack that does HTTP
 # does) caps that logger at INFO.
 logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
-
-
-def __virtual__():
-    return __virtualname__
 
 
 def host_of(url):

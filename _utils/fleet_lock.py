@@ -11,12 +11,6 @@ import contextlib
 import os
 import time
 
-__virtualname__ = "fleet_lock"
-
-
-def __virtual__():
-    return __virtualname__
-
 
 def _try_lock(handle):
     if os.name == "nt":  # pragma: no cover - the Windows kiosks

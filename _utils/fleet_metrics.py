@@ -8,12 +8,6 @@ import math
 import os
 import tempfile
 
-__virtualname__ = "fleet_metrics"
-
-
-def __virtual__():
-    return __virtualname__
-
 
 def _escape(value):
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

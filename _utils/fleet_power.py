@@ -4,8 +4,6 @@ Kiosk power requests: validation and how each platform is asked. Pure.
 
 import math
 
-__virtualname__ = "fleet_power"
-
 MAX_DELAY_S = 24 * 3600
 MAX_MESSAGE = 512  # Windows' shutdown dialog truncates long messages
 ACTIONS = ("shutdown", "reboot", "abort")
@@ -14,10 +12,6 @@ DEFAULT_COMMANDS = {
     "reboot": ["/sbin/shutdown", "-r", "+{delay_min}", "{message}"],
     "abort": ["/sbin/shutdown", "-c"],
 }
-
-
-def __virtual__():
-    return __virtualname__
 
 
 def check_request(delay_s, message):

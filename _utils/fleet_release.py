@@ -35,12 +35,14 @@ import shutil
 import tempfile
 import time
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
-    import fleet_fields
-except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_fields
+import importlib.util
 
-__virtualname__ = "fleet_release"
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_fields
 
 FORMAT = 1
 CHUNK = 1 << 20  # 1 MiB: constant memory whatever the package size
@@ -55,10 +57,6 @@ HEX = {"md5": re.compile(r"^[0-9a-f]{32}\Z"), "sha256": re.compile(r"^[0-9a-f]{6
 # placeholders of the install command, replaced argument by argument (never a shell)
 PLACEHOLDER = re.compile(r"\{(dir|name|version)\}")
 READ = 64 * 1024  # network reads: a cut loses at most this much of what arrived
-
-
-def __virtual__():
-    return __virtualname__
 
 
 class ReleaseError(fleet_fields.FieldErrors):

@@ -14,16 +14,14 @@ import json
 import os
 import stat
 
-try:
-    import fleet_release
-except ImportError:  # pip-installed extension
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
     from saltext_kiosk_fleet.utils import fleet_release
-
-__virtualname__ = "fleet_rollout"
-
-
-def __virtual__():
-    return __virtualname__
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_release
 
 
 class RolloutError(ValueError):

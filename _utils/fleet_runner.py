@@ -10,12 +10,6 @@ Two channels carry the exit code, because Salt reads both: salt 3007's
 orchestrate) comes from ``__context__["retcode"]`` (salt/client/mixins.py).
 """
 
-__virtualname__ = "fleet_runner"
-
-
-def __virtual__():
-    return __virtualname__
-
 
 def finish(context, ret):
     """Set the runner's exit code from ``ret["result"]`` and return ``ret``."""

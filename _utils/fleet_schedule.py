@@ -111,12 +111,14 @@ import math
 import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
-    import fleet_fields
-except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_fields
+import importlib.util
 
-__virtualname__ = "fleet_schedule"
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_fields
 
 PILLAR_KEY = "kiosk_fleet_schedules"
 DEFAULT_TIMEZONE = "Asia/Shanghai"
@@ -132,10 +134,6 @@ _CAMPUS_KEYS = ("timezone", "default", "rules", "kiosks")
 _UTC = _dt.timezone.utc
 _DAY = 1440
 _NEVER_LO, _NEVER_HI = 0, 10**9  # date ordinals standing for open ends
-
-
-def __virtual__():
-    return __virtualname__
 
 
 class ScheduleError(fleet_fields.FieldErrors):

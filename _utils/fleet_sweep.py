@@ -48,12 +48,14 @@ records (so the state file is plain JSON).
 import datetime as _dt
 import ipaddress
 
-try:  # classic install: Salt puts the _utils folder on sys.path while loading
-    import fleet_fields
-except ImportError:  # pip-installed extension
-    from saltext_kiosk_fleet.utils import fleet_fields
+import importlib.util
 
-__virtualname__ = "fleet_sweep"
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_fields
 
 ON, OFF, UNMANAGED, UNKNOWN = "on", "off", "unmanaged", "unknown"
 DEGRADED = "degraded"  # powered on (the minion answers) but the service port is closed
@@ -66,10 +68,6 @@ DEFAULT_HOST_TIMEOUT_S = 10
 DEFAULT_MAX_RETRIES = 1
 _NAME = fleet_fields.NAME
 _UTC = _dt.timezone.utc
-
-
-def __virtual__():
-    return __virtualname__
 
 
 class SweepError(ValueError):
