@@ -1,6 +1,6 @@
 """
 Power runners on the top master: wake kiosks through every Pi of their
-campus, shut them down through their own minion; power schedules (issue 4):
+campus, shut them down through their own minion; power schedules:
 ``sync_schedules``, ``plan``, ``sweep``, ``verify``, ``hold``/``unhold``,
 ``status``.
 
@@ -165,7 +165,7 @@ def shutdown(kiosks=None, campus=None, delay_s=60, message="This kiosk is shutti
     return fleet_runner.finish(__context__, ret)
 
 
-# ---------------------------------------------------------------- schedules, sweeps (issue 4)
+# ---------------------------------------------------------------- schedules, sweeps
 
 STATE_DIR = "kiosk_power"
 SCHEDULES_FILE = "schedules.json"

@@ -1,5 +1,5 @@
 """
-Kiosk power schedules (issue 4): which kiosks should be on, and when. Pure.
+Kiosk power schedules: which kiosks should be on, and when. Pure.
 
 The schedule lives in pillar under the key ``kiosk_fleet_schedules`` (and may
 later be synced from an HTTP platform); it is plain data, YAML/JSON-friendly::

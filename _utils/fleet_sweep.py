@@ -1,5 +1,5 @@
 """
-Power sweeps (issue 4): desired state + observed state + holds -> actions,
+Power sweeps: desired state + observed state + holds -> actions,
 and the +5/+10/+15 minute verification bookkeeping. Pure: no Salt, no I/O.
 
 Vocabulary
