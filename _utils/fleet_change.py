@@ -41,6 +41,11 @@ def check_template(name, available):
 def templates_from_file_list(files):
     """Template names from a fileserver file list (``kiosk_fleet/changes/<name>.sls``)."""
     prefix = TEMPLATE_DIR + "/"
+    if isinstance(files, (str, bytes)) or not isinstance(files, (list, tuple, set, frozenset)):
+        raise ChangeError(f"files: expected a list of file names, got {type(files).__name__}")
+    bad = [f for f in files if not isinstance(f, str)]
+    if bad:
+        raise ChangeError(f"files: {bad[0]!r} is not a file name")
     return sorted(
         f[len(prefix):-4] for f in files
         if f.startswith(prefix) and f.endswith(".sls") and "/" not in f[len(prefix):] and _TEMPLATE.match(f[len(prefix):-4])
@@ -80,6 +85,7 @@ def check_params(params):
 def check_pillar(pillar):
     """The ``kiosk_fleet_changes`` pillar: per-campus hosts entries validated."""
     errors = []
+    pillar = fleet_fields.mapping(pillar, "pillar", errors)
     changes = fleet_fields.mapping(pillar.get(PILLAR_KEY), PILLAR_KEY, errors)
     for campus, hosts in fleet_fields.mapping(changes.get("hosts"), f"{PILLAR_KEY}.hosts", errors).items():
         try:
@@ -118,7 +124,14 @@ def summarize(ret):
 
 def report(kiosk_ids, returns):
     """Per-kiosk summaries; kiosks that did not answer are listed as silent."""
+    if isinstance(kiosk_ids, (str, bytes)) or not isinstance(kiosk_ids, (list, tuple, set, frozenset)):
+        raise ChangeError(f"kiosk_ids: expected a list of kiosk ids, got {type(kiosk_ids).__name__}")
+    bad = [k for k in kiosk_ids if not isinstance(k, str)]
+    if bad:
+        raise ChangeError(f"kiosk_ids: {bad[0]!r} is not a kiosk id")
+    if not isinstance(returns, dict):
+        raise ChangeError(f"returns: expected {{kiosk id: return}}, got {type(returns).__name__}")
     kiosks = {k: summarize(returns[k]) for k in kiosk_ids if k in returns}
-    silent = sorted(set(kiosk_ids) - set(returns))
+    silent = sorted(set(kiosk_ids) - set(returns))  # kiosk ids are strings: sortable
     failed = sorted(k for k, s in kiosks.items() if not s["result"])
     return {"result": not silent and not failed, "kiosks": kiosks, "failed": failed, "silent": silent}

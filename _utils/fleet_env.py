@@ -138,15 +138,28 @@ def _hysteresis(value, errors):
     if value is None:
         return dict(DEFAULT_HYSTERESIS)
     if isinstance(value, dict):
-        unknown = sorted(set(value) - set(DEFAULT_HYSTERESIS))
+        unknown = _unknown_keys(value, set(DEFAULT_HYSTERESIS))
         if unknown:
-            errors.append(f"hysteresis: unknown key {', '.join(unknown)} (known: temperature, humidity)")
+            errors.append(f"hysteresis: unknown key {unknown} (known: temperature, humidity)")
         ret = {}
         for key, default in DEFAULT_HYSTERESIS.items():
             ret[key] = _number(value.get(key, default), f"hysteresis.{key}", errors, 0, 50)
         return ret
     number = _number(value, "hysteresis", errors, 0, 50)
     return {"temperature": number, "humidity": number}
+
+
+def _unknown_keys(mapping, known):
+    """
+    The keys of ``mapping`` not in ``known``, as text. YAML 1.1 reads a
+    bare ``on:``/``off:``/``yes:`` key as a boolean and ``1.10:`` as 1.1, so
+    keys may be of any type: shown with repr, the boolean case explained.
+    """
+    unknown = sorted((k for k in mapping if not (isinstance(k, str) and k in known)), key=repr)
+    text = ", ".join(k if isinstance(k, str) else repr(k) for k in unknown)
+    if any(isinstance(k, bool) for k in unknown):
+        text += " (YAML reads a bare on/off/yes/no key as true/false: quote it)"
+    return text
 
 
 def config_dict(config):
@@ -174,9 +187,9 @@ def check_config(config):
     """
     raw = config_dict(config)
     errors = []
-    unknown = sorted(set(raw) - CONFIG_KEYS - SALT_BEACON_KEYS)
+    unknown = _unknown_keys(raw, CONFIG_KEYS | SALT_BEACON_KEYS)
     if unknown:
-        errors.append(f"{', '.join(unknown)}: unknown key (known: {', '.join(sorted(CONFIG_KEYS))})")
+        errors.append(f"{unknown}: unknown key (known: {', '.join(sorted(CONFIG_KEYS))})")
     sysfs_root = raw.get("sysfs_root", DEFAULT_SYSFS_ROOT)
     if not isinstance(sysfs_root, str) or not sysfs_root.startswith("/"):
         errors.append(f"sysfs_root: {sysfs_root!r} is not an absolute path")

@@ -7,10 +7,14 @@ ids, campus names), and the "optional mapping" check.
 """
 
 import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # Salt minion ids, campus names, labels: letters, digits, dot, dash, underscore
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
+
+# IANA zone names: "UTC", "Asia/Shanghai", "America/Argentina/Buenos_Aires", "Etc/GMT+8"
+_ZONE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]{0,30}(?:/[A-Za-z0-9][A-Za-z0-9_+-]{0,30}){0,2}\Z")
 
 # "campuses.east.kiosks.k1.mac: ..." -> the field is the part before ": "
 _FIELD_PREFIX = re.compile(r"^([^\s:]{1,200}): ")
@@ -50,3 +54,19 @@ def mapping(value, field, errors):
         errors.append(f"{field}: expected a mapping, got {type(value).__name__}")
         return {}
     return value
+
+
+def time_zone(value):
+    """
+    The ``ZoneInfo`` of an IANA zone name, or None when ``value`` is none.
+
+    Checked by shape first: tzdata is a folder tree, so a name like
+    ``Europe`` (a folder), a path or a 5,000-character string would reach
+    the file system and fail there with OSError, not ZoneInfoNotFoundError.
+    """
+    if not isinstance(value, str) or not _ZONE_NAME.match(value):
+        return None
+    try:
+        return ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None

@@ -40,7 +40,6 @@ import os
 
 import ipaddress
 import re
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import importlib.util
 
@@ -202,9 +201,7 @@ def validate(data):
         _name(campus, field, errors)
         spec = _mapping(spec, field, errors)
         timezone = spec.get("timezone", DEFAULT_TIMEZONE)
-        try:
-            ZoneInfo(str(timezone))
-        except (ZoneInfoNotFoundError, ValueError):
+        if fleet_fields.time_zone(timezone) is None:
             errors.append(f"{field}.timezone: {timezone!r} is not an IANA time zone")
         wol_port = _port(spec.get("wol_port", DEFAULT_WOL_PORT), f"{field}.wol_port", errors)
         service_port = _port(spec.get("service_port", DEFAULT_SERVICE_PORT), f"{field}.service_port", errors)

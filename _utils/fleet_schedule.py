@@ -109,7 +109,7 @@ import bisect
 import datetime as _dt
 import math
 import re
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import importlib.util
 
@@ -425,6 +425,16 @@ def _rules(raw, field, level, errors, cache=None):
     return out
 
 
+def _ids(kiosks, field):
+    """A set of kiosk ids; anything else (a string, a number, nested lists) is refused."""
+    if isinstance(kiosks, (str, bytes)) or not isinstance(kiosks, (list, tuple, set, frozenset, dict)):
+        raise ScheduleError(f"{field}: expected kiosk ids, got {kiosks!r}")
+    bad = [k for k in kiosks if not isinstance(k, str)]
+    if bad:
+        raise ScheduleError(f"{field}: {bad[0]!r} is not a kiosk id")
+    return set(kiosks)
+
+
 def _known(known_kiosks):
     """-> (flat set | None, {campus: set} | None)."""
     if known_kiosks is None:
@@ -433,15 +443,15 @@ def _known(known_kiosks):
         campuses = known_kiosks.get("campuses") if isinstance(known_kiosks.get("campuses"), dict) else known_kiosks
         by_campus = {}
         for campus, kiosks in campuses.items():
+            if not isinstance(campus, str):
+                raise ScheduleError(f"known_kiosks: {campus!r} is not a campus name")
             if isinstance(kiosks, dict) and isinstance(kiosks.get("kiosks"), dict):
                 kiosks = kiosks["kiosks"]  # a fleet_inventory campus
-            if isinstance(kiosks, str) or not hasattr(kiosks, "__iter__"):
-                raise ScheduleError(f"known_kiosks.{campus}: expected kiosk ids, got {kiosks!r}")
-            by_campus[campus] = set(kiosks)
+            by_campus[campus] = _ids(kiosks, f"known_kiosks.{campus}")
         return set().union(*by_campus.values()) if by_campus else set(), by_campus
-    if isinstance(known_kiosks, str) or not hasattr(known_kiosks, "__iter__"):
+    if isinstance(known_kiosks, (str, bytes)) or not hasattr(known_kiosks, "__iter__"):
         raise ScheduleError(f"known_kiosks: expected kiosk ids or {{campus: kiosk ids}}, got {known_kiosks!r}")
-    return set(known_kiosks), None
+    return _ids(list(known_kiosks), "known_kiosks"), None
 
 
 def validate(data, known_kiosks=None):
@@ -475,11 +485,7 @@ def validate(data, known_kiosks=None):
             if key not in _CAMPUS_KEYS:
                 errors.append(f"{field}.{key}: unknown key (a campus has {', '.join(_CAMPUS_KEYS)})")
         timezone = spec.get("timezone", DEFAULT_TIMEZONE)
-        try:
-            if not isinstance(timezone, str):
-                raise ValueError
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        if fleet_fields.time_zone(timezone) is None:
             errors.append(f"{field}.timezone: {timezone!r} is not an IANA time zone")
         default = _word(spec.get("default", UNMANAGED), f"{field}.default", errors, (UNMANAGED, OFF, ON))
         rules = _rules(spec.get("rules"), f"{field}.rules", "campus", errors, cache)
