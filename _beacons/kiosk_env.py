@@ -71,7 +71,10 @@ def validate(config):
     """
     if not isinstance(config, list):
         return False, "kiosk_env: the beacon configuration must be a list (- temperature: [5, 32] ...)"
-    key = json.dumps(config, sort_keys=True, default=str)
+    try:
+        key = json.dumps(config, sort_keys=True, default=str)
+    except (TypeError, ValueError):  # keys of mixed types (YAML's on: is True) do not sort
+        key = repr(config)
     cached = __context__.get(CHECK_KEY)
     now = time.monotonic()
     if cached and cached[0] == key and now - cached[1] < CHECK_TTL_S:

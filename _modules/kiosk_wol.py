@@ -38,16 +38,38 @@ def __virtual__():
 
 
 def _check_repeat(repeat, spacing_ms):
+    if isinstance(repeat, bool) or isinstance(repeat, float) and not repeat.is_integer():
+        raise SaltInvocationError(f"repeat: {repeat!r} is not a whole number")
     try:
         repeat = int(repeat)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SaltInvocationError(f"repeat: {repeat!r} is not a number") from exc
+    try:
+        if isinstance(spacing_ms, bool):
+            raise TypeError
         spacing_ms = float(spacing_ms)
-    except (TypeError, ValueError) as exc:
-        raise SaltInvocationError(f"repeat/spacing_ms: not a number ({exc})") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SaltInvocationError(f"spacing_ms: {spacing_ms!r} is not a number") from exc
     if not 1 <= repeat <= MAX_REPEAT:
         raise SaltInvocationError(f"repeat: {repeat} is outside 1-{MAX_REPEAT}")
-    if not 0 <= spacing_ms <= 5000:
+    if not 0 <= spacing_ms <= 5000:  # also refuses nan
         raise SaltInvocationError(f"spacing_ms: {spacing_ms} is outside 0-5000")
     return repeat, spacing_ms
+
+
+def _check_interface(interface):
+    """A Linux interface name (at most 15 bytes, no / or white space) or None."""
+    if interface is None or interface == "":
+        return None
+    if (
+        not isinstance(interface, str)
+        or not 1 <= len(interface) <= 15
+        or not interface.isascii()
+        or not interface.isprintable()
+        or any(c in interface for c in "/: ")
+    ):
+        raise SaltInvocationError(f"interface: {interface!r} is not a network interface name")
+    return interface
 
 
 def _check_destination(address, port, source):
@@ -63,7 +85,9 @@ def _check_destination(address, port, source):
             raise SaltInvocationError(f"{field}: {value!r} is not an IPv4 address") from exc
     try:
         port_no = int(port)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: inf
+        port_no = -1
+    if isinstance(port, float) and port != port_no:
         port_no = -1
     if isinstance(port, bool) or not 1 <= port_no <= 65535:
         raise SaltInvocationError(f"port: {port!r} is not a UDP port (1-65535)")
@@ -153,6 +177,7 @@ def wake(
         raise SaltInvocationError(str(exc)) from exc
     repeat, spacing_ms = _check_repeat(repeat, spacing_ms)
     broadcast, port, source = _check_destination(broadcast, port, source)
+    interface = _check_interface(interface)
     dest = {"broadcast": broadcast, "port": port, "source": source, "interface": interface, "packets": packets}
     sent = _send([dest], repeat, spacing_ms)
     return [

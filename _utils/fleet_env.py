@@ -90,6 +90,18 @@ def _number(value, field, errors, low=None, high=None, integer=False):
     return int(value) if integer else float(value)
 
 
+def _absolute_path(value, field, errors):
+    """True for an absolute path the OS can take; else the problem is recorded."""
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > 4096:
+        errors.append(f"{field}: {value!r} is not an absolute path")
+        return False
+    bad = fleet_fields.bad_character(value)
+    if bad:
+        errors.append(f"{field}: the path contains {bad}")
+        return False
+    return True
+
+
 def _range(value, field, errors):
     if value is None:
         return None
@@ -113,24 +125,25 @@ def _gpio(value, smoke, errors):
     if not isinstance(value, dict):
         errors.append(f"gpio: expected a mapping {{chip_label, line, active_low}}, got {value!r}")
         return None
-    unknown = sorted(set(value) - GPIO_KEYS)
+    unknown = _unknown_keys(value, GPIO_KEYS)
     if unknown:
-        errors.append(f"gpio: unknown key {', '.join(unknown)} (known: {', '.join(sorted(GPIO_KEYS))})")
+        errors.append(f"gpio: unknown key {unknown} (known: {', '.join(sorted(GPIO_KEYS))})")
     label = value.get("chip_label")
     line = value.get("line")
     if smoke or value:
-        if not isinstance(label, str) or not label.strip():
+        if not isinstance(label, str) or not label.strip() or len(label) > 64 or fleet_fields.bad_character(label):
             errors.append(f"gpio.chip_label: {label!r} is not a chip label (e.g. pinctrl-bcm2711; see gpiodetect)")
         if isinstance(line, bool) or not (
-            (isinstance(line, int) and 0 <= line <= 1023) or (isinstance(line, str) and line.strip())
+            (isinstance(line, int) and 0 <= line <= 1023)
+            or (isinstance(line, str) and line.strip() and len(line) <= 64 and not fleet_fields.bad_character(line))
         ):
             errors.append(f"gpio.line: {line!r} is not a line offset (0-1023) or line name (e.g. GPIO17)")
     active_low = value.get("active_low", True)  # MQ-2 boards pull DO low on smoke
     if not isinstance(active_low, bool):
         errors.append(f"gpio.active_low: {active_low!r} is not true/false")
     dev_dir = value.get("dev_dir", "/dev")
-    if not isinstance(dev_dir, str) or not dev_dir:
-        errors.append(f"gpio.dev_dir: {dev_dir!r} is not a directory path")
+    if not _absolute_path(dev_dir, "gpio.dev_dir", errors):
+        dev_dir = "/dev"
     return {"chip_label": label, "line": line, "active_low": active_low, "dev_dir": dev_dir}
 
 
@@ -191,15 +204,15 @@ def check_config(config):
     if unknown:
         errors.append(f"{unknown}: unknown key (known: {', '.join(sorted(CONFIG_KEYS))})")
     sysfs_root = raw.get("sysfs_root", DEFAULT_SYSFS_ROOT)
-    if not isinstance(sysfs_root, str) or not sysfs_root.startswith("/"):
-        errors.append(f"sysfs_root: {sysfs_root!r} is not an absolute path")
+    if not _absolute_path(sysfs_root, "sysfs_root", errors):
+        sysfs_root = DEFAULT_SYSFS_ROOT
     smoke = raw.get("smoke", False)
     if not isinstance(smoke, bool):
         errors.append(f"smoke: {smoke!r} is not true/false")
         smoke = False
     textfile_dir = raw.get("textfile_dir")
-    if textfile_dir is not None and (not isinstance(textfile_dir, str) or not textfile_dir.startswith("/")):
-        errors.append(f"textfile_dir: {textfile_dir!r} is not an absolute path")
+    if textfile_dir is not None and not _absolute_path(textfile_dir, "textfile_dir", errors):
+        textfile_dir = None
     campus = raw.get("campus")
     if campus is not None and (not isinstance(campus, str) or not _LABEL.match(campus)):
         errors.append(f"campus: {campus!r} is not a valid name (letters, digits, . _ -)")

@@ -70,3 +70,16 @@ def time_zone(value):
         return ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         return None
+
+
+def bad_character(text):
+    """
+    What makes ``text`` unfit to leave Python, or None: a NUL (C strings,
+    paths) or an unpaired surrogate (no UTF-8 or UTF-16 can carry one).
+    """
+    for char in text:
+        if char == "\0":
+            return "a NUL character"
+        if "\ud800" <= char <= "\udfff":
+            return f"an unpaired surrogate (U+{ord(char):04X})"
+    return None

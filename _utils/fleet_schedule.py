@@ -614,6 +614,10 @@ def _schedule(schedule):
 # ---------------------------------------------------------------- time
 
 
+_FIRST_INSTANT = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc) + _dt.timedelta(days=7)
+_LAST_INSTANT = _dt.datetime.max.replace(tzinfo=_dt.timezone.utc) - _dt.timedelta(days=7)
+
+
 def _aware(value, field):
     if not isinstance(value, _dt.datetime):
         raise ScheduleError(f"{field}: expected a timezone-aware datetime, got {value!r}")
@@ -621,6 +625,16 @@ def _aware(value, field):
         raise ScheduleError(
             f"{field}: {value.isoformat()} is a naive datetime; pass an aware one "
             f"(e.g. datetime.now(timezone.utc)), the schedule is in each campus's local time"
+        )
+    try:
+        utc = value.astimezone(_UTC)
+    except (OverflowError, ValueError):
+        utc = None
+    # local dates one day either side are computed: a week of margin keeps them in the calendar
+    if utc is None or not _FIRST_INSTANT <= utc <= _LAST_INSTANT:
+        raise ScheduleError(
+            f"{field}: {value.isoformat()} is too close to the ends of the calendar "
+            f"(instants from {_FIRST_INSTANT.date()} to {_LAST_INSTANT.date()} UTC)"
         )
     return value
 

@@ -85,9 +85,8 @@ def _mac_from_yaml_int(value, field):
             pairs.append(pair)
         pairs.append(rest)
         candidates.append(":".join(f"{p:02d}" for p in reversed(pairs)))
-    if 10**11 <= value < 10**12:
-        candidates.append(f"{value:012d}")
-    elif 0 <= value < 10**11 and set(f"{value:012d}") <= set("01234567"):
+    # twelve digits, or fewer after leading zeros YAML dropped (then only 0-7: else no int)
+    if 10**11 <= value < 10**12 or (0 <= value < 10**11 and set(f"{value:012d}") <= set("01234567")):
         candidates.append(f"{value:012d}")
     if len(candidates) == 1:
         return candidates[0]

@@ -2,7 +2,6 @@ import copy
 import pathlib
 
 import pytest
-import yaml
 
 import fleet_inventory
 from tests.support.topology import two_campus_inventory
