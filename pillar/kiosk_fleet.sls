@@ -17,19 +17,27 @@ pillar, so no key and no inventory: fail closed), never the old whole file.
 """
 
 import importlib
+import importlib.util
 import os
 import sys
 
 
 def _fleet_inventory():
-    """The pack's fleet_inventory: from module_dirs (classic install) or the pip-installed extension."""
+    """
+    The pack's fleet_inventory, by the rule of _utils/README.md: the installed
+    package first (a synced copy never shadows it), else the classic _utils of
+    module_dirs, else the synced extmods/utils Salt puts on sys.path. No
+    ImportError is caught: a broken utility shows its own error.
+    """
+    if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+        return importlib.import_module("saltext_kiosk_fleet.utils.fleet_inventory")
     for base in __opts__.get("module_dirs") or []:
         utils = os.path.join(base, "_utils")
         if os.path.isfile(os.path.join(utils, "fleet_inventory.py")):
             if utils not in sys.path:
                 sys.path.append(utils)
-            return importlib.import_module("fleet_inventory")
-    return importlib.import_module("saltext_kiosk_fleet.utils.fleet_inventory")
+            break
+    return importlib.import_module("fleet_inventory")
 
 
 def run():
