@@ -148,7 +148,11 @@ def wake(
     macs
         One MAC, a comma-separated string or a list; any notation
         (``aa:bb:cc:dd:ee:ff``, ``aa-bb-..``, ``aabb.ccdd.eeff``, bare hex).
-        A request with one bad MAC is refused whole: nothing is sent.
+        A request with one bad MAC is refused whole: nothing is sent. A MAC of
+        digits only typed bare on the CLI reaches the module as a YAML number:
+        it is recovered when only one MAC can have become that number, else
+        refused (quote it, or write it with dashes). Kiosk MACs must be
+        unicast and non-zero.
     broadcast
         Destination address: the subnet-directed broadcast of the kiosks' VLAN
         (e.g. ``10.20.1.255``); default the limited broadcast.
@@ -167,7 +171,7 @@ def wake(
 
     .. code-block:: bash
 
-        salt pi-riverside-1 kiosk_wol.wake 52:54:00:10:01:01 broadcast=10.20.1.255
+        salt pi-riverside-1 kiosk_wol.wake 52-54-00-10-01-01 broadcast=10.20.1.255
         salt pi-riverside-1 kiosk_wol.wake '["5254.0010.0101", "525400100102"]' repeat=5
     """
     try:

@@ -125,9 +125,9 @@ def _gpio(value, smoke, errors):
     if not isinstance(value, dict):
         errors.append(f"gpio: expected a mapping {{chip_label, line, active_low}}, got {value!r}")
         return None
-    unknown = _unknown_keys(value, GPIO_KEYS)
+    unknown, hint = _unknown_keys(value, GPIO_KEYS)
     if unknown:
-        errors.append(f"gpio: unknown key {unknown} (known: {', '.join(sorted(GPIO_KEYS))})")
+        errors.append(f"gpio: unknown key {unknown} (known: {', '.join(sorted(GPIO_KEYS))}){hint}")
     label = value.get("chip_label")
     line = value.get("line")
     if smoke or value:
@@ -151,9 +151,9 @@ def _hysteresis(value, errors):
     if value is None:
         return dict(DEFAULT_HYSTERESIS)
     if isinstance(value, dict):
-        unknown = _unknown_keys(value, set(DEFAULT_HYSTERESIS))
+        unknown, hint = _unknown_keys(value, set(DEFAULT_HYSTERESIS))
         if unknown:
-            errors.append(f"hysteresis: unknown key {unknown} (known: temperature, humidity)")
+            errors.append(f"hysteresis: unknown key {unknown} (known: temperature, humidity){hint}")
         ret = {}
         for key, default in DEFAULT_HYSTERESIS.items():
             ret[key] = _number(value.get(key, default), f"hysteresis.{key}", errors, 0, 50)
@@ -164,15 +164,16 @@ def _hysteresis(value, errors):
 
 def _unknown_keys(mapping, known):
     """
-    The keys of ``mapping`` not in ``known``, as text. YAML 1.1 reads a
+    ``(names, hint)``: the keys of ``mapping`` not in ``known``, as text,
+    and a hint for the boolean case. YAML 1.1 reads a
     bare ``on:``/``off:``/``yes:`` key as a boolean and ``1.10:`` as 1.1, so
-    keys may be of any type: shown with repr, the boolean case explained.
+    keys may be of any type: shown with repr.
     """
     unknown = sorted((k for k in mapping if not (isinstance(k, str) and k in known)), key=repr)
-    text = ", ".join(k if isinstance(k, str) else repr(k) for k in unknown)
-    if any(isinstance(k, bool) for k in unknown):
-        text += " (YAML reads a bare on/off/yes/no key as true/false: quote it)"
-    return text
+    return ", ".join(k if isinstance(k, str) else repr(k) for k in unknown), (
+        "; YAML reads a bare on/off/yes/no key as true/false: quote it" if any(isinstance(k, bool) for k in unknown)
+        else ""
+    )
 
 
 def config_dict(config):
@@ -200,9 +201,9 @@ def check_config(config):
     """
     raw = config_dict(config)
     errors = []
-    unknown = _unknown_keys(raw, CONFIG_KEYS | SALT_BEACON_KEYS)
+    unknown, hint = _unknown_keys(raw, CONFIG_KEYS | SALT_BEACON_KEYS)
     if unknown:
-        errors.append(f"{unknown}: unknown key (known: {', '.join(sorted(CONFIG_KEYS))})")
+        errors.append(f"{unknown}: unknown key (known: {', '.join(sorted(CONFIG_KEYS))}){hint}")
     sysfs_root = raw.get("sysfs_root", DEFAULT_SYSFS_ROOT)
     if not _absolute_path(sysfs_root, "sysfs_root", errors):
         sysfs_root = DEFAULT_SYSFS_ROOT
@@ -286,7 +287,7 @@ def parse_milli(text, path, metric):
     ``in_humidityrelative_input`` milli-percent) and return the scaled float.
     Garbage, empty or impossible values raise :class:`EnvError` naming ``path``.
     """
-    if metric not in LIMITS:
+    if not isinstance(metric, str) or metric not in LIMITS:
         raise EnvError(f"metric: {metric!r} is not one of {', '.join(sorted(LIMITS))}")
     if isinstance(text, bytes):
         text = text.decode("ascii", errors="replace")
@@ -294,9 +295,9 @@ def parse_milli(text, path, metric):
         raise EnvError(f"{path}: empty value")
     try:
         milli = int(text.strip())
-    except ValueError:
+        value = milli / 1000.0
+    except (ValueError, OverflowError):  # OverflowError: hundreds of digits
         raise EnvError(f"{path}: not an integer: {text.strip()[:40]!r}") from None
-    value = milli / 1000.0
     low, high = LIMITS[metric]
     if not low <= value <= high:
         raise EnvError(f"{path}: {metric} {value} {UNITS[metric]} is outside {low}-{high}")

@@ -132,7 +132,18 @@ def _validate_pis(campus, raw, vlans, errors):
             if spec.get("source") is not None:
                 entry["source"] = _address(spec["source"], f"{field}.vlans.{vlan_name}.source", errors)
             if spec.get("interface") is not None:
-                entry["interface"] = str(spec["interface"])
+                interface = spec["interface"]
+                # Linux interface names: at most 15 bytes, no / : or white space (SO_BINDTODEVICE takes it)
+                if (
+                    not isinstance(interface, str)
+                    or not 1 <= len(interface) <= 15
+                    or not interface.isascii()
+                    or not interface.isprintable()
+                    or any(c in interface for c in "/: ")
+                ):
+                    errors.append(f"{field}.vlans.{vlan_name}.interface: {interface!r} is not a network interface name")
+                else:
+                    entry["interface"] = interface
             pi_vlans[vlan_name] = entry
         pis[pi_id] = {"vlans": pi_vlans}
         repo_url = pi.get("repo_url")
@@ -146,6 +157,20 @@ def _validate_pis(campus, raw, vlans, errors):
     if not pis:
         errors.append(f"campuses.{campus}.pis: a campus needs at least one Pi")
     return pis
+
+
+def _location(value, field, errors):
+    """Free text for people (a number YAML read is fine); never a list, a mapping or unpaired surrogates."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        errors.append(f"{field}: {value!r} is not text")
+        return ""
+    bad = fleet_fields.bad_character(value)
+    if bad:
+        errors.append(f"{field}: contains {bad}")
+        return ""
+    return value
 
 
 def _validate_kiosks(campus, raw, vlans, service_port, errors, seen_macs):
@@ -165,7 +190,7 @@ def _validate_kiosks(campus, raw, vlans, service_port, errors, seen_macs):
             else:
                 seen_macs[mac] = field
         vlan = kiosk.get("vlan")
-        if vlan not in vlans:
+        if not isinstance(vlan, str) or vlan not in vlans:  # vlan: [hall] is a list, not a name
             errors.append(f"{field}.vlan: {vlan!r} is not a VLAN of campus {campus} ({sorted(vlans)})")
         ip = _address(kiosk.get("ip"), f"{field}.ip", errors)
         if ip and vlan in vlans and ipaddress.IPv4Address(ip) not in ipaddress.IPv4Network(vlans[vlan]["network"]):
@@ -175,7 +200,7 @@ def _validate_kiosks(campus, raw, vlans, service_port, errors, seen_macs):
             "mac": mac,
             "ip": ip,
             "vlan": vlan,
-            "location": str(kiosk.get("location", "")),
+            "location": _location(kiosk.get("location", ""), f"{field}.location", errors),
             "service_port": port,
         }
     return kiosks
@@ -250,12 +275,18 @@ def names(value, field):
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(value, (list, tuple, set)):
+        # a number is a name YAML read as one (kiosk 1234); a list, dict or boolean is a mistake
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (str, int))]
+        if bad:
+            raise InventoryError(f"{field}: {bad[0]!r} is not a name")
         return [str(v) for v in value]
     raise InventoryError(f"{field}: expected a name, a comma-separated string or a list, got {value!r}")
 
 
 def campus_of(inventory, minion_id):
     """Return the campus of a kiosk or Pi id; :class:`InventoryError` when unknown."""
+    if not isinstance(minion_id, str):
+        raise InventoryError(f"kiosk: {minion_id!r} is not a kiosk or Pi id")
     for campus, spec in inventory["campuses"].items():
         if minion_id in spec["kiosks"] or minion_id in spec["pis"]:
             return campus
@@ -312,6 +343,8 @@ def home_pi(campus_spec, kiosk_id):
 
 def pis_of(inventory, campus):
     """Return the sorted Pi ids of ``campus``."""
+    if not isinstance(campus, str):
+        raise InventoryError(f"campus: {campus!r} is not a campus name")
     if campus not in inventory["campuses"]:
         raise InventoryError(f"campus: unknown campus {campus!r}")
     return sorted(inventory["campuses"][campus]["pis"])
@@ -449,6 +482,10 @@ def campus_slice(fleet, campus, kiosk=None):
     """
     if not isinstance(fleet, dict):
         raise InventoryError(f"fleet: expected a mapping, got {type(fleet).__name__}")
+    if not isinstance(campus, str):
+        raise InventoryError(f"campus: {campus!r} is not a campus name")
+    if kiosk is not None and not isinstance(kiosk, str):
+        raise InventoryError(f"kiosk: {kiosk!r} is not a kiosk id")
     spec = _raw_campuses(fleet).get(campus)
     if not isinstance(spec, dict):
         raise InventoryError(f"campus: {campus!r} is not a campus of the fleet data")

@@ -67,16 +67,17 @@ def _mac_from_yaml_int(value, field):
     Undo YAML's reading of a digits-only MAC typed on the salt CLI, exactly
     or not at all.
 
-    The salt CLI turns three digits-only spellings of a MAC into an int:
-    ``52:54:00:10:01:01`` is read as base 60 (41135076061; the pairs after
-    the first are 00-59, so base-60 digits give them back), ``525400100101``
-    as a decimal int, and ``001122334455`` (a leading zero, digits 0-7 only,
-    which YAML 1.1 takes for octal) as the decimal int 1122334455 with its
-    zeros lost. Some numbers come from two spellings (7776000000 is
-    ``10:00:00:00:00:00`` and ``007776000000``): those are refused rather
-    than guessed, the operator quotes the MAC.
+    ``salt pi kiosk_wol.wake 52:54:00:10:01:01`` reaches the module as the
+    int 41135076061: YAML 1.1 reads colon-separated digits as base 60, and
+    each pair after the first is 00-59, so base-60 digits give the pairs
+    back. ``525400100101`` (bare, digits only) arrives as a decimal int.
+    ``001122334455`` (leading zero, digits 0-7: YAML's octal form, read as
+    decimal by Salt) arrives as 1122334455 with the zeros gone; nothing
+    tells it from a shorter typo, so it is refused, never padded, and so is
+    a base-60 number that such a MAC could also have become
+    (``10:00:00:00:00:00`` and ``007776000000`` both give 7776000000).
     """
-    candidates = []
+    zeros_dropped = 0 <= value < 10**11 and set(str(value)) <= set("01234567")
     if 10 * 60**5 <= value < 100 * 60**5:
         pairs = []
         rest = value
@@ -84,18 +85,21 @@ def _mac_from_yaml_int(value, field):
             rest, pair = divmod(rest, 60)
             pairs.append(pair)
         pairs.append(rest)
-        candidates.append(":".join(f"{p:02d}" for p in reversed(pairs)))
-    # twelve digits, or fewer after leading zeros YAML dropped (then only 0-7: else no int)
-    if 10**11 <= value < 10**12 or (0 <= value < 10**11 and set(f"{value:012d}") <= set("01234567")):
-        candidates.append(f"{value:012d}")
-    if len(candidates) == 1:
-        return candidates[0]
-    if candidates:
+        colons = ":".join(f"{p:02d}" for p in reversed(pairs))
+        if not zeros_dropped:
+            return colons
         raise WolError(
-            f"{field}: {value!r} is a number that could be the MAC {candidates[0]} or {candidates[1]} "
-            "(quote the MAC on the command line)"
+            f"{field}: {value!r} is a number that could be the MAC {colons} or one typed with leading zeros "
+            f"YAML dropped, like {value:012d} (quote the MAC on the command line, or write it with dashes)"
         )
-    raise WolError(f"{field}: {value!r} is a number, not a MAC address (quote the MAC on the command line)")
+    if 10**11 <= value < 10**12:
+        return f"{value:012d}"
+    if zeros_dropped:
+        raise WolError(
+            f"{field}: {value!r} is a number with any leading zeros dropped by YAML "
+            f"(if the MAC is {value:012d}, quote it on the command line, or write it with dashes)"
+        )
+    raise WolError(f"{field}: {value!r} is a number, not a MAC address (quote the MAC on the command line, or write it with dashes)")
 
 
 def kiosk_mac(mac, field="mac"):
