@@ -13,6 +13,7 @@ arguments. Logic: ``_utils/fleet_env.py``.
 """
 
 import logging
+import math
 import time
 
 import importlib.util
@@ -202,12 +203,21 @@ def poll(config=None, state=None, gpio_reader=None, now=None):
     except fleet_env.EnvError as exc:
         raise SaltInvocationError(str(exc)) from exc
     now = time.monotonic() if now is None else now
+    try:
+        if isinstance(now, bool) or not math.isfinite(float(now)):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise SaltInvocationError(f"now: {now!r} is not a time in seconds") from None
+    now = float(now)
     if state is None:
         state = fleet_env.new_state(now, fleet_env.read_uptime())
     values, errors, failed = _read_sensors(cfg, gpio_reader, cfg["smoke"])
     cfg["campus"] = _campus(cfg)
     reading = fleet_env.sample(values["temperature"], values["humidity"], values["smoke"], errors, failed)
-    events, state = fleet_env.evaluate(cfg, state, reading, now)
+    try:
+        events, state = fleet_env.evaluate(cfg, state, reading, now)
+    except fleet_env.EnvError as exc:  # a state that is not the one poll returned last time
+        raise SaltInvocationError(str(exc)) from exc
     if cfg["textfile_dir"]:
         _write_metrics(cfg, state, errors, now)
     return {"events": events, "state": state}

@@ -515,8 +515,7 @@ def evaluate(config, state, reading, now):
     """
     if not isinstance(config, dict) or "error_after" not in config:
         raise EnvError("config: expected the output of check_config()")
-    if not isinstance(state, dict) or "intervals" not in state:
-        raise EnvError("state: expected the output of new_state()")
+    _check_state(state)
     if not isinstance(reading, dict) or "errors" not in reading:
         raise EnvError("reading: expected the output of sample()")
     if isinstance(now, bool) or not isinstance(now, (int, float)):
@@ -591,6 +590,37 @@ def evaluate(config, state, reading, now):
             errors={s: e for s, e in reading["errors"].items() if e},
         )
     return events, state
+
+
+def _count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_state(state):
+    """The state handed back in must be one :func:`new_state`/:func:`evaluate` made (the CLI can pass any)."""
+    problem = None
+    if not isinstance(state, dict) or not all(key in state for key in _STATE_SHAPE):
+        problem = "expected the output of new_state()"
+    else:
+        for key, kind in _STATE_SHAPE.items():
+            value = state[key]
+            if kind == "count" and not _count(value):
+                problem = f"{key} is {value!r}, not a count"
+            elif kind == "time" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                     or not math.isfinite(value)):
+                problem = f"{key} is {value!r}, not a time in seconds"
+            elif kind == "counts" and not (isinstance(value, dict) and all(_count(v) for v in value.values())):
+                problem = f"{key} is {value!r}, not counts per sensor"
+            elif kind == "mapping" and not isinstance(value, dict):
+                problem = f"{key} is {value!r}, not a mapping"
+            if problem:
+                break
+    if problem:
+        raise EnvError(f"state: {problem}")
+
+
+_STATE_SHAPE = {"intervals": "count", "heater_since": "time", "alerts": "mapping", "failures": "counts",
+                "sensor_errors": "mapping", "read_errors": "counts", "last": "mapping"}
 
 
 def warming_up(config, state, now):
