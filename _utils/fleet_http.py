@@ -10,8 +10,16 @@ A URL's user-info, path and query may all carry secrets (``/hook/<token>``,
 exception's text: errors name the exception class and the host only.
 """
 
+import importlib.util
 import logging
 import urllib.parse
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_fields
 
 # urllib3 logs every request line, path and query included, at DEBUG: a
 # master running at log_level debug would write platform and webhook tokens
@@ -41,19 +49,23 @@ def describe_error(exc, url):
     return f"{type(exc).__name__} contacting {host_of(url)}"
 
 
+class UrlError(fleet_fields.FleetError):
+    """A URL that cannot be used; the message names the field, never the URL (it may hold a token)."""
+
+
 def check_url(url, field):
-    """``url`` if it is an absolute http(s) URL with a host; ValueError naming ``field`` (never the URL) otherwise."""
+    """``url`` if it is an absolute http(s) URL with a host; :class:`UrlError` naming ``field`` (never the URL) otherwise."""
     if not isinstance(url, str) or not url:
-        raise ValueError(f"{field}: expected an http(s) URL")
+        raise UrlError(f"{field}: expected an http(s) URL")
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError(f"{field}: not a valid URL") from None
+        raise UrlError(f"{field}: not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{field}: expected an http(s) URL with a host (got scheme {parts.scheme!r})")
+        raise UrlError(f"{field}: expected an http(s) URL with a host (got scheme {parts.scheme!r})")
     if any(c in url for c in "\r\n\0 "):
-        raise ValueError(f"{field}: the URL holds whitespace or control characters")
+        raise UrlError(f"{field}: the URL holds whitespace or control characters")
     return url
 
 
