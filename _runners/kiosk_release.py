@@ -678,7 +678,7 @@ def _stage_campuses(inventory, name, version, campuses, timeout, serials):
     call(peers, "campus", "pi->pi")
     retry = {c: [p for p in pis if not report[c]["pis"][p]["staged"]] for c, pis in peers.items()}
     call({c: p for c, p in retry.items() if p}, master_source, "master->pi")
-    for campus, entry in report.items():
+    for entry in report.values():
         entry["staged_on"] = sorted(p for p, r in entry["pis"].items() if r["staged"])
         entry["complete"] = len(entry["staged_on"]) == len(entry["pis"])
     return report
@@ -913,7 +913,8 @@ def _roll_ring(inventory, name, version, ring, timeout, threshold):
                 fleet_rollout.end_push(state, name, campus, pins[campus]["serial"], ok.get(campus, False))
     for campus in ring:
         if not staged[campus]["seed"]:
-            kiosks[campus] = {k: f"{campus}: no Pi staged {version}" for k in inventory["campuses"][campus]["kiosks"]}
+            kiosks[campus] = dict.fromkeys(inventory["campuses"][campus]["kiosks"],
+                                           f"{campus}: no Pi staged {version}")
     flat = {k: v is True for per in kiosks.values() for k, v in per.items() if v != SILENT_KIOSK}
     go_on, share = fleet_release.ring_verdict(flat, threshold)
     entry = {"campuses": ring, "staging": staged, "kiosks": kiosks,

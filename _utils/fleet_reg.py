@@ -248,7 +248,7 @@ def _integer(data, bits, vtype, field):
 
 
 def _text(data, vtype, field):
-    if isinstance(data, bool) or isinstance(data, float):
+    if isinstance(data, (bool, float)):
         raise RegError(f"{field}: {shown(data)} is not text; quote it for {vtype} (e.g. data='\"{data}\"')")
     if isinstance(data, int):
         if abs(data) >= 10**MAX_KEY_PART:  # a number this long is a mistake (and str() of a huge int raises)

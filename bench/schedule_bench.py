@@ -92,7 +92,7 @@ def main():
             for states in result.values():
                 for decision in states.values():
                     counted[decision["state"]] = counted.get(decision["state"], 0) + 1
-            med, lo, hi = median_ms(lambda: fleet_schedule.desired_states(schedule, selection, instant), args.runs)
+            med, lo, hi = median_ms(lambda s=schedule, k=selection, t=instant: fleet_schedule.desired_states(s, k, t), args.runs)
             print(f"{label}  {what:<20} desired_states {med:6.2f} ms ({lo:.2f}..{hi:.2f})  "
                   f"{dict(sorted(counted.items()))}")
         print(f"{label}  load (validate + compile, once per pillar change) {load_ms:.0f} ms")

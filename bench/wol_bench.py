@@ -53,7 +53,7 @@ class Sink:
             try:
                 self.sock.recv(2048)
                 self.count += 1
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     def take(self):

@@ -131,7 +131,7 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, si
                 syndic.start()
                 started.append(syndic)
                 pis[pi_id] = syndic
-            for kiosk_id, kiosk in sorted(spec["kiosks"].items()):
+            for kiosk_id in sorted(spec["kiosks"]):
                 minion = pis[home_pi(spec, kiosk_id)].master.salt_minion_daemon(
                     kiosk_id,
                     overrides=topo.kiosk_minion_config(campus, kiosk_id, power_dir, release_dir),

@@ -403,7 +403,7 @@ def test_per_user_hive_on_wine_is_the_single_wine_user(reg):
 
 
 def test_state_test_mode_previews_old_to_new_and_writes_nothing(salt_env, reg, key):
-    present, test_present = salt_env["states"]["kiosk_reg.present"], salt_env["test_states"]["kiosk_reg.present"]
+    test_present = salt_env["test_states"]["kiosk_reg.present"]
     reg("set_value", key, "v", 0, vtype="REG_DWORD")
     reg("set_value", key, "gone", "x")
     ret = test_present(key, vname="v", data="1", vtype="REG_DWORD")

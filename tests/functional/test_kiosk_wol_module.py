@@ -40,7 +40,7 @@ def drain(sock):
     while True:
         try:
             got.append(sock.recvfrom(2048))
-        except socket.timeout:
+        except TimeoutError:
             return got
 
 

@@ -33,7 +33,7 @@ def test_a_kiosk_holds_its_own_entry_and_no_other_kiosk(topology):
         assert pillar["kiosk_release"]["verify_key"] == topology.verify_keys
         assert "kiosk_fleet_schedules" not in pillar
         text = json.dumps(pillar)
-        for other_id, (other_campus, other) in every_kiosk(topology).items():
+        for other_id, (_, other) in every_kiosk(topology).items():
             if other_id == kiosk_id:
                 continue
             # no other kiosk's id, MAC (as written), IP or location

@@ -6,7 +6,6 @@ UDP listeners on the VLAN broadcasts for their network cards, and the
 kiosks' power command records its argv in ``topology.power_dir``.
 """
 
-import contextlib
 import json
 import pathlib
 import socket

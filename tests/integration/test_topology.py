@@ -19,7 +19,7 @@ def pack_names(folder):
 def test_every_kiosk_answers_through_its_pi(topology):
     result = topology.salt("test.ping", tgt="*")
     assert result.returncode == 0, result
-    assert result.data == {mid: True for mid in topology.minion_ids}
+    assert result.data == dict.fromkeys(topology.minion_ids, True)
 
 
 def test_grain_targeting_reaches_one_campus_behind_the_syndics(topology):

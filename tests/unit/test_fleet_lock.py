@@ -19,9 +19,8 @@ def test_exclusive_lock_waits_then_raises_the_given_error(tmp_path):
     thread = threading.Thread(target=holder)
     thread.start()
     held.wait(5)
-    with pytest.raises(ValueError, match="state: busy"):
-        with fleet_lock.exclusive(path, 0.3, ValueError("state: busy")):
-            pass
+    with pytest.raises(ValueError, match="state: busy"), fleet_lock.exclusive(path, 0.3, ValueError("state: busy")):
+        pass
     release.set()
     thread.join()
     with fleet_lock.exclusive(path, 0.3, ValueError("state: busy")):

@@ -9,7 +9,6 @@ import pytest
 
 import fleet_release
 import fleet_rollout
-from fleet_rollout import RolloutError
 
 SILENT = "silent"
 
