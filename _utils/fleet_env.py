@@ -693,6 +693,14 @@ def write_textfile(directory, text, name=TEXTFILE_NAME):
 # --------------------------------------------------------------------------- fleet status and alerts
 
 
+def _epoch(value):
+    """True for a time stamp a reading can carry (finite seconds; not a boolean)."""
+    try:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def status_report(campus_pis, returns, cached, now, stale_s):
     """
     Merge live ``kiosk_env.read`` returns with the readings cached from
@@ -703,15 +711,20 @@ def status_report(campus_pis, returns, cached, now, stale_s):
     """
     if isinstance(stale_s, bool) or not isinstance(stale_s, (int, float)) or stale_s <= 0:
         raise EnvError(f"stale_s: {stale_s!r} is not a positive number of seconds")
+    if not isinstance(campus_pis, dict):
+        raise EnvError(f"campus_pis: expected {{campus: [pi ids]}}, got {type(campus_pis).__name__}")
+    # what the Pis answered and the cache hold is data from elsewhere: a shape that is not a reading is none
+    returns = returns if isinstance(returns, dict) else {}
+    cached = cached if isinstance(cached, dict) else {}
     report, stale, missing, failing, alerting = {}, [], [], [], []
-    for campus, pis in sorted(campus_pis.items()):
+    for campus, pis in sorted(campus_pis.items(), key=lambda item: str(item[0])):
         report[campus] = {}
-        for pi in sorted(pis):
-            live = returns.get(pi)
-            if isinstance(live, dict) and isinstance(live.get("at"), (int, float)):
+        for pi in sorted(p for p in (pis if isinstance(pis, (list, tuple, set)) else []) if isinstance(p, str)):
+            live, old = returns.get(pi), cached.get(pi)
+            if isinstance(live, dict) and _epoch(live.get("at")):
                 entry, source = dict(live), "live"
-            elif isinstance(cached.get(pi), dict) and isinstance(cached[pi].get("at"), (int, float)):
-                entry, source = dict(cached[pi]), "cache"
+            elif isinstance(old, dict) and _epoch(old.get("at")):
+                entry, source = dict(old), "cache"
             else:
                 report[campus][pi] = {"source": None, "stale": True,
                                       "error": str(live) if live is not None else "no reading"}

@@ -337,6 +337,8 @@ def select_kiosks(inventory, kiosks=None, campus=None):
 
 def home_pi(campus_spec, kiosk_id):
     """The Pi a kiosk's minion points at: the campus's Pis, round robin in kiosk id order."""
+    if not isinstance(kiosk_id, str) or kiosk_id not in campus_spec["kiosks"]:
+        raise InventoryError(f"kiosk: {kiosk_id!r} is not a kiosk of this campus")
     pis = sorted(campus_spec["pis"])
     return pis[sorted(campus_spec["kiosks"]).index(kiosk_id) % len(pis)]
 

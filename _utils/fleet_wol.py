@@ -214,6 +214,12 @@ def wake_plan(inventory, pi_id, kiosk_ids):
     Pi's address/interface on that VLAN when the inventory names one. Kiosk
     ids of other campuses are left out (their own Pis wake them).
     """
+    if not isinstance(pi_id, str):
+        raise WolError(f"pi: {pi_id!r} is not a Pi id")
+    if isinstance(kiosk_ids, str) or not isinstance(kiosk_ids, (list, tuple, set)) or not all(
+        isinstance(k, str) for k in kiosk_ids
+    ):
+        raise WolError(f"kiosks: expected a list of kiosk ids, got {kiosk_ids!r}")
     campus = next((c for c, s in inventory["campuses"].items() if pi_id in s["pis"]), None)
     if campus is None:
         raise WolError(f"pi: {pi_id!r} is not a Pi of any campus in the inventory")
@@ -246,17 +252,22 @@ def merge_wake_returns(selection, pi_returns, campus_pis):
     is an error string from that Pi); ``campus_pis``: ``{campus: [pi ids]}``.
     A kiosk is reached when at least one Pi sent it at least one packet.
     """
+    if not isinstance(pi_returns, dict):
+        raise WolError(f"pi_returns: expected {{pi: return}}, got {type(pi_returns).__name__}")
     kiosks = {}
     for campus, kiosk_ids in selection.items():
         for kiosk_id in kiosk_ids:
             kiosks[kiosk_id] = {"campus": campus, "sent_by": {}}
     pi_errors = {}
     for pi_id, ret in pi_returns.items():
-        if not isinstance(ret, dict) or "kiosks" not in ret:
-            pi_errors[pi_id] = str(ret)
+        if not isinstance(ret, dict) or not isinstance(ret.get("kiosks"), dict):
+            pi_errors[pi_id] = str(ret)  # an error string, or a return of another shape: nothing was sent
             continue
         for kiosk_id, sent in ret["kiosks"].items():
-            if kiosk_id in kiosks and sent.get("packets", 0) > 0:
+            packets = sent.get("packets", 0) if isinstance(sent, dict) else 0
+            if isinstance(packets, bool) or not isinstance(packets, int):
+                continue  # a count that is no count proves nothing was sent
+            if isinstance(kiosk_id, str) and kiosk_id in kiosks and packets > 0:
                 kiosks[kiosk_id]["sent_by"][pi_id] = {
                     k: sent[k] for k in ("to", "port", "packets", "source") if k in sent
                 }

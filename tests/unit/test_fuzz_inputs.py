@@ -279,6 +279,39 @@ def test_digits_typed_bare_on_the_salt_cli_never_come_out_as_another_mac(text):
         assert not isinstance(got, str) or got.replace(":", "") == text  # leading zeros never lost
 
 
+SELECTION = {"east": ["kiosk-east-01", "kiosk-east-02"]}
+CAMPUS_PIS = {"east": ["pi-east-1", "pi-east-2"]}
+
+
+@FUZZ
+@given(hostile, hostile)
+@example(None, {"kiosks": None})
+@example({"kiosks": {"kiosk-east-01": None}}, {"kiosks": {"kiosk-east-02": {"packets": float("inf")}}})
+@example({"kiosks": {"kiosk-east-01": {"packets": True}}}, {"kiosks": []})
+def test_what_the_pis_report_after_a_wake_never_crashes_the_merge(first, second):
+    ret = refused_or_returned(fleet_wol.WolError, fleet_wol.merge_wake_returns, SELECTION,
+                              {"pi-east-1": first, "pi-east-2": second}, CAMPUS_PIS)
+    assert set(ret["kiosks"]) == {"kiosk-east-01", "kiosk-east-02"}
+    for kiosk in ret["unreached"]:
+        assert not ret["kiosks"][kiosk]["sent_by"]
+
+
+def test_a_pi_return_of_another_shape_is_that_pis_error_not_a_crash():
+    ret = fleet_wol.merge_wake_returns(SELECTION, {"pi-east-1": {"kiosks": ["kiosk-east-01"]}}, CAMPUS_PIS)
+    assert ret["pi_errors"] == {"pi-east-1": "{'kiosks': ['kiosk-east-01']}"} and ret["pis_silent"] == CAMPUS_PIS["east"]
+    assert ret["unreached"] == SELECTION["east"] and ret["result"] is False
+
+
+@FUZZ
+@given(hostile, hostile)
+@example({"pi-east-1": {"at": 10**400}}, None)
+@example({"pi-east-1": {"at": float("nan"), "errors": {}}}, {"pi-east-1": []})
+@example([], {})
+def test_env_status_from_what_the_pis_and_the_cache_hold_never_crashes(returns, cached):
+    ret = refused_or_returned(fleet_env.EnvError, fleet_env.status_report, CAMPUS_PIS, returns, cached, 1e9, 600)
+    assert set(ret["campuses"]["east"]) == {"pi-east-1", "pi-east-2"}
+
+
 # ---------------------------------------------------------------- env beacon config
 
 
