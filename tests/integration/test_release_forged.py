@@ -159,3 +159,66 @@ def test_forged_release_events_start_nothing_and_a_real_publish_still_goes_throu
     state = json.loads(state_file(fleet).read_text())
     assert state["pushed"][NAME]["west"] == state["pins"][NAME]["west"]["serial"]
     assert "to_stage" not in state or not state["to_stage"].get(NAME)
+
+
+def served_available(fleet):  # noqa: F811
+    """kiosk_pkg.served answers on the Pis, and the kiosks fetch from their inventory address (bind_source)."""
+    probe = fleet.t.salt("kiosk_pkg.served", NAME, "1.0.0", tgt="pi-west-1", timeout=60)
+    ret = (probe.data or {}) if isinstance(probe.data, dict) else {}
+    ret = ret.get("pi-west-1", ret)
+    kiosk_conf = fleet.t.kiosks["kiosk-west-01"].config.get("kiosk_release") or {}
+    return isinstance(ret, dict) and ret.get("result") is True and kiosk_conf.get("bind_source") is True
+
+
+def forge_return_when_the_job_starts(fleet, event_listener, victim, version, start, done):  # noqa: F811
+    """Watch the top master for the push's check_update job; answer it in ``victim``'s name from the attacker."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not done:
+        for event in event_listener.get_events([(fleet.t.top.id, "salt/job/*/new")], after_time=start):
+            data = event.data
+            tgt = data.get("tgt") or []
+            targets = tgt.split(",") if isinstance(tgt, str) else tgt
+            if data.get("fun") == "kiosk_pkg.check_update" and victim in targets:
+                forged = {"id": victim, "jid": data["jid"], "fun": "kiosk_pkg.check_update", "fun_args": [NAME],
+                          "retcode": 0, "success": True,
+                          "return": {"result": True, "releases": {NAME: {"result": True, "version": version,
+                                                                          "changed": True}}}}
+                fire(fleet, f"salt/job/{data['jid']}/ret/{victim}", forged, preload=True)
+                done.append(data["jid"])
+                return
+        time.sleep(0.5)
+
+
+def test_a_forged_return_for_a_powered_off_kiosk_does_not_pass_a_rollout_ring(fleet, event_listener):  # noqa: F811
+    import threading
+
+    if not served_available(fleet):
+        pytest.skip("needs kiosk_pkg.served on the Pis and kiosks fetching from their inventory address (bind_source)")
+    (version,) = next_versions(fleet, 1)
+    build = fleet.build(version, SMALL, seed=104)
+    assert fleet.t.salt_run("kiosk_release.publish", f"name={NAME}", f"version={version}", f"source={build}",
+                            f"install={INSTALL}").returncode == 0
+    victim = "kiosk-west-02"
+    # the salt-run CLI reads master.d at every call: the rollout below confirms downloads (an included
+    # file replaces a top-level key as a whole, so the drop-in carries the whole kiosk_release mapping)
+    dropin = pathlib.Path(fleet.t.top.config_dir) / "master.d" / "zz-confirm-downloads.conf"
+    dropin.parent.mkdir(exist_ok=True)
+    dropin.write_text(json.dumps({"kiosk_release": {**fleet.t.top.config["kiosk_release"], "confirm_downloads": True}}))
+    fleet.t.kiosks[victim].terminate()  # powered off
+    try:
+        start, done = time.time(), []
+        forger = threading.Thread(target=forge_return_when_the_job_starts,
+                                  args=(fleet, event_listener, victim, version, start, done), daemon=True)
+        forger.start()
+        result = fleet.t.salt_run("kiosk_release.rollout", NAME, version, "campuses=west", timeout=400)
+        done.append("rollout over")
+        forger.join(timeout=30)
+    finally:
+        dropin.unlink()
+        fleet.t.kiosks[victim].start()
+    assert done and done[0] != "rollout over", "the forged return was never sent"
+    kiosks = result.data["rings"][0]["kiosks"]["west"]
+    # the forged return reached the runner (the victim is not "silent") but did not count
+    assert isinstance(kiosks[victim], str) and "no Pi of the campus served the files" in kiosks[victim], kiosks
+    assert kiosks["kiosk-west-01"] is True  # a real install, confirmed by its Pi's log
+    assert result.returncode == 1 and result.data["halted"] is True, result
