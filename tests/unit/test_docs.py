@@ -96,3 +96,15 @@ def test_the_check_can_fail():
     text = "\n".join(path.read_text() for path in _docs())
     assert not re.search(r"\bkiosk_power\.no_such_function\b", text)
     assert "no_such_function" not in _public("_runners").get("kiosk_power", set())
+
+
+def test_the_security_model_in_the_readme_matches_its_page():
+    # the README keeps the Security model whole; docs/security.md is the same text
+    readme = (REPO / "README.md").read_text()
+    assert "\n## Security model\n" in readme
+    page = (REPO / "docs" / "security.md").read_text()
+    link = re.compile(r"\[(\"[^\"]+\")\]\([^)]*\)")
+    lines = [link.sub(r"\1", line) for line in page.splitlines()
+             if line.startswith(("| **", "- **")) or line.startswith("  ")]
+    missing = [line for line in lines if line not in readme]
+    assert lines and not missing, "\n".join(missing)
