@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 
 from fleet_inventory import home_pi
 import pytest
@@ -25,6 +26,8 @@ from tests.support.webhook import Webhook
 log = logging.getLogger(__name__)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# seconds each step of the topology start took; printed in the terminal summary
+TOPOLOGY_TIMES = {}
 
 
 @pytest.hookimpl(trylast=True)
@@ -33,18 +36,40 @@ def pytest_configure(config):
     log_server = config.pluginmanager.get_plugin("saltfactories-log-server")
     if log_server is not None:
         log_server.log_host = "127.0.0.1"
+    _drop_salt_deferred_handlers(detach=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TOPOLOGY_TIMES:
+        steps = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in TOPOLOGY_TIMES.items())
+        terminalreporter.write_line(f"topology start: {steps}")
+
+
+def _drop_salt_deferred_handlers(detach):
+    """
+    Empty Salt's temporary console handlers without writing what they hold.
+
+    Importing Salt puts a DeferredStreamHandler on the root logger: it queues
+    every record of this process (daemon logs forwarded by the saltfactories
+    log server, loader tests) and writes them all to stderr at exit, after
+    pytest's summary line. pytest already captured those records, so the
+    queue is dropped, never flushed (``setStream`` and ``flush`` would write
+    it), and ``detach`` takes the handler off the root logger so nothing
+    queues again.
+    """
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
+    for handler in [o for o in gc.get_objects() if type(o).__name__ == "DeferredStreamHandler"]:
+        handler.sync_with_handlers(())  # pops every queued record, hands it to no handler
+        if detach and handler in logging.root.handlers:
+            logging.root.removeHandler(handler)
+            # a root with no handler at all would print through logging.lastResort
+            logging.root.addHandler(logging.NullHandler())
+        handler.setStream(devnull)
 
 
 def pytest_unconfigure(config):
-    # Salt's temporary console handler queues every record it sees in this
-    # process (daemon logs forwarded by the saltfactories log server) and
-    # writes them at exit, after pytest closed stderr: pages of "Logging
-    # error" after the summary line. pytest already captured those records.
-    # Loader tests in this process feed it too; some of those handlers are
-    # no longer on the root logger but still flushed by Salt's atexit hook.
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives until exit
-    for handler in [o for o in gc.get_objects() if type(o).__name__ == "DeferredStreamHandler"]:
-        handler.setStream(devnull)
+    # loader tests may have queued records in a handler of their own since
+    _drop_salt_deferred_handlers(detach=False)
 
 
 @pytest.fixture(scope="session")
@@ -118,33 +143,40 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, si
             order_masters=True,
             overrides=topo.top_master_config(REPO, salt_tree, webhook.url, release_dir, signing_key[0]),
         )
+        began = time.monotonic()
         top.start()
         started.append(top)
+        TOPOLOGY_TIMES["top master"] = time.monotonic() - began
         pis, kiosks = {}, {}
-        for campus, spec in fleet_inventory["kiosk_fleet"]["campuses"].items():
+        campuses = fleet_inventory["kiosk_fleet"]["campuses"]
+        for campus, spec in campuses.items():
             for pi_id in sorted(spec["pis"]):
-                syndic = top.salt_syndic_daemon(
+                pis[pi_id] = top.salt_syndic_daemon(
                     pi_id,
                     master_overrides=topo.pi_master_config(salt_tree, campus),
                     minion_overrides=topo.pi_minion_config(campus, pi_id, env_dir, release_dir),
                 )
-                syndic.start()
-                started.append(syndic)
-                pis[pi_id] = syndic
+        # every Pi (master, minion, syndic) side by side, then every kiosk: the
+        # kiosks need their Pi's master up
+        started.extend(pis.values())
+        TOPOLOGY_TIMES["Pis"] = topo.start_together(list(pis.values()))
+        for campus, spec in campuses.items():
             for kiosk_id in sorted(spec["kiosks"]):
-                minion = pis[home_pi(spec, kiosk_id)].master.salt_minion_daemon(
+                kiosks[kiosk_id] = pis[home_pi(spec, kiosk_id)].master.salt_minion_daemon(
                     kiosk_id,
                     overrides=topo.kiosk_minion_config(campus, kiosk_id, power_dir, release_dir),
                 )
-                minion.start()
-                started.append(minion)
-                kiosks[kiosk_id] = minion
+        started.extend(kiosks.values())
+        TOPOLOGY_TIMES["kiosks"] = topo.start_together(list(kiosks.values()))
         fleet = topo.Topology(
             top=top, pis=pis, kiosks=kiosks, inventory=fleet_inventory, salt_tree=salt_tree,
             power_dir=power_dir, env_dir=env_dir, webhook=webhook, release_dir=release_dir,
             signing_key_path=signing_key[0], verify_keys=[signing_key[1]],
         )
+        began_sync = time.monotonic()
         fleet.sync_all()
+        TOPOLOGY_TIMES["sync_all"] = time.monotonic() - began_sync
+        TOPOLOGY_TIMES["total"] = time.monotonic() - began
         yield fleet
     finally:
         for daemon in reversed(started):

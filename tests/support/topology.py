@@ -4,6 +4,7 @@ the master / syndic / minion settings that make the syndic tree work on one
 machine. Kept out of conftest.py so the settings can be read in one place.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -11,6 +12,7 @@ import pathlib
 import shutil
 import socket
 import sys
+import time
 
 import fleet_inventory  # _utils is on sys.path in tests (setup.cfg: pythonpath)
 import yaml
@@ -24,6 +26,27 @@ PI_MINION_PUBLISH_PORT = 4506
 # Each call from the top master waits syndic_wait for late syndic answers.
 SYNDIC_WAIT = 2
 PACK_DIRS = ("_modules", "_states", "_runners", "_beacons", "_grains", "_utils")
+
+
+def start_together(daemons):
+    """
+    Start daemons at once, each in its own thread, and wait for all.
+
+    Each start mostly waits (for the daemon's start events, polled every
+    1.5 s), so starting the Pis side by side, then the kiosks side by side,
+    takes about as long as starting one. Returns the seconds it took; raises
+    the first start error after every start has ended.
+    """
+    began = time.monotonic()
+    if not daemons:
+        return 0.0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(daemons)) as pool:
+        futures = [pool.submit(daemon.start) for daemon in daemons]
+        errors = [future.exception() for future in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return time.monotonic() - began
 
 
 def free_udp_port():
