@@ -19,12 +19,13 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_release
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_release
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_fields
     import fleet_release
 
 
-class RolloutError(ValueError):
+class RolloutError(fleet_fields.FleetError):
     """A refused request or source; the message names the field."""
 
 

@@ -70,7 +70,7 @@ _NAME = fleet_fields.NAME
 _UTC = _dt.timezone.utc
 
 
-class SweepError(ValueError):
+class SweepError(fleet_fields.FleetError):
     """A bad request or record; the message names the field."""
 
 
