@@ -116,6 +116,21 @@ def test_every_error_class_is_a_fleet_error(error_class):
     assert issubclass(error_class, fleet_fields.FleetError) and issubclass(error_class, ValueError)
 
 
+def test_every_error_class_of_every_utility_is_a_fleet_error():
+    import importlib
+    import inspect
+    import pathlib
+
+    found = []
+    for path in sorted((pathlib.Path(__file__).resolve().parents[2] / "_utils").glob("fleet_*.py")):
+        module = importlib.import_module(path.stem)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == module.__name__ and issubclass(cls, Exception):
+                found.append(name)
+                assert issubclass(cls, fleet_fields.FleetError), f"{path.stem}.{name} is no FleetError"
+    assert {"ScheduleError", "WolError", "RegError", "SweepError", "RolloutError", "AlertError"} <= set(found)
+
+
 def test_fleet_error_carries_its_field():
     assert fleet_fields.FleetError("campuses.east.timezone: 'Europe' is not an IANA time zone").field == (
         "campuses.east.timezone"
