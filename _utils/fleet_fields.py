@@ -46,6 +46,21 @@ class FieldErrors(FleetError):
         super().__init__("; ".join(self.errors), field=field)
 
 
+def shown(value, limit=80):
+    """
+    ``repr`` of ``value`` for a message: escaped (no line break, no unpaired
+    surrogate), at most ``limit`` characters, and never raising (``repr`` of a
+    number of over 4,300 digits does).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        return f"<a {value.bit_length()}-bit number>"
+    try:
+        text = repr(value)
+    except ValueError:  # a huge number inside a list or mapping
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 4] + "..." + text[-1]
+
+
 def mapping(value, field, errors):
     """``value`` if it is a dict, ``{}`` for None; anything else is recorded in ``errors``."""
     if value is None:

@@ -10,6 +10,16 @@ Two channels carry the exit code, because Salt reads both: salt 3007's
 orchestrate) comes from ``__context__["retcode"]`` (salt/client/mixins.py).
 """
 
+import importlib.util
+import math
+
+# Installed pack first, else the synced _utils folder; no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_fields
+
 
 def finish(context, ret):
     """Set the runner's exit code from ``ret["result"]`` and return ``ret``."""
@@ -22,13 +32,17 @@ def finish(context, ret):
 
 
 def number(value, field, low, high):
-    """``value`` as an int within ``low..high``; ValueError naming ``field`` otherwise."""
+    """``value`` as an int within ``low..high``; :class:`fleet_fields.FleetError` naming ``field`` otherwise."""
+    # a float must be whole (1.5 is no timeout of 1), inf/nan are no numbers,
+    # and booleans (YAML's yes/no) are refused rather than read as 1/0
+    if isinstance(value, bool) or (isinstance(value, float) and (not math.isfinite(value) or value != int(value))):
+        raise fleet_fields.FleetError(f"{field}: {value!r} is not a whole number", field=field)
     try:
         checked = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field}: {value!r} is not a whole number") from None
-    if isinstance(value, bool) or not low <= checked <= high:
-        raise ValueError(f"{field}: {value!r} is outside {low}-{high}")
+    except (TypeError, ValueError, OverflowError):
+        raise fleet_fields.FleetError(f"{field}: {fleet_fields.shown(value)} is not a whole number", field=field) from None
+    if not low <= checked <= high:
+        raise fleet_fields.FleetError(f"{field}: {fleet_fields.shown(value)} is outside {low}-{high}", field=field)
     return checked
 
 

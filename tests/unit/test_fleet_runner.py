@@ -1,3 +1,5 @@
+import pytest
+
 import fleet_runner
 
 
@@ -16,7 +18,7 @@ def test_success_after_a_failure_resets_the_shared_context():
 
 def test_number_names_the_field():
     assert fleet_runner.number("30", "timeout", 1, 600) == 30
-    for bad, match in (("abc", "not a whole number"), (0, "outside 1-600"), (True, "outside"), (None, "not a whole")):
+    for bad, match in (("abc", "not a whole number"), (0, "outside 1-600"), (True, "not a whole number"), (None, "not a whole")):
         try:
             fleet_runner.number(bad, "timeout", 1, 600)
         except ValueError as exc:
@@ -33,3 +35,21 @@ def test_presence_splits_up_and_down_per_campus():
         "west": {"up": ["k4"], "down": []},
     }
 
+
+
+@pytest.mark.parametrize(
+    "bad", [float("inf"), float("-inf"), float("nan"), 1.5, 10**5000, [30], {"a": 1}, "1e3", False],
+    ids=["inf", "-inf", "nan", "1.5", "huge", "list", "dict", "1e3", "False"],
+)
+def test_number_refuses_what_is_no_whole_number_with_the_pack_error(bad):
+    import fleet_fields
+
+    with pytest.raises(fleet_fields.FleetError) as info:
+        fleet_runner.number(bad, "timeout", 1, 600)
+    assert str(info.value).startswith("timeout: ") and info.value.field == "timeout"
+    assert len(str(info.value)) < 200
+
+
+def test_number_takes_whole_floats_and_strings():
+    assert fleet_runner.number(30.0, "timeout", 1, 600) == 30
+    assert fleet_runner.number(" 42 ", "timeout", 1, 600) == 42
