@@ -156,18 +156,24 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, si
                     master_overrides=topo.pi_master_config(salt_tree, campus),
                     minion_overrides=topo.pi_minion_config(campus, pi_id, env_dir, release_dir),
                 )
-        # every Pi (master, minion, syndic) side by side, then every kiosk: the
-        # kiosks need their Pi's master up
-        started.extend(pis.values())
-        TOPOLOGY_TIMES["Pis"] = topo.start_together(list(pis.values()))
         for campus, spec in campuses.items():
             for kiosk_id in sorted(spec["kiosks"]):
                 kiosks[kiosk_id] = pis[home_pi(spec, kiosk_id)].master.salt_minion_daemon(
                     kiosk_id,
                     overrides=topo.kiosk_minion_config(campus, kiosk_id, power_dir, release_dir),
                 )
+        # a syndic's terminate stops the syndic alone: its master and minion are stopped here too
+        started.extend(pi.master for pi in pis.values())
+        started.extend(pi.minion for pi in pis.values())
+        started.extend(pis.values())
         started.extend(kiosks.values())
-        TOPOLOGY_TIMES["kiosks"] = topo.start_together(list(kiosks.values()))
+        # the four Pi masters side by side; then, side by side, each Pi's minion
+        # and syndic (a syndic's start starts its minion first) and the kiosks,
+        # which need only their Pi's master
+        TOPOLOGY_TIMES["Pi masters"] = topo.start_together([pi.master for pi in pis.values()])
+        TOPOLOGY_TIMES["Pi minions+syndics, kiosks"] = topo.start_together(
+            list(pis.values()) + list(kiosks.values())
+        )
         fleet = topo.Topology(
             top=top, pis=pis, kiosks=kiosks, inventory=fleet_inventory, salt_tree=salt_tree,
             power_dir=power_dir, env_dir=env_dir, webhook=webhook, release_dir=release_dir,
@@ -179,11 +185,9 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, si
         TOPOLOGY_TIMES["total"] = time.monotonic() - began
         yield fleet
     finally:
-        for daemon in reversed(started):
-            try:
-                daemon.terminate()
-            except Exception:  # pragma: no cover - teardown must reach every daemon
-                log.exception("could not stop %s", daemon)
+        # every daemon below the top master at once, then the top master
+        topo.stop_together(started[1:], log)
+        topo.stop_together(started[:1], log)
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,19 @@ def start_together(daemons):
     return time.monotonic() - began
 
 
+def stop_together(daemons, log):
+    """Terminate daemons at once, each in its own thread; log (never raise) what could not be stopped."""
+    def stop(daemon):
+        try:
+            daemon.terminate()
+        except Exception:  # teardown must reach every daemon
+            log.exception("could not stop %s", daemon)
+
+    if daemons:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(daemons)) as pool:
+            list(pool.map(stop, daemons))
+
+
 def free_udp_port():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
