@@ -11,7 +11,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.topology import ENV_PI, write_fake_dht11
+from tests.support.topology import ENV_PI, cool_env_pi, write_fake_dht11
 
 pytestmark = pytest.mark.topology
 
@@ -36,6 +36,10 @@ def test_overheating_pi_alerts_the_top_master_and_the_webhook(topology, event_li
     time.sleep(5)
     hot = [p for p in topology.webhook.posts if p.get("json", {}).get("value") == 41.5]
     assert len(hot) == 1, hot
+    # cooled down: the beacon's all-clear is posted too (and not left to arrive during a later test)
+    clear = cool_env_pi(topology, start)
+    if clear is not None:
+        assert clear["json"]["severity"] == "info" and clear["json"]["reread"]["alerts"] == []
 
 
 def test_textfile_is_valid_prometheus_exposition(topology):

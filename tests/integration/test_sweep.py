@@ -92,6 +92,7 @@ def clean_state(topology):
 
 def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, services, clean_state,  # noqa: F811
                                                                event_listener, power_off):
+    began = time.time()  # the webhook is the session's: earlier tests posted there too
     record = topology.power_dir / "kiosk-east-02.json"
     record.unlink(missing_ok=True)
     services.up("kiosk-east-02")  # on (port open, minion up), due off
@@ -139,7 +140,7 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
     assert check.returncode == 0, check
     assert check.data["verified"] == ["kiosk-east-02"] and check.data["waiting"] == ["kiosk-east-01"]
     assert check.data["mismatches"] == [] and topology.webhook.wait_for(
-        lambda body: body.get("kiosk") == "kiosk-east-01", timeout=1) is None
+        lambda body: body.get("kiosk") == "kiosk-east-01", timeout=1, after=began) is None
 
     # +15 min: still off after the last check -> the verify runner posts the alert; the event is for listeners
     start = time.time()
@@ -156,7 +157,8 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
     event = next(iter(matched.matches)).data
     assert {k: event[k] for k in expected} == expected
     post = topology.webhook.wait_for(
-        lambda body: body.get("kind") == "power_mismatch" and body.get("kiosk") == "kiosk-east-01", timeout=60)
+        lambda body: body.get("kind") == "power_mismatch" and body.get("kiosk") == "kiosk-east-01", timeout=60,
+        after=began)
     assert post is not None, topology.webhook.posts
     assert {k: post["json"][k] for k in expected} == expected
     assert post["json"]["severity"] == "warning" and "should be on, observed off" in post["json"]["summary"]

@@ -336,6 +336,23 @@ def pi_minion_config(campus, pi_id, env_dir, release_dir):
     return config
 
 
+def cool_env_pi(topology, since, timeout=120):
+    """
+    Put the env Pi's fake DHT11 back to 22 C after a test heated it, and wait
+    for the all-clear the beacon then fires to reach the webhook (when the
+    top master reacts to clears): the webhook is the session's, and a clear
+    arriving during a later test would look like that test's post.
+    """
+    write_fake_dht11(pathlib.Path(topology.env_dir) / "sys")
+    if not any("salt/beacon/*/kiosk_env/clear" in entry for entry in topology.top.config["reactor"]):
+        return None
+    post = topology.webhook.wait_for(
+        lambda body: body.get("pi") == ENV_PI and body.get("kind") == "clear" and body.get("metric") == "temperature",
+        timeout=timeout, after=since)
+    assert post is not None, f"no all-clear of {ENV_PI} reached the webhook after it cooled down"
+    return post
+
+
 # The kiosks' "power button" in tests: records the argv it was called with.
 POWER_RECORDER = (
     "import json, pathlib, sys; "

@@ -47,19 +47,25 @@ class Webhook:
         """The tokens of this webhook's URL found in ``text``."""
         return [t for t in (self.path_token, self.query_token) if t in text]
 
-    def wait_for(self, predicate, timeout=60):
-        """The first recorded POST for which ``predicate(json)`` holds, or None."""
+    def wait_for(self, predicate, timeout=60, after=None):
+        """
+        The first recorded POST for which ``predicate(json)`` holds, or None;
+        with ``after`` (a ``time.time()``), only POSTs received since then: the
+        webhook lives for the whole session, so earlier tests' posts are there too.
+        """
         deadline = time.time() + timeout
-        while time.time() < deadline:
-            for post in list(self.posts):
-                if "json" in post and predicate(post["json"]):
-                    return post
+        while True:
+            found = self.matching(predicate, after)
+            if found:
+                return found[0]
+            if time.time() >= deadline:
+                return None
             time.sleep(0.5)
-        return None
 
-    def matching(self, predicate):
-        """Every recorded POST whose JSON body satisfies ``predicate``."""
-        return [p for p in list(self.posts) if "json" in p and predicate(p["json"])]
+    def matching(self, predicate, after=None):
+        """Every recorded POST (since ``after``, if given) whose JSON body satisfies ``predicate``."""
+        return [p for p in list(self.posts)
+                if "json" in p and (after is None or p["at"] >= after) and predicate(p["json"])]
 
     def close(self):
         if self.closed:
