@@ -61,13 +61,7 @@ def _check_interface(interface):
     """A Linux interface name (at most 15 bytes, no / or white space) or None."""
     if interface is None or interface == "":
         return None
-    if (
-        not isinstance(interface, str)
-        or not 1 <= len(interface) <= 15
-        or not interface.isascii()
-        or not interface.isprintable()
-        or any(c in interface for c in "/: ")
-    ):
+    if not fleet_wol.is_interface_name(interface):
         raise SaltInvocationError(f"interface: {interface!r} is not a network interface name")
     return interface
 

@@ -133,14 +133,7 @@ def _validate_pis(campus, raw, vlans, errors):
                 entry["source"] = _address(spec["source"], f"{field}.vlans.{vlan_name}.source", errors)
             if spec.get("interface") is not None:
                 interface = spec["interface"]
-                # Linux interface names: at most 15 bytes, no / : or white space (SO_BINDTODEVICE takes it)
-                if (
-                    not isinstance(interface, str)
-                    or not 1 <= len(interface) <= 15
-                    or not interface.isascii()
-                    or not interface.isprintable()
-                    or any(c in interface for c in "/: ")
-                ):
+                if not fleet_wol.is_interface_name(interface):
                     errors.append(f"{field}.vlans.{vlan_name}.interface: {interface!r} is not a network interface name")
                 else:
                     entry["interface"] = interface

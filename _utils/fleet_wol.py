@@ -204,6 +204,20 @@ def normalize_macs(macs, field="macs"):
     return list(result)
 
 
+def is_interface_name(value):
+    """
+    Whether ``value`` can be a Linux network interface name (``SO_BINDTODEVICE``
+    takes it): text of 1-15 printable ASCII characters without ``/``, ``:`` or a space.
+    """
+    return (
+        isinstance(value, str)
+        and 1 <= len(value) <= 15
+        and value.isascii()
+        and value.isprintable()
+        and not any(c in value for c in "/: ")
+    )
+
+
 def wake_plan(inventory, pi_id, kiosk_ids):
     """
     What one Pi sends to wake ``kiosk_ids``: a list of destinations, each

@@ -167,3 +167,11 @@ def test_wol_error_is_a_fleet_error_naming_its_field():
 
 def test_digit_only_bare_mac_read_as_an_int_is_recovered():
     assert fleet_wol.normalize_mac(525400100101) == "52:54:00:10:01:01"
+
+
+@pytest.mark.parametrize("name, ok", [
+    ("eth0", True), ("wlan0.20", True), ("a" * 15, True), ("a" * 16, False), ("", False), ("eth 0", False),
+    ("eth0:1", False), ("../x", False), ("eth\u00e9", False), ("eth\n", False), (["eth0"], False), (None, False),
+])
+def test_interface_names_follow_the_kernel_rule(name, ok):
+    assert fleet_wol.is_interface_name(name) is ok
