@@ -27,7 +27,8 @@ IMPORT_RULE = ast.unparse(ast.parse(
     'importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils")',
     mode="eval",
 ).body)
-SKIP_DIRS = {".git", ".venv", ".hypothesis", "__pycache__", "docs"}
+# build/ and dist/: what pip and setuptools leave behind (ignored by git), not sources
+SKIP_DIRS = {".git", ".venv", ".hypothesis", "__pycache__", "docs", "build", "dist"}
 
 
 def _files(*patterns):
