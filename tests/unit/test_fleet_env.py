@@ -365,20 +365,3 @@ def test_status_report_marks_stale_and_missing():
     assert report["stale"] == ["pi-r-2"] and report["missing"] == ["pi-h-1"] and report["alerting"] == ["pi-r-1"]
     with pytest.raises(fleet_env.EnvError, match="stale_s"):
         fleet_env.status_report(campus_pis, {}, {}, 0, 0)
-
-
-def test_alert_payload_smoke_is_critical_and_id_must_match_tag():
-    payload = fleet_env.alert_payload("salt/beacon/pi-r-1/kiosk_env/alert",
-                                      {"id": "pi-r-1", "metric": "smoke", "value": True, "severity": "warning",
-                                       "campus": "riverside"})
-    assert payload["severity"] == "critical" and payload["pi"] == "pi-r-1" and payload["kind"] == "alert"
-    assert payload["summary"] == "[critical] pi-r-1 (riverside): smoke alert True"
-    temp = fleet_env.alert_payload("kiosk/env/alert", {"id": "pi-r-1", "metric": "temperature", "value": 31.0,
-                                                       "unit": "C"})
-    assert temp["severity"] == "warning"
-    with pytest.raises(fleet_env.EnvError, match="does not match the tag"):
-        fleet_env.alert_payload("salt/beacon/pi-r-2/kiosk_env/alert", {"id": "pi-r-1", "metric": "smoke"})
-    with pytest.raises(fleet_env.EnvError, match="not a kiosk_env alert"):
-        fleet_env.alert_payload("salt/beacon/pi-r-1/kiosk_env/reading", {"id": "pi-r-1", "metric": "smoke"})
-    with pytest.raises(fleet_env.EnvError, match="data.metric"):
-        fleet_env.alert_payload("kiosk/env/alert", {"id": "pi-r-1"})
