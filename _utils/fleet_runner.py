@@ -1,5 +1,9 @@
 """
-Shared glue for the pack's runners: how a runner reports failure.
+Shared glue for the pack's runners: how a runner calls minions and tells
+their answers apart (:func:`call`, :class:`Returns`), reads its master config
+(:func:`config`), checks numbers (:func:`number`) and reports failure
+(:func:`finish`, :func:`fail`). No Salt here: the runner passes in what talks
+to Salt.
 
 Jenkins and operators read ``salt-run ... --out=json``: every runner returns a
 dict with ``result`` (bool), ``retcode`` and, on failure, ``error``.
@@ -12,6 +16,7 @@ orchestrate) comes from ``__context__["retcode"]`` (salt/client/mixins.py).
 
 import importlib.util
 import math
+import re
 
 # Installed pack first, else the synced _utils folder; no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
@@ -64,3 +69,170 @@ def presence(selection, answered):
         report[campus] = {"up": up, "down": sorted(set(kiosk_ids) - set(up))}
     return report
 
+
+
+class RunnerError(fleet_fields.FleetError):
+    """A runner's request that cannot be served (bad argument, unknown target); the message names the field."""
+
+
+class ConfigError(RunnerError):
+    """A runner's master config (``__opts__[key]``) that is not what the runner needs; names ``key.field``."""
+
+
+def config(opts, key):
+    """
+    The runner's master config mapping ``opts[key]``: ``{}`` when unset,
+    :class:`ConfigError` naming ``key`` when it is anything but a mapping.
+    """
+    if not isinstance(key, str) or not fleet_fields.NAME.match(key):
+        raise ConfigError(f"key: {fleet_fields.shown(key)} is not a config key", field="key")
+    value = (opts or {}).get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping in the master config, got {type(value).__name__}", field=key)
+    return value
+
+
+# ---------------------------------------------------------------- calling minions
+
+# What Salt 3007 puts in place of a return it did not get (salt/client/__init__.py)
+SILENT_PREFIX = "Minion did not return"
+# The strings a minion returns instead of the function's answer (salt/minion.py): an
+# exception, a missing function or module, bad arguments
+_SALT_ERROR = re.compile(
+    r"^(ERROR\b|The minion function caused an exception|Passed invalid arguments to |Command required for "
+    r"|'[^']{1,200}' (is not available|__virtual__ returned False))"
+)
+MAX_REASON = 300
+
+
+class Returns:
+    """
+    The answers of one job, each target in exactly one of:
+
+    - ``answered``: ``{minion: return}``, the function's answer;
+    - ``failed``: ``{minion: reason}``, answered with an error (one of Salt's
+      error strings, a string with a non-zero retcode, or ``{"result": False}``
+      with its ``error``/``comment``); the raw return is in ``returns``;
+    - ``silent``: ``[minion]``, no return (Salt's "Minion did not return",
+      or none at all), or ``conflicting``.
+
+    ``conflicting`` lists the minions that answered twice, differently: a
+    return forged by another minion behind a syndic (the real one still
+    arrives), so neither is believed. ``returns`` holds the raw return of
+    every minion in ``answered`` or ``failed``.
+    """
+
+    def __init__(self, targets, answered, failed, silent, conflicting, returns):
+        self.targets = targets
+        self.answered = answered
+        self.failed = failed
+        self.silent = silent
+        self.conflicting = conflicting
+        self.returns = returns
+
+    @property
+    def ok(self):
+        """True when every target answered without an error."""
+        return not self.failed and not self.silent
+
+    def as_dict(self):
+        """``{answered, failed, silent, conflicting}`` for a runner's return."""
+        return {"answered": dict(self.answered), "failed": dict(self.failed),
+                "silent": list(self.silent), "conflicting": list(self.conflicting)}
+
+    def __repr__(self):
+        return f"Returns(answered={sorted(self.answered)}, failed={self.failed}, silent={self.silent})"
+
+
+def failure(ret, retcode=0):
+    """
+    Why a minion's return is a failure, or None when it is an answer: Salt's
+    error strings (and any string with a non-zero ``retcode``), or a mapping
+    with ``result`` False (its ``error`` or ``comment`` as the reason).
+    """
+    if isinstance(ret, str):
+        if _SALT_ERROR.match(ret) or (retcode not in (0, None)):
+            return _reason(ret)
+        return None
+    if isinstance(ret, dict) and ret.get("result") is False:
+        return _reason(ret.get("error") or ret.get("comment") or "result: False")
+    return None
+
+
+def _reason(text):
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+def _silent(ret):
+    return isinstance(ret, str) and ret.startswith(SILENT_PREFIX)
+
+
+def targets_of(targets):
+    """The minion ids of a list target, sorted and unique; :class:`RunnerError` naming ``targets`` otherwise."""
+    if isinstance(targets, str) or not isinstance(targets, (list, tuple, set, frozenset)):
+        raise RunnerError(f"targets: expected a list of minion ids, got {type(targets).__name__}", field="targets")
+    for minion in targets:
+        if not isinstance(minion, str) or not fleet_fields.NAME.match(minion):
+            raise RunnerError(f"targets: {fleet_fields.shown(minion)} is not a minion id", field="targets")
+    return sorted(set(targets))
+
+
+def sort_returns(targets, pairs):
+    """
+    :class:`Returns` from the ``(minion, return, retcode)`` triples of one
+    job, duplicates included (``retcode`` None when unknown). Returns from
+    minions not in ``targets`` are dropped.
+    """
+    wanted = targets_of(targets)
+    seen, conflicting = {}, set()
+    for minion, ret, retcode in pairs:
+        if minion not in wanted or _silent(ret):
+            continue
+        if minion in seen and seen[minion][0] != ret:
+            conflicting.add(minion)
+        seen.setdefault(minion, (ret, retcode))
+    answered, failed, returns = {}, {}, {}
+    for minion, (ret, retcode) in seen.items():
+        if minion in conflicting:
+            continue
+        returns[minion] = ret
+        reason = failure(ret, retcode)
+        if reason is None:
+            answered[minion] = ret
+        else:
+            failed[minion] = reason
+    silent = sorted(m for m in wanted if m not in returns)
+    return Returns(wanted, answered, failed, silent, sorted(conflicting), returns)
+
+
+def call(run, targets, fun, arg=(), kwarg=None, timeout=60):
+    """
+    Run ``fun`` on the minions ``targets`` (a list target) and sort the
+    answers: a :class:`Returns`. ``run`` is what talks to Salt, called as
+    ``run(targets, fun, arg=..., kwarg=..., tgt_type="list", timeout=...)``:
+
+    - a LocalClient's ``cmd_iter`` (preferred: it yields every return, so a
+      forged duplicate is seen, and the retcodes), or
+    - ``__salt__["salt.execute"]`` (one ``{minion: return}`` mapping, in
+      which a duplicate has already replaced the first return).
+
+    No targets: an empty :class:`Returns`, nothing is sent.
+    """
+    wanted = targets_of(targets)
+    if not isinstance(fun, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\Z", fun):
+        raise RunnerError(f"fun: {fleet_fields.shown(fun)} is not a module.function name", field="fun")
+    if not wanted:
+        return sort_returns([], [])
+    timeout = number(timeout, "timeout", 1, 86400)
+    got = run(wanted, fun, arg=list(arg or ()), kwarg=dict(kwarg or {}), tgt_type="list", timeout=timeout) or {}
+    if isinstance(got, dict):  # salt.execute: {minion: return}
+        return sort_returns(wanted, [(m, r, None) for m, r in got.items()])
+    pairs = []
+    for item in got:  # cmd_iter: {minion: {"ret": ..., "retcode": ...}} per return
+        for minion, load in (item or {}).items():
+            if isinstance(load, dict) and "ret" in load:
+                pairs.append((minion, load["ret"], load.get("retcode")))
+    return sort_returns(wanted, pairs)

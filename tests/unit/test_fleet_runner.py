@@ -53,3 +53,127 @@ def test_number_refuses_what_is_no_whole_number_with_the_pack_error(bad):
 def test_number_takes_whole_floats_and_strings():
     assert fleet_runner.number(30.0, "timeout", 1, 600) == 30
     assert fleet_runner.number(" 42 ", "timeout", 1, 600) == 42
+
+
+# ---------------------------------------------------------------- calling minions
+
+
+def _iter_run(*items):
+    """A stand-in for LocalClient.cmd_iter yielding the given items; records the call."""
+    calls = []
+
+    def run(tgt, fun, **kwargs):
+        calls.append((tgt, fun, kwargs))
+        return iter(items)
+
+    run.calls = calls
+    return run
+
+
+def test_call_tells_answered_failed_silent_and_conflicting_apart():
+    run = _iter_run(
+        {"k1": {"ret": True, "retcode": 0}},
+        {"k2": {"ret": "ERROR executing 'test.ping': boom", "retcode": 1}},
+        {"k3": {"ret": {"result": False, "error": "disk full"}, "retcode": 1}},
+        {"k4": {"ret": "Minion did not return. [No response]\nThe minions may not...", "retcode": 1}},
+        {"k5": {"ret": {"on": True}, "retcode": 0}},
+        {"k5": {"ret": {"on": False}, "retcode": 0}},  # a forged copy behind a syndic
+        {"k1": {"ret": True, "retcode": 0}},  # an identical copy counts once
+        {"intruder": {"ret": True, "retcode": 0}},  # not asked: dropped
+        {"k7": {"failed": True}},  # expect_minions' marker: no return
+    )
+    got = fleet_runner.call(run, ["k6", "k5", "k4", "k3", "k2", "k1", "k7"], "test.ping", timeout=5)
+    assert got.answered == {"k1": True}
+    assert got.failed == {"k2": "ERROR executing 'test.ping': boom", "k3": "disk full"}
+    assert got.silent == ["k4", "k5", "k6", "k7"]
+    assert got.conflicting == ["k5"]
+    assert got.returns == {"k1": True, "k2": "ERROR executing 'test.ping': boom",
+                           "k3": {"result": False, "error": "disk full"}}
+    assert not got.ok
+    assert got.as_dict()["silent"] == ["k4", "k5", "k6", "k7"]
+    (tgt, fun, kwargs), = run.calls
+    assert tgt == ["k1", "k2", "k3", "k4", "k5", "k6", "k7"] and fun == "test.ping"
+    assert kwargs == {"arg": [], "kwarg": {}, "tgt_type": "list", "timeout": 5}
+
+
+def test_call_reads_salt_execute_mappings_the_same_way():
+    def execute(tgt, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None):
+        assert (tgt, fun, arg, kwarg, tgt_type) == (["k1", "k2", "k3", "k4"], "kiosk_env.read", ["x"], {"y": 1}, "list")
+        return {"k1": {"result": True}, "k2": "'kiosk_env.read' is not available.",
+                "k3": "Minion did not return"}
+    got = fleet_runner.call(execute, ["k1", "k2", "k3", "k4"], "kiosk_env.read", ["x"], {"y": 1})
+    assert got.answered == {"k1": {"result": True}}
+    assert got.failed == {"k2": "'kiosk_env.read' is not available."}
+    assert got.silent == ["k3", "k4"] and got.conflicting == []
+
+
+def test_call_with_everyone_answering_is_ok_and_none_returned_means_all_silent():
+    assert fleet_runner.call(_iter_run({"k1": {"ret": "hello", "retcode": 0}}), ["k1"], "test.echo").ok
+    got = fleet_runner.call(lambda *a, **k: None, ["k1"], "test.ping")
+    assert got.silent == ["k1"] and not got.ok
+
+
+def test_call_without_targets_sends_nothing():
+    run = _iter_run()
+    got = fleet_runner.call(run, [], "test.ping")
+    assert run.calls == [] and got.ok and got.answered == {} and got.silent == []
+
+
+@pytest.mark.parametrize(("ret", "retcode", "reason"), [
+    ("ERROR: module kiosk_env cannot be loaded", None, "ERROR: module kiosk_env cannot be loaded"),
+    ("The minion function caused an exception: Traceback\n  File x", None,
+     "The minion function caused an exception: Traceback File x"),
+    ("Passed invalid arguments to kiosk_env.read: unexpected keyword", None,
+     "Passed invalid arguments to kiosk_env.read: unexpected keyword"),
+    ("'kiosk_env' __virtual__ returned False: no sensors", None, "'kiosk_env' __virtual__ returned False: no sensors"),
+    ("any text", 1, "any text"),
+    ({"result": False, "comment": "pinned"}, 1, "pinned"),
+    ({"result": False}, 0, "result: False"),
+    ("x" * 1000, 1, "x" * 297 + "..."),
+])
+def test_failure_names_the_reason(ret, retcode, reason):
+    assert fleet_runner.failure(ret, retcode) == reason
+
+
+@pytest.mark.parametrize(("ret", "retcode"), [
+    ("ERRORS ARE FINE", 0), ("hello", None), ({"result": True}, 0), ({"result": None}, 1), (False, 1), ([], 0),
+])
+def test_failure_is_none_for_answers(ret, retcode):
+    assert fleet_runner.failure(ret, retcode) is None
+
+
+@pytest.mark.parametrize("bad", ["k1", None, ["k1", 3], ["bad id"], {"k1": 1}])
+def test_call_refuses_bad_targets_with_the_pack_error(bad):
+    with pytest.raises(fleet_runner.RunnerError, match="^targets: "):
+        fleet_runner.call(_iter_run(), bad, "test.ping")
+
+
+@pytest.mark.parametrize("bad", ["ping", "", None, "a.b c", "test.ping; rm"])
+def test_call_refuses_bad_function_names(bad):
+    with pytest.raises(fleet_runner.RunnerError, match="^fun: "):
+        fleet_runner.call(_iter_run(), ["k1"], bad)
+
+
+def test_call_refuses_bad_timeouts():
+    with pytest.raises(fleet_runner.fleet_fields.FleetError, match="^timeout: "):
+        fleet_runner.call(_iter_run(), ["k1"], "test.ping", timeout=float("nan"))
+
+
+# ---------------------------------------------------------------- master config
+
+
+def test_config_is_the_mapping_or_empty():
+    assert fleet_runner.config({"kiosk_release": {"timeout": 5}}, "kiosk_release") == {"timeout": 5}
+    assert fleet_runner.config({}, "kiosk_release") == {}
+    assert fleet_runner.config({"kiosk_release": None}, "kiosk_release") == {}
+
+
+@pytest.mark.parametrize("bad", ["text", ["a"], 3, True])
+def test_config_refuses_what_is_no_mapping(bad):
+    with pytest.raises(fleet_runner.ConfigError) as info:
+        fleet_runner.config({"kiosk_release": bad}, "kiosk_release")
+    assert str(info.value).startswith("kiosk_release: expected a mapping") and info.value.field == "kiosk_release"
+    assert isinstance(info.value, fleet_runner.RunnerError)
+    import fleet_fields
+
+    assert isinstance(info.value, fleet_fields.FleetError)
