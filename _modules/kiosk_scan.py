@@ -22,9 +22,10 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_sweep
+    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_scan, fleet_sweep
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_inventory
+    import fleet_scan
     import fleet_sweep
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -49,7 +50,7 @@ def __virtual__():
     return __virtualname__
 
 
-def scan(kiosks=None, host_timeout_s=fleet_sweep.DEFAULT_HOST_TIMEOUT_S, max_retries=fleet_sweep.DEFAULT_MAX_RETRIES):
+def scan(kiosks=None, host_timeout_s=fleet_scan.DEFAULT_HOST_TIMEOUT_S, max_retries=fleet_scan.DEFAULT_MAX_RETRIES):
     """
     Probe the service port of this Pi's campus kiosks (all, or those of
     ``kiosks`` that belong to this campus: others are skipped, so one job can
@@ -66,13 +67,13 @@ def scan(kiosks=None, host_timeout_s=fleet_sweep.DEFAULT_HOST_TIMEOUT_S, max_ret
         salt pi-riverside-1 kiosk_scan.scan kiosks=kiosk-riverside-01,kiosk-riverside-02 host_timeout_s=5
     """
     try:
-        arguments = fleet_sweep.nmap_arguments(host_timeout_s, max_retries)
+        arguments = fleet_scan.nmap_arguments(host_timeout_s, max_retries)
         inventory = fleet_inventory.from_pillar(__pillar__)
         campus = fleet_inventory.campus_of(inventory, __opts__["id"])
         if __opts__["id"] not in inventory["campuses"][campus]["pis"]:
-            raise fleet_sweep.SweepError(f"id: {__opts__['id']} is a kiosk, not a Pi; run kiosk_scan on the Pis")
-        targets = fleet_sweep.scan_targets(inventory, campus, kiosks)
-    except (fleet_inventory.InventoryError, fleet_sweep.SweepError) as exc:
+            raise fleet_scan.ScanError(f"id: {__opts__['id']} is a kiosk, not a Pi; run kiosk_scan on the Pis")
+        targets = fleet_scan.scan_targets(inventory, campus, kiosks)
+    except (fleet_inventory.InventoryError, fleet_scan.ScanError) as exc:
         raise SaltInvocationError(str(exc)) from exc
     scanner = nmap.PortScanner()
     started = time.monotonic()
@@ -91,7 +92,7 @@ def scan(kiosks=None, host_timeout_s=fleet_sweep.DEFAULT_HOST_TIMEOUT_S, max_ret
         except (nmap.PortScannerError, nmap.PortScannerTimeout) as exc:
             raise CommandExecutionError(f"nmap failed for port {port}: {exc}") from exc
         scanned_at = fleet_sweep.iso(_dt.datetime.now(_dt.timezone.utc))
-        for ip, state in fleet_sweep.port_states(answer, port, ips).items():
+        for ip, state in fleet_scan.port_states(answer, port, ips).items():
             result[by_ip[ip]] = {"ip": ip, "port": port, "state": state, "scanned_at": scanned_at}
     return {
         "pi": __opts__["id"],

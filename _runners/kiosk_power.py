@@ -23,13 +23,11 @@ verify never interleave): holds, pending verifications, recent sweeps and
 mismatches.
 """
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
 import logging
 import os
-import tempfile
 
 import importlib.util
 
@@ -40,11 +38,11 @@ if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec(
         fleet_alerts,
         fleet_http,
         fleet_inventory,
-        fleet_lock,
         fleet_metrics,
         fleet_power,
         fleet_runner,
         fleet_schedule,
+        fleet_state,
         fleet_sweep,
         fleet_wol,
     )
@@ -52,11 +50,11 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
     import fleet_alerts
     import fleet_http
     import fleet_inventory
-    import fleet_lock
     import fleet_metrics
     import fleet_power
     import fleet_runner
     import fleet_schedule
+    import fleet_state
     import fleet_sweep
     import fleet_wol
 
@@ -71,14 +69,181 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "kiosk_power"
 
+STATE_DIR = "kiosk_power"
+SCHEDULES_FILE = "schedules.json"
+STATE_FILE = "state.json"
+METRICS_FILE = "metrics.json"
+LOCK_FILE = "state.lock"
+LOCK_TIMEOUT_S = 300
+MISMATCH_TAG = "kiosk/power/mismatch"
+ERRORS = (ValueError,)  # every error of the pack is a fleet_fields.FleetError, a ValueError naming its field
+
 
 def __virtual__():
     return __virtualname__
 
 
-def _selection(kiosks, campus):
-    inventory = _inventory()
-    return inventory, fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
+# ---------------------------------------------------------------- load (once per run), store
+
+
+def _path(name):
+    path = os.path.join(__opts__["cachedir"], STATE_DIR)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return os.path.join(path, name)
+
+
+def _read_json(name, default):
+    return fleet_state.read_json(_path(name), fleet_sweep.SweepError, default)
+
+
+def _write_json(name, data):
+    fleet_state.write_json_atomic(_path(name), data, mode=0o600)
+
+
+def _store():
+    """holds, pending checks, recent sweeps and mismatches; one sweep/verify/hold at a time on this master."""
+    return fleet_state.Store(os.path.dirname(_path(STATE_FILE)), STATE_FILE, None, LOCK_TIMEOUT_S,
+                             fleet_sweep.SweepError)
+
+
+def _state(stored):
+    try:
+        return fleet_sweep.load_state(stored)
+    except fleet_sweep.SweepError as exc:
+        raise fleet_sweep.SweepError(f"{_path(STATE_FILE)}: {exc}; fix or move it aside") from exc
+
+
+def _load(schedule=True):
+    """
+    ``(inventory, schedule, source, data)`` from ONE read of the fleet data
+    file. The schedule: the last good synced copy, else the fleet data's
+    ``kiosk_fleet_schedules``, else none (every kiosk unmanaged).
+    """
+    data = fleet_inventory.master_data(__opts__)
+    inventory = fleet_inventory.validate(data.get(fleet_inventory.PILLAR_KEY))
+    if not schedule:
+        return inventory, None, None, data
+    synced = _read_json(SCHEDULES_FILE, None)
+    if synced is not None:
+        source = {"source": "synced", "synced_at": synced.get("synced_at"), "url": synced.get("url")}
+        try:
+            return inventory, fleet_schedule.load(synced.get("schedule"), inventory), source, data
+        except fleet_schedule.ScheduleError as exc:
+            raise fleet_schedule.ScheduleError(
+                f"synced schedule ({_path(SCHEDULES_FILE)}) no longer matches the inventory: {exc}"
+            ) from exc
+    raw = data.get(fleet_schedule.PILLAR_KEY)
+    if raw is None:
+        return inventory, fleet_schedule.load({"campuses": {}}), {"source": "none"}, data
+    return inventory, fleet_schedule.load(raw, inventory), {"source": "pillar", "key": fleet_schedule.PILLAR_KEY}, data
+
+
+def _now(at):
+    if at is None or at == "":
+        return _dt.datetime.now(_dt.timezone.utc)
+    return fleet_sweep.parse_instant(at, "at")
+
+
+def _metrics(action, ret, inventory):
+    """
+    kiosk_power.prom for node_exporter (master config ``kiosk_power:
+    {textfile_dir: ...}``), figures from ``fleet_sweep.metrics``. Written after
+    the run; a write problem is logged, never turned into a failed run.
+    """
+    directory = (__opts__.get("kiosk_power") or {}).get("textfile_dir")
+    if not directory:
+        return
+    try:
+        last = _read_json(METRICS_FILE, {})
+    except fleet_sweep.SweepError as exc:
+        log.warning("kiosk_power: %s; metrics start afresh", exc)
+        last = {}
+    now = _dt.datetime.now(_dt.timezone.utc).timestamp()
+    last, families = fleet_sweep.metrics(last, action, ret, inventory, now)
+    try:
+        _write_json(METRICS_FILE, last)
+        fleet_metrics.write_textfile(directory, "kiosk_power.prom", fleet_metrics.render(families),
+                                     field="kiosk_power.textfile_dir")
+    except (OSError, ValueError) as exc:
+        log.warning("kiosk_power: metrics not written (%s): %s", directory, exc)
+
+
+# ---------------------------------------------------------------- call minions, act
+
+
+def _call(targets, fun, timeout, kwarg=None):
+    """ONE job to ``targets``, sorted by ``fleet_runner.call``: answered, failed, silent, conflicting."""
+    import salt.client  # pylint: disable=import-outside-toplevel
+
+    with salt.client.get_local_client(__opts__["conf_file"]) as client:
+        got = fleet_runner.call(client.cmd_iter, targets, fun, kwarg=kwarg, timeout=timeout)
+    if got.conflicting:
+        log.warning("kiosk_power: %s: conflicting returns from %s (one was forged); counted as silent",
+                    fun, ", ".join(got.conflicting))
+    return got
+
+
+def _observe(inventory, selection, timeout):
+    """
+    ONE ``kiosk_scan.scan`` job to the Pis of the campuses in ``selection``
+    and one ``test.ping`` of its kiosks; merged by ``fleet_sweep.observed_states``
+    (the Pis' probe decides, a kiosk's own answer never makes it on).
+    """
+    campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
+    pis = sorted({p for ids in campus_pis.values() for p in ids})
+    kiosk_ids = sorted(k for ids in selection.values() for k in ids)
+    if not kiosk_ids:
+        return {}, {"answered": [], "silent": []}
+    scans = _call(pis, "kiosk_scan.scan", timeout, kwarg={"kiosks": kiosk_ids})
+    presence = _call(kiosk_ids, "test.ping", timeout).answered
+    report = fleet_sweep.pis_report(pis, scans.answered, scans.failed, scans.conflicting)
+    return fleet_sweep.observed_states(selection, scans.answered, campus_pis, presence), report
+
+
+def _wake(inventory, selection, repeat, timeout):
+    campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
+    pis = sorted({p for ids in campus_pis.values() for p in ids})
+    kiosk_ids = sorted(k for ids in selection.values() for k in ids)
+    sent = _call(pis, "kiosk_wol.wake_kiosks", timeout, kwarg={"kiosks": kiosk_ids, "repeat": repeat})
+    report = fleet_wol.merge_wake_returns(selection, sent.returns, campus_pis)
+    if report["unreached"]:
+        report["error"] = (
+            f"no Pi sent a magic packet to {', '.join(report['unreached'])}"
+            f" (Pis silent: {', '.join(report['pis_silent']) or 'none'})"
+        )
+    return fleet_runner.finish(__context__, report)
+
+
+def _shutdown(selection, delay_s, message, timeout):
+    kiosk_ids = sorted(k for ids in selection.values() for k in ids)
+    got = _call(kiosk_ids, "kiosk_power.shutdown", timeout, kwarg={"delay_s": delay_s, "message": message})
+    return fleet_runner.finish(__context__, dict(fleet_power.shutdown_report(got.answered, got.failed, got.silent),
+                                                 delay_s=delay_s))
+
+
+def _alert(mismatches):
+    """
+    Post one alert per mismatch (``fleet_alerts.power_mismatch`` through
+    ``kiosk_alert.post``), then fire ``kiosk/power/mismatch`` for listeners
+    (informational: a kiosk can fire the same tag, so nothing posts from it).
+    Returns (kiosks whose alert was posted, errors, kiosks whose event was fired).
+    """
+    posted, errors, fired = [], [], []
+    for item in mismatches:
+        try:
+            answer = __salt__["kiosk_alert.post"](fleet_alerts.power_mismatch(item))
+        except fleet_alerts.AlertError as exc:
+            answer = {"result": False, "error": str(exc)}
+        if answer.get("result"):
+            posted.append(item["kiosk"])
+        else:
+            errors.append(f"{item['kiosk']}: {answer.get('error')}")
+        __salt__["event.send"](MISMATCH_TAG, dict(item))  # event.send stamps the dict it gets
+        fired.append(item["kiosk"])
+    return posted, errors, fired
+
+
+# ---------------------------------------------------------------- runners
 
 
 def wake(kiosks=None, campus=None, repeat=3, timeout=30):
@@ -100,26 +265,11 @@ def wake(kiosks=None, campus=None, repeat=3, timeout=30):
     try:
         repeat = fleet_runner.number(repeat, "repeat", 1, 20)
         timeout = fleet_runner.number(timeout, "timeout", 1, 600)
-        inventory, selection = _selection(kiosks, campus)
-    except (ValueError, fleet_inventory.InventoryError) as exc:
+        inventory, *_ = _load(schedule=False)
+        selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
+    except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
-    pis = sorted({p for ids in campus_pis.values() for p in ids})
-    kiosk_ids = sorted(k for ids in selection.values() for k in ids)
-    returns = __salt__["salt.execute"](
-        pis,
-        "kiosk_wol.wake_kiosks",
-        tgt_type="list",
-        kwarg={"kiosks": kiosk_ids, "repeat": repeat},
-        timeout=timeout,
-    ) or {}
-    report = fleet_wol.merge_wake_returns(selection, returns, campus_pis)
-    if report["unreached"]:
-        report["error"] = (
-            f"no Pi sent a magic packet to {', '.join(report['unreached'])}"
-            f" (Pis silent: {', '.join(report['pis_silent']) or 'none'})"
-        )
-    return fleet_runner.finish(__context__, report)
+    return _wake(inventory, selection, repeat, timeout)
 
 
 def shutdown(kiosks=None, campus=None, delay_s=60, message="This kiosk is shutting down.", timeout=30):
@@ -139,241 +289,11 @@ def shutdown(kiosks=None, campus=None, delay_s=60, message="This kiosk is shutti
     try:
         delay_s, message = fleet_power.check_request(delay_s, message)
         timeout = fleet_runner.number(timeout, "timeout", 1, 600)
-        _, selection = _selection(kiosks, campus)
-    except (ValueError, fleet_inventory.InventoryError) as exc:
+        inventory, *_ = _load(schedule=False)
+        selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
+    except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    kiosk_ids = sorted(k for ids in selection.values() for k in ids)
-    returns = __salt__["salt.execute"](
-        kiosk_ids,
-        "kiosk_power.shutdown",
-        tgt_type="list",
-        kwarg={"delay_s": delay_s, "message": message},
-        timeout=timeout,
-    ) or {}
-    accepted = sorted(k for k, r in returns.items() if isinstance(r, dict) and r.get("action") == "shutdown")
-    failed = {k: str(r) for k, r in returns.items() if k not in accepted}
-    silent = sorted(set(kiosk_ids) - set(returns))
-    ret = {
-        "result": not failed and not silent,
-        "accepted": accepted,
-        "failed": failed,
-        "silent": silent,
-        "delay_s": delay_s,
-    }
-    if not ret["result"]:
-        ret["error"] = f"not shut down: {', '.join(sorted(set(failed) | set(silent)))}"
-    return fleet_runner.finish(__context__, ret)
-
-
-# ---------------------------------------------------------------- schedules, sweeps
-
-STATE_DIR = "kiosk_power"
-SCHEDULES_FILE = "schedules.json"
-STATE_FILE = "state.json"
-LOCK_FILE = "state.lock"
-LOCK_TIMEOUT_S = 300
-KEEP_RECORDS = 100
-MISMATCH_TAG = "kiosk/power/mismatch"
-MAX_PLAN_HOURS = 168
-
-
-def _state_dir():
-    path = os.path.join(__opts__["cachedir"], STATE_DIR)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
-
-
-def _read_json(name, default):
-    path = os.path.join(_state_dir(), name)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return default
-    except (OSError, ValueError) as exc:  # unreadable or not JSON: say which file, never a traceback
-        raise fleet_sweep.SweepError(f"{path}: unreadable state file ({exc}); fix or move it aside") from exc
-    if not isinstance(data, dict):
-        raise fleet_sweep.SweepError(f"{path}: expected a JSON object, got {type(data).__name__}; fix or move it aside")
-    return data
-
-
-def _write_json(name, data):
-    """Write to a temporary file in the same folder, then os.replace: never a torn file."""
-    folder = _state_dir()
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, os.path.join(folder, name))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _locked():
-    """One sweep/verify/hold at a time on this master (the schedule runs them every minute)."""
-    return fleet_lock.exclusive(
-        os.path.join(_state_dir(), LOCK_FILE), LOCK_TIMEOUT_S,
-        fleet_sweep.SweepError(f"state: another kiosk_power run held the lock for {LOCK_TIMEOUT_S} s"),
-    )
-
-
-POWER_STATES = ("on", "off", "degraded", "unknown")
-
-
-def _metrics(action, ret, inventory):
-    """
-    kiosk_power.prom for node_exporter (master config ``kiosk_power:
-    {textfile_dir: ...}``): what the last sweep did and what the last sweep or
-    verify saw, per campus. Written after the run; a write problem is logged,
-    never turned into a failed sweep.
-    """
-    directory = (__opts__.get("kiosk_power") or {}).get("textfile_dir")
-    if not directory:
-        return
-    path = os.path.join(_state_dir(), "metrics.json")
-    last = _read_json("metrics.json", {})
-    campus_of = {k: c for c, spec in inventory["campuses"].items() for k in spec["kiosks"]}
-    seen = {c: dict.fromkeys(POWER_STATES, 0) for c in inventory["campuses"]}
-    for kiosk, observed in (ret.get("observed") or {}).items():
-        if kiosk in campus_of and observed in POWER_STATES:
-            seen[campus_of[kiosk]][observed] += 1
-    last.setdefault("runs", {})[action] = {"ok": bool(ret.get("result")), "at": _dt.datetime.now(_dt.timezone.utc).timestamp()}
-    last["observed"] = seen
-    if action == "sweep":
-        last["actions"] = {c: {"wake": len(ret.get("wake", {}).get(c, [])), "shutdown": len(ret.get("shutdown", {}).get(c, []))}
-                           for c in inventory["campuses"]}
-    if action == "verify":
-        last["mismatches"] = {c: sum(1 for m in ret.get("mismatches", []) if m.get("campus") == c)
-                              for c in inventory["campuses"]}
-    families = [
-        ("kiosk_power_last_run_success", "gauge", "1 when the last sweep/verify succeeded.",
-         [({"action": a}, r["ok"]) for a, r in sorted(last["runs"].items())]),
-        ("kiosk_power_last_run_timestamp_seconds", "gauge", "When the last sweep/verify ran (Unix time).",
-         [({"action": a}, r["at"]) for a, r in sorted(last["runs"].items())]),
-        ("kiosk_power_kiosks_observed", "gauge", "Managed kiosks per observed state in the last sweep/verify.",
-         [({"campus": c, "state": st}, n) for c, per in sorted(last["observed"].items()) for st, n in per.items()]),
-        ("kiosk_power_sweep_actions", "gauge", "Kiosks the last sweep woke or shut down.",
-         [({"campus": c, "action": a}, n) for c, per in sorted(last.get("actions", {}).items()) for a, n in sorted(per.items())]),
-        ("kiosk_power_verify_mismatches", "gauge", "Kiosks not in the state they should be at the last verify.",
-         [({"campus": c}, n) for c, n in sorted(last.get("mismatches", {}).items())]),
-    ]
-    try:
-        _write_json("metrics.json", last)
-        fleet_metrics.write_textfile(directory, "kiosk_power.prom", fleet_metrics.render(families),
-                                     field="kiosk_power.textfile_dir")
-    except (OSError, ValueError) as exc:
-        log.warning("kiosk_power: metrics not written (%s): %s", path, exc)
-
-
-def _state():
-    state = _read_json(STATE_FILE, {})
-    for key, default in (("holds", {}), ("pending", {}), ("sweeps", []), ("mismatches", [])):
-        state.setdefault(key, default)
-    return state
-
-
-def _inventory():
-    return fleet_inventory.master_inventory(__opts__)
-
-
-def _schedule(inventory):
-    """(compiled schedule, description of its source); see the module docstring for the precedence."""
-    synced = _read_json(SCHEDULES_FILE, None)
-    if synced is not None:
-        source = {"source": "synced", "synced_at": synced.get("synced_at"), "url": synced.get("url")}
-        try:
-            return fleet_schedule.load(synced.get("schedule"), inventory), source
-        except fleet_schedule.ScheduleError as exc:
-            raise fleet_schedule.ScheduleError(
-                f"synced schedule ({os.path.join(_state_dir(), SCHEDULES_FILE)}) no longer matches the inventory: {exc}"
-            ) from exc
-    data = fleet_inventory.master_data(__opts__).get(fleet_schedule.PILLAR_KEY)
-    if data is None:
-        return fleet_schedule.load({"campuses": {}}), {"source": "none"}
-    return fleet_schedule.load(data, inventory), {"source": "pillar", "key": fleet_schedule.PILLAR_KEY}
-
-
-def _now(at):
-    if at is None or at == "":
-        return _dt.datetime.now(_dt.timezone.utc)
-    return fleet_sweep.parse_instant(at, "at")
-
-
-def _int(value, field, low, high):
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise fleet_sweep.SweepError(f"{field}: {value!r} is not an integer") from None
-    if isinstance(value, bool) or not low <= number <= high:
-        raise fleet_sweep.SweepError(f"{field}: {value!r} is outside {low}-{high}")
-    return number
-
-
-def _execute(targets, fun, timeout, kwarg=None):
-    """
-    ``(answers, conflicting)`` of one job to ``targets``: every return is
-    collected, and a minion that answered twice, differently (a return forged
-    by another minion behind a syndic, see ``fleet_alerts.single_returns``),
-    counts as silent.
-    """
-    import salt.client  # pylint: disable=import-outside-toplevel
-
-    pairs = []
-    with salt.client.get_local_client(__opts__["conf_file"]) as client:
-        for item in client.cmd_iter(targets, fun, kwarg=kwarg, tgt_type="list", timeout=timeout):
-            for minion, answer in (item or {}).items():
-                if minion in targets and isinstance(answer, dict) and "ret" in answer:
-                    pairs.append((minion, answer["ret"]))
-    answers, conflicting = fleet_alerts.single_returns(pairs)
-    if conflicting:
-        log.warning("kiosk_power: %s: conflicting returns from %s (one was forged); counted as silent",
-                    fun, ", ".join(conflicting))
-    return answers, conflicting
-
-
-def _observe(inventory, selection, timeout):
-    """
-    ONE scan job: kiosk_scan.scan on every Pi of the campuses in
-    ``selection``, and one ``test.ping`` of the kiosks. The Pis' probe of
-    the service port decides (see ``fleet_sweep.observed_states``): a
-    kiosk's own answer never makes it count as on, because a minion behind
-    a syndic can forge another minion's return.
-    """
-    campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
-    pis = sorted({p for ids in campus_pis.values() for p in ids})
-    kiosk_ids = sorted(k for ids in selection.values() for k in ids)
-    if not kiosk_ids:
-        return {}, {"answered": [], "silent": []}
-    returns, forged_pis = _execute(pis, "kiosk_scan.scan", timeout, kwarg={"kiosks": kiosk_ids})
-    # minion presence only tells a powered kiosk with its app down ("degraded")
-    # from one that is off, among kiosks a Pi saw with the port closed
-    pings, _ = _execute(kiosk_ids, "test.ping", timeout)
-    presence = {k: True for k, answer in pings.items() if answer is True}
-    answered = sorted(p for p in pis if isinstance(returns.get(p), dict))
-    pis_report = {"answered": answered, "silent": sorted(set(pis) - set(answered))}
-    errors = {p: str(r) for p, r in returns.items() if p in pis and not isinstance(r, dict)}
-    if errors:
-        pis_report["errors"] = errors
-    if forged_pis:
-        pis_report["conflicting"] = forged_pis
-    return fleet_sweep.observed_states(selection, returns, campus_pis, presence), pis_report
-
-
-def _all_kiosks(inventory):
-    return {c: sorted(spec["kiosks"]) for c, spec in inventory["campuses"].items()}
-
-
-def _managed(expected, selection):
-    out = {}
-    for campus, ids in selection.items():
-        keep = [k for k in ids if expected[k]["state"] != fleet_schedule.UNMANAGED]
-        if keep:
-            out[campus] = keep
-    return out
+    return _shutdown(selection, delay_s, message, timeout)
 
 
 def _platform(url):
@@ -444,8 +364,8 @@ def sync_schedules(url=None, timeout=10):
         if previous else {"source": "pillar"}
     )
     try:
-        inventory = _inventory()
-    except fleet_inventory.InventoryError as exc:
+        inventory, _, _, data = _load(schedule=False)
+    except ERRORS as exc:
         return fleet_runner.fail(__context__, exc, in_force=in_force)
     try:
         with fleet_http.session() as sess:
@@ -458,38 +378,33 @@ def sync_schedules(url=None, timeout=10):
             __context__, f"url: {shown} answered HTTP {answer.status_code}; last good copy kept", in_force=in_force
         )
     try:
-        data = answer.json()
+        fetched = answer.json()
     except ValueError as exc:
         return fleet_runner.fail(__context__, f"url: {shown} sent invalid JSON ({type(exc).__name__});"
                                  " last good copy kept", in_force=in_force)
-    if isinstance(data, dict) and fleet_schedule.PILLAR_KEY in data:
-        data = data[fleet_schedule.PILLAR_KEY]
+    if isinstance(fetched, dict) and fleet_schedule.PILLAR_KEY in fetched:
+        fetched = fetched[fleet_schedule.PILLAR_KEY]
     try:
-        normalised = fleet_schedule.validate(data, inventory)
+        normalised = fleet_schedule.validate(fetched, inventory)
     except fleet_schedule.ScheduleError as exc:
         return fleet_runner.fail(__context__, f"schedule from {shown} is invalid: {exc}; last good copy kept",
                                  in_force=in_force)
     if previous is not None:
         old = previous.get("schedule")
     else:
-        old = fleet_inventory.master_data(__opts__).get(fleet_schedule.PILLAR_KEY)
         try:
+            old = data.get(fleet_schedule.PILLAR_KEY)
             old = fleet_schedule.validate(old, inventory) if old is not None else None
         except fleet_schedule.ScheduleError:
             old = None
     digest = hashlib.sha256(json.dumps(normalised, sort_keys=True).encode()).hexdigest()
-    record = {
-        "synced_at": fleet_sweep.iso(_dt.datetime.now(_dt.timezone.utc)),
-        "url": shown,
-        "sha256": digest,
-        "schedule": normalised,
-    }
+    record = {"synced_at": fleet_sweep.iso(_dt.datetime.now(_dt.timezone.utc)), "url": shown, "sha256": digest,
+              "schedule": normalised}
     _write_json(SCHEDULES_FILE, record)
-    changes = fleet_sweep.changes(old, normalised)
     return fleet_runner.finish(__context__, {
         "result": True,
         "changed": bool(previous is None or previous.get("sha256") != digest),
-        "changes": changes,
+        "changes": fleet_sweep.changes(old, normalised),
         "campuses": sorted(normalised["campuses"]),
         "sha256": digest,
         "synced_at": record["synced_at"],
@@ -498,10 +413,8 @@ def sync_schedules(url=None, timeout=10):
     })
 
 
-def _holds_and_expected(state, schedule, selection, now):
-    desired = fleet_schedule.desired_states(schedule, selection, now)
-    active, expired = fleet_sweep.prune_holds(state["holds"], now)
-    return desired, active, expired
+def _yes(value):
+    return value is True or str(value).lower() in ("true", "1", "yes")
 
 
 def plan(hours=12, at=None, scan=True, timeout=30):
@@ -520,34 +433,22 @@ def plan(hours=12, at=None, scan=True, timeout=30):
         salt-run kiosk_power.plan at=2027-02-05T07:00:00+08:00
     """
     try:
-        hours = _int(hours, "hours", 0, MAX_PLAN_HOURS)
-        timeout = _int(timeout, "timeout", 1, 600)
+        hours = fleet_runner.number(hours, "hours", 0, fleet_sweep.MAX_PLAN_HOURS)
+        timeout = fleet_runner.number(timeout, "timeout", 1, 600)
         now = _now(at)
-        inventory = _inventory()
-        schedule, source = _schedule(inventory)
-        state = _state()
-        selection = _all_kiosks(inventory)
-        desired, active, _ = _holds_and_expected(state, schedule, selection, now)
-    except (fleet_inventory.InventoryError, fleet_schedule.ScheduleError, fleet_sweep.SweepError) as exc:
+        inventory, schedule, source, _ = _load()
+        state = _state(_store().read())
+        view = fleet_sweep.expect(inventory, schedule, state["holds"], now)
+        kiosks = fleet_sweep.plan_kiosks(view, schedule, hours)
+    except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    expected = fleet_sweep.expected_states(desired, active, now)
-    end = now + _dt.timedelta(hours=hours)
-    kiosks = {}
-    for campus, ids in selection.items():
-        for kiosk in ids:
-            kiosks[kiosk] = dict(expected[kiosk], schedule=desired[campus][kiosk]["state"], transitions=[
-                {"at": fleet_sweep.iso(i), "local": i.isoformat(), "state": s, "rule": r}
-                for i, s, r in fleet_schedule.transitions(schedule, campus, kiosk, now, end)
-            ])
     ret = {"result": True, "at": fleet_sweep.iso(now), "hours": hours, "schedule": source,
-           "holds": active, "kiosks": kiosks}
-    if scan is True or str(scan).lower() in ("true", "1", "yes"):
-        managed = _managed(expected, selection)
-        observed, pis = _observe(inventory, managed, timeout)
-        actions = fleet_sweep.plan_actions(desired, observed, active, now, state["pending"])
-        ret["sweep_would"] = {"wake": actions["wake"], "shutdown": actions["shutdown"], "nothing": actions["nothing"]}
+           "holds": view["holds"], "kiosks": kiosks}
+    if _yes(scan):
+        observed, ret["pis"] = _observe(inventory, view["managed"], timeout)
+        would = fleet_sweep.sweep(view, observed, state["pending"])
+        ret["sweep_would"] = {k: would[k] for k in ("wake", "shutdown", "nothing")}
         ret["observed"] = observed
-        ret["pis"] = pis
     return fleet_runner.finish(__context__, ret)
 
 
@@ -570,105 +471,50 @@ def sweep(at=None, delay_s=60, message="This kiosk is closing for the day.", tim
         salt-run kiosk_power.sweep at=2027-02-05T07:00:00+08:00 delay_s=300 --out=json
     """
     try:
-        timeout = _int(timeout, "timeout", 1, 600)
+        timeout = fleet_runner.number(timeout, "timeout", 1, 600)
         delay_s, message = fleet_power.check_request(delay_s, message)
         now = _now(at)
-        inventory = _inventory()
-        schedule, source = _schedule(inventory)
-    except (ValueError, fleet_inventory.InventoryError, fleet_schedule.ScheduleError) as exc:
+        inventory, schedule, source, _ = _load()
+        with _store().locked() as stored:
+            state = _state(stored)
+            view = fleet_sweep.expect(inventory, schedule, state["holds"], now)
+            observed, pis = _observe(inventory, view["managed"], timeout)
+            decision = fleet_sweep.sweep(view, observed, state["pending"])
+            wake_ret = shutdown_ret = None
+            errors, woken, shut_down = [], [], []
+            if decision["wake"]:
+                wake_ret = _wake(inventory, decision["wake"], 3, timeout)
+                woken = [k for k in decision["checks"] if k not in wake_ret["unreached"]]
+                errors += [f"wake: {wake_ret['error']}"] if wake_ret.get("error") else []
+            if decision["shutdown"]:
+                shutdown_ret = _shutdown(decision["shutdown"], delay_s, message, timeout)
+                shut_down = shutdown_ret["accepted"]
+                errors += [f"shutdown: {shutdown_ret['error']}"] if shutdown_ret.get("error") else []
+            state, record = fleet_sweep.settle(state, view, decision, woken, shut_down, errors, pis, source,
+                                               _dt.datetime.now(_dt.timezone.utc))
+            stored.update(state)
+    except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    try:
-        with _locked():
-            return _sweep(inventory, schedule, source, now, delay_s, message, timeout)
-    except fleet_sweep.SweepError as exc:
-        return fleet_runner.fail(__context__, exc)
-
-
-def _sweep(inventory, schedule, source, now, delay_s, message, timeout):
-    state = _state()
-    selection = _all_kiosks(inventory)
-    desired, active, expired = _holds_and_expected(state, schedule, selection, now)
-    expected = fleet_sweep.expected_states(desired, active, now)
-    managed = _managed(expected, selection)
-    observed, pis = _observe(inventory, managed, timeout)
-    actions = fleet_sweep.plan_actions(desired, observed, active, now, state["pending"])
-    errors = []
-    changed_on, changed_off = {}, {}
-    wake_ret = shutdown_ret = None
-    if actions["wake"]:
-        wake_ret = wake(kiosks=[k for ids in actions["wake"].values() for k in ids], timeout=timeout)
-        unreached = set(wake_ret.get("unreached", []))
-        if wake_ret.get("error"):
-            errors.append(f"wake: {wake_ret['error']}")
-        changed_on = {c: [k for k in ids if k not in unreached] for c, ids in actions["wake"].items()}
-    if actions["shutdown"]:
-        shutdown_ret = shutdown(kiosks=[k for ids in actions["shutdown"].values() for k in ids],
-                                delay_s=delay_s, message=message, timeout=timeout)
-        accepted = set(shutdown_ret.get("accepted", []))
-        if shutdown_ret.get("error"):
-            errors.append(f"shutdown: {shutdown_ret['error']}")
-        changed_off = {c: [k for k in ids if k in accepted] for c, ids in actions["shutdown"].items()}
-    if managed and not pis["answered"]:
-        errors.append(f"scan: no Pi answered ({', '.join(pis['silent'])})")
-    changed = {}
-    for part in (changed_on, changed_off):
-        for campus, ids in part.items():
-            if ids:
-                changed.setdefault(campus, []).extend(ids)
-    state["pending"] = fleet_sweep.schedule_checks(state["pending"], changed, actions["expected"], now)
-    state["holds"] = active
-    record = {
-        "at": fleet_sweep.iso(now),
-        "ran_at": fleet_sweep.iso(_dt.datetime.now(_dt.timezone.utc)),
-        "schedule": source,
-        "woken": changed_on,
-        "shut_down": changed_off,
-        "errors": errors,
-    }
-    state["sweeps"] = (state["sweeps"] + [record])[-KEEP_RECORDS:]
-    _write_json(STATE_FILE, state)
+    changed = set(woken) | set(shut_down)
     ret = {
-        "result": not errors,
+        "result": not record["errors"],
         "at": record["at"],
         "schedule": source,
-        "wake": actions["wake"],
-        "shutdown": actions["shutdown"],
-        "nothing": actions["nothing"],
+        "wake": decision["wake"],
+        "shutdown": decision["shutdown"],
+        "nothing": decision["nothing"],
         "observed": {k: v["state"] for k, v in observed.items()},
         "pis": pis,
-        "verifications": {k: state["pending"][k]["checks"] for ids in changed.values() for k in ids},
-        "holds": sorted(active),
-        "expired_holds": sorted(expired),
+        "verifications": {k: state["pending"][k]["checks"] for k in sorted(changed)},
+        "holds": sorted(view["holds"]),
+        "expired_holds": sorted(view["expired_holds"]),
         "wake_result": wake_ret,
         "shutdown_result": shutdown_ret,
     }
-    if errors:
-        ret["error"] = "; ".join(errors)
+    if record["errors"]:
+        ret["error"] = "; ".join(record["errors"])
     _metrics("sweep", ret, inventory)
     return fleet_runner.finish(__context__, ret)
-
-
-def _alert(mismatches):
-    """
-    Post one alert per mismatch (payload: ``fleet_alerts.power_mismatch``,
-    through ``kiosk_alert.post``), then fire ``kiosk/power/mismatch`` for
-    listeners. The event is informational: no reactor posts from it, since a
-    kiosk can fire the same tag. Returns (kiosks whose alert was posted,
-    errors, kiosks whose event was fired).
-    """
-    posted, errors, fired = [], [], []
-    for item in mismatches:
-        try:
-            answer = __salt__["kiosk_alert.post"](fleet_alerts.power_mismatch(item))
-        except fleet_alerts.AlertError as exc:
-            answer = {"result": False, "error": str(exc)}
-        if answer.get("result"):
-            posted.append(item["kiosk"])
-        else:
-            errors.append(f"{item['kiosk']}: {answer.get('error')}")
-        __salt__["event.send"](MISMATCH_TAG, dict(item))  # event.send stamps the dict it gets
-        fired.append(item["kiosk"])
-    return posted, errors, fired
 
 
 def verify(at=None, kiosks=None, campus=None, timeout=30):
@@ -694,62 +540,39 @@ def verify(at=None, kiosks=None, campus=None, timeout=30):
         salt-run kiosk_power.verify kiosks=kiosk-riverside-10 at=2027-02-05T07:15:00+08:00
     """
     try:
-        timeout = _int(timeout, "timeout", 1, 600)
+        timeout = fleet_runner.number(timeout, "timeout", 1, 600)
         now = _now(at)
-        inventory = _inventory()
-        explicit = None
-        if kiosks or campus:
-            explicit = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
-            schedule, _ = _schedule(inventory)
-        with _locked():
-            state = _state()
-            if explicit is not None:
-                desired, active, _ = _holds_and_expected(state, schedule, explicit, now)
-                expected = fleet_sweep.expected_states(desired, active, now)
-                selection = _managed(expected, explicit)
-                observed, pis = _observe(inventory, selection, timeout)
-                mismatches = [
-                    fleet_sweep.mismatch(k, c, expected[k]["state"], observed[k]["state"], fleet_sweep.iso(now))
-                    for c, ids in selection.items() for k in ids
-                    if observed[k]["state"] != expected[k]["state"]
-                ]
-                verified = sorted(k for ids in selection.values() for k in ids
-                                  if k not in {m["kiosk"] for m in mismatches})
-                waiting = []
+        explicit = bool(kiosks or campus)
+        inventory, schedule, _, _ = _load(schedule=explicit)
+        if explicit:
+            selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
+        with _store().locked() as stored:
+            state = _state(stored)
+            if explicit:
+                view = fleet_sweep.expect(inventory, schedule, state["holds"], now, selection)
+                observed, pis = _observe(inventory, view["managed"], timeout)
+                found = fleet_sweep.verify_now(state, view, observed)
             else:
-                due = fleet_sweep.due(state["pending"], now)
-                selection = {}
-                for kiosk in due:
-                    selection.setdefault(state["pending"][kiosk]["campus"], []).append(kiosk)
-                observed, pis = _observe(inventory, selection, timeout)
-                state["pending"], verified, waiting, mismatches = fleet_sweep.apply_checks(
-                    state["pending"], observed, now)
-            if mismatches:
-                state["mismatches"] = (state["mismatches"] + mismatches)[-KEEP_RECORDS:]
-            _write_json(STATE_FILE, state)
-    except (fleet_inventory.InventoryError, fleet_schedule.ScheduleError, fleet_sweep.SweepError) as exc:
+                due = fleet_sweep.due_selection(state, now, inventory)
+                observed, pis = _observe(inventory, due, timeout)
+                found = fleet_sweep.verify_due(state, due, observed, now)
+            stored.update(found["state"])
+    except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    posted, alert_errors, fired = _alert(mismatches)
+    posted, alert_errors, fired = _alert(found["mismatches"])
+    result, error = fleet_sweep.verify_verdict(found["checked"], found["mismatches"], pis, alert_errors)
     ret = {
-        "result": not mismatches and (not selection or bool(pis["answered"])),
+        "result": result,
         "at": fleet_sweep.iso(now),
-        "mode": "explicit" if explicit is not None else "due",
-        "checked": sorted(k for ids in selection.values() for k in ids),
-        "verified": sorted(verified),
-        "waiting": sorted(waiting),
-        "mismatches": mismatches,
+        "mode": "explicit" if explicit else "due",
         "events": {"tag": MISMATCH_TAG, "kiosks": fired},
         "alerts": {"posted": posted, "errors": alert_errors},
         "observed": {k: v["state"] for k, v in observed.items()},
         "pis": pis,
+        **{k: found[k] for k in ("checked", "verified", "waiting", "mismatches")},
     }
-    if mismatches:
-        ret["error"] = "not in the expected state: " + ", ".join(
-            f"{m['kiosk']} (expected {m['expected']}, observed {m['observed']})" for m in mismatches)
-        if alert_errors:
-            ret["error"] += "; alerts not posted: " + "; ".join(alert_errors)
-    elif selection and not pis["answered"]:
-        ret["error"] = f"scan: no Pi answered ({', '.join(pis['silent'])})"
+    if error:
+        ret["error"] = error
     _metrics("verify", ret, inventory)
     return fleet_runner.finish(__context__, ret)
 
@@ -768,15 +591,13 @@ def hold(kiosk=None, state=None, until=None, reason=None):
         salt-run kiosk_power.hold kiosk=kiosk-riverside-10 state=on until=2027-02-06T18:00:00+08:00 reason='ward move, ticket 4711'
     """
     try:
-        inventory = _inventory()
-        now = _dt.datetime.now(_dt.timezone.utc)
-        record = fleet_sweep.make_hold(inventory, kiosk, state, until, reason, now)
-        with _locked():
-            data = _state()
-            replaced = data["holds"].get(kiosk)
-            data["holds"][kiosk] = record
-            _write_json(STATE_FILE, data)
-    except (fleet_inventory.InventoryError, fleet_sweep.SweepError) as exc:
+        inventory, *_ = _load(schedule=False)
+        record = fleet_sweep.make_hold(inventory, kiosk, state, until, reason, _dt.datetime.now(_dt.timezone.utc))
+        with _store().locked() as stored:
+            holds = _state(stored)["holds"]
+            replaced = holds.get(kiosk)
+            stored["holds"] = dict(holds, **{kiosk: record})
+    except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
     return fleet_runner.finish(__context__, {"result": True, "hold": record, "replaced": replaced})
 
@@ -793,14 +614,15 @@ def unhold(kiosk=None):
         salt-run kiosk_power.unhold kiosk=kiosk-riverside-10
     """
     try:
-        fleet_sweep.check_kiosk(kiosk, _inventory())
-        with _locked():
-            data = _state()
-            removed = data["holds"].pop(kiosk, None)
+        inventory, *_ = _load(schedule=False)
+        fleet_sweep.check_kiosk(kiosk, inventory)
+        with _store().locked() as stored:
+            holds = dict(_state(stored)["holds"])
+            removed = holds.pop(kiosk, None)
             if removed is None:
                 raise fleet_sweep.SweepError(f"kiosk: {kiosk} has no hold")
-            _write_json(STATE_FILE, data)
-    except (fleet_inventory.InventoryError, fleet_sweep.SweepError) as exc:
+            stored["holds"] = holds
+    except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
     return fleet_runner.finish(__context__, {"result": True, "removed": removed})
 
@@ -818,19 +640,9 @@ def status(at=None):
     """
     try:
         now = _now(at)
-        inventory = _inventory()
-        _, source = _schedule(inventory)
-        state = _state()
-        active, expired = fleet_sweep.prune_holds(state["holds"], now)
-    except (fleet_inventory.InventoryError, fleet_schedule.ScheduleError, fleet_sweep.SweepError) as exc:
+        _, _, source, _ = _load()
+        shown = fleet_sweep.status(_state(_store().read()), now)
+    except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    return fleet_runner.finish(__context__, {
-        "result": True,
-        "at": fleet_sweep.iso(now),
-        "schedule": source,
-        "holds": active,
-        "expired_holds": expired,
-        "pending": state["pending"],
-        "last_sweep": state["sweeps"][-1] if state["sweeps"] else None,
-        "mismatches": state["mismatches"][-20:],
-    })
+    return fleet_runner.finish(__context__, {"result": True, "at": fleet_sweep.iso(now), "schedule": source,
+                                             **shown})

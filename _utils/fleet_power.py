@@ -87,3 +87,19 @@ def command(config, action, delay_s, message, minion_id):
         return [arg.format(**values) for arg in template]
     except (KeyError, IndexError, ValueError, AttributeError) as exc:
         raise PowerError(f"kiosk_power:{action}_command: bad placeholder {exc} in {template!r}") from exc
+
+
+def shutdown_report(answered, failed, silent):
+    """
+    What ``kiosk_power.shutdown`` (runner) reports from its job's answers
+    (``fleet_runner.call``): ``{"result", "accepted", "failed": {kiosk: why},
+    "silent"}``, plus ``error`` naming every kiosk not shut down. A kiosk
+    accepted only when its minion answered ``{"action": "shutdown", ...}``.
+    """
+    accepted = sorted(k for k, r in answered.items() if isinstance(r, dict) and r.get("action") == "shutdown")
+    failed = dict(failed)
+    failed.update({k: f"unexpected answer: {str(r)[:200]}" for k, r in answered.items() if k not in accepted})
+    report = {"result": not failed and not silent, "accepted": accepted, "failed": failed, "silent": sorted(silent)}
+    if not report["result"]:
+        report["error"] = f"not shut down: {', '.join(sorted(set(failed) | set(silent)))}"
+    return report

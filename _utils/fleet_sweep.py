@@ -46,26 +46,24 @@ records (so the state file is plain JSON).
 """
 
 import datetime as _dt
-import ipaddress
 
 import importlib.util
 
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_fields
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_scan, fleet_schedule
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fields
+    import fleet_scan
+    import fleet_schedule
 
 ON, OFF, UNMANAGED, UNKNOWN = "on", "off", "unmanaged", "unknown"
 DEGRADED = "degraded"  # powered on (the minion answers) but the service port is closed
 CHECK_OFFSETS = (5, 10, 15)  # minutes after the sweep that changed the kiosk
 MAX_HOLD = _dt.timedelta(days=366)
 MAX_REASON = 500
-PORT_STATES = ("open", "closed", "filtered")
-# nmap timing for one TCP connect probe per kiosk
-DEFAULT_HOST_TIMEOUT_S = 10
-DEFAULT_MAX_RETRIES = 1
+PORT_STATES = fleet_scan.PORT_STATES
 _NAME = fleet_fields.NAME
 _UTC = _dt.timezone.utc
 
@@ -157,71 +155,6 @@ def prune_holds(holds, now):
     return active, {k: h for k, h in holds.items() if k not in active}
 
 
-# ---------------------------------------------------------------- nmap
-
-
-def nmap_arguments(host_timeout_s=DEFAULT_HOST_TIMEOUT_S, max_retries=DEFAULT_MAX_RETRIES):
-    """
-    nmap's options besides ``-p <port>`` and the targets, as a list: TCP
-    connect probe (``-sT``), no host discovery (``-Pn``: ``-sn`` would call
-    every loopback address up), never reverse DNS (``-n``), bounded time.
-    """
-    try:
-        host_timeout_s = int(host_timeout_s)
-        max_retries = int(max_retries)
-    except (TypeError, ValueError):
-        raise SweepError(f"host_timeout_s/max_retries: not integers ({host_timeout_s!r}, {max_retries!r})") from None
-    if not 1 <= host_timeout_s <= 300:
-        raise SweepError(f"host_timeout_s: {host_timeout_s} is outside 1-300")
-    if not 0 <= max_retries <= 5:
-        raise SweepError(f"max_retries: {max_retries} is outside 0-5")
-    return ["-sT", "-Pn", "-n", "--max-retries", str(max_retries), "--host-timeout", f"{host_timeout_s}s"]
-
-
-def scan_targets(inventory, campus, kiosks=None):
-    """
-    ``{port: {ip: kiosk}}`` for the kiosks of ``campus`` to probe (all of them,
-    or those of ``kiosks`` that belong to it: kiosks of other campuses are
-    skipped, their own Pis probe them). Addresses and ports are re-checked
-    here: only the inventory's kiosk IPs ever reach nmap's command line.
-    """
-    if campus not in inventory["campuses"]:
-        raise SweepError(f"campus: {campus!r} is not a campus of the inventory")
-    own = inventory["campuses"][campus]["kiosks"]
-    if kiosks is None:
-        wanted = sorted(own)
-    else:
-        if isinstance(kiosks, str):
-            kiosks = [k.strip() for k in kiosks.split(",") if k.strip()]
-        if not isinstance(kiosks, (list, tuple, set)):
-            raise SweepError(f"kiosks: expected ids, got {kiosks!r}")
-        for kiosk in kiosks:
-            check_kiosk(kiosk, inventory, "kiosks")
-        wanted = sorted(k for k in set(kiosks) if k in own)
-    targets = {}
-    for kiosk in wanted:
-        spec = own[kiosk]
-        ip = str(ipaddress.IPv4Address(spec["ip"]))
-        port = spec["service_port"]
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise SweepError(f"campuses.{campus}.kiosks.{kiosk}.service_port: {port!r} is not a port")
-        targets.setdefault(port, {})[ip] = kiosk
-    return targets
-
-
-def port_states(nmap_result, port, ips):
-    """
-    ``{ip: "open"|"closed"|"filtered"}`` from python-nmap's ``scan()`` dict for
-    one port. A host nmap gave up on (host timeout) is ``filtered``.
-    """
-    scanned = (nmap_result or {}).get("scan") or {}
-    out = {}
-    for ip in ips:
-        state = ((scanned.get(ip) or {}).get("tcp") or {}).get(port, {}).get("state")
-        out[ip] = state if state in ("open", "closed") else "filtered"
-    return out
-
-
 # ---------------------------------------------------------------- observed state
 
 
@@ -254,6 +187,25 @@ def observed_states(selection, scan_returns, campus_pis, presence=None):
                 state = UNKNOWN
             out[kiosk] = {"state": state, "seen_by": seen, "minion": minion}
     return out
+
+
+def pis_report(pis, answered, failed, conflicting=()):
+    """
+    ``{"answered", "silent"[, "errors"][, "conflicting"]}`` of a scan job to
+    ``pis``: a Pi answered when it sent a scan (a mapping); ``silent`` lists
+    every other Pi, ``errors`` (``{pi: why}``) those that answered with an
+    error, ``conflicting`` those whose two different answers (one forged)
+    were both dropped.
+    """
+    errors = {p: str(why) for p, why in failed.items() if p in pis}
+    errors.update({p: f"not a scan: {str(r)[:200]}" for p, r in answered.items() if p in pis and not isinstance(r, dict)})
+    done = sorted(p for p in pis if isinstance(answered.get(p), dict))
+    report = {"answered": done, "silent": sorted(set(pis) - set(done))}
+    if errors:
+        report["errors"] = errors
+    if conflicting:
+        report["conflicting"] = sorted(conflicting)
+    return report
 
 
 # ---------------------------------------------------------------- actions
@@ -293,7 +245,10 @@ def plan_actions(desired, observed, holds, now, pending=None):
     wake it again and restart its +5/+10/+15 checks).
     """
     expected = expected_states(desired, holds, now)
-    pending = pending or {}
+    return dict(_actions(expected, observed, pending or {}), expected=expected)
+
+
+def _actions(expected, observed, pending):
     wake, shutdown, nothing = {}, {}, {}
     for kiosk in sorted(expected):
         want = expected[kiosk]
@@ -312,7 +267,7 @@ def plan_actions(desired, observed, holds, now, pending=None):
             wake.setdefault(campus, []).append(kiosk)
         else:
             shutdown.setdefault(campus, []).append(kiosk)
-    return {"wake": wake, "shutdown": shutdown, "nothing": nothing, "expected": expected}
+    return {"wake": wake, "shutdown": shutdown, "nothing": nothing}
 
 
 # ---------------------------------------------------------------- verification
@@ -333,10 +288,16 @@ def schedule_checks(pending, changed, expected, now):
                 "campus": campus,
                 "expected": expected[kiosk]["state"],
                 "since": iso(now),
-                "checks": [iso(now + _dt.timedelta(minutes=m)) for m in CHECK_OFFSETS],
+                "checks": check_times(now),
                 "done": [],
             }
     return out
+
+
+def check_times(now):
+    """The instants of the checks of a change made at ``now``: +5, +10 and +15 minutes."""
+    now = parse_instant(now, "now")
+    return [iso(now + _dt.timedelta(minutes=m)) for m in CHECK_OFFSETS]
 
 
 def due(pending, now):
@@ -394,3 +355,292 @@ def changes(old, new):
         "removed": sorted(set(old_c) - set(new_c)),
         "changed": sorted(c for c in set(old_c) & set(new_c) if old_c[c] != new_c[c]),
     }
+
+
+# ---------------------------------------------------------------- the engine: one run
+#
+# A run of the top master's runners (or, later, of a campus Pi's reconciler) is
+# load -> expect -> observe -> decide -> act -> settle. Everything but
+# observing and acting is here, on plain data: the inventory (the whole fleet
+# or one campus's slice), the compiled schedule, the stored state and what the
+# Pis saw. Kiosks outside the inventory given are never touched, and their
+# pending checks and holds are kept as they are.
+
+KEEP_RECORDS = 100  # sweeps and mismatches kept in the state
+SHOWN_MISMATCHES = 20  # mismatches ``status`` shows
+MAX_PLAN_HOURS = 168
+STATE_KEYS = (("holds", dict), ("pending", dict), ("sweeps", list), ("mismatches", list))
+POWER_STATES = (ON, OFF, DEGRADED, UNKNOWN)
+
+
+def _shown_key(key):
+    return key if isinstance(key, str) and _NAME.match(key) else fleet_fields.shown(key)
+
+
+def _instant_text(value, field):
+    if not isinstance(value, str):
+        raise SweepError(f"{field}: expected an ISO 8601 instant, got {fleet_fields.shown(value)}")
+    parse_instant(value, field)
+    return value
+
+
+def _check_hold(kiosk, hold, field):
+    if not isinstance(hold, dict):
+        raise SweepError(f"{field}: expected a hold record, got {fleet_fields.shown(hold)}")
+    _instant_text(hold.get("until"), f"{field}.until")
+    check_state(hold.get("state"), f"{field}.state")
+    for key in ("reason", "campus"):
+        if not isinstance(hold.get(key), str):
+            raise SweepError(f"{field}.{key}: expected text, got {fleet_fields.shown(hold.get(key))}")
+
+
+def _check_pending(kiosk, record, field):
+    if not isinstance(record, dict):
+        raise SweepError(f"{field}: expected a verification record, got {fleet_fields.shown(record)}")
+    if not isinstance(record.get("campus"), str):
+        raise SweepError(f"{field}.campus: expected a campus name, got {fleet_fields.shown(record.get('campus'))}")
+    if record.get("expected") not in (ON, OFF):
+        raise SweepError(f"{field}.expected: {fleet_fields.shown(record.get('expected'))} is not on or off")
+    _instant_text(record.get("since"), f"{field}.since")
+    checks, done = record.get("checks"), record.get("done")
+    if not isinstance(checks, list) or not checks:
+        raise SweepError(f"{field}.checks: expected a list of instants, got {fleet_fields.shown(checks)}")
+    for n, check in enumerate(checks):
+        _instant_text(check, f"{field}.checks[{n}]")
+    if not isinstance(done, list) or len(done) > len(checks):
+        raise SweepError(f"{field}.done: expected at most {len(checks)} checks done, got {fleet_fields.shown(done)}")
+
+
+def load_state(data):
+    """
+    The stored state, checked: ``{"holds": {kiosk: hold}, "pending": {kiosk:
+    verification}, "sweeps": [record], "mismatches": [mismatch]}`` (missing
+    keys are empty). A record of the wrong shape raises :class:`SweepError`
+    naming it (``pending.kiosk-east-01.checks[1]: ...``), never a KeyError in
+    the middle of a sweep.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SweepError(f"state: expected a JSON object, got {type(data).__name__}")
+    out = dict(data)
+    for key, kind in STATE_KEYS:
+        value = out.setdefault(key, kind())
+        if not isinstance(value, kind):
+            raise SweepError(f"{key}: expected a JSON {'object' if kind is dict else 'list'}, got {type(value).__name__}")
+    for kiosk, hold in out["holds"].items():
+        _check_hold(kiosk, hold, f"holds.{_shown_key(kiosk)}")
+    for kiosk, record in out["pending"].items():
+        _check_pending(kiosk, record, f"pending.{_shown_key(kiosk)}")
+    return out
+
+
+def campus_kiosks(inventory):
+    """``{campus: [kiosk ids]}`` of every kiosk of ``inventory`` (the fleet or one campus's slice)."""
+    if not isinstance(inventory, dict) or not isinstance(inventory.get("campuses"), dict):
+        raise SweepError("inventory: expected a validated inventory ({campuses: ...})")
+    return {c: sorted(spec["kiosks"]) for c, spec in inventory["campuses"].items()}
+
+
+def expect(inventory, schedule, holds, now, selection=None):
+    """
+    Step 1 of every run: what each kiosk of ``selection`` (default: every
+    kiosk of ``inventory``) should be at ``now``. Returns the *view*
+    ``{"at", "selection", "desired", "expected", "holds", "expired_holds",
+    "managed"}``: ``holds`` those in force (a hold wins over the schedule),
+    ``expired_holds`` those to drop, ``managed`` ``{campus: [ids]}`` of the
+    kiosks that are not ``unmanaged`` (the only ones a run observes or acts on).
+    """
+    now = parse_instant(now, "now")
+    selection = campus_kiosks(inventory) if selection is None else selection
+    desired = fleet_schedule.desired_states(schedule, selection, now)
+    active, expired = prune_holds(holds, now)
+    expected = expected_states(desired, active, now)
+    managed = {}
+    for campus, ids in selection.items():
+        keep = [k for k in ids if expected[k]["state"] != UNMANAGED]
+        if keep:
+            managed[campus] = keep
+    return {"at": now, "selection": selection, "desired": desired, "expected": expected,
+            "holds": active, "expired_holds": expired, "managed": managed}
+
+
+def sweep(view, observed, pending):
+    """
+    Step 2 of a sweep: ``{"wake", "shutdown", "nothing", "checks"}`` from the
+    view and the observations (see :func:`plan_actions` for the rules);
+    ``checks`` are the +5/+10/+15 minute checks each change will get once made.
+    """
+    acts = _actions(view["expected"], observed or {}, pending or {})
+    checks = check_times(view["at"])
+    acts["checks"] = {k: list(checks) for part in ("wake", "shutdown") for ids in acts[part].values() for k in ids}
+    return acts
+
+
+def settle(state, view, decision, woken, shut_down, errors, pis, source=None, ran_at=None):
+    """
+    Step 3 of a sweep, after acting: ``(new state, record)``. ``woken`` are
+    the kiosks a Pi sent a magic packet to, ``shut_down`` those whose minion
+    accepted: only they get checks (a kiosk no one reached is tried again at
+    the next sweep). ``errors`` are the acting errors; a sweep of managed
+    kiosks that no Pi answered is an error too. The new state keeps the holds
+    in force (expired ones are dropped) and the last :data:`KEEP_RECORDS` sweeps.
+    """
+    woken, shut_down = set(woken), set(shut_down)
+    changed_on = {c: [k for k in ids if k in woken] for c, ids in decision["wake"].items()}
+    changed_off = {c: [k for k in ids if k in shut_down] for c, ids in decision["shutdown"].items()}
+    errors = list(errors)
+    if view["managed"] and not (pis or {}).get("answered"):
+        errors.append(f"scan: no Pi answered ({', '.join((pis or {}).get('silent', []))})")
+    changed = {}
+    for part in (changed_on, changed_off):
+        for campus, ids in part.items():
+            if ids:
+                changed.setdefault(campus, []).extend(ids)
+    now = view["at"]
+    record = {"at": iso(now), "ran_at": iso(ran_at or now), "schedule": source,
+              "woken": changed_on, "shut_down": changed_off, "errors": errors}
+    new = dict(state)
+    new["pending"] = schedule_checks(state["pending"], changed, view["expected"], now)
+    new["holds"] = dict(view["holds"])
+    new["sweeps"] = (list(state["sweeps"]) + [record])[-KEEP_RECORDS:]
+    return new, record
+
+
+def due_selection(state, now, inventory=None):
+    """``{campus: [ids]}`` of the kiosks with a check due at ``now`` (of ``inventory`` only, when given)."""
+    mine = None if inventory is None else {k for ids in campus_kiosks(inventory).values() for k in ids}
+    selection = {}
+    for kiosk in due(state["pending"], now):
+        if mine is None or kiosk in mine:
+            selection.setdefault(state["pending"][kiosk]["campus"], []).append(kiosk)
+    return selection
+
+
+def verify_due(state, selection, observed, now):
+    """
+    The due checks of the kiosks in ``selection`` (from :func:`due_selection`)
+    against ``observed``: ``{"state", "checked", "verified", "waiting",
+    "mismatches"}`` (rules: :func:`apply_checks`). Mismatches join the state's
+    last :data:`KEEP_RECORDS`.
+    """
+    wanted = {k for ids in selection.values() for k in ids}
+    mine = {k: r for k, r in state["pending"].items() if k in wanted}
+    kept, verified, waiting, mismatches = apply_checks(mine, observed, now)
+    new = dict(state)
+    new["pending"] = {k: r for k, r in state["pending"].items() if k not in wanted}
+    new["pending"].update(kept)
+    new["mismatches"] = (list(state["mismatches"]) + mismatches)[-KEEP_RECORDS:]
+    return {"state": new, "checked": sorted(wanted), "verified": sorted(verified), "waiting": sorted(waiting),
+            "mismatches": mismatches}
+
+
+def verify_now(state, view, observed):
+    """
+    An explicit check of the managed kiosks of ``view``: each kiosk not in
+    its expected state is a mismatch, ``since`` the check itself. Same
+    answer as :func:`verify_due` (``waiting`` is always empty).
+    """
+    since = iso(view["at"])
+    mismatches, verified = [], []
+    for campus, ids in view["managed"].items():
+        for kiosk in ids:
+            want = view["expected"][kiosk]["state"]
+            seen = (observed.get(kiosk) or {}).get("state", UNKNOWN)
+            if seen == want:
+                verified.append(kiosk)
+            else:
+                mismatches.append(mismatch(kiosk, campus, want, seen, since))
+    new = dict(state)
+    new["mismatches"] = (list(state["mismatches"]) + mismatches)[-KEEP_RECORDS:]
+    return {"state": new, "checked": sorted(k for ids in view["managed"].values() for k in ids),
+            "verified": sorted(verified), "waiting": [], "mismatches": mismatches}
+
+
+def verify_verdict(checked, mismatches, pis, alert_errors=()):
+    """``(result, error or None)`` of a verify: mismatches fail it, and so does no Pi answering a scan."""
+    if mismatches:
+        error = "not in the expected state: " + ", ".join(
+            f"{m['kiosk']} (expected {m['expected']}, observed {m['observed']})" for m in mismatches)
+        if alert_errors:
+            error += "; alerts not posted: " + "; ".join(alert_errors)
+        return False, error
+    if checked and not (pis or {}).get("answered"):
+        return False, f"scan: no Pi answered ({', '.join((pis or {}).get('silent', []))})"
+    return True, None
+
+
+def plan_kiosks(view, schedule, hours):
+    """
+    What ``plan`` shows per kiosk: its expected state, the schedule's own
+    state, and the schedule's transitions in the next ``hours`` (0-168).
+    """
+    if isinstance(hours, bool) or not isinstance(hours, int) or not 0 <= hours <= MAX_PLAN_HOURS:
+        raise SweepError(f"hours: {fleet_fields.shown(hours)} is outside 0-{MAX_PLAN_HOURS}")
+    now = view["at"]
+    end = now + _dt.timedelta(hours=hours)
+    kiosks = {}
+    for campus, ids in view["selection"].items():
+        for kiosk in ids:
+            kiosks[kiosk] = dict(view["expected"][kiosk], schedule=view["desired"][campus][kiosk]["state"], transitions=[
+                {"at": iso(i), "local": i.isoformat(), "state": st, "rule": r}
+                for i, st, r in fleet_schedule.transitions(schedule, campus, kiosk, now, end)
+            ])
+    return kiosks
+
+
+def status(state, now):
+    """What ``status`` shows of the state at ``now``: holds in force and expired, pending checks, the last sweep, recent mismatches."""
+    active, expired = prune_holds(state["holds"], now)
+    return {"holds": active, "expired_holds": expired, "pending": state["pending"],
+            "last_sweep": state["sweeps"][-1] if state["sweeps"] else None,
+            "mismatches": state["mismatches"][-SHOWN_MISMATCHES:]}
+
+
+def metrics(last, action, ret, inventory, at):
+    """
+    ``(last, families)`` for ``kiosk_power.prom`` after a sweep or verify
+    (``action``) that answered ``ret`` at Unix time ``at``: ``last`` is the
+    previous run's figures (kept beside the textfile, so a verify does not
+    erase the last sweep's actions), ``families`` what ``fleet_metrics.render`` takes.
+    """
+    last = dict(last) if isinstance(last, dict) else {}
+    campuses = sorted(inventory["campuses"])
+    campus_of = {k: c for c, spec in inventory["campuses"].items() for k in spec["kiosks"]}
+    seen = {c: dict.fromkeys(POWER_STATES, 0) for c in campuses}
+    for kiosk, observed in (ret.get("observed") or {}).items():
+        if kiosk in campus_of and observed in POWER_STATES:
+            seen[campus_of[kiosk]][observed] += 1
+    runs = last.get("runs") if isinstance(last.get("runs"), dict) else {}
+    # a figure of the wrong shape (the file edited by hand) is dropped, never a crash
+    runs = {a: r for a, r in runs.items() if a in ("sweep", "verify") and isinstance(r, dict)
+            and isinstance(r.get("at"), (int, float)) and not isinstance(r.get("at"), bool)}
+    runs[action] = {"ok": bool(ret.get("result")), "at": at}
+    last["runs"], last["observed"] = runs, seen
+    def counts(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not (isinstance(last.get("actions"), dict) and all(
+            isinstance(per, dict) and all(counts(n) for n in per.values()) for per in last["actions"].values())):
+        last.pop("actions", None)
+    if not (isinstance(last.get("mismatches"), dict) and all(counts(n) for n in last["mismatches"].values())):
+        last.pop("mismatches", None)
+    if action == "sweep":
+        last["actions"] = {c: {"wake": len(ret.get("wake", {}).get(c, [])),
+                               "shutdown": len(ret.get("shutdown", {}).get(c, []))} for c in campuses}
+    if action == "verify":
+        last["mismatches"] = {c: sum(1 for m in ret.get("mismatches", []) if m.get("campus") == c) for c in campuses}
+    families = [
+        ("kiosk_power_last_run_success", "gauge", "1 when the last sweep/verify succeeded.",
+         [({"action": a}, r["ok"]) for a, r in sorted(runs.items())]),
+        ("kiosk_power_last_run_timestamp_seconds", "gauge", "When the last sweep/verify ran (Unix time).",
+         [({"action": a}, r["at"]) for a, r in sorted(runs.items())]),
+        ("kiosk_power_kiosks_observed", "gauge", "Managed kiosks per observed state in the last sweep/verify.",
+         [({"campus": c, "state": st}, n) for c, per in sorted(seen.items()) for st, n in per.items()]),
+        ("kiosk_power_sweep_actions", "gauge", "Kiosks the last sweep woke or shut down.",
+         [({"campus": c, "action": a}, n) for c, per in sorted(last.get("actions", {}).items())
+          for a, n in sorted(per.items())]),
+        ("kiosk_power_verify_mismatches", "gauge", "Kiosks not in the state they should be at the last verify.",
+         [({"campus": c}, n) for c, n in sorted(last.get("mismatches", {}).items())]),
+    ]
+    return last, families
