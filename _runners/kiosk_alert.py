@@ -41,13 +41,23 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_alerts, fleet_http, fleet_inventory, fleet_metrics, fleet_runner
+    from saltext_kiosk_fleet.utils import (
+        fleet_alerts,
+        fleet_fields,
+        fleet_http,
+        fleet_inventory,
+        fleet_metrics,
+        fleet_runner,
+    )
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_alerts
+    import fleet_fields
     import fleet_http
     import fleet_inventory
     import fleet_metrics
     import fleet_runner
+
+import salt.client
 
 try:
     import requests
@@ -80,18 +90,18 @@ def __virtual__():
 
 
 def _settings(timeout=None):
-    conf = __opts__.get(CONFIG_KEY)
-    if not isinstance(conf, dict):
-        raise ValueError(f"{CONFIG_KEY}: not set in the master config (expected {{webhook_url: https://...}})")
+    conf = fleet_runner.config(__opts__, CONFIG_KEY)
+    if not conf:
+        raise fleet_runner.ConfigError(f"{CONFIG_KEY}: not set in the master config (expected {{webhook_url: https://...}})")
     url = fleet_http.check_url(conf.get("webhook_url"), f"{CONFIG_KEY}.webhook_url")
-    timeout = conf.get("timeout", DEFAULT_TIMEOUT) if timeout is None else timeout
+    given = conf.get("timeout", DEFAULT_TIMEOUT) if timeout is None else timeout
     try:
-        timeout = float(timeout)
-    except (TypeError, ValueError):
+        timeout = float(given)
+    except (TypeError, ValueError, OverflowError):
         timeout = -1
-    if not 0 < timeout <= 60:
-        raise ValueError(f"timeout: {timeout!r} is outside 0-60 seconds")
-    textfile_dir = conf.get("textfile_dir") or (__opts__.get("kiosk_power") or {}).get("textfile_dir")
+    if isinstance(given, bool) or not 0 < timeout <= 60:  # nan fails the comparison too
+        raise fleet_runner.RunnerError(f"timeout: {fleet_fields.shown(given)} is outside 0-60 seconds")
+    textfile_dir = conf.get("textfile_dir") or fleet_runner.config(__opts__, "kiosk_power").get("textfile_dir")
     return {
         "url": url,
         "timeout": timeout,
@@ -234,24 +244,19 @@ def post(payload=None, timeout=None):
 
 def _reread(pi, timeout):
     """
-    ``kiosk_env.read`` on ``pi`` now, every return of the job collected: two
-    different returns for the Pi mean one was forged (see
-    ``fleet_alerts.single_returns``), and the reading is not used.
+    ``(reading, why)``: ``kiosk_env.read`` on ``pi`` now, every return of the
+    job collected: two different returns for the Pi mean one was forged
+    (``fleet_runner.call``), and the reading is not used.
     """
-    import salt.client  # pylint: disable=import-outside-toplevel
-
-    pairs = []
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
-        for item in client.cmd_iter([pi], "kiosk_env.read", tgt_type="list", timeout=timeout):
-            for minion, answer in (item or {}).items():
-                if isinstance(answer, dict) and "ret" in answer:
-                    pairs.append((minion, answer["ret"]))
-    answers, conflicting = fleet_alerts.single_returns(pairs)
-    if pi in conflicting:
+        returns = fleet_runner.call(client.cmd_iter, [pi], "kiosk_env.read", timeout=timeout)
+    if pi in returns.conflicting:
         return None, f"{pi} answered the re-read twice, differently (a forged return)"
-    if pi not in answers:
+    if pi in returns.failed:
+        return None, f"{pi} failed the re-read: {returns.failed[pi]}"
+    if pi not in returns.answered:
         return None, f"{pi} did not answer the re-read within {timeout} s"
-    return answers[pi], ""
+    return returns.answered[pi], ""
 
 
 def _refuse(settings, reason, tag, error):

@@ -19,6 +19,8 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
     import fleet_inventory
     import fleet_runner
 
+import salt.client
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kiosk_change"
@@ -71,18 +73,14 @@ def apply(template=None, campus=None, kiosks=None, test=False, params=None, time
         fleet_change.check_pillar(pillar)
         inventory = fleet_inventory.from_pillar(pillar)
         selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
-    except (ValueError, fleet_inventory.InventoryError) as exc:  # ChangeError is a ValueError
+    except ValueError as exc:  # every error of the pack (ChangeError, InventoryError) is a ValueError
         return fleet_runner.fail(__context__, exc)
     kiosk_ids = sorted(k for ids in selection.values() for k in ids)
-    returns = __salt__["salt.execute"](
-        kiosk_ids,
-        "state.apply",
-        arg=[sls],
-        tgt_type="list",
-        kwarg={"test": test, "pillar": {"kiosk_change": params}},
-        timeout=timeout,
-    ) or {}
-    ret = fleet_change.report(kiosk_ids, returns)
+    with salt.client.get_local_client(__opts__["conf_file"]) as client:
+        returns = fleet_runner.call(client.cmd_iter, kiosk_ids, "state.apply", [sls],
+                                    {"test": test, "pillar": {"kiosk_change": params}}, timeout)
+    # silent and conflicting kiosks have no return: report() lists them as silent
+    ret = fleet_change.report(kiosk_ids, returns.returns)
     ret.update({"template": template, "sls": sls, "test": test})
     if not ret["result"]:
         ret["error"] = f"change {template} failed on {', '.join(ret['failed'] + ret['silent'])}"

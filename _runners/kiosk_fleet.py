@@ -7,17 +7,19 @@ failure, so ``salt-run ... --out=json`` works as a Jenkins step.
 
 import logging
 import os
-import tempfile
 
 import importlib.util
 
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_runner
+    from saltext_kiosk_fleet.utils import fleet_inventory, fleet_runner, fleet_state
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_inventory
     import fleet_runner
+    import fleet_state
+
+import salt.client
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +79,13 @@ def ping(campus=None, kiosks=None, timeout=10):
         if campus is None and kiosks is None:
             campus = sorted(inv["campuses"])
         selection = fleet_inventory.select_kiosks(inv, kiosks=kiosks, campus=campus)
-    except (ValueError, fleet_inventory.InventoryError) as exc:
+    except ValueError as exc:  # every error of the pack is a ValueError naming its field
         return fleet_runner.fail(__context__, exc)
     targets = sorted(k for ids in selection.values() for k in ids)
-    answered = __salt__["salt.execute"](targets, "test.ping", tgt_type="list", timeout=timeout) or {}
-    report = fleet_runner.presence(selection, answered)
+    with salt.client.get_local_client(__opts__["conf_file"]) as client:
+        returns = fleet_runner.call(client.cmd_iter, targets, "test.ping", timeout=timeout)
+    # a kiosk that failed (answered an error) or whose return conflicts (a forged copy) is down too
+    report = fleet_runner.presence(selection, returns.answered)
     down = sorted(k for r in report.values() for k in r["down"])
     ret = {"result": not down, "campuses": report, "down": down}
     if down:
@@ -123,19 +127,8 @@ def campus_data(campus=None, dest=None):
         return fleet_runner.finish(__context__, {"result": True, "campus": names[0], "data": part})
     import yaml  # Salt's own dependency
 
-    directory = os.path.dirname(dest)
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".campus-data-")
-        try:
-            with os.fdopen(fd, "w") as out:
-                yaml.safe_dump(part, out, default_flow_style=False)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o640)
-            os.replace(tmp, dest)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError as exc:
-        return fleet_runner.fail(__context__, f"dest: cannot write {dest}: {exc.strerror}")
+        fleet_state.write_atomic(dest, yaml.safe_dump(part, default_flow_style=False), mode=0o640)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in dest, text no UTF-8 can carry
+        return fleet_runner.fail(__context__, f"dest: cannot write {dest}: {getattr(exc, 'strerror', None) or exc}")
     return fleet_runner.finish(__context__, {"result": True, "campus": names[0], "dest": dest})
