@@ -23,9 +23,9 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_release
+    from saltext_kiosk_fleet.utils import fleet_client
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
-    import fleet_release
+    import fleet_client
 
 log = logging.getLogger(__name__)
 
@@ -62,5 +62,5 @@ def kiosk_release():
     if not isinstance(path, str) or not os.path.isabs(path):
         log.warning("kiosk_release grain: kiosk_release:dir %r is not an absolute path", path)
         return {}
-    found = fleet_release.read_installed(path)
+    found = fleet_client.read_installed(path)
     return {GRAIN: found} if found else {}

@@ -1,38 +1,30 @@
 """
-Kiosk releases: the pure parts shared by the master runner, the Pi and the
-kiosk (``kiosk_release`` runner, ``kiosk_pkg`` module and states).
+Kiosk releases: the model shared by the master runner, the Pi and the kiosk
+(``kiosk_release`` runner, ``kiosk_pkg`` module and states). Pure: no disk,
+no network.
 
 * versions: dotted numbers (``1.4.0``, ``2026.11.22``), compared numerically;
-* hashing: md5 and sha256 of a file in one read, the two digests computed on
-  two threads (hashlib releases the GIL), so verification runs at md5 speed;
 * the release manifest (name, version, files with size/md5/sha256, install
-  command, created-at, Ed25519 signature by the master's key);
-* the signed campus pin (name, campus, version, serial, signed_at) and the
-  one function that verifies manifests and pins: :func:`verify`;
-* the Pi's repository index (``<repo>/<name>/index.json``): staged versions
-  and the signed campus pin;
-* downloads: streamed to a ``.part`` file, resumed with HTTP Range after a
-  cut, verified, and only then renamed into place;
-* rollouts: rings (canary campus first) and the halt rule.
+  command, created-at; the master signs it, see ``fleet_sign``);
+* the campus pin (name, campus, version, serial, signed_at) and the Pi's
+  repository index (``<repo>/<name>/index.json``): staged versions and the
+  signed campus pin;
+* where kiosks and Pis find the campus repositories.
+
+Signatures live in ``fleet_sign``, downloads and disk in ``fleet_fetch``,
+the Pi's repository in ``fleet_repo``, the kiosk's client in ``fleet_client``.
 
 Every check raises :class:`ReleaseError`, whose messages name the bad field
 (``manifest.files.app.zip.md5: ...``, ``version: ...``); a bad or missing
-signature, or a pin that does not hold, raises :class:`SignatureError`, and a
-copy whose size or hashes differ :class:`IntegrityError` (callers tell them
-apart by class, never by message).
+signature, or a pin that does not hold, raises :class:`SignatureError`, a
+copy whose size or hashes differ :class:`IntegrityError`, a source that is
+down or lacks the file :class:`SourceError` (callers tell them apart by
+class, never by message: :func:`bad_copy`).
 """
 
-import base64
-import concurrent.futures
-import contextlib
 import datetime as _dt
-import errno
-import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
 
 import importlib.util
@@ -40,12 +32,12 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_fields
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_state
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fields
+    import fleet_state
 
 FORMAT = 1
-CHUNK = 1 << 20  # 1 MiB: constant memory whatever the package size
 REPO_PREFIX = "/kiosk-releases/"
 INDEX = "index.json"
 MANIFEST = "manifest.json"
@@ -56,7 +48,8 @@ FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 HEX = {"md5": re.compile(r"^[0-9a-f]{32}\Z"), "sha256": re.compile(r"^[0-9a-f]{64}\Z")}
 # placeholders of the install command, replaced argument by argument (never a shell)
 PLACEHOLDER = re.compile(r"\{(dir|name|version)\}")
-READ = 64 * 1024  # network reads: a cut loses at most this much of what arrived
+PIN_KIND = "pin"
+INSTALLED = "installed.json"  # <kiosk dir>/<name>/installed.json: what a kiosk runs
 
 
 class ReleaseError(fleet_fields.FieldErrors):
@@ -69,6 +62,19 @@ class IntegrityError(ReleaseError):
 
 class SignatureError(ReleaseError):
     """No verify key, a missing or bad signature, or a signed pin that does not hold."""
+
+
+class SourceError(ReleaseError):
+    """A source that is down, answers an HTTP error, or does not hold the file asked for."""
+
+
+def bad_copy(exc):
+    """
+    True when ``exc`` says a source delivered a bad copy (size or hashes not
+    the manifest's, or not signed by our keys): worth an alert naming the
+    source. A :class:`SourceError` (down, HTTP error, missing) is not.
+    """
+    return isinstance(exc, (IntegrityError, SignatureError))
 
 
 # --------------------------------------------------------------------------- names and versions
@@ -123,57 +129,6 @@ def check_file_name(name, field):
     if not isinstance(name, str) or not FILE_NAME.match(name):
         raise ReleaseError(f"{field}: {name!r} is not a plain file name (no '/', no leading dot)")
     return name
-
-
-# --------------------------------------------------------------------------- hashing
-
-
-class Digest:
-    """md5 + sha256 + size of a byte stream, fed chunk by chunk."""
-
-    def __init__(self):
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def update(self, data):
-        self.md5.update(data)
-        self.sha256.update(data)
-        self.size += len(data)
-
-    def result(self):
-        return {"size": self.size, "md5": self.md5.hexdigest(), "sha256": self.sha256.hexdigest()}
-
-
-def hash_file(path, chunk=CHUNK, copy_to=None):
-    """
-    ``{"size", "md5", "sha256"}`` of a file, read once in ``chunk`` bytes
-    (and written to ``copy_to`` in the same pass when given). sha256 runs on
-    a second thread while md5 runs on this one: the pair costs about what
-    md5 alone costs when there are two cores.
-    """
-    digest = Digest()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with contextlib.ExitStack() as stack:
-        handle = stack.enter_context(open(path, "rb"))
-        out = stack.enter_context(open(copy_to, "wb")) if copy_to else None
-        pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(1))
-        while True:
-            n = handle.readinto(buf)
-            if not n:
-                break
-            data = view[:n]
-            pending = pool.submit(digest.sha256.update, data)
-            digest.md5.update(data)
-            if out is not None:
-                out.write(data)
-            pending.result()  # the buffer is reused: both digests must be done with it
-            digest.size += n
-        if out is not None:
-            out.flush()
-            os.fsync(out.fileno())
-    return digest.result()
 
 
 def compare(expected, actual, field):
@@ -288,122 +243,6 @@ def manifest_size(doc):
     return sum(entry["size"] for entry in doc["files"].values())
 
 
-def canonical(doc):
-    """The bytes a signature covers: the document without ``signature``, sorted keys, no spaces."""
-    body = {k: v for k, v in doc.items() if k != "signature"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _crypto():
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:  # pragma: no cover - salt 3007 depends on cryptography
-        raise SignatureError("signature: the cryptography package is not installed") from None
-    return serialization, ed25519
-
-
-# seconds a pin's serial may run ahead of its signing time (serials follow the clock)
-MAX_SERIAL_AHEAD = 86400
-PIN_KIND = "pin"
-VERIFY_KEY_FIELD = "kiosk_release:verify_key"
-SIGNING_KEY_FIELD = "kiosk_release.signing_key"
-UNSIGNED = "refusing to work unsigned"
-
-
-def _private_key(private_key_pem, field=SIGNING_KEY_FIELD):
-    serialization, ed25519 = _crypto()
-    if not isinstance(private_key_pem, (str, bytes)):
-        raise SignatureError(f"{field}: expected an Ed25519 private key in PEM, got {type(private_key_pem).__name__}")
-    try:
-        key = serialization.load_pem_private_key(_bytes(private_key_pem), password=None)
-    except (ValueError, TypeError):  # the exception text could quote key material: not shown
-        raise SignatureError(f"{field}: not a PEM private key (unencrypted PKCS#8 expected)") from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise SignatureError(f"{field}: expected an Ed25519 private key")
-    return key
-
-
-def verify_keys(value, field=VERIFY_KEY_FIELD):
-    """
-    The Ed25519 public keys in ``value`` (pillar ``kiosk_release:verify_key``:
-    one PEM string or a list of them, for rotation), loaded. None or an empty
-    list means the minion cannot verify anything: :class:`SignatureError`.
-    """
-    serialization, ed25519 = _crypto()
-    if value is None or value == "" or value == []:
-        raise SignatureError(f"{field}: missing from pillar (the master's Ed25519 public key, PEM, or a list); "
-                             f"{UNSIGNED}")
-    items = [value] if isinstance(value, (str, bytes)) else value
-    if not isinstance(items, (list, tuple)):
-        raise SignatureError(f"{field}: expected a PEM public key or a list of them, got {type(value).__name__}")
-    keys = []
-    for i, item in enumerate(items):
-        where = field if items is not value else f"{field}[{i}]"
-        if not isinstance(item, (str, bytes)):
-            raise SignatureError(f"{where}: expected a PEM public key, got {type(item).__name__}")
-        try:
-            key = serialization.load_pem_public_key(_bytes(item))
-        except (ValueError, TypeError):
-            raise SignatureError(f"{where}: not a PEM public key") from None
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise SignatureError(f"{where}: expected an Ed25519 public key")
-        keys.append(key)
-    return keys
-
-
-def sign(doc, private_key_pem, field=SIGNING_KEY_FIELD):
-    """Return ``doc`` with ``signature: {"alg": "ed25519", "value": <base64>}`` over :func:`canonical`."""
-    if not isinstance(doc, dict):
-        raise ReleaseError(f"document: expected a mapping to sign, got {type(doc).__name__}")
-    key = _private_key(private_key_pem, field)
-    signed = dict(doc)
-    signed["signature"] = {"alg": "ed25519", "value": base64.b64encode(key.sign(canonical(doc))).decode()}
-    return signed
-
-
-def sign_manifest(doc, private_key_pem):
-    return sign(doc, private_key_pem)
-
-
-def verify(doc, keys, field):
-    """
-    The one signature check for manifests, pins and the pin in a Pi's
-    index: ``doc`` must carry an Ed25519 signature over :func:`canonical`
-    by one of ``keys`` (PEM strings, a list for rotation, or keys from
-    :func:`verify_keys`). Anything else raises :class:`SignatureError`
-    naming ``<field>.signature`` (or the key field). Returns ``doc``.
-    """
-    from cryptography.exceptions import InvalidSignature
-
-    _, ed25519 = _crypto()
-    if not (isinstance(keys, (list, tuple)) and keys and all(isinstance(k, ed25519.Ed25519PublicKey) for k in keys)):
-        keys = verify_keys(keys)
-    if not isinstance(doc, dict):
-        raise SignatureError(f"{field}: expected a signed JSON object, got {type(doc).__name__}")
-    sig = doc.get("signature")
-    if not isinstance(sig, dict) or sig.get("alg") != "ed25519" or not isinstance(sig.get("value"), str):
-        raise SignatureError(f"{field}.signature: missing (the fleet accepts signed documents only)")
-    try:
-        raw = base64.b64decode(sig["value"], validate=True)
-    except ValueError:
-        raise SignatureError(f"{field}.signature: not base64") from None
-    body = canonical(doc)
-    for key in keys:
-        try:
-            key.verify(raw, body)
-            return doc
-        except InvalidSignature:
-            continue
-    raise SignatureError(f"{field}.signature: does not match (tampered, or signed by a key not in "
-                         f"{VERIFY_KEY_FIELD})")
-
-
-def verify_signature(doc, public_key_pem):
-    """A manifest signed by ``public_key_pem`` (or a list of keys): :func:`verify` with field ``manifest``."""
-    return verify(doc, public_key_pem, "manifest")
-
-
 # --------------------------------------------------------------------------- the signed campus pin
 
 
@@ -423,137 +262,11 @@ def build_pin(name, campus, version, serial, signed_at=None):
     return doc
 
 
-def sign_pin(name, campus, version, serial, private_key_pem, signed_at=None):
-    return sign(build_pin(name, campus, version, serial, signed_at), private_key_pem)
-
-
-def verify_pin(pin, keys, name, campus, field="pin"):
-    """
-    A campus pin a Pi or kiosk may act on: signed by one of ``keys``
-    (:func:`verify`), of release ``name``, for ``campus`` (the verifier's
-    own, from pillar), its serial at most :data:`MAX_SERIAL_AHEAD` seconds
-    ahead of its signing time (a forged or runaway serial would outrank
-    every later pin). Raises :class:`SignatureError`; returns ``pin``.
-    """
-    if isinstance(pin, str):  # from the CLI
-        try:
-            pin = json.loads(pin)
-        except ValueError:
-            raise SignatureError(f"{field}: not JSON") from None
-    if not isinstance(pin, dict):
-        raise SignatureError(f"{field}: expected a signed pin object, got {type(pin).__name__}")
-    verify(pin, keys, field)
-    if pin.get("kind") != PIN_KIND:
-        raise SignatureError(f"{field}.kind: {pin.get('kind')!r} is not a pin")
-    if pin.get("name") != name:
-        raise SignatureError(f"{field}.name: {pin.get('name')!r} is not release {name!r}")
-    if pin.get("campus") != campus:
-        raise SignatureError(f"{field}.campus: {pin.get('campus')!r} is not this minion's campus {campus!r}")
-    for key in ("serial", "signed_at"):
-        value = pin.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise SignatureError(f"{field}.{key}: {value!r} is not a whole number >= 0")
-    if pin.get("version") is not None:
-        try:
-            check_version(pin["version"], f"{field}.version")
-        except ReleaseError as exc:
-            raise SignatureError(str(exc)) from None
-    if pin["serial"] > pin["signed_at"] + MAX_SERIAL_AHEAD:
-        raise SignatureError(f"{field}.serial: {pin['serial']} is more than {MAX_SERIAL_AHEAD} s ahead of "
-                             f"its signing time {pin['signed_at']}")
-    return pin
-
-
-def _bytes(value):
-    return value.encode() if isinstance(value, str) else value
-
-
 def install_argv(doc, package_dir):
     """The manifest's install command with ``{dir}``, ``{name}``, ``{version}`` filled in, argument by argument."""
     values = {"dir": str(package_dir), "name": doc["name"], "version": doc["version"]}
     # one pass: a value that itself holds "{version}" is not substituted again
     return [PLACEHOLDER.sub(lambda m: values[m.group(1)], arg) for arg in doc["install"]]
-
-
-# --------------------------------------------------------------------------- files on disk
-
-
-def write_json_atomic(path, doc):
-    """Write JSON next to ``path`` (dot temp file, never served), fsync, rename over ``path``."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(doc, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    return path
-
-
-def read_json(path, field):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ReleaseError(f"{field}: cannot read {path}: {exc}") from None
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-INSTALLED = "installed.json"  # <kiosk dir>/<name>/installed.json: what a kiosk runs
-
-
-def read_installed(root):
-    """
-    ``{name: record}`` from every ``<root>/<name>/installed.json`` (written
-    by :func:`write_json_atomic` after an install): what the kiosk runs.
-    Unreadable or foreign files are left out, never raised: the grains
-    module calls this at every minion start.
-    """
-    found = {}
-    try:
-        names = sorted(os.listdir(root))
-    except OSError:
-        return found
-    for name in names:
-        if name.startswith(".") or not fleet_fields.NAME.match(name):
-            continue
-        try:
-            record = read_json(os.path.join(root, name, INSTALLED), INSTALLED)
-        except ReleaseError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("version"), str):
-            found[name] = record
-    return found
-
-
-def check_free_space(directory, needed, field="disk"):
-    """Refuse up front when ``directory`` has less than ``needed`` bytes (+1 %) free."""
-    free = shutil.disk_usage(directory).free
-    if free < needed * 1.01:
-        raise ReleaseError(
-            f"{field}: {directory} has {free // 2**20} MiB free, the release needs {needed // 2**20 + 1} MiB"
-        )
-    return free
-
-
-def disk_error(exc, path, field="disk"):
-    """An OSError from writing, as a ReleaseError (a full disk is said plainly)."""
-    if exc.errno == errno.ENOSPC:
-        return ReleaseError(f"{field}: no space left while writing {path}")
-    return ReleaseError(f"{field}: cannot write {path}: {exc.strerror or exc}")
 
 
 # --------------------------------------------------------------------------- repository index
@@ -613,18 +326,6 @@ def index_pin(index, pin):
     return index
 
 
-def verify_index(doc, name, keys, campus, field="index"):
-    """
-    A Pi's index as a kiosk may use it: well-formed (:func:`validate_index`)
-    and its pin, if any, signed for this ``campus`` (:func:`verify_pin`,
-    the same signature check as manifests). Returns ``doc``.
-    """
-    validate_index(doc, name, field)
-    if doc.get("pin") is not None:
-        verify_pin(doc["pin"], keys, name, campus, f"{field}.pin")
-    return doc
-
-
 def _serial(serial, field="serial"):
     try:
         value = int(serial)
@@ -656,97 +357,6 @@ def choose_pin(indexes):
 def prune_plan(present, keep):
     """Version directories to delete: all of ``present`` except ``keep`` (current, previous)."""
     return sort_versions(v for v in present if v not in keep)
-
-
-# --------------------------------------------------------------------------- downloads
-
-
-def fetch(session, url, part, expected, field, timeout=(5, 60), retries=3, chunk=CHUNK):
-    """
-    Download ``url`` into the file ``part`` and verify it against ``expected``
-    (``{"size", "md5", "sha256"}``); on success the verified ``part`` is left
-    for the caller to rename into place. A ``part`` already on disk (a cut
-    download, even from a previous boot) is resumed with ``Range``; a
-    connection cut mid-way is resumed up to ``retries`` times. On a hash
-    mismatch the part is deleted and :class:`ReleaseError` raised.
-
-    Returns ``{"url", "fetched": bytes over the wire, "resumed_from": [offsets]}``.
-    """
-    import requests  # only where downloads happen: the master runner does not need it
-
-    size = expected["size"]
-    if size == 0 and not os.path.exists(part):
-        open(part, "wb").close()  # nothing to download; the empty part is verified below
-    digest = None
-    fetched, resumed, last_error = 0, [], None
-    for _attempt in range(retries + 1):
-        have = os.path.getsize(part) if os.path.exists(part) else 0
-        if have > size:
-            _unlink(part)
-            have = 0
-        if digest is None or digest.size != have:
-            digest = _digest_of(part, have)
-        if have == size:
-            break
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        try:
-            with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
-                if resp.status_code == 416:
-                    _unlink(part)
-                    raise IntegrityError(f"{field}: {url} is shorter than the manifest's {size} bytes")
-                if resp.status_code == 404:
-                    raise ReleaseError(f"{field}: {url} is not in the repository (404)")
-                if resp.status_code not in (200, 206):
-                    raise ReleaseError(f"{field}: {url} answered HTTP {resp.status_code}")
-                if resp.status_code == 200 or not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
-                    have, digest = 0, Digest()  # the server sent the whole file: start over
-                elif have:
-                    resumed.append(have)
-                try:
-                    with open(part, "r+b" if have else "wb") as out:
-                        out.seek(have)
-                        out.truncate()
-                        for data in resp.iter_content(min(chunk, READ)):
-                            if digest.size + len(data) > size:
-                                _unlink(part)
-                                raise IntegrityError(f"{field}: {url} is longer than the manifest's {size} bytes")
-                            out.write(data)
-                            digest.update(data)
-                            fetched += len(data)
-                except requests.RequestException:
-                    raise  # a network cut (requests' errors are OSErrors too): handled below
-                except OSError as exc:
-                    _unlink(part)
-                    raise disk_error(exc, part) from None
-        except requests.RequestException as exc:
-            last_error = exc  # a cut: the part file keeps what arrived, the next attempt resumes
-            time.sleep(min(0.5 * (_attempt + 1), 5))
-            continue
-        if digest.size >= size:
-            break
-        last_error = f"the server closed after {digest.size} of {size} bytes"
-    else:
-        raise ReleaseError(f"{field}: download from {url} failed after {retries + 1} attempts: {last_error}")
-    try:
-        compare(expected, digest.result(), field)
-    except ReleaseError:
-        _unlink(part)  # never keep (or resume from) bytes that do not match
-        raise
-    with open(part, "rb") as handle:  # on disk before the caller renames it live (power cuts)
-        os.fsync(handle.fileno())
-    return {"url": url, "fetched": fetched, "resumed_from": resumed}
-
-
-def _digest_of(path, length):
-    digest = Digest()
-    if length:
-        with open(path, "rb") as handle:
-            while True:
-                data = handle.read(CHUNK)
-                if not data:
-                    break
-                digest.update(data)
-    return digest
 
 
 # --------------------------------------------------------------------------- where kiosks and Pis find repos
@@ -856,3 +466,51 @@ def drift(pin, installed):
     want = parse_version(pin)
     return {k: v for k, v in sorted(installed.items())
             if v is None or not VERSION.match(str(v)) or parse_version(v) != want}
+
+
+# --------------------------------------------------------------------------- moved names
+
+
+# Names that moved to fleet_sign and fleet_fetch, still answered here until
+# their callers switch. Looked up when used, not imported at the top: those
+# modules import this one, and a top-level alias back would be an import cycle.
+MOVED = {
+    "canonical": "fleet_sign",  # moved: alias until callers switch
+    "verify_keys": "fleet_sign",  # moved: alias until callers switch
+    "sign": "fleet_sign",  # moved: alias until callers switch
+    "sign_manifest": "fleet_sign",  # moved: alias until callers switch
+    "sign_pin": "fleet_sign",  # moved: alias until callers switch
+    "verify": "fleet_sign",  # moved: alias until callers switch
+    "verify_signature": "fleet_sign",  # moved: alias until callers switch
+    "verify_pin": "fleet_sign",  # moved: alias until callers switch
+    "verify_index": "fleet_sign",  # moved: alias until callers switch
+    "MAX_SERIAL_AHEAD": "fleet_sign",  # moved: alias until callers switch
+    "SIGNING_KEY_FIELD": "fleet_sign",  # moved: alias until callers switch
+    "VERIFY_KEY_FIELD": "fleet_sign",  # moved: alias until callers switch
+    "CHUNK": "fleet_fetch",  # moved: alias until callers switch
+    "Digest": "fleet_fetch",  # moved: alias until callers switch
+    "hash_file": "fleet_fetch",  # moved: alias until callers switch
+    "fetch": "fleet_fetch",  # moved: alias until callers switch
+    "check_free_space": "fleet_fetch",  # moved: alias until callers switch
+    "disk_error": "fleet_fetch",  # moved: alias until callers switch
+    "read_installed": "fleet_client",  # moved: alias until callers switch
+}
+write_json_atomic = fleet_state.write_json_atomic  # moved: alias until callers switch
+
+
+def read_json(path, field=None):  # moved: alias until callers switch (fleet_state.read_json)
+    return fleet_state.read_json(path, ReleaseError)
+
+
+def __getattr__(name):
+    if name not in MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+        from saltext_kiosk_fleet.utils import fleet_client, fleet_fetch, fleet_sign
+    else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+        import fleet_client
+        import fleet_fetch
+        import fleet_sign
+    return getattr({"fleet_sign": fleet_sign, "fleet_fetch": fleet_fetch, "fleet_client": fleet_client}[MOVED[name]],
+                   name)
+

@@ -1,5 +1,5 @@
 """
-``fleet_release.fetch`` (what a kiosk runs to download a release file from
+``fleet_fetch.fetch`` (what a kiosk runs to download a release file from
 its Pi) against a real HTTP server written here: a ThreadingHTTPServer on
 127.0.0.1 that honours ``Range: bytes=N-`` (206 + Content-Range, 416 past the
 end) and can be told to misbehave: cut the connection after K bytes (with
@@ -25,6 +25,7 @@ import tracemalloc
 import pytest
 import requests
 
+import fleet_fetch
 import fleet_release
 
 MiB = 1 << 20
@@ -172,7 +173,7 @@ def package(tmp_path, server):
 
 def fetch(session, pkg, **kwargs):
     kwargs.setdefault("timeout", TIMEOUT)
-    return fleet_release.fetch(session, pkg["url"], str(pkg["part"]), pkg["expected"], "files.app.bin", **kwargs)
+    return fleet_fetch.fetch(session, pkg["url"], str(pkg["part"]), pkg["expected"], "files.app.bin", **kwargs)
 
 
 def no_temp_files(directory):
@@ -195,7 +196,7 @@ def test_an_empty_file_is_verified_without_a_download(server, session, tmp_path)
     served.write_bytes(b"")
     url = server.add("/kiosk-releases/app/1.0.0/empty.txt", served)
     part = tmp_path / "empty.txt.part"
-    report = fleet_release.fetch(session, url, str(part), describe(b""), "files.empty.txt", timeout=TIMEOUT)
+    report = fleet_fetch.fetch(session, url, str(part), describe(b""), "files.empty.txt", timeout=TIMEOUT)
     assert part.exists() and part.read_bytes() == b"" and report["fetched"] == 0
 
 
@@ -286,7 +287,7 @@ def test_cuts_shorter_than_a_read_chunk_still_make_progress(server, session, pac
 def test_cuts_beyond_the_retries_fail_and_keep_the_part_for_later(server, session, package):
     server.cut_after = MiB + 7
     server.cut_requests = 100
-    with pytest.raises(fleet_release.ReleaseError, match=r"files\.app\.bin: download from .* failed after 2 attempts"):
+    with pytest.raises(fleet_release.SourceError, match=r"files\.app\.bin: download from .* failed after 2 attempts"):
         fetch(session, package, retries=1)
     kept = package["part"].read_bytes()
     assert 0 < len(kept) < len(package["data"]) and package["data"].startswith(kept)
@@ -308,7 +309,7 @@ def test_a_bit_flip_is_an_md5_mismatch_and_the_part_is_deleted(server, session, 
     bad = bytearray(package["data"])
     bad[len(bad) * 3 // 4] ^= 0x10
     serve_instead(package, bytes(bad))
-    with pytest.raises(fleet_release.ReleaseError, match=r"^files\.app\.bin: md5 mismatch"):
+    with pytest.raises(fleet_release.IntegrityError, match=r"^files\.app\.bin: md5 mismatch"):
         fetch(session, package)
     assert not package["part"].exists()
     assert no_temp_files(package["part"].parent) == []
@@ -319,7 +320,7 @@ def test_a_corrupt_part_from_a_previous_boot_is_not_trusted(server, session, pac
     corrupt = bytearray(data[: len(data) // 2])
     corrupt[100] ^= 0x01
     package["part"].write_bytes(bytes(corrupt))
-    with pytest.raises(fleet_release.ReleaseError, match="md5 mismatch"):
+    with pytest.raises(fleet_release.IntegrityError, match="md5 mismatch"):
         fetch(session, package)
     assert not package["part"].exists()
     fetch(session, package)  # and the next try starts from zero
@@ -328,7 +329,7 @@ def test_a_corrupt_part_from_a_previous_boot_is_not_trusted(server, session, pac
 
 def test_a_truncated_file_on_the_server_is_refused_and_no_part_is_left(server, session, package):
     serve_instead(package, package["data"][: -(MiB // 2)])
-    with pytest.raises(fleet_release.ReleaseError, match=r"files\.app\.bin: .* is shorter than the manifest's"):
+    with pytest.raises(fleet_release.IntegrityError, match=r"files\.app\.bin: .* is shorter than the manifest's"):
         fetch(session, package)
     assert not package["part"].exists()
     assert no_temp_files(package["part"].parent) == []
@@ -336,7 +337,7 @@ def test_a_truncated_file_on_the_server_is_refused_and_no_part_is_left(server, s
 
 def test_a_longer_file_on_the_server_is_refused_and_no_part_is_left(server, session, package):
     serve_instead(package, package["data"] + b"appended by someone")
-    with pytest.raises(fleet_release.ReleaseError, match=r"files\.app\.bin: .* is longer than the manifest's"):
+    with pytest.raises(fleet_release.IntegrityError, match=r"files\.app\.bin: .* is longer than the manifest's"):
         fetch(session, package)
     assert not package["part"].exists()
     assert no_temp_files(package["part"].parent) == []
@@ -344,7 +345,7 @@ def test_a_longer_file_on_the_server_is_refused_and_no_part_is_left(server, sess
 
 def test_a_missing_file_is_a_404(server, session, package):
     package["url"] = server.url + "/kiosk-releases/app/1.0.0/nope.bin"
-    with pytest.raises(fleet_release.ReleaseError, match=r"files\.app\.bin: .*nope\.bin .*\(404\)"):
+    with pytest.raises(fleet_release.SourceError, match=r"files\.app\.bin: .*nope\.bin .*\(404\)"):
         fetch(session, package)
     assert len(server.requests) == 1  # a 404 is not retried
     assert not package["part"].exists()
@@ -352,7 +353,7 @@ def test_a_missing_file_is_a_404(server, session, package):
 
 def test_another_http_status_is_named(server, session, package):
     server.status = 503
-    with pytest.raises(fleet_release.ReleaseError, match="HTTP 503"):
+    with pytest.raises(fleet_release.SourceError, match="HTTP 503"):
         fetch(session, package)
 
 
@@ -362,7 +363,7 @@ def test_a_server_that_is_down_fails_after_the_retries(session, package, tmp_pat
         port = sock.getsockname()[1]
     # nothing listens on port now: connection refused at each attempt
     package["url"] = f"http://127.0.0.1:{port}/kiosk-releases/app/1.0.0/app.bin"
-    with pytest.raises(fleet_release.ReleaseError, match=r"download from .* failed after 3 attempts"):
+    with pytest.raises(fleet_release.SourceError, match=r"download from .* failed after 3 attempts"):
         fetch(session, package, retries=2)
     assert not package["part"].exists()
 
@@ -389,7 +390,7 @@ def test_memory_stays_constant_for_a_large_file(server, session, tmp_path):
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        report = fleet_release.fetch(session, url, str(part), expected, "files.big.bin", timeout=TIMEOUT)
+        report = fleet_fetch.fetch(session, url, str(part), expected, "files.big.bin", timeout=TIMEOUT)
         _current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -36,6 +36,8 @@ import salt.loader
 
 import fleet_inventory
 import fleet_release
+import fleet_sign
+import fleet_state
 from tests.support import topology as topo
 from tests.support.release_minion import NAME, Bus, Releases, minion
 
@@ -324,7 +326,7 @@ def test_a_kiosk_frozen_by_the_old_forgery_follows_the_next_signed_pin(servers, 
     node = Kiosk(root, servers, [signing_key[1]])
     try:
         (node.dir / NAME / "0.9.0").mkdir(parents=True)
-        fleet_release.write_json_atomic(str(node.dir / NAME / "installed.json"), {
+        fleet_state.write_json_atomic(str(node.dir / NAME / "installed.json"), {
             "version": "0.9.0", "previous": None, "serial": 10**15, "installed_at": "2026-11-30T00:00:00+00:00"})
         spoof_all(servers, releases.package("1.0.0"), releases.index(["1.0.0"], releases.pin("1.0.0", baseline["serial"])))
         report = node.check()
@@ -459,7 +461,7 @@ def test_a_copy_staged_before_signing_is_fetched_again_signed(pi, servers, relea
     ret = pi.mods["kiosk_pkg.stage"](NAME, "4.0.0", source=servers["master"].base)
     assert ret["result"] is True and ret["changed"] is True, ret
     manifest = json.loads((pi.repo / NAME / "4.0.0" / "manifest.json").read_text())
-    assert fleet_release.verify(manifest, [signing_key[1]], "manifest") == manifest
+    assert fleet_sign.verify(manifest, [signing_key[1]], "manifest") == manifest
     # staged again: now a no-op
     again = pi.mods["kiosk_pkg.stage"](NAME, "4.0.0", source=servers["master"].base)
     assert again["result"] is True and again["changed"] is False, again

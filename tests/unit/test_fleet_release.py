@@ -12,9 +12,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import given
 from hypothesis import strategies as st
 
+import fleet_client
+import fleet_fetch
 import fleet_inventory
 import fleet_release
-from fleet_release import CHUNK, ReleaseError
+import fleet_repo
+import fleet_sign
+import fleet_state
+from fleet_fetch import CHUNK
+from fleet_release import ReleaseError
 
 
 def raises(fn, *args, match=None, **kwargs):
@@ -175,8 +181,8 @@ def test_hash_file_matches_hashlib_and_copies_identical_bytes(tmp_path, size):
     data = os.urandom(size)
     src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
     src.write_bytes(data)
-    assert fleet_release.hash_file(str(src)) == entry(data)
-    assert fleet_release.hash_file(str(src), copy_to=str(dst)) == entry(data)
+    assert fleet_fetch.hash_file(str(src)) == entry(data)
+    assert fleet_fetch.hash_file(str(src), copy_to=str(dst)) == entry(data)
     assert dst.read_bytes() == data
 
 
@@ -184,11 +190,11 @@ def test_hash_file_matches_hashlib_and_copies_identical_bytes(tmp_path, size):
 def test_hash_file_with_any_chunk_size(tmp_path_factory, data, chunk):
     path = tmp_path_factory.mktemp("h") / "f"
     path.write_bytes(data)
-    assert fleet_release.hash_file(str(path), chunk=chunk) == entry(data)
+    assert fleet_fetch.hash_file(str(path), chunk=chunk) == entry(data)
 
 
 def test_digest_fed_chunk_by_chunk():
-    digest = fleet_release.Digest()
+    digest = fleet_fetch.Digest()
     for part in (b"", b"abc", b"x" * 1000):
         digest.update(part)
     assert digest.result() == entry(b"abc" + b"x" * 1000)
@@ -384,28 +390,28 @@ def refused(fn, *args, match=None, **kwargs):
 
 
 def test_signed_manifest_verifies_after_a_round_trip_through_json(manifest, keys):
-    signed = fleet_release.sign_manifest(manifest, keys["private"])
+    signed = fleet_sign.sign_manifest(manifest, keys["private"])
     assert "signature" not in manifest  # the input is not modified
     assert signed["signature"]["alg"] == "ed25519"
     assert len(base64.b64decode(signed["signature"]["value"])) == 64
     on_disk = json.loads(json.dumps(signed, indent=1))
-    assert fleet_release.verify(on_disk, [keys["public"]], "manifest") is on_disk
-    fleet_release.verify(on_disk, keys["public"].decode(), "manifest")  # one PEM, as str
-    fleet_release.verify(on_disk, fleet_release.verify_keys([keys["public"]]), "manifest")  # loaded keys
+    assert fleet_sign.verify(on_disk, [keys["public"]], "manifest") is on_disk
+    fleet_sign.verify(on_disk, keys["public"].decode(), "manifest")  # one PEM, as str
+    fleet_sign.verify(on_disk, fleet_sign.verify_keys([keys["public"]]), "manifest")  # loaded keys
     fleet_release.validate_manifest(on_disk, "kiosk-ui", "1.4.0")
     # re-signing a signed manifest signs the same body
-    assert fleet_release.sign_manifest(signed, keys["private"])["signature"] == signed["signature"]
+    assert fleet_sign.sign_manifest(signed, keys["private"])["signature"] == signed["signature"]
 
 
 def test_rotation_any_key_of_the_list_verifies(manifest, keys):
-    signed = fleet_release.sign(manifest, keys["private"])
+    signed = fleet_sign.sign(manifest, keys["private"])
     # old and new key both in pillar during a rotation, in either order
-    fleet_release.verify(signed, [keys["other_public"], keys["public"]], "manifest")
-    fleet_release.verify(signed, [keys["public"].decode(), keys["other_public"].decode()], "manifest")
-    by_other = fleet_release.sign(manifest, keys["other_private"])
-    fleet_release.verify(by_other, [keys["other_public"], keys["public"]], "manifest")
+    fleet_sign.verify(signed, [keys["other_public"], keys["public"]], "manifest")
+    fleet_sign.verify(signed, [keys["public"].decode(), keys["other_public"].decode()], "manifest")
+    by_other = fleet_sign.sign(manifest, keys["other_private"])
+    fleet_sign.verify(by_other, [keys["other_public"], keys["public"]], "manifest")
     # the retired key dropped from the list: its signatures no longer verify
-    refused(fleet_release.verify, by_other, [keys["public"]], "manifest", match=r"^manifest\.signature: does not match")
+    refused(fleet_sign.verify, by_other, [keys["public"]], "manifest", match=r"^manifest\.signature: does not match")
 
 
 @pytest.mark.parametrize(
@@ -421,16 +427,16 @@ def test_rotation_any_key_of_the_list_verifies(manifest, keys):
     ],
 )
 def test_a_tampered_manifest_fails_verification(manifest, keys, tamper):
-    signed = fleet_release.sign_manifest(manifest, keys["private"])
+    signed = fleet_sign.sign_manifest(manifest, keys["private"])
     tampered = copy.deepcopy(signed)
     tamper(tampered)
-    refused(fleet_release.verify, tampered, [keys["public"]], "manifest", match=r"^manifest\.signature: does not match")
+    refused(fleet_sign.verify, tampered, [keys["public"]], "manifest", match=r"^manifest\.signature: does not match")
 
 
 def test_another_key_fails_verification(manifest, keys):
-    signed = fleet_release.sign_manifest(manifest, keys["private"])
-    refused(fleet_release.verify, signed, [keys["other_public"]], "manifest", match=r"^manifest\.signature: does not match")
-    refused(fleet_release.verify_signature, signed, keys["other_public"], match=r"^manifest\.signature: does not match")
+    signed = fleet_sign.sign_manifest(manifest, keys["private"])
+    refused(fleet_sign.verify, signed, [keys["other_public"]], "manifest", match=r"^manifest\.signature: does not match")
+    refused(fleet_sign.verify_signature, signed, keys["other_public"], match=r"^manifest\.signature: does not match")
 
 
 @pytest.mark.parametrize(
@@ -440,7 +446,7 @@ def test_another_key_fails_verification(manifest, keys):
 def test_a_missing_signature_is_refused(manifest, keys, signature):
     if signature is not None:
         manifest["signature"] = signature
-    refused(fleet_release.verify, manifest, [keys["public"]], "manifest", match=r"^manifest\.signature: missing")
+    refused(fleet_sign.verify, manifest, [keys["public"]], "manifest", match=r"^manifest\.signature: missing")
 
 
 @pytest.mark.parametrize("value, match", [("not base64 !!", "not base64"),
@@ -448,20 +454,20 @@ def test_a_missing_signature_is_refused(manifest, keys, signature):
                                           ("", "does not match")])
 def test_a_garbage_signature_value_is_refused(manifest, keys, value, match):
     manifest["signature"] = {"alg": "ed25519", "value": value}
-    refused(fleet_release.verify, manifest, [keys["public"]], "index.pin", match=rf"^index\.pin\.signature: {match}")
+    refused(fleet_sign.verify, manifest, [keys["public"]], "index.pin", match=rf"^index\.pin\.signature: {match}")
 
 
 @pytest.mark.parametrize("doc", [None, [], "signed", 5])
 def test_a_document_that_is_no_object_is_refused(keys, doc):
-    refused(fleet_release.verify, doc, [keys["public"]], "manifest", match=r"^manifest: expected a signed JSON object")
+    refused(fleet_sign.verify, doc, [keys["public"]], "manifest", match=r"^manifest: expected a signed JSON object")
 
 
 @pytest.mark.parametrize("value", [None, "", []])
 def test_no_verify_key_refuses_to_work_unsigned(manifest, keys, value):
-    signed = fleet_release.sign_manifest(manifest, keys["private"])
-    message = refused(fleet_release.verify, signed, value, "manifest", match=r"^kiosk_release:verify_key: missing from pillar")
+    signed = fleet_sign.sign_manifest(manifest, keys["private"])
+    message = refused(fleet_sign.verify, signed, value, "manifest", match=r"^kiosk_release:verify_key: missing from pillar")
     assert "refusing to work unsigned" in message
-    refused(fleet_release.verify_keys, value, match=r"^kiosk_release:verify_key: missing from pillar")
+    refused(fleet_sign.verify_keys, value, match=r"^kiosk_release:verify_key: missing from pillar")
 
 
 @pytest.mark.parametrize(
@@ -478,18 +484,18 @@ def test_no_verify_key_refuses_to_work_unsigned(manifest, keys, value):
 )
 def test_garbage_verify_keys_are_refused_naming_the_field(manifest, keys, value, match):
     value = {"EC": keys["ec_public"], "PRIVATE": keys["private"]}.get(value, value) if isinstance(value, str) else value
-    signed = fleet_release.sign_manifest(manifest, keys["private"])
-    refused(fleet_release.verify, signed, value, "manifest", match=match)
+    signed = fleet_sign.sign_manifest(manifest, keys["private"])
+    refused(fleet_sign.verify, signed, value, "manifest", match=match)
     # a good key next to a bad one is no excuse: the whole setting is refused
-    refused(fleet_release.verify_keys, [keys["public"], 5], match=r"^kiosk_release:verify_key\[1\]: expected a PEM")
+    refused(fleet_sign.verify_keys, [keys["public"], 5], match=r"^kiosk_release:verify_key\[1\]: expected a PEM")
 
 
 def test_only_ed25519_signing_keys_are_accepted(manifest, keys):
-    refused(fleet_release.sign_manifest, manifest, keys["ec_private"],
+    refused(fleet_sign.sign_manifest, manifest, keys["ec_private"],
             match=r"^kiosk_release\.signing_key: expected an Ed25519 private key")
-    message = refused(fleet_release.sign, manifest, "not a key", match=r"^kiosk_release\.signing_key: not a PEM private key")
+    message = refused(fleet_sign.sign, manifest, "not a key", match=r"^kiosk_release\.signing_key: not a PEM private key")
     assert "not a key" not in message  # never echo what was given (it could be key material)
-    refused(fleet_release.sign, manifest, None, match=r"^kiosk_release\.signing_key: expected an Ed25519 private key in PEM")
+    refused(fleet_sign.sign, manifest, None, match=r"^kiosk_release\.signing_key: expected an Ed25519 private key in PEM")
 
 
 # --------------------------------------------------------------------------- the signed campus pin
@@ -498,7 +504,7 @@ NOW = 1_800_000_000
 
 
 def signed_pin(keys, version="1.4.0", serial=NOW, campus="east", name="kiosk-ui", signed_at=NOW, key="private"):
-    return fleet_release.sign_pin(name, campus, version, serial, keys[key], signed_at=signed_at)
+    return fleet_sign.sign_pin(name, campus, version, serial, keys[key], signed_at=signed_at)
 
 
 def test_a_signed_pin_verifies_for_its_campus_and_release(keys):
@@ -506,31 +512,31 @@ def test_a_signed_pin_verifies_for_its_campus_and_release(keys):
     assert set(pin) == {"kind", "name", "campus", "version", "serial", "signed_at", "signature"}
     assert (pin["kind"], pin["campus"], pin["serial"]) == ("pin", "east", NOW)
     on_disk = json.loads(json.dumps(pin))
-    assert fleet_release.verify_pin(on_disk, [keys["public"]], "kiosk-ui", "east") == pin
+    assert fleet_sign.verify_pin(on_disk, [keys["public"]], "kiosk-ui", "east") == pin
     # from the CLI: the pin as JSON text
-    assert fleet_release.verify_pin(json.dumps(pin), [keys["public"]], "kiosk-ui", "east") == pin
+    assert fleet_sign.verify_pin(json.dumps(pin), [keys["public"]], "kiosk-ui", "east") == pin
     frozen = signed_pin(keys, version=None)
-    assert fleet_release.verify_pin(frozen, [keys["public"]], "kiosk-ui", "east")["version"] is None
+    assert fleet_sign.verify_pin(frozen, [keys["public"]], "kiosk-ui", "east")["version"] is None
     # signed_at defaults to the clock
-    fresh = fleet_release.sign_pin("kiosk-ui", "east", "1.4.0", 7, keys["private"])
+    fresh = fleet_sign.sign_pin("kiosk-ui", "east", "1.4.0", 7, keys["private"])
     assert abs(fresh["signed_at"] - fleet_release.time.time()) < 60
 
 
 def test_a_pin_for_another_campus_or_release_is_refused(keys):
     pin = signed_pin(keys, campus="west")
-    refused(fleet_release.verify_pin, pin, [keys["public"]], "kiosk-ui", "east",
+    refused(fleet_sign.verify_pin, pin, [keys["public"]], "kiosk-ui", "east",
             match=r"^pin\.campus: 'west' is not this minion's campus 'east'")
-    refused(fleet_release.verify_pin, signed_pin(keys), [keys["public"]], "kiosk-app", "east",
+    refused(fleet_sign.verify_pin, signed_pin(keys), [keys["public"]], "kiosk-app", "east",
             match=r"^pin\.name: 'kiosk-ui' is not release 'kiosk-app'")
 
 
 def test_a_serial_more_than_a_day_ahead_of_its_signing_time_is_refused(keys):
-    day = fleet_release.MAX_SERIAL_AHEAD
+    day = fleet_sign.MAX_SERIAL_AHEAD
     assert day == 86400
-    assert fleet_release.verify_pin(signed_pin(keys, serial=NOW + day), [keys["public"]], "kiosk-ui", "east")
-    refused(fleet_release.verify_pin, signed_pin(keys, serial=NOW + day + 1), [keys["public"]], "kiosk-ui", "east",
+    assert fleet_sign.verify_pin(signed_pin(keys, serial=NOW + day), [keys["public"]], "kiosk-ui", "east")
+    refused(fleet_sign.verify_pin, signed_pin(keys, serial=NOW + day + 1), [keys["public"]], "kiosk-ui", "east",
             match=rf"^pin\.serial: {NOW + day + 1} is more than 86400 s ahead of its signing time {NOW}")
-    refused(fleet_release.verify_pin, signed_pin(keys, serial=10**15), [keys["public"]], "kiosk-ui", "east",
+    refused(fleet_sign.verify_pin, signed_pin(keys, serial=10**15), [keys["public"]], "kiosk-ui", "east",
             match=r"^pin\.serial: 1000000000000000 is more than")
 
 
@@ -547,27 +553,27 @@ def test_a_serial_more_than_a_day_ahead_of_its_signing_time_is_refused(keys):
 def test_a_tampered_pin_is_refused(keys, tamper):
     pin = signed_pin(keys)
     tamper(pin)
-    refused(fleet_release.verify_pin, pin, [keys["public"]], "kiosk-ui", pin["campus"],
+    refused(fleet_sign.verify_pin, pin, [keys["public"]], "kiosk-ui", pin["campus"],
             match=r"^pin\.signature: does not match")
 
 
 def test_a_pin_by_another_key_or_unsigned_is_refused(keys):
-    refused(fleet_release.verify_pin, signed_pin(keys, key="other_private"), [keys["public"]], "kiosk-ui", "east",
+    refused(fleet_sign.verify_pin, signed_pin(keys, key="other_private"), [keys["public"]], "kiosk-ui", "east",
             match=r"^pin\.signature: does not match")
     bare = fleet_release.build_pin("kiosk-ui", "east", "1.4.0", 10**15, signed_at=NOW)
-    refused(fleet_release.verify_pin, bare, [keys["public"]], "kiosk-ui", "east", match=r"^pin\.signature: missing")
-    refused(fleet_release.verify_pin, {"version": "1.4.0", "serial": 10**15}, [keys["public"]], "kiosk-ui", "east",
+    refused(fleet_sign.verify_pin, bare, [keys["public"]], "kiosk-ui", "east", match=r"^pin\.signature: missing")
+    refused(fleet_sign.verify_pin, {"version": "1.4.0", "serial": 10**15}, [keys["public"]], "kiosk-ui", "east",
             match=r"^pin\.signature: missing")
-    refused(fleet_release.verify_pin, signed_pin(keys), None, "kiosk-ui", "east",
+    refused(fleet_sign.verify_pin, signed_pin(keys), None, "kiosk-ui", "east",
             match=r"^kiosk_release:verify_key: missing from pillar")
     for garbage in ("{not json", 5, ["pin"]):
-        refused(fleet_release.verify_pin, garbage, [keys["public"]], "kiosk-ui", "east", match=r"^pin: ")
+        refused(fleet_sign.verify_pin, garbage, [keys["public"]], "kiosk-ui", "east", match=r"^pin: ")
 
 
 def test_a_signed_manifest_is_no_pin(manifest, keys):
     # same key, other kind of document: a signature never moves from one to the other
-    doc = fleet_release.sign_manifest(dict(manifest, campus="east", serial=NOW, signed_at=NOW), keys["private"])
-    refused(fleet_release.verify_pin, doc, [keys["public"]], "kiosk-ui", "east", match=r"^pin\.kind: None is not a pin")
+    doc = fleet_sign.sign_manifest(dict(manifest, campus="east", serial=NOW, signed_at=NOW), keys["private"])
+    refused(fleet_sign.verify_pin, doc, [keys["public"]], "kiosk-ui", "east", match=r"^pin\.kind: None is not a pin")
 
 
 @pytest.mark.parametrize(
@@ -609,7 +615,7 @@ def test_pin_a_staged_version_and_only_forward(index, keys):
     pinned = fleet_release.index_pin(index, signed_pin(keys, "1.4.0", 3))
     assert index["pin"] is None  # a new dict
     assert pinned["pin"] == signed_pin(keys, "1.4.0", 3)  # stored as signed: kiosks verify it again
-    assert fleet_release.verify_index(pinned, "kiosk-ui", [keys["public"]], "east") is pinned
+    assert fleet_sign.verify_index(pinned, "kiosk-ui", [keys["public"]], "east") is pinned
     assert fleet_release.index_pin(pinned, signed_pin(keys, "1.3.0", 3))["pin"]["version"] == "1.3.0"  # replayed
     assert fleet_release.index_pin(pinned, signed_pin(keys, "1.3.0", 4))["pin"]["serial"] == 4
     message = raises(fleet_release.index_pin, pinned, signed_pin(keys, "1.3.0", 2))
@@ -632,7 +638,7 @@ def test_pin_to_none_freezes_the_campus(index, keys):
     frozen = fleet_release.index_pin(fleet_release.index_pin(index, signed_pin(keys, "1.4.0", 1)),
                                      signed_pin(keys, None, 2))
     assert frozen["pin"]["version"] is None and frozen["pin"]["serial"] == 2
-    assert fleet_release.verify_index(frozen, "kiosk-ui", [keys["public"]], "east") is frozen
+    assert fleet_sign.verify_index(frozen, "kiosk-ui", [keys["public"]], "east") is frozen
 
 
 @pytest.mark.parametrize("serial", [-1, "x", None, True, [], "1.5", 2.5])
@@ -642,17 +648,17 @@ def test_bad_pin_serial_is_refused(index, keys, serial):
 
 
 def test_verify_index_checks_the_pin_with_the_same_function(index, keys):
-    assert fleet_release.verify_index(index, "kiosk-ui", [keys["public"]], "east") is index  # no pin yet
+    assert fleet_sign.verify_index(index, "kiosk-ui", [keys["public"]], "east") is index  # no pin yet
     forged = dict(index, pin=dict(signed_pin(keys, "1.3.0"), serial=10**15))
-    refused(fleet_release.verify_index, forged, "kiosk-ui", [keys["public"]], "east",
+    refused(fleet_sign.verify_index, forged, "kiosk-ui", [keys["public"]], "east",
             match=r"^index\.pin\.signature: does not match")
     other_key = dict(index, pin=signed_pin(keys, "1.3.0", 10**15, signed_at=10**15, key="other_private"))
-    refused(fleet_release.verify_index, other_key, "kiosk-ui", [keys["public"]], "east",
+    refused(fleet_sign.verify_index, other_key, "kiosk-ui", [keys["public"]], "east",
             match=r"^index\.pin\.signature: does not match")
     west = fleet_release.index_pin(index, signed_pin(keys, campus="west"))
-    refused(fleet_release.verify_index, west, "kiosk-ui", [keys["public"]], "east", match=r"^index\.pin\.campus: ")
+    refused(fleet_sign.verify_index, west, "kiosk-ui", [keys["public"]], "east", match=r"^index\.pin\.campus: ")
     unsigned = dict(index, pin={"version": "1.3.0", "serial": 10**15, "pinned_at": "x"})
-    refused(fleet_release.verify_index, unsigned, "kiosk-ui", [keys["public"]], "east",
+    refused(fleet_sign.verify_index, unsigned, "kiosk-ui", [keys["public"]], "east",
             match=r"^index\.pin\.signature: missing")
 
 
@@ -781,41 +787,23 @@ def test_drift():
 # --------------------------------------------------------------------------- files on disk
 
 
-def test_write_json_atomic_leaves_no_temp_file(tmp_path):
-    path = tmp_path / "index.json"
-    path.write_text("old")
-    assert fleet_release.write_json_atomic(str(path), {"b": 1, "a": [1, 2]}) == str(path)
-    assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}
-    assert os.listdir(tmp_path) == ["index.json"]
-    assert path.stat().st_mode & 0o777 == 0o644
-    assert fleet_release.read_json(str(path), "index") == {"a": [1, 2], "b": 1}
-
-
-def test_write_json_atomic_failure_keeps_the_old_file_and_no_temp(tmp_path):
-    path = tmp_path / "index.json"
-    fleet_release.write_json_atomic(str(path), {"v": 1})
-    with pytest.raises(TypeError):
-        fleet_release.write_json_atomic(str(path), {"v": 2, "bad": object()})
-    assert json.loads(path.read_text()) == {"v": 1}
-    assert os.listdir(tmp_path) == ["index.json"]
-
-
-def test_read_json(tmp_path):
-    assert fleet_release.read_json(str(tmp_path / "missing.json"), "index") is None
-    (tmp_path / "bad.json").write_text("{nope")
-    raises(fleet_release.read_json, str(tmp_path / "bad.json"), "pi index", match=r"^pi index: cannot read .*bad\.json")
+def test_read_index_new_when_missing_and_refused_when_torn(tmp_path):
+    assert fleet_repo.read_index(str(tmp_path), "kiosk-app") == fleet_release.new_index("kiosk-app")
+    (tmp_path / "kiosk-app").mkdir()
+    (tmp_path / "kiosk-app" / "index.json").write_text("{nope")
+    raises(fleet_repo.read_index, str(tmp_path), "kiosk-app", match=r"kiosk-app/index\.json: unreadable")
 
 
 def test_check_free_space(tmp_path):
-    assert fleet_release.check_free_space(str(tmp_path), 0) > 0
-    message = raises(fleet_release.check_free_space, str(tmp_path), 1 << 60, "kiosk.disk")
+    assert fleet_fetch.check_free_space(str(tmp_path), 0) > 0
+    message = raises(fleet_fetch.check_free_space, str(tmp_path), 1 << 60, "kiosk.disk")
     assert re.fullmatch(rf"kiosk\.disk: {re.escape(str(tmp_path))} has \d+ MiB free, the release needs {(1 << 40) + 1} MiB", message)
 
 
 def test_disk_error():
-    full = fleet_release.disk_error(OSError(errno.ENOSPC, "No space left on device"), "/x/app.zip.part")
+    full = fleet_fetch.disk_error(OSError(errno.ENOSPC, "No space left on device"), "/x/app.zip.part")
     assert str(full) == "disk: no space left while writing /x/app.zip.part"
-    denied = fleet_release.disk_error(PermissionError(errno.EACCES, "Permission denied"), "/x/a", "kiosk.dir")
+    denied = fleet_fetch.disk_error(PermissionError(errno.EACCES, "Permission denied"), "/x/a", "kiosk.dir")
     assert str(denied) == "kiosk.dir: cannot write /x/a: Permission denied"
 
 
@@ -955,14 +943,14 @@ def test_a_hash_mismatch_is_an_integrity_error_not_a_signature_error():
 
 
 def test_read_installed_reports_records_and_skips_what_it_cannot_read(tmp_path):
-    assert fleet_release.read_installed(str(tmp_path / "absent")) == {}
+    assert fleet_client.read_installed(str(tmp_path / "absent")) == {}
     (tmp_path / "kiosk-app").mkdir()
     record = {"version": "1.4.0", "previous": "1.3.0", "serial": NOW, "signed_at": NOW, "installed_at": "x"}
-    fleet_release.write_json_atomic(str(tmp_path / "kiosk-app" / "installed.json"), record)
+    fleet_state.write_json_atomic(str(tmp_path / "kiosk-app" / "installed.json"), record)
     (tmp_path / "torn").mkdir()
     (tmp_path / "torn" / "installed.json").write_text('{"version": "1.')
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "installed.json").write_text('["1.0.0"]')
     (tmp_path / ".staging").mkdir()
     (tmp_path / ".staging" / "installed.json").write_text('{"version": "6.6.6"}')
-    assert fleet_release.read_installed(str(tmp_path)) == {"kiosk-app": record}
+    assert fleet_client.read_installed(str(tmp_path)) == {"kiosk-app": record}
