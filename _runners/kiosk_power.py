@@ -484,7 +484,7 @@ def sweep(at=None, delay_s=60, message="This kiosk is closing for the day.", tim
             errors, woken, shut_down = [], [], []
             if decision["wake"]:
                 wake_ret = _wake(inventory, decision["wake"], 3, timeout)
-                woken = [k for k in decision["checks"] if k not in wake_ret["unreached"]]
+                woken = [k for ids in decision["wake"].values() for k in ids if k not in wake_ret["unreached"]]
                 errors += [f"wake: {wake_ret['error']}"] if wake_ret.get("error") else []
             if decision["shutdown"]:
                 shutdown_ret = _shutdown(decision["shutdown"], delay_s, message, timeout)

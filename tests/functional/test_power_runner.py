@@ -1,0 +1,248 @@
+"""
+``kiosk_power`` (runner) loaded by Salt's runner loader with the minions
+stood in: a fake LocalClient answers each job as the test says (Pis that
+scan, Pis that fail, Pis that stay silent, a forged second answer), and
+``__salt__`` (alert post, event) is a recorder. The glue is what is tested
+here: one fleet data load per run, one job per step, failed told from
+silent, state and metrics written; the decisions themselves are
+tests/unit/test_sweep_engine.py's.
+"""
+
+import datetime as dt
+import json
+import pathlib
+
+import pytest
+import salt.client
+import salt.config
+import salt.loader
+import yaml
+
+from tests.support.topology import SWEEP_SCHEDULES, two_campus_inventory
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+AT = "2027-03-01T08:00:00+08:00"  # kiosk-east-01 due on, kiosk-east-02 due off (SWEEP_SCHEDULES)
+PLUS_15 = "2027-03-01T08:15:00+08:00"
+
+
+class Minions:
+    """A stand-in LocalClient: ``answer[fun](minion, kwarg)`` gives the returns of each minion (a list: duplicates)."""
+
+    def __init__(self):
+        self.jobs = []
+        self.answer = {}
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def cmd_iter(self, targets, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None):
+        self.jobs.append((fun, list(targets), kwarg))
+        for minion in targets:
+            for ret in self.answer.get(fun, lambda m, k: [])(minion, kwarg):
+                yield {minion: {"ret": ret, "retcode": 0}}
+
+
+def scan(states, campus="east"):
+    """A Pi's kiosk_scan.scan answer: ``states`` {kiosk: open|closed}."""
+    return {"campus": campus, "kiosks": {k: {"state": s} for k, s in states.items()}}
+
+
+@pytest.fixture
+def minions(monkeypatch):
+    fake = Minions()
+    monkeypatch.setattr(salt.client, "get_local_client", fake)
+    return fake
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    """(loaded runners, globals of the kiosk_power module, calls recorder, cachedir)."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump({**two_campus_inventory(wol_port=9), **SWEEP_SCHEDULES}))
+    opts = salt.config.master_config(None)
+    opts.update({"root_dir": str(tmp_path), "cachedir": str(tmp_path / "cache"), "pki_dir": str(tmp_path / "pki"),
+                 "sock_dir": str(tmp_path / "sock"), "module_dirs": [str(REPO)], "id": "top_master",
+                 "kiosk_fleet": {"data": str(fleet)}, "file_roots": {"base": [str(tmp_path / "files")]},
+                 "kiosk_power": {"textfile_dir": str(tmp_path / "prom")}, "__role": "master"})
+    (tmp_path / "prom").mkdir()
+    loaded = salt.loader.runner(opts, utils=salt.loader.utils(opts))
+    module = loaded["kiosk_power.sweep"].func.__globals__
+    calls = {"loads": 0, "posted": [], "events": []}
+    real = module["fleet_inventory"].master_data
+
+    def counted(opts_):
+        calls["loads"] += 1
+        return real(opts_)
+
+    monkeypatch.setattr(module["fleet_inventory"], "master_data", counted)
+
+    def post(payload):
+        calls["posted"].append(payload)
+        return {"result": True}
+
+    monkeypatch.setitem(module, "__salt__", {"kiosk_alert.post": post,
+                                             "event.send": lambda tag, data: calls["events"].append((tag, data))})
+    return loaded, calls, pathlib.Path(opts["cachedir"]), tmp_path / "prom"
+
+
+def east_day(minions, pi2="scan"):
+    """
+    kiosk-east-01 off (port closed, minion silent), kiosk-east-02 on; pi-east-2
+    as ``pi2`` says. Returns the ports ({kiosk: open|closed}) to change later.
+    """
+    states = {"kiosk-east-01": "closed", "kiosk-east-02": "open"}
+    pi_answers = {"scan": lambda: [scan(states)], "error": lambda: ["ERROR: nmap failed: no such binary"],
+                  "silent": lambda: [],
+                  "forged": lambda: [scan(states), scan({"kiosk-east-01": "open", "kiosk-east-02": "open"})]}
+    minions.answer = {
+        "kiosk_scan.scan": lambda m, k: [scan(states)] if m == "pi-east-1" else pi_answers[pi2](),
+        "test.ping": lambda m, k: [True] if states.get(m) == "open" else [],
+        "kiosk_wol.wake_kiosks": lambda m, k: [{"kiosks": {x: {"packets": 3, "to": "127.0.1.255"}
+                                                           for x in k["kiosks"]}}],
+        "kiosk_power.shutdown": lambda m, k: [{"action": "shutdown", "delay_s": k["delay_s"]}],
+    }
+    return states
+
+
+@pytest.mark.parametrize("pi2", ["scan", "error", "silent", "forged"])
+def test_a_sweep_loads_once_calls_each_step_once_and_tells_failed_from_silent(runner, minions, pi2):
+    loaded, calls, cachedir, prom = runner
+    east_day(minions, pi2)
+    ret = loaded["kiosk_power.sweep"](at=AT, delay_s=0, timeout=5)
+    assert ret["retcode"] == 0 and ret["result"] is True, ret
+    assert calls["loads"] == 1  # one read of the fleet data for the whole run
+    assert [fun for fun, _, _ in minions.jobs] == ["kiosk_scan.scan", "test.ping", "kiosk_wol.wake_kiosks",
+                                                    "kiosk_power.shutdown"]
+    assert minions.jobs[0][1] == ["pi-east-1", "pi-east-2"]  # only the campus with managed kiosks
+    assert ret["wake"] == {"east": ["kiosk-east-01"]} and ret["shutdown"] == {"east": ["kiosk-east-02"]}
+    assert ret["observed"] == {"kiosk-east-01": "off", "kiosk-east-02": "on"}
+    pis = ret["pis"]
+    if pi2 == "scan":
+        assert pis == {"answered": ["pi-east-1", "pi-east-2"], "silent": []}
+    elif pi2 == "error":  # answered with an error: named with its reason
+        assert pis["silent"] == ["pi-east-2"] and pis["errors"] == {"pi-east-2": "ERROR: nmap failed: no such binary"}
+    elif pi2 == "silent":  # no answer at all: no reason to give
+        assert pis == {"answered": ["pi-east-1"], "silent": ["pi-east-2"]}
+    else:  # two different answers: one was forged, neither is believed
+        assert pis == {"answered": ["pi-east-1"], "silent": ["pi-east-2"], "conflicting": ["pi-east-2"]}
+    state = json.loads((cachedir / "kiosk_power" / "state.json").read_text())
+    assert sorted(state["pending"]) == ["kiosk-east-01", "kiosk-east-02"]
+    assert state["sweeps"][-1]["woken"] == {"east": ["kiosk-east-01"]}
+    assert ret["verifications"]["kiosk-east-01"][0] == "2027-03-01T00:05:00Z"
+    metrics = (prom / "kiosk_power.prom").read_text()
+    assert 'kiosk_power_sweep_actions{campus="east",action="wake"} 1' in metrics
+
+
+def test_no_pi_answering_fails_the_sweep_and_acts_on_nothing(runner, minions):
+    loaded, calls, cachedir, _ = runner
+    minions.answer = {"test.ping": lambda m, k: [True]}  # every kiosk "answers": not evidence
+    ret = loaded["kiosk_power.sweep"](at=AT, timeout=5)
+    assert ret["retcode"] == 1 and ret["error"] == "scan: no Pi answered (pi-east-1, pi-east-2)"
+    assert [fun for fun, _, _ in minions.jobs] == ["kiosk_scan.scan", "test.ping"]
+    assert ret["observed"] == {"kiosk-east-01": "unknown", "kiosk-east-02": "unknown"}
+    assert json.loads((cachedir / "kiosk_power" / "state.json").read_text())["pending"] == {}
+
+
+def test_a_kiosk_no_pi_reached_gets_no_check_and_a_failed_shutdown_is_named(runner, minions):
+    loaded, _, cachedir, _ = runner
+    east_day(minions)
+    minions.answer["kiosk_wol.wake_kiosks"] = lambda m, k: ["ERROR: interface down"]
+    minions.answer["kiosk_power.shutdown"] = lambda m, k: []
+    ret = loaded["kiosk_power.sweep"](at=AT, timeout=5)
+    assert ret["retcode"] == 1
+    assert ret["error"].startswith("wake: no Pi sent a magic packet to kiosk-east-01")
+    assert "shutdown: not shut down: kiosk-east-02" in ret["error"]
+    assert ret["shutdown_result"]["silent"] == ["kiosk-east-02"] and ret["verifications"] == {}
+    assert json.loads((cachedir / "kiosk_power" / "state.json").read_text())["pending"] == {}
+
+
+def test_verify_at_plus_15_posts_the_alert_fires_the_event_and_loads_once(runner, minions):
+    loaded, calls, _, prom = runner
+    ports = east_day(minions)
+    assert loaded["kiosk_power.sweep"](at=AT, delay_s=0, timeout=5)["retcode"] == 0
+    ports["kiosk-east-02"] = "closed"  # it shut down; kiosk-east-01 never came up
+    calls["loads"], minions.jobs[:] = 0, []
+    ret = loaded["kiosk_power.verify"](at=PLUS_15, timeout=5)
+    assert calls["loads"] == 1 and ret["retcode"] == 1 and ret["mode"] == "due"
+    expected = {"kiosk": "kiosk-east-01", "campus": "east", "expected": "on", "observed": "off",
+                "since": "2027-03-01T00:00:00Z"}
+    assert ret["mismatches"] == [expected]
+    assert ret["alerts"] == {"posted": ["kiosk-east-01"], "errors": []}
+    assert calls["posted"][0]["kind"] == "power_mismatch" and calls["posted"][0]["kiosk"] == "kiosk-east-01"
+    assert calls["events"] == [("kiosk/power/mismatch", expected)]
+    assert ret["error"] == "not in the expected state: kiosk-east-01 (expected on, observed off)"
+    assert ret["verified"] == ["kiosk-east-02"] and ret["checked"] == ["kiosk-east-01", "kiosk-east-02"]
+    assert [fun for fun, _, _ in minions.jobs] == ["kiosk_scan.scan", "test.ping"]
+    assert 'kiosk_power_verify_mismatches{campus="east"} 1' in (prom / "kiosk_power.prom").read_text()
+    status = loaded["kiosk_power.status"](at=PLUS_15)
+    assert status["mismatches"][-1] == expected and status["pending"] == {}
+
+
+def test_plan_without_scan_calls_no_minion_and_explicit_verify_checks_now(runner, minions):
+    loaded, calls, _, _ = runner
+    ret = loaded["kiosk_power.plan"](at=AT, scan=False, hours=2)
+    assert ret["retcode"] == 0 and minions.jobs == [] and calls["loads"] == 1
+    assert ret["kiosks"]["kiosk-east-02"]["transitions"][0]["local"] == "2027-03-01T09:00:00+08:00"
+    east_day(minions)
+    ret = loaded["kiosk_power.verify"](at=AT, kiosks="kiosk-east-01,kiosk-west-01", timeout=5)
+    assert ret["mode"] == "explicit" and ret["checked"] == ["kiosk-east-01"]  # west-01: unmanaged
+    assert ret["mismatches"][0]["since"] == "2027-03-01T00:00:00Z" and ret["retcode"] == 1
+
+
+@pytest.mark.parametrize("content, field", [
+    ("{not json", "unreadable state file"),
+    ('{"pending": {"kiosk-east-01": {"campus": "east"}}}', "pending.kiosk-east-01.expected"),
+    ('{"holds": []}', "holds: expected a JSON object"),
+])
+def test_a_damaged_state_file_fails_every_runner_naming_file_and_record(runner, minions, content, field):
+    loaded, _, cachedir, _ = runner
+    (cachedir / "kiosk_power").mkdir(parents=True, exist_ok=True)
+    (cachedir / "kiosk_power" / "state.json").write_text(content)
+    for fun, kwargs in [("sweep", {"at": AT}), ("verify", {"at": AT}), ("status", {}), ("plan", {"scan": False}),
+                        ("hold", {"kiosk": "kiosk-east-01", "state": "on", "reason": "x",
+                                  "until": (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).isoformat()})]:
+        ret = loaded[f"kiosk_power.{fun}"](**kwargs)
+        assert ret["retcode"] == 1 and field in ret["error"] and "state.json" in ret["error"], (fun, ret)
+    assert minions.jobs == []
+
+
+def test_hold_unhold_and_runner_numbers(runner, minions):
+    loaded, calls, _, _ = runner
+    ret = loaded["kiosk_power.hold"](kiosk="kiosk-east-01", state="on", until="2099-01-01T00:00:00Z", reason="x")
+    assert ret["retcode"] == 1 and ret["error"].startswith("until: ")  # more than a year ahead
+    until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).isoformat()
+    held = loaded["kiosk_power.hold"](kiosk="kiosk-east-01", state=True, until=until, reason="ticket 1")
+    assert held["retcode"] == 0 and held["hold"]["state"] == "on" and held["replaced"] is None
+    assert loaded["kiosk_power.status"]()["holds"]["kiosk-east-01"]["reason"] == "ticket 1"
+    assert loaded["kiosk_power.unhold"](kiosk="kiosk-east-01")["removed"]["reason"] == "ticket 1"
+    for fun, kwargs, field in [("sweep", {"timeout": float("inf")}, "timeout"), ("plan", {"hours": 169}, "hours"),
+                               ("wake", {"campus": "east", "repeat": True}, "repeat"),
+                               ("shutdown", {"campus": "east", "delay_s": -1}, "delay_s"),
+                               ("verify", {"at": "tomorrow"}, "at"), ("wake", {"campus": "north"}, "campus")]:
+        ret = loaded[f"kiosk_power.{fun}"](**kwargs)
+        assert ret["retcode"] == 1 and ret["error"].startswith(field + ":"), (fun, ret)
+    assert minions.jobs == []
+    assert loaded["kiosk_power.unhold"](kiosk="kiosk-east-01")["error"] == "kiosk: kiosk-east-01 has no hold"
+
+
+def test_wake_and_shutdown_runners_report_per_kiosk(runner, minions):
+    loaded, calls, _, _ = runner
+    east_day(minions)
+    sent = minions.answer["kiosk_wol.wake_kiosks"]
+    minions.answer["kiosk_wol.wake_kiosks"] = lambda m, k: sent(m, k) if m == "pi-east-1" else []
+    ret = loaded["kiosk_power.wake"](campus="east", timeout=5)
+    assert ret["retcode"] == 0 and ret["pis_answered"] == ["pi-east-1"] and ret["pis_silent"] == ["pi-east-2"]
+    assert minions.jobs[-1] == ("kiosk_wol.wake_kiosks", ["pi-east-1", "pi-east-2"],
+                                {"kiosks": ["kiosk-east-01", "kiosk-east-02"], "repeat": 3})
+    minions.answer["kiosk_power.shutdown"] = lambda m, k: (
+        [{"action": "shutdown"}] if m == "kiosk-east-01" else ["ERROR: Access is denied"])
+    ret = loaded["kiosk_power.shutdown"](kiosks="kiosk-east-01,kiosk-east-02,kiosk-west-01", delay_s=0, timeout=5)
+    assert ret["retcode"] == 1 and ret["accepted"] == ["kiosk-east-01"]
+    assert ret["failed"] == {"kiosk-east-02": "ERROR: Access is denied", "kiosk-west-01": "ERROR: Access is denied"}
+    assert ret["silent"] == [] and ret["delay_s"] == 0 and calls["loads"] == 2  # one per run
