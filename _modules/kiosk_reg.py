@@ -338,18 +338,23 @@ def _parse(key, user, field="key"):
     return hive, subkey, user
 
 
+def _user_root(stack, backend, user):
+    """``user``'s hive under HKU (its SID, or where it is mounted until ``stack`` closes)."""
+    try:
+        return stack.enter_context(backend.user_root(user))
+    except fleet_reg.RegError as exc:
+        raise _bad(exc) from exc
+
+
 @contextlib.contextmanager
-def _target(backend, hive, subkey, user):
-    """The real (hive, subkey) to touch: HKCU of ``user`` is HKU\\<SID or mount>."""
+def _opened(hive, subkey, user):
+    """``(backend, real hive, real subkey)`` of a parsed key: HKCU of ``user`` is HKU\\<SID or mount>."""
+    backend = _backend()
     if user is None:
-        yield hive, subkey
+        yield backend, hive, subkey
         return
     with contextlib.ExitStack() as stack:
-        try:
-            root = stack.enter_context(backend.user_root(user))
-        except fleet_reg.RegError as exc:
-            raise _bad(exc) from exc
-        yield "HKEY_USERS", f"{root}\\{subkey}"
+        yield backend, "HKEY_USERS", f"{_user_root(stack, backend, user)}\\{subkey}"
 
 
 def _value(values, name):
@@ -423,8 +428,7 @@ def get_value(key, name, user=None):
         name = fleet_reg.check_name(name)
     except fleet_reg.RegError as exc:
         raise _bad(exc) from exc
-    be = _backend()
-    with _target(be, hive, subkey, user) as (real_hive, real_key):
+    with _opened(hive, subkey, user) as (be, real_hive, real_key):
         value = _value(be.read_key(real_hive, real_key), name)
     return {"key": _shown(key, user), "name": fleet_reg.display_name(name), "exists": value is not None,
             "vtype": value and value["vtype"], "data": value and value["data"]}
@@ -442,8 +446,7 @@ def list_values(key, user=None):
         salt kiosk-riverside-01 kiosk_reg.list_values 'HKLM\\SOFTWARE\\Kiosk'
     """
     hive, subkey, user = _parse(key, user)
-    be = _backend()
-    with _target(be, hive, subkey, user) as (real_hive, real_key):
+    with _opened(hive, subkey, user) as (be, real_hive, real_key):
         values = be.read_key(real_hive, real_key)
     if values is None:
         raise CommandExecutionError(f"key: {_shown(key, user)} does not exist")
@@ -515,10 +518,7 @@ def _apply(plan, test, snapshot):  # pylint: disable=redefined-outer-name
                 item["real"] = (item["hive"], item["subkey"])
                 continue
             if item["user"] not in roots:
-                try:
-                    roots[item["user"]] = stack.enter_context(be.user_root(item["user"]))
-                except fleet_reg.RegError as exc:
-                    raise _bad(exc) from exc
+                roots[item["user"]] = _user_root(stack, be, item["user"])
             item["real"] = ("HKEY_USERS", f"{roots[item['user']]}\\{item['subkey']}")
         index = 0
         try:
@@ -641,8 +641,7 @@ def delete_key(key, user=None, test=False):
     minimum = 3 if hive == "HKEY_USERS" else 2
     if len(subkey.split("\\")) < minimum:
         raise SaltInvocationError(f"key: refusing to delete {fleet_reg.shown(key)}: too close to the hive root")
-    be = _backend()
-    with _target(be, hive, subkey, user) as (real_hive, real_key):
+    with _opened(hive, subkey, user) as (be, real_hive, real_key):
         values = be.read_key(real_hive, real_key)
         if values is None:
             return {"key": _shown(key, user), "changed": False, "old": None, "test": bool(test)}
@@ -666,8 +665,7 @@ def snapshot(key, user=None):
         salt kiosk-riverside-01 kiosk_reg.snapshot 'HKLM\\SOFTWARE\\Kiosk'
     """
     hive, subkey, user = _parse(key, user)
-    be = _backend()
-    with _target(be, hive, subkey, user) as (real_hive, real_key):
+    with _opened(hive, subkey, user) as (be, real_hive, real_key):
         return _take_snapshot(be, real_hive, real_key, label=key)
 
 

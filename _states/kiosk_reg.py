@@ -46,14 +46,35 @@ def _comment(exc):
     return str(exc)
 
 
-def _ret(name):
-    return {"name": name, "result": True, "changes": {}, "comment": ""}
-
-
 def _fmt(value):
     if value is None:
         return "(absent)"
     return f"{value['vtype']} {value['data']!r}"
+
+
+def _ensure(name, change, comments):
+    """
+    The state return of one registry change: ``change(test)`` calls the
+    kiosk_reg module (``test`` from the state run), ``comments(res)`` gives
+    the comments ``(unchanged, would change, changed)`` for its answer.
+    """
+    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    test = bool(__opts__.get("test"))
+    try:
+        res = change(test)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret.update(result=False, comment=_comment(exc))
+        return ret
+    unchanged, would, done = comments(res)
+    if not res["changed"]:
+        ret["comment"] = unchanged
+        return ret
+    ret["changes"] = {"old": res["old"], "new": res.get("new")}
+    if test:
+        ret.update(result=None, comment=would)
+    else:
+        ret["comment"] = done
+    return ret
 
 
 def present(name, vname=None, data=None, vtype="REG_SZ", user=None):
@@ -68,23 +89,15 @@ def present(name, vname=None, data=None, vtype="REG_SZ", user=None):
 
         salt kiosk-riverside-01 state.single kiosk_reg.present name='HKLM\\SOFTWARE\\Kiosk' vname=Mode data=1 vtype=REG_DWORD test=True
     """
-    ret = _ret(name)
-    test = bool(__opts__.get("test"))
-    try:
-        res = __salt__["kiosk_reg.set_value"](name, vname, data, vtype=vtype, user=user, test=test)
-    except (CommandExecutionError, SaltInvocationError) as exc:
-        ret.update(result=False, comment=_comment(exc))
-        return ret
-    where = f"{res['key']} {res['name']}"
-    if not res["changed"]:
-        ret["comment"] = f"{where} is already {_fmt(res['new'])}"
-        return ret
-    ret["changes"] = {"old": res["old"], "new": res["new"]}
-    if test:
-        ret.update(result=None, comment=f"{where} would change: {_fmt(res['old'])} -> {_fmt(res['new'])}")
-    else:
-        ret["comment"] = f"{where} set: {_fmt(res['old'])} -> {_fmt(res['new'])}"
-    return ret
+
+    def comments(res):
+        where, old, new = f"{res['key']} {res['name']}", _fmt(res["old"]), _fmt(res["new"])
+        return f"{where} is already {new}", f"{where} would change: {old} -> {new}", f"{where} set: {old} -> {new}"
+
+    def change(test):
+        return __salt__["kiosk_reg.set_value"](name, vname, data, vtype=vtype, user=user, test=test)
+
+    return _ensure(name, change, comments)
 
 
 def absent(name, vname=None, user=None):
@@ -97,23 +110,15 @@ def absent(name, vname=None, user=None):
 
         salt kiosk-riverside-01 state.single kiosk_reg.absent name='HKLM\\SOFTWARE\\Kiosk' vname=LegacyMode
     """
-    ret = _ret(name)
-    test = bool(__opts__.get("test"))
-    try:
-        res = __salt__["kiosk_reg.delete_value"](name, vname, user=user, test=test)
-    except (CommandExecutionError, SaltInvocationError) as exc:
-        ret.update(result=False, comment=_comment(exc))
-        return ret
-    where = f"{res['key']} {res['name']}"
-    if not res["changed"]:
-        ret["comment"] = f"{where} is already absent"
-        return ret
-    ret["changes"] = {"old": res["old"], "new": None}
-    if test:
-        ret.update(result=None, comment=f"{where} would be deleted: {_fmt(res['old'])} -> (absent)")
-    else:
-        ret["comment"] = f"{where} deleted (was {_fmt(res['old'])})"
-    return ret
+
+    def comments(res):
+        where, old = f"{res['key']} {res['name']}", _fmt(res["old"])
+        return f"{where} is already absent", f"{where} would be deleted: {old} -> (absent)", f"{where} deleted (was {old})"
+
+    def change(test):
+        return __salt__["kiosk_reg.delete_value"](name, vname, user=user, test=test)
+
+    return _ensure(name, change, comments)
 
 
 def key_absent(name, user=None):
@@ -126,19 +131,12 @@ def key_absent(name, user=None):
 
         salt kiosk-riverside-01 state.single kiosk_reg.key_absent name='HKLM\\SOFTWARE\\OldVendor'
     """
-    ret = _ret(name)
-    test = bool(__opts__.get("test"))
-    try:
-        res = __salt__["kiosk_reg.delete_key"](name, user=user, test=test)
-    except (CommandExecutionError, SaltInvocationError) as exc:
-        ret.update(result=False, comment=_comment(exc))
-        return ret
-    if not res["changed"]:
-        ret["comment"] = f"{res['key']} is already absent"
-        return ret
-    ret["changes"] = {"old": res["old"], "new": None}
-    if test:
-        ret.update(result=None, comment=f"{res['key']} would be deleted with {len(res['old'])} value(s)")
-    else:
-        ret["comment"] = f"{res['key']} deleted"
-    return ret
+
+    def comments(res):
+        key, count = res["key"], len(res["old"] or {})
+        return f"{key} is already absent", f"{key} would be deleted with {count} value(s)", f"{key} deleted"
+
+    def change(test):
+        return __salt__["kiosk_reg.delete_key"](name, user=user, test=test)
+
+    return _ensure(name, change, comments)
