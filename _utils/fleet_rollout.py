@@ -1,8 +1,10 @@
 """
 Release policy of the top master's runner (``_runners/kiosk_release.py``),
 kept pure so it can be tested without Salt: where a published package may
-come from, which events may start work, when a campus counts as pushed, and
-when a kiosk of a rollout ring counts as installed.
+come from, how a campus pin moves, which events may start work, when a
+campus counts as pushed, how a rollout visits its rings and when a kiosk of
+a ring counts as installed, what a rollback goes back to, where a campus
+stands (``status``) and which Pis stage a release from where.
 
 Events on the master's bus are hints: a kiosk can put any tag with any data
 (``id`` included) on its Pi master's bus and the syndic forwards it. So the
@@ -10,6 +12,7 @@ decisions below read the runner's own state (pins, serials, what is waiting
 to be staged) and what the Pis report, never the event's word.
 """
 
+import datetime as _dt
 import json
 import os
 import stat
@@ -25,8 +28,12 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
     import fleet_release
 
 
-class RolloutError(fleet_fields.FleetError):
+class RolloutError(fleet_release.ReleaseError):
     """A refused request or source; the message names the field."""
+
+
+SILENT = "silent"  # a kiosk that did not answer a push: not counted against a ring
+PIN_HISTORY = 20  # earlier versions a pin remembers (what rollback can go back to)
 
 
 # --------------------------------------------------------------------------- keys
@@ -271,9 +278,9 @@ def end_push(state, name, campus, serial, succeeded):
             state.setdefault("pushed", {}).setdefault(name, {})[campus] = serial
 
 
-def push_succeeded(kiosks, silent):
+def push_succeeded(kiosks, silent=SILENT):
     """A push succeeded when no kiosk that answered failed (silent kiosks follow the pin at boot)."""
-    return all(v is True or v == silent for v in kiosks.values())
+    return not failed_kiosks(kiosks, silent)
 
 
 # --------------------------------------------------------------------------- rollout rings
@@ -360,3 +367,402 @@ def served_from_log(lines, name, version, prefix=fleet_release.REPO_PREFIX, limi
         if count >= limit:
             break
     return {addr: sorted(statuses) for addr, statuses in sorted(seen.items())}
+
+
+# --------------------------------------------------------------------------- minion answers
+
+
+def answer_ok(ret):
+    """A module's return that says it worked (``{"result": True, ...}``)."""
+    return isinstance(ret, dict) and ret.get("result") is True
+
+
+def answer_error(ret):
+    """Why a return is not a success, in a few words (None: the minion did not answer)."""
+    if ret is None:
+        return "did not answer"
+    if isinstance(ret, dict):
+        return str(ret.get("error") or ret.get("comment") or "failed")[:300]
+    return str(ret)[:300]
+
+
+# --------------------------------------------------------------------------- campus pins
+
+
+def _iso(now):
+    return _dt.datetime.fromtimestamp(int(now), _dt.timezone.utc).isoformat()
+
+
+def pin_of(state, name, campus):
+    """The campus pin of ``name`` in the runner's state (``{version, serial, history, at, signed}``) or None."""
+    pin = state.get("pins", {}).get(name, {}).get(campus)
+    return pin if isinstance(pin, dict) else None
+
+
+def set_pin(state, name, campus, version, key_pem, now):
+    """
+    Move the pin of ``campus`` to ``version`` (None freezes the campus) in
+    ``state``, signed with ``key_pem`` (what the Pis store and the kiosks
+    verify); returns the new entry. The serial grows on every change and
+    follows the clock (``max(previous + 1, now)``): a master whose state was
+    wiped never issues serials below what the Pis hold (they refuse older
+    ones), and kiosks refuse a serial more than a day ahead of its signing
+    time. A new pin is due to be pushed (its ``pushed`` mark goes).
+    """
+    current = pin_of(state, name, campus) or {"version": None, "serial": 0, "history": []}
+    history = list(current.get("history") or [])
+    if current.get("version") is not None and current["version"] != version:
+        history.append(current["version"])
+    serial = max(int(current.get("serial") or 0) + 1, int(now))
+    signed = fleet_release.sign_pin(name, campus, version, serial, key_pem, signed_at=int(now))
+    pin = {"version": version, "serial": serial, "history": history[-PIN_HISTORY:], "at": _iso(now), "signed": signed}
+    state.setdefault("pins", {}).setdefault(name, {})[campus] = pin
+    state.setdefault("pushed", {}).setdefault(name, {}).pop(campus, None)
+    return pin
+
+
+def pin_doc(name, campus, pin, key):
+    """
+    The signed pin of a state entry. An entry saved before pins were signed
+    is signed now with the same serial; ``key`` is the private PEM or a
+    function returning it (read only then).
+    """
+    signed = pin.get("signed")
+    if isinstance(signed, dict) and signed.get("serial") == pin["serial"] and signed.get("version") == pin["version"]:
+        return signed
+    return fleet_release.sign_pin(name, campus, pin["version"], pin["serial"], key() if callable(key) else key)
+
+
+def signed_pins(state, name, version, serials, key):
+    """
+    ``({campus: signed pin}, {campus: why not})`` for the campuses of
+    ``serials`` (``{campus: serial}``, what the caller decided on) whose pin
+    still has that serial and names ``version``: the Pis get it with
+    ``kiosk_pkg.stage`` and store it only after verifying it. A pin that moved
+    on meanwhile is left out (those Pis stage without pinning).
+    """
+    pins, errors = {}, {}
+    for campus, serial in sorted(serials.items()):
+        pin = pin_of(state, name, campus)
+        if not pin or pin.get("serial") != serial or pin.get("version") != version:
+            continue
+        try:
+            pins[campus] = pin_doc(name, campus, pin, key)
+        except ValueError as exc:
+            errors[campus] = str(exc)
+    return pins, errors
+
+
+def pinned_serials(state, name, version, campuses):
+    """``{campus: serial}`` of the ``campuses`` pinned to ``version``."""
+    pins = {c: pin_of(state, name, c) for c in campuses}
+    return {c: p["serial"] for c, p in pins.items() if p and p.get("version") == version}
+
+
+def hold_push(state, name, campus, serial):
+    """``pin`` moves a campus without a push: its serial counts as pushed, so the staged reactor leaves it alone."""
+    state.setdefault("pushed", {}).setdefault(name, {})[campus] = serial
+
+
+def wait_for_staging(state, name, campus, serial):
+    """``publish campuses=``: the campus waits to be staged under this pin serial (see :func:`claim_event_staging`)."""
+    state.setdefault("to_stage", {}).setdefault(name, {})[campus] = serial
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def rollback_plan(name, campus, pin, manifests, published):
+    """
+    What ``rollback`` republishes for ``campus``: ``(previous, version)``.
+    ``previous`` is the newest version of the pin's history whose files
+    differ from those of the pinned version; when the pinned version is
+    itself a rollback to X, only versions up to X count (a second rollback
+    goes further back, never to the release it rolled back from).
+    ``version`` is the next version above every ``published`` one (kiosks
+    only ever move up). ``manifests`` holds ``{version: manifest}`` of the
+    versions the store still has; the others are skipped.
+    """
+    if not pin or pin.get("version") is None:
+        raise RolloutError(f"campus: {campus} is not pinned to a {name} version (frozen or never rolled out)")
+    current = pin["version"]
+    now = manifests.get(current)
+    if now is None:
+        raise RolloutError(f"version: {name} {current}, the pin of {campus}, is not published")
+    limit = fleet_release.parse_version(now["rollback_of"]) if now.get("rollback_of") else None
+    history = pin.get("history") or []
+    for version in reversed(history):
+        if not isinstance(version, str) or not fleet_release.VERSION.match(version):
+            continue
+        if limit is not None and fleet_release.parse_version(version) > limit:
+            continue
+        old = manifests.get(version)
+        if old is not None and old["files"] != now["files"]:
+            return version, fleet_release.next_version(published)
+    raise RolloutError(f"campus: no earlier {name} content to go back to from {current} (history: {history})")
+
+
+# --------------------------------------------------------------------------- staging on the Pis
+
+
+def stage_rounds(pis_by_campus):
+    """
+    The order in which the Pis of some campuses stage a release, as rounds
+    of jobs (a generator): it yields ``(hop, {campus: [pi, ...]})`` and is
+    sent ``{pi: return of kiosk_pkg.stage}`` (a silent Pi left out) for each.
+    First, in each round, one not yet tried Pi of every campus still without
+    a seed fetches from the master (``master->pi``: the WAN copy, once per
+    campus when it works); then all the other Pis of a campus with a seed
+    copy from it (``pi->pi``, LAN); those that could not fall back to the
+    master. Returns (``StopIteration.value``) the report: ``{campus: {seed,
+    pis: {pi: {staged, source[, error]}}, wan_bytes, staged_on, complete}}``.
+    """
+    report = {c: {"seed": None, "pis": {}, "wan_bytes": 0} for c in pis_by_campus}
+    untried = {c: list(pis) for c, pis in pis_by_campus.items()}
+
+    def record(wave, hop, returns):
+        for campus, pis in wave.items():
+            for pi in pis:
+                ret = returns.get(pi)
+                ok = answer_ok(ret)
+                report[campus]["pis"][pi] = {"staged": ok, "source": hop, **({} if ok else {"error": answer_error(ret)})}
+                fetched = ret.get("fetched") if ok else 0
+                if hop == "master->pi" and isinstance(fetched, int) and not isinstance(fetched, bool) and fetched > 0:
+                    report[campus]["wan_bytes"] += fetched
+
+    while True:
+        wave = {c: [untried[c].pop(0)] for c in report if report[c]["seed"] is None and untried[c]}
+        if not wave:
+            break
+        record(wave, "master->pi", (yield "master->pi", wave))
+        for campus, (pi,) in wave.items():
+            if report[campus]["pis"][pi]["staged"]:
+                report[campus]["seed"] = pi
+    # every Pi still without it (never tried, or failed as a seed) copies from the campus over the LAN
+    peers = {c: [p for p in pis_by_campus[c] if not report[c]["pis"].get(p, {}).get("staged")]
+             for c in report if report[c]["seed"]}
+    peers = {c: pis for c, pis in peers.items() if pis}
+    if peers:
+        record(peers, "pi->pi", (yield "pi->pi", peers))
+    retry = {c: [p for p in pis if not report[c]["pis"][p]["staged"]] for c, pis in peers.items()}
+    retry = {c: pis for c, pis in retry.items() if pis}
+    if retry:
+        record(retry, "master->pi", (yield "master->pi", retry))
+    for entry in report.values():
+        entry["staged_on"] = sorted(p for p, r in entry["pis"].items() if r["staged"])
+        entry["complete"] = len(entry["staged_on"]) == len(entry["pis"])
+    return report
+
+
+def unstaged(report):
+    """The campuses of a staging report that ended with no Pi holding the release."""
+    return sorted(c for c, entry in report.items() if not entry["seed"])
+
+
+# --------------------------------------------------------------------------- pushes to kiosks
+
+
+def push_results(kiosks, returns, name, version):
+    """
+    ``{campus: {kiosk: True | SILENT | reason}}`` from the ``check_update``
+    returns (``{kiosk: return}``) of the kiosks ``{campus: [kiosk, ...]}``: a
+    kiosk is on ``version`` when its return for ``name`` says so; one that did
+    not answer (off at night, a power cut) is :data:`SILENT`: it follows the
+    pin at its next boot.
+    """
+    result = {}
+    for campus, members in kiosks.items():
+        result[campus] = {}
+        for kiosk in sorted(members):
+            if kiosk not in returns:
+                result[campus][kiosk] = SILENT
+                continue
+            ret = returns[kiosk]
+            per = ret.get("releases") if isinstance(ret, dict) else None
+            one = per.get(name) if isinstance(per, dict) else None
+            on_version = answer_ok(one) and (one.get("version") or one.get("installed")) == version
+            result[campus][kiosk] = True if on_version else answer_error(one if one else ret)
+    return result
+
+
+def failed_kiosks(kiosks, silent=SILENT):
+    """The kiosks of ``{kiosk: True | silent | reason}`` that answered and are not on the version."""
+    return {k: v for k, v in kiosks.items() if v is not True and v != silent}
+
+
+# --------------------------------------------------------------------------- rollout rings
+
+
+def plan_rings(campuses, canary=None, rings=None):
+    """
+    The order a rollout visits campuses: ``rings`` (list of lists, or
+    ``"east;west,north"``) as given, or the ``canary`` campus alone and then
+    the rest, or every campus in one ring.
+    """
+    campuses = list(campuses)
+    if not campuses:
+        raise RolloutError("campuses: no campus to roll out to")
+    if rings is not None and canary is not None:
+        raise RolloutError("rings/canary: give one or the other")
+    if rings is not None:
+        if isinstance(rings, str):
+            rings = [[c.strip() for c in ring.split(",") if c.strip()] for ring in rings.split(";")]
+        if not isinstance(rings, list) or not all(isinstance(r, list) and r for r in rings):
+            raise RolloutError(f"rings: expected campus lists like 'east;west,north', got {fleet_fields.shown(rings)}")
+        flat = [c for ring in rings for c in ring]
+        unknown = [c for c in flat if c not in campuses]
+        if unknown:
+            raise RolloutError(f"rings: unknown campus {', '.join(map(str, unknown))}")
+        dup = sorted({c for c in flat if flat.count(c) > 1})
+        if dup:
+            raise RolloutError(f"rings: campus {', '.join(dup)} appears twice")
+        return rings
+    if canary is not None:
+        if canary not in campuses:
+            raise RolloutError(f"canary: {fleet_fields.shown(canary)} is not one of {', '.join(campuses)}")
+        rest = [c for c in campuses if c != canary]
+        return [[canary]] + ([rest] if rest else [])
+    return [campuses]
+
+
+def check_share(value, field="max_error_share"):
+    """A share of kiosks, 0 to 1 (``max_error_share``); a string from the CLI is read as a number."""
+    try:
+        share = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise RolloutError(f"{field}: {fleet_fields.shown(value)} is not a number") from None
+    if isinstance(value, bool) or not 0.0 <= share <= 1.0:
+        raise RolloutError(f"{field}: {fleet_fields.shown(value)} is outside 0-1")
+    return share
+
+
+def ring_verdict(kiosk_results, max_error_share):
+    """
+    ``kiosk_results`` is ``{kiosk: True (on the version) | False}``. Returns
+    ``(go_on, error_share)``: the rollout halts when the share of kiosks not
+    on the version passes ``max_error_share``.
+    """
+    if not kiosk_results:
+        return True, 0.0
+    failed = sum(1 for ok in kiosk_results.values() if not ok)
+    share = failed / len(kiosk_results)
+    return share <= max_error_share, round(share, 4)
+
+
+def ring_outcome(ring, version, staging, kiosks, campus_kiosks, threshold):
+    """
+    The report of one rollout ring and whether the rollout goes on.
+    ``staging`` is the staging report of the ring's campuses, ``kiosks``
+    ``{campus: {kiosk: True | SILENT | reason}}`` of the campuses pushed
+    (confirmed), ``campus_kiosks`` ``{campus: [kiosk, ...]}``: every kiosk of
+    a campus that no Pi staged counts as failed; silent kiosks are left out
+    of the share.
+    """
+    kiosks = dict(kiosks)
+    for campus in ring:
+        if not staging[campus]["seed"]:
+            kiosks[campus] = dict.fromkeys(campus_kiosks[campus], f"{campus}: no Pi staged {version}")
+    flat = {k: v is True for per in kiosks.values() for k, v in per.items() if v != SILENT}
+    go_on, share = ring_verdict(flat, threshold)
+    entry = {"campuses": ring, "staging": staging, "kiosks": kiosks, "error_share": share, "go_on": go_on}
+    if not go_on:
+        entry["error"] = (f"halted after ring {', '.join(ring)}: {share:.0%} of its kiosks are not on {version} "
+                          f"(limit {threshold:.0%})")
+    return entry
+
+
+# --------------------------------------------------------------------------- status
+
+
+def drift(pin, installed):
+    """Kiosks whose installed version is not the campus pin: ``{kiosk: installed or None}``."""
+    if pin is None:
+        return {}
+    want = fleet_release.parse_version(pin)
+    return {k: v for k, v in sorted(installed.items())
+            if v is None or not fleet_release.VERSION.match(str(v)) or fleet_release.parse_version(v) != want}
+
+
+def _version_key(version):
+    # versions a kiosk reports are its word: one that is no version sorts last, never raises
+    if isinstance(version, str) and fleet_release.VERSION.match(version):
+        return (0, fleet_release.parse_version(version), "")
+    return (1, (), str(version))
+
+
+def campus_status(campus, pin, pis, pi_returns, kiosks, kiosk_returns):
+    """
+    Where one campus stands: ``(entry, problems, on_pin, silent)`` from the
+    Pis' ``kiosk_pkg.repo_status`` and the kiosks' ``kiosk_pkg.installed``
+    returns (``{minion: return}``, a silent minion left out). ``entry`` is
+    what ``status`` reports for the campus; ``problems`` the drift found
+    (kiosks off the pin, kiosks on different versions, Pis without the pinned
+    version); ``on_pin`` ``{kiosk: bool}`` of the kiosks that answered (None
+    for a campus with no pin); ``silent`` the kiosks that did not answer.
+    """
+    want = pin["version"] if pin else None
+    entry = {"pin": want, "serial": pin["serial"] if pin else None, "pis": {}, "kiosks": {}}
+    for pi in pis:
+        ret = pi_returns.get(pi)
+        if answer_ok(ret):
+            staged = ret.get("staged") if isinstance(ret.get("staged"), list) else []
+            pinned = ret.get("pin") if isinstance(ret.get("pin"), dict) else {}
+            entry["pis"][pi] = {"staged": staged, "pin": pinned.get("version")}
+        else:
+            entry["pis"][pi] = {"error": answer_error(ret)}
+    installed, silent = {}, []
+    for kiosk in sorted(kiosks):
+        if kiosk not in kiosk_returns:
+            entry["kiosks"][kiosk] = {"silent": True}
+            silent.append(kiosk)
+            continue
+        rec = kiosk_returns[kiosk] if isinstance(kiosk_returns[kiosk], dict) else {}
+        version = rec.get("version") if isinstance(rec.get("version"), str) else None
+        installed[kiosk] = version
+        entry["kiosks"][kiosk] = {"installed": version, "previous": rec.get("previous")}
+    entry["drift"] = drift(want, installed)
+    entry["versions_running"] = sorted({v for v in installed.values() if v}, key=_version_key)
+    entry["pis_without_pin"] = sorted(p for p, r in entry["pis"].items() if want and want not in r.get("staged", []))
+    problems = []
+    if entry["drift"]:
+        problems.append(f"{campus}: {len(entry['drift'])} kiosk(s) not on {want}")
+    if len(entry["versions_running"]) > 1:
+        problems.append(f"{campus}: kiosks run {', '.join(entry['versions_running'])}")
+    if entry["pis_without_pin"]:
+        problems.append(f"{campus}: {', '.join(entry['pis_without_pin'])} lack {want}")
+    # an unpinned campus has no kiosk on (or off) its pin
+    on_pin = {k: k not in entry["drift"] for k in installed} if want is not None else None
+    return entry, problems, on_pin, silent
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def kiosk_counts(kiosks_by_campus, silent=None):
+    """``{campus: {on_pin, drift, silent}}`` from ``{campus: {kiosk: True | SILENT | reason or False}}``."""
+    counts = {}
+    for campus, kiosks in kiosks_by_campus.items():
+        on = sum(1 for v in kiosks.values() if v is True)
+        off = sum(1 for v in kiosks.values() if v == SILENT)
+        counts[campus] = {"on_pin": on, "drift": len(kiosks) - on - off,
+                          "silent": len((silent or {}).get(campus, [])) + off}
+    return counts
+
+
+def metric_families(state):
+    """The families of ``kiosk_release.prom`` (``fleet_metrics.render``) from the runner's state."""
+    pins, m = state.get("pins", {}), state.get("metrics", {})
+    return [
+        ("kiosk_release_pin_serial", "gauge", "Serial of the campus pin (grows on every pin change).",
+         [({"name": n, "campus": c, "version": p["version"] or "frozen"}, p["serial"])
+          for n, per in sorted(pins.items()) for c, p in sorted(per.items())]),
+        ("kiosk_release_published_bytes", "gauge", "Size of the newest published version.",
+         [({"name": n, "version": v["version"]}, v["bytes"]) for n, v in sorted(m.get("published", {}).items())]),
+        ("kiosk_release_stage_wan_bytes", "gauge", "Bytes the last staging took from the master, per campus.",
+         [({"name": n, "campus": c}, b) for n, per in sorted(m.get("wan", {}).items()) for c, b in sorted(per.items())]),
+        ("kiosk_release_kiosks", "gauge", "Kiosks per campus on the pin, drifting or silent (last status/rollout).",
+         [({"name": n, "campus": c, "state": s}, k) for n, per in sorted(m.get("kiosks", {}).items())
+          for c, states in sorted(per.items()) for s, k in sorted(states.items())]),
+        ("kiosk_release_last_run_success", "gauge", "1 when the last run of the action succeeded.",
+         [({"action": a}, ok) for a, ok in sorted(m.get("runs", {}).items())]),
+    ]

@@ -7,7 +7,7 @@
     harmless, idempotent saltutil.sync_all of the pack from the Pi's own
     file_roots; never add an action to this file that a forged id could abuse. #}
 {%- set kiosk_id = data.get('id', '') %}
-{%- if kiosk_id and kiosk_id is string and kiosk_id | regex_match('^([A-Za-z0-9][A-Za-z0-9._-]{0,62})$') %}
+{%- if kiosk_id and kiosk_id is string and kiosk_id | regex_match('^([A-Za-z0-9][A-Za-z0-9._-]{0,62})\\Z') %}
 sync_pack_on_kiosk_boot:
   local.saltutil.sync_all:
     - tgt: {{ kiosk_id | json }}

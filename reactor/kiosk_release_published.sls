@@ -15,8 +15,8 @@
 {%- set name = data.get('name', '') %}
 {%- set version = data.get('version', '') | string %}
 {%- set campuses = data.get('campuses') or [] %}
-{%- if name is string and name | regex_match('^([A-Za-z0-9][A-Za-z0-9._-]{0,62})\Z')
-      and version | regex_match('^([0-9]{1,9}(\.[0-9]{1,9}){0,3})\Z')
+{%- if name is string and name | regex_match('^([A-Za-z0-9][A-Za-z0-9._-]{0,62})\\Z')
+      and version | regex_match('^([0-9]{1,9}(\\.[0-9]{1,9}){0,3})\\Z')
       and campuses is sequence and campuses is not string and campuses | length > 0
       and campuses | length <= 1000 %}
 kiosk_release_stage_what_waits:

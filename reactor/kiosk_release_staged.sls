@@ -18,9 +18,9 @@
 {%- set payload = data.get('data') if data.get('data') is mapping else data %}
 {%- set name = payload.get('name', '') %}
 {%- set version = payload.get('version', '') | string %}
-{%- if pi is string and pi | regex_match('^([A-Za-z0-9][A-Za-z0-9._-]{0,62})\Z')
-      and name is string and name | regex_match('^([A-Za-z0-9][A-Za-z0-9._-]{0,62})\Z')
-      and version | regex_match('^([0-9]{1,9}(\.[0-9]{1,9}){0,3})\Z') %}
+{%- if pi is string and pi | regex_match('^([A-Za-z0-9][A-Za-z0-9._-]{0,62})\\Z')
+      and name is string and name | regex_match('^([A-Za-z0-9][A-Za-z0-9._-]{0,62})\\Z')
+      and version | regex_match('^([0-9]{1,9}(\\.[0-9]{1,9}){0,3})\\Z') %}
 kiosk_release_push_to_campus:
   runner.kiosk_release.push:
     - args:

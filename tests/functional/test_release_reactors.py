@@ -84,3 +84,14 @@ def test_staged_hands_the_sender_id_to_push_which_checks_it(render):
 ])
 def test_staged_renders_nothing_for_data_that_is_not_names(render, data):
     assert render(STAGED, "kiosk/release/staged", data) == {}
+
+
+BOOT = str(REPO / "reactor" / "kiosk_boot.sls")
+
+
+def test_boot_syncs_the_claimed_kiosk_only_when_its_id_is_a_name(render):
+    rendered = render(BOOT, "kiosk/boot", {"id": "kiosk-east-01"})
+    assert rendered == {"sync_pack_on_kiosk_boot": {"local.saltutil.sync_all": [
+        {"tgt": "kiosk-east-01"}, {"tgt_type": "list"}]}}
+    for bad in ("kiosk-east-01\n", "kiosk-east-01,pi-east-1", "*", ["kiosk-east-01"], ""):
+        assert render(BOOT, "kiosk/boot", {"id": bad}) == {}
