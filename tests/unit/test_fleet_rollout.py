@@ -324,3 +324,333 @@ def test_served_from_log_reads_the_pi_nginx_log_of_that_version_only():
         "10.0.0.11": [200], "10.0.0.12": [206], "10.0.0.18": [404]}
     assert fleet_rollout.served_from_log(lines, "kiosk-app", "1.3.0") == {"10.0.0.14": [200]}
     raises(fleet_rollout.served_from_log, lines, "../x", "1.4.0", match=r"^name:")
+
+
+# --------------------------------------------------------------------------- campus pins
+
+
+KEY = fleet_rollout.new_key_pair()
+
+
+def test_set_pin_signs_grows_the_serial_with_the_clock_and_keeps_the_history():
+    state = state_with({}, pushed={"east": 5})
+    first = fleet_rollout.set_pin(state, "kiosk-app", "east", "1.3.0", KEY[0], now=1000.7)
+    assert first["serial"] == 1000 and first["version"] == "1.3.0" and first["history"] == []
+    assert first["at"] == "1970-01-01T00:16:40+00:00"
+    fleet_release.verify_pin(first["signed"], [KEY[1]], "kiosk-app", "east")
+    assert first["signed"]["serial"] == 1000 and first["signed"]["signed_at"] == 1000
+    assert state["pushed"]["kiosk-app"] == {}  # a new pin is due to be pushed again
+    # the clock stood still (or went back): the serial still grows
+    second = fleet_rollout.set_pin(state, "kiosk-app", "east", "1.4.0", KEY[0], now=900)
+    assert second["serial"] == 1001 and second["history"] == ["1.3.0"]
+    frozen = fleet_rollout.set_pin(state, "kiosk-app", "east", None, KEY[0], now=5000)
+    assert frozen["serial"] == 5000 and frozen["version"] is None and frozen["history"] == ["1.3.0", "1.4.0"]
+    again = fleet_rollout.set_pin(state, "kiosk-app", "east", "1.4.0", KEY[0], now=5000)
+    assert again["history"] == ["1.3.0", "1.4.0"]  # a frozen pin adds nothing to go back to
+    assert fleet_rollout.pin_of(state, "kiosk-app", "east") is again
+    assert fleet_rollout.pin_of(state, "kiosk-app", "west") is None
+    assert fleet_rollout.pin_of({}, "other", "east") is None
+
+
+def test_the_pin_history_is_bounded():
+    state = state_with({})
+    for i in range(30):
+        fleet_rollout.set_pin(state, "kiosk-app", "east", f"1.{i}", KEY[0], now=1000 + i)
+    assert state["pins"]["kiosk-app"]["east"]["history"] == [f"1.{i}" for i in range(9, 29)]
+
+
+def test_a_pin_is_not_moved_without_a_usable_key():
+    state = state_with(copy.deepcopy(PINS))
+    before = copy.deepcopy(state)
+    with pytest.raises(ValueError, match=r"signing_key|private key"):
+        fleet_rollout.set_pin(state, "kiosk-app", "east", "1.5.0", b"not a key", now=2000)
+    assert state == before
+
+
+def test_pin_doc_reuses_the_signed_pin_and_signs_an_old_entry_only_when_needed():
+    state = state_with({})
+    pin = fleet_rollout.set_pin(state, "kiosk-app", "east", "1.4.0", KEY[0], now=1000)
+
+    def no_key():
+        raise AssertionError("the key is not needed for a signed entry")
+
+    assert fleet_rollout.pin_doc("kiosk-app", "east", pin, no_key) is pin["signed"]
+    old = {"version": "1.4.0", "serial": 1000, "history": []}  # saved before pins were signed
+    doc = fleet_rollout.pin_doc("kiosk-app", "east", old, lambda: KEY[0])
+    assert doc["serial"] == 1000 and fleet_release.verify_pin(doc, [KEY[1]], "kiosk-app", "east")
+    moved = dict(pin, serial=1001)  # an entry whose signature is for another serial is signed again
+    assert fleet_rollout.pin_doc("kiosk-app", "east", moved, KEY[0])["serial"] == 1001
+
+
+def test_signed_pins_only_for_campuses_still_on_that_serial_and_version():
+    state = state_with({})
+    east = fleet_rollout.set_pin(state, "kiosk-app", "east", "1.4.0", KEY[0], now=1000)
+    fleet_rollout.set_pin(state, "kiosk-app", "west", "1.3.0", KEY[0], now=1000)
+    state["pins"]["kiosk-app"]["north"] = {"version": "1.4.0", "serial": 7}
+    pins, errors = fleet_rollout.signed_pins(state, "kiosk-app", "1.4.0",
+                                             {"east": east["serial"], "west": 1000, "south": 1, "north": 7},
+                                             b"broken key")
+    assert pins == {"east": east["signed"]} and list(errors) == ["north"]
+    assert fleet_rollout.pinned_serials(state, "kiosk-app", "1.4.0", ["east", "west", "south"]) == {"east": 1000}
+
+
+def test_pin_holds_its_push_and_publish_records_what_waits():
+    state = state_with({})
+    pin = fleet_rollout.set_pin(state, "kiosk-app", "east", "1.4.0", KEY[0], now=1000)
+    fleet_rollout.hold_push(state, "kiosk-app", "east", pin["serial"])
+    assert fleet_rollout.push_decision(state, "kiosk-app", "east", "1.4.0", now=1)[1].endswith("already pushed to east")
+    fleet_rollout.wait_for_staging(state, "kiosk-app", "west", 1001)
+    assert state["to_stage"] == {"kiosk-app": {"west": 1001}}
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def manifest_of(content):
+    return {"files": {"app.msi": {"size": len(content), "md5": content, "sha256": content}}, "rollback_of": None}
+
+
+def test_rollback_goes_back_to_the_newest_earlier_content_as_the_next_version():
+    manifests = {"1.2.0": manifest_of("a"), "1.3.0": manifest_of("b"), "1.3.1": manifest_of("b"),
+                 "1.4.0": manifest_of("c")}
+    pin = {"version": "1.4.0", "history": ["1.2.0", "1.3.0", "1.3.1"]}
+    assert fleet_rollout.rollback_plan("kiosk-app", "east", pin, manifests, ["1.2.0", "1.4.0", "1.5.0"]) == (
+        "1.3.1", "1.5.1")
+    # 1.3.1 has the same content as 1.4.0: skipped; one gone from the store: skipped
+    manifests["1.4.0"] = manifest_of("b")
+    assert fleet_rollout.rollback_plan("kiosk-app", "east", pin, manifests, ["1.4.0"])[0] == "1.2.0"
+    del manifests["1.2.0"]
+    raises(fleet_rollout.rollback_plan, "kiosk-app", "east", pin, manifests, ["1.4.0"],
+           match=r"^campus: no earlier kiosk-app content to go back to from 1\.4\.0")
+
+
+def test_a_second_rollback_goes_further_back_never_to_the_release_it_left():
+    manifests = {"1.2.0": manifest_of("a"), "1.3.0": manifest_of("b"), "1.4.0": manifest_of("c"),
+                 "1.4.1": dict(manifest_of("b"), rollback_of="1.3.0")}
+    pin = {"version": "1.4.1", "history": ["1.2.0", "1.3.0", "1.4.0"]}
+    assert fleet_rollout.rollback_plan("kiosk-app", "east", pin, manifests, list(manifests)) == ("1.2.0", "1.4.2")
+
+
+@pytest.mark.parametrize("pin, match", [
+    (None, r"^campus: east is not pinned to a kiosk-app version"),
+    ({"version": None, "serial": 5, "history": ["1.0"]}, r"^campus: east is not pinned"),
+    ({"version": "9.9", "history": []}, r"^version: kiosk-app 9\.9, the pin of east, is not published"),
+    ({"version": "1.0", "history": [None, 5, "x", ["1.0"]]}, r"^campus: no earlier"),
+])
+def test_rollback_refuses_naming_the_field(pin, match):
+    raises(fleet_rollout.rollback_plan, "kiosk-app", "east", pin, {"1.0": manifest_of("a")}, ["1.0"], match=match)
+
+
+# --------------------------------------------------------------------------- staging rounds
+
+
+def run_rounds(pis_by_campus, answer):
+    """Drive stage_rounds with ``answer(hop, pi) -> return``; ``(jobs, report)``."""
+    rounds, jobs, returns = fleet_rollout.stage_rounds(pis_by_campus), [], None
+    try:
+        while True:
+            hop, wave = rounds.send(returns)
+            jobs.append((hop, wave))
+            returns = {pi: answer(hop, pi) for pis in wave.values() for pi in pis if answer(hop, pi) is not None}
+    except StopIteration as done:
+        return jobs, done.value
+
+
+def staged(fetched=100):
+    return {"result": True, "fetched": fetched}
+
+
+def test_one_wan_copy_per_campus_then_lan_copies():
+    jobs, report = run_rounds({"east": ["pi-e1", "pi-e2", "pi-e3"], "west": ["pi-w1"]},
+                              lambda hop, pi: staged(100 if hop == "master->pi" else 0))
+    assert jobs == [("master->pi", {"east": ["pi-e1"], "west": ["pi-w1"]}), ("pi->pi", {"east": ["pi-e2", "pi-e3"]})]
+    assert report["east"]["seed"] == "pi-e1" and report["east"]["wan_bytes"] == 100
+    assert report["east"]["staged_on"] == ["pi-e1", "pi-e2", "pi-e3"] and report["east"]["complete"] is True
+    assert report["east"]["pis"]["pi-e2"] == {"staged": True, "source": "pi->pi"}
+
+
+def test_a_failed_seed_is_replaced_and_a_failed_lan_copy_falls_back_to_the_master():
+    def answer(hop, pi):
+        if pi == "pi-e1":
+            return {"result": False, "error": "disk: full"}
+        if pi == "pi-e2" and hop == "pi->pi":
+            return "ERROR: cannot reach the seed"
+        return staged(50 if hop == "master->pi" else 0)
+
+    jobs, report = run_rounds({"east": ["pi-e1", "pi-e2", "pi-e3"]}, answer)
+    assert jobs == [("master->pi", {"east": ["pi-e1"]}), ("master->pi", {"east": ["pi-e2"]}),
+                    ("pi->pi", {"east": ["pi-e1", "pi-e3"]}), ("master->pi", {"east": ["pi-e1"]})]
+    east = report["east"]
+    assert east["seed"] == "pi-e2" and east["wan_bytes"] == 50 and east["complete"] is False
+    assert east["pis"]["pi-e1"] == {"staged": False, "source": "master->pi", "error": "disk: full"}
+    assert fleet_rollout.unstaged(report) == []
+
+
+def test_a_campus_whose_pis_all_fail_or_stay_silent_has_no_seed():
+    jobs, report = run_rounds({"east": ["pi-e1", "pi-e2"], "west": []}, lambda hop, pi: None)
+    assert jobs == [("master->pi", {"east": ["pi-e1"]}), ("master->pi", {"east": ["pi-e2"]})]
+    assert report["east"]["pis"]["pi-e1"]["error"] == "did not answer" and report["east"]["wan_bytes"] == 0
+    assert fleet_rollout.unstaged(report) == ["east", "west"]
+    assert run_rounds({}, lambda hop, pi: None) == ([], {})
+
+
+@pytest.mark.parametrize("fetched", [-5, True, "100", None, 1.5])
+def test_wan_bytes_count_only_byte_counts(fetched):
+    _jobs, report = run_rounds({"east": ["pi-e1"]}, lambda hop, pi: staged(fetched))
+    assert report["east"]["wan_bytes"] == 0 and report["east"]["seed"] == "pi-e1"
+
+
+# --------------------------------------------------------------------------- push results
+
+
+def update(version="1.4.0", result=True, name="kiosk-app"):
+    return {"result": result, "releases": {name: {"result": result, "version": version}}}
+
+
+def test_push_results_tell_on_version_failed_and_silent_kiosks():
+    returns = {"k1": update(), "k2": update("1.3.0"), "k3": {"result": False, "error": "disk: full"},
+               "k4": "ERROR: kiosk_pkg.check_update broke", "k6": update(name="other"),
+               "k7": {"result": True, "releases": ["x"]}, "k8": {"result": True, "releases": {"kiosk-app": {
+                   "result": True, "installed": "1.4.0"}}}}
+    kiosks = {"east": ["k1", "k2", "k3"], "west": ["k4", "k5", "k6", "k7", "k8"], "north": []}
+    result = fleet_rollout.push_results(kiosks, returns, "kiosk-app", "1.4.0")
+    assert result["north"] == {} and result["east"]["k1"] is True and result["west"]["k8"] is True
+    assert result["east"]["k2"] == "failed" and result["east"]["k3"] == "disk: full"
+    assert result["west"]["k4"] == "ERROR: kiosk_pkg.check_update broke" and result["west"]["k5"] == SILENT
+    assert result["west"]["k6"] == "failed" and result["west"]["k7"] == "failed"
+    assert fleet_rollout.failed_kiosks(result["west"]) == {k: result["west"][k] for k in ("k4", "k6", "k7")}
+    assert fleet_rollout.push_succeeded(result["north"]) and not fleet_rollout.push_succeeded(result["east"])
+
+
+@pytest.mark.parametrize("ret, why", [
+    (None, "did not answer"), ({"result": False, "comment": "no"}, "no"), ({"result": False}, "failed"),
+    ("x" * 500, "x" * 300), ({"error": {"nested": 1}}, "{'nested': 1}"),
+])
+def test_answer_error(ret, why):
+    assert fleet_rollout.answer_error(ret) == why and not fleet_rollout.answer_ok(ret)
+
+
+# --------------------------------------------------------------------------- rings (moved from fleet_release)
+
+
+CAMPUSES = ["east", "west", "north"]
+
+
+def test_plan_rings():
+    assert fleet_rollout.plan_rings(CAMPUSES) == [CAMPUSES]
+    assert fleet_rollout.plan_rings(CAMPUSES, canary="west") == [["west"], ["east", "north"]]
+    assert fleet_rollout.plan_rings(["east"], canary="east") == [["east"]]
+    assert fleet_rollout.plan_rings(CAMPUSES, rings="west;east,north") == [["west"], ["east", "north"]]
+    assert fleet_rollout.plan_rings(CAMPUSES, rings=" west ; east , north, ") == [["west"], ["east", "north"]]
+    assert fleet_rollout.plan_rings(CAMPUSES, rings=[["north"], ["east"]]) == [["north"], ["east"]]
+    assert fleet_rollout.plan_rings(iter(CAMPUSES), canary="north") == [["north"], ["east", "west"]]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rings": "east;south,west"}, r"^rings: unknown campus south$"),
+    ({"rings": "east,west;east"}, r"^rings: campus east appears twice$"),
+    ({"rings": "east;;west"}, r"^rings: expected campus lists"),
+    ({"rings": ";"}, r"^rings: expected campus lists"),
+    ({"rings": 5}, r"^rings: expected campus lists"),
+    ({"rings": [["east"], "west"]}, r"^rings: expected campus lists"),
+    ({"rings": "east", "canary": "east"}, r"^rings/canary: give one or the other"),
+    ({"canary": "south"}, r"^canary: 'south' is not one of east, west, north"),
+    ({"canary": ["east"]}, r"^canary: \['east'\] is not one of"),
+])
+def test_bad_rings_are_refused_as_release_errors(kwargs, match):
+    with pytest.raises(fleet_release.ReleaseError, match=match):
+        fleet_rollout.plan_rings(CAMPUSES, **kwargs)
+    raises(fleet_rollout.plan_rings, [], match="^campuses: ")
+
+
+@pytest.mark.parametrize("good, value", [(0, 0.0), (1, 1.0), ("0.25", 0.25), (0.1, 0.1)])
+def test_check_share_accepts(good, value):
+    assert fleet_rollout.check_share(good) == value
+
+
+@pytest.mark.parametrize("bad", [-0.01, 1.01, "half", None, True, float("nan"), "inf", [0.1], 10**400])
+def test_check_share_refuses_naming_the_field(bad):
+    with pytest.raises(fleet_rollout.RolloutError) as info:
+        fleet_rollout.check_share(bad)
+    assert str(info.value).startswith("max_error_share: ") and info.value.field == "max_error_share"
+
+
+@pytest.mark.parametrize("results, threshold, verdict", [
+    ({}, 0.0, (True, 0.0)),
+    ({"k1": True, "k2": True}, 0.0, (True, 0.0)),
+    ({"k1": True, "k2": False}, 0.0, (False, 0.5)),
+    ({"k1": False, "k2": True, "k3": True, "k4": True}, 0.25, (True, 0.25)),  # exactly at the threshold: go on
+    ({"k1": False, "k2": False, "k3": True, "k4": True}, 0.25, (False, 0.5)),
+    ({f"k{i}": i >= 3 for i in range(10)}, 0.3, (True, 0.3)),
+    ({f"k{i}": i >= 4 for i in range(10)}, 0.3, (False, 0.4)),
+    ({"k1": False, "k2": True, "k3": True}, 0.3333, (False, 0.3333)),
+    ({"k1": False, "k2": False}, 1.0, (True, 1.0)),
+])
+def test_ring_verdict_boundaries(results, threshold, verdict):
+    assert fleet_rollout.ring_verdict(results, threshold) == verdict
+
+
+def test_a_ring_halts_on_failed_kiosks_and_on_a_campus_no_pi_staged_but_not_on_silent_ones():
+    staging = {"east": {"seed": "pi-e1"}, "west": {"seed": None}}
+    kiosks = {"east": {"k1": True, "k2": SILENT, "k3": True}}
+    entry = fleet_rollout.ring_outcome(["east", "west"], "1.4.0", staging, kiosks,
+                                       {"east": ["k1", "k2", "k3"], "west": ["w1"]}, 0.5)
+    assert entry["kiosks"]["west"] == {"w1": "west: no Pi staged 1.4.0"}
+    assert entry["error_share"] == 0.3333 and entry["go_on"] is True and "error" not in entry
+    entry = fleet_rollout.ring_outcome(["east", "west"], "1.4.0", staging, kiosks,
+                                       {"east": ["k1", "k2", "k3"], "west": ["w1"]}, 0.0)
+    assert entry["go_on"] is False and entry["error"] == (
+        "halted after ring east, west: 33% of its kiosks are not on 1.4.0 (limit 0%)")
+    quiet = fleet_rollout.ring_outcome(["east"], "1.4.0", {"east": {"seed": "pi-e1"}}, {"east": {"k2": SILENT}},
+                                       {"east": ["k2"]}, 0.0)
+    assert quiet["go_on"] is True and quiet["error_share"] == 0.0
+
+
+def test_drift():
+    installed = {"k3": "1.4.0", "k1": "1.3.0", "k2": None, "k4": "1.4.0", "k5": "garbage"}
+    assert fleet_rollout.drift("1.4.0", installed) == {"k1": "1.3.0", "k2": None, "k5": "garbage"}
+    assert list(fleet_rollout.drift("1.5", installed)) == ["k1", "k2", "k3", "k4", "k5"]
+    assert fleet_rollout.drift(None, installed) == {}  # frozen or never pinned: nothing drifts
+
+
+# --------------------------------------------------------------------------- status and metrics
+
+
+def test_campus_status_reports_drift_mixed_versions_pis_without_the_pin_and_silent_kiosks():
+    pin = {"version": "1.4.0", "serial": 1000}
+    pi_returns = {"pi-1": {"result": True, "staged": ["1.4.0"], "pin": {"version": "1.4.0"}},
+                  "pi-2": {"result": True, "staged": "not a list", "pin": "not a pin"},
+                  "pi-3": "ERROR: broken"}
+    kiosk_returns = {"k1": {"version": "1.4.0", "previous": "1.3.0"}, "k2": {"version": "1.3.0"},
+                     "k3": "ERROR: no record", "k5": {"version": {"x": 1}}, "k6": {"version": "9x"}}
+    entry, problems, on_pin, silent = fleet_rollout.campus_status(
+        "east", pin, ["pi-1", "pi-2", "pi-3", "pi-4"], pi_returns, ["k1", "k2", "k3", "k4", "k5", "k6"], kiosk_returns)
+    assert entry["pin"] == "1.4.0" and entry["serial"] == 1000
+    assert entry["pis"] == {"pi-1": {"staged": ["1.4.0"], "pin": "1.4.0"}, "pi-2": {"staged": [], "pin": None},
+                            "pi-3": {"error": "ERROR: broken"}, "pi-4": {"error": "did not answer"}}
+    assert entry["kiosks"]["k1"] == {"installed": "1.4.0", "previous": "1.3.0"} and entry["kiosks"]["k4"] == {
+        "silent": True}
+    assert entry["drift"] == {"k2": "1.3.0", "k3": None, "k5": None, "k6": "9x"}
+    assert entry["versions_running"] == ["1.3.0", "1.4.0", "9x"]
+    assert entry["pis_without_pin"] == ["pi-2", "pi-3", "pi-4"]
+    assert problems == ["east: 4 kiosk(s) not on 1.4.0", "east: kiosks run 1.3.0, 1.4.0, 9x",
+                        "east: pi-2, pi-3, pi-4 lack 1.4.0"]
+    assert on_pin == {"k1": True, "k2": False, "k3": False, "k5": False, "k6": False} and silent == ["k4"]
+    entry, problems, on_pin, silent = fleet_rollout.campus_status("east", None, [], {}, ["k1"], {"k1": {}})
+    assert problems == [] and on_pin is None and entry["drift"] == {} and entry["serial"] is None
+
+
+def test_kiosk_counts_and_metric_families():
+    counts = fleet_rollout.kiosk_counts({"east": {"k1": True, "k2": SILENT, "k3": "failed", "k4": False}},
+                                        {"east": ["k9"]})
+    assert counts == {"east": {"on_pin": 1, "drift": 2, "silent": 2}}
+    state = state_with({"east": {"version": None, "serial": 7}})
+    state["metrics"] = {"kiosks": {"kiosk-app": counts}, "runs": {"rollout": False},
+                        "published": {"kiosk-app": {"version": "1.4.0", "bytes": 10}},
+                        "wan": {"kiosk-app": {"east": 10}}}
+    families = {f[0]: f[3] for f in fleet_rollout.metric_families(state)}
+    assert families["kiosk_release_pin_serial"] == [({"name": "kiosk-app", "campus": "east", "version": "frozen"}, 7)]
+    assert ({"name": "kiosk-app", "campus": "east", "state": "silent"}, 2) in families["kiosk_release_kiosks"]
+    assert families["kiosk_release_last_run_success"] == [({"action": "rollout"}, False)]
+    assert families["kiosk_release_stage_wan_bytes"] == [({"name": "kiosk-app", "campus": "east"}, 10)]
+    assert families["kiosk_release_published_bytes"] == [({"name": "kiosk-app", "version": "1.4.0"}, 10)]
