@@ -224,10 +224,16 @@ def call(run, targets, fun, arg=(), kwarg=None, timeout=60):
     wanted = targets_of(targets)
     if not isinstance(fun, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\Z", fun):
         raise RunnerError(f"fun: {fleet_fields.shown(fun)} is not a module.function name", field="fun")
+    if arg is None:
+        arg = ()
+    if not isinstance(arg, (list, tuple)):  # a string would be sent as one argument per character
+        raise RunnerError(f"arg: expected a list of arguments, got {type(arg).__name__}", field="arg")
+    if not isinstance(kwarg, (dict, type(None))):
+        raise RunnerError(f"kwarg: expected a mapping, got {type(kwarg).__name__}", field="kwarg")
+    timeout = number(timeout, "timeout", 1, 86400)
     if not wanted:
         return sort_returns([], [])
-    timeout = number(timeout, "timeout", 1, 86400)
-    got = run(wanted, fun, arg=list(arg or ()), kwarg=dict(kwarg or {}), tgt_type="list", timeout=timeout) or {}
+    got = run(wanted, fun, arg=list(arg), kwarg=dict(kwarg or {}), tgt_type="list", timeout=timeout) or {}
     if isinstance(got, dict):  # salt.execute: {minion: return}
         return sort_returns(wanted, [(m, r, None) for m, r in got.items()])
     pairs = []

@@ -154,6 +154,15 @@ def test_call_refuses_bad_function_names(bad):
         fleet_runner.call(_iter_run(), ["k1"], bad)
 
 
+@pytest.mark.parametrize(("arg", "kwarg", "field"), [("abc", None, "arg"), ({"a": 1}, None, "arg"),
+                                                    ([], ["a"], "kwarg"), ((), "a=1", "kwarg")])
+def test_call_refuses_bad_arguments_before_sending(arg, kwarg, field):
+    run = _iter_run()
+    with pytest.raises(fleet_runner.RunnerError) as info:
+        fleet_runner.call(run, ["k1"], "test.arg", arg, kwarg)
+    assert info.value.field == field and run.calls == []
+
+
 def test_call_refuses_bad_timeouts():
     with pytest.raises(fleet_runner.fleet_fields.FleetError, match="^timeout: "):
         fleet_runner.call(_iter_run(), ["k1"], "test.ping", timeout=float("nan"))
