@@ -1,31 +1,17 @@
 """
-Power runners on the top master: wake kiosks through every Pi of their
-campus, shut them down through their own minion; power schedules:
+Power runners on the top master: ``wake`` (magic packets from every Pi of the
+campus), ``shutdown`` (through the kiosk's own minion), and the schedules:
 ``sync_schedules``, ``plan``, ``sweep``, ``verify``, ``hold``/``unhold``,
-``status``.
+``status`` (contract: docs/power.md, docs/schedules.md).
 
-Jenkins-friendly: every runner returns ``result``/``retcode``/``error`` and
-exits non-zero on failure.
-
-Where the schedules come from (first found wins)
-    1. the last good copy synced by ``kiosk_power.sync_schedules`` (the file
-       ``<master cachedir>/kiosk_power/schedules.json``): once a platform
-       sync succeeded, it is in force until the next good sync, and a failed
-       sync (platform down, HTTP 500, invalid JSON, invalid schedule) leaves
-       it in force; delete the file to go back to pillar;
-    2. the key ``kiosk_fleet_schedules`` of the fleet data file (master
-       config ``kiosk_fleet:data``, read on every call; no minion gets it);
-    3. neither: every kiosk is ``unmanaged`` (sweeps do nothing).
-
-State (``<master cachedir>/kiosk_power/state.json``, written to a temporary
-file then ``os.replace``d, under an ``flock`` so the scheduled sweep and
-verify never interleave): holds, pending verifications, recent sweeps and
-mismatches.
+Glue only: each run loads the fleet data once, calls the minions (one job per
+step, ``fleet_runner.call``), hands what they saw to the pure engine
+(``fleet_sweep``), acts on its decision and stores the state it returns
+(``<cachedir>/kiosk_power/state.json``, ``fleet_state.Store``: locked,
+written atomically). Every runner returns ``result``/``retcode``/``error``.
 """
 
 import datetime as _dt
-import hashlib
-import json
 import logging
 import os
 
@@ -36,6 +22,7 @@ import importlib.util
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
     from saltext_kiosk_fleet.utils import (
         fleet_alerts,
+        fleet_fields,
         fleet_http,
         fleet_inventory,
         fleet_metrics,
@@ -48,6 +35,7 @@ if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec(
     )
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_alerts
+    import fleet_fields
     import fleet_http
     import fleet_inventory
     import fleet_metrics
@@ -73,10 +61,9 @@ STATE_DIR = "kiosk_power"
 SCHEDULES_FILE = "schedules.json"
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.json"
-LOCK_FILE = "state.lock"
 LOCK_TIMEOUT_S = 300
 MISMATCH_TAG = "kiosk/power/mismatch"
-ERRORS = (ValueError,)  # every error of the pack is a fleet_fields.FleetError, a ValueError naming its field
+ERRORS = (fleet_fields.FleetError,)  # every refusal of the pack: a ValueError naming its field
 
 
 def __virtual__():
@@ -123,19 +110,9 @@ def _load(schedule=True):
     inventory = fleet_inventory.validate(data.get(fleet_inventory.PILLAR_KEY))
     if not schedule:
         return inventory, None, None, data
-    synced = _read_json(SCHEDULES_FILE, None)
-    if synced is not None:
-        source = {"source": "synced", "synced_at": synced.get("synced_at"), "url": synced.get("url")}
-        try:
-            return inventory, fleet_schedule.load(synced.get("schedule"), inventory), source, data
-        except fleet_schedule.ScheduleError as exc:
-            raise fleet_schedule.ScheduleError(
-                f"synced schedule ({_path(SCHEDULES_FILE)}) no longer matches the inventory: {exc}"
-            ) from exc
-    raw = data.get(fleet_schedule.PILLAR_KEY)
-    if raw is None:
-        return inventory, fleet_schedule.load({"campuses": {}}), {"source": "none"}, data
-    return inventory, fleet_schedule.load(raw, inventory), {"source": "pillar", "key": fleet_schedule.PILLAR_KEY}, data
+    schedule, source = fleet_sweep.schedule_in_force(_read_json(SCHEDULES_FILE, None), data, inventory,
+                                                     _path(SCHEDULES_FILE))
+    return inventory, schedule, source, data
 
 
 def _now(at):
@@ -296,28 +273,6 @@ def shutdown(kiosks=None, campus=None, delay_s=60, message="This kiosk is shutti
     return _shutdown(selection, delay_s, message, timeout)
 
 
-def _platform(url):
-    """
-    ``(url, headers)`` for the schedule platform: ``url=`` when given (no
-    token is sent to it), else ``kiosk_power:platform_url`` from the master
-    config, with ``kiosk_power:platform_token`` (optional) sent as
-    ``Authorization: Bearer``.
-    """
-    if url is not None and url != "":
-        return fleet_http.check_url(url, "url"), {}
-    conf = __opts__.get("kiosk_power") or {}
-    configured = conf.get("platform_url")
-    if configured is None:
-        raise ValueError("url: not given, and kiosk_power:platform_url is not set in the master config")
-    fleet_http.check_url(configured, "kiosk_power.platform_url")
-    token = conf.get("platform_token")
-    if token is None:
-        return configured, {}
-    if not isinstance(token, str) or not token or any(c in token for c in "\r\n\0"):
-        raise ValueError("kiosk_power.platform_token: expected one line of text")
-    return configured, {"Authorization": f"Bearer {token}"}
-
-
 def sync_schedules(url=None, timeout=10):
     """
     Fetch the schedules from the web platform (HTTP GET, JSON: the schedule
@@ -344,73 +299,37 @@ def sync_schedules(url=None, timeout=10):
     if not HAS_REQUESTS:
         return fleet_runner.fail(__context__, "requests: the requests package is not installed")
     try:
-        url, headers = _platform(url)
-    except ValueError as exc:
+        url, headers = fleet_sweep.platform(url, __opts__.get("kiosk_power"))
+        timeout = fleet_sweep.http_timeout(timeout)
+    except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    try:
-        timeout = float(timeout)
-    except (TypeError, ValueError):
-        timeout = -1
-    if not 0 < timeout <= 120:
-        return fleet_runner.fail(__context__, f"timeout: {timeout!r} is outside 0-120 seconds")
     shown = fleet_http.host_of(url)
     try:
         previous = _read_json(SCHEDULES_FILE, None)
     except fleet_sweep.SweepError as exc:  # a corrupt copy must not block syncing a good one
         log.warning("kiosk_power.sync_schedules: %s", exc)
         previous = None
-    in_force = (
-        {"source": "synced", "synced_at": previous.get("synced_at"), "url": previous.get("url")}
-        if previous else {"source": "pillar"}
-    )
+    in_force = fleet_sweep.in_force(previous)
     try:
         inventory, _, _, data = _load(schedule=False)
-    except ERRORS as exc:
-        return fleet_runner.fail(__context__, exc, in_force=in_force)
-    try:
         with fleet_http.session() as sess:
             answer = sess.get(url, timeout=timeout, allow_redirects=False, headers=headers)
+        if answer.status_code != 200:
+            raise fleet_sweep.SweepError(f"url: {shown} answered HTTP {answer.status_code}; last good copy kept")
+        try:
+            fetched = answer.json()
+        except ValueError as exc:
+            raise fleet_sweep.SweepError(f"url: {shown} sent invalid JSON ({type(exc).__name__}); last good copy kept"
+                                         ) from None
+        record, ret = fleet_sweep.synced(fetched, inventory, shown, previous, data.get(fleet_schedule.PILLAR_KEY),
+                                         _dt.datetime.now(_dt.timezone.utc))
     except requests.RequestException as exc:
         error = fleet_http.describe_error(exc, url)
         return fleet_runner.fail(__context__, f"url: GET failed: {error}; last good copy kept", in_force=in_force)
-    if answer.status_code != 200:
-        return fleet_runner.fail(
-            __context__, f"url: {shown} answered HTTP {answer.status_code}; last good copy kept", in_force=in_force
-        )
-    try:
-        fetched = answer.json()
-    except ValueError as exc:
-        return fleet_runner.fail(__context__, f"url: {shown} sent invalid JSON ({type(exc).__name__});"
-                                 " last good copy kept", in_force=in_force)
-    if isinstance(fetched, dict) and fleet_schedule.PILLAR_KEY in fetched:
-        fetched = fetched[fleet_schedule.PILLAR_KEY]
-    try:
-        normalised = fleet_schedule.validate(fetched, inventory)
-    except fleet_schedule.ScheduleError as exc:
-        return fleet_runner.fail(__context__, f"schedule from {shown} is invalid: {exc}; last good copy kept",
-                                 in_force=in_force)
-    if previous is not None:
-        old = previous.get("schedule")
-    else:
-        try:
-            old = data.get(fleet_schedule.PILLAR_KEY)
-            old = fleet_schedule.validate(old, inventory) if old is not None else None
-        except fleet_schedule.ScheduleError:
-            old = None
-    digest = hashlib.sha256(json.dumps(normalised, sort_keys=True).encode()).hexdigest()
-    record = {"synced_at": fleet_sweep.iso(_dt.datetime.now(_dt.timezone.utc)), "url": shown, "sha256": digest,
-              "schedule": normalised}
+    except ERRORS as exc:
+        return fleet_runner.fail(__context__, exc, in_force=in_force)
     _write_json(SCHEDULES_FILE, record)
-    return fleet_runner.finish(__context__, {
-        "result": True,
-        "changed": bool(previous is None or previous.get("sha256") != digest),
-        "changes": fleet_sweep.changes(old, normalised),
-        "campuses": sorted(normalised["campuses"]),
-        "sha256": digest,
-        "synced_at": record["synced_at"],
-        "url": shown,
-        "replaced": in_force,
-    })
+    return fleet_runner.finish(__context__, ret)
 
 
 def _yes(value):
@@ -480,39 +399,16 @@ def sweep(at=None, delay_s=60, message="This kiosk is closing for the day.", tim
             view = fleet_sweep.expect(inventory, schedule, state["holds"], now)
             observed, pis = _observe(inventory, view["managed"], timeout)
             decision = fleet_sweep.sweep(view, observed, state["pending"])
-            wake_ret = shutdown_ret = None
-            errors, woken, shut_down = [], [], []
-            if decision["wake"]:
-                wake_ret = _wake(inventory, decision["wake"], 3, timeout)
-                woken = [k for ids in decision["wake"].values() for k in ids if k not in wake_ret["unreached"]]
-                errors += [f"wake: {wake_ret['error']}"] if wake_ret.get("error") else []
-            if decision["shutdown"]:
-                shutdown_ret = _shutdown(decision["shutdown"], delay_s, message, timeout)
-                shut_down = shutdown_ret["accepted"]
-                errors += [f"shutdown: {shutdown_ret['error']}"] if shutdown_ret.get("error") else []
+            wake_ret = _wake(inventory, decision["wake"], 3, timeout) if decision["wake"] else None
+            shutdown_ret = _shutdown(decision["shutdown"], delay_s, message, timeout) if decision["shutdown"] else None
+            woken, shut_down, errors = fleet_sweep.acted(decision, wake_ret, shutdown_ret)
             state, record = fleet_sweep.settle(state, view, decision, woken, shut_down, errors, pis, source,
                                                _dt.datetime.now(_dt.timezone.utc))
             stored.update(state)
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    changed = set(woken) | set(shut_down)
-    ret = {
-        "result": not record["errors"],
-        "at": record["at"],
-        "schedule": source,
-        "wake": decision["wake"],
-        "shutdown": decision["shutdown"],
-        "nothing": decision["nothing"],
-        "observed": {k: v["state"] for k, v in observed.items()},
-        "pis": pis,
-        "verifications": {k: state["pending"][k]["checks"] for k in sorted(changed)},
-        "holds": sorted(view["holds"]),
-        "expired_holds": sorted(view["expired_holds"]),
-        "wake_result": wake_ret,
-        "shutdown_result": shutdown_ret,
-    }
-    if record["errors"]:
-        ret["error"] = "; ".join(record["errors"])
+    ret = dict(fleet_sweep.sweep_answer(view, decision, record, observed, pis, state),
+               wake_result=wake_ret, shutdown_result=shutdown_ret)
     _metrics("sweep", ret, inventory)
     return fleet_runner.finish(__context__, ret)
 
@@ -560,19 +456,7 @@ def verify(at=None, kiosks=None, campus=None, timeout=30):
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
     posted, alert_errors, fired = _alert(found["mismatches"])
-    result, error = fleet_sweep.verify_verdict(found["checked"], found["mismatches"], pis, alert_errors)
-    ret = {
-        "result": result,
-        "at": fleet_sweep.iso(now),
-        "mode": "explicit" if explicit else "due",
-        "events": {"tag": MISMATCH_TAG, "kiosks": fired},
-        "alerts": {"posted": posted, "errors": alert_errors},
-        "observed": {k: v["state"] for k, v in observed.items()},
-        "pis": pis,
-        **{k: found[k] for k in ("checked", "verified", "waiting", "mismatches")},
-    }
-    if error:
-        ret["error"] = error
+    ret = fleet_sweep.verify_answer(found, observed, pis, now, explicit, posted, alert_errors, fired, MISMATCH_TAG)
     _metrics("verify", ret, inventory)
     return fleet_runner.finish(__context__, ret)
 

@@ -1,6 +1,19 @@
 """
-Power sweeps: desired state + observed state + holds -> actions,
-and the +5/+10/+15 minute verification bookkeeping. Pure: no Salt, no I/O.
+The power engine: desired state + observed state + holds -> actions, and
+the +5/+10/+15 minute verification bookkeeping. Pure: no Salt, no I/O. The
+top master's ``kiosk_power`` runners use it, and a campus Pi can run the same
+steps on its own campus's slice of the inventory (nothing here assumes the
+whole fleet or a top master):
+
+    view = expect(inventory, schedule, state["holds"], now)    # who should be what
+    observed = observed_states(...)                            # the Pis' scan + presence (the caller's I/O)
+    decision = sweep(view, observed, state["pending"])         # wake / shutdown / nothing, checks
+    ... act (the caller's I/O) ...
+    state, record = settle(state, view, decision, *acted(decision, wake_report, shutdown_report), pis)
+    found = verify_due(state, due_selection(state, now), observed, now)   # checks due, mismatches
+
+``state`` is the stored document (:func:`load_state` checks it); every step
+returns a new one and never changes what it is given.
 
 Vocabulary
     *desired*   ``fleet_schedule.desired_states`` decisions (on/off/unmanaged);
@@ -38,7 +51,7 @@ Why the Pis' probe decides
     a running PC does nothing), so a forged answer can neither stop a wake
     nor stand in for the probe. Verification also rests on the probe. The
     probe itself is a Pi's job return; the runners drop a Pi that answered
-    twice differently (``fleet_alerts.single_returns``), which catches a
+    twice differently (``fleet_runner.call``: ``conflicting``), which catches a
     forgery racing the real answer, not one sent while the Pi is down.
 
 Instants are timezone-aware datetimes in memory and ISO 8601 strings in the
@@ -46,15 +59,18 @@ records (so the state file is plain JSON).
 """
 
 import datetime as _dt
+import hashlib
+import json
 
 import importlib.util
 
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_fields, fleet_scan, fleet_schedule
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_http, fleet_scan, fleet_schedule
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fields
+    import fleet_http
     import fleet_scan
     import fleet_schedule
 
@@ -346,17 +362,6 @@ def mismatch(kiosk, campus, expected, observed, since):
     return {"kiosk": kiosk, "campus": campus, "expected": expected, "observed": observed, "since": since}
 
 
-def changes(old, new):
-    """What a schedule sync changed: campuses added/removed/changed (normalised dicts)."""
-    old_c = (old or {}).get("campuses", {})
-    new_c = (new or {}).get("campuses", {})
-    return {
-        "added": sorted(set(new_c) - set(old_c)),
-        "removed": sorted(set(old_c) - set(new_c)),
-        "changed": sorted(c for c in set(old_c) & set(new_c) if old_c[c] != new_c[c]),
-    }
-
-
 # ---------------------------------------------------------------- the engine: one run
 #
 # A run of the top master's runners (or, later, of a campus Pi's reconciler) is
@@ -507,6 +512,45 @@ def settle(state, view, decision, woken, shut_down, errors, pis, source=None, ra
     return new, record
 
 
+def acted(decision, wake_report, shutdown_report):
+    """
+    ``(woken, shut_down, errors)`` from what acting on ``decision`` reported
+    (``kiosk_power.wake``/``shutdown`` answers, None when not called): a kiosk
+    is woken when a Pi sent it a packet, shut down when its minion accepted.
+    """
+    woken, shut_down, errors = [], [], []
+    if wake_report is not None:
+        unreached = set(wake_report.get("unreached", []))
+        woken = [k for ids in decision["wake"].values() for k in ids if k not in unreached]
+        errors += [f"wake: {wake_report['error']}"] if wake_report.get("error") else []
+    if shutdown_report is not None:
+        accepted = set(shutdown_report.get("accepted", []))
+        shut_down = [k for ids in decision["shutdown"].values() for k in ids if k in accepted]
+        errors += [f"shutdown: {shutdown_report['error']}"] if shutdown_report.get("error") else []
+    return woken, shut_down, errors
+
+
+def sweep_answer(view, decision, record, observed, pis, state):
+    """What ``kiosk_power.sweep`` answers (besides the wake/shutdown reports), from the settled run."""
+    changed = {k for part in (record["woken"], record["shut_down"]) for ids in part.values() for k in ids}
+    answer = {
+        "result": not record["errors"],
+        "at": record["at"],
+        "schedule": record["schedule"],
+        "wake": decision["wake"],
+        "shutdown": decision["shutdown"],
+        "nothing": decision["nothing"],
+        "observed": {k: v["state"] for k, v in observed.items()},
+        "pis": pis,
+        "verifications": {k: state["pending"][k]["checks"] for k in sorted(changed)},
+        "holds": sorted(view["holds"]),
+        "expired_holds": sorted(view["expired_holds"]),
+    }
+    if record["errors"]:
+        answer["error"] = "; ".join(record["errors"])
+    return answer
+
+
 def due_selection(state, now, inventory=None):
     """``{campus: [ids]}`` of the kiosks with a check due at ``now`` (of ``inventory`` only, when given)."""
     mine = None if inventory is None else {k for ids in campus_kiosks(inventory).values() for k in ids}
@@ -568,6 +612,24 @@ def verify_verdict(checked, mismatches, pis, alert_errors=()):
     if checked and not (pis or {}).get("answered"):
         return False, f"scan: no Pi answered ({', '.join((pis or {}).get('silent', []))})"
     return True, None
+
+
+def verify_answer(found, observed, pis, now, explicit, posted, alert_errors, fired, tag):
+    """What ``kiosk_power.verify`` answers, from the engine's ``found`` and the alerts posted and events fired."""
+    result, error = verify_verdict(found["checked"], found["mismatches"], pis, alert_errors)
+    answer = {
+        "result": result,
+        "at": iso(now),
+        "mode": "explicit" if explicit else "due",
+        "events": {"tag": tag, "kiosks": fired},
+        "alerts": {"posted": posted, "errors": alert_errors},
+        "observed": {k: v["state"] for k, v in observed.items()},
+        "pis": pis,
+        **{k: found[k] for k in ("checked", "verified", "waiting", "mismatches")},
+    }
+    if error:
+        answer["error"] = error
+    return answer
 
 
 def plan_kiosks(view, schedule, hours):
@@ -644,3 +706,111 @@ def metrics(last, action, ret, inventory, at):
          [({"campus": c}, n) for c, n in sorted(last.get("mismatches", {}).items())]),
     ]
     return last, families
+
+
+# ---------------------------------------------------------------- schedule sync from the platform
+
+
+def platform(url, conf):
+    """
+    ``(url, headers)`` for the schedule platform: ``url=`` when given (no
+    token is sent to it), else ``platform_url`` of ``conf`` (the master
+    config's ``kiosk_power``), with ``platform_token`` (optional) sent as
+    ``Authorization: Bearer``.
+    """
+    if url is not None and url != "":
+        return fleet_http.check_url(url, "url"), {}
+    conf = conf if isinstance(conf, dict) else {}
+    configured = conf.get("platform_url")
+    if configured is None:
+        raise SweepError("url: not given, and kiosk_power:platform_url is not set in the master config")
+    fleet_http.check_url(configured, "kiosk_power.platform_url")
+    token = conf.get("platform_token")
+    if token is None:
+        return configured, {}
+    if not isinstance(token, str) or not token or any(c in token for c in "\r\n\0"):
+        raise SweepError("kiosk_power.platform_token: expected one line of text")
+    return configured, {"Authorization": f"Bearer {token}"}
+
+
+def schedule_in_force(synced, data, inventory, synced_path="schedules.json"):
+    """
+    ``(compiled schedule, its source)``, first found wins: the last good
+    synced copy ``synced`` (None: none), else the fleet data's
+    ``kiosk_fleet_schedules`` (``data``), else none (every kiosk unmanaged).
+    """
+    if synced is not None:
+        source = {"source": "synced", "synced_at": synced.get("synced_at"), "url": synced.get("url")}
+        try:
+            return fleet_schedule.load(synced.get("schedule"), inventory), source
+        except fleet_schedule.ScheduleError as exc:
+            raise fleet_schedule.ScheduleError(
+                f"synced schedule ({synced_path}) no longer matches the inventory: {exc}") from exc
+    raw = data.get(fleet_schedule.PILLAR_KEY) if isinstance(data, dict) else None
+    if raw is None:
+        return fleet_schedule.load({"campuses": {}}), {"source": "none"}
+    return fleet_schedule.load(raw, inventory), {"source": "pillar", "key": fleet_schedule.PILLAR_KEY}
+
+
+def http_timeout(value, high=120):
+    """Seconds to wait for the platform: a number in (0, ``high``]."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise SweepError(f"timeout: {fleet_fields.shown(value)} is not a number of seconds") from None
+    if isinstance(value, bool) or not 0 < seconds <= high:  # nan fails the comparison too
+        raise SweepError(f"timeout: {fleet_fields.shown(value)} is outside 0-{high} seconds")
+    return seconds
+
+
+def in_force(previous):
+    """What a failed sync leaves in force: the stored copy ``previous`` (or None: the fleet data)."""
+    if previous:
+        return {"source": "synced", "synced_at": previous.get("synced_at"), "url": previous.get("url")}
+    return {"source": "pillar"}
+
+
+def synced(fetched, inventory, shown, previous, fallback, now):
+    """
+    ``(record to store, runner answer)`` from the platform's JSON ``fetched``
+    (the schedule, or ``{"kiosk_fleet_schedules": ...}``), validated against
+    ``inventory``. ``previous`` is the stored copy (None: none yet, then the
+    fleet data's schedule ``fallback`` is what changed). An invalid schedule
+    raises :class:`SweepError` ending "last good copy kept".
+    """
+    if isinstance(fetched, dict) and fleet_schedule.PILLAR_KEY in fetched:
+        fetched = fetched[fleet_schedule.PILLAR_KEY]
+    try:
+        normalised = fleet_schedule.validate(fetched, inventory)
+    except fleet_schedule.ScheduleError as exc:
+        raise SweepError(f"schedule from {shown} is invalid: {exc}; last good copy kept") from exc
+    if previous is not None:
+        old = previous.get("schedule")
+    else:
+        try:
+            old = fleet_schedule.validate(fallback, inventory) if fallback is not None else None
+        except fleet_schedule.ScheduleError:
+            old = None
+    digest = hashlib.sha256(json.dumps(normalised, sort_keys=True).encode()).hexdigest()
+    record = {"synced_at": iso(now), "url": shown, "sha256": digest, "schedule": normalised}
+    return record, {
+        "result": True,
+        "changed": bool(previous is None or previous.get("sha256") != digest),
+        "changes": changes(old, normalised),
+        "campuses": sorted(normalised["campuses"]),
+        "sha256": digest,
+        "synced_at": record["synced_at"],
+        "url": shown,
+        "replaced": in_force(previous),
+    }
+
+
+def changes(old, new):
+    """What a schedule sync changed: campuses added/removed/changed (normalised dicts)."""
+    old_c = (old or {}).get("campuses", {})
+    new_c = (new or {}).get("campuses", {})
+    return {
+        "added": sorted(set(new_c) - set(old_c)),
+        "removed": sorted(set(old_c) - set(new_c)),
+        "changed": sorted(c for c in set(old_c) & set(new_c) if old_c[c] != new_c[c]),
+    }

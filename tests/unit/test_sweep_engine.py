@@ -421,3 +421,76 @@ def test_any_hold_request_is_a_hold_or_a_sweep_error(kiosk, value, until, reason
     except SweepError:
         return
     assert record["state"] in ("on", "off")
+
+
+# ---------------------------------------------------------------- acting and answering
+
+
+def test_acted_counts_a_kiosk_changed_only_when_reached():
+    decision = {"wake": {"east": ["k1", "k2"]}, "shutdown": {"east": ["k3", "k4"]}}
+    woken, down, errors = fleet_sweep.acted(decision, {"unreached": ["k2"], "error": "no Pi sent to k2"},
+                                            {"accepted": ["k3", "k9"], "error": "not shut down: k4"})
+    assert (woken, down) == (["k1"], ["k3"])
+    assert errors == ["wake: no Pi sent to k2", "shutdown: not shut down: k4"]
+    assert fleet_sweep.acted(decision, None, None) == ([], [], [])
+
+
+def test_sweep_and_verify_answers():
+    view, decision, new, record = run_sweep(state(), seen(kiosk_east_01="off", kiosk_east_02="off",
+                                                          kiosk_west_01="on"), reached=set())
+    answer = fleet_sweep.sweep_answer(view, decision, record, seen(kiosk_east_01="off"), PIS_OK, new)
+    assert answer["result"] is True and answer["verifications"] == {} and answer["wake"] == {"east": ["kiosk-east-01"]}
+    assert answer["observed"] == {"kiosk-east-01": "off"} and answer["schedule"] == {"source": "test"}
+    found = {"checked": ["k"], "verified": [], "waiting": [], "mismatches": [fleet_sweep.mismatch("k", "c", "on", "off", "s")]}
+    answer = fleet_sweep.verify_answer(found, {}, PIS_OK, T0, True, [], ["k: down"], ["k"], "kiosk/power/mismatch")
+    assert answer["mode"] == "explicit" and answer["result"] is False and answer["events"]["kiosks"] == ["k"]
+    assert answer["error"].endswith("alerts not posted: k: down")
+
+
+# ---------------------------------------------------------------- where the schedule comes from, platform sync
+
+
+def test_schedule_in_force_first_found_wins():
+    raw = {"kiosk_fleet_schedules": {"campuses": {"east": {"default": "on"}}}}
+    synced = {"synced_at": "2027-01-01T00:00:00Z", "url": "https://p", "schedule": {"campuses": {"west": {"default": "off"}}}}
+    schedule, source = fleet_sweep.schedule_in_force(synced, raw, INVENTORY)
+    assert source == {"source": "synced", "synced_at": "2027-01-01T00:00:00Z", "url": "https://p"}
+    assert fleet_schedule.desired_state(schedule, "west", "kiosk-west-01", T0)["state"] == "off"
+    schedule, source = fleet_sweep.schedule_in_force(None, raw, INVENTORY)
+    assert source == {"source": "pillar", "key": "kiosk_fleet_schedules"}
+    assert fleet_sweep.schedule_in_force(None, {}, INVENTORY)[1] == {"source": "none"}
+    stale = dict(synced, schedule={"campuses": {"north": {}}})
+    with pytest.raises(fleet_schedule.ScheduleError, match=r"^synced schedule \(x.json\) no longer matches"):
+        fleet_sweep.schedule_in_force(stale, raw, INVENTORY, "x.json")
+
+
+def test_platform_url_and_token():
+    assert fleet_sweep.platform("http://127.0.0.1:8/x", {"platform_token": "t"}) == ("http://127.0.0.1:8/x", {})
+    assert fleet_sweep.platform(None, {"platform_url": "https://p/s", "platform_token": "t"}) == (
+        "https://p/s", {"Authorization": "Bearer t"})
+    for url, conf, field in [(None, None, "url"), (None, {"platform_url": "https://p", "platform_token": "a\nb"},
+                                                   "kiosk_power.platform_token"),
+                             (None, {"platform_url": "ftp://p"}, "kiosk_power.platform_url"), ("x y", {}, "url")]:
+        with pytest.raises(ValueError) as info:
+            fleet_sweep.platform(url, conf)
+        assert str(info.value).startswith(field + ":"), info.value
+
+
+@pytest.mark.parametrize("value", [0, -1, 121, float("inf"), float("nan"), "x", None, True, [1]])
+def test_http_timeout_refuses(value):
+    with pytest.raises(SweepError, match="^timeout: "):
+        fleet_sweep.http_timeout(value)
+
+
+def test_synced_record_and_answer():
+    now = dt.datetime(2027, 2, 1, 2, 0, tzinfo=dt.timezone.utc)
+    fetched = {"kiosk_fleet_schedules": {"campuses": {"east": {"default": "off"}}}}
+    record, answer = fleet_sweep.synced(fetched, INVENTORY, "https://p", None,
+                                        {"campuses": {"west": {"default": "on"}}}, now)
+    assert record["synced_at"] == answer["synced_at"] == "2027-02-01T02:00:00Z" and record["url"] == "https://p"
+    assert answer["changes"] == {"added": ["east"], "removed": ["west"], "changed": []} and answer["changed"]
+    assert answer["replaced"] == {"source": "pillar"}
+    again = fleet_sweep.synced(fetched, INVENTORY, "https://p", record, None, now)[1]
+    assert again["changed"] is False and again["replaced"]["source"] == "synced"
+    with pytest.raises(SweepError, match=r"^schedule from https://p is invalid: .*last good copy kept$"):
+        fleet_sweep.synced({"campuses": {"north": {}}}, INVENTORY, "https://p", record, None, now)
