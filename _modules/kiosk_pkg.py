@@ -1,34 +1,17 @@
 """
-Kiosk release packages on the Pis and on the kiosks: the Salt glue. It
-reads the pillar and the minion config, calls the Pi's repository
-(``_utils/fleet_repo.py``) or the kiosk's client (``_utils/fleet_client.py``),
-and fires the events; docs/releases.md is the full contract.
+Kiosk release packages, the Salt glue: read the pillar and the minion
+config, call the Pi's repository (``_utils/fleet_repo.py``: :func:`stage`,
+:func:`pin`, :func:`repo_status`, :func:`served`, :func:`prune`) or the
+kiosk's client (``_utils/fleet_client.py``: :func:`check_update`,
+:func:`installed`), fire ``kiosk/release/*`` events. docs/releases.md is the
+contract: signatures checked with pillar ``kiosk_release:verify_key`` only
+(nothing is staged, pinned or installed without it), every file verified
+before it goes live, every refusal an alert naming the hop and source.
 
-On a Pi (its repository, served read-only by nginx, see
-``states/kiosk_fleet/release_repo.sls``): :func:`stage` fetches a release
-from the master (``http(s)://`` export, resumable, or ``salt://`` through
-``cp.get_file``) or another Pi of the campus, checks the manifest's
-signature and every file's size, md5 and sha256, and only then renames the
-version into the repository and updates its index; :func:`pin` stores the
-master's signed campus pin; :func:`repo_status`, :func:`served`, :func:`prune`.
-A bad signature or copy leaves the live versions as they were and fires
-``kiosk/release/alert``; success fires ``kiosk/release/staged``.
-
-On a kiosk: :func:`check_update` follows the campus pin signed for its
-campus from its campus's Pis (home Pi first, the next when one is down),
-downloads what is missing (HTTP Range resume), verifies, runs the
-manifest's install command (an argument list) and records the version in
-``<dir>/<name>/installed.json`` (the ``kiosk_release`` grain); the previous
-version's package stays on disk. :func:`installed` reads that record.
-
-Nothing is staged, pinned or installed without the master's public key in
-**pillar** ``kiosk_release:verify_key`` (one PEM or a list, for rotation;
-never read from the minion config: a kiosk's own files are not trusted).
-
-Minion config (or pillar), key ``kiosk_release``: ``repo_dir`` (Pi, default
+Minion config (or pillar) ``kiosk_release``: ``repo_dir`` (Pi, default
 ``/srv/kiosk-releases``), ``access_log`` (Pi), ``dir`` (kiosk, default
-``<cachedir>/kiosk_release``), ``releases`` (what check_update looks at by
-default), ``install_timeout`` (1800), ``bind_source``.
+``<cachedir>/kiosk_release``), ``releases``, ``install_timeout`` (1800),
+``bind_source``.
 """
 
 import logging
@@ -104,11 +87,6 @@ def _alert(hop, name, version, error, source=None):
                                    "source": source, "campus": _campus_or_none()})
 
 
-def _alerter(hop, name, version):
-    """``bad_copy(exc, source)`` for the utils: every bad copy is an alert naming its source."""
-    return lambda exc, source: _alert(hop, name, version, exc, source)
-
-
 def _checked(check, *args):
     try:
         return check(*args)
@@ -125,6 +103,10 @@ def _abs_path(key, value):
     if not isinstance(value, str) or not os.path.isabs(value):
         raise SaltInvocationError(f"kiosk_release:{key}: {value!r} is not an absolute path")
     return value
+
+
+def _repo_dir():
+    return _abs_path("repo_dir", _conf("repo_dir", DEFAULT_REPO_DIR))
 
 
 def _verify_keys(hop=None, name=None, version=None):
@@ -178,19 +160,15 @@ def _get_file(url, path):
 def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, hop="master->pi"):
     """
     Stage release ``name`` ``version`` into this Pi's repository from
-    ``source``: the master's export (``http(s)://host/kiosk-releases/`` or
+    ``source``: the master's export (``http(s)://.../kiosk-releases/`` or
     ``salt://kiosk_releases/``), another Pi's repository, or ``campus`` (the
-    other Pis of this Pi's campus). The manifest must be signed by a key in
-    pillar ``kiosk_release:verify_key``, and every file is checked (size,
-    md5, sha256) before the version goes live; the index is updated last.
-    With ``pin`` (the master's signed campus pin for this version), the
-    campus pin moves to this version too; a pin not signed for this Pi's
-    campus refuses the whole call. ``hop`` labels alerts (``master->pi``,
-    or ``pi->pi`` when ``source`` is another Pi).
-
-    Fires ``kiosk/release/staged`` on success, ``kiosk/release/alert`` on a
-    refused signature or pin, a mismatch or a failed download. Exit code 1
-    on failure.
+    other Pis of this Pi's campus). Live only after the manifest's signature
+    (pillar ``kiosk_release:verify_key``) and every file's size/md5/sha256
+    verified; the index is written last. ``pin``: the master's signed campus
+    pin for this version (a pin not signed for this campus refuses the whole
+    call). ``hop`` labels alerts (``master->pi``, ``pi->pi``). Fires
+    ``kiosk/release/staged``, or ``kiosk/release/alert`` on a refusal or bad
+    copy; exit code 1 on failure.
 
     CLI Example:
 
@@ -200,7 +178,7 @@ def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, h
         salt pi-riverside-2 kiosk_pkg.stage kiosk-app 1.4.0 source=http://10.1.1.2/kiosk-releases/
     """
     version = _args(name, version)
-    repo = _abs_path("repo_dir", _conf("repo_dir", DEFAULT_REPO_DIR))
+    repo = _repo_dir()
     _checked(fleet_repo.check_source, source)
     if not isinstance(hop, str) or not HOP.match(hop):
         raise SaltInvocationError(f"hop: {hop!r} is not a hop label like master->pi")
@@ -214,7 +192,7 @@ def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, h
         stage_from = fleet_repo.sources(source, *((_inventory(), __opts__["id"]) if source == "campus" else ()))
         with fleet_fetch.session() as session:
             out = fleet_repo.stage(repo, name, version, stage_from, keys, session, pin, retries, _get_file,
-                                   _alerter(hop, name, version))
+                                   lambda exc, base: _alert(hop, name, version, exc, base))
     except ERRORS as exc:
         return _fail(ret, exc)
     except OSError as exc:
@@ -247,7 +225,7 @@ def pin(name, pin):
         salt pi-riverside-1 kiosk_pkg.pin kiosk-app pin='{"kind": "pin", "name": "kiosk-app", ...}'
     """
     _args(name)
-    repo = _abs_path("repo_dir", _conf("repo_dir", DEFAULT_REPO_DIR))
+    repo = _repo_dir()
     ret = {"result": True, "name": name, "pi": __opts__["id"]}
     try:
         pin = _signed_pin(pin, _verify_keys("master->pi", name, None), name, "master->pi")
@@ -271,7 +249,7 @@ def repo_status(name):
         salt -G kiosk_fleet_role:pi kiosk_pkg.repo_status kiosk-app
     """
     _args(name)
-    repo = _abs_path("repo_dir", _conf("repo_dir", DEFAULT_REPO_DIR))
+    repo = _repo_dir()
     ret = {"result": True, "name": name, "pi": __opts__["id"]}
     try:  # what a kiosk would make of the pin (a pin left from before signing is not followed)
         ret.update(fleet_repo.status(repo, name, lambda p: fleet_sign.verify_pin(p, _verify_keys(), name,
@@ -322,7 +300,7 @@ def prune(name, keep=3):
     """
     _args(name)
     keep = _checked(fleet_repo.check_keep, keep)
-    repo = _abs_path("repo_dir", _conf("repo_dir", DEFAULT_REPO_DIR))
+    repo = _repo_dir()
     try:
         removed, kept = fleet_repo.prune(repo, name, keep)
     except (fleet_release.ReleaseError, OSError) as exc:
@@ -359,20 +337,16 @@ def installed(name=None):
 def check_update(name=None, force=False, test=False):
     """
     Bring this kiosk to its campus's pinned version of ``name`` (default:
-    every release in ``kiosk_release:releases``): read the index of each of
-    the campus Pis' repositories (home Pi first; a Pi that is down is
-    skipped), keep only pins signed by a key in pillar
-    ``kiosk_release:verify_key`` for this kiosk's campus (pillar inventory),
-    follow the one with the highest serial (never one below the serial this
-    kiosk installed under), download what is missing (resumes a cut
-    download), verify the manifest's signature and size/md5/sha256, run the
-    manifest's install command, record the version in
-    ``<dir>/<name>/installed.json`` (the ``kiosk_release`` grain) and keep
-    the previous version's package. Every refusal (no key, a bad signature
-    or pin) fires ``kiosk/release/alert`` with ``hop: pi->kiosk``. Nothing
-    changes when the kiosk already runs the pin; ``test=True`` only says what
-    would happen; ``force=True`` reinstalls the pinned version. Exit code 1
-    on any failure; the installed version then stays as it was.
+    every release in ``kiosk_release:releases``): read the campus Pis'
+    indexes (home Pi first; one that is down is skipped), follow the highest
+    serial among pins signed by a key in pillar ``kiosk_release:verify_key``
+    for this kiosk's campus (never one below the serial it installed under),
+    download what is missing (resumed; the next Pi when a copy is bad),
+    verify, run the manifest's install command, record
+    ``<dir>/<name>/installed.json`` (the ``kiosk_release`` grain), keep the
+    previous package. Refusals fire ``kiosk/release/alert`` (``hop:
+    pi->kiosk``). ``test=True`` only says what would happen; ``force=True``
+    reinstalls the pin. Exit code 1 on any failure (nothing changes then).
 
     CLI Example:
 
@@ -386,11 +360,8 @@ def check_update(name=None, force=False, test=False):
         raise SaltInvocationError("name: no release named and kiosk_release:releases is empty")
     for each in names:
         _args(each)
-    inventory = _checked(_inventory)
     kiosk = __opts__["id"]
-    campus = _checked(fleet_inventory.campus_of, inventory, kiosk)
-    home = _checked(fleet_inventory.home_pi, inventory["campuses"][campus], kiosk)
-    repos = _checked(fleet_release.kiosk_repo_urls, inventory, campus, kiosk, home)
+    campus, repos, address = _checked(fleet_client.my_repos, _checked(_inventory), kiosk)
     root = _kiosk_dir()
     os.makedirs(root, exist_ok=True)
     result = {"result": True, "kiosk": kiosk, "campus": campus, "releases": {}}
@@ -405,85 +376,28 @@ def check_update(name=None, force=False, test=False):
         return result
     # bind_source: the kiosk's inventory IP as the local address (hosts with many addresses, like the
     # test topology on loopback, where the Pis' logs could not tell kiosks apart otherwise)
-    source = inventory["campuses"][campus]["kiosks"][kiosk]["ip"] if _conf("bind_source") is True else None
-    with fleet_fetch.session(source) as session:
+    with fleet_fetch.session(address if _conf("bind_source") is True else None) as session:
         for each in names:
-            result["releases"][each] = report = _update_one(session, repos, each, root, force, test, keys, campus)
-            if report["result"] is False:
-                result["result"] = False
-    if not result["result"]:
+            result["releases"][each] = _update_one(session, repos, each, root, keys, campus, force, test)
+    if any(report["result"] is False for report in result["releases"].values()):
+        result["result"] = False
         __context__["retcode"] = 1
     return result
 
 
-def _update_one(session, repos, name, root, force, test, keys, campus):
-    report = {"result": True, "changed": False}
-    seen = fleet_client.read_indexes(session, repos, name, keys, campus)
-    for base, exc in seen["errors"].items():
-        _alert("pi->kiosk", name, None, exc, base)
-    report["repos_down"] = seen["down"]
-    if seen["refused"]:
-        report["refused"] = seen["refused"]
-    pin_ = fleet_release.choose_pin(seen["indexes"])
-    current = fleet_client.current(root, name)
-    report["installed"] = current.get("version")
-    if pin_ is not None:
-        report["pin"] = pin_["version"]
-    action, what = fleet_client.decide(pin_, current, seen, len(repos), force)
-    if action == "fail":
-        return _fail(report, what)
-    if action == "skip":
-        report["comment"] = what
-        return report
-    if test:
-        report.update(result=None, comment=f"would install {what} (installed: {current.get('version')})")
-        return report
-    try:
-        with fleet_fetch.lock(root, f"{name}.install"):  # one install per kiosk and version, whichever job first
-            if fleet_client.current(root, name).get("version") == what and not force:
-                report["comment"] = f"already on {what} (installed by another job)"
-                return report
-            return _fetch_and_install(session, repos, seen["indexes"], pin_, name, what, root, report, keys)
-    except fleet_release.ReleaseError as exc:
-        return _fail(report, exc)
+def _update_one(session, repos, name, root, keys, campus, force, test):
+    def alert(hop, version, error, source):
+        _alert(hop, name, version, error, source)
 
+    def run(argv, cwd):
+        return __salt__["cmd.run_all"](argv, cwd=cwd, python_shell=False,
+                                       timeout=int(_conf("install_timeout", 1800)), output_loglevel="debug")
 
-def _fetch_and_install(session, repos, indexes, pin_, name, version, root, report, keys):
-    alert = _alerter("pi->kiosk", name, version)
-    package = os.path.join(root, name, version)
-    doc = fleet_client.kept_copy(root, name, version, keys, alert)
-    if doc is not None:
-        report["source"] = "local"
-    else:
+    report = fleet_client.update(session, repos, name, root, keys, campus, run, alert, force, test)
+    if report["changed"]:
         try:
-            got = fleet_fetch.fetch_release(session, fleet_client.candidates(repos, indexes, pin_, version), name,
-                                            version, root, keys, bad_copy=alert)
-            package = fleet_fetch.materialise(root, got["doc"], got["raw"], got["work"])
-        except (fleet_release.ReleaseError, OSError) as exc:
-            return _fail(report, exc)
-        doc = got["doc"]
-        report.update(source=got["source"], fetched=got["fetched"], resumed=got["resumed"])
-    outcome = _install(doc, package)
-    if outcome["retcode"] not in doc.get("success_codes", [0]):
-        error = f"install command exited {outcome['retcode']}: {(outcome.get('stderr') or '')[-500:]}"
-        _alert("install", name, version, error)
-        return _fail(report, error)
-    try:
-        report.update(changed=True, version=version, record=fleet_client.record(root, name, version, pin_))
-    except OSError as exc:
-        return _fail(report, f"installed {version}, but the record could not be written: {exc}")
-    try:
-        __salt__["saltutil.refresh_grains"](refresh_pillar=False)
-    except Exception as exc:  # pylint: disable=broad-except - the install stands; the grain follows later
-        log.warning("kiosk_pkg: grains not refreshed after installing %s %s: %s", name, version, exc)
-    fleet_client.keep_two(root, name, version, report["record"]["previous"])
-    _event("kiosk/release/installed", {"name": name, "version": version, "campus": _campus_or_none()})
+            __salt__["saltutil.refresh_grains"](refresh_pillar=False)
+        except Exception as exc:  # pylint: disable=broad-except - the install stands; the grain follows later
+            log.warning("kiosk_pkg: grains not refreshed after installing %s %s: %s", name, report["version"], exc)
+        _event("kiosk/release/installed", {"name": name, "version": report["version"], "campus": _campus_or_none()})
     return report
-
-
-def _install(doc, package_dir):
-    argv = fleet_release.install_argv(doc, package_dir)
-    if not argv:
-        return {"retcode": 0, "stdout": "", "stderr": ""}
-    return __salt__["cmd.run_all"](argv, cwd=package_dir, python_shell=False,
-                                   timeout=int(_conf("install_timeout", 1800)), output_loglevel="debug")

@@ -22,10 +22,11 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_fetch, fleet_fields, fleet_release, fleet_sign, fleet_state
+    from saltext_kiosk_fleet.utils import fleet_fetch, fleet_fields, fleet_inventory, fleet_release, fleet_sign, fleet_state
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fetch
     import fleet_fields
+    import fleet_inventory
     import fleet_release
     import fleet_sign
     import fleet_state
@@ -33,6 +34,14 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
 log = logging.getLogger(__name__)
 
 INSTALLED = fleet_release.INSTALLED
+
+
+def my_repos(inventory, kiosk_id):
+    """``(campus, [(pi id, base URL)] home Pi first, the kiosk's inventory IP)`` of a kiosk of ``inventory``."""
+    campus = fleet_inventory.campus_of(inventory, kiosk_id)
+    spec = inventory["campuses"][campus]
+    repos = fleet_release.kiosk_repo_urls(inventory, campus, kiosk_id, fleet_inventory.home_pi(spec, kiosk_id))
+    return campus, repos, spec["kiosks"][kiosk_id]["ip"]
 
 
 def read_indexes(session, repos, name, keys, campus):
@@ -201,3 +210,70 @@ def keep_two(root, name, version, previous):
     for old in removed:
         shutil.rmtree(os.path.join(root, name, old), ignore_errors=True)
     return removed
+
+
+def update(session, repos, name, root, keys, campus, run, alert, force=False, test=False):
+    """
+    Bring release ``name`` under ``root`` to the campus pin read from
+    ``repos`` (``[(pi id, base URL)]``, home Pi first) with ``keys``.
+    ``run(argv, cwd)`` runs the install command (``{"retcode", "stderr"}``);
+    ``alert(hop, version, error, source)`` is told every refusal and bad
+    copy. Returns the report ``kiosk_pkg.check_update`` gives per release:
+    ``result`` (True, None for ``test``, False with ``error``), ``changed``,
+    ``installed``, ``pin``, ``repos_down``, ``refused``, ``source``,
+    ``fetched``, ``resumed``, ``version``, ``record``, ``comment``.
+    """
+    report = {"result": True, "changed": False}
+    seen = read_indexes(session, repos, name, keys, campus)
+    for base, exc in seen["errors"].items():
+        alert("pi->kiosk", None, exc, base)
+    report["repos_down"] = seen["down"]
+    if seen["refused"]:
+        report["refused"] = seen["refused"]
+    pin = fleet_release.choose_pin(seen["indexes"])
+    before = current(root, name)
+    report["installed"] = before.get("version")
+    if pin is not None:
+        report["pin"] = pin["version"]
+    action, what = decide(pin, before, seen, len(repos), force)
+    if action == "fail":
+        return dict(report, result=False, error=what)
+    if action == "skip":
+        return dict(report, comment=what)
+    if test:
+        return dict(report, result=None, comment=f"would install {what} (installed: {before.get('version')})")
+    try:
+        with fleet_fetch.lock(root, f"{name}.install"):  # one install per kiosk and version, whichever job first
+            if current(root, name).get("version") == what and not force:
+                return dict(report, comment=f"already on {what} (installed by another job)")
+            return _install(session, candidates(repos, seen["indexes"], pin, what), name, what, pin, root, keys,
+                            run, alert, report)
+    except (fleet_release.ReleaseError, OSError) as exc:
+        return dict(report, result=False, error=str(exc))
+
+
+def _install(session, sources, name, version, pin, root, keys, run, alert, report):
+    def bad_copy(exc, source):
+        alert("pi->kiosk", version, exc, source)
+
+    doc = kept_copy(root, name, version, keys, bad_copy)
+    package = os.path.join(root, name, version)
+    if doc is not None:
+        report["source"] = "local"
+    else:
+        got = fleet_fetch.fetch_release(session, sources, name, version, root, keys, bad_copy=bad_copy)
+        package = fleet_fetch.materialise(root, got["doc"], got["raw"], got["work"])
+        doc = got["doc"]
+        report.update(source=got["source"], fetched=got["fetched"], resumed=got["resumed"])
+    argv = fleet_release.install_argv(doc, package)
+    outcome = run(argv, package) if argv else {"retcode": 0, "stderr": ""}
+    if outcome["retcode"] not in doc.get("success_codes", [0]):
+        error = f"install command exited {outcome['retcode']}: {(outcome.get('stderr') or '')[-500:]}"
+        alert("install", version, error, None)
+        return dict(report, result=False, error=error)
+    try:
+        report.update(changed=True, version=version, record=record(root, name, version, pin))
+    except OSError as exc:
+        return dict(report, result=False, error=f"installed {version}, but the record could not be written: {exc}")
+    keep_two(root, name, version, report["record"]["previous"])
+    return report

@@ -954,3 +954,47 @@ def test_read_installed_reports_records_and_skips_what_it_cannot_read(tmp_path):
     (tmp_path / ".staging").mkdir()
     (tmp_path / ".staging" / "installed.json").write_text('{"version": "6.6.6"}')
     assert fleet_client.read_installed(str(tmp_path)) == {"kiosk-app": record}
+
+
+# --------------------------------------------------------------------------- error classes, manifests from bytes
+
+
+def test_bad_copy_is_decided_by_class():
+    assert fleet_release.bad_copy(fleet_release.IntegrityError("x: md5 mismatch"))
+    assert fleet_release.bad_copy(fleet_release.SignatureError("x.signature: does not match"))
+    # the message does not matter: a source that is down says so by its class
+    assert not fleet_release.bad_copy(fleet_release.SourceError("x: md5 mismatch (HTTP 503)"))
+    assert not fleet_release.bad_copy(fleet_release.ReleaseError("disk: full"))
+    assert not fleet_release.bad_copy(OSError("md5 mismatch"))
+    assert issubclass(fleet_release.SourceError, fleet_release.ReleaseError)
+
+
+def test_load_manifest_checks_the_signature_before_the_fields(keys, manifest):
+    signed = fleet_sign.sign(manifest, keys["private"])
+    raw = json.dumps(signed).encode()
+    assert fleet_sign.load_manifest(raw, [keys["public"]], "kiosk-ui", manifest["version"]) == signed
+    with pytest.raises(fleet_release.ReleaseError, match=r"^manifest: pi-1 is not JSON") as info:
+        fleet_sign.load_manifest(b"<html>", [keys["public"]], source="pi-1")
+    assert not isinstance(info.value, fleet_release.SignatureError)
+    garbage = json.dumps({"files": "nope"}).encode()
+    with pytest.raises(fleet_release.SignatureError, match=r"^manifest\.signature: missing"):
+        fleet_sign.load_manifest(garbage, [keys["public"]])
+    with pytest.raises(fleet_release.ReleaseError, match=r"manifest\.version: .* is not the version asked for"):
+        fleet_sign.load_manifest(raw, [keys["public"]], "kiosk-ui", "9.9.9")
+
+
+def test_moved_names_still_answer_from_fleet_release():
+    for name, module in fleet_release.MOVED.items():
+        target = {"fleet_sign": fleet_sign, "fleet_fetch": fleet_fetch, "fleet_client": fleet_client}[module]
+        assert getattr(fleet_release, name) is getattr(target, name), name
+    with pytest.raises(AttributeError):
+        fleet_release.no_such_name  # noqa: B018 - the attribute access is the test
+
+
+def test_session_binds_the_source_address_only_when_asked():
+    plain = fleet_fetch.session()
+    assert plain.trust_env is False and plain.max_redirects == 0
+    bound = fleet_fetch.session("127.0.0.1")
+    adapter = bound.get_adapter("http://127.0.0.2/")
+    assert adapter.poolmanager.connection_pool_kw["source_address"] == ("127.0.0.1", 0)
+    assert "source_address" not in plain.get_adapter("http://127.0.0.2/").poolmanager.connection_pool_kw
