@@ -115,6 +115,12 @@ def _load(schedule=True):
     return inventory, schedule, source, data
 
 
+def _selected(kiosks, campus):
+    """``(inventory, {campus: [kiosk ids]})`` of an operator's selection."""
+    inventory = _load(schedule=False)[0]
+    return inventory, fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
+
+
 def _now(at):
     if at is None or at == "":
         return _dt.datetime.now(_dt.timezone.utc)
@@ -242,8 +248,7 @@ def wake(kiosks=None, campus=None, repeat=3, timeout=30):
     try:
         repeat = fleet_runner.number(repeat, "repeat", 1, 20)
         timeout = fleet_runner.number(timeout, "timeout", 1, 600)
-        inventory, *_ = _load(schedule=False)
-        selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
+        inventory, selection = _selected(kiosks, campus)
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
     return _wake(inventory, selection, repeat, timeout)
@@ -266,8 +271,7 @@ def shutdown(kiosks=None, campus=None, delay_s=60, message="This kiosk is shutti
     try:
         delay_s, message = fleet_power.check_request(delay_s, message)
         timeout = fleet_runner.number(timeout, "timeout", 1, 600)
-        inventory, *_ = _load(schedule=False)
-        selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
+        inventory, selection = _selected(kiosks, campus)
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
     return _shutdown(selection, delay_s, message, timeout)
@@ -440,8 +444,7 @@ def verify(at=None, kiosks=None, campus=None, timeout=30):
         now = _now(at)
         explicit = bool(kiosks or campus)
         inventory, schedule, _, _ = _load(schedule=explicit)
-        if explicit:
-            selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
+        selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus) if explicit else None
         with _store().locked() as stored:
             state = _state(stored)
             if explicit:

@@ -17,9 +17,10 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_fields
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_runner
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fields
+    import fleet_runner
 
 PORT_STATES = ("open", "closed", "filtered")
 # nmap timing for one TCP connect probe per kiosk
@@ -32,17 +33,10 @@ class ScanError(fleet_fields.FleetError):
 
 
 def _whole(value, field, low, high):
-    if isinstance(value, bool) or (isinstance(value, float) and value != value):  # YAML yes/no, nan
-        raise ScanError(f"{field}: {fleet_fields.shown(value)} is not a whole number")
     try:
-        number = int(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: inf
-        raise ScanError(f"{field}: {fleet_fields.shown(value)} is not a whole number") from None
-    if isinstance(value, float) and value != number:
-        raise ScanError(f"{field}: {value!r} is not a whole number")
-    if not low <= number <= high:
-        raise ScanError(f"{field}: {fleet_fields.shown(value)} is outside {low}-{high}")
-    return number
+        return fleet_runner.number(value, field, low, high)
+    except fleet_fields.FleetError as exc:
+        raise ScanError(str(exc)) from None
 
 
 def nmap_arguments(host_timeout_s=DEFAULT_HOST_TIMEOUT_S, max_retries=DEFAULT_MAX_RETRIES):
