@@ -3,7 +3,6 @@ import datetime as dt
 import pytest
 
 import fleet_inventory
-import fleet_scan
 import fleet_schedule
 import fleet_sweep
 from fleet_sweep import SweepError
@@ -229,34 +228,6 @@ def test_parse_instant():
     assert fleet_sweep.parse_instant("2027-03-01T07:00:00Z") == dt.datetime(2027, 3, 1, 7, tzinfo=UTC)
     with pytest.raises(SweepError, match="^at: "):
         fleet_sweep.parse_instant(None)
-
-
-def test_nmap_arguments_are_a_tcp_connect_probe_without_dns():
-    args = fleet_scan.nmap_arguments()
-    assert args[:3] == ["-sT", "-Pn", "-n"] and "-sn" not in args
-    assert args[3:] == ["--max-retries", "1", "--host-timeout", "10s"]
-    with pytest.raises(fleet_scan.ScanError, match="^host_timeout_s"):
-        fleet_scan.nmap_arguments(host_timeout_s=0)
-    with pytest.raises(fleet_scan.ScanError, match="^max_retries"):
-        fleet_scan.nmap_arguments(max_retries=9)
-
-
-def test_scan_targets_only_the_campus_kiosks(inventory):
-    assert fleet_scan.scan_targets(inventory, "east") == {3389: {"127.0.1.11": "kiosk-east-01",
-                                                                  "127.0.2.12": "kiosk-east-02"}}
-    assert fleet_scan.scan_targets(inventory, "east", "kiosk-east-02,kiosk-west-01") == {
-        3389: {"127.0.2.12": "kiosk-east-02"}}
-    with pytest.raises(fleet_scan.ScanError, match="^kiosks: 10.0.0.1 is not a kiosk"):
-        fleet_scan.scan_targets(inventory, "east", ["10.0.0.1"])
-    with pytest.raises(fleet_scan.ScanError, match="^campus"):
-        fleet_scan.scan_targets(inventory, "north")
-
-
-def test_port_states_from_python_nmap():
-    result = {"scan": {"127.0.1.11": {"tcp": {3389: {"state": "open"}}},
-                       "127.0.1.12": {"tcp": {3389: {"state": "closed"}}}}}
-    assert fleet_scan.port_states(result, 3389, ["127.0.1.11", "127.0.1.12", "127.0.1.13"]) == {
-        "127.0.1.11": "open", "127.0.1.12": "closed", "127.0.1.13": "filtered"}
 
 
 def test_changes_by_campus():
