@@ -9,11 +9,14 @@ tests/unit/test_sweep_engine.py's.
 """
 
 import datetime as dt
+import inspect
 import json
 import pathlib
 
 import pytest
 import salt.client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import salt.config
 import salt.loader
 import yaml
@@ -246,3 +249,26 @@ def test_wake_and_shutdown_runners_report_per_kiosk(runner, minions):
     assert ret["retcode"] == 1 and ret["accepted"] == ["kiosk-east-01"]
     assert ret["failed"] == {"kiosk-east-02": "ERROR: Access is denied", "kiosk-west-01": "ERROR: Access is denied"}
     assert ret["silent"] == [] and ret["delay_s"] == 0 and calls["loads"] == 2  # one per run
+
+
+TYPED = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30),
+    st.sampled_from(["on", "off", "~", ".inf", "2027-03-01", "2027-03-01T08:00:00", "2027-03-01T08:00:00+08:00",
+                     "kiosk-east-01,kiosk-west-01", "east,north", "$(id)", "\ud800", "x" * 5000, "0001-01-01T00:00:00Z",
+                     "9999-12-31T23:59:59-23:00"]),
+    st.lists(st.sampled_from(["kiosk-east-01", "east", 1, None]), max_size=3),
+    st.dictionaries(st.sampled_from(["a", "on"]), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(["plan", "sweep", "verify", "status", "hold", "unhold", "wake", "shutdown"]),
+       st.dictionaries(st.sampled_from(["at", "hours", "timeout", "kiosks", "campus", "kiosk", "state", "until",
+                                        "reason", "delay_s", "message", "repeat", "scan"]), TYPED, max_size=4))
+def test_any_operator_input_gets_an_answer_never_a_traceback(runner, minions, fun, kwargs):
+    loaded = runner[0]
+    east_day(minions)
+    allowed = inspect.signature(loaded[f"kiosk_power.{fun}"].func).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in allowed}
+    ret = loaded[f"kiosk_power.{fun}"](**kwargs)
+    assert ret["retcode"] in (0, 1) and (ret["retcode"] == 0 or ret["error"].split(":")[0]), ret
