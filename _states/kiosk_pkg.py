@@ -15,6 +15,15 @@ Kiosk release packages as states, through the ``kiosk_pkg`` execution module.
         - source: http://salt.example.org:8080/kiosk-releases/
 """
 
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_release
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_release
+
 __virtualname__ = "kiosk_pkg"
 
 
@@ -65,8 +74,12 @@ def staged(name, version, source="salt://kiosk_releases/"):
 
         salt pi-riverside-1 state.single kiosk_pkg.staged kiosk-app version=1.4.0 test=True
     """
-    version = str(version)
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
+    try:  # YAML reads version: 1.10 as the float 1.1: refused, never staged as another version
+        version = fleet_release.check_version(version)
+    except fleet_release.ReleaseError as exc:
+        ret.update(result=False, comment=str(exc))
+        return ret
     have = __salt__["kiosk_pkg.repo_status"](name)
     if have.get("result") and version in have["staged"]:
         ret["comment"] = f"{name} {version} is staged"

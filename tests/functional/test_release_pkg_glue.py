@@ -20,6 +20,7 @@ import threading
 import time
 
 import pytest
+import salt.loader
 
 import fleet_inventory
 import fleet_release
@@ -189,3 +190,16 @@ def test_a_master_that_is_down_fails_the_stage_without_an_alert(pi, servers):
     ret = mods["kiosk_pkg.stage"](NAME, "3.0.0", source=down)
     assert ret["result"] is False and "HTTP 404" in ret["error"], ret
     assert alerts(events) == []
+
+
+def test_the_staged_state_refuses_a_version_yaml_made_a_float_and_stages_a_string(pi, servers, releases):
+    root, mods, events = pi
+    # states_dirs: the repository's "states" folder holds SLS files, the state modules are in _states
+    opts = {**mods.opts, "test": False, "states_dirs": [str(pathlib.Path(__file__).parents[2] / "_states")]}
+    states = salt.loader.states(opts, mods, salt.loader.utils(opts), {}, whitelist=["kiosk_pkg"])
+    ret = states["kiosk_pkg.staged"](NAME, 1.1, source=servers["pi-east-2"].base)
+    assert ret["result"] is False and "arrived as a number" in ret["comment"], ret
+    assert mods["kiosk_pkg.repo_status"](NAME)["staged"] == []
+    servers["pi-east-2"].put(releases.package("1.10.0"))
+    ret = states["kiosk_pkg.staged"](NAME, "1.10.0", source=servers["pi-east-2"].base)
+    assert ret["result"] is True and ret["changes"] == {"staged": {"old": None, "new": "1.10.0"}}, ret
