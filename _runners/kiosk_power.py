@@ -20,19 +20,8 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import (
-        fleet_alerts,
-        fleet_fields,
-        fleet_http,
-        fleet_inventory,
-        fleet_metrics,
-        fleet_power,
-        fleet_runner,
-        fleet_schedule,
-        fleet_state,
-        fleet_sweep,
-        fleet_wol,
-    )
+    from saltext_kiosk_fleet.utils import fleet_alerts, fleet_fields, fleet_http, fleet_inventory, fleet_metrics
+    from saltext_kiosk_fleet.utils import fleet_power, fleet_runner, fleet_schedule, fleet_state, fleet_sweep, fleet_wol
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_alerts
     import fleet_fields
