@@ -470,13 +470,20 @@ def expect(inventory, schedule, holds, now, selection=None):
             "holds": active, "expired_holds": expired, "managed": managed}
 
 
-def sweep(view, observed, pending):
+def sweep(view, observed, pending, no_shutdown=None):
     """
     Step 2 of a sweep: ``{"wake", "shutdown", "nothing", "checks"}`` from the
     view and the observations (see :func:`plan_actions` for the rules);
     ``checks`` are the +5/+10/+15 minute checks each change will get once made.
+    ``no_shutdown``: a reason to shut nothing down in this run (e.g. a clock
+    not known to be right); the kiosks due off are left alone with it.
     """
     acts = _actions(view["expected"], observed or {}, pending or {})
+    if no_shutdown is not None:
+        if not isinstance(no_shutdown, str) or not no_shutdown.strip():
+            raise SweepError(f"no_shutdown: expected a reason, got {fleet_fields.shown(no_shutdown)}")
+        acts["nothing"].update({k: no_shutdown for ids in acts["shutdown"].values() for k in ids})
+        acts["shutdown"] = {}
     checks = check_times(view["at"])
     acts["checks"] = {k: list(checks) for part in ("wake", "shutdown") for ids in acts[part].values() for k in ids}
     return acts

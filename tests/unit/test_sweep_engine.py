@@ -494,3 +494,14 @@ def test_synced_record_and_answer():
     assert again["changed"] is False and again["replaced"]["source"] == "synced"
     with pytest.raises(SweepError, match=r"^schedule from https://p is invalid: .*last good copy kept$"):
         fleet_sweep.synced({"campuses": {"north": {}}}, INVENTORY, "https://p", record, None, now)
+
+
+def test_a_run_told_not_to_shut_down_still_wakes():
+    view = fleet_sweep.expect(INVENTORY, SCHEDULE, {}, T0)
+    obs = seen(kiosk_east_01="off", kiosk_east_02="on")
+    decision = fleet_sweep.sweep(view, obs, {}, no_shutdown="clock not synchronised")
+    assert decision["shutdown"] == {} and decision["wake"] == {"east": ["kiosk-east-01"]}
+    assert decision["nothing"]["kiosk-east-02"] == "clock not synchronised"
+    assert sorted(decision["checks"]) == ["kiosk-east-01"]
+    with pytest.raises(SweepError, match="^no_shutdown: "):
+        fleet_sweep.sweep(view, obs, {}, no_shutdown=" ")
