@@ -1,39 +1,19 @@
 """
-Versioned kiosk releases, from the top master.
+Versioned kiosk releases, from the top master (``salt-run kiosk_release.*``;
+the contract, config keys included, is docs/releases.md).
 
-A release crosses the WAN once per campus: one Pi of the campus (the seed)
-stages it from the master, the campus's other Pis copy it from the seed over
-the LAN, and the kiosks download it from their Pis' repositories (nginx).
-Every hop checks size, md5 and sha256 (``_utils/fleet_release.py``).
+A release crosses the WAN once per campus (a seed Pi stages it from the
+master's store, the campus's other Pis copy it over the LAN, kiosks download
+it from their Pis); what a campus runs is its signed **pin**, kept in the
+master's cachedir with a serial that grows on every change.
 
-What a campus runs is its **pin** (kept here, in the master's cachedir, with
-a serial that grows on every change, and copied into each Pi's repository
-index). Kiosks follow the pin of their campus, so all kiosks of a campus run
-the same version; campuses move independently.
-
-This file is glue: it loads the config, the inventory and the state once per
-run, asks the release store (``_utils/fleet_store.py``: import, hash, sign,
-store) and the rollout policy (``_utils/fleet_rollout.py``: pins, pushes,
-rings, rollback, status), calls the minions (``fleet_runner.call``), records
-and reports.
-
-Master config::
-
-    kiosk_release:
-      store: /srv/salt/kiosk_releases   # default: <first file_roots:base>/kiosk_releases (so salt:// reaches it)
-      master_url: http://salt.example.org:8080/kiosk-releases/   # optional: Pis stage over HTTP,
-                                        # resuming after a cut (nginx exporting the store);
-                                        # default salt://kiosk_releases/ (cp.get_file)
-      signing_key: /etc/salt/pki/master/kiosk_release.pem        # required by publish/rollback/rollout/pin:
-                                        # Ed25519 private key (mode 0600; salt-run kiosk_release.keygen makes it)
-      source_root: /var/lib/jenkins/workspace   # required by publish: a file or directory source must be
-                                        # below it (no '..', no symlink on the way, read with O_NOFOLLOW)
-      confirm_downloads: true           # rollout rings: a kiosk's return must agree with the Pis' nginx logs
-      textfile_dir: /var/lib/prometheus/node-exporter            # optional: kiosk_release.prom
-      timeout: 3600                     # seconds a staging or install job may take
-      max_error_share: 0.0              # rollout halts when more kiosks than this share fail
-
-Every function returns ``{"result": bool, ...}`` and exits non-zero on failure.
+This file is glue: it loads the ``kiosk_release`` master config, the
+inventory and the state once per run, asks the release store
+(``_utils/fleet_store.py``: import, hash, sign, store) and the rollout rules
+(``_utils/fleet_rollout.py``: pins, pushes, rings, rollback, staging,
+status), calls the minions through ``fleet_runner.call``, records and
+reports. Every function returns ``{"result": bool, ...}`` and exits non-zero
+on failure.
 """
 
 import logging
@@ -90,7 +70,7 @@ def _state():
 
 
 class _Run:
-    """What one runner call loads once: config and state at once; store, inventory and key when first used."""
+    """What one runner call loads once: the config and state now; store, inventory, key when first used."""
 
     def __init__(self):
         self.conf = fleet_runner.config(__opts__, CONFIG_KEY)
@@ -104,37 +84,33 @@ class _Run:
 
     @property
     def store(self):
-        return self._once("store", lambda: fleet_store.store_dir(
-            self.conf.get("store"), (__opts__.get("file_roots") or {}).get("base")))
+        base = (__opts__.get("file_roots") or {}).get("base")
+        return self._once("store", lambda: fleet_store.store_dir(self.conf.get("store"), base))
 
     @property
     def inventory(self):
         return self._once("inventory", lambda: fleet_inventory.master_inventory(__opts__))
 
     def master_source(self):
-        return self._once("master_source", lambda: fleet_store.master_source(self.conf.get("master_url")))
+        return self._once("source", lambda: fleet_store.master_source(self.conf.get("master_url")))
 
-    def key(self):
-        """The signing key PEM: read (and checked) at the first use of the run, never shown."""
+    def key(self):  # read and checked at its first use in the run; never shown
         return self._once("key", lambda: fleet_store.read_signing_key(self.conf.get("signing_key")))
 
     def timeout(self, value=None):
-        return fleet_runner.number(self.conf.get("timeout", DEFAULT_TIMEOUT) if value is None else value,
-                                   "timeout", 10, 86400)
+        value = self.conf.get("timeout", DEFAULT_TIMEOUT) if value is None else value
+        return fleet_runner.number(value, "timeout", 10, 86400)
 
     def campuses(self, campuses, field="campuses"):
-        known = self.inventory["campuses"]
-        names = fleet_inventory.names(campuses, field) or sorted(known)
-        unknown = [c for c in names if c not in known]
-        if unknown:
-            raise fleet_inventory.InventoryError(
-                f"{field}: unknown campus {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return names
+        return fleet_rollout.select_campuses(self.inventory, campuses, field)
 
     def one_campus(self, campus):
         if not campus or len(fleet_inventory.names(campus, "campus")) != 1:
             raise fleet_rollout.RolloutError("campus: name one campus (campus=riverside)")
         return self.campuses(campus, "campus")[0]
+
+    def pis(self, campus):
+        return fleet_inventory.pis_of(self.inventory, campus)
 
     def kiosks(self, campus):
         return sorted(self.inventory["campuses"][campus]["kiosks"])
@@ -200,26 +176,16 @@ def _record_wan(name, report):
 
 def publish(name=None, version=None, source=None, install=None, campuses=None, md5=None, success_codes=None):
     """
-    Publish release ``name`` ``version`` from ``source`` (a file or a flat
-    directory of files under ``kiosk_release:source_root``, or an http(s) URL
-    fetched without proxy or redirect): hash every file in the copying pass
-    (size, md5, sha256), write the manifest signed with
-    ``kiosk_release:signing_key`` (required) and store it under the master's
-    store. A source outside the root, through ``..`` or through a symlink
-    is refused and nothing is stored. ``install`` is the kiosk's install
-    command as an argument list (``{dir}``, ``{name}``, ``{version}`` are
-    filled in) and ``success_codes`` its exit codes that mean success
-    (default ``[0]``; msiexec with ``/norestart``: ``[0, 3010]``). Without
-    ``install``, a directory source's own ``kiosk-install.json`` gives them
-    (an argument list, or ``{"install": [...], "success_codes": [...]}``).
-    ``md5``: the hash the build computed,
-    checked against the copy. Versions only go up.
-
-    With ``campuses``, those campuses are pinned to the new version and
-    recorded as waiting to be staged; the reactors take it from there
-    (``kiosk/release/published`` -> ``on_published`` stages what is waiting
-    -> ``kiosk/release/staged`` -> ``push`` installs on their kiosks).
-    Without, the release waits for ``rollout``.
+    Publish ``name`` ``version`` from ``source`` (a file or flat directory
+    under ``kiosk_release:source_root``, read without following a link, or
+    an http(s) URL fetched without proxy or redirect) into the store,
+    hashed while copied, with a manifest signed by ``kiosk_release:signing_key``
+    (``fleet_store.publish``). ``install``: the kiosk's install command as an
+    argument list (default: the package's ``kiosk-install.json``);
+    ``success_codes``: its exit codes meaning success (default ``[0]``);
+    ``md5``: the build's, checked against the copy. Versions only go up.
+    With ``campuses``, they are pinned to it and wait to be staged by the
+    reactors (``on_published``, then ``push``).
 
     CLI Example:
 
@@ -234,12 +200,11 @@ def publish(name=None, version=None, source=None, install=None, campuses=None, m
         targets = run.campuses(campuses) if campuses else []
         doc = fleet_store.publish(run.store, name, version, source, run.conf.get("source_root"), run.key(),
                                   install=install, success_codes=success_codes, md5=md5)
-        if targets:
-            with run.state.locked() as state:
-                for campus in targets:
-                    pin_ = fleet_rollout.set_pin(state, doc["name"], campus, doc["version"], run.key(), time.time())
-                    # the published event is only a hint: on_published stages what is recorded here
-                    fleet_rollout.wait_for_staging(state, doc["name"], campus, pin_["serial"])
+        with run.state.locked() as state:  # not written when no campus is named
+            for campus, pin_ in fleet_rollout.set_pins(state, name, targets, doc["version"], run.key(),
+                                                       time.time()).items():
+                # the published event is only a hint: on_published stages what is recorded here
+                fleet_rollout.wait_for_staging(state, name, campus, pin_["serial"])
     except (ValueError, OSError) as exc:
         return _failed("publish", exc)
     size = fleet_release.manifest_size(doc)
@@ -272,11 +237,10 @@ def published(name=None):
 
 def keygen(path=None, force=False):
     """
-    Make the Ed25519 key pair releases are signed with: the private key is
-    written to ``path`` (default ``kiosk_release:signing_key``) with mode
-    0600, never over an existing file unless ``force=True``; the public key
-    is returned, for the ``kiosk_release:verify_key`` list in the Pis' and
-    kiosks' pillar. The private key is never returned or logged.
+    Write a new Ed25519 signing key to ``path`` (default
+    ``kiosk_release:signing_key``), mode 0600, never over an existing file
+    unless ``force=True``; return only its public key (for the
+    ``kiosk_release:verify_key`` pillar list).
 
     CLI Example:
 
@@ -321,18 +285,15 @@ def _stage(run, name, version, campuses, timeout, serials):
     pinned to ``version`` with the serial in ``serials`` get the signed pin.
     """
     pins, pin_errors = fleet_rollout.signed_pins(run.state.read(), name, version, serials, run.key)
-    rounds = fleet_rollout.stage_rounds({c: fleet_inventory.pis_of(run.inventory, c) for c in campuses})
+    rounds = fleet_rollout.stage_rounds({c: run.pis(c) for c in campuses})
     returns = None
     try:
         while True:
             hop, wave = rounds.send(returns)
-            returns, jobs = {}, {}
-            for campus, pis in wave.items():  # one job per distinct kwargs (a signed pin names its campus)
-                jobs.setdefault(campus if campus in pins else None, []).extend(pis)
-            for campus, pis in jobs.items():
-                kwarg = {"source": run.master_source() if hop == "master->pi" else "campus", "hop": hop}
-                if campus is not None:
-                    kwarg["pin"] = pins[campus]
+            returns = {}
+            source = run.master_source() if hop == "master->pi" else "campus"
+            for pis, pin_ in fleet_rollout.stage_jobs(wave, pins):
+                kwarg = {"source": source, "hop": hop, **({"pin": pin_} if pin_ else {})}
                 returns.update(_call(pis, "kiosk_pkg.stage", [name, version], kwarg, timeout))
     except StopIteration as done:
         report = done.value
@@ -344,10 +305,9 @@ def _stage(run, name, version, campuses, timeout, serials):
 def on_published(name=None, version=None, campuses=None, timeout=None):
     """
     What the ``kiosk/release/published`` reactor calls. The event is a hint
-    (a kiosk can forge it): only campuses that ``publish`` recorded as
-    waiting for this release, still pinned to it with the same serial, are
-    staged, once per release, campus and serial. Anything else (an invented
-    or replayed event) does nothing: no job, no change of state.
+    (a kiosk can forge it): only campuses ``publish`` recorded as waiting,
+    still pinned to it with that serial, are staged, once; an invented or
+    replayed event starts no job and changes no state.
 
     CLI Example:
 
@@ -375,21 +335,17 @@ def on_published(name=None, version=None, campuses=None, timeout=None):
         log.info("kiosk_release: published event for %s %s: nothing of it is waiting to be staged", name, version)
         return fleet_runner.finish(__context__, {"result": True, "staged": False,
                                                  "comment": f"nothing of {name} {version} waits to be staged"})
-    targets = [c for c in claimed if c in inventory["campuses"]]
-    report = _stage(run, name, version, targets, timeout, claimed)
-    failed = fleet_rollout.unstaged(report)
-    ret = {"result": not failed, "staged": True, "name": name, "version": version, "campuses": report}
-    if failed:
-        ret["error"] = f"no Pi of {', '.join(failed)} could stage {name} {version} (run kiosk_release.stage or rollout)"
-    return _finish("stage", ret, _record_wan(name, report))
+    report = _stage(run, name, version, [c for c in claimed if c in inventory["campuses"]], timeout, claimed)
+    return _staged("stage", {"staged": True, "name": name, "version": version, "campuses": report}, report,
+                   f"could stage {name} {version} (run kiosk_release.stage or rollout)", _record_wan(name, report))
 
 
 def stage(name=None, version=None, campuses=None, timeout=None):
     """
-    Stage a published release on the Pis of ``campuses`` (default: every
-    campus): one Pi per campus fetches it from the master, the others copy it
-    from that Pi. A Pi whose campus is pinned to this version pins it too.
-    Fails when a campus ends with no Pi holding the release.
+    Stage a published release on the Pis of ``campuses`` (default: all):
+    one Pi per campus fetches it from the master, the others copy it from
+    that Pi; a campus pinned to it gets its pin too. Fails when a campus
+    ends with no Pi holding it.
 
     CLI Example:
 
@@ -409,11 +365,17 @@ def stage(name=None, version=None, campuses=None, timeout=None):
     except ValueError as exc:
         return _failed("stage", exc)
     report = _stage(run, name, version, targets, timeout, serials)
+    return _staged("stage", {"name": name, "version": version, "campuses": report}, report,
+                   f"could stage {name} {version}", _record_wan(name, report))
+
+
+def _staged(action, ret, report, error, update=None):
+    """Finish a staging runner: it fails when a campus ended with no Pi holding the release."""
     failed = fleet_rollout.unstaged(report)
-    ret = {"result": not failed, "name": name, "version": version, "campuses": report}
+    ret = {"result": not failed, **ret}
     if failed:
-        ret["error"] = f"no Pi of {', '.join(failed)} could stage {name} {version}"
-    return _finish("stage", ret, _record_wan(name, report))
+        ret["error"] = f"no Pi of {', '.join(failed)} {error}"
+    return _finish(action, ret, update)
 
 
 # --------------------------------------------------------------------------- pins, pushes, rollouts
@@ -421,7 +383,7 @@ def stage(name=None, version=None, campuses=None, timeout=None):
 
 def _pin_pis(run, name, campus, pin_):
     """Copy the signed campus pin into the index of every Pi of the campus; ``{pi: True or error}``."""
-    pis = fleet_inventory.pis_of(run.inventory, campus)
+    pis = run.pis(campus)
     try:
         doc = fleet_rollout.pin_doc(name, campus, pin_, run.key)
     except ValueError as exc:
@@ -447,7 +409,7 @@ def _push_campus(run, name, version, campus, timeout):
     serial, skip = fleet_rollout.push_decision(run.state.read(), name, campus, version, time.time())
     if skip:
         return None, skip
-    pis = fleet_inventory.pis_of(run.inventory, campus)
+    pis = run.pis(campus)
     if not fleet_rollout.pin_live(_call(pis, "kiosk_pkg.repo_status", [name]), version, serial):
         return None, f"{campus}: no Pi has the pin {name} {version} (serial {serial}) live yet"
     with run.state.locked() as state:  # decide again under the lock, claim, act after releasing it
@@ -467,13 +429,10 @@ def _push_campus(run, name, version, campus, timeout):
 
 def push(name=None, version=None, campus=None, pi=None, timeout=None):
     """
-    Install ``version`` on the kiosks of ``campus`` if it is the campus pin
-    and a Pi of the campus has it live, once per pin: the reactor calls this
-    for every ``kiosk/release/staged`` event (one per Pi, each arriving more
-    than once through the syndics; a kiosk can forge it too). ``pi`` must be a
-    Pi of the inventory. The campus is marked pushed only after the push
-    succeeded; a failed push is retried by the next call. Kiosks that were
-    off catch up at boot (startup state ``kiosk_fleet.release``).
+    Install ``version`` on the kiosks of ``campus`` (or of the inventory Pi
+    ``pi``, as the ``kiosk/release/staged`` reactor passes it) if it is the
+    campus pin, a Pi has it live and it is not pushed yet; the campus is
+    marked pushed only after a push no answering kiosk failed.
 
     CLI Example:
 
@@ -515,7 +474,7 @@ def _confirm(run, name, version, kiosks_by_campus):
         return kiosks_by_campus
     confirmed = {}
     for campus, kiosks in kiosks_by_campus.items():
-        pis = fleet_inventory.pis_of(run.inventory, campus)
+        pis = run.pis(campus)
         served = fleet_rollout.served_by_ip(_call(pis, "kiosk_pkg.served", [name, version]), name, version)
         spec = run.inventory["campuses"][campus]["kiosks"]
         ips = {k: str(spec[k].get("ip") or "") for k in kiosks}
@@ -526,7 +485,7 @@ def _confirm(run, name, version, kiosks_by_campus):
 def _roll_ring(run, name, version, ring, timeout, threshold):
     with run.state.locked() as state:
         now = time.time()
-        pins = {c: fleet_rollout.set_pin(state, name, c, version, run.key(), now) for c in ring}
+        pins = fleet_rollout.set_pins(state, name, ring, version, run.key(), now)
         for campus in ring:  # the push below is this rollout's: reactors skip it while it runs
             fleet_rollout.claim_push(state, name, campus, pins[campus]["serial"], int(now) + 2 * timeout + 120)
     ok = {}
@@ -559,13 +518,10 @@ def _rollout(run, name, version, targets, rings, threshold, timeout):
 
 def rollout(name=None, version=None, campuses=None, canary=None, rings=None, max_error_share=None, timeout=None):
     """
-    Roll ``version`` out, ring by ring: stage it on the ring's Pis, pin the
-    ring's campuses to it, install it on their kiosks, and go on to the next
-    ring only while the share of kiosks not on the version stays at or below
-    ``max_error_share`` (default ``kiosk_release:max_error_share``, 0).
-    ``canary=east`` makes a first ring of that campus alone; ``rings`` gives
-    the order (``'east;west,north'``). A halted rollout names the campuses
-    it did not touch.
+    Roll ``version`` out ring by ring (``canary=east`` first alone, or
+    ``rings='east;west,north'``): pin, stage, install, confirm by the Pis'
+    nginx logs, and go on only while the share of kiosks not on it stays at
+    or below ``max_error_share`` (default ``kiosk_release:max_error_share``).
 
     CLI Example:
 
@@ -593,9 +549,8 @@ def rollout(name=None, version=None, campuses=None, canary=None, rings=None, max
 
 def pin(name=None, version=None, campus=None, timeout=None):
     """
-    Pin ``campus`` to ``version`` without pushing: the version is staged on
-    the campus Pis if needed and their indexes pinned; kiosks move at their
-    next boot or ``kiosk_pkg.check_update`` (use ``rollout`` to push now).
+    Pin ``campus`` to ``version`` and stage it on its Pis, without a push:
+    kiosks move at their next boot or ``kiosk_pkg.check_update``.
 
     CLI Example:
 
@@ -613,25 +568,20 @@ def pin(name=None, version=None, campus=None, timeout=None):
         timeout = run.timeout(timeout)
         run.master_source()  # a bad master_url fails before the pin moves
         with run.state.locked() as state:
-            now = time.time()
-            pins = {c: fleet_rollout.set_pin(state, name, c, version, run.key(), now) for c in targets}
+            pins = fleet_rollout.set_pins(state, name, targets, version, run.key(), time.time())
             for c in targets:  # no push: the staged reactor must leave these kiosks alone
                 fleet_rollout.hold_push(state, name, c, pins[c]["serial"])
     except ValueError as exc:
         return _failed("pin", exc)
     staged = _stage(run, name, version, targets, timeout, {c: p["serial"] for c, p in pins.items()})
-    failed = fleet_rollout.unstaged(staged)
-    ret = {"result": not failed, "name": name, "version": version,
-           "pins": {c: {k: v for k, v in p.items() if k != "history"} for c, p in pins.items()}, "staging": staged}
-    if failed:
-        ret["error"] = f"pinned, but no Pi of {', '.join(failed)} could stage {version}"
-    return _finish("pin", ret)
+    shown = {c: {k: v for k, v in p.items() if k != "history"} for c, p in pins.items()}
+    return _staged("pin", {"name": name, "version": version, "pins": shown, "staging": staged}, staged,
+                   f"could stage {version} (pinned all the same)")
 
 
 def unpin(name=None, campus=None):
     """
-    Freeze ``campus`` for release ``name``: kiosks keep the version they run
-    and stop following new pins until the campus is pinned again.
+    Freeze ``campus`` for ``name``: kiosks keep what they run until it is pinned again.
 
     CLI Example:
 
@@ -646,8 +596,7 @@ def unpin(name=None, campus=None):
             raise fleet_rollout.RolloutError("campus: name the campus (campus=riverside)")
         targets = run.campuses(campus, "campus")
         with run.state.locked() as state:
-            now = time.time()
-            pins = {c: fleet_rollout.set_pin(state, name, c, None, run.key(), now) for c in targets}
+            pins = fleet_rollout.set_pins(state, name, targets, None, run.key(), time.time())
     except ValueError as exc:
         return _failed("unpin", exc)
     pis = {c: _pin_pis(run, name, c, pins[c]) for c in targets}
@@ -660,10 +609,9 @@ def unpin(name=None, campus=None):
 
 def rollback(name=None, campus=None, timeout=None):
     """
-    Put ``campus`` back on the content it ran before its current pin, the
-    way operators do it: that content is republished under a new version,
-    above every published one (``rollback_of`` in its manifest names the
-    source), then rolled out to the campus. Kiosks only ever move up.
+    Put ``campus`` back on the content it ran before its pin: republished
+    (hard links) as the next version, ``rollback_of`` naming the source, and
+    rolled out to the campus. Kiosks only ever move up.
 
     CLI Example:
 
@@ -696,12 +644,10 @@ def rollback(name=None, campus=None, timeout=None):
 
 def status(name=None, campuses=None, timeout=60):
     """
-    Where release ``name`` stands, per campus: the pin, what each Pi has
-    staged and pinned, what each kiosk runs, and the drift (kiosks not on
-    the pin, Pis without it). Fails (exit 1) on drift or on a campus whose
-    kiosks run different versions; silent kiosks are listed, not failed.
-    A campus pin whose push failed or never ran is pushed again here
-    (``push_retried``) when a Pi of the campus has it live.
+    Where ``name`` stands per campus: the pin, each Pi's staged versions
+    and pin, each kiosk's version, the drift. Fails on drift or mixed
+    versions (silent kiosks are listed, not failed). A due push whose pin a
+    Pi has live is retried here (``push_retried``).
 
     CLI Example:
 
@@ -719,22 +665,14 @@ def status(name=None, campuses=None, timeout=60):
         state = run.state.read()
     except ValueError as exc:
         return _failed("status", exc)
-    pis = {c: fleet_inventory.pis_of(run.inventory, c) for c in targets}
+    pis, kiosks = {c: run.pis(c) for c in targets}, {c: run.kiosks(c) for c in targets}
     pi_returns = _call([p for per in pis.values() for p in per], "kiosk_pkg.repo_status", [name], {}, timeout)
-    kiosk_returns = _call([k for c in targets for k in run.kiosks(c)], "kiosk_pkg.installed", [name], {}, timeout)
-    ret = {"result": True, "name": name, "campuses": {}}
-    problems, on_pin, silent = [], {}, {}
-    for campus in targets:
-        entry, found, on, quiet = fleet_rollout.campus_status(
-            campus, fleet_rollout.pin_of(state, name, campus), pis[campus], pi_returns, run.kiosks(campus),
-            kiosk_returns)
-        ret["campuses"][campus] = entry
-        problems.extend(found)
-        silent[campus] = quiet
-        if on is not None:
-            on_pin[campus] = on
+    kiosk_returns = _call([k for per in kiosks.values() for k in per], "kiosk_pkg.installed", [name], {}, timeout)
+    campuses, problems, on_pin, silent = fleet_rollout.status_report(name, state, pis, kiosks, pi_returns,
+                                                                     kiosk_returns)
+    ret = {"result": True, "name": name, "campuses": campuses}
     # a push that failed (or never ran: the staged event was lost) is retried here
-    for campus, entry in ret["campuses"].items():
+    for campus, entry in campuses.items():
         if entry["pin"] is not None:
             kiosks, _skip = _push_campus(run, name, entry["pin"], campus, push_timeout)
             if kiosks is not None:

@@ -22,9 +22,10 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_fields, fleet_release
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_inventory, fleet_release
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fields
+    import fleet_inventory
     import fleet_release
 
 
@@ -421,6 +422,11 @@ def set_pin(state, name, campus, version, key_pem, now):
     return pin
 
 
+def set_pins(state, name, campuses, version, key_pem, now):
+    """:func:`set_pin` for each of ``campuses``: ``{campus: new pin}``."""
+    return {c: set_pin(state, name, c, version, key_pem, now) for c in campuses}
+
+
 def pin_doc(name, campus, pin, key):
     """
     The signed pin of a state entry. An entry saved before pins were signed
@@ -552,6 +558,18 @@ def stage_rounds(pis_by_campus):
         entry["staged_on"] = sorted(p for p, r in entry["pis"].items() if r["staged"])
         entry["complete"] = len(entry["staged_on"]) == len(entry["pis"])
     return report
+
+
+def stage_jobs(wave, pins):
+    """
+    The jobs of one staging round ``{campus: [pi, ...]}``: ``[(pis, signed
+    pin or None)]``, one job per distinct pin (a signed pin names its campus;
+    ``pins`` is ``{campus: signed pin}``), the campuses without one together.
+    """
+    jobs = {}
+    for campus, pis in sorted(wave.items()):
+        jobs.setdefault(campus if campus in pins else None, []).extend(pis)
+    return [(pis, pins.get(campus)) for campus, pis in jobs.items()]
 
 
 def unstaged(report):
@@ -733,6 +751,35 @@ def campus_status(campus, pin, pis, pi_returns, kiosks, kiosk_returns):
     # an unpinned campus has no kiosk on (or off) its pin
     on_pin = {k: k not in entry["drift"] for k in installed} if want is not None else None
     return entry, problems, on_pin, silent
+
+
+def status_report(name, state, pis, kiosks, pi_returns, kiosk_returns):
+    """
+    :func:`campus_status` of every campus of ``pis`` (``{campus: [pi]}``;
+    ``kiosks`` likewise): ``(campuses, problems, on_pin, silent)``, the last
+    two ``{campus: ...}`` for :func:`kiosk_counts` (campuses without a pin
+    are left out of ``on_pin``).
+    """
+    campuses, problems, on_pin, silent = {}, [], {}, {}
+    for campus in pis:
+        entry, found, on, quiet = campus_status(campus, pin_of(state, name, campus), pis[campus], pi_returns,
+                                                kiosks[campus], kiosk_returns)
+        campuses[campus] = entry
+        problems.extend(found)
+        silent[campus] = quiet
+        if on is not None:
+            on_pin[campus] = on
+    return campuses, problems, on_pin, silent
+
+
+def select_campuses(inventory, campuses, field="campuses"):
+    """The campuses named (one name, ``a,b`` or a list; none: every campus), each of the inventory."""
+    known = inventory["campuses"]
+    names = fleet_inventory.names(campuses, field) or sorted(known)
+    unknown = [c for c in names if c not in known]
+    if unknown:
+        raise RolloutError(f"{field}: unknown campus {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return names
 
 
 # --------------------------------------------------------------------------- metrics

@@ -654,3 +654,34 @@ def test_kiosk_counts_and_metric_families():
     assert families["kiosk_release_last_run_success"] == [({"action": "rollout"}, False)]
     assert families["kiosk_release_stage_wan_bytes"] == [({"name": "kiosk-app", "campus": "east"}, 10)]
     assert families["kiosk_release_published_bytes"] == [({"name": "kiosk-app", "version": "1.4.0"}, 10)]
+
+
+def test_stage_jobs_give_one_job_per_signed_pin_and_one_for_the_rest():
+    pins = {"east": {"campus": "east"}, "west": {"campus": "west"}}
+    wave = {"west": ["pi-w1"], "east": ["pi-e1", "pi-e2"], "north": ["pi-n1"], "south": ["pi-s1"]}
+    assert fleet_rollout.stage_jobs(wave, pins) == [(["pi-e1", "pi-e2"], pins["east"]), (["pi-n1", "pi-s1"], None),
+                                                    (["pi-w1"], pins["west"])]
+    assert fleet_rollout.stage_jobs({}, pins) == []
+
+
+def test_set_pins_and_status_report_cover_every_campus_named():
+    state = state_with({})
+    pins = fleet_rollout.set_pins(state, "kiosk-app", ["east", "west"], "1.4.0", KEY[0], now=1000)
+    assert sorted(pins) == ["east", "west"] and pins["west"]["serial"] == 1000
+    fleet_rollout.set_pin(state, "kiosk-app", "west", None, KEY[0], now=1001)
+    campuses, problems, on_pin, silent = fleet_rollout.status_report(
+        "kiosk-app", state, {"east": [], "west": []}, {"east": ["k1", "k2"], "west": ["w1"]},
+        {}, {"k1": {"version": "1.4.0"}, "w1": {"version": "1.3.0"}})
+    assert campuses["east"]["pin"] == "1.4.0" and campuses["west"]["pin"] is None
+    assert problems == [] and on_pin == {"east": {"k1": True}} and silent == {"east": ["k2"], "west": []}
+
+
+def test_select_campuses_names_unknown_ones():
+    inventory = {"campuses": {"east": {}, "west": {}}}
+    assert fleet_rollout.select_campuses(inventory, None) == ["east", "west"]
+    assert fleet_rollout.select_campuses(inventory, "west") == ["west"]
+    assert fleet_rollout.select_campuses(inventory, ["west", "east"]) == ["west", "east"]
+    raises(fleet_rollout.select_campuses, inventory, "east,mars", match=r"^campuses: unknown campus mars \(known: east, "
+                                                                          r"west\)$")
+    raises(fleet_rollout.select_campuses, inventory, "mars", "campus", match=r"^campus: unknown campus mars")
+    raises(fleet_rollout.select_campuses, inventory, {"east": 1}, match=r"^campuses: ")
