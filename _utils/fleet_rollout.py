@@ -22,11 +22,12 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_fields, fleet_inventory, fleet_release
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_inventory, fleet_release, fleet_sign
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fields
     import fleet_inventory
     import fleet_release
+    import fleet_sign
 
 
 class RolloutError(fleet_release.ReleaseError):
@@ -415,7 +416,7 @@ def set_pin(state, name, campus, version, key_pem, now):
     if current.get("version") is not None and current["version"] != version:
         history.append(current["version"])
     serial = max(int(current.get("serial") or 0) + 1, int(now))
-    signed = fleet_release.sign_pin(name, campus, version, serial, key_pem, signed_at=int(now))
+    signed = fleet_sign.sign_pin(name, campus, version, serial, key_pem, signed_at=int(now))
     pin = {"version": version, "serial": serial, "history": history[-PIN_HISTORY:], "at": _iso(now), "signed": signed}
     state.setdefault("pins", {}).setdefault(name, {})[campus] = pin
     state.setdefault("pushed", {}).setdefault(name, {}).pop(campus, None)
@@ -436,7 +437,7 @@ def pin_doc(name, campus, pin, key):
     signed = pin.get("signed")
     if isinstance(signed, dict) and signed.get("serial") == pin["serial"] and signed.get("version") == pin["version"]:
         return signed
-    return fleet_release.sign_pin(name, campus, pin["version"], pin["serial"], key() if callable(key) else key)
+    return fleet_sign.sign_pin(name, campus, pin["version"], pin["serial"], key() if callable(key) else key)
 
 
 def signed_pins(state, name, version, serials, key):

@@ -27,16 +27,26 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_fields, fleet_http, fleet_release, fleet_rollout, fleet_state
+    from saltext_kiosk_fleet.utils import (
+        fleet_fetch,
+        fleet_fields,
+        fleet_http,
+        fleet_release,
+        fleet_rollout,
+        fleet_sign,
+        fleet_state,
+    )
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_fetch
     import fleet_fields
     import fleet_http
     import fleet_release
     import fleet_rollout
+    import fleet_sign
     import fleet_state
 
 STORE_FIELD = "kiosk_release.store"
-SIGNING_KEY_FIELD = "kiosk_release.signing_key"
+SIGNING_KEY_FIELD = fleet_sign.SIGNING_KEY_FIELD
 INSTALL_FILE = "kiosk-install.json"  # in a package directory: its install command (the Jenkinsfile passes none)
 INSTALL_FILE_MAX = 65536
 KEY_MAX = 65536  # an Ed25519 PEM is about 120 bytes: anything far larger is no key
@@ -211,13 +221,13 @@ def import_url(source, work, field="source"):
     host = fleet_http.host_of(source)
     path = source.split("?", 1)[0].split("#", 1)[0].rstrip("/")
     file_name = fleet_release.check_file_name(path.rsplit("/", 1)[-1], f"{field} (the URL's last path segment)")
-    digest = fleet_release.Digest()
+    digest = fleet_fetch.Digest()
     try:
         with fleet_http.session() as sess, \
                 sess.get(source, stream=True, timeout=(10, 120), allow_redirects=False) as resp:
             fleet_rollout.check_source_response(resp.status_code, resp.headers.get("Location"), host, field)
             with open(os.path.join(work, file_name), "wb") as out:
-                for data in resp.iter_content(fleet_release.CHUNK):
+                for data in resp.iter_content(fleet_fetch.CHUNK):
                     out.write(data)
                     digest.update(data)
                 out.flush()
@@ -247,7 +257,7 @@ def import_source(source, work, source_root, md5=None, field="source"):
         try:
             for entry in sorted(fds):
                 # open() of an fd: the very file that was checked, closed when hashed
-                files[entry] = fleet_release.hash_file(fds.pop(entry), copy_to=os.path.join(work, entry))
+                files[entry] = fleet_fetch.hash_file(fds.pop(entry), copy_to=os.path.join(work, entry))
         finally:
             fleet_rollout.close_all(fds)
     if md5 is not None:
@@ -313,7 +323,7 @@ def new_release(store, name, version, files_from, install, key_pem, rollback_of=
             files = files_from(work)
             if callable(install):  # publish: the command may come from the package itself
                 install, success_codes = install(work, files)
-            doc = fleet_release.sign_manifest(
+            doc = fleet_sign.sign_manifest(
                 fleet_release.build_manifest(name, version, files, install, rollback_of=rollback_of,
                                              success_codes=success_codes), key_pem)
             fleet_state.write_json_atomic(os.path.join(work, fleet_release.MANIFEST), doc)
@@ -324,7 +334,7 @@ def new_release(store, name, version, files_from, install, key_pem, rollback_of=
             shutil.rmtree(work, ignore_errors=True)
             raise
     except OSError as exc:
-        raise StoreError(str(fleet_release.disk_error(exc, store, "store"))) from None
+        raise StoreError(str(fleet_fetch.disk_error(exc, store, "store"))) from None
     return doc
 
 
@@ -357,7 +367,7 @@ def rollback_copy(store, name, previous, version, key_pem):
                 os.link(src, dst)  # same content, no second copy on disk
             except OSError:
                 shutil.copyfile(src, dst)
-            fleet_release.compare(expected, fleet_release.hash_file(dst), f"{name} {previous} {file_name}")
+            fleet_release.compare(expected, fleet_fetch.hash_file(dst), f"{name} {previous} {file_name}")
         return source["files"]
 
     return new_release(store, name, version, copy, source["install"], key_pem, rollback_of=previous,

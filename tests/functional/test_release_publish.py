@@ -20,7 +20,7 @@ import salt.config
 import salt.loader
 import yaml
 
-import fleet_release
+import fleet_sign
 from tests.support.topology import two_campus_inventory
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -141,7 +141,7 @@ def test_publish_signs_every_manifest_with_the_configured_key(master):
     ret = publish(master, pkg, md5=hashlib.md5(pkg.read_bytes()).hexdigest())
     assert ret["result"] is True and ret["signed"] is True, ret
     manifest = json.loads((master.store / NAME / "1.0.0" / "manifest.json").read_text())
-    fleet_release.verify_signature(manifest, master.public)
+    fleet_sign.verify_signature(manifest, master.public)
     assert (master.store / NAME / "1.0.0" / "app.msi").read_bytes() == pkg.read_bytes()
     # a relative source is read under the root too; a directory source takes its files
     (master.root / "job" / "out" / "kiosk-install.json").write_text("[]")

@@ -8,6 +8,7 @@ import stat
 import pytest
 
 import fleet_release
+import fleet_sign
 import fleet_rollout
 
 SILENT = "silent"
@@ -27,11 +28,11 @@ def test_key_pair_signs_and_verifies_and_the_public_key_is_derived_from_the_priv
     private, public = fleet_rollout.new_key_pair()
     assert b"PRIVATE KEY" in private and "PUBLIC KEY" in public and "PRIVATE" not in public
     assert fleet_rollout.public_key_of(private) == public
-    doc = fleet_release.sign_manifest({"name": "kiosk-app", "version": "1.0.0"}, private)
-    fleet_release.verify_signature(doc, public)
+    doc = fleet_sign.sign_manifest({"name": "kiosk-app", "version": "1.0.0"}, private)
+    fleet_sign.verify_signature(doc, public)
     other = fleet_rollout.new_key_pair()[1]
     with pytest.raises(ValueError):
-        fleet_release.verify_signature(doc, other)
+        fleet_sign.verify_signature(doc, other)
 
 
 def test_a_key_that_is_not_ed25519_or_not_a_key_is_refused_naming_the_field():
@@ -337,7 +338,7 @@ def test_set_pin_signs_grows_the_serial_with_the_clock_and_keeps_the_history():
     first = fleet_rollout.set_pin(state, "kiosk-app", "east", "1.3.0", KEY[0], now=1000.7)
     assert first["serial"] == 1000 and first["version"] == "1.3.0" and first["history"] == []
     assert first["at"] == "1970-01-01T00:16:40+00:00"
-    fleet_release.verify_pin(first["signed"], [KEY[1]], "kiosk-app", "east")
+    fleet_sign.verify_pin(first["signed"], [KEY[1]], "kiosk-app", "east")
     assert first["signed"]["serial"] == 1000 and first["signed"]["signed_at"] == 1000
     assert state["pushed"]["kiosk-app"] == {}  # a new pin is due to be pushed again
     # the clock stood still (or went back): the serial still grows
@@ -377,7 +378,7 @@ def test_pin_doc_reuses_the_signed_pin_and_signs_an_old_entry_only_when_needed()
     assert fleet_rollout.pin_doc("kiosk-app", "east", pin, no_key) is pin["signed"]
     old = {"version": "1.4.0", "serial": 1000, "history": []}  # saved before pins were signed
     doc = fleet_rollout.pin_doc("kiosk-app", "east", old, lambda: KEY[0])
-    assert doc["serial"] == 1000 and fleet_release.verify_pin(doc, [KEY[1]], "kiosk-app", "east")
+    assert doc["serial"] == 1000 and fleet_sign.verify_pin(doc, [KEY[1]], "kiosk-app", "east")
     moved = dict(pin, serial=1001)  # an entry whose signature is for another serial is signed again
     assert fleet_rollout.pin_doc("kiosk-app", "east", moved, KEY[0])["serial"] == 1001
 

@@ -10,6 +10,7 @@ import stat
 import pytest
 
 import fleet_release
+import fleet_sign
 import fleet_rollout
 import fleet_store
 
@@ -126,7 +127,7 @@ def test_the_signing_key_is_refused_unless_0600_plain_ed25519_and_not_a_symlink(
 def test_publish_hashes_signs_and_stores_in_one_rename(site, key):
     pkg = site.package()
     doc = publish(site, key, md5=hashlib.md5(pkg.read_bytes()).hexdigest())
-    fleet_release.verify_signature(doc, key[1])
+    fleet_sign.verify_signature(doc, key[1])
     assert doc["files"]["app.msi"] == {"size": len(pkg.read_bytes()), "md5": hashlib.md5(pkg.read_bytes()).hexdigest(),
                                        "sha256": hashlib.sha256(pkg.read_bytes()).hexdigest()}
     assert site.stored() == ["kiosk-app/1.0.0/app.msi", "kiosk-app/1.0.0/manifest.json"]
@@ -246,7 +247,7 @@ def test_a_rollback_copy_hard_links_the_old_files_under_a_new_signed_version(sit
     site.package(data=b"new build")
     publish(site, key, "1.1.0")
     doc = fleet_store.rollback_copy(site.store, NAME, "1.0.0", "1.1.1", key[0])
-    fleet_release.verify_signature(doc, key[1])
+    fleet_sign.verify_signature(doc, key[1])
     old = os.stat(os.path.join(site.store, NAME, "1.0.0", "app.msi"))
     new = os.stat(os.path.join(site.store, NAME, "1.1.1", "app.msi"))
     assert (old.st_ino, old.st_dev) == (new.st_ino, new.st_dev)  # the same file, no second copy

@@ -15,7 +15,7 @@ import salt.config
 import salt.loader
 import yaml
 
-import fleet_release
+import fleet_sign
 from tests.support.topology import two_campus_inventory
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -158,7 +158,7 @@ def test_a_canary_rollout_stages_once_per_campus_pins_signed_and_pushes_confirme
     assert stages == [(["pi-east-1"], "master->pi"), (["pi-east-2"], "pi->pi"),
                       (["pi-west-1"], "master->pi"), (["pi-west-2"], "pi->pi")]
     for pi, pin in master.fleet.pins.items():
-        fleet_release.verify_pin(pin, [master.public], NAME, master.fleet.campus[pi])
+        fleet_sign.verify_pin(pin, [master.public], NAME, master.fleet.campus[pi])
     state = master.state()
     assert state["pushed"][NAME] == {c: state["pins"][NAME][c]["serial"] for c in ("east", "west")}
     assert "pushing" not in state
@@ -260,7 +260,7 @@ def test_pin_stages_without_pushing_and_unpin_freezes(master):
     assert ret["result"] is True and ret["frozen"] == ["east"] and ret["pis"]["east"] == {
         "pi-east-1": True, "pi-east-2": True}
     assert master.fleet.pins["pi-east-1"]["version"] is None
-    fleet_release.verify_pin(master.fleet.pins["pi-east-1"], [master.public], NAME, "east")
+    fleet_sign.verify_pin(master.fleet.pins["pi-east-1"], [master.public], NAME, "east")
 
 
 def test_rollback_republishes_the_earlier_content_hard_linked_and_rolls_it_out(master):
@@ -273,7 +273,7 @@ def test_rollback_republishes_the_earlier_content_hard_linked_and_rolls_it_out(m
     assert ret["rolled_back"] == {"campus": "east", "from": "1.1.0", "content_of": "1.0.0", "as": "1.1.1"}
     manifest = json.loads((master.store / NAME / "1.1.1" / "manifest.json").read_text())
     assert manifest["rollback_of"] == "1.0.0"
-    fleet_release.verify_signature(manifest, master.public)
+    fleet_sign.verify_signature(manifest, master.public)
     assert os.path.samefile(master.store / NAME / "1.0.0" / "app.msi", master.store / NAME / "1.1.1" / "app.msi")
     assert master.fleet.installed["kiosk-east-01"] == "1.1.1"
     assert master.run("published", NAME)["releases"] == {NAME: ["1.0.0", "1.1.0", "1.1.1"]}
