@@ -4,9 +4,21 @@ the env beacon, the release runner and the power sweeps: render metric
 families to the text format and write the file atomically.
 """
 
+import importlib.util
 import math
 import os
-import tempfile
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_fields, fleet_state
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_fields
+    import fleet_state
+
+
+class MetricsError(fleet_fields.FleetError):
+    """A metric value or textfile target that cannot be written; the message names the field."""
 
 
 def _escape(value):
@@ -29,8 +41,8 @@ def render(families):
     """
     ``families``: ``[(name, kind, help, [(labels dict, value), ...]), ...]``.
     Samples whose value is ``None`` are left out (no stale figure); a family
-    with no sample is left out whole. No timestamps. ValueError on a
-    non-finite value.
+    with no sample is left out whole. No timestamps. :class:`MetricsError`
+    (a ValueError) on a non-finite value.
     """
     lines = []
     for name, kind, help_text, samples in families:
@@ -41,34 +53,19 @@ def render(families):
         lines.append(f"# TYPE {name} {kind}")
         for labels, value in rows:
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{name}: {value!r} is not a finite number")
+                raise MetricsError(f"{name}: {value!r} is not a finite number")
             lines.append(f"{name}{_labels(labels)} {_fmt(value)}")
     return "\n".join(lines) + "\n"
 
 
 def write_textfile(directory, name, text, field="textfile_dir"):
     """
-    Write ``text`` to ``directory/name`` atomically: a temp file in the same
-    directory (not ending in .prom, so node_exporter never reads it half
-    written), then ``os.replace``. Returns the path.
+    Write ``text`` to ``directory/name`` atomically (:func:`fleet_state.write_atomic`:
+    the temporary file ends in ``.tmp``, so node_exporter never reads it half
+    written), mode 0644. Returns the path.
     """
     if not isinstance(directory, str) or not os.path.isdir(directory):
-        raise ValueError(f"{field}: {directory!r} is not an existing directory")
+        raise MetricsError(f"{field}: {directory!r} is not an existing directory", field=field)
     if not isinstance(name, str) or "/" in name or not name.endswith(".prom"):
-        raise ValueError(f"name: {name!r} must be a file name ending in .prom")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name[:-5]}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        path = os.path.join(directory, name)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+        raise MetricsError(f"name: {name!r} must be a file name ending in .prom", field="name")
+    return fleet_state.write_atomic(os.path.join(directory, name), text, mode=0o644)
