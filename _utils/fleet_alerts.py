@@ -322,7 +322,7 @@ def release_alert(claim, campus):
     return check_payload(payload)
 
 
-# ---------------------------------------------------------------- rate limit and returns
+# ---------------------------------------------------------------- rate limit
 
 
 def rate_decision(times, now, limit, window_s):
@@ -345,18 +345,3 @@ def rate_decision(times, now, limit, window_s):
         return False, kept
     return True, kept + [now]
 
-
-def single_returns(pairs):
-    """
-    ``(answers, conflicting)`` from the ``(minion, answer)`` pairs of one job,
-    duplicates included. A minion behind a syndic can forge the return of
-    another minion for a job it sees; the real one still arrives, so two
-    different answers for one id mean one was forged: that id is left out of
-    ``answers`` and listed in ``conflicting``. Identical copies count once.
-    """
-    seen, conflicting = {}, set()
-    for minion, answer in pairs:
-        if minion in seen and seen[minion] != answer:
-            conflicting.add(minion)
-        seen.setdefault(minion, answer)
-    return {m: a for m, a in seen.items() if m not in conflicting}, sorted(conflicting)

@@ -186,9 +186,3 @@ def test_rate_decision_forgets_old_and_future_instants_and_checks_its_arguments(
         with pytest.raises(AlertError, match=f"^{field}: "):
             fleet_alerts.rate_decision([], 1.0, limit, window)
 
-
-def test_single_returns_drops_minions_with_conflicting_answers():
-    answers, conflicting = fleet_alerts.single_returns(
-        [("pi-1", {"a": 1}), ("pi-2", True), ("pi-1", {"a": 1}), ("pi-2", False), ("pi-3", None)])
-    assert answers == {"pi-1": {"a": 1}, "pi-3": None}
-    assert conflicting == ["pi-2"]
