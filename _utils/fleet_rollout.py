@@ -90,8 +90,8 @@ def source_parts(source, root, field="source"):
                            "(publish only reads packages from under it)")
     if not isinstance(source, str) or not source:
         raise RolloutError(f"{field}: give a file or directory under the source root, or an http(s) URL")
-    if any(ord(c) < 32 or c == "\x7f" for c in source):
-        raise RolloutError(f"{field}: holds control characters")
+    if any(ord(c) < 32 or c == "\x7f" or 0xD800 <= ord(c) <= 0xDFFF for c in source):
+        raise RolloutError(f"{field}: holds control characters or unpaired surrogates")
     raw = source.split("/")
     if ".." in raw:
         raise RolloutError(f"{field}: '..' is not allowed in the path")

@@ -59,6 +59,16 @@ class StoreError(fleet_release.ReleaseError):
 # --------------------------------------------------------------------------- where the store is
 
 
+def _absolute(path, field, hint=""):
+    """``path`` if it is an absolute path the file system can take (no NUL, no unpaired surrogate)."""
+    ok = isinstance(path, str) and "\0" not in path and os.path.isabs(path)
+    if ok and any(0xD800 <= ord(c) <= 0xDFFF for c in path):
+        ok = False
+    if not ok:
+        raise StoreError(f"{field}: {fleet_fields.shown(path)} is not an absolute path{hint}")
+    return path
+
+
 def store_dir(store, file_roots_base):
     """
     The store folder, created if missing: ``store`` (``kiosk_release:store``,
@@ -70,8 +80,7 @@ def store_dir(store, file_roots_base):
         if not roots or not isinstance(roots[0], str):
             raise StoreError(f"{STORE_FIELD}: not set and the master has no file_roots:base")
         store = os.path.join(roots[0], "kiosk_releases")
-    if not isinstance(store, str) or "\0" in store or not os.path.isabs(store):
-        raise StoreError(f"{STORE_FIELD}: {fleet_fields.shown(store)} is not an absolute path")
+    _absolute(store, STORE_FIELD)
     try:
         os.makedirs(store, exist_ok=True)
     except OSError as exc:
@@ -93,8 +102,7 @@ def master_source(url):
 
 def _read_no_follow(path, field):
     """``(bytes, fstat)`` of a regular file opened without following a symlink."""
-    if not isinstance(path, str) or "\0" in path or not os.path.isabs(path):
-        raise StoreError(f"{field}: {fleet_fields.shown(path)} is not an absolute path")
+    _absolute(path, field)
     flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
@@ -137,8 +145,7 @@ def write_key(path, force=False, field="path"):
     (never over an existing file unless ``force``) and return its public
     PEM. The private key is never returned.
     """
-    if not isinstance(path, str) or "\0" in path or not os.path.isabs(path):
-        raise StoreError(f"{field}: {fleet_fields.shown(path)} is not an absolute path (or set {SIGNING_KEY_FIELD})")
+    _absolute(path, field, f" (or set {SIGNING_KEY_FIELD})")
     if not isinstance(force, bool):
         raise StoreError(f"force: expected True or False, got {fleet_fields.shown(force)}")
     if os.path.lexists(path) and not force:

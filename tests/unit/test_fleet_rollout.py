@@ -67,6 +67,7 @@ def test_source_parts_below_the_root(source, parts):
     ("job/../../etc/shadow", r"^source: '\.\.' is not allowed"),
     ("/srv/builds", r"^source: name a file or directory below the source root"),
     ("/srv/builds/a\nb", r"^source: holds control characters"),
+    ("/srv/builds/a\ud800.msi", r"^source: holds control characters or unpaired surrogates"),
     ("", r"^source: give a file"),
     (None, r"^source: give a file"),
 ])

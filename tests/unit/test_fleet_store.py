@@ -69,7 +69,7 @@ def test_store_dir_is_the_configured_one_or_under_file_roots(tmp_path):
 
 
 @pytest.mark.parametrize("store, roots", [(None, None), (None, []), (None, [5]), ("relative", None), (["/x"], None),
-                                          ("/a\0b", None)])
+                                          ("/a\0b", None), ("/a\ud800", None)])
 def test_a_bad_store_names_the_config_key(store, roots):
     raises(fleet_store.store_dir, store, roots, match=r"^kiosk_release\.store: ")
 
@@ -97,6 +97,8 @@ def test_keygen_writes_0600_and_returns_only_the_public_key(tmp_path):
     assert fleet_store.write_key(path, force=True) != public
     raises(fleet_store.write_key, "relative.pem", match=r"^path: 'relative.pem' is not an absolute path")
     raises(fleet_store.write_key, path, force="yes", match=r"^force: ")
+    raises(fleet_store.write_key, "/k\udc80.pem", match=r"^path: .* is not an absolute path")
+    raises(fleet_store.public_key_at, "/k\udc80.pem", match=r"^path: ")
     assert [p for p in os.listdir(tmp_path / "keys") if p.startswith(".")] == []  # no temp file left
 
 

@@ -8,6 +8,7 @@ without daemons. Real store, real state file, real Ed25519 keys.
 import json
 import os
 import pathlib
+import re
 
 import pytest
 import salt.client
@@ -316,3 +317,37 @@ def test_a_missing_key_stops_a_rollout_before_any_ring_and_a_bad_master_url_befo
         ret = master.run(fun, NAME, "1.0.0", **kwargs)
         assert ret["result"] is False and ret["error"].startswith("kiosk_release.master_url: 'ftp://nope/'"), ret
     assert master.fleet.jobs == []
+
+
+ODD = [None, "", [1], {"a": 1}, float("nan"), float("inf"), 10**400, True, "x" * 5000, "\ud800", "; rm -rf /",
+       "../etc", ["east", ["west"]], -1, "1.10", 1.1]
+CALLS = {
+    "publish": {"name": NAME, "version": "2.0.0", "source": "job/app.msi", "install": ["app.msi"]},
+    "rollout": {"name": NAME, "version": "1.0.0"},
+    "stage": {"name": NAME, "version": "1.0.0"},
+    "pin": {"name": NAME, "version": "1.0.0", "campus": "east"},
+    "unpin": {"name": NAME, "campus": "east"},
+    "rollback": {"name": NAME, "campus": "east"},
+    "push": {"name": NAME, "version": "1.0.0", "campus": "east"},
+    "status": {"name": NAME},
+    "on_published": {"name": NAME, "version": "1.0.0"},
+    "published": {"name": NAME},
+    "keygen": {"path": "/nonexistent-dir-for-keys/k.pem"},
+    "public_key": {"path": "/nonexistent/k.pem"},
+}
+EXTRA = {"rollout": ["campuses", "canary", "rings", "max_error_share", "timeout"], "stage": ["campuses", "timeout"],
+         "publish": ["campuses", "md5", "success_codes"], "status": ["campuses", "timeout"], "push": ["pi", "timeout"],
+         "on_published": ["campuses", "timeout"], "pin": ["timeout"], "rollback": ["timeout"], "keygen": ["force"]}
+
+
+def test_every_runner_answers_odd_input_with_a_named_field_never_a_traceback(master):
+    master.publish("1.0.0", b"build one")
+    master.fleet.silent.update(master.fleet.campus)  # whatever gets through finds every minion off
+    for fun, base in CALLS.items():
+        for arg in [*base, *EXTRA.get(fun, [])]:
+            for value in ODD:
+                ret = master.run(fun, **{**base, arg: value})
+                assert isinstance(ret, dict) and ret["retcode"] == (0 if ret["result"] else 1), (fun, arg, value, ret)
+                if not ret["result"]:  # a refused input names its field; the rest is what the (silent) fleet did
+                    assert re.match(r"^([\w.:/\[\]-]+: |halted after ring |no Pi of |the pin could not be cleared )",
+                                    ret["error"]), (fun, arg, value, ret["error"])
