@@ -355,9 +355,12 @@ def check_update(name=None, force=False, test=False):
         salt kiosk-riverside-01 kiosk_pkg.check_update
         salt -G campus:riverside kiosk_pkg.check_update kiosk-app
     """
-    names = [name] if name is not None else list(_conf("releases") or [])
-    if not names:
-        raise SaltInvocationError("name: no release named and kiosk_release:releases is empty")
+    names = [name] if name is not None else _conf("releases") or []
+    names = [names] if isinstance(names, str) else names  # one name in the config, not its letters
+    if not isinstance(names, list) or not names:
+        raise SaltInvocationError("name: no release named and kiosk_release:releases is no list of names")
+    timeout = _checked(fleet_runner.number, _conf("install_timeout", 1800), "kiosk_release:install_timeout", 1,
+                       86400)
     for each in names:
         _args(each)
     kiosk = __opts__["id"]
@@ -378,20 +381,19 @@ def check_update(name=None, force=False, test=False):
     # test topology on loopback, where the Pis' logs could not tell kiosks apart otherwise)
     with fleet_fetch.session(address if _conf("bind_source") is True else None) as session:
         for each in names:
-            result["releases"][each] = _update_one(session, repos, each, root, keys, campus, force, test)
+            result["releases"][each] = _update_one(session, repos, each, root, keys, campus, force, test, timeout)
     if any(report["result"] is False for report in result["releases"].values()):
         result["result"] = False
         __context__["retcode"] = 1
     return result
 
 
-def _update_one(session, repos, name, root, keys, campus, force, test):
+def _update_one(session, repos, name, root, keys, campus, force, test, timeout):
     def alert(hop, version, error, source):
         _alert(hop, name, version, error, source)
 
     def run(argv, cwd):
-        return __salt__["cmd.run_all"](argv, cwd=cwd, python_shell=False,
-                                       timeout=int(_conf("install_timeout", 1800)), output_loglevel="debug")
+        return __salt__["cmd.run_all"](argv, cwd=cwd, python_shell=False, timeout=timeout, output_loglevel="debug")
 
     report = fleet_client.update(session, repos, name, root, keys, campus, run, alert, force, test)
     if report["changed"]:

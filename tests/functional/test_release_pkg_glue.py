@@ -21,6 +21,7 @@ import time
 
 import pytest
 import salt.loader
+from salt.exceptions import SaltInvocationError
 
 import fleet_inventory
 import fleet_release
@@ -84,13 +85,14 @@ def releases(signing_key, tmp_path_factory):
     return Releases(tmp_path_factory.mktemp("releases"), signing_key[0].read_bytes(), other_path.read_bytes())
 
 
-def node(minion_id, servers, signing_key, config):
+def node(minion_id, servers, signing_key, config, settings=None):
     inventory = topo.two_campus_inventory(wol_port=9, repo_port=8080)
     for pi, server in servers.items():
         inventory["kiosk_fleet"]["campuses"]["east"]["pis"][pi]["repo_url"] = server.base
     pillar = fleet_inventory.slice_for({**inventory, "kiosk_release": {"verify_key": [signing_key[1]]}}, minion_id)
     root = pathlib.Path(tempfile.mkdtemp(prefix="kfglue", dir="/tmp"))
-    opts, mods = minion(root, minion_id, pillar, {"kiosk_release": {k: str(root / v) for k, v in config.items()}})
+    conf = {**{k: str(root / v) for k, v in config.items()}, **(settings or {})}
+    opts, mods = minion(root, minion_id, pillar, {"kiosk_release": conf})
     events = []
     mods["event.send"] = lambda tag, data: events.append((tag, data)) or True
     return root, mods, events
@@ -203,3 +205,15 @@ def test_the_staged_state_refuses_a_version_yaml_made_a_float_and_stages_a_strin
     servers["pi-east-2"].put(releases.package("1.10.0"))
     ret = states["kiosk_pkg.staged"](NAME, "1.10.0", source=servers["pi-east-2"].base)
     assert ret["result"] is True and ret["changes"] == {"staged": {"old": None, "new": "1.10.0"}}, ret
+
+
+def test_the_releases_setting_may_be_one_name_and_a_bad_install_timeout_is_refused(servers, signing_key, releases):
+    publish(servers, releases, "1.4.0", lambda files: files)
+    # one name, not a list: never read letter by letter
+    root, mods, events = node(KIOSK, servers, signing_key, {"dir": "releases"}, {"releases": NAME})
+    result = mods["kiosk_pkg.check_update"]()
+    assert list(result["releases"]) == [NAME] and result["releases"][NAME]["version"] == "1.4.0", result
+    root, mods, events = node(KIOSK, servers, signing_key, {"dir": "releases"},
+                              {"releases": [NAME], "install_timeout": "soon"})
+    with pytest.raises(SaltInvocationError, match=r"^kiosk_release:install_timeout: 'soon' is not a whole number"):
+        mods["kiosk_pkg.check_update"](force=True)
