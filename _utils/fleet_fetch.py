@@ -110,8 +110,10 @@ def fetch(session, url, part, expected, field, timeout=(5, 60), retries=3, chunk
     (``{"size", "md5", "sha256"}``); on success the verified ``part`` is left
     for the caller to rename into place. A ``part`` already on disk (a cut
     download, even from a previous boot) is resumed with ``Range``; a
-    connection cut mid-way is resumed up to ``retries`` times. On a hash
-    mismatch the part is deleted and :class:`ReleaseError` raised.
+    connection cut mid-way is resumed up to ``retries`` times. A copy of
+    another size or hash deletes the part and raises :class:`IntegrityError`;
+    a 404, another HTTP error or a source still cut after the retries
+    :class:`SourceError`; a disk that cannot take the file ``ReleaseError``.
 
     Returns ``{"url", "fetched": bytes over the wire, "resumed_from": [offsets]}``.
     """
