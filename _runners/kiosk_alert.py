@@ -29,7 +29,6 @@ a tampered kiosk can use up a Pi's allowance for a window: the counter shows
 it, and the Pi's own ``kiosk_env`` metrics are not affected.
 """
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -48,6 +47,7 @@ if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec(
         fleet_inventory,
         fleet_metrics,
         fleet_runner,
+        fleet_state,
     )
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_alerts
@@ -56,6 +56,7 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
     import fleet_inventory
     import fleet_metrics
     import fleet_runner
+    import fleet_state
 
 import salt.client
 
@@ -128,25 +129,8 @@ def _inventory():
 # ---------------------------------------------------------------- durable state: rate limit and counters
 
 
-@contextlib.contextmanager
-def _db():
-    folder = os.path.join(__opts__["cachedir"], STATE_DIR)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    conn = sqlite3.connect(os.path.join(folder, RATE_DB), timeout=30, isolation_level=None)
-    try:
-        conn.execute("CREATE TABLE IF NOT EXISTS sent (minion TEXT NOT NULL, at REAL NOT NULL)")
-        conn.execute("CREATE INDEX IF NOT EXISTS sent_minion ON sent (minion)")
-        conn.execute("CREATE TABLE IF NOT EXISTS counters (metric TEXT NOT NULL, label TEXT NOT NULL,"
-                     " count INTEGER NOT NULL, PRIMARY KEY (metric, label))")
-        conn.execute("BEGIN IMMEDIATE")  # one writer at a time, across threads and processes
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.close()
+def _ledger():
+    return fleet_state.Ledger(os.path.join(__opts__["cachedir"], STATE_DIR, RATE_DB))
 
 
 METRICS = (
@@ -157,13 +141,12 @@ METRICS = (
 )
 
 
-def _count(conn, metric, label, settings):
-    conn.execute("INSERT INTO counters (metric, label, count) VALUES (?, ?, 1)"
-                 " ON CONFLICT (metric, label) DO UPDATE SET count = count + 1", (metric, label))
+def _count(book, metric, label, settings):
+    book.count(metric, label)
     directory = settings.get("textfile_dir") if settings else None
     if not directory:
         return
-    rows = conn.execute("SELECT metric, label, count FROM counters ORDER BY metric, label").fetchall()
+    rows = book.counters()
     families = [(name, "counter", help_text, [({key: label}, count) for metric, label, count in rows if metric == name])
                 for name, key, help_text in METRICS]
     try:  # written inside the transaction: a later count never gets overwritten by an older file
@@ -175,23 +158,23 @@ def _count(conn, metric, label, settings):
 
 def _record(metric, label, settings):
     try:
-        with _db() as conn:
-            _count(conn, metric, label, settings)
+        with _ledger().transaction() as book:
+            _count(book, metric, label, settings)
     except sqlite3.Error as exc:
         log.error("kiosk_alert: could not count %s: %s", metric, type(exc).__name__)
 
 
 def _allow(minion, settings):
     """The rate limit for ``minion`` (decided and recorded in one transaction)."""
-    with _db() as conn:
+    with _ledger().transaction() as book:
         now = time.time()  # read under the lock: decisions are taken in clock order
-        times = [row[0] for row in conn.execute("SELECT at FROM sent WHERE minion = ?", (minion,))]
-        allowed, kept = fleet_alerts.rate_decision(times, now, settings["rate_limit"], settings["rate_window_s"])
-        conn.execute("DELETE FROM sent WHERE at <= ?", (now - settings["rate_window_s"],))
+        allowed, _ = fleet_alerts.rate_decision(book.times(minion), now, settings["rate_limit"],
+                                                settings["rate_window_s"])
+        book.forget_before(now - settings["rate_window_s"])
         if allowed:
-            conn.execute("INSERT INTO sent (minion, at) VALUES (?, ?)", (minion, now))
+            book.record(minion, now)
         else:
-            _count(conn, "kiosk_alerts_dropped_total", minion, settings)
+            _count(book, "kiosk_alerts_dropped_total", minion, settings)
     return allowed
 
 

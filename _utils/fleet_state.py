@@ -148,3 +148,69 @@ class Store:
                     write_json_atomic(self.path, state)
                 except (OSError, StateError) as exc:
                     raise self.error(f"{self.path}: cannot write the state file ({exc})") from None
+
+
+class Ledger:
+    """
+    An SQLite file of what a runner must count exactly while many runs write
+    at once (the reactor's worker threads, ``salt-run`` in another process):
+    instants per key (``sent``: the alerts accepted per sender) and counters
+    (``counters``: metric, label, count). :meth:`transaction` holds one write
+    transaction (``BEGIN IMMEDIATE``), so a decision read there is still true
+    when it is recorded; it rolls back if the block raises.
+    """
+
+    def __init__(self, path, wait_s=30):
+        if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
+            raise StateError(f"path: {fleet_fields.shown(path)} is not an absolute path", field="path")
+        self.path = path
+        self.wait_s = wait_s
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """``with ledger.transaction() as book:``; :class:`sqlite3.Error` when the file is unusable."""
+        import sqlite3  # pylint: disable=import-outside-toplevel
+
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.wait_s, isolation_level=None)
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS sent (minion TEXT NOT NULL, at REAL NOT NULL)")
+            conn.execute("CREATE INDEX IF NOT EXISTS sent_minion ON sent (minion)")
+            conn.execute("CREATE TABLE IF NOT EXISTS counters (metric TEXT NOT NULL, label TEXT NOT NULL,"
+                         " count INTEGER NOT NULL, PRIMARY KEY (metric, label))")
+            conn.execute("BEGIN IMMEDIATE")  # one writer at a time, across threads and processes
+            try:
+                yield _Book(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+
+
+class _Book:
+    """The tables of a :class:`Ledger` inside one transaction."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def times(self, key):
+        """The instants recorded for ``key``."""
+        return [row[0] for row in self._conn.execute("SELECT at FROM sent WHERE minion = ?", (key,))]
+
+    def record(self, key, at):
+        self._conn.execute("INSERT INTO sent (minion, at) VALUES (?, ?)", (key, at))
+
+    def forget_before(self, at):
+        """Drop every instant at or before ``at`` (of every key)."""
+        self._conn.execute("DELETE FROM sent WHERE at <= ?", (at,))
+
+    def count(self, metric, label):
+        """Add one to the counter ``metric{label}``."""
+        self._conn.execute("INSERT INTO counters (metric, label, count) VALUES (?, ?, 1)"
+                           " ON CONFLICT (metric, label) DO UPDATE SET count = count + 1", (metric, label))
+
+    def counters(self):
+        """``[(metric, label, count)]``, sorted."""
+        return self._conn.execute("SELECT metric, label, count FROM counters ORDER BY metric, label").fetchall()

@@ -184,3 +184,50 @@ def test_store_refuses_bad_arguments(tmp_path, kwargs, field):
     with pytest.raises(fleet_state.StateError) as info:
         fleet_state.Store(**args)
     assert info.value.field == field
+
+
+# ---------------------------------------------------------------- the SQLite ledger
+
+
+def _count_up(path, count):
+    ledger = fleet_state.Ledger(path)
+    for i in range(count):
+        with ledger.transaction() as book:
+            book.count("hits_total", "k1")
+            book.record("k1", float(i))
+
+
+def test_ledger_counts_exactly_across_processes(tmp_path):
+    path = str(tmp_path / "kiosk_alerts" / "rate.sqlite")
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_count_up, args=(path, 20)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    with fleet_state.Ledger(path).transaction() as book:
+        assert book.counters() == [("hits_total", "k1", 60)]
+        assert len(book.times("k1")) == 60 and book.times("k2") == []
+        book.forget_before(9.0)
+        assert sorted(set(book.times("k1"))) == [float(i) for i in range(10, 20)]
+    assert (os.stat(tmp_path / "kiosk_alerts").st_mode & 0o777) == 0o700
+
+
+def test_ledger_rolls_back_when_the_block_raises(tmp_path):
+    ledger = fleet_state.Ledger(str(tmp_path / "rate.sqlite"))
+    with pytest.raises(RuntimeError), ledger.transaction() as book:
+        book.count("hits_total", "k1")
+        raise RuntimeError("refused")
+    with ledger.transaction() as book:
+        assert book.counters() == []
+
+
+def test_ledger_refuses_a_relative_path_and_reports_a_bad_file(tmp_path):
+    import sqlite3
+
+    with pytest.raises(fleet_state.StateError, match="^path: "):
+        fleet_state.Ledger("rate.sqlite")
+    (tmp_path / "rate.sqlite").write_text("not a database, " * 100)
+    with pytest.raises(sqlite3.DatabaseError), fleet_state.Ledger(str(tmp_path / "rate.sqlite")).transaction():
+        pass
