@@ -70,7 +70,6 @@ def presence(selection, answered):
     return report
 
 
-
 class RunnerError(fleet_fields.FleetError):
     """A runner's request that cannot be served (bad argument, unknown target); the message names the field."""
 
