@@ -70,6 +70,17 @@ def test_read_json_missing_bad_and_not_an_object(tmp_path):
         fleet_state.read_json(str(tmp_path))  # a folder
 
 
+def _in_processes(count, target, *args):
+    """Run ``target(*args)`` in ``count`` fresh processes at once; all must succeed."""
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=target, args=args) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0] * count
+
+
 def _store(tmp_path, **kwargs):
     return fleet_state.Store(str(tmp_path / "kiosk_x"), "state.json", {"holds": {}, "runs": []},
                              error=PackError, **kwargs)
@@ -153,13 +164,7 @@ def _add_ones(directory, count):
 
 def test_store_updates_from_concurrent_processes_are_never_lost(tmp_path):
     directory = str(tmp_path / "kiosk_x")
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_add_ones, args=(directory, 25)) for _ in range(3)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-    assert [w.exitcode for w in workers] == [0, 0, 0]
+    _in_processes(3, _add_ones, directory, 25)
     assert fleet_state.Store(directory, "state.json", {"n": 0}).read()["n"] == 75
 
 
@@ -199,13 +204,7 @@ def _count_up(path, count):
 
 def test_ledger_counts_exactly_across_processes(tmp_path):
     path = str(tmp_path / "kiosk_alerts" / "rate.sqlite")
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_count_up, args=(path, 20)) for _ in range(3)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-    assert [w.exitcode for w in workers] == [0, 0, 0]
+    _in_processes(3, _count_up, path, 20)
     with fleet_state.Ledger(path).transaction() as book:
         assert book.counters() == [("hits_total", "k1", 60)]
         assert len(book.times("k1")) == 60 and book.times("k2") == []
