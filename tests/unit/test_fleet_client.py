@@ -185,7 +185,6 @@ def test_record_names_the_previous_version_and_read_installed_finds_it(tmp_path)
     assert second["previous"] == "1.0.0"
     assert fleet_client.record(root, NAME, "2.0.0", PIN)["previous"] == "1.0.0"  # a reinstall keeps it
     assert fleet_client.current(root, NAME) == fleet_client.read_installed(root)[NAME]
-    assert fleet_release.read_installed is fleet_client.read_installed  # the alias until callers switch
 
 
 def test_a_torn_record_reads_as_none_and_is_left_out(tmp_path):

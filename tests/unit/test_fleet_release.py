@@ -902,7 +902,8 @@ def test_load_manifest_checks_the_signature_before_the_fields(keys, manifest):
 
 
 def test_moved_names_still_answer_from_fleet_release():
-    for name, module in fleet_release.MOVED.items():
+    # the table goes when every caller has switched; this test then checks that nothing else answers
+    for name, module in getattr(fleet_release, "MOVED", {}).items():
         target = {"fleet_sign": fleet_sign, "fleet_fetch": fleet_fetch, "fleet_client": fleet_client}[module]
         assert getattr(fleet_release, name) is getattr(target, name), name
     with pytest.raises(AttributeError):
