@@ -7,16 +7,14 @@ desktop icons in Wine's real registry), with ``test=True`` first.
 import json
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from tests.support import wine
+from tests.support.salt_local import salt_call
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-BIN = pathlib.Path(sys.executable).parent
 KEY = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Explorer\HideDesktopIcons\NewStartPanel"
 RECYCLE_BIN = "{645FF040-5081-101B-9F08-00AA002F954E}"
 # on the salt CLI a bare {GUID} is read as a YAML mapping: quote it inside
@@ -59,17 +57,6 @@ def kiosk(tmp_path_factory):
     server = wine.WineServer(root / "wineprefix").start()  # kiosk_reg's salt-calls find it running
     yield root
     server.stop()
-
-
-def salt_call(root, *args):
-    out = subprocess.run(
-        [str(BIN / "salt-call"), "--local", "-c", str(root), "--out=json", *args],
-        capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL, cwd=root,
-    )
-    try:
-        return out.returncode, json.loads(out.stdout or "{}").get("local"), out.stderr
-    except json.JSONDecodeError:  # an error message rather than a return
-        return out.returncode, out.stdout, out.stderr
 
 
 def test_lockdown_previews_with_test_true_then_applies_both_steps(kiosk):

@@ -7,16 +7,14 @@ lies (it says west): the slice, and the hosts template, follow the id.
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import pytest
 import yaml
 
+from tests.support.salt_local import salt_call
 from tests.support.topology import CHANGES_PILLAR, two_campus_inventory
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-BIN = pathlib.Path(sys.executable).parent
 PUBLIC = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAzPZ9\n-----END PUBLIC KEY-----\n"
 
 
@@ -38,17 +36,6 @@ def minion(root, minion_id, data_path, grains):
         "hosts.file": str(root / "hosts"),
     }))
     return root
-
-
-def salt_call(root, *args):
-    out = subprocess.run(
-        [str(BIN / "salt-call"), "--local", "-c", str(root), "--out=json", *args],
-        capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL, cwd=root,
-    )
-    try:
-        return out.returncode, json.loads(out.stdout or "{}").get("local"), out.stderr
-    except json.JSONDecodeError:
-        return out.returncode, out.stdout, out.stderr
 
 
 @pytest.fixture(scope="module")

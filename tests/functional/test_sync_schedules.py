@@ -8,16 +8,15 @@ its query, and the master config a bearer token: none of them appears in a
 return or the stored copy.
 """
 
-import http.server
 import json
 import pathlib
-import threading
 
 import pytest
 import salt.config
 import salt.loader
 import yaml
 
+from tests.support.loopback import SchedulePlatform
 from tests.support.topology import SWEEP_SCHEDULES, two_campus_inventory
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -34,43 +33,9 @@ QUERY_TOKEN = "s3cret"
 BEARER = "b3arerT0ken"
 
 
-class Platform:
-    """The schedule platform: answers GET with whatever the test set; records what it was asked."""
-
-    def __init__(self):
-        self.status, self.body = 200, b"{}"
-        self.requests = []
-        platform = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
-                platform.requests.append({"path": self.path, "authorization": self.headers.get("Authorization")})
-                self.send_response(platform.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(platform.body)))
-                self.end_headers()
-                self.wfile.write(platform.body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.url = f"{self.origin}/api/{PATH_TOKEN}/schedules?token={QUERY_TOKEN}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def serve(self, status, body):
-        self.status = status
-        self.body = body if isinstance(body, bytes) else json.dumps(body).encode()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def platform():
-    server = Platform()
+    server = SchedulePlatform(tokens=(PATH_TOKEN, QUERY_TOKEN, BEARER))
     yield server
     server.close()
 

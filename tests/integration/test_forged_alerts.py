@@ -18,10 +18,8 @@ order and its workers start jobs in order, so once the marker's job has
 returned, every job for an earlier event has started (``salt/run/<jid>/new``).
 """
 
-import http.server
 import json
 import pathlib
-import threading
 import time
 import uuid
 
@@ -30,6 +28,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_sweep import AT, clean_state  # noqa: F401 - the clean_state fixture
+from tests.support.loopback import SchedulePlatform
 from tests.support.topology import ENV_PI, SWEEP_SCHEDULES, cool_env_pi, write_fake_dht11
 
 pytestmark = pytest.mark.topology
@@ -216,39 +215,9 @@ def test_a_real_alert_of_the_env_pi_reaches_the_webhook_exactly_once(topology, e
             write_fake_dht11(topology.env_dir / "sys")
 
 
-class Platform:
-    """The schedule platform, its URL with a token in the path and one in the query."""
-
-    def __init__(self, body):
-        self.status, self.body, self.auth = 200, json.dumps(body).encode(), []
-        platform = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                platform.auth.append(self.headers.get("Authorization"))
-                self.send_response(platform.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(platform.body)))
-                self.end_headers()
-                self.wfile.write(platform.body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.tokens = (f"pfpath{uuid.uuid4().hex[:10]}", f"pfquery{uuid.uuid4().hex[:10]}", f"pfbearer{uuid.uuid4().hex[:10]}")
-        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.url = f"{self.origin}/api/{self.tokens[0]}/schedules?token={self.tokens[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def platform(topology, clean_state):  # noqa: F811
-    server = Platform(SWEEP_SCHEDULES)
+    server = SchedulePlatform(SWEEP_SCHEDULES)
     # salt-run reads master.d at each call: the platform settings for the runner, as an operator sets them
     conf_dir = pathlib.Path(topology.top.config_file).parent / "master.d"
     conf_dir.mkdir(exist_ok=True)
@@ -270,8 +239,8 @@ def test_tokens_never_reach_returns_or_the_master_log_and_degraded_is_posted(top
     outputs.append(synced.stdout + synced.stderr)
     assert synced.returncode == 0, synced
     assert synced.data["url"] == platform.origin
-    assert platform.auth == [f"Bearer {platform.tokens[2]}"]
-    platform.status = 500
+    assert [r["authorization"] for r in platform.requests] == [f"Bearer {platform.tokens[2]}"]
+    platform.serve(500, b"internal error")
     failed = topology.salt_run("kiosk_power.sync_schedules", "timeout=10")
     outputs.append(failed.stdout + failed.stderr)
     assert failed.returncode == 1 and f"{platform.origin} answered HTTP 500" in failed.data["error"]

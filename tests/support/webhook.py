@@ -6,42 +6,34 @@ do (``/hooks/<token>/kiosk?token=...``): tests check that neither ever shows
 up in a runner's return, an event or the master's log (:meth:`secrets_in`).
 """
 
-import http.server
 import json
 import secrets
-import threading
 import time
 
+from tests.support.loopback import Loopback, reply
 
-class Webhook:
+
+class Webhook(Loopback):
     def __init__(self):
+        super().__init__()
         self.posts = []
-        received = self.posts
         self.path_token = f"pathtok{secrets.token_hex(6)}"
         self.query_token = f"querytok{secrets.token_hex(6)}"
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                post = {"path": self.path, "at": time.time()}
-                try:
-                    post["json"] = json.loads(body)
-                except json.JSONDecodeError:
-                    post["raw"] = body.decode("utf-8", "replace")
-                received.append(post)
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.path = f"/hooks/{self.path_token}/kiosk?token={self.query_token}"
         self.url = f"{self.origin}{self.path}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.closed = False
+
+    def answer(self, request):
+        if request.command != "POST":
+            reply(request, 405)
+            return
+        body = request.rfile.read(int(request.headers.get("Content-Length", 0)))
+        post = {"path": request.path, "at": time.time()}
+        try:
+            post["json"] = json.loads(body)
+        except json.JSONDecodeError:
+            post["raw"] = body.decode("utf-8", "replace")
+        self.posts.append(post)
+        reply(request, 204)
 
     def secrets_in(self, text):
         """The tokens of this webhook's URL found in ``text``."""
@@ -66,10 +58,3 @@ class Webhook:
         """Every recorded POST (since ``after``, if given) whose JSON body satisfies ``predicate``."""
         return [p for p in list(self.posts)
                 if "json" in p and (after is None or p["at"] >= after) and predicate(p["json"])]
-
-    def close(self):
-        if self.closed:
-            return
-        self.closed = True
-        self.server.shutdown()
-        self.server.server_close()
