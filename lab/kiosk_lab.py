@@ -183,6 +183,9 @@ def write_configs(run, raw, inv):
         "order_masters": True,
         "auto_accept": True,
         "syndic_wait": 2,
+        # a powered-off kiosk costs every call its timeout plus this wait for find_job
+        # (Salt's default 10 s); on one machine a running minion answers find_job in ~1 s
+        "gather_job_timeout": 5,
         "kiosk_fleet": {"data": str(fleet_files[None])},  # the whole fleet: runners only
         # kiosk events reach the top master twice (plain and syndic/<pi>/...): plain tags only
         "reactor": [{"kiosk/boot": [str(REPO / "reactor" / "kiosk_boot.sls")]}] + [

@@ -39,6 +39,23 @@ def pytest_configure(config):
     _drop_salt_deferred_handlers(detach=True)
 
 
+# One release history over these files (versions above what the previous ones published)
+RELEASE_FILES = {"test_release.py", "test_release_forged.py", "test_release_signing.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    # tests/run spreads the suite over pytest-xdist workers (--dist loadgroup):
+    # the tests of one xdist_group run on one worker, in file order, and each
+    # worker that runs topology tests starts its own topology. The topology
+    # tests form two groups that mostly wait on daemons, side by side: the
+    # release files, and the rest (the lab and the Wine tests name their own).
+    for item in items:
+        if "topology" in item.fixturenames and item.get_closest_marker("xdist_group") is None:
+            group = "topology-releases" if item.path.name in RELEASE_FILES else "topology"
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 def pytest_terminal_summary(terminalreporter):
     if TOPOLOGY_TIMES:
         steps = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in TOPOLOGY_TIMES.items())

@@ -24,7 +24,10 @@ from tests.support import wine
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WINE = shutil.which("wine") and shutil.which("wineserver") and shutil.which("setarch")
-pytestmark = pytest.mark.skipif(not WINE, reason="wine is not installed (apt-get install wine64 wine)")
+pytestmark = [
+    pytest.mark.skipif(not WINE, reason="wine is not installed (apt-get install wine64 wine)"),
+    pytest.mark.xdist_group("wine"),  # tests/run: the Wine tests on one worker, one after another
+]
 BASE = "HKLM\\Software\\KioskRegTest"
 INJECTION = 'a"b & c | d % e ^ f'
 

@@ -21,7 +21,8 @@ import pytest
 
 import fleet_wol
 
-pytestmark = pytest.mark.topology
+# the lab starts daemons of its own: tests/run runs it on one worker beside the session topology
+pytestmark = [pytest.mark.topology, pytest.mark.xdist_group("lab")]
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
@@ -39,7 +40,7 @@ def lab(run, *args, timeout=300):
 
 def salt(run, *args):
     out = subprocess.run(
-        [str(BIN / "salt"), "-c", str(run / "top"), "--out=json", "--static", "--timeout=15", *args],
+        [str(BIN / "salt"), "-c", str(run / "top"), "--out=json", "--static", "--timeout=5", *args],
         capture_output=True, text=True, timeout=90, check=False,
     )
     return json.loads(out.stdout or "{}")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.integration.test_power import Lan, counts, lan  # noqa: F401 - the lan fixture
+from tests.integration.test_power import SILENT, Lan, counts, lan  # noqa: F401 - the lan fixture
 
 pytestmark = pytest.mark.topology
 
@@ -70,14 +70,8 @@ def power_off(topology):
     yield stop
     for kiosk in stopped:
         topology.kiosks[kiosk].start()
-    deadline = time.time() + 90
-    while stopped and time.time() < deadline:
-        answered = topology.salt("-L", "test.ping", tgt=",".join(stopped)).data
-        if len(stopped) == 1:  # saltfactories unwraps a single minion's answer
-            answered = {stopped[0]: answered}
-        if all((answered or {}).get(k) is True for k in stopped):
-            break
-        time.sleep(2)
+    if stopped:
+        topology.wait_answering(stopped)
 
 
 @pytest.fixture
@@ -98,7 +92,7 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
     services.up("kiosk-east-02")  # on (port open, minion up), due off
     power_off("kiosk-east-01")  # off (port closed, minion gone), due on
 
-    plan = topology.salt_run("kiosk_power.plan", f"at={AT}", "hours=2", "timeout=10")
+    plan = topology.salt_run("kiosk_power.plan", f"at={AT}", "hours=2", SILENT)
     assert plan.returncode == 0, plan
     assert plan.data["schedule"]["source"] == "pillar"
     assert plan.data["sweep_would"]["wake"] == {"east": ["kiosk-east-01"]}
@@ -106,7 +100,7 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
     assert plan.data["kiosks"]["kiosk-east-02"]["transitions"][0]["local"] == "2027-03-01T09:00:00+08:00"
     assert lan.received(settle=0.2) == {}  # a plan sends nothing
 
-    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", "message=Closing now", "timeout=10")
+    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", "message=Closing now", SILENT)
     assert result.returncode == 0, result
     sweep = result.data
     assert sweep["wake"] == {"east": ["kiosk-east-01"]}
@@ -129,14 +123,14 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
     # a second sweep a minute later does not wake kiosk-east-01 again: its verification is pending
     services.down("kiosk-east-02")  # it did shut down
     power_off("kiosk-east-02")
-    again = topology.salt_run("kiosk_power.sweep", "at=2027-03-01T08:01:00+08:00", "delay_s=0", "timeout=10")
+    again = topology.salt_run("kiosk_power.sweep", "at=2027-03-01T08:01:00+08:00", "delay_s=0", SILENT)
     assert again.returncode == 0, again
     assert again.data["wake"] == {} and again.data["shutdown"] == {}
     assert "verification pending" in again.data["nothing"]["kiosk-east-01"]
     assert lan.received(settle=0.5) == {}
 
     # +5 min: kiosk-east-02 is off as expected; kiosk-east-01 (kept off) waits for its last check
-    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_5}", "timeout=10")
+    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_5}", SILENT)
     assert check.returncode == 0, check
     assert check.data["verified"] == ["kiosk-east-02"] and check.data["waiting"] == ["kiosk-east-01"]
     assert check.data["mismatches"] == [] and topology.webhook.wait_for(
@@ -144,7 +138,7 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
 
     # +15 min: still off after the last check -> the verify runner posts the alert; the event is for listeners
     start = time.time()
-    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_15}", "timeout=10")
+    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_15}", SILENT)
     assert check.returncode == 1, check
     expected = {"kiosk": "kiosk-east-01", "campus": "east", "expected": "on", "observed": "off", "since": SINCE}
     assert check.data["mismatches"] == [expected]
@@ -180,7 +174,7 @@ def test_hold_overrides_the_schedule_and_explicit_verify(topology, lan, services
     held = topology.salt_run("kiosk_power.hold", "kiosk=kiosk-east-01", "state=off",
                              "until=2027-03-01T12:00:00+08:00", "reason=floor cleaning, ticket 42")
     assert held.returncode == 0, held
-    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", "timeout=10")
+    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", SILENT)
     assert result.returncode == 0, result
     # kiosk-east-01 held off; kiosk-east-02 is due off and powered (its minion answers): both go down
     assert result.data["shutdown"] == {"east": ["kiosk-east-01", "kiosk-east-02"]} and result.data["wake"] == {}
@@ -188,12 +182,12 @@ def test_hold_overrides_the_schedule_and_explicit_verify(topology, lan, services
     assert "127.0.1.255" not in lan.received(settle=0.5)
 
     # explicit check now: the hold expects off, the port is open -> mismatch
-    check = topology.salt_run("kiosk_power.verify", "kiosks=kiosk-east-01", f"at={PLUS_5}", "timeout=10")
+    check = topology.salt_run("kiosk_power.verify", "kiosks=kiosk-east-01", f"at={PLUS_5}", SILENT)
     assert check.returncode == 1 and check.data["mode"] == "explicit"
     assert check.data["mismatches"][0]["expected"] == "off" and check.data["mismatches"][0]["observed"] == "on"
     services.down("kiosk-east-01")
     power_off("kiosk-east-01")
-    check = topology.salt_run("kiosk_power.verify", "kiosks=kiosk-east-01", f"at={PLUS_5}", "timeout=10")
+    check = topology.salt_run("kiosk_power.verify", "kiosks=kiosk-east-01", f"at={PLUS_5}", SILENT)
     assert check.returncode == 0 and check.data["verified"] == ["kiosk-east-01"], check
 
     gone = topology.salt_run("kiosk_power.unhold", "kiosk=kiosk-east-01")
@@ -206,7 +200,7 @@ def test_a_kiosk_whose_app_is_down_is_degraded_woken_anyway_and_alerted(topology
     # kiosk-east-01 due on at AT, its minion answers, its service port is closed. Its
     # answer alone could be forged (a syndic forwards returns forged for other
     # minions), so the sweep wakes it like an off kiosk; a magic packet to a running PC is harmless
-    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", "timeout=10")
+    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", SILENT)
     assert result.returncode == 0, result
     assert result.data["observed"]["kiosk-east-01"] == "degraded"
     assert result.data["wake"] == {"east": ["kiosk-east-01"]}
@@ -214,7 +208,7 @@ def test_a_kiosk_whose_app_is_down_is_degraded_woken_anyway_and_alerted(topology
                                                       ("127.0.1.3", "52:54:00:e1:00:01"): 3}
     # still degraded at its last check: the verify runner posts the mismatch itself
     start = len(topology.webhook.posts)
-    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_15}", "timeout=10")
+    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_15}", SILENT)
     assert check.returncode == 1, check
     # (kiosk-east-02, due off, was shut down by its minion's power command, a recorder: still powered)
     assert {"kiosk": "kiosk-east-01", "campus": "east", "expected": "on", "observed": "degraded",
@@ -226,5 +220,5 @@ def test_a_kiosk_whose_app_is_down_is_degraded_woken_anyway_and_alerted(topology
 
 
 def test_a_bad_instant_fails_naming_the_field(topology, clean_state):
-    result = topology.salt_run("kiosk_power.sweep", "at=tomorrow", "timeout=10")
+    result = topology.salt_run("kiosk_power.sweep", "at=tomorrow", SILENT)
     assert result.returncode == 1 and result.data["error"].startswith("at:")

@@ -25,6 +25,12 @@ from lab.kiosk_lab import make_signing_key  # noqa: F401 - re-exported: tests ma
 PI_MINION_PUBLISH_PORT = 4506
 # Each call from the top master waits syndic_wait for late syndic answers.
 SYNDIC_WAIT = 2
+# A minion that never answers (a powered-off kiosk, a stopped Pi) costs a call
+# its timeout, then gather_job_timeout for the find_job that asks whether it is
+# still running, plus syndic_wait. Live minions answer find_job and are waited
+# for past the timeout, so tests that stop minions pass this short timeout.
+SILENT_TIMEOUT = 3
+GATHER_JOB_TIMEOUT = 5
 PACK_DIRS = ("_modules", "_states", "_runners", "_beacons", "_grains", "_utils")
 
 
@@ -231,6 +237,7 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
         "auto_accept": True,
         "enable_fqdns_grains": False,  # masters load grains too: no reverse DNS
         "syndic_wait": SYNDIC_WAIT,
+        "gather_job_timeout": GATHER_JOB_TIMEOUT,  # Salt's default 10; find_job answers in ~1 s on loopback
         # kiosk events reach the top master twice (plain and syndic/<pi>/...):
         # reactors match the plain tag only
         "reactor": [
@@ -408,6 +415,26 @@ class Topology:
     def salt_run(self, *args, timeout=180, **kwargs):
         """``salt-run <args>`` on the top master."""
         return self.top.salt_run_cli(timeout=timeout).run(*args, **kwargs)
+
+    def wait_answering(self, minion_ids, timeout=90):
+        """
+        Poll ``test.ping`` until each of ``minion_ids`` answers the top master
+        (a minion just restarted); raise naming the silent ones at the deadline.
+        Each ping waits at most a few seconds: a restarting minion misses the
+        publishes sent before it reconnected, and its Pi master waits for it.
+        """
+        ids = sorted(minion_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.salt("-L", "test.ping", tgt=",".join(ids), timeout=5).data
+            if not (isinstance(data, dict) and set(data) <= set(ids)):
+                data = {ids[0]: data} if len(ids) == 1 else {}  # saltfactories unwraps a single minion's answer
+            silent = [m for m in ids if data.get(m) is not True]
+            if not silent:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{', '.join(silent)} did not answer within {timeout} s")
+            time.sleep(1)
 
     def sync_all(self):
         """``saltutil.sync_all`` on every minion; keeps what each reported syncing."""
