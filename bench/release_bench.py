@@ -6,12 +6,12 @@ with their targets; asserts nothing.
     .venv/bin/python bench/release_bench.py [--size-mb 500] [--stage-mb 1024] [--wan-mb 20]
                                             [--kiosks 25] [--runs 3] [--quick]
 
-1. verification: ``fleet_release.hash_file`` (md5 + sha256, one read, sha256
+1. verification: ``fleet_fetch.hash_file`` (md5 + sha256, one read, sha256
    on a second thread) against the ``md5sum`` binary on the same random file
    in the page cache (written with fsync, one warm-up read, median of
    ``--runs`` interleaved rounds), with a one-thread baseline (md5 then
    sha256 in one loop) and hash_file with 4 MiB chunks. Target >= 0.8x md5sum.
-2. staging memory: ``fleet_release.fetch`` of a ``--stage-mb`` random file
+2. staging memory: ``fleet_fetch.fetch`` of a ``--stage-mb`` random file
    from a loopback HTTP server (its own process) into a ``.part`` file, in a
    child process whose peak RSS is read with ``os.wait4``. Target <= 64 MB.
 3. WAN bytes per campus and release: a master server and 4 Pi servers on
@@ -122,11 +122,11 @@ def serve(directory, host, port):
 
 
 def fetch_child(url, part, expected_json, imports_only):
-    """Run in a child: fetch ``url`` into ``part`` with fleet_release.fetch; print a JSON report."""
+    """Run in a child: fetch ``url`` into ``part`` with fleet_fetch.fetch; print a JSON report."""
     sys.path.insert(0, UTILS)
     import requests
 
-    import fleet_release
+    import fleet_fetch
 
     report = {}
     if not imports_only:
@@ -134,7 +134,7 @@ def fetch_child(url, part, expected_json, imports_only):
         with requests.Session() as session:
             session.trust_env = False  # no proxy: loopback only
             start = time.perf_counter()
-            ret = fleet_release.fetch(session, url, part, expected, "bench")
+            ret = fleet_fetch.fetch(session, url, part, expected, "bench")
             report = {"elapsed": time.perf_counter() - start, "fetched": ret["fetched"]}
     with open("/proc/self/status", encoding="ascii") as handle:
         for line in handle:
@@ -241,15 +241,15 @@ def loadavg():
 
 
 def bench_hash(tmp, size_mb, runs, rows):
-    import fleet_release
+    import fleet_fetch
 
     path = write_random(tmp / "hash.bin", size_mb * MB)
     read_all(path)  # warm-up: the file is in the page cache for every run below
     secs, out = timed({
         "md5sum": lambda: subprocess.run(["md5sum", str(path)], check=True, capture_output=True, text=True).stdout,
-        "hash_file": lambda: fleet_release.hash_file(str(path)),
+        "hash_file": lambda: fleet_fetch.hash_file(str(path)),
         "one_thread": lambda: one_thread(path),
-        "hash_file_4m": lambda: fleet_release.hash_file(str(path), chunk=4 * MB),
+        "hash_file_4m": lambda: fleet_fetch.hash_file(str(path), chunk=4 * MB),
         "sha256sum": lambda: subprocess.run(["sha256sum", str(path)], check=True, capture_output=True),
     }, runs)
     ours = out["hash_file"]
@@ -259,7 +259,7 @@ def bench_hash(tmp, size_mb, runs, rows):
     ratio = ref / secs["hash_file"]
     print(f"\n1. verification, {size_mb} MB random file in the page cache, median of {runs} interleaved runs")
     print(f"   md5sum (binary)                             {size_mb / ref:8.0f} MB/s")
-    print(f"   fleet_release.hash_file (md5+sha256, 2 thr) {size_mb / secs['hash_file']:8.0f} MB/s   {ratio:.2f}x md5sum")
+    print(f"   fleet_fetch.hash_file (md5+sha256, 2 thr) {size_mb / secs['hash_file']:8.0f} MB/s   {ratio:.2f}x md5sum")
     print(f"   one thread, md5 then sha256 per chunk       {size_mb / secs['one_thread']:8.0f} MB/s   "
           f"{ref / secs['one_thread']:.2f}x md5sum")
     print(f"   hash_file with chunk=4 MiB (1 MiB default)  {size_mb / secs['hash_file_4m']:8.0f} MB/s   "
@@ -286,11 +286,11 @@ def run_child(args):
 
 
 def bench_stage(tmp, size_mb, rows):
-    import fleet_release
+    import fleet_fetch
 
     src = tmp / "master"
     (src / NAME / VERSION).mkdir(parents=True)
-    digest = fleet_release.Digest()
+    digest = fleet_fetch.Digest()
     write_random(src / NAME / VERSION / FILE, size_mb * MB, digest)
     expected = json.dumps(digest.result())
     server, port = start_server(src, "127.0.0.1")
@@ -307,7 +307,7 @@ def bench_stage(tmp, size_mb, rows):
     os.unlink(part)
     os.unlink(src / NAME / VERSION / FILE)
     mbps = size_mb / report["elapsed"]
-    print(f"\n2. staging {size_mb} MB over loopback HTTP with fleet_release.fetch in a child process")
+    print(f"\n2. staging {size_mb} MB over loopback HTTP with fleet_fetch.fetch in a child process")
     print(f"   child peak RSS (wait4 ru_maxrss)            {rss / 1024:8.1f} MB   (VmHWM {report['vmhwm_kb'] / 1024:.1f} MB)")
     print(f"   same child, imports only (requests, fleet_release): {base_rss / 1024:.1f} MB  -> fetch adds {(rss - base_rss) / 1024:.1f} MB")
     print(f"   download + verify throughput                {mbps:8.0f} MB/s   ({report['elapsed']:.2f} s)")
@@ -321,6 +321,7 @@ def bench_stage(tmp, size_mb, rows):
 
 def stage_from(session, base, root, expected_doc=None):
     """What a Pi or kiosk does: manifest, then the file with fetch (verified), renamed into place."""
+    import fleet_fetch
     import fleet_release
 
     resp = session.get(fleet_release.file_url(base, NAME, VERSION, fleet_release.MANIFEST), timeout=(3, 10))
@@ -329,7 +330,7 @@ def stage_from(session, base, root, expected_doc=None):
     work = root / fleet_release.STAGING / f"{NAME}-{VERSION}"
     work.mkdir(parents=True, exist_ok=True)
     part = work / (FILE + ".part")
-    fleet_release.fetch(session, fleet_release.file_url(base, NAME, VERSION, FILE), str(part), doc["files"][FILE], FILE)
+    fleet_fetch.fetch(session, fleet_release.file_url(base, NAME, VERSION, FILE), str(part), doc["files"][FILE], FILE)
     os.replace(part, work / FILE)
     (work / fleet_release.MANIFEST).write_bytes(resp.content)
     (root / NAME).mkdir(parents=True, exist_ok=True)
@@ -341,13 +342,14 @@ def bench_wan(tmp, size_mb, kiosks, rows):
     import requests
 
     import fleet_inventory
+    import fleet_fetch
     import fleet_release
 
     base_dir = tmp / "wan"
     master_repo = base_dir / "master" / "kiosk-releases"
     (master_repo / NAME / VERSION).mkdir(parents=True)
     write_random(master_repo / NAME / VERSION / FILE, size_mb * MB)
-    files = {FILE: fleet_release.hash_file(str(master_repo / NAME / VERSION / FILE))}
+    files = {FILE: fleet_fetch.hash_file(str(master_repo / NAME / VERSION / FILE))}
     doc = fleet_release.build_manifest(NAME, VERSION, files)
     (master_repo / NAME / VERSION / fleet_release.MANIFEST).write_text(json.dumps(doc))
     package = size_mb * MB

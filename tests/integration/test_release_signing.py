@@ -26,6 +26,7 @@ import time
 import pytest
 
 import fleet_release
+import fleet_sign
 from tests.integration.test_release import INSTALL, NAME, SMALL, fleet  # noqa: F401 - the module's fixture
 from tests.support import topology as topo
 from tests.support.nginx import nginx_binary
@@ -63,12 +64,12 @@ def test_pins_on_the_pis_are_signed_for_their_campus_and_the_grain_reports_the_i
         status = fleet.t.salt("kiosk_pkg.repo_status", NAME, tgt=pi)
         assert status.returncode == 0 and status.data["pin_verified"] is True, status
         pin = status.data["pin"]
-        assert fleet_release.verify_pin(pin, keys, NAME, "east") == pin and pin["version"] == VERSION
+        assert fleet_sign.verify_pin(pin, keys, NAME, "east") == pin and pin["version"] == VERSION
         index = json.loads((fleet.pi_repo(pi) / NAME / "index.json").read_text())
         assert index["pin"] == pin  # stored exactly as the master signed it
         # the same pin names campus east: a west Pi's key check (same keys) refuses it for west
         with pytest.raises(fleet_release.SignatureError, match=r"^pin\.campus: "):
-            fleet_release.verify_pin(pin, keys, NAME, "west")
+            fleet_sign.verify_pin(pin, keys, NAME, "west")
     # the grain: the grains module reads installed.json; kiosk_pkg asked the minion to refresh after installing
     deadline = time.time() + 90
     seen = {}
@@ -90,7 +91,7 @@ def test_a_forged_pin_sent_to_a_pi_is_refused_there(rolled_out, tmp_path):
     genuine = json.loads(before)["pin"]
     other_path, _ = topo.make_signing_key(tmp_path, name="not-the-master")
     forged = {
-        "another key": fleet_release.sign_pin(NAME, "east", None, genuine["serial"] + 1, other_path.read_bytes()),
+        "another key": fleet_sign.sign_pin(NAME, "east", None, genuine["serial"] + 1, other_path.read_bytes()),
         "raised serial": dict(genuine, serial=10**15),
         "unsigned": {"version": None, "serial": 10**15},
     }

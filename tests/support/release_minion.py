@@ -22,6 +22,7 @@ import salt.utils.event
 import tornado.ioloop
 
 import fleet_release
+import fleet_sign
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NAME = "kiosk-app"
@@ -55,13 +56,13 @@ class Releases:
             install = [sys.executable, "{dir}/install.py", "{dir}", "{version}"]
         doc = fleet_release.build_manifest(NAME, version, entries, install, created_at="2026-12-01T00:00:00+00:00")
         if sign:
-            doc = fleet_release.sign(doc, self.key if key == "real" else self.other)
+            doc = fleet_sign.sign(doc, self.key if key == "real" else self.other)
         out = {f"{version}/{n}": b for n, b in files.items()}
         out[f"{version}/{fleet_release.MANIFEST}"] = json.dumps(doc).encode()
         return out
 
     def pin(self, version, serial, campus="east", key="real", signed_at=None):
-        return fleet_release.sign_pin(NAME, campus, version, serial, self.key if key == "real" else self.other,
+        return fleet_sign.sign_pin(NAME, campus, version, serial, self.key if key == "real" else self.other,
                                       signed_at=signed_at)
 
     @staticmethod
