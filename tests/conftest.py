@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # seconds each step of the topology start took; printed in the terminal summary
 TOPOLOGY_TIMES = {}
+# {xdist worker id: its TOPOLOGY_TIMES}, gathered by the controller
+WORKER_TOPOLOGY_TIMES = {}
 
 
 @pytest.hookimpl(trylast=True)
@@ -56,10 +58,28 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+def pytest_sessionfinish(session):
+    # an xdist worker hands its topology's start times to the controller (pytest_testnodedown)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and TOPOLOGY_TIMES:
+        workeroutput["topology_times"] = dict(TOPOLOGY_TIMES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    times = getattr(node, "workeroutput", {}).get("topology_times")
+    if times:
+        WORKER_TOPOLOGY_TIMES[node.gateway.id] = times
+
+
 def pytest_terminal_summary(terminalreporter):
+    started = dict(WORKER_TOPOLOGY_TIMES)
     if TOPOLOGY_TIMES:
-        steps = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in TOPOLOGY_TIMES.items())
-        terminalreporter.write_line(f"topology start: {steps}")
+        started["this process"] = TOPOLOGY_TIMES
+    for where, times in sorted(started.items()):
+        steps = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in times.items())
+        label = "" if list(started) == ["this process"] else f" ({where})"
+        terminalreporter.write_line(f"topology start{label}: {steps}")
 
 
 def _drop_salt_deferred_handlers(detach):
