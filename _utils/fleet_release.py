@@ -32,10 +32,9 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_fields, fleet_state
+    from saltext_kiosk_fleet.utils import fleet_fields
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fields
-    import fleet_state
 
 FORMAT = 1
 REPO_PREFIX = "/kiosk-releases/"
@@ -399,51 +398,3 @@ def kiosk_repo_urls(inventory, campus, kiosk_id, home_pi):
 
 def file_url(base, name, version, file_name):
     return f"{base.rstrip('/')}/{name}/{version}/{file_name}"
-
-
-# --------------------------------------------------------------------------- moved names
-
-
-# Names that moved to fleet_sign and fleet_fetch, still answered here until
-# their callers switch. Looked up when used, not imported at the top: those
-# modules import this one, and a top-level alias back would be an import cycle.
-MOVED = {
-    "canonical": "fleet_sign",  # moved: alias until callers switch
-    "verify_keys": "fleet_sign",  # moved: alias until callers switch
-    "sign": "fleet_sign",  # moved: alias until callers switch
-    "sign_manifest": "fleet_sign",  # moved: alias until callers switch
-    "sign_pin": "fleet_sign",  # moved: alias until callers switch
-    "verify": "fleet_sign",  # moved: alias until callers switch
-    "verify_signature": "fleet_sign",  # moved: alias until callers switch
-    "verify_pin": "fleet_sign",  # moved: alias until callers switch
-    "verify_index": "fleet_sign",  # moved: alias until callers switch
-    "MAX_SERIAL_AHEAD": "fleet_sign",  # moved: alias until callers switch
-    "SIGNING_KEY_FIELD": "fleet_sign",  # moved: alias until callers switch
-    "VERIFY_KEY_FIELD": "fleet_sign",  # moved: alias until callers switch
-    "CHUNK": "fleet_fetch",  # moved: alias until callers switch
-    "Digest": "fleet_fetch",  # moved: alias until callers switch
-    "hash_file": "fleet_fetch",  # moved: alias until callers switch
-    "fetch": "fleet_fetch",  # moved: alias until callers switch
-    "check_free_space": "fleet_fetch",  # moved: alias until callers switch
-    "disk_error": "fleet_fetch",  # moved: alias until callers switch
-    "read_installed": "fleet_client",  # moved: alias until callers switch
-}
-write_json_atomic = fleet_state.write_json_atomic  # moved: alias until callers switch
-
-
-def read_json(path, field=None):  # moved: alias until callers switch (fleet_state.read_json)
-    return fleet_state.read_json(path, ReleaseError)
-
-
-def __getattr__(name):
-    if name not in MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-        from saltext_kiosk_fleet.utils import fleet_client, fleet_fetch, fleet_sign
-    else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
-        import fleet_client
-        import fleet_fetch
-        import fleet_sign
-    return getattr({"fleet_sign": fleet_sign, "fleet_fetch": fleet_fetch, "fleet_client": fleet_client}[MOVED[name]],
-                   name)
-

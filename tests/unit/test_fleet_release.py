@@ -901,13 +901,16 @@ def test_load_manifest_checks_the_signature_before_the_fields(keys, manifest):
         fleet_sign.load_manifest(raw, [keys["public"]], "kiosk-ui", "9.9.9")
 
 
-def test_moved_names_still_answer_from_fleet_release():
-    # the table goes when every caller has switched; this test then checks that nothing else answers
-    for name, module in getattr(fleet_release, "MOVED", {}).items():
-        target = {"fleet_sign": fleet_sign, "fleet_fetch": fleet_fetch, "fleet_client": fleet_client}[module]
-        assert getattr(fleet_release, name) is getattr(target, name), name
-    with pytest.raises(AttributeError):
-        fleet_release.no_such_name  # noqa: B018 - the attribute access is the test
+def test_signing_downloads_and_the_install_record_live_only_in_their_own_modules():
+    # one place per rule: the release model no longer answers for what moved out of it
+    moved = {fleet_sign: ("canonical", "sign", "sign_pin", "verify", "verify_pin", "verify_index"),
+             fleet_fetch: ("Digest", "hash_file", "fetch", "check_free_space", "disk_error"),
+             fleet_client: ("read_installed",)}
+    for module, names in moved.items():
+        for name in names:
+            assert hasattr(module, name), (module.__name__, name)
+            assert not hasattr(fleet_release, name), name
+    assert not hasattr(fleet_release, "write_json_atomic") and not hasattr(fleet_release, "read_json")
 
 
 def test_session_binds_the_source_address_only_when_asked():
