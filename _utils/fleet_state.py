@@ -94,10 +94,11 @@ class Store:
     (``name`` without ``.json``, plus ``.lock``). ``defaults`` are the
     top-level keys every reader finds (copied, never shared); ``lock_wait``
     how long (s) a run waits for another before ``error`` is raised; ``error``
-    the runner's :class:`fleet_fields.FleetError` class for every problem.
+    the runner's :class:`fleet_fields.FleetError` class for every problem;
+    ``mode`` the file's (private to the master's user by default).
     """
 
-    def __init__(self, directory, name, defaults=None, lock_wait=60, error=StateError):
+    def __init__(self, directory, name, defaults=None, lock_wait=60, error=StateError, mode=0o600):
         if not isinstance(directory, str) or not os.path.isabs(directory):
             raise StateError(f"directory: {fleet_fields.shown(directory)} is not an absolute path", field="directory")
         if not isinstance(name, str) or not fleet_fields.NAME.match(name) or not name.endswith(".json"):
@@ -108,12 +109,15 @@ class Store:
             raise StateError(f"lock_wait: {fleet_fields.shown(lock_wait)} is not 0-3600 seconds", field="lock_wait")
         if not (isinstance(error, type) and issubclass(error, fleet_fields.FleetError)):
             raise StateError(f"error: {fleet_fields.shown(error)} is not a FleetError class", field="error")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise StateError(f"mode: {fleet_fields.shown(mode)} is not a file mode", field="mode")
         self.directory = directory
         self.path = os.path.join(directory, name)
         self.lock_path = os.path.join(directory, name[: -len(".json")] + ".lock")
         self.defaults = dict(defaults or {})
         self.lock_wait = lock_wait
         self.error = error
+        self.mode = mode
 
     def _load(self):
         state = read_json(self.path, self.error, {})
@@ -145,7 +149,7 @@ class Store:
             # written only when changed: a refused request leaves the file as it was
             if json.dumps(state, sort_keys=True) != before:
                 try:
-                    write_json_atomic(self.path, state)
+                    write_json_atomic(self.path, state, self.mode)
                 except (OSError, StateError) as exc:
                     raise self.error(f"{self.path}: cannot write the state file ({exc})") from None
 

@@ -95,6 +95,7 @@ def test_store_fills_defaults_and_writes_only_when_changed(tmp_path):
     with store.locked() as state:
         state["runs"].append(1)
     assert fleet_state.read_json(store.path) == {"holds": {}, "runs": [1]}
+    assert (os.stat(store.path).st_mode & 0o777) == 0o600  # private runner state
     mtime = os.stat(store.path).st_mtime_ns
     with store.locked() as state:
         state["runs"] = [1]
@@ -183,6 +184,8 @@ def test_store_write_failure_raises_the_runners_error(tmp_path, monkeypatch):
     ({"lock_wait": float("inf")}, "lock_wait"),
     ({"lock_wait": True}, "lock_wait"),
     ({"error": ValueError}, "error"),
+    ({"mode": 0o1777}, "mode"),
+    ({"mode": "0644"}, "mode"),
 ])
 def test_store_refuses_bad_arguments(tmp_path, kwargs, field):
     args = {"directory": str(tmp_path), "name": "state.json", **kwargs}
