@@ -41,21 +41,48 @@ def pytest_configure(config):
     _drop_salt_deferred_handlers(detach=True)
 
 
-# One release history over these files (versions above what the previous ones published)
-RELEASE_FILES = {"test_release.py", "test_release_forged.py", "test_release_signing.py"}
+# tests/run spreads the suite over pytest-xdist workers with --dist loadscope,
+# whose scopes (one module each) are widened here to groups: a group runs on
+# one worker, in file order, and each worker that runs topology tests starts
+# its own topology. The topology tests mostly wait on daemons: two groups run
+# side by side, the release files (one release history) and the rest of
+# tests/integration; the lab starts daemons of its own; the Wine tests share
+# one machine-wide Wine. The groups go out first, longest first.
+GROUPS = {
+    "topology-releases": {"test_release.py", "test_release_forged.py", "test_release_signing.py"},
+    "lab": {"test_lab.py"},
+    "wine": {"test_kiosk_reg_wine.py", "test_change_templates.py"},
+}
+FIRST = ("topology", "topology-releases", "lab", "wine")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    # tests/run spreads the suite over pytest-xdist workers (--dist loadgroup):
-    # the tests of one xdist_group run on one worker, in file order, and each
-    # worker that runs topology tests starts its own topology. The topology
-    # tests form two groups that mostly wait on daemons, side by side: the
-    # release files, and the rest (the lab and the Wine tests name their own).
-    for item in items:
-        if "topology" in item.fixturenames and item.get_closest_marker("xdist_group") is None:
-            group = "topology-releases" if item.path.name in RELEASE_FILES else "topology"
-            item.add_marker(pytest.mark.xdist_group(group))
+def xdist_scope(nodeid):
+    """The scheduling scope of a test: its group, else its module."""
+    path = nodeid.split("::", 1)[0]
+    name = path.rsplit("/", 1)[-1]
+    for group, files in GROUPS.items():
+        if name in files:
+            return group
+    return "topology" if path.startswith("tests/integration/") else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return xdist_scope(nodeid)
+
+        def _assign_work_unit(self, node):
+            for scope in reversed(FIRST):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return GroupScheduling(config, log)
 
 
 def pytest_sessionfinish(session):

@@ -20,11 +20,10 @@ RECYCLE_BIN = "{645FF040-5081-101B-9F08-00AA002F954E}"
 # on the salt CLI a bare {GUID} is read as a YAML mapping: quote it inside
 RECYCLE_BIN_ARG = f'"{RECYCLE_BIN}"'
 
-pytestmark = [
-    pytest.mark.skipif(not (shutil.which("wine") and shutil.which("wineserver") and shutil.which("setarch")),
-                       reason="wine is not installed (apt-get install wine64 wine)"),
-    pytest.mark.xdist_group("wine"),  # tests/run: the Wine tests on one worker, one after another
-]
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("wine") and shutil.which("wineserver") and shutil.which("setarch")),
+    reason="wine is not installed (apt-get install wine64 wine)",
+)
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,7 @@ from tests.support import wine
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WINE = shutil.which("wine") and shutil.which("wineserver") and shutil.which("setarch")
-pytestmark = [
-    pytest.mark.skipif(not WINE, reason="wine is not installed (apt-get install wine64 wine)"),
-    pytest.mark.xdist_group("wine"),  # tests/run: the Wine tests on one worker, one after another
-]
+pytestmark = pytest.mark.skipif(not WINE, reason="wine is not installed (apt-get install wine64 wine)")
 BASE = "HKLM\\Software\\KioskRegTest"
 INJECTION = 'a"b & c | d % e ^ f'
 

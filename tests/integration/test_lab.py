@@ -21,8 +21,7 @@ import pytest
 
 import fleet_wol
 
-# the lab starts daemons of its own: tests/run runs it on one worker beside the session topology
-pytestmark = [pytest.mark.topology, pytest.mark.xdist_group("lab")]
+pytestmark = pytest.mark.topology
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
