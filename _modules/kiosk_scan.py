@@ -53,8 +53,9 @@ def __virtual__():
 def scan(kiosks=None, host_timeout_s=fleet_scan.DEFAULT_HOST_TIMEOUT_S, max_retries=fleet_scan.DEFAULT_MAX_RETRIES):
     """
     Probe the service port of this Pi's campus kiosks (all, or those of
-    ``kiosks`` that belong to this campus: others are skipped, so one job can
-    target the Pis of several campuses).
+    ``kiosks``). The Pi's pillar holds its own campus only, so an id of
+    another campus is refused like any unknown id: the runner sends each
+    campus's Pis a job of their own, with that campus's kiosks.
 
     Returns ``{"pi", "campus", "scanned_at", "elapsed_s", "kiosks": {kiosk:
     {"ip", "port", "state": "open"|"closed"|"filtered", "scanned_at"}}}``.

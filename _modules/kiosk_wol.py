@@ -187,8 +187,9 @@ def wake(
 def wake_kiosks(kiosks=None, campus=None, repeat=DEFAULT_REPEAT, spacing_ms=DEFAULT_SPACING_MS):
     """
     Wake kiosks by id or by campus, from this Pi, looking MACs and VLANs up in
-    the ``kiosk_fleet`` pillar. Kiosks of other campuses are skipped (their
-    own Pis wake them), so one job can target the Pis of several campuses.
+    the ``kiosk_fleet`` pillar. That pillar holds this Pi's campus only, so an
+    id of another campus is refused like any unknown id: the runner sends
+    each campus's Pis a job of their own, with that campus's kiosks.
 
     Returns ``{"pi": ..., "campus": ..., "kiosks": {kiosk: {mac, to, port,
     source, packets}}}``.

@@ -5,12 +5,15 @@ campus), ``shutdown`` (through the kiosk's own minion), and the schedules:
 ``status`` (contract: docs/power.md, docs/schedules.md).
 
 Glue only: each run loads the fleet data once, calls the minions (one job per
-step, ``fleet_runner.call``), hands what they saw to the pure engine
+step, ``fleet_runner.call``; jobs to the Pis one per campus, all at once,
+each carrying only that campus's kiosks), hands what they saw to the pure engine
 (``fleet_sweep``), acts on its decision and stores the state it returns
 (``<cachedir>/kiosk_power/state.json``, ``fleet_state.Store``: locked,
 written atomically). Every runner returns ``result``/``retcode``/``error``.
 """
 
+import concurrent.futures
+import contextvars
 import datetime as _dt
 import logging
 import os
@@ -52,6 +55,8 @@ STATE_FILE = "state.json"
 METRICS_FILE = "metrics.json"
 LOCK_TIMEOUT_S = 300
 MISMATCH_TAG = "kiosk/power/mismatch"
+# per-campus jobs in flight at once (one thread and LocalClient each); more campuses queue
+MAX_PARALLEL_JOBS = 32
 ERRORS = (fleet_fields.FleetError,)  # every refusal of the pack: a ValueError naming its field
 
 
@@ -155,28 +160,56 @@ def _call(targets, fun, timeout, kwarg=None):
     return got
 
 
-def _observe(inventory, selection, timeout):
+def _per_campus(inventory, selection, fun, timeout, **kwarg):
     """
-    ONE ``kiosk_scan.scan`` job to the Pis of the campuses in ``selection``
-    and one ``test.ping`` of its kiosks; merged by ``fleet_sweep.observed_states``
-    (the Pis' probe decides, a kiosk's own answer never makes it on).
+    One ``fun`` job per campus of ``selection`` (``{campus: [kiosk ids]}``),
+    to that campus's Pis with that campus's kiosk ids only: a Pi's pillar
+    holds its own campus (it refuses other ids), and neither it nor the
+    kiosks on its bus may learn another campus's kiosks. All campuses are in
+    flight at once, each job on its own LocalClient in its own thread (as
+    Salt's netapi does), so a run waits one timeout, not one per campus.
+    Returns ``({campus: [pi ids]}, the jobs' Returns merged)``: the Pis of
+    two campuses are disjoint (the inventory refuses an id used twice).
     """
     campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
-    pis = sorted({p for ids in campus_pis.values() for p in ids})
+    jobs = {c: dict(kwarg, kiosks=sorted(ids)) for c, ids in selection.items() if ids and campus_pis[c]}
+    if not jobs:
+        return campus_pis, fleet_runner.Returns([], {}, {}, [], [], {})
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(jobs), MAX_PARALLEL_JOBS)) as pool:
+        # each thread runs in a copy of this context: Salt's loader dunders (__opts__) live in contextvars
+        futures = [pool.submit(contextvars.copy_context().run, _call, campus_pis[c], fun, timeout, jobs[c])
+                   for c in sorted(jobs)]
+        parts = [future.result() for future in futures]
+    return campus_pis, fleet_runner.Returns(
+        sorted(m for got in parts for m in got.targets),
+        {m: r for got in parts for m, r in got.answered.items()},
+        {m: r for got in parts for m, r in got.failed.items()},
+        sorted(m for got in parts for m in got.silent),
+        sorted(m for got in parts for m in got.conflicting),
+        {m: r for got in parts for m, r in got.returns.items()},
+    )
+
+
+def _observe(inventory, selection, timeout):
+    """
+    One ``kiosk_scan.scan`` job per campus in ``selection`` (that campus's
+    Pis, its kiosks; all at once: ``_per_campus``) and one ``test.ping`` of
+    the kiosks; merged by ``fleet_sweep.observed_states`` (the Pis' probe
+    decides, a kiosk's own answer never makes it on).
+    """
     kiosk_ids = sorted(k for ids in selection.values() for k in ids)
     if not kiosk_ids:
         return {}, {"answered": [], "silent": []}
-    scans = _call(pis, "kiosk_scan.scan", timeout, kwarg={"kiosks": kiosk_ids})
+    campus_pis, scans = _per_campus(inventory, selection, "kiosk_scan.scan", timeout)
     presence = _call(kiosk_ids, "test.ping", timeout).answered
+    pis = sorted({p for c, ids in selection.items() if ids for p in campus_pis[c]})
     report = fleet_sweep.pis_report(pis, scans.answered, scans.failed, scans.conflicting)
     return fleet_sweep.observed_states(selection, scans.answered, campus_pis, presence), report
 
 
 def _wake(inventory, selection, repeat, timeout):
-    campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
-    pis = sorted({p for ids in campus_pis.values() for p in ids})
-    kiosk_ids = sorted(k for ids in selection.values() for k in ids)
-    sent = _call(pis, "kiosk_wol.wake_kiosks", timeout, kwarg={"kiosks": kiosk_ids, "repeat": repeat})
+    """One ``kiosk_wol.wake_kiosks`` job per campus (its Pis, its kiosks; all at once: ``_per_campus``)."""
+    campus_pis, sent = _per_campus(inventory, selection, "kiosk_wol.wake_kiosks", timeout, repeat=repeat)
     report = fleet_wol.merge_wake_returns(selection, sent.returns, campus_pis)
     if report["unreached"]:
         report["error"] = (
@@ -222,8 +255,9 @@ def wake(kiosks=None, campus=None, repeat=3, timeout=30):
     """
     Wake kiosks with magic packets sent from every Pi of their campus.
 
-    One job goes to all Pis of the campuses concerned (through the syndics);
-    each Pi sends to its own campus's kiosks on their VLANs. Succeeds when at
+    One job per campus concerned, all at once (through the syndics), to its
+    Pis with its kiosks only; each Pi sends to its own campus's kiosks on
+    their VLANs. Succeeds when at
     least one Pi sent to every kiosk; names the kiosks no Pi reached and the
     Pis that did not answer. Exit code 1 when any kiosk got no packet.
 
@@ -333,7 +367,7 @@ def plan(hours=12, at=None, scan=True, timeout=30):
     """
     Dry run: the expected state of every kiosk at ``at`` (default now; a hold
     wins over the schedule), its schedule transitions in the next ``hours``
-    (at most 168), and, with ``scan=True`` (one kiosk_scan job to the Pis),
+    (at most 168), and, with ``scan=True`` (kiosk_scan, one job per campus),
     what a sweep would do now. Changes nothing.
 
     CLI Example:
@@ -367,9 +401,10 @@ def plan(hours=12, at=None, scan=True, timeout=30):
 def sweep(at=None, delay_s=60, message="This kiosk is closing for the day.", timeout=30):
     """
     Apply the schedules at ``at`` (default now): scan the managed kiosks from
-    their campus Pis (one job), wake those expected on and seen off
-    (``kiosk_power.wake``), shut down those expected off and seen on
-    (``kiosk_power.shutdown`` with ``delay_s``/``message``), respecting holds.
+    their campus Pis (one job per campus, all at once), wake those expected
+    on and seen off (``kiosk_power.wake``), shut down those expected off and
+    seen on (``kiosk_power.shutdown`` with ``delay_s``/``message``),
+    respecting holds.
     Unmanaged kiosks, kiosks no Pi could see and kiosks still waiting for
     the verification of an earlier change are left alone. Records the sweep
     and schedules verifications of the changed kiosks at +5/+10/+15 minutes.
@@ -408,8 +443,8 @@ def sweep(at=None, delay_s=60, message="This kiosk is closing for the day.", tim
 
 def verify(at=None, kiosks=None, campus=None, timeout=30):
     """
-    Liveness verification from the campus Pis (``kiosk_scan.scan``, ONE job
-    per call). Without ``kiosks``/``campus``: run the verifications due at
+    Liveness verification from the campus Pis (``kiosk_scan.scan``, one job
+    per campus, all at once). Without ``kiosks``/``campus``: run the verifications due at
     ``at`` (default now) that sweeps scheduled at +5/+10/+15 minutes; a kiosk
     still not in its expected state at its last check is a mismatch. With
     ``kiosks``/``campus``: an explicit check now of those managed kiosks

@@ -53,8 +53,10 @@ def nmap_arguments(host_timeout_s=DEFAULT_HOST_TIMEOUT_S, max_retries=DEFAULT_MA
 def scan_targets(inventory, campus, kiosks=None):
     """
     ``{port: {ip: kiosk}}`` for the kiosks of ``campus`` to probe (all of them,
-    or those of ``kiosks`` that belong to it: kiosks of other campuses are
-    skipped, their own Pis probe them). Addresses and ports are re-checked
+    or those of ``kiosks`` that belong to it). An id the inventory does not
+    hold is refused; on a Pi that is every other campus's kiosk too (its
+    pillar is its campus's slice). Kiosks of other campuses that the
+    inventory does hold are skipped. Addresses and ports are re-checked
     here: only the inventory's kiosk IPs ever reach nmap's command line.
     """
     if not isinstance(campus, str) or campus not in inventory["campuses"]:

@@ -8,10 +8,12 @@ silent, state and metrics written; the decisions themselves are
 tests/unit/test_sweep_engine.py's.
 """
 
+import copy
 import datetime as dt
 import inspect
 import json
 import pathlib
+import threading
 
 import pytest
 import salt.client
@@ -21,6 +23,9 @@ import salt.config
 import salt.loader
 import yaml
 
+import fleet_inventory
+import fleet_scan
+import fleet_wol
 from tests.support.topology import SWEEP_SCHEDULES, two_campus_inventory
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -249,6 +254,101 @@ def test_wake_and_shutdown_runners_report_per_kiosk(runner, minions):
     assert ret["retcode"] == 1 and ret["accepted"] == ["kiosk-east-01"]
     assert ret["failed"] == {"kiosk-east-02": "ERROR: Access is denied", "kiosk-west-01": "ERROR: Access is denied"}
     assert ret["silent"] == [] and ret["delay_s"] == 0 and calls["loads"] == 2  # one per run
+
+
+def both_campuses(tmp_path):
+    """The fleet data with west managed like east (west-01 due on, west-02 due off at AT); returns it."""
+    data = {**two_campus_inventory(wol_port=9), **copy.deepcopy(SWEEP_SCHEDULES)}
+    east = data["kiosk_fleet_schedules"]["campuses"]["east"]
+    data["kiosk_fleet_schedules"]["campuses"]["west"] = dict(copy.deepcopy(east), kiosks={
+        "kiosk-west-01": east["kiosks"]["kiosk-east-01"], "kiosk-west-02": east["kiosks"]["kiosk-east-02"]})
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(data))
+    return data
+
+
+def real_pis(data, ports):
+    """
+    Pi answers as a real Pi gives them: its pillar is its campus's slice
+    (``fleet_inventory.slice_for``), so an id of another campus is refused
+    the way Salt reports the module's SaltInvocationError.
+    """
+    def pillar(pi):
+        inventory = fleet_inventory.from_pillar(fleet_inventory.slice_for(data, pi))
+        return inventory, fleet_inventory.campus_of(inventory, pi)
+
+    def scan_(pi, kwarg):
+        inventory, campus = pillar(pi)
+        try:
+            targets = fleet_scan.scan_targets(inventory, campus, kwarg["kiosks"])
+        except fleet_scan.ScanError as exc:
+            return [f"ERROR executing 'kiosk_scan.scan': {exc}"]
+        kiosks = [k for by_ip in targets.values() for k in by_ip.values()]
+        return [scan({k: ports[k] for k in kiosks}, campus)]
+
+    def wake_(pi, kwarg):
+        inventory, _ = pillar(pi)
+        try:
+            selection = fleet_inventory.select_kiosks(inventory, kiosks=kwarg["kiosks"])
+        except fleet_inventory.InventoryError as exc:
+            return [f"ERROR executing 'kiosk_wol.wake_kiosks': {exc}"]
+        plan = fleet_wol.wake_plan(inventory, pi, [k for ids in selection.values() for k in ids])
+        return [{"pi": pi, "campus": plan["campus"], "kiosks": {
+            k: {"to": d["broadcast"], "port": d["port"], "source": d["source"], "packets": kwarg["repeat"]}
+            for d in plan["destinations"] for k in d["kiosks"]}}]
+
+    return {"kiosk_scan.scan": scan_, "kiosk_wol.wake_kiosks": wake_,
+            "test.ping": lambda m, k: [True] if ports.get(m) == "open" else [],
+            "kiosk_power.shutdown": lambda m, k: [{"action": "shutdown", "delay_s": k["delay_s"]}]}
+
+
+def campus_of_each(jobs, fun):
+    """For every ``fun`` job: (campuses of its targets, campuses of its kiosks)."""
+    inventory = fleet_inventory.validate(two_campus_inventory(wol_port=9)["kiosk_fleet"])
+    return sorted((sorted({fleet_inventory.campus_of(inventory, m) for m in targets}),
+                   sorted({fleet_inventory.campus_of(inventory, k) for k in kwarg["kiosks"]}))
+                  for f, targets, kwarg in jobs if f == fun)
+
+
+def test_a_sweep_over_two_campuses_sends_each_campus_its_own_scan_and_wake(runner, minions, tmp_path):
+    loaded, calls, cachedir, _ = runner
+    ports = {"kiosk-east-01": "closed", "kiosk-east-02": "open", "kiosk-west-01": "closed", "kiosk-west-02": "open"}
+    minions.answer = real_pis(both_campuses(tmp_path), ports)
+    ret = loaded["kiosk_power.sweep"](at=AT, delay_s=0, timeout=5)
+    assert ret["retcode"] == 0, ret
+    assert ret["pis"] == {"answered": ["pi-east-1", "pi-east-2", "pi-west-1", "pi-west-2"], "silent": []}
+    assert ret["observed"] == {"kiosk-east-01": "off", "kiosk-east-02": "on", "kiosk-west-01": "off",
+                               "kiosk-west-02": "on"}
+    assert ret["wake"] == {"east": ["kiosk-east-01"], "west": ["kiosk-west-01"]}
+    assert ret["shutdown"] == {"east": ["kiosk-east-02"], "west": ["kiosk-west-02"]}
+    assert ret["wake_result"]["unreached"] == [] and calls["loads"] == 1
+    # a Pi is only ever asked about the kiosks of its own campus
+    for fun in ("kiosk_scan.scan", "kiosk_wol.wake_kiosks"):
+        assert campus_of_each(minions.jobs, fun) == [(["east"], ["east"]), (["west"], ["west"])]
+    state = json.loads((cachedir / "kiosk_power" / "state.json").read_text())
+    assert sorted(state["pending"]) == sorted(ports)
+
+
+def test_wake_of_two_campuses_reaches_both_with_all_jobs_in_flight_at_once(runner, minions, tmp_path):
+    loaded, _, _, _ = runner
+    answers = real_pis(both_campuses(tmp_path), {})
+    both_sent = threading.Barrier(2, timeout=10)  # breaks unless the two campus jobs run together
+
+    def wake_(pi, kwarg):
+        if pi in ("pi-east-1", "pi-west-1"):  # first target of each campus's job
+            both_sent.wait()
+        return answers["kiosk_wol.wake_kiosks"](pi, kwarg)
+
+    minions.answer["kiosk_wol.wake_kiosks"] = wake_
+    ret = loaded["kiosk_power.wake"](campus="east,west", timeout=5)
+    assert ret["retcode"] == 0 and ret["unreached"] == [], ret
+    assert ret["pis_answered"] == ["pi-east-1", "pi-east-2", "pi-west-1", "pi-west-2"] and ret["pi_errors"] == {}
+    assert ret["kiosks"]["kiosk-west-02"] == {"campus": "west", "sent_by": {
+        p: {"to": "127.0.3.255", "port": 9, "packets": 3, "source": s}
+        for p, s in (("pi-west-1", "127.0.3.2"), ("pi-west-2", "127.0.3.3"))}}
+    assert sorted(minions.jobs) == [
+        ("kiosk_wol.wake_kiosks", ["pi-east-1", "pi-east-2"], {"kiosks": ["kiosk-east-01", "kiosk-east-02"], "repeat": 3}),
+        ("kiosk_wol.wake_kiosks", ["pi-west-1", "pi-west-2"], {"kiosks": ["kiosk-west-01", "kiosk-west-02"], "repeat": 3}),
+    ]
 
 
 TYPED = st.one_of(
