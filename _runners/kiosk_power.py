@@ -266,6 +266,7 @@ def wake(kiosks=None, campus=None, repeat=3, timeout=30):
     .. code-block:: bash
 
         salt-run kiosk_power.wake campus=riverside
+        salt-run kiosk_power.wake campus=riverside,hillside timeout=60
         salt-run kiosk_power.wake kiosks=kiosk-riverside-10,kiosk-riverside-11 --out=json
     """
     try:
