@@ -44,16 +44,17 @@ def pytest_configure(config):
 # tests/run spreads the suite over pytest-xdist workers with --dist loadscope,
 # whose scopes (one module each) are widened here to groups: a group runs on
 # one worker, in file order, and each worker that runs topology tests starts
-# its own topology. The topology tests mostly wait on daemons: two groups run
-# side by side, the release files (one release history) and the rest of
-# tests/integration; the lab starts daemons of its own; the Wine tests share
-# one machine-wide Wine. The groups go out first, longest first.
+# its own topology. The topology tests mostly wait on daemons: two groups of
+# about the same length run side by side, the power and alert files and the
+# rest of tests/integration (the release files: one release history); the lab
+# starts daemons of its own; the Wine tests share one machine-wide Wine. The
+# groups go out first.
 GROUPS = {
-    "topology-releases": {"test_release.py", "test_release_forged.py", "test_release_signing.py"},
+    "topology-power": {"test_env.py", "test_forged_alerts.py", "test_power.py", "test_sweep.py", "test_topology.py"},
     "lab": {"test_lab.py"},
     "wine": {"test_kiosk_reg_wine.py", "test_change_templates.py"},
 }
-FIRST = ("topology", "topology-releases", "lab", "wine")
+FIRST = ("topology", "topology-power", "lab", "wine")
 
 
 def xdist_scope(nodeid):

@@ -274,6 +274,9 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
 
 def pi_master_config(tree, campus):
     return {
+        # a Pi master serves its syndic, its minion and two kiosks: two request workers
+        # (Salt's default 5) load their modules at start-up, two topologies start side by side
+        "worker_threads": 2,
         "file_roots": tree["file_roots"],
         "pillar_roots": tree["pillar_roots"],
         # the campus's part of the fleet data: the pillar slices of its Pis and kiosks come from it
