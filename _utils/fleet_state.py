@@ -141,7 +141,7 @@ class Store:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise self.error(f"{self.directory}: cannot create the state folder ({exc.strerror})") from None
-        busy = self.error(f"{self.path}: stayed locked by another run for {self.lock_wait} s")
+        busy = self.error(f"state: {self.path} stayed locked by another run for {self.lock_wait} s")
         with fleet_lock.exclusive(self.lock_path, self.lock_wait, busy):
             state = self._load()
             before = json.dumps(state, sort_keys=True)
