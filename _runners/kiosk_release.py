@@ -31,6 +31,7 @@ if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec(
         fleet_release,
         fleet_rollout,
         fleet_runner,
+        fleet_sign,
         fleet_state,
         fleet_store,
     )
@@ -40,6 +41,7 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
     import fleet_release
     import fleet_rollout
     import fleet_runner
+    import fleet_sign
     import fleet_state
     import fleet_store
 
@@ -269,7 +271,7 @@ def public_key(path=None):
         salt-run kiosk_release.public_key
     """
     try:
-        public = fleet_rollout.public_key_of(_Run().key()) if path is None else fleet_store.public_key_at(path)
+        public = fleet_sign.public_key_of(_Run().key()) if path is None else fleet_store.public_key_at(path)
     except ValueError as exc:
         return fleet_runner.fail(__context__, exc)
     return fleet_runner.finish(__context__, {"result": True, "public_key": public})

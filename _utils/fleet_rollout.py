@@ -38,43 +38,6 @@ SILENT = "silent"  # a kiosk that did not answer a push: not counted against a r
 PIN_HISTORY = 20  # earlier versions a pin remembers (what rollback can go back to)
 
 
-# --------------------------------------------------------------------------- keys
-
-
-def new_key_pair():
-    """A fresh Ed25519 key pair: ``(private PEM bytes, public PEM str)``."""
-    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
-    from cryptography.hazmat.primitives.asymmetric import ed25519  # pylint: disable=import-outside-toplevel
-
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
-def public_key_of(private_pem, field="signing_key"):
-    """The public PEM of an Ed25519 private key PEM; RolloutError naming ``field`` otherwise."""
-    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
-    from cryptography.hazmat.primitives.asymmetric import ed25519  # pylint: disable=import-outside-toplevel
-
-    try:
-        key = serialization.load_pem_private_key(private_pem, password=None)
-    except (ValueError, TypeError):
-        raise RolloutError(f"{field}: not an unencrypted PEM private key") from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise RolloutError(f"{field}: expected an Ed25519 private key")
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
-
-def check_key_mode(mode, field="signing_key"):
-    """A private key readable by group or others is refused (the master runs as root; Jenkins must not read it)."""
-    if stat.S_IMODE(mode) & 0o077:
-        raise RolloutError(f"{field}: mode {stat.S_IMODE(mode):04o} lets others read the private key (chmod 600)")
-
-
 # --------------------------------------------------------------------------- confined sources
 
 

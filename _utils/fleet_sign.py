@@ -12,6 +12,7 @@ Key material never appears in a message.
 
 import base64
 import json
+import stat
 
 import importlib.util
 
@@ -56,6 +57,33 @@ def _private_key(private_key_pem, field=SIGNING_KEY_FIELD):
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise fleet_release.SignatureError(f"{field}: expected an Ed25519 private key")
     return key
+
+
+def new_key_pair():
+    """A fresh Ed25519 key pair: ``(private PEM bytes, public PEM str)``."""
+    serialization, ed25519 = _crypto()
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return private, _public_pem(key)
+
+
+def _public_pem(private_key):
+    serialization, _ = _crypto()
+    return private_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def public_key_of(private_pem, field=SIGNING_KEY_FIELD):
+    """The public PEM of an Ed25519 private key PEM; :class:`fleet_release.SignatureError` naming ``field`` otherwise."""
+    return _public_pem(_private_key(private_pem, field))
+
+
+def check_key_mode(mode, field=SIGNING_KEY_FIELD):
+    """A private key readable by group or others is refused (the master runs as root; Jenkins must not read it)."""
+    if stat.S_IMODE(mode) & 0o077:
+        raise fleet_release.SignatureError(
+            f"{field}: mode {stat.S_IMODE(mode):04o} lets others read the private key (chmod 600)")
 
 
 def verify_keys(value, field=VERIFY_KEY_FIELD):

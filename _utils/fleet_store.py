@@ -15,7 +15,6 @@ refusal raises :class:`StoreError` (a ``fleet_release.ReleaseError``, so a
 a release is assembled in ``<store>/.staging/`` and removed on any error.
 """
 
-import contextlib
 import json
 import os
 import shutil
@@ -129,14 +128,14 @@ def read_signing_key(path, field=SIGNING_KEY_FIELD):
         raise StoreError(f"{field}: not set in the master config; publish signs every manifest "
                          f"(make a key with salt-run kiosk_release.keygen path=/etc/salt/pki/master/kiosk_release.pem)")
     pem, st = _read_no_follow(path, field)
-    fleet_rollout.check_key_mode(st.st_mode, field)
-    fleet_rollout.public_key_of(pem, field)  # an unusable key fails here, before anything is copied
+    fleet_sign.check_key_mode(st.st_mode, field)
+    fleet_sign.public_key_of(pem, field)  # an unusable key fails here, before anything is copied
     return pem
 
 
 def public_key_at(path, field="path"):
     """The public PEM of the private key in ``path`` (read without following a symlink)."""
-    return fleet_rollout.public_key_of(_read_no_follow(path, field)[0], field)
+    return fleet_sign.public_key_of(_read_no_follow(path, field)[0], field)
 
 
 def write_key(path, force=False, field="path"):
@@ -150,21 +149,11 @@ def write_key(path, force=False, field="path"):
         raise StoreError(f"force: expected True or False, got {fleet_fields.shown(force)}")
     if os.path.lexists(path) and not force:
         raise StoreError(f"{field}: {path} exists; refusing to replace a signing key (force=True replaces it)")
-    private, public = fleet_rollout.new_key_pair()
+    private, public = fleet_sign.new_key_pair()
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kiosk_release-key-")  # mode 0600 from the start
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(private)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        fleet_state.write_atomic(path, private.decode("ascii"), 0o600)  # its temp file is 0600 from creation
     except OSError as exc:
         raise StoreError(f"{field}: cannot write the key: {exc.strerror}") from None
     return public

@@ -3,6 +3,7 @@ import copy
 import errno
 import hashlib
 import json
+import stat
 import os
 import re
 
@@ -920,3 +921,33 @@ def test_session_binds_the_source_address_only_when_asked():
     adapter = bound.get_adapter("http://127.0.0.2/")
     assert adapter.poolmanager.connection_pool_kw["source_address"] == ("127.0.0.1", 0)
     assert "source_address" not in plain.get_adapter("http://127.0.0.2/").poolmanager.connection_pool_kw
+
+
+# --------------------------------------------------------------------------- signing keys (fleet_sign)
+
+
+def test_key_pair_signs_and_verifies_and_the_public_key_is_derived_from_the_private_one():
+    private, public = fleet_sign.new_key_pair()
+    assert b"PRIVATE KEY" in private and "PUBLIC KEY" in public and "PRIVATE" not in public
+    assert fleet_sign.public_key_of(private) == public
+    doc = fleet_sign.sign_manifest({"name": "kiosk-app", "version": "1.0.0"}, private)
+    fleet_sign.verify_signature(doc, public)
+    other = fleet_sign.new_key_pair()[1]
+    with pytest.raises(fleet_release.SignatureError):
+        fleet_sign.verify_signature(doc, other)
+
+
+def test_a_key_that_is_not_ed25519_or_not_a_key_is_refused_naming_the_field():
+    with pytest.raises(fleet_release.SignatureError, match=r"^kiosk_release\.signing_key: not a PEM private key"):
+        fleet_sign.public_key_of(b"not a key")
+    with pytest.raises(fleet_release.SignatureError, match=r"^key: not a PEM private key"):
+        fleet_sign.public_key_of(fleet_sign.new_key_pair()[1].encode(), "key")
+
+
+@pytest.mark.parametrize("mode, ok", [(0o600, True), (0o400, True), (0o640, False), (0o604, False), (0o644, False)])
+def test_a_private_key_readable_by_others_is_refused(mode, ok):
+    if ok:
+        fleet_sign.check_key_mode(stat.S_IFREG | mode)
+    else:
+        with pytest.raises(fleet_release.SignatureError, match=r"^kiosk_release\.signing_key: mode 0\d+ lets others read"):
+            fleet_sign.check_key_mode(stat.S_IFREG | mode)

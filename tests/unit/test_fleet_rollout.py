@@ -3,7 +3,6 @@
 import copy
 import os
 import re
-import stat
 
 import pytest
 
@@ -19,33 +18,6 @@ def raises(fn, *args, match):
         fn(*args)
     assert re.search(match, str(info.value)), str(info.value)
     return str(info.value)
-
-
-# --------------------------------------------------------------------------- keys
-
-
-def test_key_pair_signs_and_verifies_and_the_public_key_is_derived_from_the_private_one():
-    private, public = fleet_rollout.new_key_pair()
-    assert b"PRIVATE KEY" in private and "PUBLIC KEY" in public and "PRIVATE" not in public
-    assert fleet_rollout.public_key_of(private) == public
-    doc = fleet_sign.sign_manifest({"name": "kiosk-app", "version": "1.0.0"}, private)
-    fleet_sign.verify_signature(doc, public)
-    other = fleet_rollout.new_key_pair()[1]
-    with pytest.raises(ValueError):
-        fleet_sign.verify_signature(doc, other)
-
-
-def test_a_key_that_is_not_ed25519_or_not_a_key_is_refused_naming_the_field():
-    raises(fleet_rollout.public_key_of, b"not a key", match=r"^signing_key: not an unencrypted PEM")
-    raises(fleet_rollout.public_key_of, fleet_rollout.new_key_pair()[1].encode(), match=r"^signing_key:")
-
-
-@pytest.mark.parametrize("mode, ok", [(0o600, True), (0o400, True), (0o640, False), (0o604, False), (0o644, False)])
-def test_a_private_key_readable_by_others_is_refused(mode, ok):
-    if ok:
-        fleet_rollout.check_key_mode(stat.S_IFREG | mode)
-    else:
-        raises(fleet_rollout.check_key_mode, stat.S_IFREG | mode, match=r"^signing_key: mode 0\d+ lets others read")
 
 
 # --------------------------------------------------------------------------- confined sources
@@ -331,7 +303,7 @@ def test_served_from_log_reads_the_pi_nginx_log_of_that_version_only():
 # --------------------------------------------------------------------------- campus pins
 
 
-KEY = fleet_rollout.new_key_pair()
+KEY = fleet_sign.new_key_pair()
 
 
 def test_set_pin_signs_grows_the_serial_with_the_clock_and_keeps_the_history():

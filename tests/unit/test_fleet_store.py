@@ -11,7 +11,6 @@ import pytest
 
 import fleet_release
 import fleet_sign
-import fleet_rollout
 import fleet_store
 
 NAME = "kiosk-app"
@@ -28,7 +27,7 @@ def raises(fn, *args, match, **kwargs):
 
 @pytest.fixture
 def key():
-    private, public = fleet_rollout.new_key_pair()
+    private, public = fleet_sign.new_key_pair()
     return private, public
 
 
@@ -89,7 +88,7 @@ def test_keygen_writes_0600_and_returns_only_the_public_key(tmp_path):
     public = fleet_store.write_key(path)
     assert "PUBLIC KEY" in public and "PRIVATE" not in public
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert fleet_rollout.public_key_of(fleet_store.read_signing_key(path)) == public
+    assert fleet_sign.public_key_of(fleet_store.read_signing_key(path)) == public
     assert fleet_store.public_key_at(path) == public
     before = pathlib.Path(path).read_bytes()
     raises(fleet_store.write_key, path, match=r"^path: .* exists; refusing .*force=True")
@@ -118,7 +117,7 @@ def test_the_signing_key_is_refused_unless_0600_plain_ed25519_and_not_a_symlink(
     raises(fleet_store.read_signing_key, str(link), match=r"^kiosk_release\.signing_key: cannot read")
     raises(fleet_store.read_signing_key, str(tmp_path), match=r"^kiosk_release\.signing_key: .* not a plain file")
     path.write_bytes(key[1].encode())  # a public key is no signing key
-    raises(fleet_store.read_signing_key, str(path), match=r"^kiosk_release\.signing_key: not an unencrypted PEM")
+    raises(fleet_store.read_signing_key, str(path), match=r"^kiosk_release\.signing_key: not a PEM private key")
     os.mkfifo(tmp_path / "fifo")  # never blocks
     raises(fleet_store.read_signing_key, str(tmp_path / "fifo"), match=r"not a plain file")
 
