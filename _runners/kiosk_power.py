@@ -327,7 +327,7 @@ def sync_schedules(url=None, timeout=10):
     if not HAS_REQUESTS:
         return fleet_runner.fail(__context__, "requests: the requests package is not installed")
     try:
-        url, headers = fleet_sweep.platform(url, __opts__.get("kiosk_power"))
+        url, headers = fleet_sweep.platform(url, fleet_runner.config(__opts__, "kiosk_power"))
         timeout = fleet_sweep.http_timeout(timeout)
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)

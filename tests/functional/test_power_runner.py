@@ -372,3 +372,12 @@ def test_any_operator_input_gets_an_answer_never_a_traceback(runner, minions, fu
     kwargs = {k: v for k, v in kwargs.items() if k in allowed}
     ret = loaded[f"kiosk_power.{fun}"](**kwargs)
     assert ret["retcode"] in (0, 1) and (ret["retcode"] == 0 or ret["error"].split(":")[0]), ret
+
+
+def test_a_kiosk_power_master_config_that_is_no_mapping_is_named_not_read_as_unset(runner, minions):
+    loaded, _, _, _ = runner
+    opts = loaded["kiosk_power.sync_schedules"].func.__globals__["__opts__"]
+    opts["kiosk_power"] = "http://platform.example/schedules"  # a URL where the mapping belongs
+    ret = loaded["kiosk_power.sync_schedules"]()
+    assert ret["retcode"] == 1 and ret["error"].startswith("kiosk_power: expected a mapping in the master config"), ret
+    assert minions.jobs == []
