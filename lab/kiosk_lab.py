@@ -186,6 +186,10 @@ def write_configs(run, raw, inv):
         # a powered-off kiosk costs every call its timeout plus this wait for find_job
         # (Salt's default 10 s); on one machine a running minion answers find_job in ~1 s
         "gather_job_timeout": 5,
+        # Salt rebuilds the reactor's runner client every reactor_refresh_interval (60 s);
+        # reactions that start together right then each load a MasterMinion, and CPython
+        # 3.11's importlib.invalidate_caches races (KeyError): one reaction is lost
+        "reactor_refresh_interval": 3600,
         "kiosk_fleet": {"data": str(fleet_files[None])},  # the whole fleet: runners only
         # kiosk events reach the top master twice (plain and syndic/<pi>/...): plain tags only
         "reactor": [{"kiosk/boot": [str(REPO / "reactor" / "kiosk_boot.sls")]}] + [

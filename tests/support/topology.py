@@ -238,6 +238,10 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
         "enable_fqdns_grains": False,  # masters load grains too: no reverse DNS
         "syndic_wait": SYNDIC_WAIT,
         "gather_job_timeout": GATHER_JOB_TIMEOUT,  # Salt's default 10; find_job answers in ~1 s on loopback
+        # Salt rebuilds the reactor's runner client every reactor_refresh_interval (60 s);
+        # reactions that start together right then each load a MasterMinion, and CPython
+        # 3.11's importlib.invalidate_caches races (KeyError): one reaction is lost
+        "reactor_refresh_interval": 3600,
         # kiosk events reach the top master twice (plain and syndic/<pi>/...):
         # reactors match the plain tag only
         "reactor": [
