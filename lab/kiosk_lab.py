@@ -314,6 +314,23 @@ def salt(run, *args, timeout=60):
         return {"_error": out.stdout + out.stderr}
 
 
+MASTER_START_S = 120
+MASTER_SOCKETS = ("publish_pull.ipc", "workers.ipc", "master_event_pub.ipc")
+
+
+def wait_master_sockets(config_dir, pid, timeout):
+    """True once the master whose config is in ``config_dir`` has bound its IPC sockets."""
+    sock_dir = config_dir / "var" / "run" / "salt" / "master"  # Salt's sock_dir under root_dir
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all((sock_dir / name).exists() for name in MASTER_SOCKETS):
+            return True
+        if not alive(pid):
+            return False
+        time.sleep(0.2)
+    return False
+
+
 def wait_for_minions(run, expected, timeout, fun="test.ping"):
     """Poll ``fun`` on every minion until each of ``expected`` answers True-ish."""
     deadline = time.time() + timeout
@@ -351,7 +368,12 @@ def cmd_up(args):
         pid = start(run, name, argv).pid
         say(f"started {name:<24} pid {pid}")
         if name == "top master" or name.endswith(" master"):
-            time.sleep(1.5)  # a master must listen before its syndic/minion dials in
+            # its syndic connects once to the master's publisher socket and never retries
+            # (salt 3007): wait until the master has bound it, however slow the start
+            if not wait_master_sockets(pathlib.Path(argv[-1]), pid, MASTER_START_S):
+                say(f"{name} did not open its sockets within {MASTER_START_S} s; logs under {run}")
+                cmd_down(args)
+                return 1
     kiosks = sorted(k for c in inv["campuses"].values() for k in c["kiosks"])
     off = [k for k in (args.off or "").split(",") if k]
     unknown = sorted(set(off) - set(kiosks))
