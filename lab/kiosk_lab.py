@@ -367,13 +367,12 @@ def cmd_up(args):
     for name, argv in daemons:
         pid = start(run, name, argv).pid
         say(f"started {name:<24} pid {pid}")
-        if name == "top master" or name.endswith(" master"):
-            # its syndic connects once to the master's publisher socket and never retries
-            # (salt 3007): wait until the master has bound it, however slow the start
-            if not wait_master_sockets(pathlib.Path(argv[-1]), pid, MASTER_START_S):
-                say(f"{name} did not open its sockets within {MASTER_START_S} s; logs under {run}")
-                cmd_down(args)
-                return 1
+        # a master's syndic connects once to the master's publisher socket and never
+        # retries (salt 3007): wait until the master has bound it, however slow the start
+        if name.endswith(" master") and not wait_master_sockets(pathlib.Path(argv[-1]), pid, MASTER_START_S):
+            say(f"{name} did not open its sockets within {MASTER_START_S} s; logs under {run}")
+            cmd_down(args)
+            return 1
     kiosks = sorted(k for c in inv["campuses"].values() for k in c["kiosks"])
     off = [k for k in (args.off or "").split(",") if k]
     unknown = sorted(set(off) - set(kiosks))
