@@ -11,10 +11,12 @@ power buttons:
 * a control socket (``sim.sock`` in the run dir) takes ``off <kiosk> <delay>``
   from the kiosks' shutdown hook (``python -m lab.kiosk_sim power-off``) and
   ``on``/``off`` from the lab itself; powering off stops the minion and
-  closes the port.
+  closes the port. Each ``off`` is one press of the kiosk's power button,
+  counted: a shutdown that ran twice on a kiosk shows as two presses.
 
-State (power, pids, packets received per kiosk) is written atomically to
-``sim-state.json`` after every change, for ``kiosk-lab status`` and tests.
+State (power, pids, magic packets received and power-button presses per
+kiosk) is written atomically to ``sim-state.json`` after every change, for
+``kiosk-lab status`` and tests.
 """
 
 import argparse
@@ -49,6 +51,7 @@ class Kiosk:
         self.process = None
         self.listener = None
         self.packets = 0
+        self.presses = 0  # shutdown requests from the kiosk's power hook
         self.off_at = None
         self.powered_on_at = None
 
@@ -169,6 +172,7 @@ class Simulator:
         except ValueError:
             log.warning("bad delay in control message %r", data)
             return
+        kiosk.presses += 1
         kiosk.off_at = time.time() + delay
         log.info("%s shutting down in %.0f s", kiosk.id, delay)
 
@@ -178,6 +182,7 @@ class Simulator:
                 "on": k.on,
                 "pid": k.process.pid if k.on else None,
                 "packets": k.packets,
+                "presses": k.presses,
                 "ip": k.ip,
                 "service_port": k.service_port,
                 "powered_on_at": k.powered_on_at if k.on else None,
