@@ -11,12 +11,15 @@ minion's pillar holds its slice under the same key::
           timezone: Asia/Shanghai          # IANA name, default Asia/Shanghai
           wol_port: 9                      # UDP port for magic packets, default 9
           repo_port: 80                    # the Pis' release repositories (nginx), default 80
+          master_port: 4506                # the Pi masters' ret port kiosks connect to, default 4506
           vlans:
             hall: {network: 10.1.1.0/24}   # broadcast defaults to the network's
           pis:
             pi-east-1:
               vlans: {hall: {source: 10.1.1.2}}   # optional source address per VLAN
               repo_url: http://pi-east-1.lan/kiosk-releases/   # optional, else http://<source>:<repo_port>/...
+              master: 10.1.9.2:4506        # optional: where kiosks reach this Pi's salt-master, else
+                                           # its source on the kiosk's VLAN and master_port
           kiosks:
             kiosk-east-01: {mac: "52:54:00:01:01:01", ip: 10.1.1.11, vlan: hall,
                             location: "Hall A", service_port: 3389}
@@ -59,11 +62,12 @@ RELEASE_KEY = "kiosk_release"  # only verify_key (public keys) in the fleet data
 DATA_KEYS = (PILLAR_KEY, SCHEDULES_KEY, CHANGES_KEY, RELEASE_KEY)
 MASTER_CONFIG_KEY = "kiosk_fleet"  # master config: kiosk_fleet: {data: <path>}
 # campus settings a minion's slice carries (validate() ignores anything else)
-_CAMPUS_SETTINGS = ("timezone", "wol_port", "service_port", "repo_port", "vlans", "pis")
+_CAMPUS_SETTINGS = ("timezone", "wol_port", "service_port", "repo_port", "master_port", "vlans", "pis")
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_WOL_PORT = 9
 DEFAULT_SERVICE_PORT = 3389
 DEFAULT_REPO_PORT = 80  # the Pis' release repositories (nginx)
+DEFAULT_MASTER_PORT = 4506  # the Pi masters' ret port (Salt's master_port)
 # Salt minion ids and campus names: letters, digits, dot, dash, underscore
 _NAME = fleet_fields.NAME
 
@@ -85,6 +89,33 @@ def _address(value, field, errors):
     except ValueError:
         errors.append(f"{field}: {value!r} is not an IPv4 address")
         return None
+
+
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def master_address(value, default_port, field, errors):
+    """
+    A Pi's ``master``, ``host[:port]`` (IPv4 address or DNS name), as
+    ``"host:port"`` with ``default_port`` filled in; None (and a message in
+    ``errors``) when it is not one.
+    """
+    if not isinstance(value, str) or not value:
+        errors.append(f"{field}: {fleet_fields.shown(value)} is not host[:port]")
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, default_port
+    elif not port.isdigit() or not 1 <= int(port) <= 65535:
+        errors.append(f"{field}: {fleet_fields.shown(value)}: the port is not a port number (1-65535)")
+        return None
+    try:
+        host = str(ipaddress.IPv4Address(host))
+    except ValueError:
+        if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in host.split(".")):
+            errors.append(f"{field}: {fleet_fields.shown(value)} is not an IPv4 address or host name")
+            return None
+    return f"{host}:{int(port)}"
 
 
 def _name(value, field, errors):
@@ -116,7 +147,7 @@ def _validate_vlans(campus, raw, errors):
     return vlans
 
 
-def _validate_pis(campus, raw, vlans, errors):
+def _validate_pis(campus, raw, vlans, errors, master_port=DEFAULT_MASTER_PORT):
     pis = {}
     for pi_id, pi in _mapping(raw, f"campuses.{campus}.pis", errors).items():
         field = f"campuses.{campus}.pis.{pi_id}"
@@ -146,6 +177,11 @@ def _validate_pis(campus, raw, vlans, errors):
                 errors.append(f"{field}.repo_url: {repo_url!r} is not an http(s) URL ending in a path")
             else:
                 pis[pi_id]["repo_url"] = repo_url if repo_url.endswith("/") else repo_url + "/"
+        if pi.get("master") is not None:
+            # where kiosks reach this Pi's salt-master when not at its source on their VLAN
+            master = master_address(pi["master"], master_port, f"{field}.master", errors)
+            if master:
+                pis[pi_id]["master"] = master
 
     if not pis:
         errors.append(f"campuses.{campus}.pis: a campus needs at least one Pi")
@@ -224,10 +260,11 @@ def validate(data):
         wol_port = _port(spec.get("wol_port", DEFAULT_WOL_PORT), f"{field}.wol_port", errors)
         service_port = _port(spec.get("service_port", DEFAULT_SERVICE_PORT), f"{field}.service_port", errors)
         repo_port = _port(spec.get("repo_port", DEFAULT_REPO_PORT), f"{field}.repo_port", errors)
+        master_port = _port(spec.get("master_port", DEFAULT_MASTER_PORT), f"{field}.master_port", errors)
         vlans = _validate_vlans(campus, spec.get("vlans"), errors)
         if not vlans:
             errors.append(f"{field}.vlans: a campus needs at least one VLAN")
-        pis = _validate_pis(campus, spec.get("pis"), vlans, errors)
+        pis = _validate_pis(campus, spec.get("pis"), vlans, errors, master_port or DEFAULT_MASTER_PORT)
         kiosks = _validate_kiosks(campus, spec.get("kiosks"), vlans, service_port, errors, seen_macs)
         for minion_id, where in [(p, f"{field}.pis.{p}") for p in pis] + [
             (k, f"{field}.kiosks.{k}") for k in kiosks
@@ -241,6 +278,7 @@ def validate(data):
             "wol_port": wol_port,
             "service_port": service_port,
             "repo_port": repo_port,
+            "master_port": master_port,
             "vlans": vlans,
             "pis": pis,
             "kiosks": kiosks,

@@ -111,3 +111,42 @@ def test_home_pi_spreads_kiosks_over_the_campus_pis(raw):
     east = raw["campuses"]["east"]
     assert [fleet_inventory.home_pi(east, k) for k in sorted(east["kiosks"])] == ["pi-east-1", "pi-east-2"]
     assert fleet_inventory.names(" a, b ,", "campus") == ["a", "b"] and fleet_inventory.names(None, "campus") == []
+
+
+def test_pi_master_and_campus_master_port(raw):
+    east = raw["campuses"]["east"]
+    east["master_port"] = 14506
+    east["pis"]["pi-east-1"]["master"] = "pi-east-1.campus.lan"
+    east["pis"]["pi-east-2"]["master"] = "127.0.9.3:4600"
+    inv = fleet_inventory.validate(raw)
+    assert inv["campuses"]["east"]["master_port"] == 14506
+    assert inv["campuses"]["west"]["master_port"] == fleet_inventory.DEFAULT_MASTER_PORT == 4506
+    assert inv["campuses"]["east"]["pis"]["pi-east-1"]["master"] == "pi-east-1.campus.lan:14506"
+    assert inv["campuses"]["east"]["pis"]["pi-east-2"]["master"] == "127.0.9.3:4600"
+    assert "master" not in inv["campuses"]["west"]["pis"]["pi-west-1"]
+
+
+@pytest.mark.parametrize("value", ["", "host:", "host:0", "host:70000", "-bad-.lan", "a b", "[::1]:4506", 4506,
+                                   ["127.0.0.1"], "host:45x6", "127.0.0.1:4506:1"])
+def test_bad_pi_master_is_named(raw, value):
+    raw["campuses"]["west"]["pis"]["pi-west-2"]["master"] = value
+    assert any(e.startswith("campuses.west.pis.pi-west-2.master:") for e in errors_of(raw)), errors_of(raw)
+
+
+@pytest.mark.parametrize("value", [0, "4506", True, 65536])
+def test_bad_master_port_is_named(raw, value):
+    raw["campuses"]["west"]["master_port"] = value
+    assert any(e.startswith("campuses.west.master_port:") for e in errors_of(raw)), errors_of(raw)
+
+
+def test_kiosk_and_pi_slices_carry_the_campus_pis_with_master(raw):
+    raw["campuses"]["east"]["master_port"] = 14506
+    raw["campuses"]["east"]["pis"]["pi-east-2"]["master"] = "127.0.9.3"
+    fleet = {"kiosk_fleet": raw}
+    for minion_id in ("kiosk-east-02", "pi-east-1"):
+        inv = fleet_inventory.from_pillar(fleet_inventory.slice_for(fleet, minion_id))
+        east = inv["campuses"]["east"]
+        assert list(inv["campuses"]) == ["east"]
+        assert sorted(east["pis"]) == ["pi-east-1", "pi-east-2"]
+        assert east["pis"]["pi-east-2"]["master"] == "127.0.9.3:14506"
+        assert east["master_port"] == 14506

@@ -1,0 +1,272 @@
+import base64
+import copy
+import os
+import stat
+
+import pytest
+import salt.crypt
+import salt.utils.crypt
+import salt.utils.stringutils
+
+import fleet_inventory
+import fleet_keys
+from tests.support.topology import two_campus_inventory
+
+
+@pytest.fixture(scope="module")
+def campus_pair():
+    return fleet_keys.new_master_key_pair()
+
+
+@pytest.fixture(scope="module")
+def pi_pair():
+    return fleet_keys.new_master_key_pair()
+
+
+@pytest.fixture
+def raw():
+    return copy.deepcopy(two_campus_inventory(wol_port=40009)["kiosk_fleet"])
+
+
+@pytest.fixture
+def inv(raw):
+    return fleet_inventory.validate(raw)
+
+
+def test_key_pair_is_in_salts_own_format(campus_pair, tmp_path):
+    private, public = campus_pair
+    assert private.startswith(b"-----BEGIN RSA PRIVATE KEY-----")
+    assert public.startswith(b"-----BEGIN PUBLIC KEY-----")
+    # the same files Salt writes for a master, and Salt reads them as a pair
+    salt.crypt.gen_keys(str(tmp_path), "salt", 2048)
+    salts = (tmp_path / "salt.pem").read_bytes()
+    assert salts.splitlines()[0] == private.splitlines()[0]
+    assert (tmp_path / "salt.pub").read_bytes().splitlines()[0] == public.splitlines()[0]
+    (tmp_path / "campus.pem").write_bytes(private)
+    (tmp_path / "campus.pub").write_bytes(public)
+    sealed = salt.crypt.PublicKey(str(tmp_path / "campus.pub")).encrypt(b"aes key")
+    assert salt.crypt.PrivateKey(str(tmp_path / "campus.pem")).decrypt(sealed) == b"aes key"
+    assert not fleet_keys.same_public_key((tmp_path / "salt.pub").read_bytes(), public)
+
+
+def test_fingerprint_is_what_salt_key_prints(campus_pair):
+    _, public = campus_pair
+    assert fleet_keys.fingerprint(public) == salt.utils.crypt.pem_finger(key=public, sum_type="sha256")
+    assert fleet_keys.fingerprint(public.decode().replace("\n", "\r\n")) == fleet_keys.fingerprint(public)
+
+
+@pytest.mark.parametrize("bad", [1024, 2047, "2048", True, None, 2049])
+def test_bad_key_size_names_bits(bad):
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.new_master_key_pair(bad)
+    assert info.value.field == "bits"
+
+
+def test_seal_opens_only_with_the_right_private_key(campus_pair, pi_pair):
+    secret = campus_pair[0]
+    envelope = fleet_keys.seal(secret, pi_pair[1])
+    assert "PRIVATE" not in envelope and secret.decode() not in envelope
+    assert fleet_keys.unseal(envelope, pi_pair[0]) == secret
+    # the campus key itself (or any other) cannot open it
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.unseal(envelope, campus_pair[0])
+    assert info.value.field == "sealed"
+
+
+def test_two_seals_of_one_secret_differ(pi_pair):
+    assert fleet_keys.seal(b"x", pi_pair[1]) != fleet_keys.seal(b"x", pi_pair[1])
+
+
+def _flip(envelope, part, at):
+    parts = envelope.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(parts[part]))
+    raw[at] ^= 0x01
+    parts[part] = base64.urlsafe_b64encode(bytes(raw)).decode()
+    return ".".join(parts)
+
+
+@pytest.mark.parametrize("part,at", [(1, 0), (1, -1), (2, 0), (3, 0), (3, -1)])
+def test_any_changed_byte_fails_closed(pi_pair, part, at):
+    envelope = fleet_keys.seal(b"campus private key", pi_pair[1])
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.unseal(_flip(envelope, part, at), pi_pair[0])
+    assert info.value.field == "sealed"
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda e: e[:-8],
+    lambda e: e.replace("kfseal1", "kfseal2", 1),
+    lambda e: ".".join(e.split(".")[:3]),
+    lambda e: e + ".AAAA",
+    lambda e: e.replace(".", "!", 1),
+    lambda e: "",
+    lambda e: 42,
+    lambda e: e.encode(),
+])
+def test_malformed_envelopes_fail_closed(pi_pair, mangle):
+    envelope = fleet_keys.seal(b"secret", pi_pair[1])
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.unseal(mangle(envelope), pi_pair[0])
+    assert info.value.field == "sealed"
+
+
+def test_seal_refuses_private_key_as_recipient_without_echoing_it(pi_pair):
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.seal(b"x", pi_pair[0])
+    assert info.value.field == "recipient_public_pem"
+    assert "MII" not in str(info.value)
+
+
+@pytest.mark.parametrize("secret", ["text", b"", None])
+def test_seal_wants_bytes(pi_pair, secret):
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.seal(secret, pi_pair[1])
+    assert info.value.field == "secret"
+
+
+def test_unseal_bad_private_key_names_it(pi_pair):
+    envelope = fleet_keys.seal(b"x", pi_pair[1])
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.unseal(envelope, b"-----BEGIN RSA PRIVATE KEY-----\nnope\n-----END RSA PRIVATE KEY-----\n")
+    assert info.value.field == "private_pem"
+
+
+def test_write_master_key_pair(campus_pair, pi_pair, tmp_path):
+    pki = tmp_path / "pki" / "master"
+    assert fleet_keys.write_master_key_pair(str(pki), *campus_pair) is True
+    assert (pki / "master.pem").read_bytes() == campus_pair[0]
+    assert (pki / "master.pub").read_bytes() == campus_pair[1]
+    assert stat.S_IMODE(os.stat(pki / "master.pem").st_mode) == 0o400
+    assert stat.S_IMODE(os.stat(pki / "master.pub").st_mode) == 0o644
+    assert not (pki / "master.pem.previous").exists()
+    # same pair again: nothing written
+    before = os.stat(pki / "master.pem").st_mtime_ns
+    assert fleet_keys.write_master_key_pair(str(pki), *campus_pair) is False
+    assert os.stat(pki / "master.pem").st_mtime_ns == before
+    # a new pair: the old one is kept as .previous
+    assert fleet_keys.write_master_key_pair(str(pki), pi_pair[0], pi_pair[1].decode()) is True
+    assert (pki / "master.pem").read_bytes() == pi_pair[0]
+    assert (pki / "master.pem.previous").read_bytes() == campus_pair[0]
+    assert (pki / "master.pub.previous").read_bytes() == campus_pair[1]
+    assert stat.S_IMODE(os.stat(pki / "master.pem.previous").st_mode) == 0o400
+    assert not [p for p in os.listdir(pki) if p.endswith(".tmp")]
+
+
+def test_write_refuses_a_mismatched_pair_and_writes_nothing(campus_pair, pi_pair, tmp_path):
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.write_master_key_pair(str(tmp_path), campus_pair[0], pi_pair[1])
+    assert info.value.field == "public_pem"
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("pki_dir", ["relative/dir", "", None, "/tmp/a\0b"])
+def test_write_needs_an_absolute_pki_dir(campus_pair, pki_dir):
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.write_master_key_pair(pki_dir, *campus_pair)
+    assert info.value.field == "pki_dir"
+
+
+def test_autosign_ids_are_the_campus_only(inv):
+    east = fleet_keys.autosign_ids(inv, "east")
+    assert east == ["kiosk-east-01", "kiosk-east-02", "pi-east-1", "pi-east-2"]
+    west = set(fleet_keys.autosign_ids(inv, "west"))
+    assert not west & set(east)
+    assert all(i.startswith(("kiosk-west", "pi-west")) for i in west)
+
+
+@pytest.mark.parametrize("campus", ["north", None, ["east"]])
+def test_autosign_ids_unknown_campus_names_it(inv, campus):
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.autosign_ids(inv, campus)
+    assert info.value.field == "campus"
+
+
+def test_autosign_text_accepts_exactly_the_ids_as_salt_matches_them(raw):
+    raw["campuses"]["east"]["kiosks"]["kiosk.east.3"] = {"mac": "52:54:00:e1:00:03", "ip": "127.0.1.13", "vlan": "hall"}
+    inv = fleet_inventory.validate(raw)
+    ids = fleet_keys.autosign_ids(inv, "east")
+    text = fleet_keys.autosign_text(ids)
+    # what salt/daemons/masterapi.py check_signing_file does with the file
+    lines = [line.strip() for line in text.splitlines() if not line.strip().startswith("#")]
+
+    def accepted(minion_id):
+        return any(salt.utils.stringutils.expr_match(minion_id, line) for line in lines)
+
+    assert all(accepted(i) for i in ids)
+    for other in ["kiosk-west-01", "pi-west-1", "kioskXeastX3", "kiosk-east-011", "pi-east-", "kiosk-east-0", "x"]:
+        assert not accepted(other), other
+
+
+@pytest.mark.parametrize("ids,field", [("kiosk-1", "ids"), (["ok", "*"], "ids[1]"), (["a b"], "ids[0]"),
+                                      ([None], "ids[0]")])
+def test_autosign_text_refuses_non_ids(ids, field):
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.autosign_text(ids)
+    assert info.value.field == field
+
+
+def test_kiosk_masters_are_every_campus_pi_on_the_kiosks_vlan(inv):
+    assert fleet_keys.kiosk_masters(inv, "kiosk-east-01") == ["127.0.1.2:4506", "127.0.1.3:4506"]
+    assert fleet_keys.kiosk_masters(inv, "kiosk-east-02") == ["127.0.2.2:4506", "127.0.2.3:4506"]
+
+
+def test_kiosk_masters_honour_pi_master_and_campus_port(raw):
+    raw["campuses"]["east"]["master_port"] = 14506
+    raw["campuses"]["east"]["pis"]["pi-east-2"]["master"] = "pi-east-2.lan"
+    raw["campuses"]["east"]["pis"]["pi-east-1"]["master"] = "127.0.9.9:5000"
+    inv = fleet_inventory.validate(raw)
+    assert fleet_keys.kiosk_masters(inv, "kiosk-east-01") == ["127.0.9.9:5000", "pi-east-2.lan:14506"]
+    assert fleet_keys.kiosk_masters(inv, "kiosk-west-01") == ["127.0.3.2:4506", "127.0.3.3:4506"]
+
+
+def test_kiosk_masters_pi_without_address_names_its_master_field(raw):
+    del raw["campuses"]["east"]["pis"]["pi-east-2"]["vlans"]["stairs"]
+    inv = fleet_inventory.validate(raw)
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.kiosk_masters(inv, "kiosk-east-02")
+    assert info.value.field == "campuses.east.pis.pi-east-2.master"
+
+
+@pytest.mark.parametrize("kiosk", ["pi-east-1", "kiosk-nowhere", None, 3])
+def test_kiosk_masters_unknown_kiosk_names_kiosk_id(inv, kiosk):
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.kiosk_masters(inv, kiosk)
+    assert info.value.field == "kiosk_id"
+
+
+def test_kiosk_masters_needs_an_inventory():
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.kiosk_masters({"kiosk_fleet": {}}, "k")
+    assert info.value.field == "inventory"
+
+
+def test_kiosk_minion_config_is_hot_multi_master(inv):
+    config = fleet_keys.kiosk_minion_config(inv, "kiosk-west-01")
+    assert config["master"] == ["127.0.3.2:4506", "127.0.3.3:4506"]
+    assert config["master_type"] == "str"
+    assert config["master_alive_interval"] == 0
+    assert config["random_master"] is False
+    assert config["tcp_keepalive"] is True
+    assert "auto_accept" not in config
+
+
+def test_kiosk_minion_config_overrides_keep_their_type(inv):
+    config = fleet_keys.kiosk_minion_config(inv, "kiosk-west-01", acceptance_wait_time=1, auth_timeout=2)
+    assert config["acceptance_wait_time"] == 1 and config["auth_timeout"] == 2
+    for bad, field in [({"master": ["x"]}, "master"), ({"master_type": "failover"}, "master_type"),
+                       ({"tcp_keepalive": 1}, "tcp_keepalive"), ({"auth_tries": True}, "auth_tries"),
+                       ({"recon_max": "1"}, "recon_max")]:
+        with pytest.raises(fleet_keys.CampusKeyError) as info:
+            fleet_keys.kiosk_minion_config(inv, "kiosk-west-01", **bad)
+        assert info.value.field == field
+
+
+def test_kiosk_minion_config_is_a_valid_salt_minion_config(inv, tmp_path):
+    import salt.config
+    import yaml
+
+    path = tmp_path / "minion"
+    path.write_text(yaml.safe_dump({"id": "kiosk-west-01", "root_dir": str(tmp_path), **fleet_keys.kiosk_minion_config(inv, "kiosk-west-01")}))
+    opts = salt.config.minion_config(str(path), cache_minion_id=False)
+    assert opts["master"] == ["127.0.3.2:4506", "127.0.3.3:4506"]
+    assert opts["tcp_keepalive_idle"] == 60
