@@ -26,6 +26,8 @@ import importlib.util
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
     from saltext_kiosk_fleet.utils import (
+        fleet_alerts,
+        fleet_fields,
         fleet_inventory,
         fleet_metrics,
         fleet_release,
@@ -36,6 +38,8 @@ if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec(
         fleet_store,
     )
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_alerts
+    import fleet_fields
     import fleet_inventory
     import fleet_metrics
     import fleet_release
@@ -90,8 +94,18 @@ class _Run:
         return self._once("store", lambda: fleet_store.store_dir(self.conf.get("store"), base))
 
     @property
+    def data(self):
+        return self._once("data", lambda: fleet_inventory.master_data(__opts__))
+
+    @property
     def inventory(self):
-        return self._once("inventory", lambda: fleet_inventory.master_inventory(__opts__))
+        return self._once("inventory", lambda: fleet_inventory.validate(self.data.get(fleet_inventory.PILLAR_KEY)))
+
+    def verify_keys(self):
+        """The fleet's release verify keys (fleet data ``kiosk_release:verify_key``, what the Pis get in pillar)."""
+        release = self.data.get(fleet_inventory.RELEASE_KEY)
+        return self._once("verify_keys", lambda: fleet_sign.verify_keys(
+            release.get("verify_key") if isinstance(release, dict) else None))
 
     def master_source(self):
         return self._once("source", lambda: fleet_store.master_source(self.conf.get("master_url")))
@@ -682,3 +696,82 @@ def status(name=None, campuses=None, timeout=60):
     if problems:
         ret.update(result=False, error="; ".join(problems))
     return _finish("status", ret, _record_kiosks(name, on_pin, silent))
+
+
+# --------------------------------------------------------------------------- a standby top master
+
+
+def _alert_refused(name, found):
+    """
+    Post one alert per Pi whose pin was refused (``kiosk_alert.post``, as
+    ``kiosk_power.verify`` posts its mismatches): ``{"posted": [pi], "errors": [...]}``.
+    """
+    posted, errors = [], []
+    for campus, seen in sorted(found.items()):
+        for pi, why in sorted(seen["refused"].items()):
+            claim = {"minion": pi, "body": {"name": name, "version": why["version"], "hop": "pi->master",
+                                            "error": why["error"], "source": None}}
+            try:
+                answer = __salt__["kiosk_alert.post"](fleet_alerts.release_alert(claim, campus))
+            except (fleet_alerts.AlertError, KeyError) as exc:  # KeyError: kiosk_alert not loaded here
+                answer = {"result": False, "error": str(exc)}
+            if answer.get("result"):
+                posted.append(pi)
+            else:
+                errors.append(f"{pi}: {answer.get('error')}")
+    return {"posted": posted, "errors": errors}
+
+
+def rebuild(name=None, campuses=None, dry_run=False, timeout=60):
+    """
+    Rebuild the runner's pins of ``name`` for ``campuses`` (default: all)
+    from the Pis' repository indexes (``kiosk_pkg.repo_status``): what a
+    warm standby top master runs after taking over with an empty or stale
+    state. Each Pi's pin is verified here with the fleet data's
+    ``kiosk_release:verify_key`` for the Pi's own campus; the newest valid
+    serial wins, and replaces the state's pin only when newer. Rebuilt pins
+    count as pushed (kiosks follow them at boot; ``rollout`` pushes now).
+    Pis that hold an older pin or none are listed (``behind``); a forged,
+    unsigned or other campus's pin is refused and alerted; pinned versions
+    missing from this master's store are reported (copy the store).
+    ``dry_run=True`` reports and writes nothing. Exit code 1 on a refused
+    pin, a conflict, a campus no Pi answered, or a pinned version not in
+    the store.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_release.rebuild kiosk-app dry_run=True
+        salt-run kiosk_release.rebuild kiosk-app campuses=riverside,hillside --out=json
+    """
+    try:
+        run = _Run()
+        fleet_release.check_name(name)
+        targets = run.campuses(campuses)
+        timeout = fleet_runner.number(timeout, "timeout", 1, 3600)
+        if not isinstance(dry_run, bool):
+            raise fleet_rollout.RolloutError(f"dry_run: expected True or False, got {fleet_fields.shown(dry_run)}")
+        keys = run.verify_keys()
+        published = fleet_store.published(run.store, name)
+    except ValueError as exc:
+        return fleet_runner.fail(__context__, exc) if dry_run is True else _failed("rebuild", exc)
+    pis = {c: run.pis(c) for c in targets}
+    returns = _call([p for per in pis.values() for p in per], "kiosk_pkg.repo_status", [name], {}, timeout)
+    found = {c: fleet_rollout.pis_pin(name, c, pis[c], returns, keys) for c in targets}
+    alerts = _alert_refused(name, found)
+    now = time.time()
+    try:
+        if dry_run:
+            report = fleet_rollout.rebuild_report(run.state.read(), name, found, published, now)
+        else:
+            with run.state.locked() as state:
+                report = fleet_rollout.rebuild_report(state, name, found, published, now)
+    except ValueError as exc:
+        return fleet_runner.fail(__context__, exc) if dry_run else _failed("rebuild", exc)
+    report_campuses, missing, problems = report
+    ret = {"result": not problems, "name": name, "dry_run": dry_run, "campuses": report_campuses,
+           "missing_from_store": missing, "alerts": alerts}
+    if problems:
+        ret["error"] = "; ".join(problems)
+    return fleet_runner.finish(__context__, ret) if dry_run else _finish("rebuild", ret)

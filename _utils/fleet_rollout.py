@@ -439,6 +439,162 @@ def wait_for_staging(state, name, campus, serial):
     state.setdefault("to_stage", {}).setdefault(name, {})[campus] = serial
 
 
+# --------------------------------------------------------------------------- rebuilding pins from the Pis
+
+
+def _shown_pin(pin):
+    return {"version": pin.get("version"), "serial": pin.get("serial")}
+
+
+def pis_pin(name, campus, pis, pi_returns, keys):
+    """
+    What the Pis of ``campus`` hold as its pin (``pi_returns``: ``{pi:
+    kiosk_pkg.repo_status return}``, a silent Pi left out), each pin checked
+    here with ``keys`` for this campus (:func:`fleet_sign.verify_pin`; the
+    Pi's own ``pin_verified`` is not believed: a return can be forged behind
+    a syndic). The campus pin is the valid one with the highest serial.
+
+    Returns ``{"pin": signed pin or None, "from": [Pis holding it], "behind":
+    {pi: {version, serial} or None (no pin)}, "refused": {pi: {"error",
+    "version"}}, "failed": {pi: reason}, "silent": [pi], "staged": versions
+    the answering Pis list (their word), "conflict": None or why}``. Two
+    different valid pins with the same top serial are a conflict: no pin is
+    chosen.
+    """
+    out = {"pin": None, "from": [], "behind": {}, "refused": {}, "failed": {}, "silent": [], "staged": [],
+           "conflict": None}
+    valid, staged = {}, set()
+    for pi in pis:
+        if pi not in pi_returns:
+            out["silent"].append(pi)
+            continue
+        ret = pi_returns[pi]
+        if not answer_ok(ret):
+            out["failed"][pi] = answer_error(ret)
+            continue
+        staged.update(v for v in (ret.get("staged") if isinstance(ret.get("staged"), list) else [])
+                      if isinstance(v, str) and fleet_release.VERSION.match(v))
+        pin = ret.get("pin")
+        if pin is None:
+            valid[pi] = None
+            continue
+        try:
+            valid[pi] = fleet_sign.verify_pin(pin, keys, name, campus, f"{pi}.pin")
+        except fleet_release.ReleaseError as exc:
+            version = pin.get("version") if isinstance(pin, dict) else None
+            shown = version if isinstance(version, str) and fleet_release.VERSION.match(version) else None
+            out["refused"][pi] = {"error": str(exc), "version": shown}
+    out["staged"] = fleet_release.sort_versions(staged)
+    pins = [p for p in valid.values() if p is not None]
+    if pins:
+        top = max(p["serial"] for p in pins)
+        best = [p for p in pins if p["serial"] == top]
+        holders = sorted(pi for pi, p in valid.items() if p is not None and p["serial"] == top)
+        if any(p != best[0] for p in best):
+            out["conflict"] = (f"{campus}: {', '.join(holders)} hold different pins signed with serial {top}: "
+                               f"{', '.join(sorted({str(p['version']) for p in best}))}")
+        else:
+            out["pin"], out["from"] = best[0], holders
+    out["behind"] = {pi: (_shown_pin(p) if p is not None else None) for pi, p in sorted(valid.items())
+                     if pi not in out["from"]}
+    return out
+
+
+def rebuild_pin(state, name, campus, found, now):
+    """
+    Put the campus pin the Pis hold (``found``, from :func:`pis_pin`) into
+    ``state`` when it is newer than the state's (a standby's empty or older
+    copy): the signed pin as it was signed, ``at`` its signing time, a
+    history made of the state's entry (its history and version) or, with no
+    entry, of the versions the Pis staged below the pin. A rebuilt pin
+    counts as pushed (:func:`hold_push`): the master that set it may have
+    pushed it or held it (``pin``), and a standby must not start installs
+    the operator did not order; kiosks follow it at their next boot.
+    Returns ``(action, entry)``: ``rebuilt`` (no entry before), ``updated``
+    (an older one), ``kept`` (the state's is as new or newer), ``none`` (no
+    Pi holds a pin), ``unanswered`` (no Pi gave a usable answer),
+    ``conflict`` (:func:`pis_pin`'s, or the state holds another pin with the
+    same serial); ``state`` changes only for the first two.
+    """
+    current = pin_of(state, name, campus)
+    pin = found["pin"]
+    if found["conflict"]:
+        return "conflict", current
+    if pin is None:
+        if current:
+            return "kept", current
+        answered = found["from"] or found["behind"]
+        return ("none" if answered else "unanswered"), None
+    if current and int(current.get("serial") or 0) >= pin["serial"]:
+        signed = current.get("signed")
+        same = isinstance(signed, dict) and signed == pin
+        if current.get("serial") == pin["serial"] and isinstance(signed, dict) and not same:
+            return "conflict", current
+        return "kept", current
+    if current:
+        history = [*(current.get("history") or []), current.get("version")]
+    else:
+        wanted = fleet_release.parse_version(pin["version"]) if pin["version"] is not None else None
+        history = [v for v in found["staged"] if wanted is None or fleet_release.parse_version(v) < wanted]
+    history = [v for v in history if isinstance(v, str) and v != pin["version"]]
+    entry = {"version": pin["version"], "serial": pin["serial"], "history": history[-PIN_HISTORY:],
+             "at": _iso(pin["signed_at"]), "signed": pin, "rebuilt_at": _iso(now)}
+    state.setdefault("pins", {}).setdefault(name, {})[campus] = entry
+    hold_push(state, name, campus, pin["serial"])
+    for key in ("to_stage", "pushing"):  # claims and waits of older serials: never acted on again
+        per = state.get(key, {}).get(name, {})
+        per.pop(campus, None)
+        if not per and name in state.get(key, {}):
+            del state[key][name]
+        if key in state and not state[key]:
+            del state[key]
+    return ("updated" if current else "rebuilt"), entry
+
+
+def missing_from_store(pins, published):
+    """``{version: [campus]}`` of the pinned versions (``{campus: version or None}``) the store does not hold."""
+    missing = {}
+    for campus, version in sorted(pins.items()):
+        if version is not None and version not in published:
+            missing.setdefault(version, []).append(campus)
+    return missing
+
+
+def rebuild_report(state, name, found, published, now):
+    """
+    :func:`rebuild_pin` for every campus of ``found`` (``{campus: pis_pin
+    result}``) into ``state``, and what ``kiosk_release.rebuild`` reports:
+    ``(campuses, missing, problems)``. ``campuses`` is ``{campus: {action,
+    pin, serial, signed_at, from, behind, refused, failed, silent}}``,
+    ``missing`` :func:`missing_from_store` of the resulting pins against
+    ``published`` (the store's versions); ``problems`` what makes the run
+    fail: refused pins (forged, unsigned, another campus's), conflicts,
+    campuses no Pi answered, pinned versions the store lacks.
+    """
+    campuses, problems = {}, []
+    for campus, seen in sorted(found.items()):
+        action, entry = rebuild_pin(state, name, campus, seen, now)
+        campuses[campus] = {
+            "action": action,
+            "pin": entry["version"] if entry else None,
+            "serial": entry["serial"] if entry else None,
+            "signed_at": ((entry.get("signed") or {}).get("signed_at") if entry else None),
+            **{k: seen[k] for k in ("from", "behind", "refused", "failed", "silent")},
+        }
+        for pi, why in sorted(seen["refused"].items()):
+            problems.append(f"{campus}: the pin on {pi} is refused: {why['error']}")
+        if action == "conflict":
+            problems.append(seen["conflict"] or f"{campus}: the Pis' pin and the state's share serial "
+                                                 f"{entry['serial']} but differ")
+        if action == "unanswered":
+            problems.append(f"{campus}: no Pi gave a usable answer")
+    missing = missing_from_store({c: e["pin"] for c, e in campuses.items()}, published)
+    for version, where in missing.items():
+        problems.append(f"{name} {version} (pinned on {', '.join(where)}) is not in this master's store: "
+                        f"copy the store from the old master or its backup")
+    return campuses, missing, problems
+
+
 # --------------------------------------------------------------------------- rollback
 
 

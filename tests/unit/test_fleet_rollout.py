@@ -377,6 +377,144 @@ def test_pin_holds_its_push_and_publish_records_what_waits():
     assert state["to_stage"] == {"kiosk-app": {"west": 1001}}
 
 
+# --------------------------------------------------------------------------- rebuilding pins from the Pis
+
+
+OTHER_KEY = fleet_sign.new_key_pair()
+
+
+def signed(version, serial, campus="east", key=KEY, name="kiosk-app"):
+    return fleet_sign.sign_pin(name, campus, version, serial, key[0], signed_at=serial)
+
+
+def status_of(pin, staged=("1.3.0", "1.4.0"), verified=True):
+    return {"result": True, "staged": list(staged), "pin": pin, "pin_verified": verified}
+
+
+PIS = ["pi-east-1", "pi-east-2", "pi-east-3", "pi-east-4"]
+
+
+def test_the_campus_pin_is_the_newest_valid_one_and_the_others_are_listed_behind():
+    new, old = signed("1.4.0", 2000), signed("1.3.0", 1000)
+    found = fleet_rollout.pis_pin("kiosk-app", "east", PIS, {
+        "pi-east-1": status_of(old), "pi-east-2": status_of(new), "pi-east-3": status_of(None)}, [KEY[1]])
+    assert found["pin"] == new and found["from"] == ["pi-east-2"] and found["conflict"] is None
+    assert found["behind"] == {"pi-east-1": {"version": "1.3.0", "serial": 1000}, "pi-east-3": None}
+    assert found["silent"] == ["pi-east-4"] and found["refused"] == {} and found["failed"] == {}
+    assert found["staged"] == ["1.3.0", "1.4.0"]
+
+
+@pytest.mark.parametrize("what, pin, match", [
+    ("another key", signed("9.9.9", 10**6, key=OTHER_KEY), r"^pi-east-1\.pin\.signature: does not match"),
+    ("unsigned", {"kind": "pin", "name": "kiosk-app", "campus": "east", "version": "9.9.9", "serial": 10**6,
+                  "signed_at": 10**6}, r"^pi-east-1\.pin\.signature: missing"),
+    ("raised serial", dict(signed("1.4.0", 2000), serial=10**6), r"^pi-east-1\.pin\.signature: does not match"),
+    ("another campus", signed("9.9.9", 10**6, campus="west"), r"^pi-east-1\.pin\.campus: "),
+    ("another release", signed("9.9.9", 10**6, name="other"), r"^pi-east-1\.pin\.name: "),
+    ("garbage", "not json", r"^pi-east-1\.pin: not JSON"),
+])
+def test_a_forged_or_foreign_pin_is_refused_and_never_outranks_a_valid_one(what, pin, match):
+    good = signed("1.4.0", 2000)
+    # the Pi's own pin_verified is its word: checked here again
+    found = fleet_rollout.pis_pin("kiosk-app", "east", PIS[:2], {
+        "pi-east-1": status_of(pin, verified=True), "pi-east-2": status_of(good)}, [KEY[1]])
+    assert found["pin"] == good and found["from"] == ["pi-east-2"], what
+    assert list(found["refused"]) == ["pi-east-1"] and re.search(match, found["refused"]["pi-east-1"]["error"]), found
+    assert found["refused"]["pi-east-1"]["version"] in ("9.9.9", "1.4.0", None)
+    assert "pi-east-1" not in found["behind"]
+
+
+def test_failed_and_conflicting_answers_and_equal_serials_with_different_pins():
+    found = fleet_rollout.pis_pin("kiosk-app", "east", PIS[:3], {
+        "pi-east-1": {"result": False, "error": "kiosk_release:verify_key: missing"},
+        "pi-east-2": "answered twice, differently (a forged return): not believed",
+        "pi-east-3": status_of(signed("1.4.0", 2000), staged=["1.4.0", "../x", 7])}, [KEY[1]])
+    assert found["failed"] == {"pi-east-1": "kiosk_release:verify_key: missing",
+                               "pi-east-2": "answered twice, differently (a forged return): not believed"}
+    assert found["staged"] == ["1.4.0"]  # what is no version is not believed either
+    # two genuine pins, one serial, two versions (two masters signing at once): none is chosen
+    found = fleet_rollout.pis_pin("kiosk-app", "east", PIS[:2], {
+        "pi-east-1": status_of(signed("1.4.0", 2000)), "pi-east-2": status_of(signed("1.3.0", 2000))}, [KEY[1]])
+    assert found["pin"] is None and found["from"] == [] and "serial 2000: 1.3.0, 1.4.0" in found["conflict"]
+    state = state_with({})
+    assert fleet_rollout.rebuild_pin(state, "kiosk-app", "east", found, 5000) == ("conflict", None)
+    assert state == state_with({})
+
+
+def test_an_empty_state_gets_the_pis_pin_signed_as_it_was_held_and_its_history_from_the_staged_versions():
+    pin = signed("1.4.0", 2000)
+    found = fleet_rollout.pis_pin("kiosk-app", "east", PIS[:2], {
+        "pi-east-1": status_of(pin, staged=["1.2.0", "1.3.0", "1.4.0", "1.5.0"]), "pi-east-2": status_of(None)},
+        [KEY[1]])
+    state = {"pins": {}, "pushed": {}, "to_stage": {"kiosk-app": {"east": 5}},
+             "pushing": {"kiosk-app": {"east": {"serial": 5, "until": 9}}}}
+    action, entry = fleet_rollout.rebuild_pin(state, "kiosk-app", "east", found, 5000)
+    assert action == "rebuilt" and entry is state["pins"]["kiosk-app"]["east"]
+    assert entry == {"version": "1.4.0", "serial": 2000, "history": ["1.2.0", "1.3.0"],
+                     "at": "1970-01-01T00:33:20+00:00", "signed": pin, "rebuilt_at": "1970-01-01T01:23:20+00:00"}
+    # held, not due: a standby never starts installs nobody ordered; stale claims of the lost master go
+    assert state["pushed"] == {"kiosk-app": {"east": 2000}} and "to_stage" not in state and "pushing" not in state
+    assert fleet_rollout.push_decision(state, "kiosk-app", "east", "1.4.0", 0)[0] is None
+    # what the runner sends the Pis next is that same signed pin, no key needed
+    assert fleet_rollout.pin_doc("kiosk-app", "east", entry, None) is pin
+    # the next pin set on the standby goes above it
+    assert fleet_rollout.set_pin(state, "kiosk-app", "east", "1.5.0", KEY[0], now=100)["serial"] == 2001
+    assert state["pins"]["kiosk-app"]["east"]["history"] == ["1.2.0", "1.3.0", "1.4.0"]
+
+
+def test_an_older_state_is_updated_a_newer_or_equal_one_kept_and_a_different_equal_one_is_a_conflict():
+    old = {"version": "1.3.0", "serial": 1000, "history": ["1.2.0"], "signed": signed("1.3.0", 1000)}
+    found = {"pin": signed("1.4.0", 2000), "from": ["pi-east-1"], "behind": {}, "refused": {}, "failed": {},
+             "silent": [], "staged": ["1.0.0"], "conflict": None}
+    state = state_with({"east": copy.deepcopy(old)})
+    action, entry = fleet_rollout.rebuild_pin(state, "kiosk-app", "east", found, 5000)
+    assert action == "updated" and entry["history"] == ["1.2.0", "1.3.0"] and entry["serial"] == 2000
+    again = copy.deepcopy(state)
+    assert fleet_rollout.rebuild_pin(again, "kiosk-app", "east", found, 6000)[0] == "kept" and again == state
+    newer = state_with({"east": {"version": "1.5.0", "serial": 3000, "history": []}})
+    before = copy.deepcopy(newer)
+    assert fleet_rollout.rebuild_pin(newer, "kiosk-app", "east", found, 5000)[0] == "kept" and newer == before
+    other = state_with({"east": {"version": "1.5.0", "serial": 2000, "history": [], "signed": signed("1.5.0", 2000)}})
+    before = copy.deepcopy(other)
+    assert fleet_rollout.rebuild_pin(other, "kiosk-app", "east", found, 5000)[0] == "conflict" and other == before
+    none = dict(found, pin=None, **{"from": []})
+    assert fleet_rollout.rebuild_pin(state_with({}), "kiosk-app", "east", dict(none, behind={"pi-east-1": None}),
+                                     1)[0] == "none"
+    assert fleet_rollout.rebuild_pin(state_with({}), "kiosk-app", "east", none, 1) == ("unanswered", None)
+    assert fleet_rollout.rebuild_pin(state_with({"east": old}), "kiosk-app", "east", none, 1)[0] == "kept"
+
+
+def test_a_frozen_pin_is_rebuilt_frozen():
+    found = fleet_rollout.pis_pin("kiosk-app", "east", PIS[:1], {"pi-east-1": status_of(signed(None, 3000))},
+                                  [KEY[1]])
+    state = state_with({})
+    action, entry = fleet_rollout.rebuild_pin(state, "kiosk-app", "east", found, 5000)
+    assert action == "rebuilt" and entry["version"] is None and entry["history"] == ["1.3.0", "1.4.0"]
+
+
+def test_the_rebuild_report_fails_on_refused_pins_conflicts_silence_and_versions_missing_from_the_store():
+    good = {"pin": signed("1.4.0", 2000), "from": ["pi-east-1"], "behind": {"pi-east-2": None},
+            "refused": {"pi-east-3": {"error": "pi-east-3.pin.signature: does not match", "version": None}},
+            "failed": {}, "silent": [], "staged": [], "conflict": None}
+    quiet = {"pin": None, "from": [], "behind": {}, "refused": {}, "failed": {}, "silent": ["pi-west-1"],
+             "staged": [], "conflict": None}
+    state = state_with({})
+    campuses, missing, problems = fleet_rollout.rebuild_report(state, "kiosk-app", {"east": good, "west": quiet},
+                                                               ["1.3.0"], 5000)
+    assert campuses["east"] == {"action": "rebuilt", "pin": "1.4.0", "serial": 2000, "signed_at": 2000,
+                                "from": ["pi-east-1"], "behind": {"pi-east-2": None},
+                                "refused": good["refused"], "failed": {}, "silent": []}
+    assert campuses["west"]["action"] == "unanswered" and campuses["west"]["pin"] is None
+    assert missing == {"1.4.0": ["east"]}
+    assert problems == ["east: the pin on pi-east-3 is refused: pi-east-3.pin.signature: does not match",
+                        "west: no Pi gave a usable answer",
+                        "kiosk-app 1.4.0 (pinned on east) is not in this master's store: copy the store from the "
+                        "old master or its backup"]
+    assert fleet_rollout.rebuild_report(state_with({}), "kiosk-app", {"east": dict(good, refused={})},
+                                        ["1.4.0"], 5000)[1:] == ({}, [])
+    assert fleet_rollout.missing_from_store({"a": None, "b": "1.0", "c": "1.0"}, []) == {"1.0": ["b", "c"]}
+
+
 # --------------------------------------------------------------------------- rollback
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 
 import pytest
 import salt.client
@@ -106,6 +107,7 @@ class Master:
         self.fleet = Fleet(inventory)
         monkeypatch.setattr(salt.client, "get_local_client", lambda *args, **kwargs: self.fleet)
         tmp_path.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = tmp_path
         (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(inventory))
         self.root = tmp_path / "builds"
         self.root.mkdir()
@@ -139,6 +141,12 @@ class Master:
 
     def state(self):
         return json.loads(self.state_file.read_text())
+
+    def trust(self, *public_keys):
+        """Put the release verify keys into the fleet data, as pillar gives them to the Pis."""
+        data = yaml.safe_load((self.tmp_path / "fleet.yaml").read_text())
+        data["kiosk_release"] = {"verify_key": list(public_keys or [self.public])}
+        (self.tmp_path / "fleet.yaml").write_text(yaml.safe_dump(data))
 
 
 @pytest.fixture
@@ -334,10 +342,12 @@ CALLS = {
     "published": {"name": NAME},
     "keygen": {"path": "/nonexistent-dir-for-keys/k.pem"},
     "public_key": {"path": "/nonexistent/k.pem"},
+    "rebuild": {"name": NAME},
 }
 EXTRA = {"rollout": ["campuses", "canary", "rings", "max_error_share", "timeout"], "stage": ["campuses", "timeout"],
          "publish": ["campuses", "md5", "success_codes"], "status": ["campuses", "timeout"], "push": ["pi", "timeout"],
-         "on_published": ["campuses", "timeout"], "pin": ["timeout"], "rollback": ["timeout"], "keygen": ["force"]}
+         "on_published": ["campuses", "timeout"], "pin": ["timeout"], "rollback": ["timeout"], "keygen": ["force"],
+         "rebuild": ["campuses", "dry_run", "timeout"]}
 
 
 def test_every_runner_answers_odd_input_with_a_named_field_never_a_traceback(master):
@@ -351,3 +361,100 @@ def test_every_runner_answers_odd_input_with_a_named_field_never_a_traceback(mas
                 if not ret["result"]:  # a refused input names its field; the rest is what the (silent) fleet did
                     assert re.match(r"^([\w.:/\[\]-]+: |halted after ring |no Pi of |the pin could not be cleared )",
                                     ret["error"]), (fun, arg, value, ret["error"])
+
+
+# --------------------------------------------------------------------------- a standby top master
+
+
+def test_a_standby_with_an_empty_state_rebuilds_the_pins_from_the_pis_signed_indexes(master):
+    master.trust()
+    posts = []
+    master.runners["kiosk_alert.post"] = lambda payload: posts.append(payload) or {"result": True}
+    master.publish("1.0.0", b"build one")
+    master.publish("1.1.0", b"build two")
+    assert master.run("rollout", NAME, "1.0.0")["result"] is True
+    assert master.run("rollout", NAME, "1.1.0", campuses="east")["result"] is True
+    assert master.run("pin", NAME, "1.0.0", campus="west")["result"] is True  # held: not to be pushed
+    original = master.state()
+    master.state_file.unlink()  # the standby: same keys and config, no state
+    jobs = len(master.fleet.jobs)
+    ret = master.run("rebuild", NAME, dry_run=True)
+    assert ret["result"] is True and ret["dry_run"] is True, ret
+    assert {c: e["action"] for c, e in ret["campuses"].items()} == {"east": "rebuilt", "west": "rebuilt"}
+    assert not master.state_file.exists()  # a dry run writes nothing, metrics included
+    assert master.fleet.funs()[jobs:] == ["kiosk_pkg.repo_status"]  # one job, to the Pis only
+    assert sorted(master.fleet.jobs[-1][1]) == ["pi-east-1", "pi-east-2", "pi-west-1", "pi-west-2"]
+    ret = master.run("rebuild", NAME)
+    assert ret["result"] is True and ret["retcode"] == 0 and ret["missing_from_store"] == {}, ret
+    east = ret["campuses"]["east"]
+    assert east["action"] == "rebuilt" and east["pin"] == "1.1.0" and east["from"] == ["pi-east-1", "pi-east-2"]
+    rebuilt = master.state()
+    for campus in ("east", "west"):
+        was, now = original["pins"][NAME][campus], rebuilt["pins"][NAME][campus]
+        assert (now["version"], now["serial"], now["signed"]) == (was["version"], was["serial"], was["signed"])
+    assert rebuilt["pins"][NAME]["east"]["history"] == ["1.0.0"]
+    assert rebuilt["pushed"][NAME] == original["pushed"][NAME]  # pushed (east) and held (west) alike
+    assert posts == [] and master.fleet.funs()[-1] == "kiosk_pkg.repo_status"  # no push, no stage
+    assert 'kiosk_release_last_run_success{action="rebuild"} 1' in (master.metrics / "kiosk_release.prom").read_text()
+    # a second run finds nothing newer: the state file stays as it was but for the run's metrics
+    again = master.run("rebuild", NAME)
+    assert {c: e["action"] for c, e in again["campuses"].items()} == {"east": "kept", "west": "kept"}
+    assert master.state()["pins"] == rebuilt["pins"]
+    # the standby's next pin goes above what the Pis hold
+    assert master.run("pin", NAME, "1.1.0", campus="west")["pins"]["west"]["serial"] > original["pins"][NAME]["west"][
+        "serial"]
+
+
+def test_a_forged_index_is_refused_and_alerted_and_a_pi_behind_is_reported(tmp_path, monkeypatch):
+    master = Master(tmp_path, monkeypatch)
+    master.trust()
+    posts = []
+    master.runners["kiosk_alert.post"] = lambda payload: posts.append(payload) or {"result": True}
+    master.publish("1.0.0", b"build one")
+    assert master.run("rollout", NAME, "1.0.0", campuses="east")["result"] is True
+    genuine = master.fleet.pins["pi-east-2"]
+    key = fleet_sign.new_key_pair()[0]  # another key: not in the fleet's verify keys
+    master.fleet.pins["pi-east-1"] = fleet_sign.sign_pin(NAME, "east", "6.6.6", genuine["serial"] + 10, key)
+    master.fleet.pins["pi-west-1"] = dict(genuine, campus="west")  # east's genuine pin, replayed for west
+    master.state_file.unlink()
+    ret = master.run("rebuild", NAME, timeout=5)
+    assert ret["result"] is False and ret["retcode"] == 1, ret
+    east, west = ret["campuses"]["east"], ret["campuses"]["west"]
+    assert east["action"] == "rebuilt" and east["pin"] == "1.0.0" and east["from"] == ["pi-east-2"]
+    assert east["refused"]["pi-east-1"]["error"].startswith("pi-east-1.pin.signature: does not match")
+    assert west["refused"]["pi-west-1"]["error"].startswith("pi-west-1.pin.signature: does not match")
+    assert west["action"] == "none" and west["behind"] == {"pi-west-2": None}
+    assert master.state()["pins"][NAME] == {"east": master.state()["pins"][NAME]["east"]}
+    assert master.state()["pins"][NAME]["east"]["signed"] == genuine
+    assert [(p["minion"], p["campus"], p["hop"], p["version"]) for p in posts] == [
+        ("pi-east-1", "east", "pi->master", "6.6.6"), ("pi-west-1", "west", "pi->master", "1.0.0")]
+    assert "refused" in ret["error"] and "pi-east-1" in ret["error"]
+    assert ret["alerts"] == {"posted": ["pi-east-1", "pi-west-1"], "errors": []}
+    # a Pi that missed the last pin change is listed behind, not failed
+    master.fleet.pins["pi-east-1"] = fleet_sign.sign_pin(NAME, "east", "1.0.0", genuine["serial"] - 5,
+                                                         pathlib.Path(master.conf["signing_key"]).read_bytes())
+    master.fleet.pins["pi-west-1"] = None
+    ret = master.run("rebuild", NAME, campuses="east")
+    assert ret["result"] is True and ret["campuses"]["east"]["action"] == "kept", ret
+    assert ret["campuses"]["east"]["behind"] == {"pi-east-1": {"version": "1.0.0", "serial": genuine["serial"] - 5}}
+
+
+def test_a_rebuild_reports_pins_the_store_lacks_and_refuses_to_run_without_verify_keys(master):
+    master.publish("1.0.0", b"build one")
+    assert master.run("rollout", NAME, "1.0.0", campuses="east")["result"] is True
+    ret = master.run("rebuild", NAME)
+    assert ret["result"] is False and ret["error"].startswith("kiosk_release:verify_key: missing"), ret
+    jobs = len(master.fleet.jobs)
+    master.trust()
+    shutil.rmtree(master.store)  # the standby's store was never copied
+    master.state_file.unlink()
+    ret = master.run("rebuild", NAME)
+    assert ret["result"] is False and ret["missing_from_store"] == {"1.0.0": ["east"]}, ret
+    assert "kiosk-app 1.0.0 (pinned on east) is not in this master's store" in ret["error"]
+    assert master.state()["pins"][NAME]["east"]["version"] == "1.0.0"  # rebuilt all the same
+    # every Pi silent: nothing to rebuild from, nothing written
+    master.state_file.unlink()
+    master.fleet.silent.update(master.fleet.campus)
+    ret = master.run("rebuild", NAME, campuses="west", timeout=5)
+    assert ret["result"] is False and ret["error"] == "west: no Pi gave a usable answer", ret
+    assert master.state()["pins"] == {} and len(master.fleet.jobs) == jobs + 2
