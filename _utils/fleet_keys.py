@@ -290,6 +290,93 @@ def autosign_text(ids):
     return "\n".join(lines) + "\n"
 
 
+def top_autosign_ids(inventory):
+    """The ids the top master may accept: every Pi of every campus (their syndics and minions), sorted."""
+    if not isinstance(inventory, dict) or not isinstance(inventory.get("campuses"), dict):
+        raise CampusKeyError("inventory: expected a validated inventory (fleet_inventory.validate)")
+    return sorted({pi for spec in inventory["campuses"].values() for pi in spec["pis"]})
+
+
+KEY_STATES = ("accepted", "pending", "rejected", "denied")  # kiosk_fleet.master_keys, Salt's pki folders
+
+
+def _answer(pi, answer):
+    """A Pi's ``kiosk_fleet.master_keys`` return, or a problem text naming the Pi."""
+    if not isinstance(answer, dict):
+        return None, f"{pi}: answered {type(answer).__name__}, not the key listing"
+    master = answer.get("master")
+    if master is not None and not isinstance(master, str):
+        return None, f"{pi}: master fingerprint is not text"
+    for state in KEY_STATES:
+        keys = answer.get(state, {})
+        if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()):
+            return None, f"{pi}: {state} is not a mapping of id to fingerprint"
+    return answer, None
+
+
+def keys_report(inventory, campus, campus_fingerprint, answers, silent=()):
+    """
+    Check one campus's Pi masters against the inventory: each should hold the
+    campus key (``campus_fingerprint``) and have accepted every kiosk of the
+    campus under one key, and nothing the campus does not own. ``answers``
+    maps Pi id -> its ``kiosk_fleet.master_keys`` return; ``silent`` lists
+    Pis that did not answer (campus Pis missing from both count as silent).
+
+    Returns ``{"result", "pis": {pi: {"master", "matches"}}, "kiosks":
+    {"everywhere", "missing": {kiosk: [pis]}, "differing": {kiosk: {pi: fp}}},
+    "unexpected": {pi: [ids]}, "silent", "problems"}``; ``result`` is True
+    when there is no problem.
+    """
+    spec = _campus(inventory, campus)
+    if campus_fingerprint is not None and not isinstance(campus_fingerprint, str):
+        raise CampusKeyError(f"campus_fingerprint: {fleet_fields.shown(campus_fingerprint)} is not a fingerprint")
+    if not isinstance(answers, dict):
+        raise CampusKeyError(f"answers: expected a mapping of Pi id to key listing, got {type(answers).__name__}")
+    if isinstance(silent, str) or not isinstance(silent, (list, tuple, set)):
+        raise CampusKeyError(f"silent: expected a list of Pi ids, got {type(silent).__name__}")
+    allowed = set(autosign_ids(inventory, campus))
+    problems, pis, unexpected, listings = [], {}, {}, {}
+    for pi in sorted(answers, key=str):
+        if pi not in spec["pis"]:
+            problems.append(f"{pi}: not a Pi of campus {campus}")
+            continue
+        answer, problem = _answer(pi, answers[pi])
+        if problem:
+            problems.append(problem)
+            continue
+        matches = campus_fingerprint is not None and answer.get("master") == campus_fingerprint
+        pis[pi] = {"master": answer.get("master"), "matches": matches}
+        if not matches:
+            problems.append(f"{pi}: master key {answer.get('master') or 'missing'} is not the campus key")
+        extra = sorted(set(answer.get("accepted", {})) - allowed)
+        if extra:
+            unexpected[pi] = extra
+            problems.append(f"{pi}: accepted ids the inventory does not place on {campus}: {', '.join(extra)}")
+        listings[pi] = answer.get("accepted", {})
+    quiet = sorted({p for p in silent if isinstance(p, str)} | (set(spec["pis"]) - set(answers)))
+    problems.extend(f"{pi}: did not answer" for pi in quiet)
+    everywhere, missing, differing = [], {}, {}
+    for kiosk in sorted(spec["kiosks"]):
+        without = [pi for pi in sorted(listings) if kiosk not in listings[pi]]
+        prints = {pi: listings[pi][kiosk] for pi in sorted(listings) if kiosk in listings[pi]}
+        if without:
+            missing[kiosk] = without
+            problems.append(f"{kiosk}: not accepted on {', '.join(without)}")
+        if len(set(prints.values())) > 1:
+            differing[kiosk] = prints
+            problems.append(f"{kiosk}: accepted under different keys on {', '.join(prints)}")
+        elif listings and not without:
+            everywhere.append(kiosk)
+    return {
+        "result": not problems,
+        "pis": pis,
+        "kiosks": {"everywhere": everywhere, "missing": missing, "differing": differing},
+        "unexpected": unexpected,
+        "silent": quiet,
+        "problems": problems,
+    }
+
+
 # --------------------------------------------------------------------------- kiosk connections
 
 

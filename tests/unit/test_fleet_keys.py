@@ -270,3 +270,66 @@ def test_kiosk_minion_config_is_a_valid_salt_minion_config(inv, tmp_path):
     opts = salt.config.minion_config(str(path), cache_minion_id=False)
     assert opts["master"] == ["127.0.3.2:4506", "127.0.3.3:4506"]
     assert opts["tcp_keepalive_idle"] == 60
+
+
+def test_seal_takes_a_pkcs1_public_key_as_salt_may_store_it(pi_pair):
+    from cryptography.hazmat.primitives import serialization
+
+    pkcs1 = serialization.load_pem_public_key(pi_pair[1]).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+    assert pkcs1.startswith(b"-----BEGIN RSA PUBLIC KEY-----")
+    assert fleet_keys.unseal(fleet_keys.seal(b"k", pkcs1.decode()), pi_pair[0]) == b"k"
+
+
+def test_top_autosign_ids_are_the_pis_only(inv):
+    assert fleet_keys.top_autosign_ids(inv) == ["pi-east-1", "pi-east-2", "pi-west-1", "pi-west-2"]
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.top_autosign_ids([])
+    assert info.value.field == "inventory"
+
+
+def _listing(fp, accepted):
+    return {"master": fp, "accepted": dict(accepted), "pending": {}, "rejected": {}, "denied": {}}
+
+
+def test_keys_report_all_good(inv):
+    ok = {"kiosk-east-01": "aa", "kiosk-east-02": "bb", "pi-east-1": "cc"}
+    report = fleet_keys.keys_report(inv, "east", "fp", {"pi-east-1": _listing("fp", ok), "pi-east-2": _listing("fp", ok)})
+    assert report["result"] is True, report["problems"]
+    assert report["kiosks"]["everywhere"] == ["kiosk-east-01", "kiosk-east-02"]
+    assert report["pis"] == {"pi-east-1": {"master": "fp", "matches": True}, "pi-east-2": {"master": "fp", "matches": True}}
+
+
+def test_keys_report_finds_every_problem(inv):
+    answers = {
+        "pi-east-1": _listing("fp", {"kiosk-east-01": "aa", "kiosk-west-01": "ww"}),
+        "pi-east-2": _listing("other", {"kiosk-east-01": "zz", "kiosk-east-02": "bb"}),
+        "pi-west-1": _listing("fp", {}),
+    }
+    report = fleet_keys.keys_report(inv, "east", "fp", answers)
+    assert report["result"] is False
+    assert report["pis"]["pi-east-2"]["matches"] is False
+    assert report["unexpected"] == {"pi-east-1": ["kiosk-west-01"]}
+    assert report["kiosks"]["missing"] == {"kiosk-east-02": ["pi-east-1"]}
+    assert report["kiosks"]["differing"] == {"kiosk-east-01": {"pi-east-1": "aa", "pi-east-2": "zz"}}
+    assert report["kiosks"]["everywhere"] == []
+    text = "\n".join(report["problems"])
+    assert "pi-west-1: not a Pi of campus east" in text and "pi-east-2: master key other" in text
+
+
+def test_keys_report_silent_and_malformed_pis(inv):
+    report = fleet_keys.keys_report(inv, "east", "fp", {"pi-east-1": "Minion did not return"}, silent=["pi-east-2"])
+    assert report["silent"] == ["pi-east-2"]
+    assert report["result"] is False
+    assert any(p.startswith("pi-east-1: answered str") for p in report["problems"])
+    report = fleet_keys.keys_report(inv, "east", "fp", {"pi-east-1": {"master": "fp", "accepted": ["k"]}})
+    assert any(p.startswith("pi-east-1: accepted is not") for p in report["problems"])
+    assert report["silent"] == ["pi-east-2"]
+
+
+@pytest.mark.parametrize("args,field", [(("east", 5, {}), "campus_fingerprint"), (("east", "fp", []), "answers"),
+                                        (("east", "fp", {}, "pi-east-1"), "silent"), (("nowhere", "fp", {}), "campus")])
+def test_keys_report_bad_input_names_the_field(inv, args, field):
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.keys_report(inv, *args)
+    assert info.value.field == field
