@@ -159,8 +159,9 @@ def write_master_key_pair(pki_dir, private_pem, public_pem):
     ``/etc/salt/pki/master``): ``master.pem`` 0400 and ``master.pub`` 0644,
     each written atomically. The private key must match the public one. When
     the pair changes, the old files are kept as ``master.pem.previous`` /
-    ``master.pub.previous``. Returns True when anything changed; writes
-    nothing when the pair is already there.
+    ``master.pub.previous``. Every file takes the owner and group of
+    ``pki_dir`` (a packaged salt-master may run as user ``salt``). Returns
+    True when anything changed; writes nothing when the pair is already there.
     """
     if not isinstance(pki_dir, str) or not os.path.isabs(pki_dir) or "\0" in pki_dir:
         raise CampusKeyError(f"pki_dir: {fleet_fields.shown(pki_dir)} is not an absolute path")
@@ -185,10 +186,25 @@ def write_master_key_pair(pki_dir, private_pem, public_pem):
         # refuses, never an old public key that kiosks would pin for the new private one
         fleet_state.write_atomic(pub_path, public_text, 0o644)
         fleet_state.write_atomic(pem_path, private_text, 0o400)
+        _own_like_dir(pki_dir, [pub_path, pem_path, pub_path + PREVIOUS, pem_path + PREVIOUS])
     except (OSError, fleet_state.StateError) as exc:
         raise CampusKeyError(f"pki_dir: cannot write the key pair in {pki_dir}: "
                              f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
     return True
+
+
+def _own_like_dir(directory, paths):
+    """chown ``paths`` (those that exist) to the owner of ``directory``; only root can, and only root needs to."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    owner = os.stat(directory)
+    for path in paths:
+        try:
+            current = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if (current.st_uid, current.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
 
 # --------------------------------------------------------------------------- sealed envelopes

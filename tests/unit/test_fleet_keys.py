@@ -152,6 +152,17 @@ def test_write_master_key_pair(campus_pair, pi_pair, tmp_path):
     assert not [p for p in os.listdir(pki) if p.endswith(".tmp")]
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root changes owners")
+def test_written_keys_take_the_owner_of_the_pki_dir(campus_pair, pi_pair, tmp_path):
+    pki = tmp_path / "master"
+    pki.mkdir()
+    os.chown(pki, 4242, 4343)
+    fleet_keys.write_master_key_pair(str(pki), *campus_pair)
+    fleet_keys.write_master_key_pair(str(pki), *pi_pair)
+    for name in ("master.pem", "master.pub", "master.pem.previous", "master.pub.previous"):
+        assert (os.stat(pki / name).st_uid, os.stat(pki / name).st_gid) == (4242, 4343), name
+
+
 def test_write_refuses_a_mismatched_pair_and_writes_nothing(campus_pair, pi_pair, tmp_path):
     with pytest.raises(fleet_keys.CampusKeyError) as info:
         fleet_keys.write_master_key_pair(str(tmp_path), campus_pair[0], pi_pair[1])

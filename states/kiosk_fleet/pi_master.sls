@@ -1,0 +1,65 @@
+{#- A campus Pi's salt-master as one of the masters of every kiosk of its campus.
+
+    - the campus master key pair (all Pis of a campus share it: a kiosk keeps one
+      minion_master.pub for all its masters), sent by the top master sealed to this
+      Pi's own key: salt-run kiosk_fleet.campus_keys applies this state with pillar
+        kiosk_fleet_master_key: {sealed: <envelope>, public: <campus public key PEM>}
+      Without that pillar the key is left as it is (autosign and config still rendered).
+    - the master's autosign file: the ids of this Pi's campus from the inventory in its
+      pillar (its Pis and kiosks), nothing else; no auto_accept, no open_mode.
+    - the master config snippet <master_config_dir>/kiosk_fleet.conf naming that file.
+    - salt-master restarted when the key or the snippet changed (the autosign file is
+      re-read by the master when it changes: no restart for that).
+
+    Settings (minion config, then pillar; config.get):
+      kiosk_fleet:
+        master_pki_dir: /etc/salt/pki/master
+        master_config_dir: /etc/salt/master.d
+        autosign_file: /etc/salt/autosign.conf
+        restart: True            # False: never restart salt-master (tests)
+
+    Apply with: salt-run kiosk_fleet.campus_keys campus=riverside   (key, autosign, config)
+           or:  salt 'pi-*' state.apply kiosk_fleet.pi_master       (autosign and config only) #}
+{%- set pki_dir = salt['config.get']('kiosk_fleet:master_pki_dir', '/etc/salt/pki/master') %}
+{%- set conf_dir = salt['config.get']('kiosk_fleet:master_config_dir', '/etc/salt/master.d') %}
+{%- set autosign_file = salt['config.get']('kiosk_fleet:autosign_file', '/etc/salt/autosign.conf') %}
+{%- set restart = salt['config.get']('kiosk_fleet:restart', True) %}
+{%- set key = salt['pillar.get']('kiosk_fleet_master_key', {}) %}
+
+{%- if key %}
+kiosk_fleet_campus_key:
+  kiosk_fleet.master_key:
+    - name: {{ pki_dir | json }}
+    - sealed: {{ key.get('sealed') | json }}
+    - public: {{ key.get('public') | json }}
+{%- else %}
+kiosk_fleet_campus_key:
+  test.succeed_without_changes:
+    - name: "no kiosk_fleet_master_key in pillar: the campus key is left as it is (salt-run kiosk_fleet.campus_keys sends it)"
+{%- endif %}
+
+kiosk_fleet_autosign:
+  kiosk_fleet.autosign:
+    - name: {{ autosign_file | json }}
+
+kiosk_fleet_pi_master_config:
+  file.serialize:
+    - name: {{ (conf_dir ~ '/kiosk_fleet.conf') | json }}
+    - serializer: yaml
+    - makedirs: True
+    - mode: '0644'
+    - dataset:
+        # kiosks are accepted only if their campus lists them (autosign_file); never all
+        auto_accept: False
+        open_mode: False
+        autosign_file: {{ autosign_file | json }}
+
+{%- if restart %}
+
+kiosk_fleet_pi_master_restart:
+  service.running:
+    - name: salt-master
+    - watch:
+      - kiosk_fleet: kiosk_fleet_campus_key
+      - file: kiosk_fleet_pi_master_config
+{%- endif %}
