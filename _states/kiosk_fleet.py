@@ -15,6 +15,12 @@ master's autosign file, the kiosk's minion settings. The decisions live in
       kiosk_fleet.autosign:
         - name: /etc/salt/autosign.conf
 
+    # on a kiosk or a Pi minion (states/kiosk_fleet/master_trust.sls)
+    campus_master_pinned:
+      kiosk_fleet.master_pub:
+        - name: /etc/salt/pki/minion/minion_master.pub
+        - public: {{ pillar['kiosk_fleet_master_key']['public'] }}
+
     # on a kiosk (states/kiosk_fleet/kiosk_minion.sls)
     minion_settings:
       kiosk_fleet.minion_config:
@@ -130,6 +136,55 @@ def master_key(name, sealed=None, public=None):
         return ret
     kept = " (the previous pair kept as master.pem.previous / master.pub.previous)" if old_pub is not None else ""
     ret.update(result=True, comment=f"installed the campus key {new_fp} in {name}{kept}")
+    return ret
+
+
+def _pem_text(raw):
+    """A PEM as Salt compares a master's key with the pinned one (salt.crypt.clean_key): stripped, LF line ends."""
+    return "\n".join(raw.decode("ascii", "replace").strip().splitlines())
+
+
+def master_pub(name, public=None):
+    """
+    The master public key this minion accepts (``name``: its
+    ``<pki_dir>/minion_master.pub``) set to the campus key ``public``.
+    A minion compares every master's key with this file at each sign-in and
+    refuses a master whose key differs (``salt/crypt.py`` ``verify_master``),
+    so the kiosks of a campus (and each Pi's own minion) must hold the campus
+    key before their Pi masters switch to it. No restart: the file is read at
+    the next sign-in. Changes show fingerprints only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt -L kiosk-riverside-01,kiosk-riverside-02 state.apply kiosk_fleet.master_trust test=True
+    """
+    ret = _ret(name)
+    if not _absolute(ret, name):
+        return ret
+    if not isinstance(public, str) or not public.strip():
+        ret["comment"] = "public: missing (pillar kiosk_fleet_master_key:public); nothing written"
+        return ret
+    try:
+        new_fp = fleet_keys.fingerprint(public)
+        old = _read(name)
+    except (fleet_keys.CampusKeyError, OSError) as exc:
+        ret["comment"] = f"{exc}; nothing written"
+        return ret
+    text = public if public.endswith("\n") else public + "\n"
+    if old is not None and _pem_text(old) == _pem_text(text.encode()):
+        ret.update(result=True, comment=f"the master key {new_fp} is already the one this minion accepts")
+        return ret
+    old_fp = None
+    if old is not None:
+        try:
+            old_fp = fleet_keys.fingerprint(old)
+        except fleet_keys.CampusKeyError:
+            old_fp = "invalid key"
+    _write(ret, name, text, f"the accepted master key {new_fp}")
+    if ret["result"] is not False:
+        ret["changes"] = {"fingerprint": {"old": old_fp, "new": new_fp}}
     return ret
 
 

@@ -330,18 +330,19 @@ def _answer(pi, answer):
     return answer, None
 
 
-def keys_report(inventory, campus, campus_fingerprint, answers, silent=()):
+def keys_report(inventory, campus, campus_fingerprint, answers, silent=(), failed=None):
     """
     Check one campus's Pi masters against the inventory: each should hold the
     campus key (``campus_fingerprint``) and have accepted every kiosk of the
     campus under one key, and nothing the campus does not own. ``answers``
     maps Pi id -> its ``kiosk_fleet.master_keys`` return; ``silent`` lists
-    Pis that did not answer (campus Pis missing from both count as silent).
+    Pis that did not answer, ``failed`` maps Pis that answered an error to
+    its text (campus Pis in none of these count as silent).
 
     Returns ``{"result", "pis": {pi: {"master", "matches"}}, "kiosks":
     {"everywhere", "missing": {kiosk: [pis]}, "differing": {kiosk: {pi: fp}}},
-    "unexpected": {pi: [ids]}, "silent", "problems"}``; ``result`` is True
-    when there is no problem.
+    "unexpected": {pi: [ids]}, "silent", "failed": {pi: reason},
+    "problems"}``; ``result`` is True when there is no problem.
     """
     spec = _campus(inventory, campus)
     if campus_fingerprint is not None and not isinstance(campus_fingerprint, str):
@@ -350,6 +351,10 @@ def keys_report(inventory, campus, campus_fingerprint, answers, silent=()):
         raise CampusKeyError(f"answers: expected a mapping of Pi id to key listing, got {type(answers).__name__}")
     if isinstance(silent, str) or not isinstance(silent, (list, tuple, set)):
         raise CampusKeyError(f"silent: expected a list of Pi ids, got {type(silent).__name__}")
+    failed = {} if failed is None else failed
+    if not isinstance(failed, dict):
+        raise CampusKeyError(f"failed: expected a mapping of Pi id to reason, got {type(failed).__name__}")
+    failed = {str(pi): str(reason) for pi, reason in failed.items()}
     allowed = set(autosign_ids(inventory, campus))
     problems, pis, unexpected, listings = [], {}, {}, {}
     for pi in sorted(answers, key=str):
@@ -369,7 +374,8 @@ def keys_report(inventory, campus, campus_fingerprint, answers, silent=()):
             unexpected[pi] = extra
             problems.append(f"{pi}: accepted ids the inventory does not place on {campus}: {', '.join(extra)}")
         listings[pi] = answer.get("accepted", {})
-    quiet = sorted({p for p in silent if isinstance(p, str)} | (set(spec["pis"]) - set(answers)))
+    problems.extend(f"{pi}: {failed[pi]}" for pi in sorted(failed))
+    quiet = sorted(({p for p in silent if isinstance(p, str)} | (set(spec["pis"]) - set(answers))) - set(failed))
     problems.extend(f"{pi}: did not answer" for pi in quiet)
     everywhere, missing, differing = [], {}, {}
     for kiosk in sorted(spec["kiosks"]):
@@ -389,6 +395,7 @@ def keys_report(inventory, campus, campus_fingerprint, answers, silent=()):
         "kiosks": {"everywhere": everywhere, "missing": missing, "differing": differing},
         "unexpected": unexpected,
         "silent": quiet,
+        "failed": failed,
         "problems": problems,
     }
 
@@ -439,9 +446,9 @@ KIOSK_MINION_SETTINGS = {
     "master_type": "str",
     # each Pi connection gets one master (MinionManager), so Salt ignores shuffling and warns
     "random_master": False,
-    # 0: ZeroMQ reconnects each Pi by itself and re-authenticates; status.master would count only
-    # connections to this minion's publish_port, and a failed reconnect stops the shared loop
-    # (restarting every connection) when master_tries is finite
+    # 0: ZeroMQ reconnects each Pi by itself and re-authenticates; status.master counts only
+    # connections to this minion's publish_port setting, and when it calls a Pi gone the
+    # reconnect runs in the minion's shared loop, which it stops (all Pis) if master_tries is finite
     "master_alive_interval": 0,
     # retry a Pi forever in its own connection: one down at boot joins when it comes back
     "master_tries": -1,

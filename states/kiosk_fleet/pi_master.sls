@@ -5,6 +5,9 @@
       Pi's own key: salt-run kiosk_fleet.campus_keys applies this state with pillar
         kiosk_fleet_master_key: {sealed: <envelope>, public: <campus public key PEM>}
       Without that pillar the key is left as it is (autosign and config still rendered).
+    - the same public key pinned for this Pi's own minion (its minion_master.pub, as
+      kiosk_fleet.master_trust does on kiosks): the minion of a Pi is a minion of that Pi's
+      master, and refuses a master whose key changed.
     - the master's autosign file: the ids of this Pi's campus from the inventory in its
       pillar (its Pis and kiosks), nothing else; no auto_accept, no open_mode.
     - the master config snippet <master_config_dir>/kiosk_fleet.conf naming that file.
@@ -32,6 +35,13 @@ kiosk_fleet_campus_key:
     - name: {{ pki_dir | json }}
     - sealed: {{ key.get('sealed') | json }}
     - public: {{ key.get('public') | json }}
+
+kiosk_fleet_campus_key_pinned:
+  kiosk_fleet.master_pub:
+    - name: {{ salt['file.join'](opts['pki_dir'], 'minion_master.pub') | json }}
+    - public: {{ key.get('public') | json }}
+    - require:
+      - kiosk_fleet: kiosk_fleet_campus_key
 {%- else %}
 kiosk_fleet_campus_key:
   test.succeed_without_changes:

@@ -311,8 +311,11 @@ def test_pi_master_sls_installs_key_autosign_and_config(tmp_path, fleet, keys):
     pillar = "pillar=" + json.dumps({"kiosk_fleet_master_key": {"sealed": sealed, "public": public}})
     code, states, err = salt_call(root, "state.apply", "kiosk_fleet.pi_master", pillar)
     assert code == 0, (states, err[-2000:])
-    assert changed(states) == ["kiosk_fleet_autosign", "kiosk_fleet_campus_key", "kiosk_fleet_pi_master_config"]
+    assert changed(states) == ["kiosk_fleet_autosign", "kiosk_fleet_campus_key", "kiosk_fleet_campus_key_pinned",
+                               "kiosk_fleet_pi_master_config"]
     assert (scratch / "pki" / "master.pem").read_bytes() == keys["campus"][0]
+    # the Pi's own minion now accepts its master's new key
+    assert (own / "minion_master.pub").read_bytes() == keys["campus"][1]
     assert yaml.safe_load((scratch / "master.d" / "kiosk_fleet.conf").read_text()) == {
         "auto_accept": False, "open_mode": False, "autosign_file": str(scratch / "autosign.conf")}
     assert "kiosk-east-02" in (scratch / "autosign.conf").read_text()
@@ -320,6 +323,58 @@ def test_pi_master_sls_installs_key_autosign_and_config(tmp_path, fleet, keys):
     code, again, err = salt_call(root, "state.apply", "kiosk_fleet.pi_master", pillar, "test=True")
     assert code == 0 and changed(again) == [], (again, err[-2000:])
     assert_no_secret(keys, states, again)
+
+
+def test_pi_master_sls_with_a_wrong_envelope_changes_nothing_the_minion_trusts(tmp_path, fleet, keys):
+    scratch = tmp_path / "scratch"
+    settings = {"master_pki_dir": str(scratch / "pki"), "master_config_dir": str(scratch / "master.d"),
+                "autosign_file": str(scratch / "autosign.conf"), "restart": False}
+    root = local_minion(tmp_path / "pi", PI, fleet_inventory.slice_for(fleet, PI), settings)
+    own = root / "r" / "etc" / "salt" / "pki" / "minion"
+    own.mkdir(parents=True)
+    (own / "minion.pem").write_bytes(keys["pi"][0])
+    (own / "minion_master.pub").write_bytes(keys["other"][1])
+    wrong = fleet_keys.seal(keys["campus"][0], keys["other"][1])
+    pillar = "pillar=" + json.dumps({"kiosk_fleet_master_key": {"sealed": wrong, "public": keys["campus"][1].decode()}})
+    code, states, err = salt_call(root, "state.apply", "kiosk_fleet.pi_master", pillar)
+    assert code != 0, states
+    assert (own / "minion_master.pub").read_bytes() == keys["other"][1]
+    assert not (scratch / "pki").exists()
+    assert_no_secret(keys, states)
+
+
+def test_master_trust_sls_pins_the_campus_key_on_a_kiosk(tmp_path, fleet, keys):
+    root = local_minion(tmp_path / "kiosk", KIOSK, fleet_inventory.slice_for(fleet, KIOSK), {"restart": False})
+    pinned = root / "r" / "etc" / "salt" / "pki" / "minion" / "minion_master.pub"
+    pinned.parent.mkdir(parents=True)
+    pinned.write_bytes(keys["other"][1])
+    pillar = "pillar=" + json.dumps({"kiosk_fleet_master_key": {"public": keys["campus"][1].decode()}})
+    code, states, err = salt_call(root, "state.apply", "kiosk_fleet.master_trust", pillar, "test=True")
+    assert code == 0 and pinned.read_bytes() == keys["other"][1], (states, err[-2000:])
+    code, states, err = salt_call(root, "state.apply", "kiosk_fleet.master_trust", pillar)
+    assert code == 0 and changed(states) == ["kiosk_fleet_master_trust"], (states, err[-2000:])
+    [ret] = states.values()
+    assert ret["changes"] == {"fingerprint": {"old": fleet_keys.fingerprint(keys["other"][1]),
+                                              "new": fleet_keys.fingerprint(keys["campus"][1])}}
+    assert pinned.read_bytes() == keys["campus"][1]
+    # a private key, or no key, is refused and the pin stays
+    for bad in ({"public": keys["campus"][0].decode()}, {}):
+        code, states, _ = salt_call(root, "state.apply", "kiosk_fleet.master_trust",
+                                    "pillar=" + json.dumps({"kiosk_fleet_master_key": bad}))
+        assert code != 0 and pinned.read_bytes() == keys["campus"][1], states
+        assert_no_secret(keys, states)
+
+
+def test_master_pub_state_compares_as_salt_does(pi, keys, tmp_path):
+    states = pi["states"]
+    path = tmp_path / "minion_master.pub"
+    path.write_bytes(keys["campus"][1].replace(b"\n", b"\r\n") + b"\n\n")  # Salt: the same key (clean_key)
+    same = states["kiosk_fleet.master_pub"](str(path), public=keys["campus"][1].decode())
+    assert same["result"] is True and same["changes"] == {}, same
+    for bad in ("not a key", None, "relative"):
+        out = states["kiosk_fleet.master_pub"](str(path) if bad != "relative" else "minion_master.pub",
+                                               public=bad if bad != "relative" else keys["campus"][1].decode())
+        assert out["result"] is False and out["changes"] == {}, out
 
 
 def test_kiosk_minion_sls_writes_the_minion_d_file(tmp_path, fleet, keys):

@@ -307,6 +307,7 @@ def test_keys_report_all_good(inv):
     ok = {"kiosk-east-01": "aa", "kiosk-east-02": "bb", "pi-east-1": "cc"}
     report = fleet_keys.keys_report(inv, "east", "fp", {"pi-east-1": _listing("fp", ok), "pi-east-2": _listing("fp", ok)})
     assert report["result"] is True, report["problems"]
+    assert report["failed"] == {} and report["silent"] == []
     assert report["kiosks"]["everywhere"] == ["kiosk-east-01", "kiosk-east-02"]
     assert report["pis"] == {"pi-east-1": {"master": "fp", "matches": True}, "pi-east-2": {"master": "fp", "matches": True}}
 
@@ -336,6 +337,18 @@ def test_keys_report_silent_and_malformed_pis(inv):
     report = fleet_keys.keys_report(inv, "east", "fp", {"pi-east-1": {"master": "fp", "accepted": ["k"]}})
     assert any(p.startswith("pi-east-1: accepted is not") for p in report["problems"])
     assert report["silent"] == ["pi-east-2"]
+
+
+def test_keys_report_failed_pis_are_not_silent(inv):
+    ok = {"kiosk-east-01": "aa", "kiosk-east-02": "bb"}
+    report = fleet_keys.keys_report(inv, "east", "fp", {"pi-east-1": _listing("fp", ok)},
+                                    failed={"pi-east-2": "'kiosk_fleet.master_keys' is not available"})
+    assert report["failed"] == {"pi-east-2": "'kiosk_fleet.master_keys' is not available"}
+    assert report["silent"] == [] and report["result"] is False
+    assert "pi-east-2: 'kiosk_fleet.master_keys' is not available" in report["problems"]
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.keys_report(inv, "east", "fp", {}, failed=["pi-east-2"])
+    assert info.value.field == "failed"
 
 
 @pytest.mark.parametrize("args,field", [(("east", 5, {}), "campus_fingerprint"), (("east", "fp", []), "answers"),
