@@ -10,7 +10,8 @@
     (the public key only). No restart: the file is read at the next sign-in, so a kiosk
     that signs in to a Pi not yet switched is refused and retries until it is.
 
-    Apply with: salt -G kiosk_fleet_role:kiosk state.apply kiosk_fleet.master_trust pillar='{"kiosk_fleet_master_key": {"public": "..."}}' #}
+    Apply with: salt-run kiosk_fleet.campus_trust campus=riverside
+    (a state.apply kiosk_fleet.master_trust to the campus's kiosks, the pillar above passed as pillar=) #}
 {%- set key = salt['pillar.get']('kiosk_fleet_master_key', {}) %}
 
 kiosk_fleet_master_trust:
