@@ -80,16 +80,9 @@ def whoami():
 def _fingerprint(path):
     """sha256 fingerprint of a public key file; None when absent, ``"invalid key"`` when no RSA public key."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise CommandExecutionError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return fleet_keys.fingerprint(raw)
-    except fleet_keys.CampusKeyError:
-        return "invalid key"
+        return fleet_keys.shown_fingerprint(fleet_keys.read_bytes(path, "kiosk_fleet:master_pki_dir"))
+    except fleet_keys.CampusKeyError as exc:
+        raise CommandExecutionError(str(exc)) from None
 
 
 def master_keys():

@@ -61,15 +61,6 @@ def _ret(name):
     return {"name": name, "result": False, "changes": {}, "comment": ""}
 
 
-def _read(path):
-    """The file's bytes, None when absent."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
 def _absolute(ret, name):
     if not isinstance(name, str) or not os.path.isabs(name):
         ret["comment"] = f"name: {name!r} is not an absolute path"
@@ -103,29 +94,22 @@ def master_key(name, sealed=None, public=None):
             return ret
     own_path = os.path.join(__opts__["pki_dir"], "minion.pem")
     try:
-        own = _read(own_path)
+        own = fleet_keys.read_bytes(own_path, "pki_dir")
         if own is None:
             raise CommandExecutionError(f"this minion's key {own_path} is missing")
         private = fleet_keys.unseal(sealed, own)
         if not fleet_keys.same_public_key(fleet_keys.public_key_of(private, field="sealed"), public, field="public"):
             raise fleet_keys.CampusKeyError("public: does not match the sealed private key")
         new_fp = fleet_keys.fingerprint(public)
-        old_pem = _read(os.path.join(name, fleet_keys.MASTER_PEM))
-        old_pub = _read(os.path.join(name, fleet_keys.MASTER_PUB))
-    except (fleet_keys.CampusKeyError, CommandExecutionError, OSError) as exc:
-        # messages of fleet_keys never hold key material; an OSError names a path
+        old_pem = fleet_keys.read_bytes(os.path.join(name, fleet_keys.MASTER_PEM), "name")
+        old_pub = fleet_keys.read_bytes(os.path.join(name, fleet_keys.MASTER_PUB), "name")
+    except (fleet_keys.CampusKeyError, CommandExecutionError) as exc:  # no message holds key material
         ret["comment"] = f"{exc}; nothing written"
         return ret
     if old_pem == private and old_pub == public.encode():
         ret.update(result=True, comment=f"the campus key {new_fp} is in place in {name}")
         return ret
-    old_fp = None
-    if old_pub is not None:
-        try:
-            old_fp = fleet_keys.fingerprint(old_pub)
-        except fleet_keys.CampusKeyError:
-            old_fp = "invalid key"
-    ret["changes"] = {"fingerprint": {"old": old_fp, "new": new_fp}}
+    ret["changes"] = {"fingerprint": {"old": fleet_keys.shown_fingerprint(old_pub), "new": new_fp}}
     if __opts__["test"]:
         ret.update(result=None, comment=f"would install the campus key {new_fp} in {name}")
         return ret
@@ -168,29 +152,22 @@ def master_pub(name, public=None):
         return ret
     try:
         new_fp = fleet_keys.fingerprint(public)
-        old = _read(name)
-    except (fleet_keys.CampusKeyError, OSError) as exc:
+        old = fleet_keys.read_bytes(name, "name")
+    except fleet_keys.CampusKeyError as exc:
         ret["comment"] = f"{exc}; nothing written"
         return ret
     text = public if public.endswith("\n") else public + "\n"
     if old is not None and _pem_text(old) == _pem_text(text.encode()):
         ret.update(result=True, comment=f"the master key {new_fp} is already the one this minion accepts")
         return ret
-    old_fp = None
-    if old is not None:
-        try:
-            old_fp = fleet_keys.fingerprint(old)
-        except fleet_keys.CampusKeyError:
-            old_fp = "invalid key"
-    _write(ret, name, text, f"the accepted master key {new_fp}")
+    _write(ret, name, old, text, f"the accepted master key {new_fp}")
     if ret["result"] is not False:
-        ret["changes"] = {"fingerprint": {"old": old_fp, "new": new_fp}}
+        ret["changes"] = {"fingerprint": {"old": fleet_keys.shown_fingerprint(old), "new": new_fp}}
     return ret
 
 
-def _write(ret, name, text, what):
-    """Write ``text`` to ``name`` unless it is there already; ``test=True`` only says so."""
-    old = _read(name)
+def _write(ret, name, old, text, what):
+    """Write ``text`` to ``name`` unless it holds it already (``old``: its bytes); ``test=True`` only says so."""
     if old == text.encode():
         ret.update(result=True, comment=f"{what} {name} is up to date")
         return ret
@@ -238,13 +215,13 @@ def autosign(name):
             raise fleet_inventory.InventoryError(f"kiosk: {minion_id} is a kiosk, not a Pi: no master here")
         ids = fleet_keys.autosign_ids(inventory, campus)
         text = fleet_keys.autosign_text(ids)
+        old = fleet_keys.read_bytes(name, "name")
     except (CommandExecutionError, fleet_inventory.InventoryError, fleet_keys.CampusKeyError) as exc:
         ret["comment"] = str(exc)
         return ret
-    old = _read(name)
     before = _listed(old.decode("utf-8", "replace")) if old is not None else set()
     added, removed = sorted(set(ids) - before), sorted(before - set(ids))
-    _write(ret, name, text, f"the autosign file of campus {campus} ({len(ids)} ids)")
+    _write(ret, name, old, text, f"the autosign file of campus {campus} ({len(ids)} ids)")
     if ret["result"] is not False and old != text.encode():
         ret["changes"] = {"added": added, "removed": removed}
     return ret
@@ -271,17 +248,17 @@ def minion_config(name):
         return ret
     try:
         config = __salt__["kiosk_fleet.minion_config"]()
-    except CommandExecutionError as exc:
+        old = fleet_keys.read_bytes(name, "name")
+    except (CommandExecutionError, fleet_keys.CampusKeyError) as exc:
         ret["comment"] = str(exc)
         return ret
     text = MINION_CONFIG_HEADER + yaml.safe_dump(config, default_flow_style=False, sort_keys=True)
-    old = _read(name)
     try:
         before = yaml.safe_load(old) if old is not None else {}
     except yaml.YAMLError:
         before = {}
     before = before if isinstance(before, dict) else {}
-    _write(ret, name, text, "the multi-master settings")
+    _write(ret, name, old, text, "the multi-master settings")
     if ret["result"] is not False and old != text.encode():
         ret["changes"] = {key: {"old": before.get(key), "new": value} for key, value in sorted(config.items())
                           if before.get(key) != value} or {"file": {"old": "other text", "new": name}}

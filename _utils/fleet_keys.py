@@ -143,14 +143,25 @@ def fingerprint(public_pem):
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
-def _read(path):
+def read_bytes(path, field="path"):
+    """The bytes of a key file, None when it does not exist; :class:`CampusKeyError` naming ``field`` otherwise."""
     try:
         with open(path, "rb") as handle:
             return handle.read()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise CampusKeyError(f"pki_dir: cannot read {path}: {exc.strerror}") from None
+        raise CampusKeyError(f"{field}: cannot read {path}: {exc.strerror}") from None
+
+
+def shown_fingerprint(raw):
+    """For reports: the fingerprint of a public key file's bytes, None for no file, "invalid key" for anything else."""
+    if raw is None:
+        return None
+    try:
+        return fingerprint(raw)
+    except CampusKeyError:
+        return "invalid key"
 
 
 def write_master_key_pair(pki_dir, private_pem, public_pem):
@@ -174,7 +185,7 @@ def write_master_key_pair(pki_dir, private_pem, public_pem):
     os.makedirs(pki_dir, mode=0o700, exist_ok=True)
     pem_path = os.path.join(pki_dir, MASTER_PEM)
     pub_path = os.path.join(pki_dir, MASTER_PUB)
-    old_pem, old_pub = _read(pem_path), _read(pub_path)
+    old_pem, old_pub = read_bytes(pem_path, "pki_dir"), read_bytes(pub_path, "pki_dir")
     if old_pem == private_text.encode() and old_pub == public_text.encode():
         return False
     try:

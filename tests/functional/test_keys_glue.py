@@ -23,6 +23,7 @@ from salt.exceptions import CommandExecutionError
 
 import fleet_inventory
 import fleet_keys
+from tests.support.release_minion import minion
 from tests.support.salt_local import salt_call
 from tests.support.topology import two_campus_inventory
 
@@ -61,16 +62,7 @@ def assert_no_secret(keys, *returns):
 
 def load(root, minion_id, pillar, extra=None):
     """A minion's kiosk_fleet module and states through Salt's loaders, in a loader namespace of its own."""
-    root = pathlib.Path(root)
-    opts = salt.config.minion_config(None)
-    opts.update({
-        "id": minion_id, "file_client": "local", "root_dir": str(root), "cachedir": str(root / "cache"),
-        "sock_dir": str(root / "sock"), "pki_dir": str(root / "pki"), "module_dirs": [str(REPO)],
-        "states_dirs": [str(REPO / "_states")], "pillar": pillar, "enable_fqdns_grains": False,
-        "grains": {"kiosk_fleet_role": "a grain nobody checks"}, "test": False, **(extra or {}),
-    })
-    for key in ("cachedir", "sock_dir", "pki_dir"):
-        os.makedirs(opts[key], exist_ok=True)
+    opts, _ = minion(root, minion_id, pillar, {"states_dirs": [str(REPO / "_states")], "test": False, **(extra or {})})
     base = f"salt.loaded.kfkeys{next(LOADERS)}"
     utils = salt.loader.utils(opts, loaded_base_name=base)
     mods = salt.loader.minion_mods(opts, utils=utils, loaded_base_name=base, whitelist=["kiosk_fleet", "config"])
@@ -298,7 +290,8 @@ def changed(states):
     return sorted(s["__id__"] for s in states.values() if s["changes"])
 
 
-def test_pi_master_sls_installs_key_autosign_and_config(tmp_path, fleet, keys):
+def local_pi(tmp_path, fleet, keys, pinned):
+    """A Pi for salt-call --local: its own key, ``pinned`` as the master key its minion accepts, scratch master dirs."""
     scratch = tmp_path / "scratch"
     settings = {"master_pki_dir": str(scratch / "pki"), "master_config_dir": str(scratch / "master.d"),
                 "autosign_file": str(scratch / "autosign.conf"), "restart": False}
@@ -307,6 +300,12 @@ def test_pi_master_sls_installs_key_autosign_and_config(tmp_path, fleet, keys):
     own.mkdir(parents=True)
     (own / "minion.pem").write_bytes(keys["pi"][0])
     (own / "minion.pub").write_bytes(keys["pi"][1])
+    (own / "minion_master.pub").write_bytes(pinned)
+    return root, own, scratch
+
+
+def test_pi_master_sls_installs_key_autosign_and_config(tmp_path, fleet, keys):
+    root, own, scratch = local_pi(tmp_path, fleet, keys, keys["other"][1])
     sealed, public = sealed_for_pi(keys)
     pillar = "pillar=" + json.dumps({"kiosk_fleet_master_key": {"sealed": sealed, "public": public}})
     code, states, err = salt_call(root, "state.apply", "kiosk_fleet.pi_master", pillar)
@@ -326,14 +325,7 @@ def test_pi_master_sls_installs_key_autosign_and_config(tmp_path, fleet, keys):
 
 
 def test_pi_master_sls_with_a_wrong_envelope_changes_nothing_the_minion_trusts(tmp_path, fleet, keys):
-    scratch = tmp_path / "scratch"
-    settings = {"master_pki_dir": str(scratch / "pki"), "master_config_dir": str(scratch / "master.d"),
-                "autosign_file": str(scratch / "autosign.conf"), "restart": False}
-    root = local_minion(tmp_path / "pi", PI, fleet_inventory.slice_for(fleet, PI), settings)
-    own = root / "r" / "etc" / "salt" / "pki" / "minion"
-    own.mkdir(parents=True)
-    (own / "minion.pem").write_bytes(keys["pi"][0])
-    (own / "minion_master.pub").write_bytes(keys["other"][1])
+    root, own, scratch = local_pi(tmp_path, fleet, keys, keys["other"][1])
     wrong = fleet_keys.seal(keys["campus"][0], keys["other"][1])
     pillar = "pillar=" + json.dumps({"kiosk_fleet_master_key": {"sealed": wrong, "public": keys["campus"][1].decode()}})
     code, states, err = salt_call(root, "state.apply", "kiosk_fleet.pi_master", pillar)
