@@ -145,6 +145,7 @@ def campus_data(campus=None, dest=None):
 # ---------------------------------------------------------------- keys: campus master keys, acceptance, autosign
 
 PI_MASTER_STATE = "kiosk_fleet.pi_master"
+TRUST_STATE = "kiosk_fleet.master_trust"  # pins the campus public key as a minion's minion_master.pub
 MASTER_KEY_PILLAR = "kiosk_fleet_master_key"  # the pillar the state kiosk_fleet.pi_master reads
 MASTER_KEYS_FUN = "kiosk_fleet.master_keys"
 KEYS_DIR_FIELD = "kiosk_fleet.campus_keys_dir"
@@ -235,8 +236,9 @@ def campus_keygen(campus=None, rotate=False):
     Refuses (exit code 1, nothing written) when any named campus already has
     a pair, unless ``rotate=True``: then the pair is replaced and the previous
     one kept beside it (``<campus>.pem.previous``, ``<campus>.pub.previous``).
-    A campus that is not in the inventory is refused. After a rotation, run
-    ``kiosk_fleet.campus_keys`` to send the new pair to the campus's Pis.
+    A campus that is not in the inventory is refused. Then (first pair or
+    rotation): ``kiosk_fleet.campus_trust`` pins the new public key on the
+    campus's kiosks, and ``kiosk_fleet.campus_keys`` sends the pair to its Pis.
 
     CLI Example:
 
@@ -318,21 +320,46 @@ def _withheld(text, secrets):
     return text[: fleet_runner.MAX_REASON]
 
 
-def _applied(got, pi, secrets):
-    """One Pi's answer to the state ``kiosk_fleet.pi_master``: ``{"status", "reason"?}``."""
-    if pi in got.answered:
-        summary = fleet_change.summarize(got.answered[pi])
+def _applied(got, minion, secrets=()):
+    """One minion's answer to a ``state.apply`` job: ``{"status", "reason"?}``."""
+    if minion in got.answered:
+        summary = fleet_change.summarize(got.answered[minion])
         if not summary["result"]:
             why = [f"{k}: {v}" for k, v in sorted(summary["failed"].items())] + summary["errors"]
             return {"status": "failed", "reason": _withheld("; ".join(why) or "state failed", secrets)}
         if summary["pending"]:
             return {"status": "pending"}
         return {"status": "changed" if summary["changed"] else "unchanged"}
-    if pi in got.failed:
-        return {"status": "failed", "reason": _withheld(got.failed[pi], secrets)}
-    if pi in got.conflicting:
+    if minion in got.failed:
+        return {"status": "failed", "reason": _withheld(got.failed[minion], secrets)}
+    if minion in got.conflicting:
         return {"status": "silent", "reason": "conflicting returns (one was forged): neither believed"}
     return {"status": "silent", "reason": "did not answer"}
+
+
+def _tally(per, bad_statuses, what):
+    """
+    ``{status: [minions]}`` of the per-minion outcomes ``per``, ``result``
+    (no minion in ``bad_statuses``) and, on failure, an ``error`` naming them.
+    """
+    ret = {s: sorted(m for m, r in per.items() if r["status"] == s)
+           for s in ("changed", "unchanged", "pending", *bad_statuses)}
+    bad = sorted(m for s in bad_statuses for m in ret[s])
+    ret["result"] = not bad
+    if bad:
+        ret["error"] = f"{what} on " + ", ".join(f"{m} ({per[m]['status']})" for m in bad)
+    return ret
+
+
+def _key_job(campus, test, timeout):
+    """The checked arguments of a run that sends campus keys: ``(test, timeout, inventory, campuses, pairs)``."""
+    if not isinstance(test, bool):
+        raise fleet_runner.RunnerError(f"test: expected True or False, got {fleet_fields.shown(test)}", field="test")
+    timeout = fleet_runner.number(timeout, "timeout", 1, 3600)
+    inv = _load_inventory()
+    names = _campuses(inv, campus)
+    keys_dir = _keys_dir()
+    return test, timeout, inv, names, {c: _campus_pair(keys_dir, c) for c in names}
 
 
 def campus_keys(campus=None, test=False, timeout=120):
@@ -364,15 +391,7 @@ def campus_keys(campus=None, test=False, timeout=120):
         salt-run kiosk_fleet.campus_keys campus=east --out=json
     """
     try:
-        if not isinstance(test, bool):
-            raise fleet_runner.RunnerError(f"test: expected True or False, got {fleet_fields.shown(test)}",
-                                           field="test")
-        timeout = fleet_runner.number(timeout, "timeout", 1, 3600)
-        inv = _load_inventory()
-        names = _campuses(inv, campus)
-        keys_dir = _keys_dir()
-        pairs = {c: _campus_pair(keys_dir, c) for c in names}
-        fingerprints = {c: fleet_keys.fingerprint(pairs[c][1]) for c in names}
+        test, timeout, inv, names, pairs = _key_job(campus, test, timeout)
     except ValueError as exc:  # every error of the pack is a ValueError naming its field
         return fleet_runner.fail(__context__, exc)
     pis, jobs, secrets = {}, {}, []
@@ -394,14 +413,54 @@ def campus_keys(campus=None, test=False, timeout=120):
     campus_of = {pi: name for name in names for pi in fleet_inventory.pis_of(inv, name)}
     for pi, got in _each(jobs, timeout).items():
         pis[pi] = {"campus": campus_of[pi], **_applied(got, pi, secrets)}
-    del jobs, secrets, pairs  # nothing secret outlives the jobs
-    by_status = {s: sorted(p for p, r in pis.items() if r["status"] == s)
-                 for s in ("changed", "unchanged", "pending", "failed", "silent", "no_key")}
-    bad = by_status["failed"] + by_status["silent"] + by_status["no_key"]
-    ret = {"result": not bad, "test": test, "campuses": {c: {"fingerprint": fingerprints[c]} for c in names},
-           "pis": dict(sorted(pis.items())), **by_status}
-    if bad:
-        ret["error"] = "campus key not applied on " + ", ".join(f"{p} ({pis[p]['status']})" for p in sorted(bad))
+    ret = {"test": test, "campuses": {c: {"fingerprint": fleet_keys.fingerprint(pairs[c][1])} for c in names},
+           "pis": dict(sorted(pis.items())),
+           **_tally(pis, ("failed", "silent", "no_key"), "campus key not applied")}
+    return fleet_runner.finish(__context__, ret)
+
+
+def campus_trust(campus=None, test=False, timeout=120):
+    """
+    Pin each campus's master public key (``<campus>.pub`` of
+    ``kiosk_fleet:campus_keys_dir``) on every inventory kiosk of the campus
+    (all campuses, or the ones named): the state ``kiosk_fleet.master_trust``
+    with pillar ``kiosk_fleet_master_key: {public}`` (the public key only),
+    one job per campus, all at once. It replaces the kiosk's cached
+    ``minion_master.pub``, read at its next sign-in; nothing restarts.
+
+    Run it before ``kiosk_fleet.campus_keys`` whenever a campus's Pi masters
+    get a new pair (the first campus pair, or a rotation): Salt 3007 compares
+    a master's key at every sign-in with the cached one and refuses a master
+    whose key differs ("The master key has changed", salt/crypt.py
+    ``verify_master``), so a kiosk that missed this step is refused by every
+    switched Pi. Until its Pis switch, a kiosk that signs in again is refused
+    by them and retries.
+
+    Reports each kiosk as ``changed``, ``unchanged``, ``pending``
+    (``test=True``), ``failed`` (with the reason) or ``silent``; a failed or
+    silent kiosk fails the run (exit code 1): wake it and run again before
+    ``campus_keys``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_fleet.campus_trust campus=east test=True
+        salt-run kiosk_fleet.campus_trust campus=east --out=json
+    """
+    try:
+        test, timeout, inv, names, pairs = _key_job(campus, test, timeout)
+    except ValueError as exc:  # every error of the pack is a ValueError naming its field
+        return fleet_runner.fail(__context__, exc)
+    selection = {c: sorted(inv["campuses"][c]["kiosks"]) for c in names}
+    jobs = {c: (selection[c], "state.apply", [TRUST_STATE],
+                {"test": test, "pillar": {MASTER_KEY_PILLAR: {"public": pairs[c][1].decode("ascii")}}})
+            for c in names if selection[c]}
+    got = _each(jobs, timeout)
+    kiosks = {k: {"campus": c, **_applied(got[c], k)} for c in jobs for k in selection[c]}
+    ret = {"test": test, "campuses": {c: {"fingerprint": fleet_keys.fingerprint(pairs[c][1])} for c in names},
+           "kiosks": dict(sorted(kiosks.items())),
+           **_tally(kiosks, ("failed", "silent"), "campus key not pinned")}
     return fleet_runner.finish(__context__, ret)
 
 

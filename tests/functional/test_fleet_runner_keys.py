@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 import fleet_keys
 from tests.support.topology import two_campus_inventory
+from tests.unit.test_runner_calls import SILENT, FakeClient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SILENT = "Minion did not return. [No response]\nThe minions may not have all finished running"
 PIS = ("pi-east-1", "pi-east-2", "pi-west-1", "pi-west-2")
 
 
@@ -44,41 +44,25 @@ def pi_keys():
     return keys
 
 
-class FakeClient:
-    """A LocalClient whose ``cmd_iter`` yields what ``answer(fun, tgt, arg, kwarg)`` gives, as ``(minion, ret, retcode)``."""
-
-    def __init__(self, minions):
-        self.minions = minions
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def cmd_iter(self, tgt, fun, arg=(), timeout=None, tgt_type="glob", ret="", kwarg=None, **kwargs):
-        assert tgt_type == "list" and isinstance(timeout, int)
-        with self.minions.lock:
-            self.minions.jobs.append({"tgt": list(tgt), "fun": fun, "arg": list(arg), "kwarg": kwarg})
-        if self.minions.barrier is not None:  # every job must be in flight at once to pass
-            self.minions.barrier.wait()
-        for minion, value, retcode in self.minions.answer(fun, tgt, arg, kwarg):
-            yield {minion: {"ret": value, "retcode": retcode, "jid": "1"}}
-
-
 class Minions:
+    """What the stand-in LocalClient (test_runner_calls.FakeClient) answers and the jobs it was sent."""
+
     def __init__(self):
         self.jobs = []
-        self.lock = threading.Lock()
         self.barrier = None
         self.answer = lambda fun, tgt, arg, kwarg: []
+
+    def reply(self, fun, tgt, arg, kwarg):
+        if self.barrier is not None:  # passes only when every job is in flight at once
+            self.barrier.wait()
+        return self.answer(fun, tgt, arg, kwarg)
 
 
 @pytest.fixture
 def minions(monkeypatch):
-    """Set ``minions.answer``; ``minions.jobs`` lists the jobs sent."""
+    """Set ``minions.answer`` (``(minion, ret, retcode)`` triples); ``minions.jobs`` lists the jobs sent."""
     fake = Minions()
-    monkeypatch.setattr(salt.client, "get_local_client", lambda *args, **kwargs: FakeClient(fake))
+    monkeypatch.setattr(salt.client, "get_local_client", lambda *args, **kwargs: FakeClient(fake.reply, fake.jobs))
     return fake
 
 
@@ -306,6 +290,44 @@ def test_campus_keys_refuses_without_a_sound_pair_or_with_bad_arguments(master, 
     assert master("campus_keys", campus="west", test="no")["error"].startswith("test: ")
     assert master("campus_keys", campus="west", timeout=0)["error"].startswith("timeout: ")
     assert minions.jobs == []
+
+
+# ---------------------------------------------------------------- campus_trust
+
+
+def test_campus_trust_pins_the_public_key_on_each_campuss_kiosks(master, minions):
+    master("campus_keygen")
+    minions.barrier = threading.Barrier(2, timeout=20)  # one job per campus, both in flight at once
+    minions.answer = lambda fun, tgt, arg, kwarg: [(k, applied(k != "kiosk-west-02"), 0) for k in tgt]
+    ret = master("campus_trust")
+    assert ret["result"] is True and ret["retcode"] == 0 and master.retcode == 0
+    assert sorted((job["tgt"], job["arg"]) for job in minions.jobs) == [
+        (["kiosk-east-01", "kiosk-east-02"], ["kiosk_fleet.master_trust"]),
+        (["kiosk-west-01", "kiosk-west-02"], ["kiosk_fleet.master_trust"])]
+    for job in minions.jobs:
+        campus = job["tgt"][0].split("-")[1]
+        private, public = master.pair(campus)
+        assert job["kwarg"] == {"test": False, "pillar": {"kiosk_fleet_master_key": {"public": public.decode()}}}
+        sent = json.dumps(job["kwarg"])  # the public key only: no armor or line of the private one
+        assert "PRIVATE" not in sent and not any(line.decode() in sent for line in private.splitlines()[1:-1])
+    assert ret["changed"] == ["kiosk-east-01", "kiosk-east-02", "kiosk-west-01"]
+    assert ret["unchanged"] == ["kiosk-west-02"] and "no_key" not in ret
+    assert ret["kiosks"]["kiosk-west-02"] == {"campus": "west", "status": "unchanged"}
+    assert ret["campuses"]["west"]["fingerprint"] == fleet_keys.fingerprint(master.pair("west")[1])
+
+
+def test_campus_trust_fails_when_a_kiosk_misses_the_key(master, minions):
+    master("campus_keygen", campus="east")
+    minions.answer = lambda fun, tgt, arg, kwarg: [
+        ("kiosk-east-01", {"pin": {"result": False, "comment": "not an RSA public key", "changes": {},
+                                   "__id__": "pin"}}, 2)]
+    ret = master("campus_trust", campus="east", test=True)
+    assert ret["result"] is False and ret["retcode"] == 1 and master.retcode == 1
+    assert minions.jobs[0]["kwarg"]["test"] is True
+    assert ret["failed"] == ["kiosk-east-01"] and ret["silent"] == ["kiosk-east-02"]
+    assert ret["kiosks"]["kiosk-east-01"]["reason"] == "pin: not an RSA public key"
+    assert ret["error"] == "campus key not pinned on kiosk-east-01 (failed), kiosk-east-02 (silent)"
+    assert master("campus_trust", campus="west")["error"].startswith("campus: west has no readable key pair")
 
 
 # ---------------------------------------------------------------- autosign
