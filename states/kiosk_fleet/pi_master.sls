@@ -12,7 +12,9 @@
       pillar (its Pis and kiosks), nothing else; no auto_accept, no open_mode.
     - the master config snippet <master_config_dir>/kiosk_fleet.conf naming that file.
     - salt-master restarted when the key or the snippet changed (the autosign file is
-      re-read by the master when it changes: no restart for that).
+      re-read by the master when it changes: no restart for that), restart_delay seconds
+      later through a systemd timer (systemd-run): the job that applies this state returns
+      through this very master and its syndic, and a restart at once would race that return.
 
     Settings (minion config, then pillar; config.get):
       kiosk_fleet:
@@ -20,6 +22,7 @@
         master_config_dir: /etc/salt/master.d
         autosign_file: /etc/salt/autosign.conf
         restart: True            # False: never restart salt-master (tests)
+        restart_delay: 10        # seconds between the state's end and the restart
 
     Apply with: salt-run kiosk_fleet.campus_keys campus=riverside   (key, autosign, config)
            or:  salt 'pi-*' state.apply kiosk_fleet.pi_master       (autosign and config only) #}
@@ -27,6 +30,7 @@
 {%- set conf_dir = salt['config.get']('kiosk_fleet:master_config_dir', '/etc/salt/master.d') %}
 {%- set autosign_file = salt['config.get']('kiosk_fleet:autosign_file', '/etc/salt/autosign.conf') %}
 {%- set restart = salt['config.get']('kiosk_fleet:restart', True) %}
+{%- set restart_delay = salt['config.get']('kiosk_fleet:restart_delay', 10) | int %}
 {%- set key = salt['pillar.get']('kiosk_fleet_master_key', {}) %}
 
 {%- if key %}
@@ -67,9 +71,12 @@ kiosk_fleet_pi_master_config:
 {%- if restart %}
 
 kiosk_fleet_pi_master_restart:
-  service.running:
-    - name: salt-master
-    - watch:
+  module.run:
+    - cmd.run_all:
+      - cmd: {{ ['systemd-run', '--on-active=' ~ restart_delay, '--timer-property=AccuracySec=1s',
+                 'systemctl', 'restart', 'salt-master'] | json }}
+      - python_shell: False
+    - onchanges:
       - kiosk_fleet: kiosk_fleet_campus_key
       - file: kiosk_fleet_pi_master_config
 {%- endif %}

@@ -379,3 +379,25 @@ def test_kiosk_minion_sls_writes_the_minion_d_file(tmp_path, fleet, keys):
     assert written["master"] == ["127.0.2.2:4506", "127.0.2.3:4506"] and written["master_type"] == "str"
     code, again, err = salt_call(root, "state.apply", "kiosk_fleet.kiosk_minion", "test=True")
     assert code == 0 and changed(again) == [], (again, err[-2000:])
+
+
+def test_restarts_are_scheduled_after_the_return_and_previewed_with_test_true(tmp_path, fleet, keys):
+    root, _, scratch = local_pi(tmp_path, fleet, keys, keys["other"][1])
+    config = yaml.safe_load((root / "minion").read_text())
+    config["kiosk_fleet"].update(restart=True, restart_delay=7)
+    (root / "minion").write_text(yaml.safe_dump(config))
+    pillar = "pillar=" + json.dumps({"kiosk_fleet_master_key": dict(zip(("sealed", "public"), sealed_for_pi(keys)))})
+    code, states, err = salt_call(root, "state.apply", "kiosk_fleet.pi_master", pillar, "test=True")
+    assert code == 0, (states, err[-2000:])
+    [restart] = [s for s in states.values() if s["__id__"] == "kiosk_fleet_pi_master_restart"]
+    assert restart["result"] is None and "cmd.run_all" in restart["comment"], restart
+    assert not (scratch / "pki").exists()
+    code, shown, err = salt_call(root, "state.show_sls", "kiosk_fleet.pi_master", pillar)
+    [call] = [step for step in shown["kiosk_fleet_pi_master_restart"]["module"] if isinstance(step, dict) and "cmd.run_all" in step]
+    assert {"cmd": ["systemd-run", "--on-active=7", "--timer-property=AccuracySec=1s", "systemctl", "restart", "salt-master"]} in call["cmd.run_all"]
+    kiosk = local_minion(tmp_path / "kiosk", KIOSK, fleet_inventory.slice_for(fleet, KIOSK),
+                         {"minion_config_file": str(tmp_path / "k.conf"), "restart": True})
+    code, states, err = salt_call(kiosk, "state.apply", "kiosk_fleet.kiosk_minion", "test=True")
+    assert code == 0, (states, err[-2000:])
+    [restart] = [s for s in states.values() if s["__id__"] == "kiosk_fleet_minion_restart"]
+    assert restart["result"] is None and "cmd.run_all" in restart["comment"] and not (tmp_path / "k.conf").exists()
