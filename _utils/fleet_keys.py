@@ -39,7 +39,7 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
 MASTER_PEM = "master.pem"
 MASTER_PUB = "master.pub"
 PREVIOUS = ".previous"
-MIN_BITS = 2048  # salt-key's own minimum is 2048 (salt/crypt.py gen_keys callers)
+MIN_BITS = 2048  # salt-key --keysize refuses less (salt/utils/parsers.py)
 MAX_BITS = 8192
 # the sealed envelope: version, RSA-OAEP-wrapped AES key, GCM nonce, ciphertext
 SEAL_PREFIX = "kfseal1"
@@ -267,7 +267,7 @@ def unseal(envelope, private_pem):
         wrapped, nonce, ciphertext = (base64.urlsafe_b64decode(p) for p in parts[1:])
     except ValueError:
         raise CampusKeyError("sealed: not valid base64") from None
-    if len(nonce) != 12 or len(wrapped) != private.key_size // 8:
+    if len(nonce) != 12 or len(wrapped) != (private.key_size + 7) // 8:
         raise CampusKeyError("sealed: not sealed to this key (sizes differ)")
     try:
         key = private.decrypt(wrapped, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(),
