@@ -58,6 +58,7 @@ DEFAULT_TIMEOUT = 3600
 TEXTFILE = "kiosk_release.prom"
 STATE_DEFAULTS = {"pins": {}, "pushed": {}, "metrics": {}}
 STATE_LOCK_WAIT = 60  # s; the lock is only held to read and write a small JSON file
+PI_STATUS_TIMEOUT = 60  # s; at most this long for the Pis' repo_status before a push
 SILENT = fleet_rollout.SILENT
 CONFLICTING = "answered twice, differently (a forged return): not believed"
 
@@ -426,7 +427,9 @@ def _push_campus(run, name, version, campus, timeout):
     if skip:
         return None, skip
     pis = run.pis(campus)
-    if not fleet_rollout.pin_live(_call(pis, "kiosk_pkg.repo_status", [name]), version, serial):
+    # the Pis answer in seconds; a stopped Pi costs the whole wait, so a short push timeout shortens it too
+    asked = _call(pis, "kiosk_pkg.repo_status", [name], timeout=min(timeout, PI_STATUS_TIMEOUT))
+    if not fleet_rollout.pin_live(asked, version, serial):
         return None, f"{campus}: no Pi has the pin {name} {version} (serial {serial}) live yet"
     with run.state.locked() as state:  # decide again under the lock, claim, act after releasing it
         again, skip = fleet_rollout.push_decision(state, name, campus, version, time.time())

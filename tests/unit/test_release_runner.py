@@ -41,6 +41,7 @@ class Fleet:
         self.pins = {}  # pi -> signed pin
         self.installed = {}  # kiosk -> version
         self.jobs = []
+        self.timeouts = []
         self.silent = set()
         self.broken = set()  # kiosks whose install fails
         self.forged = {}  # minion -> a second, different return
@@ -83,6 +84,7 @@ class Fleet:
     def cmd_iter(self, tgt, fun, arg=(), timeout=None, tgt_type="glob", ret="", kwarg=None, **kwargs):
         assert tgt_type == "list" and isinstance(timeout, int)
         self.jobs.append((fun, sorted(tgt), dict(kwarg or {})))
+        self.timeouts.append((fun, timeout))
         for minion in tgt:
             if minion in self.silent:
                 yield {minion: {"ret": SILENT, "retcode": 1}}
@@ -246,6 +248,12 @@ def test_publish_to_a_campus_stages_it_once_and_the_staged_event_pushes_once(mas
     assert master.fleet.installed == {"kiosk-west-01": "1.0.0", "kiosk-west-02": "1.0.0"}
     assert master.run("push", NAME, "1.0.0", pi="pi-west-1")["pushed"] is False
     assert master.fleet.funs().count("kiosk_pkg.check_update") == 1
+    # the Pis are asked for at most a minute (a stopped Pi costs the whole wait), less with a short timeout
+    assert [t for f, t in master.fleet.timeouts if f == "kiosk_pkg.repo_status"] == [60]
+    master.publish("1.1.0", b"build two", campuses="west")
+    master.run("on_published", NAME, "1.1.0", campuses=["west"])
+    assert master.run("push", NAME, "1.1.0", campus="west", timeout=10)["pushed"] is True
+    assert master.fleet.timeouts[-2:] == [("kiosk_pkg.repo_status", 10), ("kiosk_pkg.check_update", 10)]
 
 
 def test_push_refuses_a_kiosk_id_and_does_nothing_while_no_pi_has_the_pin_live(master):
