@@ -381,7 +381,11 @@ def campus_keys(campus=None, test=False, timeout=120):
     would change), ``failed`` (with the reason), ``silent``, or ``no_key``;
     any but the first three fails the run (exit code 1). Neither the private
     key nor an envelope appears in the return or the logs. The Pi masters
-    use the new pair once restarted (the state's ``kiosk_fleet:restart``).
+    use the new pair once restarted (the state's ``kiosk_fleet:restart``);
+    a Pi whose return was lost while its master restarted shows as silent:
+    run again, the state is idempotent and reports it ``unchanged``.
+    Before a campus's Pis switch to a new pair, pin it on the campus's kiosks
+    with ``kiosk_fleet.campus_trust``.
 
     CLI Example:
 
