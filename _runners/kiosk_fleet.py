@@ -150,6 +150,10 @@ MASTER_KEY_PILLAR = "kiosk_fleet_master_key"  # the pillar the state kiosk_fleet
 MASTER_KEYS_FUN = "kiosk_fleet.master_keys"
 KEYS_DIR_FIELD = "kiosk_fleet.campus_keys_dir"
 PREVIOUS = ".previous"  # the pair a rotation replaced: <campus>.pem.previous, <campus>.pub.previous
+# a changed Pi master restarts this long after its state ended (its return goes out first),
+# the next Pi of the campus `stagger` seconds later (campus_keys)
+FIRST_RESTART_S = 10
+MAX_STAGGER_S = 600
 # jobs in flight at once (one thread and LocalClient each); more queue
 MAX_PARALLEL_JOBS = 32
 
@@ -362,7 +366,7 @@ def _key_job(campus, test, timeout):
     return test, timeout, inv, names, {c: _campus_pair(keys_dir, c) for c in names}
 
 
-def campus_keys(campus=None, test=False, timeout=120):
+def campus_keys(campus=None, test=False, timeout=120, stagger=30):
     """
     Send each campus's master key pair (made by ``kiosk_fleet.campus_keygen``)
     to every inventory Pi of the campus (all campuses, or the ones named):
@@ -377,13 +381,20 @@ def campus_keys(campus=None, test=False, timeout=120):
     master's bus, and the job cache, hold ciphertext only. A Pi without an
     accepted key on this master is reported and sent nothing.
 
+    A Pi master whose key changed restarts ``restart_delay`` seconds after
+    its state ended (so the job's return goes out first): the campus's Pis in
+    id order get 10, 10 + ``stagger``, 10 + 2 x ``stagger``... seconds, so they
+    restart one after another and, meanwhile, the kiosks keep their live
+    sessions with the others (a live session does not sign in again): jobs to
+    the campus keep working. ``stagger=0`` restarts them together.
+
     Reports each Pi as ``changed``, ``unchanged``, ``pending`` (``test=True``:
     would change), ``failed`` (with the reason), ``silent``, or ``no_key``;
     any but the first three fails the run (exit code 1). Neither the private
     key nor an envelope appears in the return or the logs. The Pi masters
     use the new pair once restarted (the state's ``kiosk_fleet:restart``);
-    a Pi whose return was lost while its master restarted shows as silent:
-    run again, the state is idempotent and reports it ``unchanged``.
+    a Pi whose return was lost anyway shows as silent: run again, the state
+    is idempotent and reports it ``unchanged``.
     Before a campus's Pis switch to a new pair, pin it on the campus's kiosks
     with ``kiosk_fleet.campus_trust``.
 
@@ -392,16 +403,17 @@ def campus_keys(campus=None, test=False, timeout=120):
     .. code-block:: bash
 
         salt-run kiosk_fleet.campus_keys campus=east test=True
-        salt-run kiosk_fleet.campus_keys campus=east --out=json
+        salt-run kiosk_fleet.campus_keys campus=east stagger=60 --out=json
     """
     try:
         test, timeout, inv, names, pairs = _key_job(campus, test, timeout)
+        stagger = fleet_runner.number(stagger, "stagger", 0, MAX_STAGGER_S)
     except ValueError as exc:  # every error of the pack is a ValueError naming its field
         return fleet_runner.fail(__context__, exc)
     pis, jobs, secrets = {}, {}, []
     for name in names:
         private_pem, public_pem = pairs[name]
-        for pi in fleet_inventory.pis_of(inv, name):
+        for n, pi in enumerate(fleet_inventory.pis_of(inv, name)):
             accepted, why = _accepted_key(pi)
             if accepted is None:
                 pis[pi] = {"campus": name, "status": "no_key", "reason": why}
@@ -412,11 +424,14 @@ def campus_keys(campus=None, test=False, timeout=120):
                 pis[pi] = {"campus": name, "status": "failed", "reason": f"the key accepted for {pi}: {exc}"}
                 continue
             secrets.append(sealed)
-            pillar = {MASTER_KEY_PILLAR: {"sealed": sealed, "public": public_pem.decode("ascii")}}
+            pillar = {MASTER_KEY_PILLAR: {"sealed": sealed, "public": public_pem.decode("ascii"),
+                                          "restart_delay": FIRST_RESTART_S + n * stagger}}
             jobs[pi] = ([pi], "state.apply", [PI_MASTER_STATE], {"test": test, "pillar": pillar})
     campus_of = {pi: name for name in names for pi in fleet_inventory.pis_of(inv, name)}
     for pi, got in _each(jobs, timeout).items():
         pis[pi] = {"campus": campus_of[pi], **_applied(got, pi, secrets)}
+        if pis[pi]["status"] == "changed":  # when its master restarts (unless kiosk_fleet:restart is off)
+            pis[pi]["restart_in_s"] = jobs[pi][3]["pillar"][MASTER_KEY_PILLAR]["restart_delay"]
     ret = {"test": test, "campuses": {c: {"fingerprint": fleet_keys.fingerprint(pairs[c][1])} for c in names},
            "pis": dict(sorted(pis.items())),
            **_tally(pis, ("failed", "silent", "no_key"), "campus key not applied")}

@@ -188,7 +188,9 @@ def test_campus_keys_seals_the_campus_key_to_each_pis_accepted_key_only(master, 
     ret = master("campus_keys")
     assert ret["result"] is True and ret["retcode"] == 0 and master.retcode == 0
     assert ret["changed"] == ["pi-east-1", "pi-east-2", "pi-west-1"] and ret["unchanged"] == ["pi-west-2"]
-    assert ret["pis"]["pi-east-1"] == {"campus": "east", "status": "changed"}
+    assert ret["pis"]["pi-east-1"] == {"campus": "east", "status": "changed", "restart_in_s": 10}
+    assert ret["pis"]["pi-east-2"] == {"campus": "east", "status": "changed", "restart_in_s": 40}
+    assert ret["pis"]["pi-west-2"] == {"campus": "west", "status": "unchanged"}
     assert sorted(job["tgt"][0] for job in minions.jobs) == list(PIS)
     for job in minions.jobs:
         pi = job["tgt"][0]
@@ -197,6 +199,8 @@ def test_campus_keys_seals_the_campus_key_to_each_pis_accepted_key_only(master, 
         assert len(job["tgt"]) == 1 and job["fun"] == "state.apply" and job["arg"] == ["kiosk_fleet.pi_master"]
         assert job["kwarg"]["test"] is False
         sent = job["kwarg"]["pillar"]["kiosk_fleet_master_key"]
+        # the Pis of a campus restart one after another (stagger 30 s), the kiosks keep the others
+        assert sent["restart_delay"] == {"1": 10, "2": 40}[pi[-1]]
         assert sent["public"] == public.decode()
         assert private not in sent["sealed"].encode() and not key_text_in(sent["sealed"], private)
         assert fleet_keys.unseal(sent["sealed"], pi_keys[pi][0]) == private  # the Pi's own key opens it
@@ -274,9 +278,10 @@ def test_campus_keys_test_mode_reports_pending(master, minions):
     master("campus_keygen", campus="west")
     pending = {"key": {"result": None, "changes": {}, "comment": "would replace", "__id__": "key"}}
     minions.answer = lambda fun, tgt, arg, kwarg: [(tgt[0], pending, 0)]
-    ret = master("campus_keys", campus="west", test=True)
+    ret = master("campus_keys", campus="west", test=True, stagger=0)
     assert ret["result"] is True and ret["test"] is True and ret["pending"] == ["pi-west-1", "pi-west-2"]
     assert all(job["kwarg"]["test"] is True for job in minions.jobs)
+    assert [job["kwarg"]["pillar"]["kiosk_fleet_master_key"]["restart_delay"] for job in minions.jobs] == [10, 10]
 
 
 def test_campus_keys_refuses_without_a_sound_pair_or_with_bad_arguments(master, minions):
@@ -289,6 +294,7 @@ def test_campus_keys_refuses_without_a_sound_pair_or_with_bad_arguments(master, 
     assert master("campus_keys", campus="north")["error"].startswith("campus: unknown campus north")
     assert master("campus_keys", campus="west", test="no")["error"].startswith("test: ")
     assert master("campus_keys", campus="west", timeout=0)["error"].startswith("timeout: ")
+    assert master("campus_keys", campus="west", stagger=-1)["error"].startswith("stagger: ")
     assert minions.jobs == []
 
 
