@@ -4,8 +4,9 @@ Shared fixtures.
 The ``topology`` fixture starts, once per test session, the production shape
 on loopback with pytest-salt-factories: a top master (``order_masters``), two
 campuses with two Pi nodes each (salt-master + salt-syndic + salt-minion) and
-kiosk minions under the Pis, all loaded with the pack the classic way
-(``file_roots`` + ``saltutil.sync_all``).
+kiosk minions, each a minion of every Pi master of its campus, all loaded with
+the pack the classic way (``file_roots`` + ``saltutil.sync_all``). Keys are
+accepted by autosign files from the inventory, never ``auto_accept``.
 """
 
 import gc
@@ -203,46 +204,56 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, si
         power_dir.mkdir(exist_ok=True)
         env_dir = short_root / "env"
         release_dir = topo.release_dirs(short_root / "rel")
+        keys = topo.key_paths(salt_factories.root_dir, fleet_inventory)
+        began = time.monotonic()
         top = salt_factories.salt_master_daemon(
             "top",
             order_masters=True,
-            overrides=topo.top_master_config(REPO, salt_tree, webhook.url, release_dir, signing_key[0]),
+            factory_class=topo.AutosignMaster,
+            defaults={"root_dir": str(keys["roots"]["top"])},
+            overrides=topo.top_master_config(REPO, salt_tree, webhook.url, release_dir, signing_key[0], keys),
         )
-        began = time.monotonic()
-        top.start()
-        started.append(top)
-        TOPOLOGY_TIMES["top master"] = time.monotonic() - began
         pis, kiosks = {}, {}
         campuses = fleet_inventory["kiosk_fleet"]["campuses"]
         for campus, spec in campuses.items():
             for pi_id in sorted(spec["pis"]):
                 pis[pi_id] = top.salt_syndic_daemon(
                     pi_id,
-                    master_overrides=topo.pi_master_config(salt_tree, campus),
-                    minion_overrides=topo.pi_minion_config(campus, pi_id, env_dir, release_dir),
+                    defaults={"root_dir": str(keys["roots"][pi_id])},
+                    master_factory_class=topo.AutosignMaster,
+                    master_overrides=topo.pi_master_config(salt_tree, campus, keys, pi_id),
+                    minion_overrides=topo.pi_minion_config(campus, pi_id, env_dir, release_dir, keys),
                 )
-        for campus, spec in campuses.items():
+        # the Pi masters' addresses are known now (their ports): kiosks sign in to every Pi of
+        # their campus, from the inventory
+        topo.set_pi_masters(fleet_inventory, pis)
+        topo.write_fleet_data(salt_tree, fleet_inventory, [signing_key[1]])
+        topo.install_keys(fleet_inventory, keys, top, pis)
+        for spec in campuses.values():
             for kiosk_id in sorted(spec["kiosks"]):
+                # the factory's master (its start event) is the kiosk's home Pi, one of its masters
                 kiosks[kiosk_id] = pis[home_pi(spec, kiosk_id)].master.salt_minion_daemon(
                     kiosk_id,
-                    overrides=topo.kiosk_minion_config(campus, kiosk_id, power_dir, release_dir),
+                    overrides=topo.kiosk_minion_config(fleet_inventory, kiosk_id, power_dir, release_dir),
                 )
-        # a syndic's terminate stops the syndic alone: its master and minion are stopped here too
+        TOPOLOGY_TIMES["configs and keys"] = time.monotonic() - began
+        # the top master and the four Pi masters side by side (no master needs another to
+        # start); then, side by side, each Pi's minion and syndic (a syndic's start starts its
+        # minion first) and the kiosks, which need only their Pis' masters
+        started.append(top)
         started.extend(pi.master for pi in pis.values())
+        TOPOLOGY_TIMES["masters"] = topo.start_together([top] + [pi.master for pi in pis.values()])
+        # a syndic's terminate stops the syndic alone: its minion is stopped here too
         started.extend(pi.minion for pi in pis.values())
         started.extend(pis.values())
         started.extend(kiosks.values())
-        # the four Pi masters side by side; then, side by side, each Pi's minion
-        # and syndic (a syndic's start starts its minion first) and the kiosks,
-        # which need only their Pi's master
-        TOPOLOGY_TIMES["Pi masters"] = topo.start_together([pi.master for pi in pis.values()])
         TOPOLOGY_TIMES["Pi minions+syndics, kiosks"] = topo.start_together(
             list(pis.values()) + list(kiosks.values())
         )
         fleet = topo.Topology(
             top=top, pis=pis, kiosks=kiosks, inventory=fleet_inventory, salt_tree=salt_tree,
             power_dir=power_dir, env_dir=env_dir, webhook=webhook, release_dir=release_dir,
-            signing_key_path=signing_key[0], verify_keys=[signing_key[1]],
+            signing_key_path=signing_key[0], verify_keys=[signing_key[1]], keys=keys,
         )
         began_sync = time.monotonic()
         fleet.sync_all()

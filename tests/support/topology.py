@@ -7,6 +7,7 @@ machine. Kept out of conftest.py so the settings can be read in one place.
 import concurrent.futures
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -15,6 +16,9 @@ import sys
 import time
 
 import fleet_inventory  # _utils is on sys.path in tests (setup.cfg: pythonpath)
+import fleet_keys
+import fleet_state
+from saltfactories.daemons.master import SaltMaster
 import yaml
 
 from lab.kiosk_lab import make_signing_key  # noqa: F401 - re-exported: tests make a second ("wrong") key with it
@@ -211,30 +215,48 @@ def write_salt_tree(repo, dest, inventory, verify_keys):
             os.symlink(pathlib.Path(repo) / name, link)
     for sls in ("top.sls", "kiosk_fleet.sls"):  # the shipped pillar, as an operator installs it
         shutil.copy(pathlib.Path(repo) / "pillar" / sls, pillar_dir / sls)
-    data = fleet_data(inventory, verify_keys)
-    (fleet_dir / "fleet.yaml").write_text(yaml.safe_dump(data))
-    campus_data = {}
-    for campus in inventory["kiosk_fleet"]["campuses"]:
-        campus_data[campus] = str(fleet_dir / f"{campus}.yaml")
-        pathlib.Path(campus_data[campus]).write_text(yaml.safe_dump(fleet_inventory.campus_slice(data, campus)))
-    return {
+    tree = {
         "file_roots": {"base": [str(salt_dir), str(pathlib.Path(repo) / "states")]},
         "pillar_roots": {"base": [str(pillar_dir)]},
         "fleet_data": str(fleet_dir / "fleet.yaml"),
-        "campus_data": campus_data,
+        "campus_data": {campus: str(fleet_dir / f"{campus}.yaml") for campus in inventory["kiosk_fleet"]["campuses"]},
         "repo": str(repo),
     }
+    write_fleet_data(tree, inventory, verify_keys)
+    return tree
 
 
-def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
+def write_fleet_data(tree, inventory, verify_keys):
+    """(Re)write the fleet data files of ``tree`` (:func:`write_salt_tree`) from ``inventory``."""
+    data = fleet_data(inventory, verify_keys)
+    pathlib.Path(tree["fleet_data"]).write_text(yaml.safe_dump(data))
+    for campus, path in tree["campus_data"].items():
+        pathlib.Path(path).write_text(yaml.safe_dump(fleet_inventory.campus_slice(data, campus)))
+
+
+def set_pi_masters(inventory, pis):
+    """
+    Put each Pi's ``master`` (the address its campus's kiosks sign in to) in
+    the inventory: ``127.0.0.1:<ret_port>`` of its Pi master factory, known
+    before the master starts. ``pis``: ``{pi_id: syndic factory}``.
+    """
+    for campus in inventory["kiosk_fleet"]["campuses"].values():
+        for pi_id, pi in campus["pis"].items():
+            pi["master"] = f"127.0.0.1:{pis[pi_id].master.config['ret_port']}"
+
+
+def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path, keys):
     reactor_dir = pathlib.Path(repo) / "reactor"
     return {
         "file_roots": tree["file_roots"],
         "pillar_roots": tree["pillar_roots"],
         "module_dirs": [str(repo)],
-        # the whole fleet, read by the runners; no minion receives it
-        "kiosk_fleet": {"data": tree["fleet_data"]},
-        "auto_accept": True,
+        # the whole fleet, read by the runners; no minion receives it. The campus master key
+        # pairs (install_keys; salt-run kiosk_fleet.campus_keygen makes them in production)
+        "kiosk_fleet": {"data": tree["fleet_data"], "campus_keys_dir": str(keys["campus_keys_dir"])},
+        # the inventory's Pis only (their syndics sign in); nothing is accepted by hand
+        "auto_accept": False,
+        "autosign_file": str(keys["top_autosign"]),
         "enable_fqdns_grains": False,  # masters load grains too: no reverse DNS
         "syndic_wait": SYNDIC_WAIT,
         "gather_job_timeout": GATHER_JOB_TIMEOUT,  # Salt's default 10; find_job answers in ~1 s on loopback
@@ -276,19 +298,93 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path):
     }
 
 
-def pi_master_config(tree, campus):
+def pi_master_config(tree, campus, keys, pi_id):
     return {
-        # a Pi master serves its syndic, its minion and two kiosks: two request workers
-        # (Salt's default 5) load their modules at start-up, two topologies start side by side
-        "worker_threads": 2,
+        # the campus master key pair (install_keys) lives here, apart from the Pi minion's keys
+        "pki_dir": str(keys["pis"][pi_id]["master_pki_dir"]),
+        # the campus's Pis and kiosks only, the file the state kiosk_fleet.pi_master renders
+        "auto_accept": False,
+        "autosign_file": str(keys["pis"][pi_id]["autosign_file"]),
+        # a Pi master serves its syndic, its minion and two kiosks: three request workers
+        # (Salt's minimum; its default is 5) load their modules at start-up, two topologies
+        # start side by side
+        "worker_threads": 3,
         "file_roots": tree["file_roots"],
         "pillar_roots": tree["pillar_roots"],
         # the campus's part of the fleet data: the pillar slices of its Pis and kiosks come from it
         "kiosk_fleet": {"data": tree["campus_data"][campus]},
         "module_dirs": [tree["repo"]],
-        "auto_accept": True,
         "enable_fqdns_grains": False,
     }
+
+
+def key_paths(factories_root, inventory):
+    """
+    Where the topology keeps its keys and autosign files: the top master's
+    ``kiosk_fleet:campus_keys_dir`` and autosign file, and per Pi its master's
+    ``pki_dir`` and autosign file and the folder the state
+    ``kiosk_fleet.pi_master`` writes its master config snippet to (the Pi
+    minion's ``kiosk_fleet`` settings). Each under its daemon's root folder
+    (``factories_root / <id>``, the ``root_dir`` the topology gives it): Salt
+    moves any other ``pki_dir`` or ``autosign_file`` below ``root_dir``.
+    """
+    root = pathlib.Path(factories_root)
+    pis = {}
+    for spec in inventory["kiosk_fleet"]["campuses"].values():
+        for pi_id in spec["pis"]:
+            # the Pi minion keeps saltfactories' <root>/pki; its master's keys are apart, as on a Pi
+            pis[pi_id] = {"master_pki_dir": root / pi_id / "master-pki",
+                          "autosign_file": root / pi_id / "conf" / "autosign.conf",
+                          "master_config_dir": root / pi_id / "conf" / "master.d"}
+    return {"roots": {daemon_id: root / daemon_id for daemon_id in ["top", *pis]},
+            "campus_keys_dir": root / "top" / "campus-keys",
+            "top_autosign": root / "top" / "conf" / "autosign.conf", "pis": pis}
+
+
+def install_keys(inventory, keys, top, pis):
+    """
+    Set up the keys before the masters start, as an operator does: the top
+    master's autosign file (the inventory's Pis), one campus master key pair
+    per campus in the top master's ``kiosk_fleet:campus_keys_dir``
+    (``<campus>.pem`` 0600, ``<campus>.pub``), and on each Pi that pair in its
+    master's ``pki_dir`` and the autosign file of its campus's ids, the text
+    the state ``kiosk_fleet.pi_master`` renders.
+    """
+    # what the masters will read (Salt moves paths outside root_dir below it) is where the keys go
+    where = {"top autosign_file": (top.config["autosign_file"], keys["top_autosign"])}
+    for pi_id, paths in keys["pis"].items():
+        where[f"{pi_id} pki_dir"] = (pis[pi_id].master.config["pki_dir"], paths["master_pki_dir"])
+        where[f"{pi_id} autosign_file"] = (pis[pi_id].master.config["autosign_file"], paths["autosign_file"])
+    moved = {name: read for name, (read, meant) in where.items() if read != str(meant)}
+    if moved:
+        raise RuntimeError(f"the masters read their keys elsewhere than the topology writes them: {moved}")
+    inv = fleet_inventory.validate(inventory["kiosk_fleet"])
+    keys_dir = pathlib.Path(keys["campus_keys_dir"])
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pathlib.Path(keys["top_autosign"]).parent.mkdir(parents=True, exist_ok=True)
+    fleet_state.write_atomic(str(keys["top_autosign"]), fleet_keys.autosign_text(fleet_keys.top_autosign_ids(inv)))
+    for campus, spec in inv["campuses"].items():
+        private, public = fleet_keys.new_master_key_pair()
+        fleet_state.write_atomic(str(keys_dir / f"{campus}.pem"), private.decode("ascii"), 0o600)
+        fleet_state.write_atomic(str(keys_dir / f"{campus}.pub"), public.decode("ascii"))
+        autosign = fleet_keys.autosign_text(fleet_keys.autosign_ids(inv, campus))
+        for pi_id in spec["pis"]:
+            paths = keys["pis"][pi_id]
+            fleet_keys.write_master_key_pair(str(paths["master_pki_dir"]), private, public)
+            pathlib.Path(paths["autosign_file"]).parent.mkdir(parents=True, exist_ok=True)
+            fleet_state.write_atomic(str(paths["autosign_file"]), autosign)
+
+
+class AutosignMaster(SaltMaster):
+    """
+    A salt-master factory that leaves a key its master did not autosign
+    pending. saltfactories' own accepts every key that goes pending
+    (``salt-key --accept`` on each ``pend`` auth event), so an id the
+    autosign file leaves out would be accepted all the same.
+    """
+
+    def _on_auth_event(self, payload):
+        return None
 
 
 # Releases: the master's nginx export of its store listens here
@@ -318,8 +414,11 @@ def write_fake_dht11(sysfs_root, temp_milli_c=22000, humidity_milli_pct=45000):
     return device
 
 
-def pi_minion_config(campus, pi_id, env_dir, release_dir):
+def pi_minion_config(campus, pi_id, env_dir, release_dir, keys):
     config = {
+        # where the state kiosk_fleet.pi_master installs the campus key pair and the autosign
+        # file: this Pi's master (key_paths); the test restarts no master
+        "kiosk_fleet": {**{name: str(path) for name, path in keys["pis"][pi_id].items()}, "restart": False},
         "kiosk_release": {
             "repo_dir": str(pathlib.Path(release_dir["root"]) / "repo" / pi_id),
             # the access log of this Pi's nginx (tests/integration/test_release.py: workdir nginx/<pi>)
@@ -367,16 +466,29 @@ def cool_env_pi(topology, since, timeout=120):
     return post
 
 
-# The kiosks' "power button" in tests: records the argv it was called with.
+# The kiosks' "power button" in tests: records the argv of the last press in
+# <kiosk>.json and appends every press, one JSON line each, to <kiosk>.presses
+# (a multi-master kiosk must press once per job, whatever number of Pis sent it).
 POWER_RECORDER = (
     "import json, pathlib, sys; "
-    "pathlib.Path(sys.argv[1]).write_text(json.dumps(sys.argv[2:]))"
+    "record = pathlib.Path(sys.argv[1]); press = json.dumps(sys.argv[2:]); "
+    "record.write_text(press); "
+    "presses = open(record.with_suffix('.presses'), 'a'); presses.write(press + chr(10)); presses.close()"
 )
 
 
-def kiosk_minion_config(campus, kiosk_id, power_dir, release_dir):
+def kiosk_minion_config(inventory, kiosk_id, power_dir, release_dir):
+    """
+    A kiosk of the topology: the multi-master settings of production
+    (``fleet_keys.kiosk_minion_config``: a minion of every Pi of its campus,
+    ``master`` from the inventory's Pi addresses, :func:`set_pi_masters`), the
+    power button recorder, its release folder and hosts file.
+    """
+    inv = fleet_inventory.validate(inventory["kiosk_fleet"])
+    campus = fleet_inventory.campus_of(inv, kiosk_id)
     record = str(pathlib.Path(power_dir) / f"{kiosk_id}.json")
     return {
+        **fleet_keys.kiosk_minion_config(inv, kiosk_id),
         # bind_source: download from the inventory IP, so the Pis' nginx logs tell kiosks apart
         "kiosk_release": {"dir": str(pathlib.Path(release_dir["root"]) / "kiosk" / kiosk_id), "bind_source": True},
         "enable_fqdns_grains": False,  # no reverse-DNS lookups off the machine
@@ -410,10 +522,37 @@ class Topology:
     signing_key_path: pathlib.Path = None
     verify_keys: list = dataclasses.field(default_factory=list)
     synced: dict = dataclasses.field(default_factory=dict)
+    # key_paths(): the campus keys folder, autosign files and each Pi master's pki_dir
+    keys: dict = dataclasses.field(default_factory=dict)
 
     @property
     def minion_ids(self):
         return sorted(list(self.pis) + list(self.kiosks))
+
+    def campus_pis(self, minion_id):
+        """The Pi ids of a kiosk's (or Pi's) campus, sorted: the kiosk's masters in ``master`` order."""
+        campuses = self.inventory["kiosk_fleet"]["campuses"]
+        campus = next(name for name, spec in campuses.items() if minion_id in spec["kiosks"] or minion_id in spec["pis"])
+        return sorted(campuses[campus]["pis"])
+
+    def stop_pi(self, pi_id):
+        """Stop a Pi: its syndic, minion and master, side by side (a syndic's terminate stops the syndic alone)."""
+        pi = self.pis[pi_id]
+        stop_together([pi, pi.minion, pi.master], logging.getLogger(__name__))
+        if any(daemon.is_running() for daemon in (pi, pi.minion, pi.master)):
+            raise RuntimeError(f"{pi_id} did not stop")
+
+    def start_pi(self, pi_id):
+        """Start a stopped Pi: its master, then its minion, then its syndic (the syndic's start does all three)."""
+        self.pis[pi_id].start()
+
+    def salt_key(self, pi_id=None):
+        """``salt-key -L`` of a Pi master (the top master with no ``pi_id``): ``{state: [ids]}``."""
+        master = self.top if pi_id is None else self.pis[pi_id].master
+        result = master.salt_key_cli(timeout=60).run("-L")
+        if result.returncode != 0 or not isinstance(result.data, dict):
+            raise RuntimeError(f"salt-key -L on {master.id} failed: {result}")
+        return result.data
 
     def salt(self, *args, tgt="*", timeout=90, **kwargs):
         """``salt <tgt> <args>`` on the top master; returns saltfactories' result."""
