@@ -480,10 +480,15 @@ def pis_pin(name, campus, pis, pi_returns, keys):
             continue
         try:
             valid[pi] = fleet_sign.verify_pin(pin, keys, name, campus, f"{pi}.pin")
+            error = None
         except fleet_release.ReleaseError as exc:
+            error = str(exc)
+        except TypeError:  # keys JSON cannot sort: a minion return need not be JSON
+            error = f"{pi}.pin: not a signed JSON document"
+        if error is not None:
             version = pin.get("version") if isinstance(pin, dict) else None
             shown = version if isinstance(version, str) and fleet_release.VERSION.match(version) else None
-            out["refused"][pi] = {"error": str(exc), "version": shown}
+            out["refused"][pi] = {"error": error, "version": shown}
     out["staged"] = fleet_release.sort_versions(staged)
     pins = [p for p in valid.values() if p is not None]
     if pins:

@@ -412,6 +412,8 @@ def test_the_campus_pin_is_the_newest_valid_one_and_the_others_are_listed_behind
     ("another campus", signed("9.9.9", 10**6, campus="west"), r"^pi-east-1\.pin\.campus: "),
     ("another release", signed("9.9.9", 10**6, name="other"), r"^pi-east-1\.pin\.name: "),
     ("garbage", "not json", r"^pi-east-1\.pin: not JSON"),
+    ("not JSON-shaped", {1: "x", "kind": "pin", "signature": {"alg": "ed25519", "value": "AAAA"}},
+     r"^pi-east-1\.pin: not a signed JSON document"),
 ])
 def test_a_forged_or_foreign_pin_is_refused_and_never_outranks_a_valid_one(what, pin, match):
     good = signed("1.4.0", 2000)
