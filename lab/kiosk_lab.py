@@ -9,14 +9,22 @@ kiosk-lab: the production topology on one machine, outside pytest.
     kiosk-lab demo    up, then show the fleet answering through the Pis, a
                       kiosk woken and shut down, and a release published
                       to one campus reaching its kiosks through the reactors
+    kiosk-lab pi-down PI  stop one Pi's master, syndic and minion (by pid):
+                      its campus's kiosks keep answering through the other Pis
+    kiosk-lab pi-up PI    start them again
     kiosk-lab down    stop everything the lab started, by pid
 
 Every node gets its own loopback address and Salt's standard ports, as on
 real hosts: the top master listens on 127.0.100.1:4505/4506, each Pi master on
-its first VLAN address (127.0.1.2, ...), kiosks sit on their VLANs
-(127.0.1.11, ...). nginx exports the top master's release store on
-127.0.100.1:8080 and serves each Pi's repository on its VLAN addresses, on
-the campus ``repo_port`` of the inventory. Nothing leaves 127.0.0.0/8.
+the inventory's ``master`` address of that Pi (127.0.1.2:4506, ...), kiosks
+sit on their VLANs (127.0.1.11, ...) and connect to every Pi master of their
+campus (Salt's hot multi-master, the config from fleet_keys). The Pis of a
+campus share one master key pair, made at start-up and kept on the top master
+as ``salt-run kiosk_fleet.campus_keygen`` keeps it; every master accepts keys
+through an autosign file rendered from the inventory (no ``auto_accept``).
+nginx exports the top master's release store on 127.0.100.1:8080 and serves
+each Pi's repository on its VLAN addresses, on the campus ``repo_port`` of the
+inventory. Nothing leaves 127.0.0.0/8.
 """
 
 import argparse
@@ -41,6 +49,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "_utils"))
 
 import fleet_inventory  # noqa: E402
+import fleet_keys  # noqa: E402
+import fleet_state  # noqa: E402
 
 from lab import nginx_repo  # noqa: E402
 
@@ -64,15 +74,65 @@ def say(message):
 def load_inventory(path):
     """The fleet data file the lab runs on and its validated inventory (InventoryError naming the field)."""
     raw = fleet_inventory.load_data(str(path))
-    return raw, fleet_inventory.validate(raw.get(fleet_inventory.PILLAR_KEY))
+    inv = fleet_inventory.validate(raw.get(fleet_inventory.PILLAR_KEY))
+    for campus, spec in inv["campuses"].items():
+        for pi_id, pi in spec["pis"].items():
+            if not pi.get("master"):  # production may default to the VLAN sources; a lab master binds one
+                raise fleet_inventory.InventoryError(
+                    f"campuses.{campus}.pis.{pi_id}.master: the lab needs it (the one loopback address the Pi's "
+                    "master binds, host:port)")
+    return raw, inv
 
 
-def pi_address(pi_spec, campus_spec):
-    """A Pi's master listens on its first VLAN source address (sorted by VLAN)."""
-    for vlan in sorted(pi_spec["vlans"]):
-        if pi_spec["vlans"][vlan].get("source"):
-            return pi_spec["vlans"][vlan]["source"]
-    raise fleet_inventory.InventoryError("lab: every Pi needs a source address on one VLAN")
+def pi_master(pi_spec):
+    """``(host, port)`` a Pi's salt-master binds: the Pi's ``master`` in the inventory, the address
+    its campus's kiosks connect to (fleet_keys.kiosk_masters)."""
+    host, _, port = pi_spec["master"].rpartition(":")
+    return host, int(port)
+
+
+def pi_dirs(run, pi_id):
+    """A Pi's config dir (master, syndic and minion share its root) and its master's pki dir."""
+    return run / pi_id, run / pi_id / "pki" / "master"
+
+
+def pi_daemons(run, pi_id):
+    """``[(name, argv)]`` of one Pi, in start order: the master first (its syndic and minion connect to it)."""
+    pi_dir = str(pi_dirs(run, pi_id)[0])
+    return [
+        (f"{pi_id} master", ["salt-master", "-c", pi_dir]),
+        (f"{pi_id} syndic", ["salt-syndic", "-c", pi_dir]),
+        (f"{pi_id} minion", ["salt-minion", "-c", pi_dir]),
+    ]
+
+
+def write_campus_keys(run, inv, keys_dir):
+    """Each campus's master key pair: kept on the top master in ``kiosk_fleet:campus_keys_dir`` as
+    ``salt-run kiosk_fleet.campus_keygen`` keeps it (``<campus>.pem`` 0600, ``<campus>.pub``) and written
+    into the pki dir of each of the campus's Pi masters before they start (in production the state
+    kiosk_fleet.pi_master does that). Every kiosk talks to all the Pis of its campus and keeps one
+    master public key: they must share the pair."""
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    for campus, spec in inv["campuses"].items():
+        private_pem, public_pem = fleet_keys.new_master_key_pair()
+        fleet_state.write_atomic(str(keys_dir / f"{campus}.pem"), private_pem.decode(), mode=0o600)
+        fleet_state.write_atomic(str(keys_dir / f"{campus}.pub"), public_pem.decode(), mode=0o644)
+        for pi_id in spec["pis"]:
+            pki_dir = pi_dirs(run, pi_id)[1]
+            pki_dir.mkdir(parents=True, exist_ok=True)
+            fleet_keys.write_master_key_pair(str(pki_dir), private_pem, public_pem)
+
+
+def top_autosign_ids(inv):
+    """What the top master accepts: the syndics of every inventory Pi (a syndic uses its Pi's id)."""
+    return sorted(pi for spec in inv["campuses"].values() for pi in spec["pis"])
+
+
+def write_autosign(path, ids):
+    """A master's autosign file (Salt ignores one others may write: 0644)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fleet_state.write_atomic(str(path), fleet_keys.autosign_text(ids), mode=0o644)
+    return str(path)
 
 
 def release_store(run):
@@ -181,7 +241,8 @@ def write_configs(run, raw, inv):
         "root_dir": str(top),
         "log_file": str(top / "master.log"),
         "order_masters": True,
-        "auto_accept": True,
+        # keys: the Pis' syndics only (the kiosks' keys are accepted by their campus's Pi masters)
+        "autosign_file": write_autosign(top / "autosign", top_autosign_ids(inv)),
         "syndic_wait": 2,
         # a powered-off kiosk costs every call its timeout plus this wait for find_job
         # (Salt's default 10 s); on one machine a running minion answers find_job in ~1 s
@@ -190,8 +251,10 @@ def write_configs(run, raw, inv):
         # reactions that start together right then each load a MasterMinion, and CPython
         # 3.11's importlib.invalidate_caches races (KeyError): one reaction is lost
         "reactor_refresh_interval": 3600,
-        "kiosk_fleet": {"data": str(fleet_files[None])},  # the whole fleet: runners only
-        # kiosk events reach the top master twice (plain and syndic/<pi>/...): plain tags only
+        # the whole fleet (runners only) and the campus master key pairs (campus_keygen, campus_keys)
+        "kiosk_fleet": {"data": str(fleet_files[None]), "campus_keys_dir": str(top / "campus-keys")},
+        # a kiosk's event reaches the top master once per Pi it is connected to, plain and as
+        # syndic/<pi>/...: plain tags only, and the reactors are idempotent
         "reactor": [{"kiosk/boot": [str(REPO / "reactor" / "kiosk_boot.sls")]}] + [
             {f"kiosk/release/{event}": [str(REPO / "reactor" / f"kiosk_release_{event}.sls")]}
             for event in RELEASE_REACTORS
@@ -210,17 +273,22 @@ def write_configs(run, raw, inv):
     })
     (run / "metrics").mkdir(exist_ok=True)
     build_root(run).mkdir(exist_ok=True)
+    write_campus_keys(run, inv, top / "campus-keys")
     daemons = [("top master", ["salt-master", "-c", str(top)])]
     for campus, spec in inv["campuses"].items():
         for pi_id, pi in sorted(spec["pis"].items()):
-            address = pi_address(pi, spec)
-            pi_dir = run / pi_id
+            host, port = pi_master(pi)
+            pi_dir, pki_dir = pi_dirs(run, pi_id)
             write_yaml(pi_dir / "master", {
                 "id": pi_id,
-                "interface": address,
+                "interface": host,
+                "ret_port": port,
                 "root_dir": str(pi_dir),
+                "pki_dir": str(pki_dir),  # holds the campus's master key pair (write_campus_keys)
                 "log_file": str(pi_dir / "master.log"),
-                "auto_accept": True,
+                # this campus's Pis and kiosks only: a kiosk of another campus, or a minion the
+                # inventory does not know, stays pending
+                "autosign_file": write_autosign(pi_dir / "autosign", fleet_keys.autosign_ids(inv, campus)),
                 "syndic_master": TOP_ADDRESS,
                 "kiosk_fleet": {"data": str(fleet_files[campus])},  # this campus's part only
                 "syndic_log_file": str(pi_dir / "syndic.log"),
@@ -229,7 +297,7 @@ def write_configs(run, raw, inv):
             })
             write_yaml(pi_dir / "minion", {
                 "id": pi_id,
-                "master": address,
+                "master": f"{host}:{port}",
                 "root_dir": str(pi_dir),
                 "log_file": str(pi_dir / "minion.log"),
                 "user": user,
@@ -240,17 +308,14 @@ def write_configs(run, raw, inv):
                 "kiosk_release": {"repo_dir": str(run / "repo" / pi_id),
                                   "access_log": str(run / "nginx" / pi_id / "access.log")},
             })
-            daemons += [
-                (f"{pi_id} master", ["salt-master", "-c", str(pi_dir)]),
-                (f"{pi_id} syndic", ["salt-syndic", "-c", str(pi_dir)]),
-                (f"{pi_id} minion", ["salt-minion", "-c", str(pi_dir)]),
-            ]
+            daemons += pi_daemons(run, pi_id)
         for kiosk_id in sorted(spec["kiosks"]):
-            home = fleet_inventory.home_pi(spec, kiosk_id)
             kiosk_dir = run / "kiosks" / kiosk_id
             write_yaml(kiosk_dir / "minion", {
+                # every Pi master of the campus (hot multi-master) and how the kiosk watches them:
+                # the production kiosk config (state kiosk_fleet.kiosk_minion renders the same)
+                **fleet_keys.kiosk_minion_config(inv, kiosk_id),
                 "id": kiosk_id,
-                "master": pi_address(spec["pis"][home], spec),
                 "root_dir": str(kiosk_dir),
                 "log_file": str(kiosk_dir / "minion.log"),
                 "user": user,
@@ -301,9 +366,10 @@ def start(run, name, argv):
     return proc
 
 
-def salt(run, *args, timeout=60):
-    """Run ``salt`` against the lab's top master; return parsed JSON (or raise)."""
-    cmd = [str(BIN / "salt"), "-c", str(run / "top"), "--out=json", "--static", f"--timeout={timeout}", *args]
+def salt(run, *args, timeout=60, master="top"):
+    """Run ``salt`` against the lab's top master (or the master whose config dir is ``run/master``, e.g. a
+    Pi's); return parsed JSON, or ``{"_error": ...}``."""
+    cmd = [str(BIN / "salt"), "-c", str(run / master), "--out=json", "--static", f"--timeout={timeout}", *args]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60, check=False)
     except subprocess.TimeoutExpired:  # a master still starting on a loaded machine: callers poll again
@@ -318,9 +384,13 @@ MASTER_START_S = 120
 MASTER_SOCKETS = ("publish_pull.ipc", "workers.ipc", "master_event_pub.ipc")
 
 
+def master_sock_dir(config_dir):
+    return config_dir / "var" / "run" / "salt" / "master"  # Salt's sock_dir under root_dir
+
+
 def wait_master_sockets(config_dir, pid, timeout):
     """True once the master whose config is in ``config_dir`` has bound its IPC sockets."""
-    sock_dir = config_dir / "var" / "run" / "salt" / "master"  # Salt's sock_dir under root_dir
+    sock_dir = master_sock_dir(config_dir)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if all((sock_dir / name).exists() for name in MASTER_SOCKETS):
@@ -331,18 +401,54 @@ def wait_master_sockets(config_dir, pid, timeout):
     return False
 
 
-def wait_for_minions(run, expected, timeout, fun="test.ping"):
-    """Poll ``fun`` on every minion until each of ``expected`` answers True-ish."""
+def wait_for_minions(run, expected, timeout, fun="test.ping", master="top"):
+    """Poll ``fun`` on ``expected`` (through ``master``) until each of them answers True-ish."""
     deadline = time.time() + timeout
     answered = {}
     while time.time() < deadline:
-        answered = salt(run, "*", fun, timeout=10)
+        answered = salt(run, "-L", ",".join(expected), fun, timeout=10, master=master)
         if fun != "test.ping":  # e.g. kiosk_power.status: any dict answer counts
             answered = {k: isinstance(v, dict) for k, v in answered.items()}
         if set(expected) <= {k for k, v in answered.items() if v is True}:
             return answered
         time.sleep(2)
     return answered
+
+
+def wait_pis_reach_kiosks(run, inv, powered, timeout):
+    """``{pi: (kiosks its own master reached, powered-on kiosks of its campus)}``, asked of every Pi
+    master at once (``salt -c <run>/<pi>``), each until all its kiosks answer or ``timeout``."""
+    reach = {}
+
+    def ask(pi, wanted):
+        answered = wait_for_minions(run, wanted, timeout, master=pi)
+        reach[pi] = (sorted(k for k in wanted if answered.get(k) is True), wanted)
+
+    threads = [threading.Thread(target=ask, args=(pi, sorted(set(spec["kiosks"]) & powered)))
+               for spec in inv["campuses"].values() if set(spec["kiosks"]) & powered for pi in spec["pis"]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return reach
+
+
+def start_daemons(run, daemons):
+    """Start ``[(name, argv)]`` in order, each master's syndic and minion only once the master listens.
+    False (and said why) when a master did not come up."""
+    for name, argv in daemons:
+        if name.endswith(" master"):
+            for sock in MASTER_SOCKETS:  # a killed master's sockets must not pass for the new one's
+                with contextlib.suppress(FileNotFoundError):
+                    (master_sock_dir(pathlib.Path(argv[-1])) / sock).unlink()
+        pid = start(run, name, argv).pid
+        say(f"started {name:<24} pid {pid}")
+        # a master's syndic connects once to the master's publisher socket and never
+        # retries (salt 3007): wait until the master has bound it, however slow the start
+        if name.endswith(" master") and not wait_master_sockets(pathlib.Path(argv[-1]), pid, MASTER_START_S):
+            say(f"{name} did not open its sockets within {MASTER_START_S} s; logs under {run}")
+            return False
+    return True
 
 
 def cmd_up(args):
@@ -364,15 +470,9 @@ def cmd_up(args):
         say(f"release server failed: {error}")
         cmd_down(args)
         return 1
-    for name, argv in daemons:
-        pid = start(run, name, argv).pid
-        say(f"started {name:<24} pid {pid}")
-        # a master's syndic connects once to the master's publisher socket and never
-        # retries (salt 3007): wait until the master has bound it, however slow the start
-        if name.endswith(" master") and not wait_master_sockets(pathlib.Path(argv[-1]), pid, MASTER_START_S):
-            say(f"{name} did not open its sockets within {MASTER_START_S} s; logs under {run}")
-            cmd_down(args)
-            return 1
+    if not start_daemons(run, daemons):
+        cmd_down(args)
+        return 1
     kiosks = sorted(k for c in inv["campuses"].values() for k in c["kiosks"])
     off = [k for k in (args.off or "").split(",") if k]
     unknown = sorted(set(off) - set(kiosks))
@@ -393,6 +493,14 @@ def cmd_up(args):
     if missing:
         say(f"no answer from {', '.join(missing)}; logs under {run}")
         return 1
+    # multi-master: each Pi's own master must reach every powered-on kiosk of its campus
+    say("each Pi master reaches the kiosks of its campus (every kiosk is connected to all of its campus's Pis):")
+    reach = wait_pis_reach_kiosks(run, inv, set(kiosks) - set(off), args.timeout)
+    for pi, (reached, wanted) in sorted(reach.items()):
+        print(f"    {pi}: {len(reached)} of {len(wanted)}  {', '.join(reached)}")
+    if any(len(reached) < len(wanted) for reached, wanted in reach.values()):
+        say(f"a kiosk is not connected to every Pi of its campus; logs under {run}")
+        return 1
     synced = salt(run, "*", "saltutil.sync_all", timeout=60)
     say(f"pack synced to {len(synced)} minions")
     say("up. Use the top master with:")
@@ -403,6 +511,21 @@ def cmd_up(args):
     return 0
 
 
+def stop_processes(pids, grace=45):
+    """SIGTERM each process group of ``{name: pid}`` in order (every daemon was started in a session
+    of its own: its workers go with it), SIGKILL what is still there after ``grace`` seconds."""
+    for pid in pids.values():
+        if alive(pid):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and any(alive(p) for p in pids.values()):
+        time.sleep(0.2)
+    for name, pid in pids.items():
+        if alive(pid):
+            say(f"{name} (pid {pid}) ignored SIGTERM: SIGKILL")
+            os.killpg(pid, signal.SIGKILL)
+
+
 def cmd_down(args):
     run = pathlib.Path(args.dir)
     pids = read_pids(run)
@@ -410,17 +533,8 @@ def cmd_down(args):
         say(f"nothing to stop in {run}")
         return 0
     # simulator first: it stops the kiosk minions it powered on
-    order = sorted(pids, key=lambda n: (n != "kiosk simulator", n == "top master"))
-    for name in order:
-        if alive(pids[name]):
-            os.killpg(pids[name], signal.SIGTERM)
-    deadline = time.time() + 45
-    while time.time() < deadline and any(alive(p) for p in pids.values()):
-        time.sleep(0.5)
-    for name, pid in pids.items():
-        if alive(pid):
-            say(f"{name} (pid {pid}) ignored SIGTERM: SIGKILL")
-            os.killpg(pid, signal.SIGKILL)
+    stop_processes({name: pids[name] for name in sorted(pids, key=lambda n: (n != "kiosk simulator",
+                                                                             n == "top master"))})
     # safety net: kiosk minions the simulator started, should it have died first
     state_file = run / "sim-state.json"
     if state_file.exists():
@@ -438,12 +552,112 @@ def cmd_status(args):
     pids = read_pids(run)
     for name, pid in sorted(pids.items()):
         print(f"{name:<24} pid {pid:<8} {'running' if alive(pid) else 'STOPPED'}")
+    down = pis_down(run, pids)
+    for pi in down:
+        for name, _ in pi_daemons(run, pi):
+            print(f"{name:<24} {'':<12} stopped by pi-down (kiosk-lab pi-up {pi})")
     state_file = run / "sim-state.json"
     if state_file.exists():
         for kiosk, state in sorted(json.loads(state_file.read_text()).items()):
             power = "on " if state["on"] else "off"
-            print(f"{kiosk:<24} power {power} {state['ip']}:{state['service_port']}  magic packets {state['packets']}")
-    return 0 if pids and all(alive(p) for p in pids.values()) else 1
+            print(f"{kiosk:<24} power {power} {state['ip']}:{state['service_port']}  magic packets {state['packets']}"
+                  f"  power-button presses {state.get('presses', 0)}")
+    return 0 if pids and all(alive(p) for p in pids.values()) and not down else 1
+
+
+def lab_inventory(run):
+    """The normalised inventory of the running lab (written by ``up``), or None."""
+    path = run / "inventory.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def pis_down(run, pids):
+    """The inventory's Pis none of whose daemons the lab runs now (stopped by pi-down)."""
+    inv = lab_inventory(run) if pids else None
+    if not inv:
+        return []
+    return sorted(pi for spec in inv["campuses"].values() for pi in spec["pis"]
+                  if not any(name in pids for name, _ in pi_daemons(run, pi)))
+
+
+def pi_of_lab(args):
+    """``(run, inventory, campus)`` for the ``pi`` argument, or an exit code after saying why."""
+    run = pathlib.Path(args.dir)
+    inv = lab_inventory(run)
+    pids = read_pids(run)
+    if not inv or not alive(pids.get("top master", 0) or 0):
+        say(f"the lab is not running in {run} (kiosk-lab up first)")
+        return 1
+    campus = next((c for c, spec in inv["campuses"].items() if args.pi in spec["pis"]), None)
+    if campus is None:
+        known = sorted(pi for spec in inv["campuses"].values() for pi in spec["pis"])
+        say(f"pi: {args.pi!r} is not a Pi of the lab's inventory ({', '.join(known)})")
+        return 2
+    return run, inv, campus
+
+
+def cmd_pi_down(args):
+    """Stop one Pi's master, syndic and minion by pid: the Pi losing power, as far as Salt can tell."""
+    found = pi_of_lab(args)
+    if isinstance(found, int):
+        return found
+    run, inv, campus = found
+    pids = read_pids(run)
+    mine = {name: pids[name] for name, _ in reversed(pi_daemons(run, args.pi)) if name in pids}
+    if not mine:
+        say(f"{args.pi} is already down (kiosk-lab pi-up {args.pi} starts it)")
+        return 0
+    stop_processes(mine, grace=20)
+    pids = {name: pid for name, pid in read_pids(run).items() if name not in mine}
+    (run / "pids.json").write_text(json.dumps(pids, indent=1))
+    say(f"{args.pi} is down: stopped its " + ", ".join(f"{n.split()[-1]} (pid {p})" for n, p in mine.items()))
+    others = [p for p in sorted(inv["campuses"][campus]["pis"]) if p not in pis_down(run, pids)]
+    kiosks = sorted(inv["campuses"][campus]["kiosks"])
+    top = f"-c {run / 'top'}"
+    if not others:
+        say(f"no Pi of {campus} is up: its kiosks are out of reach until one comes back")
+    else:
+        say(f"the kiosks of {campus} are connected to every Pi of their campus and keep answering "
+            f"through {', '.join(others)}, with no restart. Try:")
+        print(f"    {BIN / 'salt'} {top} -L {','.join(kiosks)} test.ping")
+        print(f"    {BIN / 'salt-run'} {top} kiosk_power.shutdown kiosks={','.join(kiosks[:2])} delay_s=5")
+        print(f"    {BIN / 'salt'} -c {run / others[0]} '*' test.ping      (what {others[0]}'s own master reaches)")
+    print(f"    {REPO / 'lab' / 'kiosk-lab'} pi-up {args.pi}")
+    return 0
+
+
+def cmd_pi_up(args):
+    """Start one Pi's master, syndic and minion again; wait until the top master hears the Pi and the
+    Pi's master hears its campus's powered-on kiosks (they reconnect on their own)."""
+    found = pi_of_lab(args)
+    if isinstance(found, int):
+        return found
+    run, inv, campus = found
+    pids = read_pids(run)
+    daemons = pi_daemons(run, args.pi)
+    running = {name: pids[name] for name, _ in daemons if name in pids and alive(pids[name])}
+    if len(running) == len(daemons):
+        say(f"{args.pi} is already up")
+        return 0
+    stop_processes(running, grace=20)  # half up (one daemon died): start all three afresh
+    if not start_daemons(run, daemons):
+        stop_processes({name: pid for name, pid in read_pids(run).items() if name in dict(daemons)}, grace=20)
+        return 1
+    power = json.loads((run / "sim-state.json").read_text()) if (run / "sim-state.json").exists() else {}
+    kiosks = sorted(k for k in inv["campuses"][campus]["kiosks"] if power.get(k, {}).get("on"))
+    began = time.time()
+    heard = wait_for_minions(run, [args.pi], args.timeout)
+    reached = wait_for_minions(run, kiosks, args.timeout, master=args.pi) if kiosks else {}
+    missing = sorted({args.pi} - {k for k, v in heard.items() if v is True}) + sorted(
+        set(kiosks) - {k for k, v in reached.items() if v is True})
+    if missing:
+        say(f"{args.pi} is up, but no answer from {', '.join(missing)}; logs under {run / args.pi}")
+        return 1
+    say(f"{args.pi} is up: the top master hears it and its master reaches {len(kiosks)} powered-on kiosks "
+        f"of {campus} ({time.time() - began:.0f} s). Check with:")
+    print(f"    {BIN / 'salt'} -c {run / args.pi} '*' test.ping")
+    print(f"    {REPO / 'lab' / 'kiosk-lab'} status")
+    return 0
 
 
 def salt_run(run, *args, timeout=120):
@@ -690,8 +904,14 @@ def main(argv=None):
         p.add_argument("--timeout", type=int, default=180, help="seconds to wait for every minion")
     sub.add_parser("down")
     sub.add_parser("status")
+    for name, what in (("pi-down", "stop one Pi's master, syndic and minion (by pid)"),
+                       ("pi-up", "start one Pi's master, syndic and minion again")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("pi", help="a Pi of the inventory, e.g. pi-riverside-1")
+        p.add_argument("--timeout", type=int, default=120, help="seconds to wait for the Pi and its kiosks (pi-up)")
     args = parser.parse_args(argv)
-    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "demo": cmd_demo}[args.command](args)
+    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "demo": cmd_demo,
+            "pi-down": cmd_pi_down, "pi-up": cmd_pi_up}[args.command](args)
 
 
 if __name__ == "__main__":

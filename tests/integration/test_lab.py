@@ -18,7 +18,9 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 import pytest
+import yaml
 
+import fleet_keys
 import fleet_wol
 
 pytestmark = pytest.mark.topology
@@ -37,9 +39,9 @@ def lab(run, *args, timeout=300):
     )
 
 
-def salt(run, *args):
+def salt(run, *args, master="top"):
     out = subprocess.run(
-        [str(BIN / "salt"), "-c", str(run / "top"), "--out=json", "--static", "--timeout=5", *args],
+        [str(BIN / "salt"), "-c", str(run / master), "--out=json", "--static", "--timeout=5", *args],
         capture_output=True, text=True, timeout=90, check=False,
     )
     return json.loads(out.stdout or "{}")
@@ -175,6 +177,7 @@ def test_kiosk_power_wake_and_shutdown_cycle_a_simulated_kiosk(lab_run):
     # the demo woke it and shut it down again
     assert wait_for(lambda: not port_open("127.0.3.13", 3389), 10)
     packets_before = sim_state(run)[OFF_KIOSK]["packets"]
+    presses_before = sim_state(run)[OFF_KIOSK]["presses"]
     code, report = salt_run(run, "kiosk_power.wake", f"kiosks={OFF_KIOSK}")
     assert code == 0, report
     assert sorted(report["kiosks"][OFF_KIOSK]["sent_by"]) == ["pi-hillside-1", "pi-hillside-2"]
@@ -188,6 +191,8 @@ def test_kiosk_power_wake_and_shutdown_cycle_a_simulated_kiosk(lab_run):
     assert code == 0, report
     assert report["accepted"] == [OFF_KIOSK]
     assert wait_for(lambda: not port_open("127.0.3.13", 3389), 30), "service port still open"
+    # the job reached the kiosk through both hillside Pis and ran once: one press of its power button
+    assert sim_state(run)[OFF_KIOSK]["presses"] == presses_before + 1
     status = lab(run, "status")
     assert f"{OFF_KIOSK:<24} power off" in status.stdout
 
@@ -220,3 +225,59 @@ def test_lab_pillar_is_need_to_know_and_carries_the_start_up_key(lab_run):
     # the runners read the whole fleet from the master-only file
     code, inv = salt_run(run, "kiosk_fleet.inventory")
     assert code == 0 and inv["counts"] == {"riverside": {"pis": 2, "kiosks": 4}, "hillside": {"pis": 2, "kiosks": 3}}
+
+
+def test_lab_kiosks_are_on_every_pi_of_their_campus_and_keys_follow_the_inventory(lab_run):
+    run, stdout = lab_run
+    inv = json.loads((run / "inventory.json").read_text())
+    riverside = sorted(inv["campuses"][CAMPUS]["pis"])
+    for campus, spec in inv["campuses"].items():
+        for kiosk in spec["kiosks"]:
+            config = yaml.safe_load((run / "kiosks" / kiosk / "minion").read_text())
+            assert config["master"] == fleet_keys.kiosk_masters(inv, kiosk), kiosk
+            assert len(config["master"]) == len(spec["pis"]) == 2, kiosk
+        # one master key pair per campus: on each of its Pi masters and in the top master's campus_keys_dir
+        public = (run / "top" / "campus-keys" / f"{campus}.pub").read_bytes()
+        assert {(run / pi / "pki" / "master" / "master.pub").read_bytes() for pi in spec["pis"]} == {public}
+        assert (run / "top" / "campus-keys" / f"{campus}.pem").stat().st_mode & 0o777 == 0o600
+    assert (run / "top" / "campus-keys" / "hillside.pub").read_bytes() != \
+        (run / "top" / "campus-keys" / "riverside.pub").read_bytes()
+    # keys accepted through autosign files rendered from the inventory, never auto_accept
+    for config in [run / "top" / "master"] + [run / pi / "master" for pi in riverside]:
+        assert "auto_accept" not in yaml.safe_load(config.read_text()), config
+    keys = subprocess.run([str(BIN / "salt-key"), "-c", str(run / "pi-riverside-2"), "-L", "--out=json"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    # its own minion and the campus's kiosks (pi-riverside-1's minion is on pi-riverside-1 only)
+    assert sorted(json.loads(keys.stdout)["minions"]) == RIVERSIDE_KIOSKS + ["pi-riverside-2"]
+    assert (run / "pi-riverside-2" / "autosign").read_text() == fleet_keys.autosign_text(
+        fleet_keys.autosign_ids(inv, CAMPUS))
+    # each Pi's own master reaches every riverside kiosk: they are connected to both
+    for pi in riverside:
+        assert salt(run, "-L", ",".join(RIVERSIDE_KIOSKS), "test.ping", master=pi) == \
+            dict.fromkeys(RIVERSIDE_KIOSKS, True), pi
+    assert re.search(r"pi-riverside-1: 4 of 4 +kiosk-riverside-01", stdout), stdout
+
+
+def test_with_its_first_pi_down_a_kiosk_answers_and_shuts_down_once(lab_run):
+    run, _ = lab_run
+    kiosks = ["kiosk-riverside-01", "kiosk-riverside-02"]  # pi-riverside-1 comes first in both kiosks' master lists
+    presses = {k: sim_state(run)[k]["presses"] for k in kiosks}
+    started = time.monotonic()
+    down = lab(run, "pi-down", "pi-riverside-1")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "kiosk_power.shutdown kiosks=kiosk-riverside-01,kiosk-riverside-02" in down.stdout
+    assert "pi-up pi-riverside-1" in down.stdout
+    assert re.search(r"pi-riverside-1 master +stopped by pi-down", lab(run, "status").stdout)
+    try:
+        assert salt(run, "kiosk-riverside-01", "test.ping") == {"kiosk-riverside-01": True}
+        code, report = salt_run(run, "kiosk_power.shutdown", f"kiosks={','.join(kiosks)}", "delay_s=1")
+        assert code == 0 and sorted(report["accepted"]) == kiosks, report
+        for kiosk in kiosks:
+            ip = sim_state(run)[kiosk]["ip"]
+            assert wait_for(lambda ip=ip: not port_open(ip, 3389), 30), kiosk
+            # powered off: its minion is gone, no late second run can press the button again
+            assert sim_state(run)[kiosk]["presses"] == presses[kiosk] + 1, kiosk
+    finally:
+        up = lab(run, "pi-up", "pi-riverside-1", timeout=240)
+    assert up.returncode == 0, up.stdout + up.stderr
+    print(f"pi-down, shutdown through the other Pi, pi-up: {time.monotonic() - started:.0f} s")
