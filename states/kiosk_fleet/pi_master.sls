@@ -22,7 +22,9 @@
         master_config_dir: /etc/salt/master.d
         autosign_file: /etc/salt/autosign.conf
         restart: True            # False: never restart salt-master (tests)
-        restart_delay: 10        # seconds between the state's end and the restart
+        restart_delay: 10        # seconds between the state's end and the restart (1-3600);
+                                 # pillar kiosk_fleet_master_key:restart_delay wins (campus_keys
+                                 # staggers the Pis of a campus so they never restart together)
 
     Apply with: salt-run kiosk_fleet.campus_keys campus=riverside   (key, autosign, config)
            or:  salt 'pi-*' state.apply kiosk_fleet.pi_master       (autosign and config only) #}
@@ -30,8 +32,10 @@
 {%- set conf_dir = salt['config.get']('kiosk_fleet:master_config_dir', '/etc/salt/master.d') %}
 {%- set autosign_file = salt['config.get']('kiosk_fleet:autosign_file', '/etc/salt/autosign.conf') %}
 {%- set restart = salt['config.get']('kiosk_fleet:restart', True) %}
-{%- set restart_delay = salt['config.get']('kiosk_fleet:restart_delay', 10) | int %}
 {%- set key = salt['pillar.get']('kiosk_fleet_master_key', {}) %}
+{%- set restart_delay = key.get('restart_delay') if key.get('restart_delay') is not none
+                        else salt['config.get']('kiosk_fleet:restart_delay', 10) %}
+{%- set delay_ok = restart_delay is integer and restart_delay is not boolean and 1 <= restart_delay <= 3600 %}
 
 {%- if key %}
 kiosk_fleet_campus_key:
@@ -68,7 +72,12 @@ kiosk_fleet_pi_master_config:
         open_mode: False
         autosign_file: {{ autosign_file | json }}
 
-{%- if restart %}
+{%- if restart and not delay_ok %}
+
+kiosk_fleet_pi_master_restart:
+  test.fail_without_changes:
+    - name: {{ ('restart_delay: ' ~ (restart_delay | string | truncate(40)) ~ ' is not a number of seconds (1-3600); salt-master not restarted') | json }}
+{%- elif restart %}
 
 kiosk_fleet_pi_master_restart:
   module.run:

@@ -395,6 +395,18 @@ def test_restarts_are_scheduled_after_the_return_and_previewed_with_test_true(tm
     code, shown, err = salt_call(root, "state.show_sls", "kiosk_fleet.pi_master", pillar)
     [call] = [step for step in shown["kiosk_fleet_pi_master_restart"]["module"] if isinstance(step, dict) and "cmd.run_all" in step]
     assert {"cmd": ["systemd-run", "--on-active=7", "--timer-property=AccuracySec=1s", "systemctl", "restart", "salt-master"]} in call["cmd.run_all"]
+    # the runner staggers the Pis of a campus: the delay in the key's pillar wins over the setting
+    sealed, public = sealed_for_pi(keys)
+    for delay, expected in ((40, "--on-active=40"), ("soon", None), (0, None), (True, None)):
+        pillar = "pillar=" + json.dumps({"kiosk_fleet_master_key": {"sealed": sealed, "public": public, "restart_delay": delay}})
+        code, states, err = salt_call(root, "state.apply", "kiosk_fleet.pi_master", pillar, "test=True")
+        [restart] = [s for s in states.values() if s["__id__"] == "kiosk_fleet_pi_master_restart"]
+        if expected:
+            code, shown, err = salt_call(root, "state.show_sls", "kiosk_fleet.pi_master", pillar)
+            assert expected in json.dumps(shown["kiosk_fleet_pi_master_restart"]), shown
+            assert restart["result"] is None, restart
+        else:
+            assert code != 0 and restart["result"] is False and restart["name"].startswith("restart_delay: "), restart
     kiosk = local_minion(tmp_path / "kiosk", KIOSK, fleet_inventory.slice_for(fleet, KIOSK),
                          {"minion_config_file": str(tmp_path / "k.conf"), "restart": True})
     code, states, err = salt_call(kiosk, "state.apply", "kiosk_fleet.kiosk_minion", "test=True")
