@@ -10,13 +10,20 @@ settings but a single master (pi-1), for the cost comparison.
 1. cost of hot multi-master: RSS (VmRSS, summed over the minion's process
    tree) and open TCP connections of one kiosk minion with every Pi against
    the single-master kiosk, idle after a few jobs;
-2. ``--kills`` times: a Pi's master, syndic and minion SIGKILLed (their process
+2. a burst of ``--burst`` ``test.echo`` jobs, one every ``--pace`` s, counted
+   on the top master's event bus as in ``two_tops.py`` (the one-top control
+   for its missing returns);
+3. ``--kills`` times: a Pi's master, syndic and minion SIGKILLed (their process
    groups, by pid); from the kill, ``LocalClient.cmd(kiosks, "test.ping")`` on
    the top master, as the pack's runners call it, until one call has every
    kiosk's answer: whether the first call after the kill already had them, and
    the seconds from the kill to the end of the first complete call; then the
    Pi is started again, and the seconds until every kiosk has its connection to
-   that Pi's publisher again.
+   that Pi's publisher again;
+4. warm standby: the top master killed and a second master started on its
+   address with the same key pair (own, empty directories; it accepts the Pi
+   syndics' keys with ``auto_accept``, where production gives it the accepted
+   keys): seconds from the kill until every Pi and kiosk answers it.
 
 Prints a table; asserts nothing. Run under the shared lock (~4 minutes):
 
@@ -43,6 +50,7 @@ sys.path.insert(0, str(two_tops.REPO / "_utils"))
 import fleet_keys  # noqa: E402
 
 TOP = ("top", "127.0.120.1")
+STANDBY = "standby"
 PI_NET = "127.0.121."
 PUBLISH_PORT = 4505
 CALL_TIMEOUT = 15
@@ -54,7 +62,8 @@ def pi_address(n):
 
 def build(args):
     topo = two_tops.Topology(args.dir)
-    topo.add_master(TOP[0], TOP[1], "top", order_masters=True, syndic_wait=2, gather_job_timeout=5)
+    for name in (TOP[0], STANDBY):  # the standby: same key pair and address, its own (empty) directories
+        topo.add_master(name, TOP[1], "top", order_masters=True, syndic_wait=2, gather_job_timeout=5)
     pis = [f"pi-{n}" for n in range(1, args.pis + 1)]
     for n, pi in enumerate(pis, 1):
         topo.add_master(pi, pi_address(n), "campus", syndic_master=TOP[1])
@@ -123,6 +132,8 @@ def main(argv=None):
     parser.add_argument("--pis", type=int, default=4)
     parser.add_argument("--kiosks", type=int, default=4)
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--burst", type=int, default=100, help="test.echo jobs published one every --pace s")
+    parser.add_argument("--pace", type=float, default=0.15)
     args = parser.parse_args(argv)
     topo, pis, kiosks = build(args)
     print(f"salt {two_tops.salt.version.__version__}; 1 top master, {len(pis)} Pis (master + syndic + minion), "
@@ -155,6 +166,12 @@ def main(argv=None):
                          f"{statistics.median(g[1] for g in got):.0f} TCP connections to "
                          f"{statistics.median(g[2] for g in got):.0f} addresses"))
         rows.append(("test.ping to the kiosks, all Pis up", f"{statistics.median(baseline):.1f} s (median of 3 calls)"))
+        # the same burst as two_tops.py's, through one syndic_master: the control for its missing returns
+        bench = two_tops.Bench(topo, kiosks)
+        bench.attach(TOP[0])
+        jobs = two_tops.publish_rounds(bench, [TOP[0]], args.burst, args.pace)
+        rows.append((f"burst: {args.burst} jobs, one every {args.pace} s", two_tops.fmt_returns(two_tops.tally(bench, jobs, kiosks))))
+        bench.detach(TOP[0])
         for k in range(args.kills):
             victim = pis[k % len(pis)]
             killed = topo.kill(victim)
@@ -179,6 +196,14 @@ def main(argv=None):
                          f"first complete call ends {'never' if done is None else f'{done:.1f} s'} after the kill "
                          f"({calls} call{'s' if calls > 1 else ''}); kiosks back on its publisher "
                          f"{'never' if reconnect is None else f'{reconnect:.0f} s'} after its restart"))
+        # warm standby: the top master killed, the standby started on its address with its key pair
+        killed = topo.kill(TOP[0])
+        topo.start(STANDBY, "master")
+        standby = two_tops.salt.client.LocalClient(mopts=topo.master_opts(STANDBY))
+        took = ready(standby, [*pis, *kiosks], 120)
+        rows.append(("top master killed, standby started",
+                     f"every Pi and kiosk answers the standby {'never' if took is None else f'{time.time() - killed:.1f} s'}"
+                     " after the kill"))
     finally:
         topo.down()
     for label, text in rows:

@@ -265,7 +265,7 @@ def tally(bench, jobs, kiosks):
     for top in sorted({t for t, _, _ in jobs}):
         mine = [(jid, at) for t, jid, at in jobs if t == top]
         row = rows[top] = {"jobs": len(mine), "failed_publish": sum(1 for j, _ in mine if not j), "complete": 0,
-                           "missing": 0, "dup": 0, "misrouted": 0, "lat": []}
+                           "missing": 0, "late": 0, "dup": 0, "misrouted": 0, "lat": []}
         for jid, at in mine:
             if not jid:
                 continue
@@ -278,6 +278,7 @@ def tally(bench, jobs, kiosks):
                     times.append(min(got) - at)
                 else:
                     row["missing"] += 1
+                    row["late"] += bool(seen.get((top, jid, kiosk)))  # arrived, but after JOB_WAIT_S
             if len(times) == len(kiosks):
                 row["complete"] += 1
                 row["lat"].append(max(times))
@@ -357,7 +358,7 @@ def fmt_returns(rows):
     out = []
     for top, r in rows.items():
         lat = f"{statistics.median(r['lat']):.1f}/{max(r['lat']):.1f}" if r["lat"] else "-"
-        out.append(f"{top}: {r['complete']}/{r['jobs']} complete, missing {r['missing']}, dup {r['dup']}, "
+        out.append(f"{top}: {r['complete']}/{r['jobs']} complete, missing {r['missing']} (late {r['late']}), dup {r['dup']}, "
                    f"misrouted {r['misrouted']}, failed publish {r['failed_publish']}, latency med/max {lat} s")
     return "; ".join(out)
 
