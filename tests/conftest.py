@@ -46,12 +46,13 @@ def pytest_configure(config):
 # whose scopes (one module each) are widened here to groups: a group runs on
 # one worker, in file order, and each worker that runs topology tests starts
 # its own topology. The topology tests mostly wait on daemons: two groups of
-# about the same length run side by side, the power and alert files and the
+# about the same length run side by side, the power, alert and key files and the
 # rest of tests/integration (the release files: one release history); the lab
 # starts daemons of its own; the Wine tests share one machine-wide Wine. The
 # groups go out first.
 GROUPS = {
-    "topology-power": {"test_env.py", "test_forged_alerts.py", "test_power.py", "test_sweep.py", "test_topology.py"},
+    "topology-power": {"test_env.py", "test_forged_alerts.py", "test_keys.py", "test_power.py", "test_sweep.py",
+                       "test_topology.py"},
     "lab": {"test_lab.py"},
     "wine": {"test_kiosk_reg_wine.py", "test_change_templates.py"},
 }
