@@ -123,11 +123,6 @@ def write_campus_keys(run, inv, keys_dir):
             fleet_keys.write_master_key_pair(str(pki_dir), private_pem, public_pem)
 
 
-def top_autosign_ids(inv):
-    """What the top master accepts: the syndics of every inventory Pi (a syndic uses its Pi's id)."""
-    return sorted(pi for spec in inv["campuses"].values() for pi in spec["pis"])
-
-
 def write_autosign(path, ids):
     """A master's autosign file (Salt ignores one others may write: 0644)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +237,7 @@ def write_configs(run, raw, inv):
         "log_file": str(top / "master.log"),
         "order_masters": True,
         # keys: the Pis' syndics only (the kiosks' keys are accepted by their campus's Pi masters)
-        "autosign_file": write_autosign(top / "autosign", top_autosign_ids(inv)),
+        "autosign_file": write_autosign(top / "autosign", fleet_keys.top_autosign_ids(inv)),
         "syndic_wait": 2,
         # a powered-off kiosk costs every call its timeout plus this wait for find_job
         # (Salt's default 10 s); on one machine a running minion answers find_job in ~1 s
@@ -307,6 +302,10 @@ def write_configs(run, raw, inv):
                 # (kiosk_pkg.served: which kiosk fetched what, for the master to check kiosk returns against)
                 "kiosk_release": {"repo_dir": str(run / "repo" / pi_id),
                                   "access_log": str(run / "nginx" / pi_id / "access.log")},
+                # where the state kiosk_fleet.pi_master (salt-run kiosk_fleet.campus_keys) finds this Pi's
+                # master: it renders the same autosign file; no restart in the lab (pi-down, pi-up)
+                "kiosk_fleet": {"master_pki_dir": str(pki_dir), "master_config_dir": str(pi_dir / "master.d"),
+                                "autosign_file": str(pi_dir / "autosign"), "restart": False},
             })
             daemons += pi_daemons(run, pi_id)
         for kiosk_id in sorted(spec["kiosks"]):
