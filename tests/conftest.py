@@ -222,8 +222,10 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, si
                     pi_id,
                     defaults={"root_dir": str(keys["roots"][pi_id])},
                     master_factory_class=topo.AutosignMaster,
-                    master_overrides=topo.pi_master_config(salt_tree, campus, keys, pi_id),
-                    minion_overrides=topo.pi_minion_config(campus, pi_id, env_dir, release_dir, keys),
+                    master_overrides=topo.pi_master_config(
+                        salt_tree, campus, keys, pi_id, topo.pi_address(fleet_inventory, pi_id)),
+                    minion_overrides=topo.pi_minion_config(
+                        campus, pi_id, env_dir, release_dir, keys, topo.pi_address(fleet_inventory, pi_id)),
                 )
         # the Pi masters' addresses are known now (their ports): kiosks sign in to every Pi of
         # their campus, from the inventory

@@ -234,15 +234,30 @@ def write_fleet_data(tree, inventory, verify_keys):
         pathlib.Path(path).write_text(yaml.safe_dump(fleet_inventory.campus_slice(data, campus)))
 
 
+def pi_address(inventory, pi_id):
+    """
+    The address a Pi's master listens on: the Pi's ``source`` on the first of
+    its VLANs. Each Pi its own address, as in production: a minion of several
+    masters on one address takes a disconnect from one for all of them
+    (Salt's disconnect event names the host only), so one stopped Pi would
+    make its kiosks sign in again with every Pi, over and over.
+    """
+    for spec in inventory["kiosk_fleet"]["campuses"].values():
+        if pi_id in spec["pis"]:
+            vlans = spec["pis"][pi_id]["vlans"]
+            return vlans[sorted(vlans)[0]]["source"]
+    raise KeyError(pi_id)
+
+
 def set_pi_masters(inventory, pis):
     """
     Put each Pi's ``master`` (the address its campus's kiosks sign in to) in
-    the inventory: ``127.0.0.1:<ret_port>`` of its Pi master factory, known
+    the inventory: ``<pi_address>:<ret_port>`` of its Pi master factory, known
     before the master starts. ``pis``: ``{pi_id: syndic factory}``.
     """
     for campus in inventory["kiosk_fleet"]["campuses"].values():
         for pi_id, pi in campus["pis"].items():
-            pi["master"] = f"127.0.0.1:{pis[pi_id].master.config['ret_port']}"
+            pi["master"] = f"{pis[pi_id].master.config['interface']}:{pis[pi_id].master.config['ret_port']}"
 
 
 def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path, keys):
@@ -298,8 +313,9 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path, ke
     }
 
 
-def pi_master_config(tree, campus, keys, pi_id):
+def pi_master_config(tree, campus, keys, pi_id, address):
     return {
+        "interface": address,  # pi_address: its own, as a Pi has
         # the campus master key pair (install_keys) lives here, apart from the Pi minion's keys
         "pki_dir": str(keys["pis"][pi_id]["master_pki_dir"]),
         # the campus's Pis and kiosks only, the file the state kiosk_fleet.pi_master renders
@@ -414,8 +430,9 @@ def write_fake_dht11(sysfs_root, temp_milli_c=22000, humidity_milli_pct=45000):
     return device
 
 
-def pi_minion_config(campus, pi_id, env_dir, release_dir, keys):
+def pi_minion_config(campus, pi_id, env_dir, release_dir, keys, address):
     config = {
+        "master": address,  # its own Pi's master (pi_address); the port is that master's
         # where the state kiosk_fleet.pi_master installs the campus key pair and the autosign
         # file: this Pi's master (key_paths); the test restarts no master
         "kiosk_fleet": {**{name: str(path) for name, path in keys["pis"][pi_id].items()}, "restart": False},
