@@ -445,6 +445,16 @@ def kiosk_masters(inventory, kiosk_id):
             raise CampusKeyError(f"campuses.{campus}.pis.{pi_id}.master: not set, and the Pi has no source "
                                  f"address on VLAN {vlan} of {kiosk_id}")
         masters.append(f"{source}:{port}")
+    # Salt 3007 routes a multi-master minion's returns and disconnect events by master host alone
+    # (salt/minion.py: the return tag and job_master carry opts["master"] without its port), so two
+    # Pis on one host would each get every return and both drop when one stops
+    hosts = {}
+    for pi_id, master in zip(sorted(spec["pis"]), masters):
+        host = master.rsplit(":", 1)[0]
+        if host in hosts:
+            raise CampusKeyError(f"campuses.{campus}.pis.{pi_id}.master: {master} is on the same host as "
+                                 f"{hosts[host]}'s; each Pi of a campus needs its own address")
+        hosts[host] = pi_id
     return masters
 
 

@@ -357,3 +357,14 @@ def test_keys_report_bad_input_names_the_field(inv, args, field):
     with pytest.raises(fleet_keys.CampusKeyError) as info:
         fleet_keys.keys_report(inv, *args)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("second", ["127.0.1.2:14506", "127.0.1.2"])
+def test_kiosk_masters_refuse_two_pis_on_one_host(raw, second):
+    # Salt routes a multi-master minion's returns by master host alone: ports do not tell Pis apart
+    raw["campuses"]["east"]["pis"]["pi-east-2"]["master"] = second
+    inv = fleet_inventory.validate(raw)
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.kiosk_masters(inv, "kiosk-east-01")
+    assert info.value.field == "campuses.east.pis.pi-east-2.master"
+    assert "pi-east-1" in str(info.value)
