@@ -12,6 +12,7 @@ webhook configured in the master config. Payloads are built by
       timeout: 5               # seconds per POST, default 5
       rate_limit: 10           # alerts accepted per sending minion per window, default 10
       rate_window_s: 60        # the window, default 60 s
+      dedup_window_s: 120      # drop copies of one alert within this many s, default 120; 0: off
       reread_timeout: 20       # seconds to wait for a Pi's re-read, default 20
       textfile_dir: /var/lib/prometheus/node-exporter   # default: kiosk_power:textfile_dir
 
@@ -27,6 +28,16 @@ process, the CLI another process); the rest are dropped and counted in
 ``kiosk_alerts_dropped_total{minion}``. The id is what the event claims, so
 a tampered kiosk can use up a Pi's allowance for a window: the counter shows
 it, and the Pi's own ``kiosk_env`` metrics are not affected.
+
+Copies: a kiosk is a minion of every Pi of its campus (multi-master), so
+each event it sends reaches the top master once per Pi. An event whose key
+(``fleet_alerts.alert_key``: sender id, tag, payload as built) was accepted
+less than ``dedup_window_s`` seconds ago is dropped and counted in
+``kiosk_alerts_duplicates_total{minion}``, in the same transaction as the
+rate limit (two reactor threads with two copies: one post), and does not
+use up the sender's allowance. The same alert after the window is posted
+again. ``kiosk_alert.post`` (alerts a runner of this master built itself,
+once) is not de-duplicated.
 """
 
 import logging
@@ -76,6 +87,7 @@ DEFAULT_TIMEOUT = 5
 DEFAULT_RATE_LIMIT = 10
 DEFAULT_RATE_WINDOW_S = 60
 DEFAULT_REREAD_TIMEOUT = 20
+DEFAULT_DEDUP_WINDOW_S = fleet_alerts.DEDUP_WINDOW_S
 STATE_DIR = "kiosk_alerts"
 RATE_DB = "rate.sqlite"
 TEXTFILE = "kiosk_alerts.prom"
@@ -110,6 +122,8 @@ def _settings(timeout=None):
                                           f"{CONFIG_KEY}.rate_limit", 1, 100000),
         "rate_window_s": fleet_runner.number(conf.get("rate_window_s", DEFAULT_RATE_WINDOW_S),
                                              f"{CONFIG_KEY}.rate_window_s", 1, 86400),
+        "dedup_window_s": fleet_runner.number(conf.get("dedup_window_s", DEFAULT_DEDUP_WINDOW_S),
+                                              f"{CONFIG_KEY}.dedup_window_s", 0, 86400),
         "reread_timeout": fleet_runner.number(conf.get("reread_timeout", DEFAULT_REREAD_TIMEOUT),
                                               f"{CONFIG_KEY}.reread_timeout", 1, 600),
         "textfile_dir": textfile_dir,
@@ -135,6 +149,8 @@ def _ledger():
 
 METRICS = (
     ("kiosk_alerts_dropped_total", "minion", "Alerts dropped by the per-minion rate limit."),
+    ("kiosk_alerts_duplicates_total", "minion",
+     "Copies of an alert already accepted within the dedup window (one per Pi of a multi-master kiosk), dropped."),
     ("kiosk_alerts_refused_total", "reason", "Alert events refused: invalid or unknown sender, or not confirmed by a re-read."),
     ("kiosk_alerts_posted_total", "kind", "Alerts POSTed to the webhook and accepted (2xx)."),
     ("kiosk_alerts_post_failures_total", "kind", "Alerts the webhook did not accept (network error, non-2xx)."),
@@ -164,18 +180,29 @@ def _record(metric, label, settings):
         log.error("kiosk_alert: could not count %s: %s", metric, type(exc).__name__)
 
 
-def _allow(minion, settings):
-    """The rate limit for ``minion`` (decided and recorded in one transaction)."""
+def _admit(minion, key, settings):
+    """
+    ``"duplicate"``, ``"dropped"`` (rate limit) or ``"accepted"`` for the
+    alert ``key`` from ``minion``: both checks decided and recorded in one
+    transaction, so of two copies handled at once exactly one is accepted.
+    """
+    window = settings["dedup_window_s"]
     with _ledger().transaction() as book:
         now = time.time()  # read under the lock: decisions are taken in clock order
+        book.forget_seen(now - window, after=now + window)
+        if fleet_alerts.is_duplicate(book.seen_at(key), now, window):
+            _count(book, "kiosk_alerts_duplicates_total", minion, settings)
+            return "duplicate"  # before the rate limit: a copy uses up no allowance
         allowed, _ = fleet_alerts.rate_decision(book.times(minion), now, settings["rate_limit"],
                                                 settings["rate_window_s"])
         book.forget_before(now - settings["rate_window_s"])
-        if allowed:
-            book.record(minion, now)
-        else:
+        if not allowed:
             _count(book, "kiosk_alerts_dropped_total", minion, settings)
-    return allowed
+            return "dropped"
+        book.record(minion, now)
+        if window:
+            book.remember(key, now)
+    return "accepted"
 
 
 # ---------------------------------------------------------------- posting
@@ -261,14 +288,19 @@ def event(tag=None, data=None, timeout=None):
       refusal is logged;
     - ``kiosk/release/alert``: ``data["id"]`` must be a Pi or kiosk of the
       inventory;
-    - both: at most ``rate_limit`` alerts per sender id per
-      ``rate_window_s`` seconds, the rest dropped and counted
+    - both: a copy of an alert accepted less than ``dedup_window_s``
+      seconds ago (same sender id, tag and payload: a multi-master kiosk's
+      event arrives once per Pi) is dropped and counted
+      (``kiosk_alerts_duplicates_total{minion}``, exit code 0,
+      ``duplicate: True``); then at most ``rate_limit`` alerts per sender id
+      per ``rate_window_s`` seconds, the rest dropped and counted
       (``kiosk_alerts_dropped_total{minion}``).
 
     The campus comes from the inventory, never from the event. Power
     mismatches are never posted from an event (``kiosk_power.verify`` posts
     them itself). ``timeout``: seconds to wait for the re-read (default
-    ``reread_timeout``). Exit code 1 when nothing was posted.
+    ``reread_timeout``). Exit code 1 when nothing was posted (a dropped
+    copy excepted).
 
     CLI Example:
 
@@ -286,26 +318,32 @@ def event(tag=None, data=None, timeout=None):
     try:
         claim = fleet_alerts.sender(tag, data)
         campus = fleet_alerts.campus_of_sender(_inventory(), claim)
-        if claim["kind"] == "env":
-            fleet_alerts.env_subject(claim)
+        # the payload as the event says it (an environment alert's re-read is added once it confirms)
+        if claim["kind"] == "release":
+            payload = fleet_alerts.release_alert(claim, campus)
+        else:
+            payload = fleet_alerts.env_alert(claim, campus)
+        key = fleet_alerts.alert_key(claim["minion"], tag, payload)
     except (fleet_alerts.AlertError, fleet_inventory.InventoryError) as exc:
         return _refuse(settings, "invalid", tag, exc)
     minion = claim["minion"]
     try:
-        allowed = _allow(minion, settings)
+        verdict = _admit(minion, key, settings)
     except (sqlite3.Error, ValueError) as exc:
         log.error("kiosk_alert: rate limit state unusable (%s): nothing posted", type(exc).__name__)
         return fleet_runner.fail(__context__, f"rate limit: state unusable ({type(exc).__name__})", posted=False)
-    if not allowed:
+    if verdict == "duplicate":
+        log.info("kiosk_alert: alert %.120r from %s already accepted within %s s: this copy dropped",
+                 tag, minion, settings["dedup_window_s"])
+        return fleet_runner.finish(__context__, {"result": True, "posted": False, "duplicate": True})
+    if verdict == "dropped":
         log.warning("kiosk_alert: %s sent more than %s alerts in %s s: alert %.120r dropped",
                     minion, settings["rate_limit"], settings["rate_window_s"], tag)
         return fleet_runner.fail(
             __context__, f"rate limit: {minion} sent more than {settings['rate_limit']} alerts"
             f" in {settings['rate_window_s']} s; dropped", posted=False)
     try:
-        if claim["kind"] == "release":
-            payload = fleet_alerts.release_alert(claim, campus)
-        else:
+        if claim["kind"] == "env":
             reading, why = _reread(minion, settings["reread_timeout"])
             agrees = False
             if reading is not None:

@@ -18,6 +18,8 @@ Why events are only hints
     found them builds them (:func:`power_mismatch`).
 """
 
+import hashlib
+import json
 import math
 import re
 
@@ -39,6 +41,7 @@ POWER_EXPECTED = ("on", "off")
 POWER_OBSERVED = ("on", "off", "degraded", "unknown")
 RELEASE_TAG = "kiosk/release/alert"
 MAX_SUMMARY = 900
+DEDUP_WINDOW_S = 120
 MAX_TEXT = 500
 _HOP = re.compile(r"^[a-z]{1,12}(->[a-z]{1,12})?\Z")
 _VERSION = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9}){0,3}\Z")
@@ -345,3 +348,45 @@ def rate_decision(times, now, limit, window_s):
         return False, kept
     return True, kept + [now]
 
+
+
+# ---------------------------------------------------------------- copies of one alert
+
+
+def alert_key(minion, tag, payload):
+    """
+    What makes two alert events copies of one: the sending minion id, the
+    tag and the payload as built here, as a SHA-256 hex digest of their
+    canonical JSON (sorted keys). A multi-master kiosk sends each event
+    through every Pi of its campus, so the top master gets one copy per Pi;
+    the event's own ``_stamp`` is set by each Pi master and is not part of
+    the payload, so the copies have one key. The digest keeps the edge's
+    text (an error message) out of the state file.
+    """
+    _name(minion, "minion")
+    if not isinstance(tag, str) or not tag or len(tag) > 200:
+        raise AlertError(f"tag: {_short(tag)} is not an alert tag")
+    check_payload(payload)
+    try:
+        text = json.dumps([minion, tag, payload], sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:  # a set, an object, inf/nan: no stable key
+        raise AlertError(f"payload: not JSON data ({type(exc).__name__})") from None
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def is_duplicate(accepted_at, now, window_s):
+    """
+    ``True`` when an alert whose key was last accepted at ``accepted_at``
+    (seconds, ``None``: never) is a copy to drop at ``now``: accepted less
+    than ``window_s`` seconds ago (exactly ``window_s`` ago is not). An
+    instant a little ahead of ``now`` (another process's clock read)
+    counts; one more than a window ahead (the clock was set back) is
+    forgotten. ``window_s`` 0 turns the check off.
+    """
+    if isinstance(window_s, bool) or not isinstance(window_s, (int, float)) or not 0 <= window_s < math.inf:
+        raise AlertError(f"dedup_window_s: {_short(window_s)} is not a number of seconds (0 or more)")
+    _number(now, "now")
+    if accepted_at is None or window_s == 0:
+        return False
+    _number(accepted_at, "accepted_at")
+    return now - window_s < accepted_at <= now + window_s

@@ -159,7 +159,9 @@ class Ledger:
     An SQLite file of what a runner must count exactly while many runs write
     at once (the reactor's worker threads, ``salt-run`` in another process):
     instants per key (``sent``: the alerts accepted per sender) and counters
-    (``counters``: metric, label, count). :meth:`transaction` holds one write
+    (``counters``: metric, label, count), and the last instant each key of
+    an accepted alert was seen (``seen``: what drops the copies of one alert
+    that reach the top master once per Pi). :meth:`transaction` holds one write
     transaction (``BEGIN IMMEDIATE``), so a decision read there is still true
     when it is recorded; it rolls back if the block raises.
     """
@@ -182,6 +184,7 @@ class Ledger:
             conn.execute("CREATE INDEX IF NOT EXISTS sent_minion ON sent (minion)")
             conn.execute("CREATE TABLE IF NOT EXISTS counters (metric TEXT NOT NULL, label TEXT NOT NULL,"
                          " count INTEGER NOT NULL, PRIMARY KEY (metric, label))")
+            conn.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, at REAL NOT NULL)")
             conn.execute("BEGIN IMMEDIATE")  # one writer at a time, across threads and processes
             try:
                 yield _Book(conn)
@@ -209,6 +212,22 @@ class _Book:
     def forget_before(self, at):
         """Drop every instant at or before ``at`` (of every key)."""
         self._conn.execute("DELETE FROM sent WHERE at <= ?", (at,))
+
+    def seen_at(self, key):
+        """The instant ``key`` was last :meth:`remember`-ed, or ``None``."""
+        row = self._conn.execute("SELECT at FROM seen WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def remember(self, key, at):
+        """Keep ``at`` as the instant of ``key`` (replacing an older one)."""
+        self._conn.execute("INSERT INTO seen (key, at) VALUES (?, ?)"
+                           " ON CONFLICT (key) DO UPDATE SET at = excluded.at", (key, at))
+
+    def forget_seen(self, before, after=None):
+        """Drop every key seen at or before ``before`` (and, given ``after``, after it: a clock set back)."""
+        self._conn.execute("DELETE FROM seen WHERE at <= ?", (before,))
+        if after is not None:
+            self._conn.execute("DELETE FROM seen WHERE at > ?", (after,))
 
     def count(self, metric, label):
         """Add one to the counter ``metric{label}``."""

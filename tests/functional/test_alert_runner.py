@@ -10,6 +10,8 @@ on the topology (tests/integration/test_forged_alerts.py).
 import concurrent.futures
 import json
 import pathlib
+import sqlite3
+import threading
 
 import pytest
 import salt.config
@@ -109,3 +111,77 @@ def test_post_checks_the_payload_and_never_shows_the_webhook_token(tmp_path, web
     assert dead["error"] == f"kiosk_fleet_alerts.webhook_url: POST failed: ConnectionError contacting {webhook.origin}"
     assert not webhook.secrets_in(json.dumps(dead))
     assert not webhook.secrets_in(json.dumps(ret))
+
+
+# ---------------------------------------------------------------- copies of one alert (multi-master kiosks)
+
+
+def copy_of(event):
+    """The same event as the top master gets it through the kiosk's other Pi: that master's own _stamp."""
+    return dict(event, _stamp="2026-12-02T09:00:00.654321", data=dict(reversed(list(event["data"].items()))))
+
+
+def test_the_copies_of_one_alert_are_posted_once_and_counted(tmp_path, webhook):
+    runners = load(tmp_path, webhook, rate_limit=2, rate_window_s=600)
+    event = release_event("kiosk-east-01", error="md5 mismatch")
+    first = runners["kiosk_alert.event"](tag="kiosk/release/alert", data=event)
+    second = runners["kiosk_alert.event"](tag="kiosk/release/alert", data=copy_of(event))
+    assert first["result"] is True and len(webhook.posts) == 1
+    assert second == {"result": True, "posted": False, "duplicate": True, "retcode": 0}
+    # the copy used up no allowance (2): another alert of the kiosk still goes out
+    other = runners["kiosk_alert.event"](tag="kiosk/release/alert", data=release_event("kiosk-east-01", error="x"))
+    assert other["result"] is True and len(webhook.posts) == 2
+    # the same text from another kiosk is another alert
+    assert runners["kiosk_alert.event"](tag="kiosk/release/alert",
+                                        data=release_event("kiosk-east-02", error="md5 mismatch"))["result"] is True
+    assert len(webhook.posts) == 3
+    seen = counters(tmp_path)
+    assert seen[("kiosk_alerts_duplicates_total", (("minion", "kiosk-east-01"),))] == 1
+    assert seen[("kiosk_alerts_posted_total", (("kind", "kiosk_release"),))] == 3
+    assert ("kiosk_alerts_dropped_total", (("minion", "kiosk-east-01"),)) not in seen
+
+
+def test_copies_handled_by_racing_threads_and_loaders_are_posted_once(tmp_path, webhook):
+    runners = [load(tmp_path, webhook), load(tmp_path, webhook)]  # two loaders: another process's view
+    for round_ in range(5):
+        event = release_event("kiosk-west-01", error=f"md5 mismatch {round_}")
+        start = threading.Barrier(4)
+
+        def handle(i, event=event, start=start):
+            start.wait(timeout=30)
+            return runners[i % 2]["kiosk_alert.event"](tag="kiosk/release/alert", data=copy_of(event) if i else event)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(handle, range(4)))
+        assert sum(1 for r in results if r.get("posted", True) and r["result"]) == 1, results
+        assert sum(1 for r in results if r.get("duplicate")) == 3, results
+    assert len(webhook.posts) == 5
+    assert counters(tmp_path)[("kiosk_alerts_duplicates_total", (("minion", "kiosk-west-01"),))] == 15
+
+
+def test_the_same_alert_after_the_window_pages_again_and_window_0_turns_the_check_off(tmp_path, webhook):
+    runners = load(tmp_path, webhook)
+    event = release_event("pi-east-1", hop="master->pi")
+    assert runners["kiosk_alert.event"](tag="kiosk/release/alert", data=event)["result"] is True
+    assert runners["kiosk_alert.event"](tag="kiosk/release/alert", data=event)["duplicate"] is True
+    # the window (default 120 s) passes: the accepted instant moves 121 s back
+    with sqlite3.connect(tmp_path / "cache" / "kiosk_alerts" / "rate.sqlite") as conn:
+        assert conn.execute("UPDATE seen SET at = at - 121").rowcount == 1
+    again = runners["kiosk_alert.event"](tag="kiosk/release/alert", data=event)
+    assert again["result"] is True and again["retcode"] == 0 and "duplicate" not in again
+    assert len(webhook.posts) == 2 and webhook.posts[0]["json"] == webhook.posts[1]["json"]
+
+    off = load(tmp_path, webhook, dedup_window_s=0)
+    for _ in range(3):
+        assert off["kiosk_alert.event"](tag="kiosk/release/alert", data=event)["result"] is True
+    assert len(webhook.posts) == 5
+    bad = load(tmp_path, webhook, dedup_window_s=-1)["kiosk_alert.event"](tag="kiosk/release/alert", data=event)
+    assert bad["retcode"] == 1 and bad["error"].startswith("kiosk_fleet_alerts.dedup_window_s: ")
+    assert counters(tmp_path)[("kiosk_alerts_duplicates_total", (("minion", "pi-east-1"),))] == 1
+
+
+def test_post_is_not_deduplicated(tmp_path, webhook):
+    runners = load(tmp_path, webhook)
+    payload = {"severity": "warning", "summary": "kiosk kiosk-east-01 (east) should be on, observed off"}
+    assert all(runners["kiosk_alert.post"](payload=dict(payload))["result"] for _ in range(2))
+    assert len(webhook.posts) == 2

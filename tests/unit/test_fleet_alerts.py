@@ -186,3 +186,71 @@ def test_rate_decision_forgets_old_and_future_instants_and_checks_its_arguments(
         with pytest.raises(AlertError, match=f"^{field}: "):
             fleet_alerts.rate_decision([], 1.0, limit, window)
 
+
+
+# ---------------------------------------------------------------- copies of one alert
+
+
+RELEASE = {"id": "kiosk-east-01", "tag": "kiosk/release/alert", "cmd": "_minion_event",
+           "data": {"hop": "pi->kiosk", "name": "kiosk-app", "version": "1.2.3", "error": "md5 mismatch"}}
+
+
+def release_key(data, minion="kiosk-east-01", campus="east", tag="kiosk/release/alert"):
+    payload = fleet_alerts.release_alert(fleet_alerts.sender("kiosk/release/alert", data), campus)
+    return fleet_alerts.alert_key(minion, tag, payload)
+
+
+def test_the_copies_of_one_event_have_one_key_and_other_alerts_another():
+    key = release_key(RELEASE)
+    assert len(key) == 64 and set(key) <= set("0123456789abcdef")
+    # the copy through the other Pi: that Pi master's own _stamp, key order differs
+    copy = {"_stamp": "2026-12-02T09:00:00.123456", "data": dict(reversed(list(RELEASE["data"].items()))),
+            "cmd": "_minion_event", "tag": "kiosk/release/alert", "id": "kiosk-east-01"}
+    assert release_key(copy) == key
+    assert release_key(dict(RELEASE, data=dict(RELEASE["data"], error="size mismatch"))) != key
+    assert release_key(dict(RELEASE, data=dict(RELEASE["data"], version="1.2.4"))) != key
+    assert release_key(RELEASE, minion="kiosk-east-02") != key
+    assert release_key(RELEASE, tag="kiosk/release/alert/other") != key
+    # power mismatches of two kiosks (what verify posts itself) never share a key
+    item = {"kiosk": "kiosk-east-01", "campus": "east", "expected": "on", "observed": "off",
+            "since": "2027-03-01T00:00:00Z"}
+    first = fleet_alerts.alert_key("top", "kiosk/power/mismatch", fleet_alerts.power_mismatch(item))
+    second = fleet_alerts.alert_key("top", "kiosk/power/mismatch",
+                                    fleet_alerts.power_mismatch(dict(item, kiosk="kiosk-east-02")))
+    assert first != second
+
+
+def test_alert_key_refuses_bad_fields_naming_them():
+    payload = {"severity": "info", "summary": "x"}
+    for args, field in [(("a b", "t", payload), "minion"), (("k1", "", payload), "tag"),
+                        (("k1", "t", {"severity": "fatal", "summary": "x"}), "payload.severity"),
+                        (("k1", "t", dict(payload, value=float("nan"))), "payload"),
+                        (("k1", "t", dict(payload, value={1, 2})), "payload")]:
+        with pytest.raises(AlertError, match=rf"^{field}: "):
+            fleet_alerts.alert_key(*args)
+
+
+@pytest.mark.parametrize("accepted_at, now, window, duplicate", [
+    (None, 1000.0, 120, False),      # never seen
+    (1000.0, 1000.0, 120, True),     # the second copy at once
+    (900.5, 1020.0, 120, True),      # 119.5 s later: inside
+    (900.0, 1020.0, 120, False),     # exactly the window later: posted again
+    (1000.0, 4600.0, 120, False),    # an hour later: pages again
+    (1000.5, 1000.0, 120, True),     # another process read the clock a little later
+    (1120.0, 1000.0, 120, True),     # exactly a window ahead: still counts
+    (1121.0, 1000.0, 120, False),    # more than a window ahead (clock set back): forgotten
+    (1000.0, 1000.0, 0, False),      # window 0: off
+    (1000.0, 1000.5, 1, True),
+])
+def test_is_duplicate_window_edges(accepted_at, now, window, duplicate):
+    assert fleet_alerts.is_duplicate(accepted_at, now, window) is duplicate
+
+
+def test_is_duplicate_checks_its_arguments():
+    for window in (-1, True, "120", float("nan"), float("inf"), None):
+        with pytest.raises(AlertError, match="^dedup_window_s: "):
+            fleet_alerts.is_duplicate(1.0, 2.0, window)
+    with pytest.raises(AlertError, match="^now: "):
+        fleet_alerts.is_duplicate(1.0, "now", 120)
+    with pytest.raises(AlertError, match="^accepted_at: "):
+        fleet_alerts.is_duplicate("then", 2.0, 120)

@@ -233,3 +233,24 @@ def test_ledger_refuses_a_relative_path_and_reports_a_bad_file(tmp_path):
     (tmp_path / "rate.sqlite").write_text("not a database, " * 100)
     with pytest.raises(sqlite3.DatabaseError), fleet_state.Ledger(str(tmp_path / "rate.sqlite")).transaction():
         pass
+
+
+def test_ledger_keeps_the_last_instant_of_each_seen_key_and_forgets_old_ones(tmp_path):
+    ledger = fleet_state.Ledger(str(tmp_path / "rate.sqlite"))
+    with ledger.transaction() as book:
+        assert book.seen_at("a") is None
+        book.remember("a", 10.0)
+        book.remember("a", 20.0)  # replaced, not added
+        book.remember("b", 5.0)
+        book.remember("c", 900.0)  # written before the clock was set back
+    with ledger.transaction() as book:
+        assert (book.seen_at("a"), book.seen_at("b"), book.seen_at("c")) == (20.0, 5.0, 900.0)
+        book.forget_seen(5.0)
+        assert book.seen_at("b") is None and book.seen_at("a") == 20.0 and book.seen_at("c") == 900.0
+        book.forget_seen(5.0, after=100.0)
+        assert book.seen_at("c") is None and book.seen_at("a") == 20.0
+    with pytest.raises(RuntimeError), ledger.transaction() as book:
+        book.remember("d", 1.0)
+        raise RuntimeError("refused")
+    with ledger.transaction() as book:
+        assert book.seen_at("d") is None
