@@ -36,8 +36,11 @@ less than ``dedup_window_s`` seconds ago is dropped and counted in
 ``kiosk_alerts_duplicates_total{minion}``, in the same transaction as the
 rate limit (two reactor threads with two copies: one post), and does not
 use up the sender's allowance. The same alert after the window is posted
-again. ``kiosk_alert.post`` (alerts a runner of this master built itself,
-once) is not de-duplicated.
+again. Only release alerts (the alert event a kiosk sends) are
+de-duplicated: a Pi has one master, and an environment event is believed
+only after a re-read, so a forged copy refused by the re-read must not hide
+the Pi's real alert. ``kiosk_alert.post`` (alerts a runner of this master
+built itself, once) is not de-duplicated.
 """
 
 import logging
@@ -183,14 +186,16 @@ def _record(metric, label, settings):
 def _admit(minion, key, settings):
     """
     ``"duplicate"``, ``"dropped"`` (rate limit) or ``"accepted"`` for the
-    alert ``key`` from ``minion``: both checks decided and recorded in one
-    transaction, so of two copies handled at once exactly one is accepted.
+    alert ``key`` from ``minion`` (``None``: not de-duplicated): both checks
+    decided and recorded in one transaction, so of two copies handled at
+    once exactly one is accepted.
     """
-    window = settings["dedup_window_s"]
+    window = settings["dedup_window_s"] if key is not None else 0
     with _ledger().transaction() as book:
         now = time.time()  # read under the lock: decisions are taken in clock order
-        book.forget_seen(now - window, after=now + window)
-        if fleet_alerts.is_duplicate(book.seen_at(key), now, window):
+        if window:
+            book.forget_seen(now - window, after=now + window)
+        if key is not None and fleet_alerts.is_duplicate(book.seen_at(key), now, window):
             _count(book, "kiosk_alerts_duplicates_total", minion, settings)
             return "duplicate"  # before the rate limit: a copy uses up no allowance
         allowed, _ = fleet_alerts.rate_decision(book.times(minion), now, settings["rate_limit"],
@@ -288,12 +293,13 @@ def event(tag=None, data=None, timeout=None):
       refusal is logged;
     - ``kiosk/release/alert``: ``data["id"]`` must be a Pi or kiosk of the
       inventory;
-    - both: a copy of an alert accepted less than ``dedup_window_s``
+    - release alerts: a copy of one accepted less than ``dedup_window_s``
       seconds ago (same sender id, tag and payload: a multi-master kiosk's
       event arrives once per Pi) is dropped and counted
       (``kiosk_alerts_duplicates_total{minion}``, exit code 0,
-      ``duplicate: True``); then at most ``rate_limit`` alerts per sender id
-      per ``rate_window_s`` seconds, the rest dropped and counted
+      ``duplicate: True``) and uses up no allowance;
+    - both: at most ``rate_limit`` alerts per sender id per
+      ``rate_window_s`` seconds, the rest dropped and counted
       (``kiosk_alerts_dropped_total{minion}``).
 
     The campus comes from the inventory, never from the event. Power
@@ -318,12 +324,14 @@ def event(tag=None, data=None, timeout=None):
     try:
         claim = fleet_alerts.sender(tag, data)
         campus = fleet_alerts.campus_of_sender(_inventory(), claim)
-        # the payload as the event says it (an environment alert's re-read is added once it confirms)
+        key = None
         if claim["kind"] == "release":
             payload = fleet_alerts.release_alert(claim, campus)
+            key = fleet_alerts.alert_key(claim["minion"], tag, payload)
         else:
-            payload = fleet_alerts.env_alert(claim, campus)
-        key = fleet_alerts.alert_key(claim["minion"], tag, payload)
+            # not de-duplicated: a Pi has one master (one copy), and a forged copy
+            # the re-read refuses must not hide the Pi's real alert
+            fleet_alerts.env_subject(claim)
     except (fleet_alerts.AlertError, fleet_inventory.InventoryError) as exc:
         return _refuse(settings, "invalid", tag, exc)
     minion = claim["minion"]
