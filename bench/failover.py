@@ -67,7 +67,7 @@ def build(args):
     pis = [f"pi-{n}" for n in range(1, args.pis + 1)]
     for n, pi in enumerate(pis, 1):
         topo.add_master(pi, pi_address(n), "campus", syndic_master=TOP[1])
-        topo.add_minion(pi, pi_address(n))
+        topo.add_minion(pi, pi_address(n), log_level_logfile="info")  # the syndic's log level too
     settings = dict(fleet_keys.KIOSK_MINION_SETTINGS)
     kiosks = [f"kiosk-{n:02d}" for n in range(1, args.kiosks + 1)]
     for kiosk in kiosks:
@@ -134,6 +134,7 @@ def main(argv=None):
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--burst", type=int, default=100, help="test.echo jobs published one every --pace s")
     parser.add_argument("--pace", type=float, default=0.15)
+    parser.add_argument("--standby-wait", type=float, default=120, help="seconds to wait for the standby's answers")
     args = parser.parse_args(argv)
     topo, pis, kiosks = build(args)
     print(f"salt {two_tops.salt.version.__version__}; 1 top master, {len(pis)} Pis (master + syndic + minion), "
@@ -200,7 +201,7 @@ def main(argv=None):
         killed = topo.kill(TOP[0])
         topo.start(STANDBY, "master")
         standby = two_tops.salt.client.LocalClient(mopts=topo.master_opts(STANDBY))
-        took = ready(standby, [*pis, *kiosks], 120)
+        took = ready(standby, [*pis, *kiosks], args.standby_wait)
         rows.append(("top master killed, standby started",
                      f"every Pi and kiosk answers the standby {'never' if took is None else f'{time.time() - killed:.1f} s'}"
                      " after the kill"))
