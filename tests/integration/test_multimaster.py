@@ -378,26 +378,25 @@ def still_managed(topology, fleet, event_listener, pi_up, version, message):  # 
     assert install_log(fleet, KIOSK)[len(before):] == [version]
 
 
+def stop_and_manage(topology, fleet, event_listener, pis, down, up, version):  # noqa: F811
+    """Stop Pi ``down``; time the first job its kiosks answer through ``up``; manage KIOSK through ``up``."""
+    kiosks = fleet.kiosks(CAMPUS)
+    began = pis.stop(down)
+    seconds = answering_after(topology, kiosks, began)
+    print(f"\n{down} stopped: first job answered by {', '.join(kiosks)} through {up} after {seconds:.1f} s")
+    still_managed(topology, fleet, event_listener, up, version, f"mm {down} down")
+
+
 @STORM
 def test_the_kiosks_first_pi_stopped_the_other_pi_still_manages_it(topology, fleet, event_listener, pis, pinned):  # noqa: F811
-    kiosks = fleet.kiosks(CAMPUS)
-    began = pis.stop(FIRST_PI)
-    seconds = answering_after(topology, kiosks, began)
-    print(f"\n{FIRST_PI} stopped: first job answered by {', '.join(kiosks)} through {OTHER_PI} "
-          f"after {seconds:.1f} s")
-    still_managed(topology, fleet, event_listener, OTHER_PI, pinned[0], f"mm {FIRST_PI} down")
+    stop_and_manage(topology, fleet, event_listener, pis, FIRST_PI, OTHER_PI, pinned[0])
 
 
 @STORM
 def test_that_pi_back_and_the_other_stopped_its_syndic_forwards_again(topology, fleet, event_listener, pis, pinned):  # noqa: F811
     pis.start(FIRST_PI)
     topology.wait_answering([FIRST_PI])  # the Pi's own minion, through its restarted master and syndic
-    kiosks = fleet.kiosks(CAMPUS)
-    began = pis.stop(OTHER_PI)
-    seconds = answering_after(topology, kiosks, began)
-    print(f"\n{OTHER_PI} stopped ({FIRST_PI} restarted before): first job answered by {', '.join(kiosks)} "
-          f"through {FIRST_PI} after {seconds:.1f} s")
-    still_managed(topology, fleet, event_listener, FIRST_PI, pinned[1], f"mm {OTHER_PI} down")
+    stop_and_manage(topology, fleet, event_listener, pis, OTHER_PI, FIRST_PI, pinned[1])
     pis.start(OTHER_PI)
     topology.wait_answering(topology.minion_ids, timeout=120)
 
