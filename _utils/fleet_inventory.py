@@ -12,6 +12,7 @@ minion's pillar holds its slice under the same key::
           wol_port: 9                      # UDP port for magic packets, default 9
           repo_port: 80                    # the Pis' release repositories (nginx), default 80
           master_port: 4506                # the Pi masters' ret port kiosks connect to, default 4506
+          publish_port: 4505               # the Pi masters' publish port (one for the campus), default 4505
           vlans:
             hall: {network: 10.1.1.0/24}   # broadcast defaults to the network's
           pis:
@@ -62,12 +63,14 @@ RELEASE_KEY = "kiosk_release"  # only verify_key (public keys) in the fleet data
 DATA_KEYS = (PILLAR_KEY, SCHEDULES_KEY, CHANGES_KEY, RELEASE_KEY)
 MASTER_CONFIG_KEY = "kiosk_fleet"  # master config: kiosk_fleet: {data: <path>}
 # campus settings a minion's slice carries (validate() ignores anything else)
-_CAMPUS_SETTINGS = ("timezone", "wol_port", "service_port", "repo_port", "master_port", "vlans", "pis")
+_CAMPUS_SETTINGS = ("timezone", "wol_port", "service_port", "repo_port", "master_port", "publish_port", "vlans",
+                    "pis")
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 DEFAULT_WOL_PORT = 9
 DEFAULT_SERVICE_PORT = 3389
 DEFAULT_REPO_PORT = 80  # the Pis' release repositories (nginx)
 DEFAULT_MASTER_PORT = 4506  # the Pi masters' ret port (Salt's master_port)
+DEFAULT_PUBLISH_PORT = 4505  # the Pi masters' publish port (Salt's publish_port)
 # Salt minion ids and campus names: letters, digits, dot, dash, underscore
 _NAME = fleet_fields.NAME
 
@@ -261,6 +264,7 @@ def validate(data):
         service_port = _port(spec.get("service_port", DEFAULT_SERVICE_PORT), f"{field}.service_port", errors)
         repo_port = _port(spec.get("repo_port", DEFAULT_REPO_PORT), f"{field}.repo_port", errors)
         master_port = _port(spec.get("master_port", DEFAULT_MASTER_PORT), f"{field}.master_port", errors)
+        publish_port = _port(spec.get("publish_port", DEFAULT_PUBLISH_PORT), f"{field}.publish_port", errors)
         vlans = _validate_vlans(campus, spec.get("vlans"), errors)
         if not vlans:
             errors.append(f"{field}.vlans: a campus needs at least one VLAN")
@@ -279,6 +283,7 @@ def validate(data):
             "service_port": service_port,
             "repo_port": repo_port,
             "master_port": master_port,
+            "publish_port": publish_port,
             "vlans": vlans,
             "pis": pis,
             "kiosks": kiosks,

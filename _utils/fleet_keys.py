@@ -467,15 +467,14 @@ KIOSK_MINION_SETTINGS = {
     "master_type": "str",
     # each Pi connection gets one master (MinionManager), so Salt ignores shuffling and warns
     "random_master": False,
-    # 0: ZeroMQ reconnects each Pi by itself and re-authenticates; status.master counts only
-    # connections to this minion's publish_port setting, and when it calls a Pi gone the
-    # reconnect runs in the minion's shared loop, which it stops (all Pis) if master_tries is finite
+    # 0: ZeroMQ reconnects each Pi by itself and re-authenticates; status.master (which Salt
+    # schedules anyway after a reconnect) counts connections to this minion's publish_port, so
+    # that must be the Pis' real one (kiosk_minion_config: the campus's publish_port), never
+    # Salt's 4506 "port the master reports" sentinel: with it every live Pi looks gone and the
+    # kiosk tears its connections down over and over (measured on 3007.15)
     "master_alive_interval": 0,
     # retry a Pi forever in its own connection: one down at boot joins when it comes back
     "master_tries": -1,
-    # 4506 is Salt's "use the port the master reports" sentinel (AsyncPubChannel.connect): each
-    # Pi's publisher is reached on its own port, whatever the Pis are configured with
-    "publish_port": 4506,
     # a Pi that lost power leaves a half-open connection: probes after 60 s idle, 3 x 20 s,
     # notice it in ~2 min (OS default ~2 h) so ZeroMQ reconnects once the Pi is back
     "tcp_keepalive": True,
@@ -503,12 +502,16 @@ KIOSK_MINION_SETTINGS = {
 def kiosk_minion_config(inventory, kiosk_id, **overrides):
     """
     The minion settings of a multi-master kiosk (a ``minion.d`` file): the
-    ``master`` list of :func:`kiosk_masters` and
+    ``master`` list of :func:`kiosk_masters`, the campus's ``publish_port``
+    (every Pi of a campus publishes on it) and
     :data:`KIOSK_MINION_SETTINGS`. ``overrides`` may change any of those
     settings (tests shorten waits), keeping its type; ``master`` is the
     inventory's.
     """
     config = {"master": kiosk_masters(inventory, kiosk_id)}
+    campus = fleet_inventory.campus_of(inventory, kiosk_id)
+    # one publish port for every Pi of the campus: Salt's status.master checks this one
+    config["publish_port"] = inventory["campuses"][campus].get("publish_port", fleet_inventory.DEFAULT_PUBLISH_PORT)
     config.update(KIOSK_MINION_SETTINGS)
     for key, value in overrides.items():
         if key not in KIOSK_MINION_SETTINGS:

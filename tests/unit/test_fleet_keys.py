@@ -261,6 +261,24 @@ def test_kiosk_minion_config_is_hot_multi_master(inv):
     assert "auto_accept" not in config
 
 
+def test_kiosk_minion_config_publish_port_is_the_campus_one(raw):
+    # status.master looks for a connection to this port: Salt's 4506 sentinel made every live Pi look gone
+    assert fleet_keys.kiosk_minion_config(fleet_inventory.validate(raw), "kiosk-west-01")["publish_port"] == 4505
+    raw["campuses"]["west"]["publish_port"] = 14505
+    config = fleet_keys.kiosk_minion_config(fleet_inventory.validate(raw), "kiosk-west-01")
+    assert config["publish_port"] == 14505
+    with pytest.raises(fleet_keys.CampusKeyError) as info:
+        fleet_keys.kiosk_minion_config(fleet_inventory.validate(raw), "kiosk-west-01", publish_port=4506)
+    assert info.value.field == "publish_port"
+
+
+def test_campus_publish_port_is_validated(raw):
+    raw["campuses"]["west"]["publish_port"] = 70000
+    with pytest.raises(fleet_inventory.InventoryError) as info:
+        fleet_inventory.validate(raw)
+    assert "campuses.west.publish_port" in str(info.value)
+
+
 def test_kiosk_minion_config_overrides_keep_their_type(inv):
     config = fleet_keys.kiosk_minion_config(inv, "kiosk-west-01", acceptance_wait_time=1, auth_timeout=2)
     assert config["acceptance_wait_time"] == 1 and config["auth_timeout"] == 2
