@@ -217,13 +217,14 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, si
         pis, kiosks = {}, {}
         campuses = fleet_inventory["kiosk_fleet"]["campuses"]
         for campus, spec in campuses.items():
+            ports = topo.campus_ports([topo.pi_address(fleet_inventory, pi_id) for pi_id in spec["pis"]])
             for pi_id in sorted(spec["pis"]):
                 pis[pi_id] = top.salt_syndic_daemon(
                     pi_id,
                     defaults={"root_dir": str(keys["roots"][pi_id])},
                     master_factory_class=topo.AutosignMaster,
                     master_overrides=topo.pi_master_config(
-                        salt_tree, campus, keys, pi_id, topo.pi_address(fleet_inventory, pi_id)),
+                        salt_tree, campus, keys, pi_id, topo.pi_address(fleet_inventory, pi_id), ports),
                     minion_overrides=topo.pi_minion_config(
                         campus, pi_id, env_dir, release_dir, keys, topo.pi_address(fleet_inventory, pi_id)),
                 )

@@ -249,6 +249,29 @@ def pi_address(inventory, pi_id):
     raise KeyError(pi_id)
 
 
+def campus_ports(addresses, tries=50):
+    """
+    One (ret_port, publish_port) pair free on every address of a campus's Pi
+    masters: all Pis of a campus publish on one port, as in production (4505),
+    since a kiosk's ``publish_port`` setting is the port Salt's
+    ``status.master`` looks for a connection to.
+    """
+    def free_everywhere(port):
+        for address in addresses:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((address, port))
+                except OSError:
+                    return False
+        return True
+
+    for _ in range(tries):
+        ports = [free_tcp_port(), free_tcp_port()]
+        if ports[0] != ports[1] and all(free_everywhere(port) for port in ports):
+            return tuple(ports)
+    raise RuntimeError(f"no pair of ports free on every one of {addresses}")
+
+
 def set_pi_masters(inventory, pis):
     """
     Put each Pi's ``master`` (the address its campus's kiosks sign in to) in
@@ -258,6 +281,10 @@ def set_pi_masters(inventory, pis):
     for campus in inventory["kiosk_fleet"]["campuses"].values():
         for pi_id, pi in campus["pis"].items():
             pi["master"] = f"{pis[pi_id].master.config['interface']}:{pis[pi_id].master.config['ret_port']}"
+        publish_ports = {pis[pi_id].master.config["publish_port"] for pi_id in campus["pis"]}
+        if len(publish_ports) != 1:
+            raise RuntimeError(f"the Pi masters of a campus publish on {sorted(publish_ports)}: one port expected")
+        campus["publish_port"] = publish_ports.pop()
 
 
 def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path, keys):
@@ -313,9 +340,12 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path, ke
     }
 
 
-def pi_master_config(tree, campus, keys, pi_id, address):
+def pi_master_config(tree, campus, keys, pi_id, address, ports):
     return {
         "interface": address,  # pi_address: its own, as a Pi has
+        # campus_ports: the campus's Pis on one ret port and one publish port, as in production
+        "ret_port": ports[0],
+        "publish_port": ports[1],
         # the campus master key pair (install_keys) lives here, apart from the Pi minion's keys
         "pki_dir": str(keys["pis"][pi_id]["master_pki_dir"]),
         # the campus's Pis and kiosks only, the file the state kiosk_fleet.pi_master renders
