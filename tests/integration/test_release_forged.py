@@ -128,7 +128,7 @@ def test_forged_release_events_start_nothing_and_a_real_publish_still_goes_throu
         return sorted(r["return"]["error"] for r in rets if r["return"]["result"] is False)
 
     push_rets = runner_returns(event_listener, top, "kiosk_release.push", start,
-                               lambda rets: len(refused(rets)) >= 2 and len(rets) >= 4)
+                               lambda rets: len(set(refused(rets))) >= 2 and len(rets) >= 4)
     assert not any(r["return"].get("pushed") for r in push_rets), push_rets
     # the kiosk is a minion of every Pi of its campus: each forged event arrives once per Pi, each copy refused
     assert sorted(set(refused(push_rets))) == sorted([f"pi: {ATTACKER!r} is not a Pi of the inventory",
