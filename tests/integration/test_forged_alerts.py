@@ -180,9 +180,9 @@ def test_a_flood_of_forged_alerts_from_one_kiosk_is_cut_to_the_rate_limit(topolo
         time.sleep(2)
     elapsed = time.time() - start
     assert len(posted) + dropped + duplicates == copies, (len(posted), dropped, duplicates)
-    # every posted alert had its other copies dropped as duplicates, not posted again
-    assert duplicates >= len(posted) * (copies // total - 1), (len(posted), duplicates)
-    assert len({p["json"].get("error") for p in posted}) == len(posted)
+    # no alert was posted twice: a copy of a posted alert is a duplicate (a copy of a rate-limited one is
+    # judged again and may be posted once its window reopens)
+    assert duplicates >= 1 and len({p["json"].get("error") for p in posted}) == len(posted), (len(posted), duplicates)
     # at most RATE_LIMIT in any window (receive times; 2 s of slack for the POST's own delay)
     times = sorted(p["at"] for p in posted)
     for first in times:
