@@ -110,7 +110,9 @@ def key_text_in(text, *pems):
     """True when ``text`` holds any PEM armor or any body line of ``pems``."""
     if "-----BEGIN" in text or "PRIVATE KEY" in text:
         return True
-    return any(line and line.decode() in text for pem in pems for line in pem.splitlines()[1:-1])
+    # full 64-character body lines only: a PEM's short last line (a public key's ends in "IDAQAB")
+    # can occur by chance in other base64 text of a log
+    return any(len(line) >= 64 and line.decode() in text for pem in pems for line in pem.splitlines()[1:-1])
 
 
 # ---------------------------------------------------------------- campus_keygen
