@@ -15,7 +15,6 @@ Needs python-nmap and the ``nmap`` binary (``apt-get install nmap``).
 import datetime as _dt
 import logging
 import shutil
-import time
 
 import importlib.util
 
@@ -30,12 +29,8 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-try:
-    import nmap
-
-    HAS_NMAP = True
-except ImportError:
-    HAS_NMAP = False
+# python-nmap is imported where nmap runs (fleet_scan.run); here only whether it is there
+HAS_NMAP = importlib.util.find_spec("nmap") is not None
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +63,7 @@ def scan(kiosks=None, host_timeout_s=fleet_scan.DEFAULT_HOST_TIMEOUT_S, max_retr
         salt pi-riverside-1 kiosk_scan.scan kiosks=kiosk-riverside-01,kiosk-riverside-02 host_timeout_s=5
     """
     try:
-        arguments = fleet_scan.nmap_arguments(host_timeout_s, max_retries)
+        fleet_scan.nmap_arguments(host_timeout_s, max_retries)  # refused before anything else
         inventory = fleet_inventory.from_pillar(__pillar__)
         campus = fleet_inventory.campus_of(inventory, __opts__["id"])
         if __opts__["id"] not in inventory["campuses"][campus]["pis"]:
@@ -76,29 +71,14 @@ def scan(kiosks=None, host_timeout_s=fleet_scan.DEFAULT_HOST_TIMEOUT_S, max_retr
         targets = fleet_scan.scan_targets(inventory, campus, kiosks)
     except (fleet_inventory.InventoryError, fleet_scan.ScanError) as exc:
         raise SaltInvocationError(str(exc)) from exc
-    scanner = nmap.PortScanner()
-    started = time.monotonic()
-    result = {}
-    for port, by_ip in sorted(targets.items()):
-        ips = sorted(by_ip)
-        try:
-            # every token is a validated IPv4 address or one of our fixed
-            # options: python-nmap shlex-splits them back into an argv list
-            answer = scanner.scan(
-                hosts=" ".join(ips),
-                ports=str(int(port)),
-                arguments=" ".join(arguments),
-                timeout=int(host_timeout_s) * 2 + 30,
-            )
-        except (nmap.PortScannerError, nmap.PortScannerTimeout) as exc:
-            raise CommandExecutionError(f"nmap failed for port {port}: {exc}") from exc
-        scanned_at = fleet_sweep.iso(_dt.datetime.now(_dt.timezone.utc))
-        for ip, state in fleet_scan.port_states(answer, port, ips).items():
-            result[by_ip[ip]] = {"ip": ip, "port": port, "state": state, "scanned_at": scanned_at}
+    try:
+        result, elapsed = fleet_scan.run(targets, host_timeout_s, max_retries)
+    except fleet_scan.ScanError as exc:
+        raise CommandExecutionError(str(exc)) from exc
     return {
         "pi": __opts__["id"],
         "campus": campus,
         "scanned_at": fleet_sweep.iso(_dt.datetime.now(_dt.timezone.utc)),
-        "elapsed_s": round(time.monotonic() - started, 3),
+        "elapsed_s": elapsed,
         "kiosks": result,
     }

@@ -9,8 +9,6 @@ VLAN's subnet-directed broadcast.
 
 import ipaddress
 import logging
-import socket
-import time
 
 import importlib.util
 
@@ -89,41 +87,11 @@ def _check_destination(address, port, source):
 
 
 def _send(destinations, repeat, spacing_ms):
-    """
-    Send every destination's packets ``repeat`` rounds, ``spacing_ms`` apart.
-    One socket per destination, closed afterwards. Returns packets sent per
-    (destination index, mac).
-    """
-    sockets = []
-    sent = {}
+    """The UDP send (``fleet_wol.send``, shared with the Pi master's ``kiosk_campus`` runner)."""
     try:
-        for dest in destinations:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            if dest.get("interface"):
-                # one interface per VLAN on the Pi; needs CAP_NET_RAW (the minion runs as root)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dest["interface"].encode())
-            if dest.get("source"):
-                sock.bind((dest["source"], 0))
-        for round_no in range(repeat):
-            if round_no:
-                time.sleep(spacing_ms / 1000.0)
-            for index, (dest, sock) in enumerate(zip(destinations, sockets)):
-                address = (dest["broadcast"], dest["port"])
-                for mac, packet in dest["packets"].items():
-                    try:
-                        sock.sendto(packet, address)
-                    except OSError as exc:  # one bad route must not stop the other VLANs
-                        log.warning("WoL to %s:%s for %s failed: %s", dest["broadcast"], dest["port"], mac, exc)
-                        continue
-                    sent[(index, mac)] = sent.get((index, mac), 0) + 1
-    except OSError as exc:
-        raise CommandExecutionError(f"WoL socket setup failed: {exc}") from exc
-    finally:
-        for sock in sockets:
-            sock.close()
-    return sent
+        return fleet_wol.send(destinations, repeat, spacing_ms)
+    except fleet_wol.WolError as exc:
+        raise CommandExecutionError(str(exc)) from exc
 
 
 def wake(
@@ -205,22 +173,9 @@ def wake_kiosks(kiosks=None, campus=None, repeat=DEFAULT_REPEAT, spacing_ms=DEFA
     try:
         inventory = fleet_inventory.from_pillar(__pillar__)
         selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
-        plan = fleet_wol.wake_plan(inventory, __opts__["id"], [k for ids in selection.values() for k in ids])
+        ids = [k for ids in selection.values() for k in ids]
+        fleet_wol.wake_plan(inventory, __opts__["id"], ids)  # refuses a Pi of no campus before any send
     except (fleet_inventory.InventoryError, fleet_wol.WolError) as exc:
         raise SaltInvocationError(str(exc)) from exc
-    destinations = [
-        dict(dest, packets=fleet_wol.magic_packets(dest["kiosks"].values()))
-        for dest in plan["destinations"]
-    ]
-    sent = _send(destinations, repeat, spacing_ms)
-    result = {}
-    for index, dest in enumerate(destinations):
-        for kiosk_id, mac in dest["kiosks"].items():
-            result[kiosk_id] = {
-                "mac": mac,
-                "to": dest["broadcast"],
-                "port": dest["port"],
-                "source": dest["source"],
-                "packets": sent.get((index, mac), 0),
-            }
-    return {"pi": __opts__["id"], "campus": plan["campus"], "kiosks": result}
+    return fleet_wol.wake_kiosks(inventory, __opts__["id"], ids, repeat, spacing_ms, sender=_send)
+

@@ -8,9 +8,15 @@ nmap runs as ``nmap -oX - <kiosk ips> -p <port> -sT -Pn -n --max-retries 1
 (``-Pn``: ``-sn`` calls every loopback address up), never reverse DNS
 (``-n``), bounded time. Only the inventory's kiosk addresses of the Pi's own
 campus ever reach its command line.
+
+:func:`run` is the one place nmap runs (python-nmap, imported there): the
+``kiosk_scan`` module on a Pi minion and the ``kiosk_campus`` runner on a Pi
+master both call it.
 """
 
+import datetime as _dt
 import ipaddress
+import time
 
 import importlib.util
 
@@ -102,3 +108,41 @@ def port_states(nmap_result, port, ips):
         state = entry.get("state") if isinstance(entry, dict) else None
         out[ip] = state if state in ("open", "closed") else "filtered"
     return out
+
+
+def _now_iso():
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def run(targets, host_timeout_s=DEFAULT_HOST_TIMEOUT_S, max_retries=DEFAULT_MAX_RETRIES):
+    """
+    Probe ``targets`` (``{port: {ip: kiosk}}`` from :func:`scan_targets`):
+    one nmap run per port, without a shell. Returns ``({kiosk: {"ip",
+    "port", "state", "scanned_at"}}, elapsed seconds)``. Needs python-nmap
+    and the nmap binary; a failed run raises :class:`ScanError`.
+    """
+    import nmap  # pylint: disable=import-outside-toplevel  (only the Pis have it)
+
+    arguments = nmap_arguments(host_timeout_s, max_retries)
+    if not isinstance(targets, dict):
+        raise ScanError(f"targets: expected {{port: {{ip: kiosk}}}}, got {fleet_fields.shown(targets)}")
+    scanner = nmap.PortScanner()
+    started = time.monotonic()
+    result = {}
+    for port, by_ip in sorted(targets.items()):
+        ips = sorted(str(ipaddress.IPv4Address(ip)) for ip in by_ip)
+        try:
+            # every token is a validated IPv4 address or one of our fixed
+            # options: python-nmap shlex-splits them back into an argv list
+            answer = scanner.scan(
+                hosts=" ".join(ips),
+                ports=str(int(port)),
+                arguments=" ".join(arguments),
+                timeout=int(host_timeout_s) * 2 + 30,
+            )
+        except (nmap.PortScannerError, nmap.PortScannerTimeout) as exc:
+            raise ScanError(f"nmap: failed for port {port}: {exc}") from exc
+        scanned_at = _now_iso()
+        for ip, state in port_states(answer, port, ips).items():
+            result[by_ip[ip]] = {"ip": ip, "port": port, "state": state, "scanned_at": scanned_at}
+    return result, round(time.monotonic() - started, 3)

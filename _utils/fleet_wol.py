@@ -1,14 +1,19 @@
 """
 Wake-on-LAN magic packets: MAC parsing, packet building and parsing.
 
-Pure functions, no I/O: the ``kiosk_wol`` execution module sends what these
-build, and the lab's kiosk simulator parses what it receives with the same code.
+Pure functions, besides :func:`send` and :func:`wake_kiosks` (the one UDP
+sender, used by the ``kiosk_wol`` execution module on a Pi minion and by the
+``kiosk_campus`` runner on a Pi master); the lab's kiosk simulator parses
+what it receives with the same code.
 
 A magic packet is 6 bytes of 0xFF followed by the target MAC repeated 16 times
 (102 bytes), optionally followed by a 4- or 6-byte SecureOn password.
 """
 
+import logging
 import re
+import socket
+import time
 
 import importlib.util
 
@@ -18,6 +23,8 @@ if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec(
     from saltext_kiosk_fleet.utils import fleet_fields
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_fields
+
+log = logging.getLogger(__name__)
 
 SYNC_STREAM = b"\xff" * 6
 MAGIC_PACKET_LEN = 6 + 16 * 6
@@ -297,3 +304,71 @@ def merge_wake_returns(selection, pi_returns, campus_pis):
         "pi_errors": pi_errors,
         "unreached": unreached,
     }
+
+
+# --------------------------------------------------------------------------- sending
+
+
+def send(destinations, repeat, spacing_ms):
+    """
+    Send every destination's packets (``{"broadcast", "port", "source",
+    "interface", "packets": {mac: bytes}}``) ``repeat`` rounds,
+    ``spacing_ms`` apart, one socket per destination, closed afterwards.
+    Returns packets sent per (destination index, mac). A send that fails
+    (one bad route) is logged and skipped so the other VLANs still get
+    theirs; a socket that cannot be set up raises :class:`WolError`.
+    """
+    sockets = []
+    sent = {}
+    try:
+        for dest in destinations:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            if dest.get("interface"):
+                # one interface per VLAN on the Pi; needs CAP_NET_RAW (the minion and master run as root)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dest["interface"].encode())
+            if dest.get("source"):
+                sock.bind((dest["source"], 0))
+        for round_no in range(repeat):
+            if round_no:
+                time.sleep(spacing_ms / 1000.0)
+            for index, (dest, sock) in enumerate(zip(destinations, sockets)):
+                address = (dest["broadcast"], dest["port"])
+                for mac, packet in dest["packets"].items():
+                    try:
+                        sock.sendto(packet, address)
+                    except OSError as exc:  # one bad route must not stop the other VLANs
+                        log.warning("WoL to %s:%s for %s failed: %s", dest["broadcast"], dest["port"], mac, exc)
+                        continue
+                    sent[(index, mac)] = sent.get((index, mac), 0) + 1
+    except OSError as exc:
+        raise WolError(f"socket: WoL socket setup failed: {exc}") from exc
+    finally:
+        for sock in sockets:
+            sock.close()
+    return sent
+
+
+def wake_kiosks(inventory, pi_id, kiosk_ids, repeat, spacing_ms, sender=None):
+    """
+    Wake ``kiosk_ids`` from Pi ``pi_id`` (:func:`wake_plan`: its campus's
+    kiosks, each on its VLAN's broadcast) and report it the way
+    ``kiosk_wol.wake_kiosks`` answers: ``{"pi", "campus", "kiosks": {kiosk:
+    {mac, to, port, source, packets}}}`` (what :func:`merge_wake_returns`
+    reads). ``sender`` stands in for :func:`send` (same arguments).
+    """
+    plan = wake_plan(inventory, pi_id, kiosk_ids)
+    destinations = [dict(dest, packets=magic_packets(dest["kiosks"].values())) for dest in plan["destinations"]]
+    sent = (sender or send)(destinations, repeat, spacing_ms)
+    result = {}
+    for index, dest in enumerate(destinations):
+        for kiosk_id, mac in dest["kiosks"].items():
+            result[kiosk_id] = {
+                "mac": mac,
+                "to": dest["broadcast"],
+                "port": dest["port"],
+                "source": dest["source"],
+                "packets": sent.get((index, mac), 0),
+            }
+    return {"pi": pi_id, "campus": plan["campus"], "kiosks": result}
