@@ -208,6 +208,7 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, si
         power_dir.mkdir(exist_ok=True)
         env_dir = short_root / "env"
         release_dir = topo.release_dirs(short_root / "rel")
+        campus_root = short_root / "campus"
         keys = topo.key_paths(salt_factories.root_dir, fleet_inventory)
         began = time.monotonic()
         top = salt_factories.salt_master_daemon(
@@ -222,18 +223,24 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, si
         for campus, spec in campuses.items():
             ports = topo.campus_ports([topo.pi_address(fleet_inventory, pi_id) for pi_id in spec["pis"]])
             for pi_id in sorted(spec["pis"]):
+                # the campus runtime's settings (tests/support/campus.py): one block, master and minion
+                campus_block = topo.campus_settings(fleet_inventory, pi_id, campus_root, release_dir, keys,
+                                                    [signing_key[1]])
                 pis[pi_id] = top.salt_syndic_daemon(
                     pi_id,
                     defaults={"root_dir": str(keys["roots"][pi_id])},
                     master_factory_class=topo.AutosignMaster,
                     master_overrides=topo.pi_master_config(
-                        salt_tree, campus, keys, pi_id, topo.pi_address(fleet_inventory, pi_id), ports),
+                        salt_tree, campus, keys, pi_id, topo.pi_address(fleet_inventory, pi_id), ports,
+                        campus_block),
                     minion_overrides=topo.pi_minion_config(
-                        campus, pi_id, env_dir, release_dir, keys, topo.pi_address(fleet_inventory, pi_id)),
+                        campus, pi_id, env_dir, release_dir, keys, topo.pi_address(fleet_inventory, pi_id),
+                        campus_block),
                 )
         # the Pi masters' addresses are known now (their ports): kiosks sign in to every Pi of
         # their campus, from the inventory
         topo.set_pi_masters(fleet_inventory, pis)
+        topo.check_campus_paths(pis)
         topo.write_fleet_data(salt_tree, fleet_inventory, [signing_key[1]])
         topo.install_keys(fleet_inventory, keys, top, pis)
         for spec in campuses.values():
@@ -260,7 +267,7 @@ def topology(salt_factories, salt_tree, fleet_inventory, short_root, webhook, si
         fleet = topo.Topology(
             top=top, pis=pis, kiosks=kiosks, inventory=fleet_inventory, salt_tree=salt_tree,
             power_dir=power_dir, env_dir=env_dir, webhook=webhook, release_dir=release_dir,
-            signing_key_path=signing_key[0], verify_keys=[signing_key[1]], keys=keys,
+            signing_key_path=signing_key[0], verify_keys=[signing_key[1]], keys=keys, campus_root=campus_root,
         )
         began_sync = time.monotonic()
         fleet.sync_all()

@@ -340,7 +340,41 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path, ke
     }
 
 
-def pi_master_config(tree, campus, keys, pi_id, address, ports):
+def pi_master_config(tree, campus, keys, pi_id, address, ports, campus_block=None):
+    config = _pi_master_config(tree, campus, keys, pi_id, address, ports)
+    if campus_block is not None:
+        config["kiosk_campus"] = campus_block  # campus_settings(): the Pi's campus runtime
+    return config
+
+
+def campus_settings(inventory, pi_id, campus_root, release_dir, keys, verify_keys):
+    """
+    The ``kiosk_campus:`` block of a Pi (tests/support/campus.py): the same
+    for its master and its minion. Its repository is the one the release
+    tests' nginx serves (``<release root>/repo/<pi>``), its master config the
+    file saltfactories writes under the Pi's root (checked by
+    :func:`check_campus_paths` once the factories exist).
+    """
+    from tests.support import campus as campus_support
+
+    campus = next(name for name, spec in inventory["kiosk_fleet"]["campuses"].items() if pi_id in spec["pis"])
+    repo_dir = pathlib.Path(release_dir["root"]) / "repo" / pi_id
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    return campus_support.settings(campus, pi_id, campus_root, repo_dir, verify_keys,
+                                   pathlib.Path(keys["roots"][pi_id]) / "conf" / "master")
+
+
+def check_campus_paths(pis):
+    """The Pi master config files the Pis' ``kiosk_campus:master_config`` name are the ones their masters read."""
+    wrong = {pi_id: (pi.master.config["conf_file"], pi.master.config.get("kiosk_campus", {}).get("master_config"))
+             for pi_id, pi in pis.items()
+             if pi.master.config.get("kiosk_campus")
+             and pi.master.config["conf_file"] != pi.master.config["kiosk_campus"]["master_config"]}
+    if wrong:
+        raise RuntimeError(f"kiosk_campus:master_config is not the Pi master's config file: {wrong}")
+
+
+def _pi_master_config(tree, campus, keys, pi_id, address, ports):
     return {
         "interface": address,  # pi_address: its own, as a Pi has
         # campus_ports: the campus's Pis on one ret port and one publish port, as in production
@@ -460,7 +494,7 @@ def write_fake_dht11(sysfs_root, temp_milli_c=22000, humidity_milli_pct=45000):
     return device
 
 
-def pi_minion_config(campus, pi_id, env_dir, release_dir, keys, address):
+def pi_minion_config(campus, pi_id, env_dir, release_dir, keys, address, campus_block=None):
     config = {
         "master": address,  # its own Pi's master (pi_address); the port is that master's
         # where the state kiosk_fleet.pi_master installs the campus key pair and the autosign
@@ -478,6 +512,8 @@ def pi_minion_config(campus, pi_id, env_dir, release_dir, keys, address):
         "cachedir": "minion-cache",
         "grains": {"campus": campus, "kiosk_fleet_role": "pi"},
     }
+    if campus_block is not None:
+        config["kiosk_campus"] = campus_block
     if pi_id == ENV_PI:
         write_fake_dht11(pathlib.Path(env_dir) / "sys")
         # node_exporter's textfile directory exists before the beacon writes to it
@@ -571,6 +607,23 @@ class Topology:
     synced: dict = dataclasses.field(default_factory=dict)
     # key_paths(): the campus keys folder, autosign files and each Pi master's pki_dir
     keys: dict = dataclasses.field(default_factory=dict)
+    # where each Pi's campus runtime keeps its state and clock stand-in (tests/support/campus.py)
+    campus_root: pathlib.Path = None
+
+    def campus_of(self, minion_id):
+        """The campus of a kiosk or Pi."""
+        return next(name for name, spec in self.inventory["kiosk_fleet"]["campuses"].items()
+                    if minion_id in spec["kiosks"] or minion_id in spec["pis"])
+
+    def campus_paths(self, pi_id):
+        """``(state dir, clock file)`` of a Pi's campus runtime."""
+        from tests.support import campus as campus_support
+
+        return campus_support.dirs(self.campus_root, pi_id)
+
+    def master_config(self, pi_id):
+        """A Pi master's config file (its ``master.d/`` is included: Salt's default_include)."""
+        return pathlib.Path(self.pis[pi_id].master.config["conf_file"])
 
     @property
     def minion_ids(self):
