@@ -25,11 +25,12 @@ later be synced from an HTTP platform); it is plain data, YAML/JSON-friendly::
               - {name: festival-duty, dates: ["2027-02-05", "2027-02-12"],
                  weekly: {daily: ["08:00-16:00"]}}
             kiosk-riverside-11:
-              - {name: emergency, always: on}
+              - {name: emergency, always: on, through_closures: true}
 
 A rule
     ``name`` plus exactly one of ``weekly`` or ``always``, and optionally
-    ``dates`` (and a free-text ``comment``, ignored). Unknown keys are errors.
+    ``dates``, ``through_closures`` (kiosk rules only) and a free-text
+    ``comment`` (ignored). Unknown keys are errors.
 
 ``weekly``
     day spec -> on-windows. Day specs: ``mon`` .. ``sun`` (full names too,
@@ -50,18 +51,29 @@ A rule
     A dated rule applies from local 00:00 of its first day to local 24:00 of
     its last day; an undated rule applies always.
 
-Which rule decides, for one kiosk at one instant
-    1. priority: the kiosk's own rules, else the campus rules (a kiosk rule,
-       dated or not, beats every campus rule: an ``always: on`` emergency
-       kiosk stays on through a campus holiday closure; a kiosk with its own
-       undated weekly rule must also get its own holiday rules);
-    2. specificity, within one priority: a dated rule that covers the local
-       date beats the undated rule ("Spring Festival" exceptions);
-    3. nothing applies: the campus ``default`` (``unmanaged`` unless set).
-    Two rules of the same priority and specificity that can both apply at
-    some instant are a validation error naming both (at most one undated
-    rule per list; dated rules in one list must not overlap), never a silent
-    pick, so the answer does not depend on the order of the lists.
+``through_closures``
+    ``true`` on a kiosk's undated rule: that rule also beats the campus's
+    dated rules (the 24/7 emergency kiosk stays on through a campus closure;
+    an information kiosk keeps its own hours through it). Only on an undated
+    kiosk rule: on a campus rule or a dated rule it is a validation error
+    (a campus rule beating the campus's own closures would make them
+    pointless; a dated kiosk rule already beats them). Normalised rules
+    carry the key only when it is true.
+
+Which rule decides, for one kiosk at one instant (dated beats standing)
+    1. the kiosk's dated rule that covers the local date;
+    2. the kiosk's undated rule, if it says ``through_closures: true``;
+    3. the campus's dated rule that covers the local date (a closure: it
+       switches off every kiosk of the campus, kiosks with their own standing
+       hours included, except those of 1 and 2);
+    4. the kiosk's undated rule;
+    5. the campus's undated rule;
+    6. nothing applies: the campus ``default`` (``unmanaged`` unless set).
+    ``priority`` in a decision says whose rule it was (``kiosk``, ``campus``
+    or ``default``). Two rules of one list that can both apply at some
+    instant are a validation error naming both (at most one undated rule per
+    list; dated rules in one list must not overlap), never a silent pick, so
+    the answer does not depend on the order of the lists.
     A window crossing midnight belongs to the weekly pattern; which rule
     applies is decided per local date, so on the day after a dated rule
     ends, the undated rule's Friday 22:00-06:00 window is on from 00:00.
@@ -129,7 +141,8 @@ MAX_SPAN = _dt.timedelta(days=400)  # transitions(): longest range asked at once
 _NAME = fleet_fields.NAME
 _TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_RULE_KEYS = ("name", "weekly", "always", "dates", "comment")
+_RULE_KEYS = ("name", "weekly", "always", "dates", "through_closures", "comment")
+THROUGH_CLOSURES = "through_closures"
 _CAMPUS_KEYS = ("timezone", "default", "rules", "kiosks")
 _UTC = _dt.timezone.utc
 _DAY = 1440
@@ -317,12 +330,15 @@ def _fmt(minute):
 
 
 def _copy_rule(rule):
-    return {
+    out = {
         "name": rule["name"],
         "dates": None if rule["dates"] is None else list(rule["dates"]),
         "always": rule["always"],
         "weekly": None if rule["weekly"] is None else {day: list(w) for day, w in rule["weekly"].items()},
     }
+    if rule.get(THROUGH_CLOSURES):
+        out[THROUGH_CLOSURES] = True
+    return out
 
 
 def _rule(raw, field, errors, cache=None):
@@ -361,9 +377,17 @@ def _rule_uncached(raw, field, errors):
         always = _word(raw["always"], f"{field}.always", errors, (ON, OFF))
     if raw.get("dates") is not None:
         dates = _dates(raw["dates"], f"{field}.dates", errors)
+    through = raw.get(THROUGH_CLOSURES, False)
+    if through is None:
+        through = False
+    if not isinstance(through, bool):  # "no" or "false" as text would read as true
+        errors.append(f"{field}.{THROUGH_CLOSURES}: {through!r} is not true or false")
+    elif through and dates is not None:
+        errors.append(f"{field}.{THROUGH_CLOSURES}: only an undated rule can say it; a dated kiosk rule "
+                      f"already beats the campus's dated rules")
     if len(errors) > bad:
         return None
-    return {
+    rule = {
         "name": raw["name"],
         "dates": None if dates is None else [None if d is None else d.isoformat() for d in dates],
         "always": always,
@@ -374,6 +398,9 @@ def _rule_uncached(raw, field, errors):
             for i, day in enumerate(weekly)
         },
     }
+    if through:  # only when set, so schedules without it keep their normalised shape
+        rule[THROUGH_CLOSURES] = True
+    return rule
 
 
 def _span(rule):
@@ -399,6 +426,11 @@ def _rules(raw, field, level, errors, cache=None):
             errors.append(f"{here}.name: {rule['name']!r} is also the name of {names[rule['name']]}")
             continue
         names[rule["name"]] = here
+        if rule.get(THROUGH_CLOSURES) and level != "kiosk":
+            # a campus rule that beat the campus's own closures would make the closure pointless
+            errors.append(f"{here}.{THROUGH_CLOSURES}: only a kiosk's own rule can stay on through the "
+                          f"campus's dated rules (put it under kiosks.<kiosk>)")
+            continue
         out.append(rule)
         where.append(here)
     # same priority, same specificity, overlapping: an error naming both rules
@@ -513,10 +545,11 @@ def validate(data, known_kiosks=None):
 
 
 class _Rule:
-    __slots__ = ("name", "lo", "hi", "always", "days", "marks", "bounds")
+    __slots__ = ("name", "lo", "hi", "always", "days", "marks", "bounds", "through")
 
     def __init__(self, rule):
         self.name = rule["name"]
+        self.through = bool(rule.get(THROUGH_CLOSURES))
         span = _span(rule)
         self.lo, self.hi = span if span else (_NEVER_LO, _NEVER_HI)
         self.always = rule["always"]
@@ -550,11 +583,11 @@ class _RuleSet:
         self.undated = undated[0] if undated else None
         self.marks = tuple(frozenset({0}).union(*(r.marks[d] for r in compiled)) for d in range(7))
 
-    def find(self, ordinal):
+    def dated_on(self, ordinal):
         for rule in self.dated:
             if rule.lo <= ordinal <= rule.hi:
                 return rule
-        return self.undated
+        return None
 
 
 class _Campus:
@@ -576,11 +609,32 @@ class _Campus:
         # memoise per call only where kiosks share rule lists (else it costs more than it saves)
         self.shared = 2 * len({id(rs) for rs in self.kiosks.values()}) <= len(self.kiosks)
 
+    def campus_rule(self, ordinal):
+        """(campus dated rule of the date or None, campus undated rule or None)."""
+        return self.rules.dated_on(ordinal), self.rules.undated
+
     def campus_decision(self, ordinal, weekday, minute):
-        rule = self.rules.find(ordinal)
+        dated, undated = self.campus_rule(ordinal)
+        rule = dated or undated
         if rule is None:
             return self.default
         return {"state": rule.state(weekday, minute), "rule": rule.name, "priority": "campus"}
+
+
+def _pick(kiosk_rules, campus_dated, ordinal):
+    """
+    The kiosk rule that decides on local date ``ordinal``, or None when the
+    campus's rules do: the kiosk's dated rule, else (no campus dated rule
+    that day, or the kiosk's undated rule stays on through closures) its
+    undated rule. The one place of the precedence order.
+    """
+    rule = kiosk_rules.dated_on(ordinal)
+    if rule is not None:
+        return rule
+    rule = kiosk_rules.undated
+    if rule is not None and (campus_dated is None or rule.through):
+        return rule
+    return None
 
 
 class Schedule:
@@ -706,7 +760,7 @@ def _decide(sched, campus, kiosk, wall_cache):
     ordinal, weekday, minute = wall_cache(spec)
     rules = spec.kiosks.get(kiosk)
     if rules is not None:
-        rule = rules.find(ordinal)
+        rule = _pick(rules, spec.rules.dated_on(ordinal), ordinal)
         if rule is not None:
             return {"state": rule.state(weekday, minute), "rule": rule.name, "priority": "kiosk"}, spec
     return dict(spec.campus_decision(ordinal, weekday, minute)), spec
@@ -755,6 +809,7 @@ def desired_states(schedule, kiosks_by_campus, instant):
                 result[kiosk] = {"state": UNMANAGED, "rule": "default", "priority": "default"}
             continue
         ordinal, weekday, minute = _wall(spec.tz, instant)
+        campus_dated = spec.rules.dated_on(ordinal)
         base = spec.campus_decision(ordinal, weekday, minute)
         base_state, base_rule, base_priority = base["state"], base["rule"], base["priority"]
         own, shared = spec.kiosks, spec.shared
@@ -770,11 +825,7 @@ def desired_states(schedule, kiosks_by_campus, instant):
                 continue
             found = memo.get(rules) if shared else None
             if found is None:
-                for rule in rules.dated:  # rules.find(ordinal), inlined
-                    if rule.lo <= ordinal <= rule.hi:
-                        break
-                else:
-                    rule = rules.undated
+                rule = _pick(rules, campus_dated, ordinal)
                 if rule is None:
                     found = (base_state, base_rule, base_priority)
                 else:
