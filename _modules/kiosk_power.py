@@ -16,9 +16,16 @@ config, as an argument list (never a shell string)::
 Placeholders: ``{delay}`` (seconds), ``{delay_min}`` (minutes, rounded up),
 ``{message}``, ``{id}``. The lab points ``shutdown_command`` at the kiosk
 simulator's power button.
+
+``shutdown(key=...)`` presses once per idempotency key: the keys pressed are
+kept in ``<cachedir>/kiosk_power/pressed.json`` (locked, written atomically,
+after the press succeeded), so two leaders of a split campus, or a new leader
+after a failover, never shut this kiosk down twice for one transition.
 """
 
+import datetime as _dt
 import logging
+import os
 import time
 
 import importlib.util
@@ -26,15 +33,20 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_power
+    from saltext_kiosk_fleet.utils import fleet_power, fleet_state
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_power
+    import fleet_state
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "kiosk_power"
+
+PRESSED_DIR = "kiosk_power"
+PRESSED_FILE = "pressed.json"
+PRESSED_LOCK_S = 60  # a press waits this long for another press of this kiosk
 
 
 def __virtual__():
@@ -67,17 +79,51 @@ def _run(action, delay_s, message):
     return {"action": action, "delay_s": delay_s, "via": argv}
 
 
-def shutdown(delay_s=60, message="This kiosk is shutting down for the night."):
+def _pressed_store():
+    return fleet_state.Store(os.path.join(__opts__["cachedir"], PRESSED_DIR), PRESSED_FILE, None, PRESSED_LOCK_S,
+                             fleet_power.PowerError)
+
+
+def shutdown(delay_s=60, message="This kiosk is shutting down for the night.", key=None):
     """
     Shut this kiosk down after ``delay_s`` seconds, showing ``message``.
+
+    key
+        An idempotency key (e.g. ``riverside/kiosk-riverside-01/shutdown/2027-02-05T14:00:00Z``,
+        what the campus leader sends): the kiosk presses once per key. A
+        second call with a key already pressed presses nothing and answers
+        ``duplicate: True`` with ``pressed_at`` (still ``action: shutdown``:
+        the kiosk did accept that shutdown). Without a key every call presses.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt kiosk-riverside-01 kiosk_power.shutdown delay_s=120 message='Closing at 22:00'
+        salt kiosk-riverside-01 kiosk_power.shutdown key=riverside/kiosk-riverside-01/shutdown/2027-02-05T14:00:00Z
     """
-    return _run("shutdown", delay_s, message)
+    try:
+        key = fleet_power.check_key(key)
+        delay, _ = fleet_power.check_request(delay_s, message)
+    except ValueError as exc:
+        raise SaltInvocationError(str(exc)) from exc
+    if key is None:
+        return _run("shutdown", delay_s, message)
+    try:
+        # held across the press: a second job with the same key waits, then finds it pressed
+        with _pressed_store().locked() as stored:
+            record = fleet_power.check_record(stored or None, "pressed")
+            before = fleet_power.pressed_at(record, key)
+            if before is not None:
+                return {"action": "shutdown", "delay_s": delay, "key": key, "duplicate": True,
+                        "pressed_at": before}
+            ret = _run("shutdown", delay_s, message)  # raises when the press failed: the key stays unpressed
+            now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+            stored.clear()
+            stored.update(fleet_power.remember(record, key, now))
+    except fleet_power.PowerError as exc:
+        raise CommandExecutionError(str(exc)) from exc
+    return dict(ret, key=key, duplicate=False, pressed_at=now)
 
 
 def reboot(delay_s=60, message="This kiosk restarts for maintenance."):

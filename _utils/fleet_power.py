@@ -1,5 +1,14 @@
 """
-Kiosk power requests: validation and how each platform is asked. Pure.
+Kiosk power requests: validation and how each platform is asked, and the
+kiosk's record of the shutdown keys it already pressed. Pure.
+
+Why keys
+    Shutdowns of a campus come from its leader Pi. A split campus LAN can
+    have two leaders at once, and a new leader after a failover redoes what
+    the old one may have done: each sends ``kiosk_power.shutdown`` with the
+    same idempotency key (campus/kiosk/shutdown/<transition instant>). The
+    kiosk keeps the keys it pressed (:func:`remember`) and presses once per
+    key (:func:`pressed_at`), so one transition shuts it down once.
 """
 
 import importlib.util
@@ -15,6 +24,8 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
 MAX_DELAY_S = 24 * 3600
 MAX_MESSAGE = 512  # Windows' shutdown dialog truncates long messages
 ACTIONS = ("shutdown", "reboot", "abort")
+MAX_KEY = 200
+KEEP_KEYS = 1000  # pressed keys a kiosk remembers (a few per day; far more than a failover can replay)
 DEFAULT_COMMANDS = {
     "shutdown": ["/sbin/shutdown", "-h", "+{delay_min}", "{message}"],
     "reboot": ["/sbin/shutdown", "-r", "+{delay_min}", "{message}"],
@@ -103,3 +114,44 @@ def shutdown_report(answered, failed, silent):
     if not report["result"]:
         report["error"] = f"not shut down: {', '.join(sorted(set(failed) | set(silent)))}"
     return report
+
+
+def check_key(key, field="key"):
+    """An idempotency key (printable ASCII, no white space, at most 200 characters), None for none."""
+    if key is None or key == "":
+        return None
+    if not isinstance(key, str) or not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        raise PowerError(f"{field}: {fleet_fields.shown(key)} is not an idempotency key (printable ASCII, no spaces)")
+    if len(key) > MAX_KEY:
+        raise PowerError(f"{field}: {len(key)} characters, at most {MAX_KEY}")
+    return key
+
+
+def check_record(record, field="pressed"):
+    """The stored ``{"keys": {key: ISO instant}}`` record, checked (a missing file is an empty record)."""
+    if record is None:
+        return {"keys": {}}
+    keys = record.get("keys") if isinstance(record, dict) else None
+    if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()):
+        raise PowerError(f"{field}.keys: expected {{key: instant}}, got {fleet_fields.shown(keys)}")
+    return {"keys": dict(keys)}
+
+
+def pressed_at(record, key):
+    """When this kiosk pressed for ``key`` (an ISO instant), None when it never did (or no key)."""
+    if key is None:
+        return None
+    return check_record(record)["keys"].get(key)
+
+
+def remember(record, key, at, keep=KEEP_KEYS):
+    """A new record with ``key`` pressed at ``at`` (ISO text), keeping the ``keep`` newest keys."""
+    key = check_key(key)
+    if key is None:
+        return check_record(record)
+    if not isinstance(at, str) or not at:
+        raise PowerError(f"at: expected an ISO instant, got {fleet_fields.shown(at)}")
+    keys = dict(check_record(record)["keys"], **{key: at})
+    if len(keys) > keep:
+        keys = dict(sorted(keys.items(), key=lambda item: (item[1], item[0]))[-keep:])
+    return {"keys": keys}
