@@ -38,6 +38,7 @@ import queue
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -57,6 +58,7 @@ from lab import nginx_repo  # noqa: E402
 DEFAULT_RUN_DIR = "/tmp/kiosk-lab"  # short: salt's unix sockets must stay < 107 chars
 TOP_ADDRESS = "127.0.100.1"
 MASTER_EXPORT_PORT = 8080  # nginx exporting the top master's release store (kiosk_release:master_url)
+WEBHOOK_PORT = 8091  # the lab's alert webhook (lab/webhook.py; kiosk_fleet_alerts:webhook_url)
 DEMO_OFF_KIOSK = "kiosk-hillside-03"
 DEMO_RELEASE = "kiosk-app"
 DEMO_RELEASE_VERSION = "1.0.0"
@@ -130,6 +132,29 @@ def write_autosign(path, ids):
     return str(path)
 
 
+def campus_dir(run, pi_id):
+    """A Pi's ``kiosk_campus:dir``: its calendar, outbox and reconciler state (master and minion share it)."""
+    return run / pi_id / "campus"
+
+
+def clock_file(run, pi_id):
+    """A Pi's ``kiosk_campus:clock_file``: the lab's stand-in for the kernel clock (``kiosk-lab day`` moves it)."""
+    return run / pi_id / "clock.json"
+
+
+def write_clock(run, pi_id, offset_s, synced=True):
+    """Set a Pi's clock as its reconciler reads it: host time + ``offset_s``, synchronised or not."""
+    fleet_state.write_json_atomic(str(clock_file(run, pi_id)), {"synced": bool(synced), "offset_s": float(offset_s)})
+
+
+def webhook_url():
+    return f"http://{TOP_ADDRESS}:{WEBHOOK_PORT}/hooks/kiosk"
+
+
+def webhook_log(run):
+    return run / "webhook.jsonl"
+
+
 def release_store(run):
     """The top master's release store: under its first file root, so salt://kiosk_releases/ reaches it too."""
     return run / "srv" / "salt" / "kiosk_releases"
@@ -171,6 +196,21 @@ def start_release_servers(run, inv):
             return f"{name}: {exc}\n{nginx_repo.error_log_tail(workdir, 1000)}"
         say(f"started {name:<24} pid {proc.pid} (http://{', http://'.join(listen)}{nginx_repo.URL_PREFIX})")
     return None
+
+
+def start_webhook(run):
+    """The lab's alert webhook (lab/webhook.py), recorded in pids.json. Returns an error message, or None."""
+    proc = start(run, "alert webhook", [sys.executable, "-m", "lab.webhook", "--listen", f"{TOP_ADDRESS}:{WEBHOOK_PORT}",
+                                        "--log", str(webhook_log(run))])
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return f"the alert webhook exited with {proc.returncode} (port {WEBHOOK_PORT} taken?)"
+        with contextlib.suppress(OSError), socket.create_connection((TOP_ADDRESS, WEBHOOK_PORT), timeout=0.5):
+            say(f"started {'alert webhook':<24} pid {proc.pid} ({webhook_url()})")
+            return None
+        time.sleep(0.1)
+    return "the alert webhook is not listening after 15 s"
 
 
 def make_signing_key(directory, name="kiosk_release"):
@@ -222,6 +262,7 @@ def write_configs(run, raw, inv):
     for campus in inv["campuses"]:
         fleet_files[campus] = run / "fleet" / f"{campus}.yaml"
         write_yaml(fleet_files[campus], fleet_inventory.campus_slice(data, campus))
+    (run / "metrics").mkdir(exist_ok=True)
     roots = {
         "file_roots": {"base": [str(srv / "salt"), str(REPO / "states")]},
         "pillar_roots": {"base": [str(srv / "pillar")]},
@@ -254,6 +295,8 @@ def write_configs(run, raw, inv):
             {f"kiosk/release/{event}": [str(REPO / "reactor" / f"kiosk_release_{event}.sls")]}
             for event in RELEASE_REACTORS
         ],
+        # alerts (the campuses' mismatches, posted once by kiosk_outbox.collect) go to the lab's webhook
+        "kiosk_fleet_alerts": {"webhook_url": webhook_url()},
         # releases: the store under the first file root (salt://kiosk_releases/), exported by
         # nginx for the Pis (start_release_servers); metrics next to the run's other files
         "kiosk_release": {
@@ -266,7 +309,6 @@ def write_configs(run, raw, inv):
         },
         **roots,
     })
-    (run / "metrics").mkdir(exist_ok=True)
     build_root(run).mkdir(exist_ok=True)
     write_campus_keys(run, inv, top / "campus-keys")
     daemons = [("top master", ["salt-master", "-c", str(top)])]
@@ -288,8 +330,24 @@ def write_configs(run, raw, inv):
                 "kiosk_fleet": {"data": str(fleet_files[campus])},  # this campus's part only
                 "syndic_log_file": str(pi_dir / "syndic.log"),
                 "syndic_pidfile": str(pi_dir / "syndic.pid"),
+                # the campus runtime (kiosk_campus.probe / reconcile on this Pi master): calendar, outbox and
+                # state in dir; status.json under repo_dir/campus/ (this Pi's nginx serves it to its peers);
+                # the clock from clock_file, not the host's (kiosk-lab day compresses a day through it)
+                "kiosk_campus": {
+                    "dir": str(campus_dir(run, pi_id)),
+                    "campus": campus,
+                    "pi": pi_id,
+                    "verify_key": [public_pem],
+                    "repo_dir": str(run / "repo" / pi_id),
+                    "clock_file": str(clock_file(run, pi_id)),
+                    "probe_timeout_s": 2,
+                    "textfile_dir": str(run / "metrics" / pi_id),
+                },
                 **roots,
             })
+            campus_dir(run, pi_id).mkdir(mode=0o700, parents=True, exist_ok=True)
+            (run / "metrics" / pi_id).mkdir(parents=True, exist_ok=True)
+            write_clock(run, pi_id, 0.0)
             write_yaml(pi_dir / "minion", {
                 "id": pi_id,
                 "master": f"{host}:{port}",
@@ -306,6 +364,14 @@ def write_configs(run, raw, inv):
                 # master: it renders the same autosign file; no restart in the lab (pi-down, pi-up)
                 "kiosk_fleet": {"master_pki_dir": str(pki_dir), "master_config_dir": str(pi_dir / "master.d"),
                                 "autosign_file": str(pi_dir / "autosign"), "restart": False},
+                # the campus runtime's minion side: kiosk_campus.calendar stores the top master's calendar in
+                # dir, kiosk_outbox.entries reads the outbox there, kiosk_campus.reconcile runs the master's
+                "kiosk_campus": {
+                    "dir": str(campus_dir(run, pi_id)),
+                    "repo_dir": str(run / "repo" / pi_id),
+                    "master_config": str(pi_dir / "master"),
+                    "clock_file": str(clock_file(run, pi_id)),
+                },
             })
             daemons += pi_daemons(run, pi_id)
         for kiosk_id in sorted(spec["kiosks"]):
@@ -464,7 +530,7 @@ def cmd_up(args):
         shutil.rmtree(run)
     run.mkdir(parents=True)
     daemons = write_configs(run, raw, inv)
-    error = start_release_servers(run, inv)
+    error = start_release_servers(run, inv) or start_webhook(run)
     if error:
         say(f"release server failed: {error}")
         cmd_down(args)
@@ -542,6 +608,8 @@ def cmd_down(args):
                 say(f"{kiosk} minion (pid {state['pid']}) outlived the simulator: SIGKILL")
                 os.killpg(state["pid"], signal.SIGKILL)
     (run / "pids.json").unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (run / "cuts.json").unlink()  # the syndics cut stopped are gone with the rest
     say(f"stopped {len(pids)} processes")
     return 0
 
@@ -555,13 +623,102 @@ def cmd_status(args):
     for pi in down:
         for name, _ in pi_daemons(run, pi):
             print(f"{name:<24} {'':<12} stopped by pi-down (kiosk-lab pi-up {pi})")
+    for campus, pis in sorted(read_cuts(run).items()):
+        for pi in pis:
+            print(f"{pi + ' syndic':<24} {'':<12} stopped by cut: {campus}'s WAN link is down "
+                  f"(kiosk-lab restore {campus})")
     state_file = run / "sim-state.json"
     if state_file.exists():
         for kiosk, state in sorted(json.loads(state_file.read_text()).items()):
             power = "on " if state["on"] else "off"
             print(f"{kiosk:<24} power {power} {state['ip']}:{state['service_port']}  magic packets {state['packets']}"
                   f"  power-button presses {state.get('presses', 0)}")
-    return 0 if pids and all(alive(p) for p in pids.values()) and not down else 1
+    return 0 if pids and all(alive(p) for p in pids.values()) and not down and not read_cuts(run) else 1
+
+
+# --------------------------------------------------------------------------- a campus's WAN link cut and restored
+
+
+def read_cuts(run):
+    """``{campus: [pi whose syndic cut stopped]}`` of the running lab."""
+    path = run / "cuts.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def campus_of_lab(args):
+    """``(run, inventory)`` for the ``campus`` argument, or an exit code after saying why."""
+    run = pathlib.Path(args.dir)
+    inv = lab_inventory(run)
+    if not inv or not read_pids(run):
+        say(f"the lab is not running in {run} (kiosk-lab up first)")
+        return 1
+    if args.campus not in inv["campuses"]:
+        say(f"campus: {args.campus!r} is not a campus of the lab's inventory ({', '.join(sorted(inv['campuses']))})")
+        return 2
+    return run, inv
+
+
+def cut_campus(run, inv, campus):
+    """Cut ``campus``'s WAN link: stop its Pis' syndics by pid, the only daemons that talk to the top master.
+    The Pis' masters, minions and nginx, and the campus's kiosks, stay up: the campus is alone.
+    Returns ``{syndic name: pid}`` stopped."""
+    pids = read_pids(run)
+    syndics = {f"{pi} syndic": pids[f"{pi} syndic"] for pi in sorted(inv["campuses"][campus]["pis"])
+               if f"{pi} syndic" in pids}
+    stop_processes(syndics, grace=20)
+    cuts = read_cuts(run)
+    cuts[campus] = sorted(set(cuts.get(campus, [])) | {name.split()[0] for name in syndics})
+    fleet_state.write_json_atomic(str(run / "cuts.json"), cuts)
+    pids = {name: pid for name, pid in read_pids(run).items() if name not in syndics}
+    (run / "pids.json").write_text(json.dumps(pids, indent=1))
+    return syndics
+
+
+def restore_campus(run, campus, timeout):
+    """Restore ``campus``'s WAN link: start its Pis' syndics again and wait until the top master hears
+    the Pis. Returns ``(started {name: pid}, Pis the top master does not hear)``."""
+    cuts = read_cuts(run)
+    pis = cuts.pop(campus, [])
+    pids = read_pids(run)
+    started = {}
+    for pi in pis:
+        if f"{pi} master" not in pids:  # pi-down meanwhile: pi-up starts all three
+            continue
+        pi_dir = str(pi_dirs(run, pi)[0])
+        started[f"{pi} syndic"] = start(run, f"{pi} syndic", ["salt-syndic", "-c", pi_dir]).pid
+    fleet_state.write_json_atomic(str(run / "cuts.json"), cuts)
+    heard = wait_for_minions(run, pis, timeout) if started else {}
+    return started, sorted(p for p in pis if f"{p} syndic" in started and heard.get(p) is not True)
+
+
+def cmd_cut(args):
+    found = campus_of_lab(args)
+    if isinstance(found, int):
+        return found
+    run, inv = found
+    if args.campus in read_cuts(run):
+        say(f"{args.campus} is already cut (kiosk-lab restore {args.campus})")
+        return 0
+    stopped = cut_campus(run, inv, args.campus)
+    say(f"{args.campus}'s WAN link is cut: stopped " + ", ".join(f"{n} (pid {p})" for n, p in stopped.items())
+        + f"; its Pis and kiosks run alone. Restore with: {REPO / 'lab' / 'kiosk-lab'} restore {args.campus}")
+    return 0
+
+
+def cmd_restore(args):
+    found = campus_of_lab(args)
+    if isinstance(found, int):
+        return found
+    run, _ = found
+    if args.campus not in read_cuts(run):
+        say(f"{args.campus} is not cut")
+        return 0
+    started, silent = restore_campus(run, args.campus, args.timeout)
+    say(f"{args.campus}'s WAN link is back: started " + ", ".join(f"{n} (pid {p})" for n, p in started.items()))
+    if silent:
+        say(f"the top master does not hear {', '.join(silent)}; logs under {run}")
+        return 1
+    return 0
 
 
 def lab_inventory(run):
@@ -908,9 +1065,18 @@ def main(argv=None):
         p = sub.add_parser(name, help=what)
         p.add_argument("pi", help="a Pi of the inventory, e.g. pi-riverside-1")
         p.add_argument("--timeout", type=int, default=120, help="seconds to wait for the Pi and its kiosks (pi-up)")
+    for name, what in (("cut", "cut a campus's WAN link: stop its Pis' syndics (by pid)"),
+                       ("restore", "restore a campus's WAN link: start its Pis' syndics again")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("campus", help="a campus of the inventory, e.g. riverside")
+        p.add_argument("--timeout", type=int, default=120, help="seconds to wait for the top master to hear the Pis")
+    from lab import kiosk_day  # noqa: PLC0415 - the day driver uses this module's helpers
+
+    kiosk_day.add_parser(sub)
     args = parser.parse_args(argv)
     return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "demo": cmd_demo,
-            "pi-down": cmd_pi_down, "pi-up": cmd_pi_up}[args.command](args)
+            "pi-down": cmd_pi_down, "pi-up": cmd_pi_up, "cut": cmd_cut, "restore": cmd_restore,
+            "day": kiosk_day.cmd_day}[args.command](args)
 
 
 if __name__ == "__main__":

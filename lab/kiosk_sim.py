@@ -12,7 +12,11 @@ power buttons:
   from the kiosks' shutdown hook (``python -m lab.kiosk_sim power-off``) and
   ``on``/``off`` from the lab itself; powering off stops the minion and
   closes the port. Each ``off`` is one press of the kiosk's power button,
-  counted: a shutdown that ran twice on a kiosk shows as two presses.
+  counted: a shutdown that ran twice on a kiosk shows as two presses;
+* ``keep-off <kiosk>`` (``--keep-off`` at start) makes a kiosk whose network
+  card ignores magic packets (a dead NIC, a BIOS without wake-on-LAN): they
+  are counted but power nothing on, so the reconciler's verification finds
+  the kiosk off and raises the mismatch alert; ``let-on <kiosk>`` heals it.
 
 State (power, pids, magic packets received and power-button presses per
 kiosk) is written atomically to ``sim-state.json`` after every change, for
@@ -54,6 +58,8 @@ class Kiosk:
         self.presses = 0  # shutdown requests from the kiosk's power hook
         self.off_at = None
         self.powered_on_at = None
+        self.kept_off = False  # its NIC ignores magic packets (keep-off)
+        self.ignored = 0  # magic packets it ignored
 
     @property
     def on(self):
@@ -154,16 +160,26 @@ class Simulator:
             log.info("magic packet for %s on %s/%s: no kiosk with that MAC on this VLAN", mac, *where)
             return
         kiosk.packets += 1
+        if kiosk.kept_off:
+            kiosk.ignored += 1
+            log.info("magic packet for %s (%s) from %s:%s ignored: kept off", kiosk.id, mac, *sender)
+            self.save()
+            return
         log.info("magic packet for %s (%s) from %s:%s", kiosk.id, mac, *sender)
         self.power_on(kiosk, f"magic packet from {sender[0]}")
         self.save()
 
     def on_control(self):
         data = self.control.recv(4096).decode("utf-8", "replace").split()
-        if len(data) < 2 or data[0] not in ("on", "off") or data[1] not in self.kiosks:
+        if len(data) < 2 or data[0] not in ("on", "off", "keep-off", "let-on") or data[1] not in self.kiosks:
             log.warning("bad control message %r", data)
             return
         kiosk = self.kiosks[data[1]]
+        if data[0] in ("keep-off", "let-on"):
+            kiosk.kept_off = data[0] == "keep-off"
+            log.info("%s: magic packets %s", kiosk.id, "ignored from now on" if kiosk.kept_off else "work again")
+            self.save()
+            return
         if data[0] == "on":
             self.power_on(kiosk, "lab")
             return
@@ -183,6 +199,8 @@ class Simulator:
                 "pid": k.process.pid if k.on else None,
                 "packets": k.packets,
                 "presses": k.presses,
+                "kept_off": k.kept_off,
+                "ignored": k.ignored,
                 "ip": k.ip,
                 "service_port": k.service_port,
                 "powered_on_at": k.powered_on_at if k.on else None,
@@ -193,7 +211,9 @@ class Simulator:
         tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
         os.replace(tmp, self.run_dir / "sim-state.json")
 
-    def run(self, start_on):
+    def run(self, start_on, kept_off=()):
+        for kiosk_id in kept_off:
+            self.kiosks[kiosk_id].kept_off = True
         for kiosk_id in start_on:
             self.power_on(self.kiosks[kiosk_id], "lab start")
         self.save()
@@ -241,24 +261,31 @@ def main(argv=None):
     serve.add_argument("--inventory", required=True, help="normalised inventory (JSON)")
     serve.add_argument("--salt-minion", required=True)
     serve.add_argument("--on", default="", help="comma-separated kiosks powered on at start")
+    serve.add_argument("--keep-off", default="", help="comma-separated kiosks whose NIC ignores magic packets")
     off = sub.add_parser("power-off", help="shutdown hook: power a kiosk off after a delay")
     off.add_argument("kiosk")
     off.add_argument("--delay", type=float, default=0)
     on = sub.add_parser("power-on", help="press the power button of a kiosk")
     on.add_argument("kiosk")
+    for name, what in (("keep-off", "the kiosk's NIC ignores magic packets from now on"),
+                       ("let-on", "the kiosk's NIC wakes on magic packets again")):
+        sub.add_parser(name, help=what).add_argument("kiosk")
     args = parser.parse_args(argv)
     if args.command == "power-off":
         send_control(args.run_dir, "off", args.kiosk, args.delay)
         return 0
-    if args.command == "power-on":
-        send_control(args.run_dir, "on", args.kiosk)
+    if args.command in ("power-on", "keep-off", "let-on"):
+        send_control(args.run_dir, "on" if args.command == "power-on" else args.command, args.kiosk)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s kiosk-sim %(message)s")
     inventory = json.loads(pathlib.Path(args.inventory).read_text())
     sim = Simulator(args.run_dir, inventory, args.salt_minion)
     signal.signal(signal.SIGTERM, sim.stop)
     signal.signal(signal.SIGINT, sim.stop)
-    sim.run([k for k in args.on.split(",") if k])
+    unknown = sorted({k for k in args.keep_off.split(",") if k} - set(sim.kiosks))
+    if unknown:
+        parser.error(f"--keep-off: unknown kiosk {', '.join(unknown)}")
+    sim.run([k for k in args.on.split(",") if k], [k for k in args.keep_off.split(",") if k])
     return 0
 
 

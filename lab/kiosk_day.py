@@ -1,0 +1,404 @@
+"""
+kiosk-lab day: the campuses run a compressed simulated day on their own.
+
+    kiosk-lab day [--date 2027-02-03] [--from 05:45] [--to 22:30] [--step 30]
+                  [--outage riverside|top|none] [--outage-from 06:00] [--outage-to 09:00]
+                  [--keep-off kiosk-riverside-01]
+
+The top master publishes each campus's signed calendar to its Pis
+(``kiosk_campus.calendar``, through ``salt-run kiosk_calendar.publish``).
+Then the day runs in steps of simulated local time (the campuses' time zone):
+every ``--step`` minutes, at every instant the schedule changes a kiosk's
+state, and 5, 10 and 15 minutes after each (the verification). At each step
+every running Pi's clock is set through its ``kiosk_campus:clock_file``
+(``{"synced": true, "offset_s": <simulated - host time>}``; the host's clock
+is never touched), then each running Pi master runs ``kiosk_campus.probe``
+and ``kiosk_campus.reconcile`` (``salt-run -c <run>/<pi>``, as its own
+schedule would), and the step waits for the kiosks to follow (the simulator's
+power state). From ``--outage-from`` to ``--outage-to`` the campus's WAN link
+is cut (its Pis' syndics stopped by pid, as ``kiosk-lab cut``) or the top
+master is stopped (``--outage top``). One kiosk's NIC ignores magic packets
+(``--keep-off``): its verification fails and the campus raises one alert.
+After the restore the top master collects the outboxes
+(``kiosk_outbox.collect``, which posts each new alert once to the lab's
+webhook) and the day prints the top master's view (``kiosk_power.status``,
+``kiosk_outbox.day``) and what the webhook received.
+
+The lab's Pi masters run no reconcile schedule of their own: on the host's
+clock the sample schedule would switch the demo's kiosks off at night.
+"""
+
+import contextlib
+import datetime as dt
+import json
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+import zoneinfo
+
+import yaml
+
+from lab import kiosk_lab, kiosk_sim, webhook
+from lab.kiosk_lab import BIN, REPO, say
+
+import fleet_schedule  # noqa: E402  (kiosk_lab put _utils on sys.path)
+
+DAY_DATE = "2027-02-03"  # a Wednesday: every campus open; 2027-02-08 is a Spring Festival closure day
+DAY_KEPT_OFF = "kiosk-riverside-01"  # opens at 07:00, inside the default outage
+DAY_OUTAGE = "riverside"
+CHECKS_MIN = (5, 10, 15)  # the reconciler's verification after a transition
+RUNNER_TIMEOUT_S = 120
+
+
+def add_parser(sub):
+    p = sub.add_parser("day", help="run the campuses' reconcilers through a compressed simulated day")
+    p.add_argument("--date", default=DAY_DATE, help=f"the simulated local date (default {DAY_DATE}, a Wednesday)")
+    p.add_argument("--from", dest="start", default="05:45", help="first simulated local time (HH:MM)")
+    p.add_argument("--to", dest="end", default="22:30", help="last simulated local time (HH:MM)")
+    p.add_argument("--step", type=int, default=30, help="simulated minutes between steps away from transitions")
+    p.add_argument("--outage", default=DAY_OUTAGE,
+                   help="a campus (its WAN link cut), 'top' (the top master stopped) or 'none'")
+    p.add_argument("--outage-from", default="06:00", help="simulated local time the outage begins")
+    p.add_argument("--outage-to", default="09:00", help="simulated local time the outage ends")
+    p.add_argument("--keep-off", default=DAY_KEPT_OFF, help="a kiosk whose NIC ignores magic packets ('' for none)")
+    p.add_argument("--settle", type=int, default=90, help="real seconds a step waits for kiosks to follow")
+    return p
+
+
+# --------------------------------------------------------------------------- pure parts: instants and reports
+
+
+def local_time(date, hhmm, tz, field):
+    """The aware instant of ``hhmm`` on ``date`` in ``tz``; ValueError naming ``field``."""
+    try:
+        day = dt.date.fromisoformat(date)
+        hours, minutes = (int(x) for x in hhmm.split(":"))
+        return dt.datetime(day.year, day.month, day.day, hours, minutes, tzinfo=tz)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{field}: {hhmm!r} on {date!r} is not a local time (HH:MM): {exc}") from None
+
+
+def day_instants(schedule, inv, start, end, step_min, extra=()):
+    """The simulated instants the day stops at, sorted: every ``step_min`` minutes from ``start`` to ``end``,
+    every transition of a kiosk's desired state in between and 5/10/15 minutes after each, and ``extra``."""
+    instants = {start, end, *[e for e in extra if start <= e <= end]}
+    at = start
+    while at < end:
+        instants.add(at)
+        at += dt.timedelta(minutes=step_min)
+    for campus, spec in inv["campuses"].items():
+        for kiosk in spec["kiosks"]:
+            for instant, _state, _rule in fleet_schedule.transitions(schedule, campus, kiosk, start, end):
+                for after in (0, *CHECKS_MIN):
+                    moment = instant + dt.timedelta(minutes=after)
+                    if moment <= end:
+                        instants.add(moment.astimezone(start.tzinfo))
+    return sorted(instants)
+
+
+def names(value):
+    """A reconcile answer's kiosk list or mapping as a short text."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" if not isinstance(v, dict | list) else k for k, v in sorted(value.items()))
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v.get("kiosk", v)) if isinstance(v, dict) else str(v) for v in value)
+    return str(value)
+
+
+REPORT_KEYS = (("woke", "woke"), ("shut_down", "shut down"), ("verified", "verified"),
+               ("verifications", "verified"), ("alerts", "ALERT"), ("skipped", "held back"))
+
+
+def describe_reconcile(pi, answer):
+    """One line for one Pi's ``kiosk_campus.reconcile`` answer."""
+    if not isinstance(answer, dict):
+        return f"{pi}: no answer ({str(answer)[:200]})"
+    if answer.get("result") is False or answer.get("error"):
+        return f"{pi}: FAILED: {answer.get('error') or answer.get('comment') or answer}"
+    parts = [f"{label} {names(answer[key])}" for key, label in REPORT_KEYS if answer.get(key)]
+    clock = answer.get("clock") if isinstance(answer.get("clock"), dict) else {}
+    if clock and not clock.get("synced", True):
+        parts.append("clock NOT synchronised")
+    role = " (leader)" if answer.get("leader") is True else ""
+    return f"{pi}{role}: {'; '.join(parts) or 'nothing to do'}"
+
+
+def kiosk_changes(before, after, kept_off):
+    """What the kiosks felt between two simulator states: ``[text]``."""
+    lines = []
+    for kiosk in sorted(after):
+        was, now = before.get(kiosk, {}), after[kiosk]
+        packets = now.get("packets", 0) - was.get("packets", 0)
+        presses = now.get("presses", 0) - was.get("presses", 0)
+        bits = []
+        if packets:
+            bits.append(f"{packets} magic packets")
+        if presses:
+            bits.append(f"{presses} power-button press{'es' if presses > 1 else ''}")
+        if was.get("on") != now.get("on"):
+            bits.append("powered " + ("on" if now.get("on") else "off"))
+        elif packets and kiosk in kept_off and not now.get("on"):
+            bits.append("ignored: its NIC is kept off, it stays off")
+        if bits:
+            lines.append(f"{kiosk}: {', '.join(bits)}")
+    return lines
+
+
+def alert_posts(posts):
+    """``{idempotency key: number of POSTs}`` of the webhook's log (the pack's alert payloads carry the key)."""
+    counts = {}
+    for post in posts:
+        body = post.get("body") if isinstance(post.get("body"), dict) else {}
+        payload = body.get("payload") if isinstance(body.get("payload"), dict) else {}
+        key = body.get("idempotency_key") or payload.get("idempotency_key") \
+            or f"{body.get('kiosk', '?')} (no idempotency key)"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------- the lab side
+
+
+def salt_run_json(run, config, *args, timeout=RUNNER_TIMEOUT_S):
+    """``salt-run -c <run>/<config> --out=json args`` -> (exit code, parsed answer or {"_error": text})."""
+    cmd = [str(BIN / "salt-run"), "-c", str(run / config), "--out=json", *args]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return 1, {"_error": f"salt-run {' '.join(args)} timed out after {timeout} s"}
+    try:
+        return out.returncode, json.loads(out.stdout or "{}")
+    except json.JSONDecodeError:
+        return out.returncode, {"_error": (out.stdout + out.stderr).strip()[-2000:]}
+
+
+def on_every(run, pis, *args):
+    """Run ``salt-run -c <run>/<pi> args`` on every Pi at once: ``{pi: (code, answer)}``."""
+    answers = {}
+
+    def one(pi):
+        answers[pi] = salt_run_json(run, pi, *args)
+
+    threads = [threading.Thread(target=one, args=(pi,)) for pi in pis]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def live_pis(run, inv):
+    pids = kiosk_lab.read_pids(run)
+    return sorted(pi for spec in inv["campuses"].values() for pi in spec["pis"]
+                  if kiosk_lab.alive(pids.get(f"{pi} master", 0) or 0))
+
+
+def sim_state(run):
+    path = run / "sim-state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def await_kiosks(run, before, kept_off, settle):
+    """Wait (real time, at most ``settle`` s) until every kiosk that got a magic packet is on (unless its NIC is
+    kept off) and every kiosk whose power button was pressed is off: the next step observes the result."""
+    deadline = time.time() + settle
+    while True:
+        now = sim_state(run)
+        pending = [k for k, s in now.items()
+                   if (s["packets"] > before.get(k, {}).get("packets", 0) and k not in kept_off and not s["on"])
+                   or (s["presses"] > before.get(k, {}).get("presses", 0) and s["on"])]
+        if not pending or time.time() > deadline:
+            return now, pending
+        time.sleep(0.5)
+
+
+def stop_top(run):
+    pids = kiosk_lab.read_pids(run)
+    top = {"top master": pids["top master"]} if "top master" in pids else {}
+    kiosk_lab.stop_processes(top, grace=20)
+    (run / "pids.json").write_text(json.dumps({n: p for n, p in kiosk_lab.read_pids(run).items() if n not in top},
+                                              indent=1))
+    return top
+
+
+def start_top(run, inv, timeout):
+    if not kiosk_lab.start_daemons(run, [("top master", ["salt-master", "-c", str(run / "top")])]):
+        return ["top master"]
+    pis = sorted(pi for spec in inv["campuses"].values() for pi in spec["pis"])
+    heard = kiosk_lab.wait_for_minions(run, pis, timeout)
+    return sorted(p for p in pis if heard.get(p) is not True)
+
+
+def print_top_view(run, campuses):
+    """``kiosk_outbox.collect`` then the top master's view of ``campuses`` and the webhook's log.
+    Returns ``{idempotency key: POSTs}``."""
+    code, collected = salt_run_json(run, "top", "kiosk_outbox.collect")
+    say(f"$ salt-run -c {run / 'top'} kiosk_outbox.collect   (exit {code})")
+    if isinstance(collected, dict):
+        for key in ("collected", "new", "posted", "alerts_posted", "silent", "error", "_error"):
+            if key in collected:
+                print(f"    {key}: {names(collected[key]) if not isinstance(collected[key], str) else collected[key]}")
+    code, status = salt_run_json(run, "top", "kiosk_power.status")
+    say(f"$ salt-run -c {run / 'top'} kiosk_power.status   (exit {code})")
+    campus_view = (status.get("campuses") if isinstance(status, dict) else None) or {}
+    for campus in campuses:
+        entry = campus_view.get(campus)
+        print(f"    {campus}: {json.dumps(entry, sort_keys=True)[:600] if entry is not None else 'not shown'}")
+    if "_error" in status or "error" in status:
+        print(f"    {status.get('error') or status.get('_error')}")
+    for campus in campuses:
+        code, day = salt_run_json(run, "top", "kiosk_outbox.day", f"campus={campus}")
+        say(f"$ salt-run -c {run / 'top'} kiosk_outbox.day campus={campus}   (exit {code})")
+        entry = day.get(campus, day) if isinstance(day, dict) else {}
+        if not isinstance(entry, dict) or "_error" in entry or "error" in entry:
+            print(f"    {(entry or {}).get('error') or (entry or {}).get('_error') or entry}")
+            continue
+        for pi, seen in sorted((entry.get("pis") or {}).items()):
+            print(f"    {pi}: {json.dumps(seen, sort_keys=True)[:300]}")
+        actions = entry.get("actions") or []
+        print(f"    actions: {len(actions)}  " + "; ".join(
+            f"{a.get('kiosk')} {a.get('action')} {a.get('result', '')}".strip() for a in actions[-12:]))
+        checks = entry.get("verifications") or []
+        failed = [c for c in checks if not c.get("ok")]
+        print(f"    verifications: {len(checks)}, failed {len(failed)}  "
+              + "; ".join(f"{c.get('kiosk')} expected {c.get('expected')} observed {c.get('observed')}"
+                          for c in failed[:6]))
+        for alert in entry.get("alerts") or []:
+            print(f"    ALERT {alert.get('kiosk')}: {alert.get('summary') or alert.get('message') or ''} "
+                  f"(key {alert.get('idempotency_key') or alert.get('key')})")
+    counts = alert_posts(webhook.posts(kiosk_lab.webhook_log(run)))
+    say(f"the alert webhook ({kiosk_lab.webhook_url()}) received {sum(counts.values())} POSTs:")
+    for key, count in sorted(counts.items()):
+        print(f"    {key}: {count} POST{'s' if count > 1 else ''}{'' if count == 1 else '  <- DUPLICATE'}")
+    return counts
+
+
+def cmd_day(args):
+    run = pathlib.Path(args.dir)
+    inv = kiosk_lab.lab_inventory(run)
+    pids = kiosk_lab.read_pids(run)
+    if not inv or not kiosk_lab.alive(pids.get("top master", 0) or 0):
+        say(f"the lab is not running in {run}, or its top master is stopped (kiosk-lab up first)")
+        return 1
+    if args.outage not in ("none", "top", *inv["campuses"]):
+        say(f"--outage: {args.outage!r} is not 'none', 'top' or a campus ({', '.join(sorted(inv['campuses']))})")
+        return 2
+    kept_off = [k for k in args.keep_off.split(",") if k]
+    known = {k for spec in inv["campuses"].values() for k in spec["kiosks"]}
+    if set(kept_off) - known:
+        say(f"--keep-off: unknown kiosk {', '.join(sorted(set(kept_off) - known))}")
+        return 2
+    fleet = yaml.safe_load((run / "fleet" / "fleet.yaml").read_text())
+    try:
+        schedule = fleet_schedule.load(fleet.get(fleet_schedule.PILLAR_KEY), known_kiosks=inv)
+    except fleet_schedule.ScheduleError as exc:
+        say(f"the lab's fleet data has no usable schedule: {exc}")
+        return 1
+    campus_of = args.outage if args.outage in inv["campuses"] else next(iter(inv["campuses"]))
+    tz = zoneinfo.ZoneInfo(inv["campuses"][campus_of].get("timezone") or "Asia/Shanghai")
+    try:
+        start = local_time(args.date, args.start, tz, "--from")
+        end = local_time(args.date, args.end, tz, "--to")
+        outage = (local_time(args.date, args.outage_from, tz, "--outage-from"),
+                  local_time(args.date, args.outage_to, tz, "--outage-to"))
+    except ValueError as exc:
+        say(str(exc))
+        return 2
+    if not start < end or not outage[0] < outage[1] or args.step < 1:
+        say("--from must be before --to, --outage-from before --outage-to, --step at least 1")
+        return 2
+    if kiosk_lab.read_cuts(run):
+        say(f"a campus is cut ({', '.join(kiosk_lab.read_cuts(run))}): kiosk-lab restore it first")
+        return 1
+    began = time.time()
+    campuses = sorted(inv["campuses"])
+    code = 0
+
+    # the campuses' calendars, while every link is up
+    say(f"$ salt-run -c {run / 'top'} kiosk_calendar.publish force=True")
+    rc, published = salt_run_json(run, "top", "kiosk_calendar.publish", "force=True")
+    for campus, entry in sorted(((published or {}).get("campuses") or {}).items()):
+        print(f"    {campus}: {json.dumps(entry, sort_keys=True)[:300]}")
+    if rc:
+        say(f"calendar publish failed: {published.get('error') or published.get('_error') or published}")
+        return 1
+    for kiosk in kept_off:
+        kiosk_sim.send_control(run, "keep-off", kiosk)
+        say(f"{kiosk}'s NIC ignores magic packets from now on (the simulator keeps it off)")
+
+    instants = day_instants(schedule, inv, start, end, args.step,
+                            extra=outage if args.outage != "none" else ())
+    say(f"a day on {args.date} ({tz.key}) from {args.start} to {args.end}: {len(instants)} steps; "
+        + (f"outage '{args.outage}' {args.outage_from}-{args.outage_to}" if args.outage != "none" else "no outage"))
+    down = False
+    posted = {}
+    for instant in instants:
+        if args.outage != "none" and not down and outage[0] <= instant < outage[1]:
+            if args.outage == "top":
+                stopped = stop_top(run)
+                say(f"{instant:%H:%M} the top master is stopped (pid {stopped.get('top master')})")
+            else:
+                stopped = kiosk_lab.cut_campus(run, inv, args.outage)
+                say(f"{instant:%H:%M} {args.outage}'s WAN link is cut: stopped "
+                    + ", ".join(f"{n} (pid {p})" for n, p in stopped.items()))
+            down = True
+        if down and instant >= outage[1]:
+            if args.outage == "top":
+                silent = start_top(run, inv, 180)
+                say(f"{instant:%H:%M} the top master is back" + (f"; silent: {', '.join(silent)}" if silent else ""))
+            else:
+                started, silent = kiosk_lab.restore_campus(run, args.outage, 180)
+                say(f"{instant:%H:%M} {args.outage}'s WAN link is back: started "
+                    + ", ".join(f"{n} (pid {p})" for n, p in started.items())
+                    + (f"; the top master does not hear {', '.join(silent)}" if silent else ""))
+            down = False
+            code = 1 if silent else code
+            counts = print_top_view(run, [args.outage] if args.outage in campuses else campuses)
+            posted.update(counts)
+        pis = live_pis(run, inv)
+        offset = instant.timestamp() - time.time()
+        for pi in pis:
+            kiosk_lab.write_clock(run, pi, offset)
+        before = sim_state(run)
+        on_every(run, pis, "kiosk_campus.probe")
+        answers = on_every(run, pis, "kiosk_campus.reconcile")
+        after, pending = await_kiosks(run, before, kept_off, args.settle)
+        lines = []
+        for campus in campuses:
+            mine = [pi for pi in pis if pi in inv["campuses"][campus]["pis"]]
+            did = [describe_reconcile(pi, answers[pi][1]) for pi in mine]
+            felt = kiosk_changes({k: v for k, v in before.items() if k in inv["campuses"][campus]["kiosks"]},
+                                 {k: v for k, v in after.items() if k in inv["campuses"][campus]["kiosks"]},
+                                 kept_off)
+            if felt or any("nothing to do" not in line for line in did):
+                lines.append(f"  {campus}" + ("  (cut off)" if down and campus == args.outage else ""))
+                lines += [f"    {line}" for line in did] + [f"    kiosk {line}" for line in felt]
+            code = 1 if any(answers[pi][0] for pi in mine) else code
+        if lines:
+            print(f"{instant:%H:%M}  (Pi clocks {offset:+.0f} s from the host's)", flush=True)
+            print("\n".join(lines), flush=True)
+        if pending:
+            say(f"{', '.join(pending)} did not follow within {args.settle} s")
+    if down:  # the day ended inside the outage: restore before the summary
+        if args.outage == "top":
+            start_top(run, inv, 180)
+        else:
+            kiosk_lab.restore_campus(run, args.outage, 180)
+        say(f"{args.outage} restored at the end of the day")
+    for kiosk in kept_off:
+        kiosk_sim.send_control(run, "let-on", kiosk)
+    say("the end of the day: the top master's view")
+    posted = print_top_view(run, campuses)
+    if any(count > 1 for count in posted.values()):
+        say("an alert was posted more than once")
+        code = 1
+    with contextlib.suppress(OSError):
+        (run / "day.json").write_text(json.dumps({"posted": posted, "seconds": time.time() - began}))
+    say(f"day done in {time.time() - began:.0f} s (exit {code})")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(kiosk_lab.main(["day", *sys.argv[1:]]))
