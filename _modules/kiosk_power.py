@@ -94,6 +94,8 @@ def shutdown(delay_s=60, message="This kiosk is shutting down for the night.", k
         second call with a key already pressed presses nothing and answers
         ``duplicate: True`` with ``pressed_at`` (still ``action: shutdown``:
         the kiosk did accept that shutdown). Without a key every call presses.
+        ``{id}`` in the key is this kiosk's id, so one job to many kiosks
+        gives each its own key (``riverside/{id}/shutdown/2027-...``).
 
     CLI Example:
 
@@ -104,6 +106,8 @@ def shutdown(delay_s=60, message="This kiosk is shutting down for the night.", k
     """
     try:
         key = fleet_power.check_key(key)
+        if key is not None:
+            key = fleet_power.check_key(key.replace("{id}", __opts__["id"]))
         delay, _ = fleet_power.check_request(delay_s, message)
     except ValueError as exc:
         raise SaltInvocationError(str(exc)) from exc

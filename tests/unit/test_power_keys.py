@@ -116,3 +116,11 @@ def test_a_bad_key_presses_nothing(kiosk):
     with pytest.raises(SaltInvocationError, match="^key: "):
         mods["kiosk_power.shutdown"](delay_s=0, message="", key="two words")
     assert pressed(presses) == []
+
+
+def test_id_in_the_key_is_the_kiosk_own_id(kiosk):
+    mods, presses, tmp = kiosk
+    ret = mods["kiosk_power.shutdown"](delay_s=0, message="", key="east/{id}/shutdown/2027-03-01T14:00:00Z")
+    assert ret["key"] == KEY
+    assert mods["kiosk_power.shutdown"](delay_s=0, message="", key=KEY)["duplicate"] is True
+    assert pressed(presses) == ["kiosk-east-01"]
