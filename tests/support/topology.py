@@ -150,9 +150,12 @@ def two_campus_inventory(wol_port=None, service_port=None, repo_port=None):
 
 # Power schedules of the topology (pillar kiosk_fleet_schedules): only on
 # 2027-03-01 (a Monday, Asia/Shanghai) are east's kiosks managed: kiosk-east-01
-# on 07:00-22:00, kiosk-east-02 on 09:00-22:00. Every other day, and campus
-# west, is unmanaged, so no other test is affected by a sweep.
+# on 07:00-22:00, kiosk-east-02 on 09:00-22:00. The topology's fleet data adds
+# west's on 2027-03-02 only (CAMPUS_SCHEDULE, the campus tests' day). Every
+# other day is unmanaged, so no other test is affected by a sweep or a reconciler.
 SWEEP_DAY = "2027-03-01"
+# Campus west's day for the campus autonomy tests: both kiosks on 07:00-19:00 on 2027-03-02 only
+CAMPUS_DAY = "2027-03-02"
 SWEEP_SCHEDULES = {
     "kiosk_fleet_schedules": {
         "campuses": {
@@ -167,6 +170,16 @@ SWEEP_SCHEDULES = {
             }
         }
     }
+}
+# The campus tests' day (tests/integration/test_campus.py), in the topology's fleet data only (the
+# functional tests compare platform schedules with SWEEP_SCHEDULES): west's kiosks on 07:00-19:00
+# on CAMPUS_DAY only
+CAMPUS_SCHEDULE = {
+    "timezone": "Asia/Shanghai",
+    "kiosks": {
+        kiosk: [{"name": f"campus-test-{n}", "dates": [CAMPUS_DAY, CAMPUS_DAY], "weekly": {"daily": ["07:00-19:00"]}}]
+        for n, kiosk in enumerate(("kiosk-west-01", "kiosk-west-02"), 1)
+    },
 }
 
 
@@ -183,9 +196,10 @@ CHANGES_PILLAR = {
 
 def fleet_data(inventory, verify_keys):
     """The whole fleet data file of the topology: inventory, schedules, change parameters, verify keys."""
+    schedules = {"campuses": {**SWEEP_SCHEDULES["kiosk_fleet_schedules"]["campuses"], "west": CAMPUS_SCHEDULE}}
     return {
         **inventory,
-        **SWEEP_SCHEDULES,
+        "kiosk_fleet_schedules": schedules,
         **CHANGES_PILLAR,
         "kiosk_release": {"verify_key": list(verify_keys)},
     }
