@@ -53,9 +53,8 @@ def pytest_configure(config):
 GROUPS = {
     "topology-power": {"test_env.py", "test_forged_alerts.py", "test_keys.py", "test_power.py", "test_sweep.py",
                        "test_topology.py"},
-    # stops and restarts Pis: its topology's Pi minions may not answer afterwards (their test-only
-    # publish_port sentinel, docs/testing.md), so no other file shares it
-    "topology-mm": {"test_multimaster.py"},
+    # stop and restart Pis and the top master (test_campus: a campus's day with the top master down)
+    "topology-mm": {"test_campus.py", "test_multimaster.py"},
     "lab": {"test_lab.py"},
     "wine": {"test_kiosk_reg_wine.py", "test_change_templates.py"},
 }
