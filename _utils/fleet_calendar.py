@@ -280,6 +280,65 @@ def summary(doc):
             "scheduled": doc.get("schedule") is not None, "digest": content_digest(doc)}
 
 
+# ---------------------------------------------------------------- the top master's side
+
+POWER_DIR = "kiosk_power"  # kiosk_power's folder in the top master's cachedir: synced schedules, holds
+SCHEDULES_FILE = "schedules.json"
+POWER_STATE_FILE = "state.json"
+
+
+def schedule_in_force(cachedir, data, inventory):
+    """
+    ``(schedule, source)`` on the top master: the last good synced copy
+    (``<cachedir>/kiosk_power/schedules.json``), else the fleet data's
+    ``kiosk_fleet_schedules``, else none (``fleet_sweep.schedule_in_force``).
+    What ``kiosk_power`` evaluates and what the calendars carry: one place.
+    """
+    path = os.path.join(_directory(cachedir), POWER_DIR, SCHEDULES_FILE)
+    synced = fleet_state.read_json(path, fleet_sweep.SweepError, None)
+    return fleet_sweep.schedule_in_force(synced, data, inventory, path)
+
+
+def holds_in_force(cachedir):
+    """The operators' holds ``{kiosk: hold}`` kept by ``kiosk_power`` (``<cachedir>/kiosk_power/state.json``)."""
+    path = os.path.join(_directory(cachedir), POWER_DIR, POWER_STATE_FILE)
+    try:
+        return fleet_sweep.load_state(fleet_state.read_json(path, fleet_sweep.SweepError, None))["holds"]
+    except fleet_sweep.SweepError as exc:
+        raise fleet_sweep.SweepError(f"{path}: {exc}; fix or move it aside") from None
+
+
+def _when(value):
+    try:
+        return fleet_sweep.parse_instant(value)
+    except fleet_sweep.SweepError:
+        return None
+
+
+def lagging(pis, serial, known, reported=None):
+    """
+    The Pis of ``pis`` to send the calendar ``serial`` to again: those whose
+    newest known serial is older (or unknown). ``known``: ``{pi: {"serial",
+    "at"}}`` from this runner's own sends; ``reported``: the same from the
+    outbox collection (a Pi reports its serial with its entries). Of the two,
+    the later report wins (a Pi reinstalled since it answered has an older
+    serial again).
+    """
+    _whole(serial, "serial")
+    out = []
+    for pi in pis:
+        seen = [r for r in ((known or {}).get(pi), (reported or {}).get(pi)) if isinstance(r, dict)]
+        seen = [r for r in seen if isinstance(r.get("serial"), int) and not isinstance(r.get("serial"), bool)]
+        if not seen:
+            out.append(pi)
+            continue
+        epoch = _dt.datetime.min.replace(tzinfo=_UTC)
+        latest = max(seen, key=lambda r: _when(r.get("at")) or epoch)
+        if latest["serial"] < serial:
+            out.append(pi)
+    return sorted(out)
+
+
 # ---------------------------------------------------------------- on disk
 
 

@@ -257,3 +257,33 @@ def test_summary_names_what_a_report_shows(keys):
     assert fc.summary(doc) == {"campus": "east", "serial": NOW, "signed_at": NOW, "kiosks": 2,
                                "holds": ["kiosk-east-01"], "scheduled": True, "digest": fc.content_digest(doc)}
     assert fc.summary(None) is None
+
+
+def test_lagging_takes_the_later_report_of_each_pi():
+    pis = ["pi-1", "pi-2", "pi-3", "pi-4"]
+    known = {"pi-1": {"serial": 9, "at": "2027-02-01T01:00:00Z"}, "pi-2": {"serial": 9, "at": "2027-02-01T01:00:00Z"},
+             "pi-3": {"serial": 8, "at": "2027-02-01T01:00:00Z"}}
+    reported = {"pi-2": {"serial": 4, "at": "2027-02-01T02:00:00Z"},  # reinstalled after our send
+                "pi-3": {"serial": 9, "at": "2027-02-01T02:00:00Z"},  # took it from a peer
+                "pi-1": {"serial": 4, "at": "2027-01-31T02:00:00Z"}}  # an old report
+    assert fc.lagging(pis, 9, known, reported) == ["pi-2", "pi-4"]
+    assert fc.lagging(pis, 9, {}, None) == pis
+    assert fc.lagging(["pi-1"], 9, {"pi-1": {"serial": True}}) == ["pi-1"]
+    with pytest.raises(fc.CalendarError, match="^serial"):
+        fc.lagging(pis, "9", known)
+
+
+def test_the_top_masters_inputs_come_from_kiosk_power_files(tmp_path):
+    cachedir = str(tmp_path)
+    data = {"kiosk_fleet_schedules": SCHEDULE}
+    schedule, source = fc.schedule_in_force(cachedir, data, INVENTORY)
+    assert source["source"] == "pillar" and fc.holds_in_force(cachedir) == {}
+    power = tmp_path / fc.POWER_DIR
+    power.mkdir()
+    (power / fc.POWER_STATE_FILE).write_text(json.dumps({"holds": HOLDS}))
+    assert fc.holds_in_force(cachedir) == HOLDS
+    (power / fc.POWER_STATE_FILE).write_text(json.dumps({"holds": {"kiosk-east-01": {"state": "maybe"}}}))
+    with pytest.raises(fleet_sweep.SweepError, match=r"state\.json: holds\.kiosk-east-01"):
+        fc.holds_in_force(cachedir)
+    with pytest.raises(fc.CalendarError, match="^directory"):
+        fc.schedule_in_force("cache", data, INVENTORY)
