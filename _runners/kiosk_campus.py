@@ -1,0 +1,499 @@
+"""
+The campus runtime on each Pi MASTER (runners its own master ``schedule:``
+runs; contract: docs/campus.md): ``probe`` (every ~20 s: this Pi's signed
+status out, the peers' statuses in, a newer calendar taken from a peer),
+``reconcile`` (every minute: the calendar against what this Pi observes of
+its campus, through the same engine as the top master's sweep), ``status``.
+
+Glue only: the decisions are ``fleet_campus`` and ``fleet_sweep``'s. Settings
+are the master config's ``kiosk_campus:`` block (``fleet_campus.SETTINGS``).
+Files in ``kiosk_campus:dir``: ``calendar.json`` (``fleet_calendar``),
+``peers.json`` (the last probe's view), ``reconciler.json`` (pending checks,
+last observations, leader view), ``outbox.db`` (``fleet_outbox``). Each
+runner holds its own lock (a second probe or reconcile on this Pi is
+refused, never run twice at once).
+"""
+
+import concurrent.futures
+import datetime as _dt
+import json
+import logging
+import os
+
+import importlib.util
+
+# The installed package wins over any copy synced into extmods, and no ImportError
+# is caught: a utility that fails to import shows its own error (see _utils/README.md).
+if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
+    from saltext_kiosk_fleet.utils import fleet_calendar, fleet_campus, fleet_clock, fleet_fields, fleet_http
+    from saltext_kiosk_fleet.utils import fleet_keys, fleet_lock, fleet_metrics, fleet_outbox, fleet_power
+    from saltext_kiosk_fleet.utils import fleet_runner, fleet_scan, fleet_schedule, fleet_state, fleet_sweep, fleet_wol
+else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_calendar
+    import fleet_campus
+    import fleet_clock
+    import fleet_fields
+    import fleet_http
+    import fleet_keys
+    import fleet_lock
+    import fleet_metrics
+    import fleet_outbox
+    import fleet_power
+    import fleet_runner
+    import fleet_scan
+    import fleet_schedule
+    import fleet_state
+    import fleet_sweep
+    import fleet_wol
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kiosk_campus"
+
+PEERS_FILE = "peers.json"
+STATE_FILE = "reconciler.json"
+OUTBOX_FILE = "outbox.db"
+METRICS_FILE = "kiosk_campus.prom"
+STATE_DEFAULTS = {"observed": {}, "leader": None}
+# a run waits this long for the one before it (the schedule's, or an operator's) to finish
+PROBE_WAIT_S = 10
+RECONCILE_WAIT_S = 45
+ERRORS = (fleet_fields.FleetError,)
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# ---------------------------------------------------------------- load
+
+
+def _settings():
+    return fleet_campus.settings(fleet_runner.config(__opts__, fleet_campus.CONFIG_KEY))
+
+
+def _path(conf, name):
+    os.makedirs(conf["dir"], mode=0o700, exist_ok=True)
+    return os.path.join(conf["dir"], name)
+
+
+def _calendar(conf, required=True):
+    doc = fleet_calendar.load(conf["dir"], conf["verify_key"], conf["campus"])
+    if doc is None and required:
+        raise fleet_campus.CampusError(
+            f"calendar: none stored in {conf['dir']} yet (the top master sends it: salt-run kiosk_calendar.publish)",
+            field="calendar")
+    return doc
+
+
+def _clock(conf):
+    """``(clock state, now)``: the kernel's sync state (or the clock file's) and the clock's now."""
+    state = fleet_clock.clock_state(conf["clock_file"])
+    return state, fleet_clock.now(state)
+
+
+def _master_keys():
+    """The campus master key pair of this Pi master (``<pki_dir>/master.pem``, ``master.pub``)."""
+    pki_dir = __opts__["pki_dir"]
+    private = fleet_keys.read_bytes(os.path.join(pki_dir, fleet_keys.MASTER_PEM), "pki_dir")
+    public = fleet_keys.read_bytes(os.path.join(pki_dir, fleet_keys.MASTER_PUB), "pki_dir")
+    if private is None or public is None:
+        raise fleet_campus.CampusError(f"pki_dir: no campus master key pair in {pki_dir} "
+                                       "(salt-run kiosk_fleet.campus_keys sends it)", field="pki_dir")
+    return private, public
+
+
+def _peers(conf):
+    view = fleet_state.read_json(_path(conf, PEERS_FILE), fleet_campus.CampusError, {})
+    peers = view.get("pis")
+    return peers if isinstance(peers, dict) else {}
+
+
+def _inventory_parts(doc):
+    schedule = fleet_calendar.schedule_of(doc)
+    if schedule is None:  # no schedule: every kiosk unmanaged
+        schedule = fleet_schedule.load({"campuses": {}})
+    return fleet_calendar.inventory_of(doc), schedule, fleet_calendar.holds_of(doc)
+
+
+# ---------------------------------------------------------------- peers over HTTP
+
+
+def _get_json(session, url, timeout, limit):
+    answer = session.get(url, timeout=timeout, allow_redirects=False, stream=True)
+    try:
+        if answer.status_code != 200:
+            raise fleet_campus.CampusError(f"url: {fleet_http.host_of(url)} answered HTTP {answer.status_code}")
+        body = answer.raw.read(limit + 1, decode_content=True)
+    finally:
+        answer.close()
+    if len(body) > limit:
+        raise fleet_campus.CampusError(f"url: {fleet_http.host_of(url)} sent more than {limit} bytes")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise fleet_campus.CampusError(f"url: {fleet_http.host_of(url)} sent no JSON") from None
+
+
+def _fetch_status(inventory, conf, pi, public, clock):
+    import requests  # pylint: disable=import-outside-toplevel
+
+    url = fleet_campus.status_url(inventory, conf["campus"], pi)
+    try:
+        if url is None:
+            raise fleet_campus.CampusError(f"pi: {pi} has no address in the calendar's inventory")
+        with fleet_http.session() as session:
+            doc = _get_json(session, url, conf["probe_timeout_s"], fleet_campus.MAX_STATUS_BYTES)
+        status = fleet_campus.verify_status(doc, public, conf["campus"], pi, field=f"peers.{pi}")
+        return fleet_campus.peer_record(fleet_clock.now(clock), status=status)
+    except requests.RequestException as exc:
+        return fleet_campus.peer_record(fleet_clock.now(clock), error=fleet_http.describe_error(exc, url))
+    except ERRORS as exc:  # fail closed: unsigned, badly signed, another campus: unreachable
+        return fleet_campus.peer_record(fleet_clock.now(clock), error=str(exc))
+
+
+def _take_calendar(inventory, conf, pi):
+    """Fetch the peer ``pi``'s calendar and keep it if it verifies and is newer (``fleet_calendar.store``)."""
+    import requests  # pylint: disable=import-outside-toplevel
+
+    url = fleet_campus.calendar_url(inventory, conf["campus"], pi)
+    try:
+        with fleet_http.session() as session:
+            doc = _get_json(session, url, max(conf["probe_timeout_s"], 5), fleet_campus.MAX_CALENDAR_BYTES)
+        return dict(fleet_calendar.store(conf["dir"], doc, conf["verify_key"], conf["campus"]), source=pi)
+    except requests.RequestException as exc:
+        return {"stored": False, "source": pi, "error": fleet_http.describe_error(exc, url)}
+    except ERRORS as exc:  # a bad signature: refused, the last good copy stays
+        log.warning("kiosk_campus.probe: calendar from %s refused: %s", pi, exc)
+        return {"stored": False, "source": pi, "error": str(exc)}
+
+
+def _serve(conf, name, doc):
+    """Write ``doc`` to ``<repo_dir>/campus/<name>`` atomically (nginx serves it; readable by all)."""
+    folder = os.path.join(conf["repo_dir"], os.path.dirname(fleet_campus.STATUS_PATH))
+    os.makedirs(folder, mode=0o755, exist_ok=True)
+    fleet_state.write_json_atomic(os.path.join(folder, name), doc, mode=0o644)
+
+
+# ---------------------------------------------------------------- observe, act
+
+
+def _presence(inventory, campus, kiosks):
+    """
+    ``{kiosk: True}`` for kiosks whose inventory address holds a TCP
+    connection to this master's publish or ret port: a kiosk's minion keeps
+    one open to each of its masters (read from the kernel's table, no
+    ``test.ping`` that waits out its timeout for the kiosks that are off).
+    Salt's ``CkMinions.connected_ids`` matches the same table against cached
+    grains instead, which needs the minion data cache on every Pi master and
+    on one host (the tests' topology) counts every cached minion as connected.
+    """
+    import salt.utils.network  # pylint: disable=import-outside-toplevel
+
+    addresses = set()
+    for port in sorted({__opts__.get("publish_port", 4505), __opts__.get("ret_port", 4506)}):
+        try:
+            addresses |= set(salt.utils.network.local_port_tcp(int(port)))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("kiosk_campus: connections on port %s unreadable: %s", port, exc)
+    spec = inventory["campuses"][campus]["kiosks"]
+    return {k: True for k in kiosks if spec[k]["ip"] in addresses}
+
+
+def _observe(inventory, conf, selection):
+    """``(observed, pis report, errors)`` of ``selection`` from this Pi's nmap probe and its master's connections."""
+    campus, me = conf["campus"], conf["pi"]
+    kiosks = sorted(k for ids in selection.values() for k in ids)
+    if not kiosks:
+        return {}, {"answered": [], "silent": []}, []
+    scans, errors = {}, []
+    try:
+        targets = fleet_scan.scan_targets(inventory, campus, kiosks)
+        result, elapsed = fleet_scan.run(targets, conf["scan_host_timeout_s"], 1)
+        scans[me] = {"pi": me, "campus": campus, "kiosks": result, "elapsed_s": elapsed}
+    except ERRORS as exc:
+        errors.append(f"scan: {exc}")
+    observed = fleet_sweep.observed_states(selection, scans, {campus: [me]}, _presence(inventory, campus, kiosks))
+    return observed, fleet_sweep.pis_report([me], scans, {}), errors
+
+
+def _wake(inventory, conf, selection):
+    """Magic packets from this Pi to every kiosk of ``selection`` (its VLANs' broadcasts): a wake report."""
+    ids = sorted(k for group in selection.values() for k in group)
+    try:
+        sent = fleet_wol.wake_kiosks(inventory, conf["pi"], ids, conf["wake_repeat"], 100)
+    except ERRORS as exc:
+        return {"unreached": ids, "error": str(exc)}
+    report = fleet_wol.merge_wake_returns(selection, {conf["pi"]: sent}, {conf["campus"]: [conf["pi"]]})
+    if report["unreached"]:
+        report["error"] = f"no magic packet sent to {', '.join(report['unreached'])}"
+    return report
+
+
+def _shutdown(conf, selection, transitions):
+    """
+    The leader's shutdowns: one ``kiosk_power.shutdown`` job per transition
+    through this Pi master (``key`` names the kiosk as ``{id}``: each kiosk
+    presses once per key). A report like ``fleet_power.shutdown_report``'s.
+    """
+    import salt.client  # pylint: disable=import-outside-toplevel
+
+    ids = sorted(k for group in selection.values() for k in group)
+    jobs = fleet_campus.shutdown_jobs(conf["campus"], {k: transitions[k] for k in ids})
+    accepted, failed, silent, results = [], {}, [], {}
+    with salt.client.get_local_client(__opts__["conf_file"]) as client:
+        for template, kiosks in sorted(jobs.items()):
+            kwarg = {"delay_s": conf["shutdown_delay_s"], "message": fleet_campus.SHUTDOWN_MESSAGE, "key": template}
+            got = fleet_runner.call(client.cmd_iter, kiosks, "kiosk_power.shutdown", kwarg=kwarg,
+                                    timeout=conf["shutdown_timeout_s"])
+            report = fleet_power.shutdown_report(got.answered, got.failed, got.silent)
+            accepted += report["accepted"]
+            failed.update(report["failed"])
+            silent += report["silent"]
+            results.update({k: "duplicate" if (got.answered.get(k) or {}).get("duplicate") else "pressed"
+                            for k in report["accepted"]})
+    report = {"accepted": sorted(accepted), "failed": failed, "silent": sorted(silent), "results": results}
+    if failed or silent:
+        report["error"] = f"not shut down: {', '.join(sorted(set(failed) | set(silent)))}"
+    return report
+
+
+def _metrics(conf, ret):
+    if not conf["textfile_dir"]:
+        return
+    at = _dt.datetime.now(_dt.timezone.utc).timestamp()
+    try:
+        text = fleet_metrics.render(fleet_campus.metrics(conf["campus"], conf["pi"], ret, at))
+        fleet_metrics.write_textfile(conf["textfile_dir"], METRICS_FILE, text, field="kiosk_campus:textfile_dir")
+    except (OSError, ValueError) as exc:  # metrics never fail a run
+        log.warning("kiosk_campus: metrics not written (%s): %s", conf["textfile_dir"], exc)
+
+
+def _busy(what, conf):
+    return fleet_campus.CampusError(f"{what}: another {what} is still running on this Pi ({conf['dir']})", field=what)
+
+
+# ---------------------------------------------------------------- runners
+
+
+def probe():
+    """
+    Write this Pi's signed status to ``<repo_dir>/campus/status.json`` (its
+    nginx serves it), fetch each peer's status from the calendar's inventory
+    (``probe_timeout_s``, all at once), keep the view in ``peers.json``, and
+    take a newer calendar from a peer that announces one (verified and
+    stored by ``fleet_calendar.store``; a bad one is refused, the last good
+    copy stays). Run by this Pi master's ``schedule:`` every ~20 s.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_campus.probe
+        salt-run -c /etc/salt kiosk_campus.probe --out=json
+    """
+    try:
+        conf = _settings()
+        with fleet_lock.exclusive(_path(conf, "probe.lock"), PROBE_WAIT_S, _busy("probe", conf)):
+            ret = _probe(conf)
+    except ERRORS as exc:
+        return fleet_runner.fail(__context__, exc)
+    return fleet_runner.finish(__context__, ret)
+
+
+def _probe(conf):
+    me, campus = conf["pi"], conf["campus"]
+    private, public = _master_keys()
+    clock, now = _clock(conf)
+    doc = _calendar(conf, required=False)
+    peers, taken = {}, None
+    if doc is not None:
+        inventory = fleet_calendar.inventory_of(doc)
+        others = [p for p in fleet_campus.pis_of(inventory, campus) if p != me]
+        if others:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(others), 8)) as pool:
+                futures = {p: pool.submit(_fetch_status, inventory, conf, p, public, clock) for p in others}
+                peers = {p: f.result() for p, f in futures.items()}
+        now = fleet_clock.now(clock)
+        newer = fleet_campus.newest_calendar(peers, doc["serial"], now, conf["stale_s"])
+        if newer is not None:
+            taken = _take_calendar(inventory, conf, newer[0])
+            if taken.get("stored"):
+                doc = _calendar(conf)
+    campus_pis = None if doc is None else fleet_campus.pis_of(fleet_calendar.inventory_of(doc), campus)
+    reachable = fleet_campus.live(me, clock, peers, now, conf["stale_s"])
+    leader_pi = fleet_campus.leader(reachable, campus_pis)
+    sees = {p: v for p, v in reachable.items() if p != me and v["via"] == p}
+    serial = None if doc is None else doc["serial"]
+    status = fleet_campus.sign_status(
+        fleet_campus.build_status(campus, me, now, serial, clock, sees, leader_pi), private)
+    _serve(conf, os.path.basename(fleet_campus.STATUS_PATH), status)
+    if doc is not None:
+        try:
+            served = fleet_state.read_json(os.path.join(conf["repo_dir"], fleet_campus.CALENDAR_PATH),
+                                           fleet_campus.CampusError, {})
+        except fleet_campus.CampusError:
+            served = {}  # a damaged copy is replaced
+        if served.get("serial") != doc["serial"]:
+            _serve(conf, os.path.basename(fleet_campus.CALENDAR_PATH), doc)
+    view = {"probed_at": fleet_campus.iso(now), "pis": peers, "leader": leader_pi, "reachable": sorted(reachable)}
+    fleet_state.write_json_atomic(_path(conf, PEERS_FILE), view, mode=0o600)
+    ret = {"result": True, "campus": campus, "pi": me, "at": fleet_campus.iso(now), "serial": serial,
+           "peers": {p: "ok" if "status" in r else r.get("error") for p, r in sorted(peers.items())},
+           "reachable": sorted(reachable), "leader_pi": leader_pi, "clock": {k: clock.get(k) for k in
+                                                                            ("synced", "source", "offset_s")}}
+    if taken is not None:
+        ret["calendar"] = taken
+    if doc is None:
+        ret["warning"] = "no calendar yet: no peers known, status written with serial None"
+    return ret
+
+
+def reconcile(at=None):
+    """
+    One reconciler run: the calendar's expected state of every kiosk of this
+    campus now (``at``: an ISO 8601 instant standing in for the clock's now,
+    for tests and the lab's compressed day), against this Pi's observation
+    (its nmap probe of the service ports, its master's connected minions).
+    Every live Pi wakes the kiosks due on; the leader alone shuts down, runs
+    the +5/+10/+15 verification and raises alerts; nothing is shut down on an
+    unsynchronised clock, nothing woken unless the clock is synchronised or
+    confirmed by a peer. Everything done goes to the outbox. Exit code 1 when
+    the run could not decide, or an action failed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_campus.reconcile
+        salt-run kiosk_campus.reconcile at=2027-03-01T07:20:00+08:00 --out=json
+    """
+    try:
+        conf = _settings()
+        with fleet_lock.exclusive(_path(conf, "reconcile.lock"), RECONCILE_WAIT_S, _busy("reconcile", conf)):
+            ret = _reconcile(conf, at)
+    except ERRORS as exc:
+        return fleet_runner.fail(__context__, exc)
+    _metrics(conf, ret)
+    return fleet_runner.finish(__context__, ret)
+
+
+def _reconcile(conf, at):
+    me, campus = conf["pi"], conf["campus"]
+    doc = _calendar(conf)
+    inventory, schedule, holds = _inventory_parts(doc)
+    campus_pis = fleet_campus.pis_of(inventory, campus)
+    if me not in campus_pis:
+        raise fleet_campus.CampusError(f"kiosk_campus:pi: {me} is not a Pi of campus {campus} in the calendar",
+                                       field="kiosk_campus:pi")
+    clock, now = _clock(conf)
+    if at not in (None, ""):
+        now = fleet_campus.instant(at, "at")
+    peers = _peers(conf)
+    reachable = fleet_campus.live(me, clock, peers, now, conf["stale_s"])
+    leader_pi = fleet_campus.leader(reachable, campus_pis)
+    confirmed_by = fleet_clock.confirmed(now, fleet_campus.peer_clocks(peers, now, conf["stale_s"]),
+                                         conf["confirm_tolerance_s"])
+    allowed = fleet_campus.gate(clock, confirmed_by, leader_pi == me, leader_pi)
+    timezone = inventory["campuses"][campus]["timezone"]
+    store = fleet_state.Store(conf["dir"], STATE_FILE, STATE_DEFAULTS, 30, fleet_campus.CampusError)
+    with store.locked() as stored:
+        state = fleet_sweep.load_state(stored)
+        view = fleet_sweep.expect(inventory, schedule, holds, now)
+        due = fleet_sweep.due_selection(state, now, inventory) if allowed["verify"] else {}
+        selection = {campus: sorted(set(view["managed"].get(campus, [])) | set(due.get(campus, [])))}
+        observed, pis, errors = _observe(inventory, conf, selection)
+        decision = fleet_campus.decide(view, observed, state["pending"], allowed)
+        acting = [k for part in ("wake", "shutdown") for ids in decision[part].values() for k in ids]
+        transitions = {k: fleet_campus.transition(schedule, view, k, now, timezone) for k in acting}
+        wake_ret = _wake(inventory, conf, decision["wake"]) if decision["wake"] else None
+        shutdown_ret = _shutdown(conf, decision["shutdown"], transitions) if decision["shutdown"] else None
+        woken, shut_down, act_errors = fleet_sweep.acted(decision, wake_ret, shutdown_ret)
+        state, record = fleet_sweep.settle(state, view, decision, woken, shut_down, errors + act_errors, pis,
+                                           {"source": "calendar", "serial": doc["serial"]},
+                                           _dt.datetime.now(_dt.timezone.utc))
+        state["pending"] = fleet_campus.with_transitions(state["pending"], transitions)
+        pending_before = state["pending"]
+        found = None
+        if allowed["verify"]:
+            found = fleet_sweep.verify_due(state, due, observed, now)
+            state = found["state"]
+        acted = {"woken": woken, "shut_down": shut_down,
+                 "results": dict(dict.fromkeys(woken, "sent"), **(shutdown_ret or {}).get("results", {}))}
+        expected = {k: view["expected"][k]["state"] for k in observed}
+        entries = fleet_campus.entries(campus, me, now, acted, found, pending_before, transitions, observed,
+                                       state.get("observed") or {}, expected, allowed, clock, confirmed_by,
+                                       leader_pi, reachable, state.get("leader"))
+        outbox = fleet_outbox.Outbox(_path(conf, OUTBOX_FILE), conf["outbox_cap"])
+        added = outbox.add_many(entries) if entries else []
+        state["observed"] = {k: v["state"] for k, v in observed.items()}
+        state["leader"] = leader_pi
+        stored.clear()
+        stored.update(state)
+    ret = {
+        "result": not record["errors"],
+        "campus": campus,
+        "pi": me,
+        "at": fleet_campus.iso(now),
+        "serial": doc["serial"],
+        "leader": leader_pi == me,
+        "leader_pi": leader_pi,
+        "live": sorted(reachable),
+        "clock": {"synced": bool(clock.get("synced")), "confirmed_by": confirmed_by,
+                  "offset_s": clock.get("offset_s"), "source": clock.get("source")},
+        "wake": sorted(k for ids in decision["wake"].values() for k in ids),
+        "shutdown": sorted(k for ids in decision["shutdown"].values() for k in ids),
+        "withheld": decision["withheld"],
+        "woke": sorted(woken),
+        "shut_down": sorted(shut_down),
+        "nothing": decision["nothing"],
+        "observed": {k: v["state"] for k, v in observed.items()},
+        "verified": found["verified"] if found else [],
+        "waiting": found["waiting"] if found else [],
+        "mismatches": found["mismatches"] if found else [],
+        "transitions": transitions,
+        "outbox": {"added": sum(1 for a in added if a), "entries": len(entries)},
+    }
+    if record["errors"]:
+        ret["error"] = "; ".join(record["errors"])
+    return ret
+
+
+def status():
+    """
+    This Pi's campus runtime: settings in use (no key material), the
+    calendar it runs on, the last probe's view of its peers and leader, the
+    clock, pending verifications, the last reconcile and the outbox's size.
+    Reads only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_campus.status --out=json
+    """
+    try:
+        conf = _settings()
+        doc = _calendar(conf, required=False)
+        view = fleet_state.read_json(_path(conf, PEERS_FILE), fleet_campus.CampusError, {})
+        state = fleet_sweep.load_state(fleet_state.read_json(_path(conf, STATE_FILE), fleet_campus.CampusError, {}))
+        clock = fleet_clock.clock_state(conf["clock_file"])
+        outbox = fleet_outbox.Outbox(_path(conf, OUTBOX_FILE), conf["outbox_cap"]).stats()
+    except ERRORS as exc:
+        return fleet_runner.fail(__context__, exc)
+    shown = {k: v for k, v in conf.items() if k != "verify_key"}
+    return fleet_runner.finish(__context__, {
+        "result": doc is not None,
+        "settings": shown,
+        "calendar": fleet_calendar.summary(doc),
+        "peers": {p: ("ok " + r["status"]["at"]) if "status" in r else r.get("error")
+                  for p, r in sorted((view.get("pis") or {}).items())},
+        "probed_at": view.get("probed_at"),
+        "leader_pi": state.get("leader"),
+        "clock": {k: clock.get(k) for k in ("synced", "source", "offset_s", "error") if k in clock},
+        "pending": state["pending"],
+        "last_reconcile": state["sweeps"][-1] if state["sweeps"] else None,
+        "mismatches": state["mismatches"][-fleet_sweep.SHOWN_MISMATCHES:],
+        "outbox": outbox,
+        **({} if doc is not None else {"error": f"calendar: none stored in {conf['dir']} yet"}),
+    })

@@ -1,0 +1,334 @@
+"""
+The campus runtime's pure decisions (``fleet_campus``): settings, signed peer
+statuses (real RSA campus keys), freshness, the leader (and a split campus,
+and failover within 60 s), clock safety, the engine under the gate,
+transition keys and the outbox entries of a run.
+"""
+
+import copy
+import datetime as dt
+
+import pytest
+
+import fleet_campus
+import fleet_clock
+import fleet_inventory
+import fleet_keys
+import fleet_outbox
+import fleet_schedule
+import fleet_sweep
+from fleet_campus import CampusError
+from tests.support.topology import two_campus_inventory
+
+SH = dt.timezone(dt.timedelta(hours=8))
+T0 = dt.datetime(2027, 3, 1, 8, 30, tzinfo=SH)  # a Monday, 08:30 Shanghai
+EAST = {"campuses": {"east": fleet_inventory.validate(two_campus_inventory(wol_port=9)["kiosk_fleet"])
+                     ["campuses"]["east"]}}
+SCHEDULE = fleet_schedule.load({"campuses": {"east": {
+    "default": "off", "rules": [{"name": "hours", "weekly": {"daily": ["08:00-20:00"]}}],
+    "kiosks": {"kiosk-east-02": [{"name": "late", "weekly": {"daily": ["09:00-20:00"]}}]}}}}, EAST)
+PRIVATE, PUBLIC = fleet_keys.new_master_key_pair()
+OTHER_PRIVATE, OTHER_PUBLIC = fleet_keys.new_master_key_pair()
+SYNCED = {"synced": True, "offset_s": 0.0, "source": "file"}
+UNSYNCED = {"synced": False, "offset_s": 0.0, "source": "file"}
+
+
+def status(pi, at, synced=True, sees=None, serial=7, campus="east", key=PRIVATE):
+    doc = fleet_campus.build_status(campus, pi, at, serial, {"synced": synced}, sees or {}, None)
+    return fleet_campus.sign_status(doc, key)
+
+
+def peers(*docs, fetched_at=None):
+    return {d["pi"]: fleet_campus.peer_record(fetched_at or d["at"], status=d) for d in docs}
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_settings_fill_defaults_and_need_campus_pi_and_keys():
+    conf = fleet_campus.settings({"campus": "east", "pi": "pi-east-1", "verify_key": "PEM"})
+    assert conf["stale_s"] == 40 and conf["probe_timeout_s"] == 2 and conf["verify_key"] == ["PEM"]
+    assert conf["clock_file"] is None and conf["dir"].startswith("/")
+    # a failover within 60 s needs stale_s + the probe interval (20 s) <= 60
+    assert conf["stale_s"] + 20 <= 60
+
+
+@pytest.mark.parametrize("conf, field", [
+    ({"pi": "pi-east-1", "verify_key": "k"}, "kiosk_campus:campus"),
+    ({"campus": "east", "pi": "a b", "verify_key": "k"}, "kiosk_campus:pi"),
+    ({"campus": "east", "pi": "p", "verify_key": []}, "kiosk_campus:verify_key"),
+    ({"campus": "east", "pi": "p", "verify_key": "k", "dir": "relative/dir"}, "kiosk_campus:dir"),
+    ({"campus": "east", "pi": "p", "verify_key": "k", "stale_s": 0}, "kiosk_campus:stale_s"),
+    ({"campus": "east", "pi": "p", "verify_key": "k", "stale_s": True}, "kiosk_campus:stale_s"),
+    ({"campus": "east", "pi": "p", "verify_key": "k", "wake_repeat": 2.5}, "kiosk_campus:wake_repeat"),
+    ({"campus": "east", "pi": "p", "verify_key": "k", "probe_timeout_s": float("nan")}, "kiosk_campus:probe_timeout_s"),
+])
+def test_bad_settings_are_named(conf, field):
+    with pytest.raises(CampusError) as info:
+        fleet_campus.settings(conf)
+    assert str(info.value).startswith(field + ": ")
+
+
+# ---------------------------------------------------------------- statuses: signed with the campus master key
+
+
+def test_a_signed_status_verifies_and_round_trips():
+    doc = status("pi-east-2", T0, sees={"pi-east-1": {"at": "2027-03-01T00:29:55Z", "synced": True}})
+    assert fleet_campus.verify_status(doc, PUBLIC, "east", "pi-east-2") is doc
+    assert doc["signature"]["alg"] == "rsa-pss-sha256" and doc["at"] == "2027-03-01T00:30:00Z"
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda d: d.pop("signature"), "status.signature"),
+    (lambda d: d.update(serial=99), "status.signature"),  # tampered after signing
+    (lambda d: d["clock"].update(synced=False), "status.signature"),
+    (lambda d: d.update(signature={"alg": "rsa-pss-sha256", "value": "!!"}), "status.signature"),
+])
+def test_a_tampered_or_unsigned_status_is_refused(change, field):
+    doc = copy.deepcopy(status("pi-east-2", T0))
+    change(doc)
+    with pytest.raises(CampusError) as info:
+        fleet_campus.verify_status(doc, PUBLIC, "east", "pi-east-2")
+    assert str(info.value).startswith(field)
+
+
+def test_a_status_signed_by_another_key_campus_or_pi_is_refused():
+    with pytest.raises(CampusError, match="^status.signature"):
+        fleet_campus.verify_status(status("pi-east-2", T0, key=OTHER_PRIVATE), PUBLIC, "east")
+    with pytest.raises(CampusError, match="^status.campus"):
+        fleet_campus.verify_status(status("pi-west-1", T0, campus="west"), PUBLIC, "east")
+    with pytest.raises(CampusError, match="^status.pi"):  # pi-east-1's address answering with pi-east-2's status
+        fleet_campus.verify_status(status("pi-east-2", T0), PUBLIC, "east", "pi-east-1")
+    with pytest.raises(CampusError, match="^master.pub"):
+        fleet_campus.verify_status(status("pi-east-2", T0), PRIVATE, "east")
+
+
+def test_no_key_material_in_errors():
+    with pytest.raises(CampusError) as info:
+        fleet_campus.sign_status(fleet_campus.build_status("east", "pi-east-1", T0, 1, SYNCED, {}, None),
+                                 PRIVATE[:200])
+    assert b"PRIVATE" not in str(info.value).encode() and PRIVATE[40:80].decode() not in str(info.value)
+
+
+def test_freshness_by_the_status_own_at():
+    assert fleet_campus.fresh("2027-03-01T00:30:00Z", T0 + dt.timedelta(seconds=40), 40)
+    assert not fleet_campus.fresh("2027-03-01T00:30:00Z", T0 + dt.timedelta(seconds=41), 40)
+    assert not fleet_campus.fresh("2027-03-01T00:30:00Z", T0 - dt.timedelta(seconds=41), 40)  # from the future
+    assert not fleet_campus.fresh("yesterday", T0, 40)
+
+
+# ---------------------------------------------------------------- leader
+
+
+def test_the_lowest_live_pi_leads_and_synced_clocks_first():
+    p2, p3 = status("pi-east-2", T0), status("pi-east-3", T0)
+    view = fleet_campus.live("pi-east-3", SYNCED, peers(p2), T0, 40)
+    assert fleet_campus.leader(view) == "pi-east-2"
+    view = fleet_campus.live("pi-east-2", SYNCED, peers(p3), T0, 40)
+    assert sorted(view) == ["pi-east-2", "pi-east-3"] and fleet_campus.leader(view) == "pi-east-2"
+    # pi-east-1 is up but its clock is not synchronised: it could not shut anything down
+    p1 = status("pi-east-1", T0, synced=False)
+    view = fleet_campus.live("pi-east-3", SYNCED, peers(p1, p2), T0, 40)
+    assert fleet_campus.leader(view) == "pi-east-2"
+    # nobody synchronised: the lowest id still leads (verification, alerts; no shutdowns: the gate)
+    view = fleet_campus.live("pi-east-3", UNSYNCED, peers(status("pi-east-1", T0, synced=False)), T0, 40)
+    assert fleet_campus.leader(view) == "pi-east-1"
+
+
+def test_a_pi_not_of_the_calendar_never_leads():
+    view = fleet_campus.live("pi-east-2", SYNCED, peers(status("pi-east-0", T0)), T0, 40)
+    assert fleet_campus.leader(view, ["pi-east-1", "pi-east-2"]) == "pi-east-2"
+
+
+def test_leadership_moves_within_60_s_of_the_leader_death():
+    # pi-east-1 probes every 20 s; it dies right after its status of T0
+    last = status("pi-east-1", T0)
+    probe_interval = 20
+    moved = None
+    for second in range(0, 120, probe_interval):  # pi-east-2's probes after the death
+        now = T0 + dt.timedelta(seconds=second)
+        view = fleet_campus.live("pi-east-2", SYNCED, peers(last, fetched_at=T0), now, 40)
+        if fleet_campus.leader(view) == "pi-east-2":
+            moved = second
+            break
+    assert moved is not None and moved <= 60
+
+
+def test_one_hop_a_pi_the_others_reach_still_leads():
+    # pi-east-3 cannot reach pi-east-1, but pi-east-2 can and says so in its signed status
+    p2 = status("pi-east-2", T0, sees={"pi-east-1": {"at": "2027-03-01T00:29:50Z", "synced": True}})
+    view = fleet_campus.live("pi-east-3", SYNCED, peers(p2), T0, 40)
+    assert view["pi-east-1"]["via"] == "pi-east-2" and fleet_campus.leader(view) == "pi-east-1"
+    # what pi-east-2 saw of pi-east-1 goes stale too: no dead leader kept alive second-hand
+    later = T0 + dt.timedelta(seconds=45)
+    p2_later = status("pi-east-2", later, sees={"pi-east-1": {"at": "2027-03-01T00:29:50Z", "synced": True}})
+    view = fleet_campus.live("pi-east-3", SYNCED, peers(p2_later), later, 40)
+    assert "pi-east-1" not in view and fleet_campus.leader(view) == "pi-east-2"
+
+
+def test_a_split_campus_has_one_leader_per_side():
+    p1, p2, p3, p4 = (status(f"pi-east-{n}", T0) for n in range(1, 5))
+    side_a = {me: fleet_campus.leader(fleet_campus.live(me, SYNCED, peers(*[p for p in (p1, p2) if p["pi"] != me]),
+                                                        T0, 40)) for me in ("pi-east-1", "pi-east-2")}
+    side_b = {me: fleet_campus.leader(fleet_campus.live(me, SYNCED, peers(*[p for p in (p3, p4) if p["pi"] != me]),
+                                                        T0, 40)) for me in ("pi-east-3", "pi-east-4")}
+    assert set(side_a.values()) == {"pi-east-1"} and set(side_b.values()) == {"pi-east-3"}
+    # both leaders shut a kiosk down under ONE key: the kiosk presses once (kiosk_power), the alert posts once
+    key_a = fleet_campus.shutdown_jobs("east", {"kiosk-east-01": "2027-03-01T12:00:00Z"})
+    key_b = fleet_campus.shutdown_jobs("east", {"kiosk-east-01": "2027-03-01T12:00:00Z"})
+    assert key_a == key_b == {"east/{id}/shutdown/2027-03-01T12:00:00Z": ["kiosk-east-01"]}
+
+
+# ---------------------------------------------------------------- clock safety
+
+
+def test_peer_clocks_confirm_an_unsynchronised_clock():
+    fetched = T0 - dt.timedelta(seconds=10)
+    p2 = status("pi-east-2", fetched)  # its clock agreed with ours when we fetched it
+    readings = fleet_campus.peer_clocks(peers(p2, fetched_at=fetched), T0, 40)
+    assert readings == [{"pi": "pi-east-2", "at": "2027-03-01T00:30:00Z", "synced": True}]
+    assert fleet_clock.confirmed(T0, readings, 5) == ["pi-east-2"]
+    # our clock is an hour off: the peer's reading does not confirm it
+    wrong = T0 + dt.timedelta(hours=1)
+    assert fleet_clock.confirmed(wrong, fleet_campus.peer_clocks(peers(p2, fetched_at=wrong - dt.timedelta(seconds=10)),
+                                                                 wrong, 40), 5) == []
+    # an unsynchronised peer confirms nothing
+    p3 = status("pi-east-3", fetched, synced=False)
+    assert fleet_clock.confirmed(T0, fleet_campus.peer_clocks(peers(p3, fetched_at=fetched), T0, 40), 5) == []
+
+
+def test_the_gate_never_shuts_down_on_an_unsynchronised_clock():
+    assert fleet_campus.gate(SYNCED, [], True, "pi-east-1") == {
+        "wake": True, "shutdown": True, "verify": True, "report": True, "no_wake": None, "no_shutdown": None}
+    follower = fleet_campus.gate(SYNCED, [], False, "pi-east-1")
+    assert follower["wake"] and not follower["shutdown"] and not follower["report"]
+    assert "pi-east-1 leads" in follower["no_shutdown"]
+    confirmed = fleet_campus.gate(UNSYNCED, ["pi-east-2"], True, "pi-east-1")
+    assert confirmed["wake"] and not confirmed["shutdown"] and "clock not synchronised" in confirmed["no_shutdown"]
+    alone = fleet_campus.gate(UNSYNCED, [], True, "pi-east-1")
+    assert not alone["wake"] and not alone["shutdown"] and not alone["verify"]
+
+
+# ---------------------------------------------------------------- a run: the engine under the gate
+
+
+def observed(**states):
+    return {k: {"state": s, "seen_by": {"pi-east-1": "open" if s == "on" else "closed"}, "minion": s != "off"}
+            for k, s in states.items()}
+
+
+def test_every_live_pi_wakes_and_only_the_leader_shuts_down():
+    now = T0 + dt.timedelta(hours=12)  # 20:30: both due off
+    view = fleet_sweep.expect(EAST, SCHEDULE, {}, T0)  # 08:30: east-01 due on, east-02 due off (09:00)
+    seen = observed(**{"kiosk-east-01": "off", "kiosk-east-02": "on"})
+    leader_run = fleet_campus.decide(view, seen, {}, fleet_campus.gate(SYNCED, [], True, "pi-east-1"))
+    follower = fleet_campus.decide(view, seen, {}, fleet_campus.gate(SYNCED, [], False, "pi-east-1"))
+    assert leader_run["wake"] == follower["wake"] == {"east": ["kiosk-east-01"]}
+    assert leader_run["shutdown"] == {"east": ["kiosk-east-02"]} and follower["shutdown"] == {}
+    assert follower["withheld"] == {"wake": [], "shutdown": ["kiosk-east-02"]}
+    assert sorted(follower["checks"]) == ["kiosk-east-01"]
+    # at 20:30 with an unsynchronised, unconfirmed clock: nothing from the calendar at all
+    late = fleet_sweep.expect(EAST, SCHEDULE, {}, now)
+    lost = fleet_campus.decide(late, observed(**{"kiosk-east-01": "on", "kiosk-east-02": "on"}), {},
+                               fleet_campus.gate(UNSYNCED, [], True, "pi-east-1"))
+    assert lost["shutdown"] == {} and lost["wake"] == {} and lost["withheld"]["shutdown"] == ["kiosk-east-01", "kiosk-east-02"]
+    assert "clock not synchronised" in lost["nothing"]["kiosk-east-01"]
+
+
+def test_a_pi_booting_at_07_20_brings_the_campus_to_now():
+    # a power cut from 06:00 to 09:40: the opening instants passed while the Pi was down
+    boot = dt.datetime(2027, 3, 1, 9, 40, tzinfo=SH)
+    view = fleet_sweep.expect(EAST, SCHEDULE, {}, boot)
+    run = fleet_campus.decide(view, observed(**{"kiosk-east-01": "off", "kiosk-east-02": "off"}), {},
+                              fleet_campus.gate(SYNCED, [], True, "pi-east-1"))
+    assert run["wake"] == {"east": ["kiosk-east-01", "kiosk-east-02"]}
+    keys = {k: fleet_campus.transition(SCHEDULE, view, k, boot, "Asia/Shanghai") for k in run["checks"]}
+    assert keys == {"kiosk-east-01": "2027-03-01T00:00:00Z", "kiosk-east-02": "2027-03-01T01:00:00Z"}
+
+
+def test_transition_keys_are_the_same_on_every_pi_and_every_minute():
+    a = fleet_sweep.expect(EAST, SCHEDULE, {}, T0)
+    b = fleet_sweep.expect(EAST, SCHEDULE, {}, T0 + dt.timedelta(minutes=7))
+    assert (fleet_campus.transition(SCHEDULE, a, "kiosk-east-01", T0, "Asia/Shanghai")
+            == fleet_campus.transition(SCHEDULE, b, "kiosk-east-01", T0 + dt.timedelta(minutes=7), "Asia/Shanghai")
+            == "2027-03-01T00:00:00Z")
+    hold = fleet_sweep.make_hold(EAST, "kiosk-east-02", "on", T0 + dt.timedelta(hours=2), "ward move",
+                                 T0 - dt.timedelta(minutes=3))
+    held = fleet_sweep.expect(EAST, SCHEDULE, {"kiosk-east-02": hold}, T0)
+    assert fleet_campus.transition(SCHEDULE, held, "kiosk-east-02", T0, "Asia/Shanghai") == hold["set_at"]
+    # a standing state (24/7: no transition in 8 days) is keyed by the campus day
+    always = fleet_schedule.load({"campuses": {"east": {"rules": [{"name": "always", "always": "on"}]}}}, EAST)
+    view = fleet_sweep.expect(EAST, always, {}, T0)
+    assert fleet_campus.transition(always, view, "kiosk-east-01", T0, "Asia/Shanghai") == "2027-03-01"
+
+
+# ---------------------------------------------------------------- outbox entries
+
+
+def run_entries(leads, clock=SYNCED, confirmed_by=(), previous_leader="pi-east-1", found=None, pending=None,
+                previous_observed=None):
+    allowed = fleet_campus.gate(clock, confirmed_by, leads, "pi-east-1")
+    seen = observed(**{"kiosk-east-01": "on", "kiosk-east-02": "off"})
+    return fleet_campus.entries(
+        "east", "pi-east-1" if leads else "pi-east-2", T0,
+        {"woken": ["kiosk-east-01"], "shut_down": [], "results": {"kiosk-east-01": "sent"}},
+        found, pending or {}, {"kiosk-east-01": "2027-03-01T00:00:00Z"}, seen, {"kiosk-east-01": "off"} if previous_observed is None else previous_observed,
+        {"kiosk-east-01": "on", "kiosk-east-02": "off"}, allowed, clock, list(confirmed_by), "pi-east-1",
+        {"pi-east-1": {}, "pi-east-2": {}}, previous_leader)
+
+
+def test_two_pis_write_the_same_action_key():
+    a = [e for e in run_entries(True) if e[0] == "action"]
+    b = [e for e in run_entries(False) if e[0] == "action"]
+    assert [e[1] for e in a] == [e[1] for e in b] == ["east/kiosk-east-01/wake/2027-03-01T00:00:00Z"]
+    assert a[0][2]["pi"] == "pi-east-1" and b[0][2]["pi"] == "pi-east-2"
+
+
+def test_observations_only_on_change_and_leader_view_on_change():
+    kinds = [(e[0], e[1]) for e in run_entries(True)]
+    assert ("observation", "east/kiosk-east-02/observed/2027-03-01T00:30:00Z") in kinds  # first sight
+    assert ("observation", "east/kiosk-east-01/observed/2027-03-01T00:30:00Z") in kinds  # off -> on
+    same = run_entries(True, previous_observed={"kiosk-east-01": "on", "kiosk-east-02": "off"})
+    assert not [e for e in same if e[0] == "observation"]
+    assert not any(k == "leader" for k, _ in kinds)
+    assert ("leader", "east/pi-east-1/leader/2027-03-01T00:30:00Z") in [
+        (e[0], e[1]) for e in run_entries(True, previous_leader="pi-east-0")]
+
+
+def test_verification_and_alerts_come_from_the_leader_only():
+    since = "2027-03-01T00:00:00Z"
+    pending = {"kiosk-east-02": {"kiosk": "kiosk-east-02", "campus": "east", "expected": "on", "since": since,
+                                 "checks": fleet_sweep.check_times(since), "done": [],
+                                 "transition": "2027-02-28T23:59:00Z"}}
+    found = fleet_sweep.verify_due(fleet_sweep.load_state({"pending": pending}), {"east": ["kiosk-east-02"]},
+                                   observed(**{"kiosk-east-02": "off"}), T0)
+    assert found["mismatches"] and found["mismatches"][0]["kiosk"] == "kiosk-east-02"
+    lead = run_entries(True, found=found, pending=pending)
+    kinds = {e[0]: e for e in lead}
+    assert kinds["verification"][1] == "east/kiosk-east-02/check+15/2027-02-28T23:59:00Z"
+    assert kinds["alert"][1] == kinds["alert"][2]["idempotency_key"] == "east/kiosk-east-02/mismatch/2027-02-28T23:59:00Z"
+    assert kinds["alert"][2]["kind"] == "power_mismatch" and kinds["alert"][2]["severity"] == "warning"
+    follow = run_entries(False, found=found, pending=pending)
+    assert not [e for e in follow if e[0] in ("verification", "alert")]
+    for kind, key, data, _at in lead:  # every entry is what the outbox takes
+        assert fleet_outbox.check_kind(kind) == kind and fleet_outbox.check_key(key) == key
+        assert data["campus"] == "east" and data["pi"] == "pi-east-1"
+
+
+def test_an_unsynchronised_clock_leaves_one_clock_entry_a_day():
+    entries = run_entries(True, clock=UNSYNCED)
+    clock = [e for e in entries if e[0] == "clock"]
+    assert [e[1] for e in clock] == ["east/pi-east-1/clock/2027-03-01"]
+    assert clock[0][2]["synced"] is False and "no shutdowns" in clock[0][2]["summary"]
+    assert not [e for e in entries if e[0] in ("verification", "alert")]
+    assert not [e for e in run_entries(True) if e[0] == "clock"]
+
+
+def test_metrics_say_leader_and_clock():
+    families = fleet_campus.metrics("east", "pi-east-1", {"result": True, "leader": True, "live": ["a", "b"],
+                                                          "clock": {"synced": False, "confirmed_by": []},
+                                                          "withheld": {"wake": [], "shutdown": ["k"]},
+                                                          "observed": {"k": "on"}, "woke": [], "shut_down": []}, 1.0)
+    byname = {f[0]: f[3] for f in families}
+    assert byname["kiosk_campus_leader"][0][1] is True and byname["kiosk_campus_clock_synced"][0][1] is False
+    assert ({"campus": "east", "pi": "pi-east-1", "action": "shutdown"}, 1) in byname["kiosk_campus_withheld"]
