@@ -46,8 +46,9 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_fields
+    from saltext_kiosk_fleet.utils import fleet_alerts, fleet_fields
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_alerts
     import fleet_fields
 
 KINDS = ("action", "observation", "verification", "alert", "clock", "leader")
@@ -623,3 +624,123 @@ def _empty_day():
 
 def _unwrap(text):
     return json.loads(text)["v"] if text else None
+
+
+# ---------------------------------------------------------------- the collector's decisions
+
+
+def check_answer(answer, pi, campus):
+    """
+    A Pi's ``kiosk_outbox.entries`` answer, checked before anything of it is
+    stored: it names this Pi and its campus (a return for another Pi is no
+    answer of this one), and carries a list of entries, a cursor, an outbox
+    id and ``more``. Returns ``(entries, cursor, outbox, more, info)``;
+    :class:`OutboxError` naming the field otherwise.
+    """
+    if not isinstance(answer, dict):
+        raise OutboxError(f"answer: expected a mapping, got {type(answer).__name__}")
+    if answer.get("pi") != pi:
+        raise OutboxError(f"answer.pi: {fleet_fields.shown(answer.get('pi'))} is not {pi}")
+    if answer.get("campus") != campus:
+        raise OutboxError(f"answer.campus: {fleet_fields.shown(answer.get('campus'))} is not {pi}'s campus {campus}")
+    entries = answer.get("entries")
+    if not isinstance(entries, list):
+        raise OutboxError(f"answer.entries: expected a list, got {type(entries).__name__}")
+    cursor = check_cursor(answer.get("cursor"), "answer.cursor")
+    outbox = answer.get("outbox")
+    if not (isinstance(outbox, str) and re.match(r"^[0-9a-f]{8,64}\Z", outbox)):
+        raise OutboxError(f"answer.outbox: {fleet_fields.shown(outbox)} is not an outbox id")
+    if not isinstance(answer.get("more"), bool):
+        raise OutboxError(f"answer.more: {fleet_fields.shown(answer.get('more'))} is not true or false")
+    info = {}
+    serial = answer.get("serial")
+    if isinstance(serial, int) and not isinstance(serial, bool) and serial >= 0:
+        info["serial"] = serial
+    if isinstance(answer.get("clock"), dict):
+        clock = answer["clock"]
+        info["clock"] = {k: clock[k] for k in ("synced", "source", "offset_s", "error") if k in clock}
+    if isinstance(answer.get("dropped"), dict):
+        info["dropped"] = {k: v for k, v in answer["dropped"].items()
+                           if k in KINDS and isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+    return entries, cursor, outbox, answer["more"], info
+
+
+def alert_payload(entry, campus):
+    """
+    The webhook payload of a collected ``alert`` entry: its data as the
+    reconciler built it (e.g. ``fleet_alerts.power_mismatch``), with
+    ``idempotency_key`` set to the entry's key (the receiver drops a copy it
+    has seen) and the campus the entry came from; checked by
+    ``fleet_alerts.check_payload``.
+    """
+    data = entry.get("data") if isinstance(entry, dict) else None
+    if not isinstance(data, dict):
+        raise OutboxError("entry.data: an alert entry without a payload mapping")
+    payload = dict(data, idempotency_key=entry["key"], campus=campus)
+    try:
+        return fleet_alerts.check_payload(payload)
+    except fleet_alerts.AlertError as exc:
+        raise OutboxError(f"entry.data: {exc}") from None
+
+
+def _epoch(text):
+    try:
+        return _dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except (AttributeError, ValueError):
+        return None
+
+
+COUNTER_HELP = {
+    "kiosk_campus_entries_total": "Outbox entries collected for the first time (from this Pi), by kind.",
+    "kiosk_campus_entries_duplicate_total": "Outbox entries this Pi reported that another Pi (or an earlier collect) already had.",
+    "kiosk_campus_entries_refused_total": "Outbox entries refused (malformed, or naming another campus).",
+    "kiosk_campus_alerts_posted_total": "Collected alerts posted to the webhook and accepted.",
+    "kiosk_campus_alert_post_failures_total": "Collected alert posts the webhook did not accept (retried at the next collect).",
+    "kiosk_campus_collect_silent_total": "Collects this Pi did not answer (a WAN cut, the Pi down).",
+    "kiosk_campus_collect_failed_total": "Collects this Pi answered with an error or an invalid answer.",
+}
+
+
+def metrics(counters, day, unposted):
+    """
+    The metric families of ``kiosk_campus.prom`` (``fleet_metrics.render``):
+    the store's ``_total`` counters (``Collected.counters``), and gauges from
+    ``day`` (``Collected.day``): each Pi's last collection, clock, calendar
+    serial and entries its cap dropped; each kiosk's last observed state and
+    whether it differs from the expected one; alerts still to post.
+    """
+    families = []
+    for name, help_text in COUNTER_HELP.items():
+        families.append((name, "counter", help_text, [(labels, count) for metric, labels, count in counters
+                                                      if metric == name]))
+    collected, synced, serial, dropped, observed_on, mismatch, waiting = [], [], [], [], [], [], []
+    for campus, view in sorted(day.items()):
+        for pi, info in sorted(view["pis"].items()):
+            labels = {"campus": campus, "pi": pi}
+            collected.append((labels, _epoch(info.get("collected_at"))))
+            clock = info.get("clock") if isinstance(info.get("clock"), dict) else {}
+            synced.append((labels, clock.get("synced") if isinstance(clock.get("synced"), bool) else None))
+            serial.append((labels, info.get("serial")))
+            for kind, count in sorted((info.get("dropped") or {}).items()):
+                dropped.append((dict(labels, kind=kind), count))
+        for kiosk, seen in sorted(view["kiosks"].items()):
+            labels = {"campus": campus, "kiosk": kiosk}
+            state = seen.get("observed")
+            observed_on.append((labels, 1 if state == "on" else 0 if state in ("off", "degraded") else None))
+            if seen.get("expected") in ("on", "off") and state in ("on", "off", "degraded"):
+                mismatch.append((labels, 0 if state == seen["expected"] else 1))
+        waiting.append(({"campus": campus}, sum(1 for item in unposted if item["key"].startswith(campus + "/"))))
+    families += [
+        ("kiosk_campus_pi_last_collected_timestamp_seconds", "gauge",
+         "When this Pi's outbox was last collected (unix time).", collected),
+        ("kiosk_campus_pi_clock_synced", "gauge", "1 when the Pi said its clock is synchronised.", synced),
+        ("kiosk_campus_pi_calendar_serial", "gauge", "The calendar serial the Pi holds.", serial),
+        ("kiosk_campus_outbox_dropped_total", "counter",
+         "Entries the Pi's outbox cap dropped before collection (the Pi's own count).", dropped),
+        ("kiosk_campus_kiosk_observed_on", "gauge", "1 when the kiosk was last observed on, 0 off or degraded.",
+         observed_on),
+        ("kiosk_campus_kiosk_mismatch", "gauge", "1 when the kiosk's last observation differs from its expected state.",
+         mismatch),
+        ("kiosk_campus_alerts_unposted", "gauge", "Collected alerts not accepted by the webhook yet.", waiting),
+    ]
+    return families

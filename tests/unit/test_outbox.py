@@ -361,3 +361,64 @@ def test_prune_forgets_old_observations_before_other_keys(tmp_path):
     assert store.merge("east", "pi-east-2", [
         {"kind": "action", "key": "east/k/wake/2027-02-05T06:45:00Z", "at": AT, "data": {}}]) == []
     assert store.integrity() == "ok"
+
+
+# ---------------------------------------------------------------- the collector's decisions
+
+ANSWER = {"result": True, "pi": "pi-east-1", "campus": "east", "entries": [], "cursor": 4, "outbox": "ab" * 16,
+          "more": False, "serial": 12, "clock": {"synced": False, "source": "kernel", "offset_s": 0.0, "status": 64},
+          "dropped": {"observation": 3, "bogus": 1, "alert": -1}}
+
+
+def test_check_answer_takes_what_the_collector_stores():
+    entries, cursor, outbox, more, info = fleet_outbox.check_answer(ANSWER, "pi-east-1", "east")
+    assert (entries, cursor, outbox, more) == ([], 4, "ab" * 16, False)
+    assert info == {"serial": 12, "clock": {"synced": False, "source": "kernel", "offset_s": 0.0},
+                    "dropped": {"observation": 3}}
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"pi": "pi-east-2"}, "answer.pi"), ({"campus": "west"}, "answer.campus"), ({"entries": {}}, "answer.entries"),
+    ({"cursor": -1}, "answer.cursor"), ({"outbox": "../x"}, "answer.outbox"), ({"more": "no"}, "answer.more"),
+])
+def test_check_answer_names_what_is_wrong(change, field):
+    with pytest.raises(OutboxError) as err:
+        fleet_outbox.check_answer(dict(ANSWER, **change), "pi-east-1", "east")
+    assert err.value.field == field
+    with pytest.raises(OutboxError) as err:
+        fleet_outbox.check_answer("ERROR", "pi-east-1", "east")
+    assert err.value.field == "answer"
+
+
+def test_alert_payload_carries_the_key_and_the_campus_it_came_from():
+    entry = {"key": "east/kiosk-east-01/mismatch/2027-02-05T06:45:00Z",
+             "data": {"severity": "warning", "summary": "kiosk-east-01 should be on", "campus": "west"}}
+    payload = fleet_outbox.alert_payload(entry, "east")
+    assert payload == {"severity": "warning", "summary": "kiosk-east-01 should be on", "campus": "east",
+                       "idempotency_key": entry["key"]}
+    for data in ({"severity": "loud", "summary": "x"}, {"severity": "warning"}, None):
+        with pytest.raises(OutboxError) as err:
+            fleet_outbox.alert_payload(dict(entry, data=data), "east")
+        assert err.value.field.startswith("entry.data")
+
+
+def test_metrics_families_from_counters_and_the_day():
+    day = {"east": {"pis": {"pi-east-1": {"collected_at": "2027-02-05T06:50:00Z", "serial": 12,
+                                          "clock": {"synced": True}, "dropped": {"observation": 3}},
+                            "pi-east-2": {"collected_at": None, "serial": None, "clock": None, "dropped": None}},
+                    "kiosks": {"kiosk-east-01": {"observed": "degraded", "expected": "on"},
+                               "kiosk-east-02": {"observed": "unknown", "expected": "off"}}}}
+    counters = [("kiosk_campus_entries_total", {"campus": "east", "pi": "pi-east-1", "kind": "alert"}, 2)]
+    unposted = [{"key": "east/k/mismatch/2027"}, {"key": "west/k/mismatch/2027"}]
+    families = {name: (kind, samples) for name, kind, _, samples in fleet_outbox.metrics(counters, day, unposted)}
+    assert all(kind == "counter" for name, (kind, _) in families.items() if name.endswith("_total"))
+    assert families["kiosk_campus_entries_total"][1] == [({"campus": "east", "pi": "pi-east-1", "kind": "alert"}, 2)]
+    collected = {labels["pi"]: v for labels, v in families["kiosk_campus_pi_last_collected_timestamp_seconds"][1]}
+    assert collected == {"pi-east-1": dt.datetime(2027, 2, 5, 6, 50, tzinfo=dt.timezone.utc).timestamp(),
+                         "pi-east-2": None}
+    assert families["kiosk_campus_kiosk_observed_on"][1] == [({"campus": "east", "kiosk": "kiosk-east-01"}, 0),
+                                                             ({"campus": "east", "kiosk": "kiosk-east-02"}, None)]
+    assert families["kiosk_campus_kiosk_mismatch"][1] == [({"campus": "east", "kiosk": "kiosk-east-01"}, 1)]
+    assert families["kiosk_campus_outbox_dropped_total"][1] == [
+        ({"campus": "east", "pi": "pi-east-1", "kind": "observation"}, 3)]
+    assert families["kiosk_campus_alerts_unposted"][1] == [({"campus": "east"}, 1)]
