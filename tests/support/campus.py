@@ -35,6 +35,7 @@ PROBE_S = 3
 RECONCILE_S = 5
 # what a probe waits for a peer's status.json (kiosk_campus:probe_timeout_s)
 PROBE_TIMEOUT_S = 1
+STALE_S = 15
 SCHEDULE_SNIPPET = "kiosk_campus_schedule.conf"
 
 
@@ -55,6 +56,7 @@ def settings(campus, pi_id, root, repo_dir, verify_keys, master_config):
     """
     state_dir, clock_file = dirs(root, pi_id)
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (state_dir.parent / "prom").mkdir(exist_ok=True)
     if not clock_file.exists():
         write_clock(clock_file)
     return {
@@ -66,6 +68,11 @@ def settings(campus, pi_id, root, repo_dir, verify_keys, master_config):
         "master_config": str(master_config),
         "clock_file": str(clock_file),
         "probe_timeout_s": PROBE_TIMEOUT_S,
+        # a peer whose signed status is older than this is gone: with the test's 3 s probes a
+        # failover takes ~STALE_S instead of production's 40 s (docs/campus.md)
+        "stale_s": STALE_S,
+        "shutdown_timeout_s": 10,
+        "textfile_dir": str(state_dir.parent / "prom"),
     }
 
 
