@@ -200,7 +200,9 @@ def collect(campus=None, timeout=30, limit=None, budget_s=None):
     ``budget_s`` is spent. Entries are stored once per key across a
     campus's Pis; each new alert is posted once (``kiosk_alert.post``, with
     ``idempotency_key``); an alert the webhook refused is posted at a later
-    collect. Writes ``kiosk_campus.prom`` when ``kiosk_outbox:textfile_dir``
+    collect. An unsynchronised clock record (``clock``, ``synced: False``:
+    one per Pi per day) is posted the same way, as a ``pi_clock`` warning.
+    Writes ``kiosk_campus.prom`` when ``kiosk_outbox:textfile_dir``
     is set.
 
     A silent Pi (a WAN cut, the Pi down) is normal: its entries wait in its
@@ -230,7 +232,7 @@ def collect(campus=None, timeout=30, limit=None, budget_s=None):
             new = _rounds(store, pis, settings, report)
             for entry in new:
                 report["new"][entry["kind"]] = report["new"].get(entry["kind"], 0) + 1
-            _post(store, retry + [e for e in new if e["kind"] == "alert"], report)
+            _post(store, retry + [e for e in new if fleet_outbox.postable(e["kind"], e["data"])], report)
             store.prune()
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)

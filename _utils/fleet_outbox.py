@@ -493,7 +493,7 @@ class Collected:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO entries (key, campus, pi, seen_by, kind, at, data, collected_at, posted)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, campus, pi, pi, kind, at, _json(data), now, 0 if kind == "alert" else None))
+                    (key, campus, pi, pi, kind, at, _json(data), now, 0 if postable(kind, data) else None))
                 if cur.rowcount == 1:
                     new.append({"kind": kind, "key": key, "at": at, "pi": pi, "data": data})
                     self._count(conn, "kiosk_campus_entries_total", campus=campus, pi=pi, kind=kind)
@@ -591,7 +591,7 @@ class Collected:
                     " ORDER BY at, key", (kind, since, campus, campus, DAY_LIST_MAX)).fetchall()
                 for name, key, at, pi, seen_by, data, posted in rows:
                     item = {"key": key, "at": at, "pi": pi, "pis": sorted(seen_by.split(",")), "data": json.loads(data)}
-                    if kind == "alert":
+                    if posted is not None:  # alerts, and clock records of an unsynchronised clock
                         item["posted"] = bool(posted)
                     shown.setdefault(name, _empty_day())[title].append(item)
             rows = conn.execute(
@@ -665,17 +665,35 @@ def check_answer(answer, pi, campus):
     return entries, cursor, outbox, answer["more"], info
 
 
+def postable(kind, data):
+    """
+    True for the entries the collector posts to the webhook: every ``alert``,
+    and a ``clock`` record of an unsynchronised clock (the reconciler writes
+    one per Pi per day while its clock is not synchronised: the clock alert).
+    """
+    return kind == "alert" or (kind == "clock" and isinstance(data, dict) and data.get("synced") is False)
+
+
 def alert_payload(entry, campus):
     """
-    The webhook payload of a collected ``alert`` entry: its data as the
-    reconciler built it (e.g. ``fleet_alerts.power_mismatch``), with
-    ``idempotency_key`` set to the entry's key (the receiver drops a copy it
-    has seen) and the campus the entry came from; checked by
-    ``fleet_alerts.check_payload``.
+    The webhook payload of a collected entry that :func:`postable` says is
+    posted: an ``alert``'s data as the reconciler built it (e.g.
+    ``fleet_alerts.power_mismatch``), or for an unsynchronised ``clock`` a
+    ``pi_clock`` warning; with ``idempotency_key`` set to the entry's key
+    (the receiver drops a copy it has seen) and the campus the entry came
+    from; checked by ``fleet_alerts.check_payload``.
     """
     data = entry.get("data") if isinstance(entry, dict) else None
     if not isinstance(data, dict):
         raise OutboxError("entry.data: an alert entry without a payload mapping")
+    if entry.get("kind") == "clock":
+        pi = data.get("pi") if isinstance(data.get("pi"), str) else "?"
+        summary = data.get("summary")
+        if not isinstance(summary, str) or not summary.strip():
+            summary = f"Pi {pi} ({campus}): clock not synchronised; no shutdowns until it is"
+        data = {"severity": "warning", "kind": "pi_clock", "summary": summary, "pi": pi,
+                "synced": False, "offset_s": data.get("offset_s"), "confirmed_by": data.get("confirmed_by"),
+                "source": data.get("source")}
     payload = dict(data, idempotency_key=entry["key"], campus=campus)
     try:
         return fleet_alerts.check_payload(payload)

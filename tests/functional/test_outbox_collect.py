@@ -207,6 +207,24 @@ def test_a_silent_pi_is_normal_and_its_entries_come_after_the_reconnect(tmp_path
     assert [p["json"]["kiosk"] for p in webhook.posts] == ["kiosk-east-02"]
 
 
+def test_an_unsynchronised_clock_is_posted_once_per_pi_and_day(campus, top, webhook):
+    clock = {"campus": "east", "pi": "pi-east-2", "synced": False, "offset_s": 0.0, "confirmed_by": [],
+             "source": "file", "summary": "Pi pi-east-2 (east): clock not synchronised; no shutdowns, no wakes until it is"}
+    campus.outbox("pi-east-2").add("clock", entry_key("east", "pi-east-2", "clock", "1970-01-01"), clock,
+                                   "1970-01-01T00:03:00Z")
+    campus.outbox("pi-east-1").add("clock", entry_key("east", "pi-east-1", "clock", "2027-02-05"),
+                                   dict(clock, pi="pi-east-1", synced=True), AT)  # synchronised: nothing to post
+    ret = top["kiosk_outbox.collect"](timeout=5)
+    assert ret["result"] is True and ret["alerts"]["posted"] == ["east/pi-east-2/clock/1970-01-01"]
+    assert [(p["json"]["kind"], p["json"]["pi"]) for p in webhook.posts] == [("pi_clock", "pi-east-2")]
+    campus.outbox("pi-east-2").add("clock", entry_key("east", "pi-east-2", "clock", "1970-01-01"), clock,
+                                   "1970-01-01T00:04:00Z")  # the next run's record: the same key
+    top["kiosk_outbox.collect"](timeout=5)
+    assert len(webhook.posts) == 1
+    clocks = top["kiosk_outbox.day"](campus="east", since="1970-01-01T00:00:00Z")["campuses"]["east"]["clocks"]
+    assert [(c["pi"], c.get("posted")) for c in clocks] == [("pi-east-2", True), ("pi-east-1", None)]
+
+
 def test_paging_runs_rounds_within_the_budget_and_the_rest_comes_next_time(campus, top):
     box = campus.outbox("pi-east-1")
     box.add_many([observation("pi-east-1", f"kiosk-east-{n:02}", n, "on") for n in range(10)])

@@ -422,3 +422,16 @@ def test_metrics_families_from_counters_and_the_day():
     assert families["kiosk_campus_outbox_dropped_total"][1] == [
         ({"campus": "east", "pi": "pi-east-1", "kind": "observation"}, 3)]
     assert families["kiosk_campus_alerts_unposted"][1] == [({"campus": "east"}, 1)]
+
+
+def test_an_unsynchronised_clock_record_is_posted_as_a_clock_warning():
+    data = {"campus": "east", "pi": "pi-east-2", "synced": False, "offset_s": 0.0, "confirmed_by": [],
+            "source": "kernel", "summary": "Pi pi-east-2 (east): clock not synchronised; no shutdowns, no wakes until it is"}
+    entry = {"kind": "clock", "key": "east/pi-east-2/clock/1970-01-01", "data": data}
+    assert fleet_outbox.postable("clock", data) and fleet_outbox.postable("alert", {})
+    assert not fleet_outbox.postable("clock", dict(data, synced=True)) and not fleet_outbox.postable("action", data)
+    payload = fleet_outbox.alert_payload(entry, "east")
+    assert payload["severity"] == "warning" and payload["kind"] == "pi_clock" and payload["pi"] == "pi-east-2"
+    assert payload["summary"] == data["summary"] and payload["idempotency_key"] == entry["key"]
+    bare = fleet_outbox.alert_payload(dict(entry, data={"pi": "pi-east-2", "synced": False}), "east")
+    assert bare["summary"] == "Pi pi-east-2 (east): clock not synchronised; no shutdowns until it is"
