@@ -135,7 +135,12 @@ def _get_json(session, url, timeout, limit):
         raise fleet_campus.CampusError(f"url: {fleet_http.host_of(url)} sent no JSON") from None
 
 
-def _fetch_status(inventory, conf, pi, public, clock):
+def _fetch_status(inventory, conf, pi, public, clock, previous):
+    """
+    The peer's status, fetched and verified: a new record; on failure the
+    previous record's last good status stays (with the error), so one lost
+    fetch does not move leadership: the status's own age does (``stale_s``).
+    """
     import requests  # pylint: disable=import-outside-toplevel
 
     url = fleet_campus.status_url(inventory, conf["campus"], pi)
@@ -147,9 +152,11 @@ def _fetch_status(inventory, conf, pi, public, clock):
         status = fleet_campus.verify_status(doc, public, conf["campus"], pi, field=f"peers.{pi}")
         return fleet_campus.peer_record(fleet_clock.now(clock), status=status)
     except requests.RequestException as exc:
-        return fleet_campus.peer_record(fleet_clock.now(clock), error=fleet_http.describe_error(exc, url))
+        error = fleet_http.describe_error(exc, url)
     except ERRORS as exc:  # fail closed: unsigned, badly signed, another campus: unreachable
-        return fleet_campus.peer_record(fleet_clock.now(clock), error=str(exc))
+        error = str(exc)
+        previous = None  # a refused status also withdraws the last good one: the key or the Pi changed
+    return fleet_campus.failed_record(previous, fleet_clock.now(clock), error)
 
 
 def _take_calendar(inventory, conf, pi):
@@ -312,7 +319,9 @@ def _probe(conf):
         others = [p for p in fleet_campus.pis_of(inventory, campus) if p != me]
         if others:
             with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(others), 8)) as pool:
-                futures = {p: pool.submit(_fetch_status, inventory, conf, p, public, clock) for p in others}
+                before = _peers(conf)
+                futures = {p: pool.submit(_fetch_status, inventory, conf, p, public, clock, before.get(p))
+                           for p in others}
                 peers = {p: f.result() for p, f in futures.items()}
         now = fleet_clock.now(clock)
         newer = fleet_campus.newest_calendar(peers, doc["serial"], now, conf["stale_s"])
@@ -339,7 +348,7 @@ def _probe(conf):
     view = {"probed_at": fleet_campus.iso(now), "pis": peers, "leader": leader_pi, "reachable": sorted(reachable)}
     fleet_state.write_json_atomic(_path(conf, PEERS_FILE), view, mode=0o600)
     ret = {"result": True, "campus": campus, "pi": me, "at": fleet_campus.iso(now), "serial": serial,
-           "peers": {p: "ok" if "status" in r else r.get("error") for p, r in sorted(peers.items())},
+           "peers": {p: r.get("error") or "ok" for p, r in sorted(peers.items())},
            "reachable": sorted(reachable), "leader_pi": leader_pi, "clock": {k: clock.get(k) for k in
                                                                             ("synced", "source", "offset_s")}}
     if taken is not None:
@@ -386,13 +395,13 @@ def _reconcile(conf, at):
     if me not in campus_pis:
         raise fleet_campus.CampusError(f"kiosk_campus:pi: {me} is not a Pi of campus {campus} in the calendar",
                                        field="kiosk_campus:pi")
-    clock, now = _clock(conf)
-    if at not in (None, ""):
-        now = fleet_campus.instant(at, "at")
+    # peers are judged on this Pi's clock; ``at`` moves only the calendar's instant
+    clock, clock_now = _clock(conf)
+    now = clock_now if at in (None, "") else fleet_campus.instant(at, "at")
     peers = _peers(conf)
-    reachable = fleet_campus.live(me, clock, peers, now, conf["stale_s"])
+    reachable = fleet_campus.live(me, clock, peers, clock_now, conf["stale_s"])
     leader_pi = fleet_campus.leader(reachable, campus_pis)
-    confirmed_by = fleet_clock.confirmed(now, fleet_campus.peer_clocks(peers, now, conf["stale_s"]),
+    confirmed_by = fleet_clock.confirmed(clock_now, fleet_campus.peer_clocks(peers, clock_now, conf["stale_s"]),
                                          conf["confirm_tolerance_s"])
     allowed = fleet_campus.gate(clock, confirmed_by, leader_pi == me, leader_pi)
     timezone = inventory["campuses"][campus]["timezone"]
@@ -486,8 +495,8 @@ def status():
         "result": doc is not None,
         "settings": shown,
         "calendar": fleet_calendar.summary(doc),
-        "peers": {p: ("ok " + r["status"]["at"]) if "status" in r else r.get("error")
-                  for p, r in sorted((view.get("pis") or {}).items())},
+        "peers": {p: {"status_at": (r.get("status") or {}).get("at"), "fetched_at": r.get("fetched_at"),
+                      "error": r.get("error")} for p, r in sorted((view.get("pis") or {}).items())},
         "probed_at": view.get("probed_at"),
         "leader_pi": state.get("leader"),
         "clock": {k: clock.get(k) for k in ("synced", "source", "offset_s", "error") if k in clock},

@@ -333,6 +333,20 @@ def peer_record(fetched_at, status=None, error=None):
     return record
 
 
+def failed_record(previous, failed_at, error):
+    """
+    A peer whose fetch failed now: its previous record's last good status
+    (and when that was fetched) kept, with the error; :func:`live` drops it
+    once the status's own ``at`` is stale. No previous status: unreachable.
+    """
+    record = {"fetched_at": iso(instant(failed_at, "failed_at"))}
+    if isinstance(previous, dict) and isinstance(previous.get("status"), dict) and previous.get("fetched_at"):
+        record = {"fetched_at": previous["fetched_at"], "status": previous["status"]}
+    record["error"] = str(error or "no answer")[:300]
+    record["failed_at"] = iso(instant(failed_at, "failed_at"))
+    return record
+
+
 # ---------------------------------------------------------------- the view: live Pis, leader, clock
 
 
