@@ -58,21 +58,28 @@ class Campus:
         self.reachable = set(PIS)
         self.jobs = []
         self.stand_in = {}
+        self.loaded = {}
         for pi in PIS:
             (root / pi).mkdir(parents=True)
             (root / pi / "clock.json").write_text(json.dumps({"synced": True, "offset_s": 0.0}))
 
     def mods(self, pi):
-        """The Pi's modules, loaded afresh for each job as a minion does (one loader per minion process)."""
+        """The Pi's modules (its own loader: a loaded_base_name per Pi, so two Pis never share module globals)."""
         if pi in self.stand_in:
             return self.stand_in[pi]
+        if pi not in self.loaded:
+            self.loaded[pi] = self._load(pi)
+        return self.loaded[pi]
+
+    def _load(self, pi):
         root = self.root
         opts = salt.config.minion_config(None)
         opts.update({"file_client": "local", "root_dir": str(root / pi), "cachedir": str(root / pi / "cache"),
                      "module_dirs": [str(REPO)], "id": pi, "grains": {},
                      "pillar": fleet_inventory.slice_for(FLEET, pi),
                      "kiosk_campus": {"dir": str(root / pi / "campus"), "clock_file": str(root / pi / "clock.json")}})
-        return salt.loader.minion_mods(opts, utils=salt.loader.utils(opts), whitelist=["kiosk_outbox", "config"])
+        return salt.loader.minion_mods(opts, utils=salt.loader.utils(opts), whitelist=["kiosk_outbox", "config"],
+                                       loaded_base_name=f"kf_outbox_{pi.replace('-', '_')}_{id(self)}")
 
     def outbox(self, pi):
         return Outbox(str(self.root / pi / "campus" / "outbox.db"))
