@@ -1,6 +1,6 @@
 """
 Campus calendars from the top master (``salt-run kiosk_calendar.*``;
-contract: docs/calendar.md).
+contract: docs/power.md, "Campus calendars").
 
 Each campus's Pis run their day from one signed document, the calendar
 (``_utils/fleet_calendar.py``): the campus's inventory slice, its schedule

@@ -4,10 +4,18 @@ campus), ``shutdown`` (through the kiosk's own minion), and the schedules:
 ``sync_schedules``, ``plan``, ``sweep``, ``verify``, ``hold``/``unhold``,
 ``status`` (contract: docs/power.md, docs/schedules.md).
 
+The campuses run their own day: each Pi master reconciles its campus against
+its signed calendar (``kiosk_calendar``, ``kiosk_campus``). So the top master
+takes no per-kiosk power decision in normal operation: ``hold``, ``unhold``
+and ``sync_schedules`` publish the affected campuses' calendars at once,
+``sweep`` asks the campuses' Pis to reconcile now and reports what they did,
+``status`` shows the campuses' day as the outbox collection brought it in.
+``plan`` and ``verify`` still look from here, for operators and Jenkins.
+
 Glue only: each run loads the fleet data once, calls the minions (one job per
 step, ``fleet_runner.call``; jobs to the Pis one per campus, all at once,
 each carrying only that campus's kiosks), hands what they saw to the pure engine
-(``fleet_sweep``), acts on its decision and stores the state it returns
+(``fleet_sweep``) and stores the state it returns
 (``<cachedir>/kiosk_power/state.json``, ``fleet_state.Store``: locked,
 written atomically). Every runner returns ``result``/``retcode``/``error``.
 """
@@ -23,14 +31,17 @@ import importlib.util
 # The installed package wins over any copy synced into extmods, and no ImportError
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
-    from saltext_kiosk_fleet.utils import fleet_alerts, fleet_fields, fleet_http, fleet_inventory, fleet_metrics
-    from saltext_kiosk_fleet.utils import fleet_power, fleet_runner, fleet_schedule, fleet_state, fleet_sweep, fleet_wol
+    from saltext_kiosk_fleet.utils import fleet_alerts, fleet_calendar, fleet_fields, fleet_http, fleet_inventory
+    from saltext_kiosk_fleet.utils import fleet_metrics, fleet_outbox, fleet_power, fleet_runner, fleet_schedule
+    from saltext_kiosk_fleet.utils import fleet_state, fleet_sweep, fleet_wol
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_alerts
+    import fleet_calendar
     import fleet_fields
     import fleet_http
     import fleet_inventory
     import fleet_metrics
+    import fleet_outbox
     import fleet_power
     import fleet_runner
     import fleet_schedule
@@ -49,12 +60,15 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "kiosk_power"
 
-STATE_DIR = "kiosk_power"
-SCHEDULES_FILE = "schedules.json"
-STATE_FILE = "state.json"
+STATE_DIR = fleet_calendar.POWER_DIR  # the calendars are compiled from these files too
+SCHEDULES_FILE = fleet_calendar.SCHEDULES_FILE
+STATE_FILE = fleet_calendar.POWER_STATE_FILE
 METRICS_FILE = "metrics.json"
 LOCK_TIMEOUT_S = 300
 MISMATCH_TAG = "kiosk/power/mismatch"
+RECONCILE = "kiosk_campus.reconcile"  # the Pi minion's function: the Pi master's reconcile, now
+PUBLISH = "kiosk_calendar.publish"
+COLLECTED = ("kiosk_outbox", "collected.db")  # the outbox collection's store (kiosk_outbox.collect)
 # per-campus jobs in flight at once (one thread and LocalClient each); more campuses queue
 MAX_PARALLEL_JOBS = 32
 ERRORS = (fleet_fields.FleetError,)  # every refusal of the pack: a ValueError naming its field
@@ -104,8 +118,7 @@ def _load(schedule=True):
     inventory = fleet_inventory.validate(data.get(fleet_inventory.PILLAR_KEY))
     if not schedule:
         return inventory, None, None, data
-    schedule, source = fleet_sweep.schedule_in_force(_read_json(SCHEDULES_FILE, None), data, inventory,
-                                                     _path(SCHEDULES_FILE))
+    schedule, source = fleet_calendar.schedule_in_force(__opts__["cachedir"], data, inventory)
     return inventory, schedule, source, data
 
 
@@ -248,6 +261,38 @@ def _alert(mismatches):
     return posted, errors, fired
 
 
+def _publish(campuses):
+    """
+    Send the calendars of ``campuses`` now (``kiosk_calendar.publish``, this
+    master's runner loader): ``{"result", "campuses": {campus: {serial,
+    current, error?}}, "error"?}``. A failure is reported, never raised: the
+    change is stored and the master schedule publishes every minute.
+    """
+    if not campuses:
+        return None
+    try:
+        answer = __salt__[PUBLISH](campus=",".join(sorted(campuses)))
+    except (KeyError, *ERRORS) as exc:  # kiosk_calendar not loaded (pack half installed)
+        return {"result": False, "error": f"{PUBLISH}: {exc}"}
+    shown = {"result": bool(answer.get("result")), "campuses": {
+        c: {k: r.get(k) for k in ("serial", "changed", "current", "error") if k in r}
+        for c, r in (answer.get("campuses") or {}).items()}}
+    if answer.get("error"):
+        shown["error"] = answer["error"]
+    return shown
+
+
+def _day(campus):
+    """The campuses' day as the outbox collection brought it in (``fleet_outbox.Collected.day``), or None."""
+    path = os.path.join(__opts__["cachedir"], *COLLECTED)
+    if not os.path.exists(path):
+        return None
+    try:
+        return fleet_outbox.Collected(path).day(campus=campus)
+    except (ValueError, OSError) as exc:  # a damaged collection must not hide the rest of the status
+        return {"error": f"{path}: {exc}"}
+
+
 # ---------------------------------------------------------------- runners
 
 
@@ -357,6 +402,9 @@ def sync_schedules(url=None, timeout=10):
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc, in_force=in_force)
     _write_json(SCHEDULES_FILE, record)
+    changed = {c for c in ret["changes"]["added"] + ret["changes"]["removed"] + ret["changes"]["changed"]
+               if c in inventory["campuses"]}
+    ret["calendar"] = _publish(changed)
     return fleet_runner.finish(__context__, ret)
 
 
@@ -399,46 +447,50 @@ def plan(hours=12, at=None, scan=True, timeout=30):
     return fleet_runner.finish(__context__, ret)
 
 
-def sweep(at=None, delay_s=60, message="This kiosk is closing for the day.", timeout=30):
+def _campuses(inventory, campus):
+    """The campuses an operator named (all of them by default), each checked against the inventory."""
+    if campus is None or campus == "":
+        return sorted(inventory["campuses"])
+    names = fleet_inventory.names(campus, "campus")
+    for name in names:
+        fleet_inventory.pis_of(inventory, name)  # an unknown campus is named here
+    return sorted(set(names))
+
+
+def sweep(campus=None, at=None, timeout=60):
     """
-    Apply the schedules at ``at`` (default now): scan the managed kiosks from
-    their campus Pis (one job per campus, all at once), wake those expected
-    on and seen off (``kiosk_power.wake``), shut down those expected off and
-    seen on (``kiosk_power.shutdown`` with ``delay_s``/``message``),
-    respecting holds.
-    Unmanaged kiosks, kiosks no Pi could see and kiosks still waiting for
-    the verification of an earlier change are left alone. Records the sweep
-    and schedules verifications of the changed kiosks at +5/+10/+15 minutes.
-    Exit code 1 when a wake or shutdown failed, or no Pi answered.
+    Supervision: ask each campus's Pis to reconcile now
+    (``kiosk_campus.reconcile`` on every Pi of the campus, one job) and
+    report what they did: per campus the Pis' answers, the leader(s), the
+    kiosks woken and shut down, the silent and failed Pis. The decisions are
+    the campuses' own (their calendar, their observation, their leader); the
+    top master takes none. ``at`` (ISO 8601 with offset) is passed to the
+    reconcilers in place of their clock's now (rehearsals, tests). Exit code
+    1 when no Pi of a campus answered or a Pi's run failed.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-run kiosk_power.sweep
-        salt-run kiosk_power.sweep at=2027-02-05T07:00:00+08:00 delay_s=300 --out=json
+        salt-run kiosk_power.sweep campus=riverside
+        salt-run kiosk_power.sweep --out=json
+        salt-run kiosk_power.sweep campus=riverside at=2027-02-05T07:00:00+08:00 timeout=90
     """
     try:
         timeout = fleet_runner.number(timeout, "timeout", 1, 600)
-        delay_s, message = fleet_power.check_request(delay_s, message)
-        now = _now(at)
-        inventory, schedule, source, _ = _load()
-        with _store().locked() as stored:
-            state = _state(stored)
-            view = fleet_sweep.expect(inventory, schedule, state["holds"], now)
-            observed, pis = _observe(inventory, view["managed"], timeout)
-            decision = fleet_sweep.sweep(view, observed, state["pending"])
-            wake_ret = _wake(inventory, decision["wake"], 3, timeout) if decision["wake"] else None
-            shutdown_ret = _shutdown(decision["shutdown"], delay_s, message, timeout) if decision["shutdown"] else None
-            woken, shut_down, errors = fleet_sweep.acted(decision, wake_ret, shutdown_ret)
-            state, record = fleet_sweep.settle(state, view, decision, woken, shut_down, errors, pis, source,
-                                               _dt.datetime.now(_dt.timezone.utc))
-            stored.update(state)
+        kwarg = {} if at is None or at == "" else {"at": fleet_sweep.iso(_now(at))}
+        inventory = _load(schedule=False)[0]
+        campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in _campuses(inventory, campus)}
+        got = _call(sorted(p for pis in campus_pis.values() for p in pis), RECONCILE, timeout, kwarg)
+        campuses = fleet_calendar.supervision(campus_pis, got.answered, got.failed, got.silent)
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    ret = dict(fleet_sweep.sweep_answer(view, decision, record, observed, pis, state),
-               wake_result=wake_ret, shutdown_result=shutdown_ret)
-    _metrics("sweep", ret, inventory)
+    failing = [c for c, r in campuses.items() if "error" in r]
+    ret = {"result": not failing, "campuses": campuses}
+    if kwarg:
+        ret["at"] = kwarg["at"]
+    if failing:
+        ret["error"] = "; ".join(f"{c}: {campuses[c]['error']}" for c in failing)
     return fleet_runner.finish(__context__, ret)
 
 
@@ -511,7 +563,9 @@ def hold(kiosk=None, state=None, until=None, reason=None):
             stored["holds"] = dict(holds, **{kiosk: record})
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    return fleet_runner.finish(__context__, {"result": True, "hold": record, "replaced": replaced})
+    calendar = _publish([record["campus"]])
+    return fleet_runner.finish(__context__, {"result": True, "hold": record, "replaced": replaced,
+                                             "calendar": calendar})
 
 
 def unhold(kiosk=None):
@@ -536,25 +590,38 @@ def unhold(kiosk=None):
             stored["holds"] = holds
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    return fleet_runner.finish(__context__, {"result": True, "removed": removed})
+    calendar = _publish([removed["campus"]])
+    return fleet_runner.finish(__context__, {"result": True, "removed": removed, "calendar": calendar})
 
 
-def status(at=None):
+def status(at=None, campus=None):
     """
     Where the schedules come from, holds (in force / expired), pending
-    verifications, the last sweep and recent mismatches. Reads state only.
+    verifications of explicit checks, recent mismatches, and the campuses'
+    day (``campuses``: per campus its Pis (cursor, calendar serial, leader,
+    clock), actions, verifications, alerts and each kiosk's last
+    observation, as ``kiosk_outbox.collect`` brought them in; None before
+    the first collection). Reads state only.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run kiosk_power.status --out=json
+        salt-run kiosk_power.status campus=riverside
     """
     try:
         now = _now(at)
-        _, _, source, _ = _load()
+        inventory, _, source, _ = _load()
+        if campus is not None and campus != "":
+            campus = _campuses(inventory, campus)
+            if len(campus) != 1:
+                raise fleet_runner.RunnerError("campus: name one campus, or none for all", field="campus")
+            campus = campus[0]
+        else:
+            campus = None
         shown = fleet_sweep.status(_state(_store().read()), now)
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
     return fleet_runner.finish(__context__, {"result": True, "at": fleet_sweep.iso(now), "schedule": source,
-                                             **shown})
+                                             **shown, "campuses": _day(campus)})

@@ -29,6 +29,7 @@ import copy
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 
 import importlib.util
@@ -84,7 +85,7 @@ def _whole(value, field):
 def next_serial(previous, now):
     """The serial of a new calendar: ``max(previous + 1, now)`` (follows the clock, always grows)."""
     previous = 0 if previous is None else _whole(previous, "previous")
-    if isinstance(now, bool) or not isinstance(now, (int, float)) or now < 0:
+    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now) or now < 0:
         raise CalendarError(f"now: {fleet_fields.shown(now)} is not epoch seconds", field="now")
     return max(previous + 1, int(now))
 
@@ -127,6 +128,8 @@ def _holds(holds, campus, inventory, field, now=None):
     """The campus's hold records (``now``: drop those expired by then), checked."""
     if holds is None:
         holds = {}
+    if not isinstance(holds, dict):
+        raise CalendarError(f"{field}: expected {{kiosk: hold}}, got {type(holds).__name__}", field=field)
     try:
         checked = fleet_sweep.load_state({"holds": holds})["holds"]
     except fleet_sweep.SweepError as exc:
@@ -219,6 +222,8 @@ def verify(doc, keys, campus, field="calendar"):
         fleet_sign.verify(doc, keys, field)
     except fleet_release.ReleaseError as exc:
         raise CalendarError(str(exc), field=f"{field}.signature") from None
+    except (TypeError, ValueError, RecursionError):  # keys of mixed types, bytes: not a JSON document
+        raise CalendarError(f"{field}: not a JSON document", field=field) from None
     if doc.get("kind") != KIND:
         raise CalendarError(f"{field}.kind: {fleet_fields.shown(doc.get('kind'))} is not a calendar", field=field)
     if doc.get("campus") != campus:
@@ -270,13 +275,22 @@ def holds_of(doc):
 
 
 def summary(doc):
-    """What a report shows of a calendar: ``{campus, serial, signed_at, kiosks, holds, scheduled, digest}``."""
+    """
+    What a report shows of a calendar (one this master signed):
+    ``{campus, serial, signed_at, kiosks, holds, scheduled, digest}``; None for no calendar.
+    """
     if not isinstance(doc, dict):
         return None
-    inventory = (doc.get("inventory") or {}).get("campuses") or {}
-    spec = inventory.get(doc.get("campus")) or {}
+
+    def part(value, key):
+        return value.get(key) if isinstance(value, dict) else None
+
+    spec = part(part(doc.get("inventory"), "campuses"), doc.get("campus") if isinstance(doc.get("campus"), str) else "")
+    kiosks = part(spec, "kiosks")
+    holds = doc.get("holds")
     return {"campus": doc.get("campus"), "serial": doc.get("serial"), "signed_at": doc.get("signed_at"),
-            "kiosks": len(spec.get("kiosks") or {}), "holds": sorted(doc.get("holds") or {}),
+            "kiosks": len(kiosks) if isinstance(kiosks, dict) else 0,
+            "holds": sorted(str(k) for k in holds) if isinstance(holds, dict) else [],
             "scheduled": doc.get("schedule") is not None, "digest": content_digest(doc)}
 
 
@@ -308,6 +322,24 @@ def holds_in_force(cachedir):
         raise fleet_sweep.SweepError(f"{path}: {exc}; fix or move it aside") from None
 
 
+def _pis(value, field):
+    """A list of Pi ids, checked."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set)):
+        raise CalendarError(f"{field}: expected a list of Pi ids, got {type(value).__name__}", field=field)
+    for pi in value:
+        if not isinstance(pi, str) or not fleet_fields.NAME.match(pi):
+            raise CalendarError(f"{field}: {fleet_fields.shown(pi)} is not a Pi id", field=field)
+    return sorted(set(value))
+
+
+def _by_pi(value, field):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CalendarError(f"{field}: expected {{pi: ...}}, got {type(value).__name__}", field=field)
+    return value
+
+
 def _when(value):
     try:
         return fleet_sweep.parse_instant(value)
@@ -325,9 +357,11 @@ def lagging(pis, serial, known, reported=None):
     serial again).
     """
     _whole(serial, "serial")
+    pis = _pis(pis, "pis")
+    known, reported = _by_pi(known, "known"), _by_pi(reported, "reported")
     out = []
     for pi in pis:
-        seen = [r for r in ((known or {}).get(pi), (reported or {}).get(pi)) if isinstance(r, dict)]
+        seen = [r for r in (known.get(pi), reported.get(pi)) if isinstance(r, dict)]
         seen = [r for r in seen if isinstance(r.get("serial"), int) and not isinstance(r.get("serial"), bool)]
         if not seen:
             out.append(pi)
@@ -337,6 +371,53 @@ def lagging(pis, serial, known, reported=None):
         if latest["serial"] < serial:
             out.append(pi)
     return sorted(out)
+
+
+def _kiosks(answers, key):
+    """The kiosk ids the Pis' answers list under ``key``, merged (a Pi's odd answer adds nothing)."""
+    found = set()
+    for ret in answers.values():
+        value = ret.get(key) if isinstance(ret, dict) else None
+        if isinstance(value, (list, tuple)):
+            found.update(k for k in value if isinstance(k, str))
+    return sorted(found)
+
+
+def supervision(campus_pis, answered, failed, silent):
+    """
+    What ``kiosk_power.sweep`` reports of the campuses' own reconcile runs
+    (``kiosk_campus.reconcile`` on each Pi): per campus ``{"pis": {pi:
+    answer}, "leaders": [...], "woke": [...], "shut_down": [...], "silent":
+    [...], "failed": {pi: reason}}``, plus ``error`` when no Pi of the campus
+    answered or a Pi's run failed. Two leaders (a split campus LAN) are
+    reported, not an error: the campus's actions are idempotent.
+    """
+    if not isinstance(campus_pis, dict):
+        raise CalendarError(f"campus_pis: expected {{campus: [pi ids]}}, got {type(campus_pis).__name__}",
+                            field="campus_pis")
+    answered, failed = _by_pi(answered, "answered"), _by_pi(failed, "failed")
+    silent = _pis(silent or [], "silent")
+    out = {}
+    for campus in sorted(campus_pis, key=str):
+        _campus(campus, "campus_pis")
+        pis = _pis(campus_pis[campus], f"campus_pis.{campus}")
+        got = {pi: answered[pi] for pi in pis if pi in answered}
+        reasons = {pi: failed[pi] for pi in pis if pi in failed}
+        report = {
+            "pis": got,
+            "leaders": sorted(pi for pi, ret in got.items() if isinstance(ret, dict) and ret.get("leader") is True),
+            "woke": _kiosks(got, "woke"),
+            "shut_down": _kiosks(got, "shut_down"),
+            "silent": sorted(pi for pi in pis if pi in silent),
+            "failed": reasons,
+        }
+        if reasons:
+            report["error"] = "; ".join(f"{pi}: {why}" for pi, why in sorted(reasons.items()))
+        elif not got:
+            report["error"] = (f"no Pi of {campus} answered (Pis silent: {', '.join(report['silent']) or 'none'}); "
+                               f"the campus runs on its own calendar meanwhile")
+        out[campus] = report
+    return out
 
 
 # ---------------------------------------------------------------- on disk

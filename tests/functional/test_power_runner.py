@@ -25,6 +25,7 @@ import yaml
 
 import fleet_inventory
 import fleet_scan
+import fleet_sweep
 import fleet_wol
 from tests.support.topology import SWEEP_SCHEDULES, two_campus_inventory
 
@@ -94,7 +95,13 @@ def runner(tmp_path, monkeypatch):
         calls["posted"].append(payload)
         return {"result": True}
 
-    monkeypatch.setitem(module, "__salt__", {"kiosk_alert.post": post,
+    def publish(campus=None):  # kiosk_calendar.publish: tests/functional/test_calendar_runner.py
+        calls["published"].append(campus)
+        return {"result": True, "campuses": {c: {"serial": 7, "changed": True, "current": ["pi"]}
+                                             for c in campus.split(",")}}
+
+    calls["published"] = []
+    monkeypatch.setitem(module, "__salt__", {"kiosk_alert.post": post, "kiosk_calendar.publish": publish,
                                              "event.send": lambda tag, data: calls["events"].append((tag, data))})
     return loaded, calls, pathlib.Path(opts["cachedir"]), tmp_path / "prom"
 
@@ -118,62 +125,66 @@ def east_day(minions, pi2="scan"):
     return states
 
 
-@pytest.mark.parametrize("pi2", ["scan", "error", "silent", "forged"])
-def test_a_sweep_loads_once_calls_each_step_once_and_tells_failed_from_silent(runner, minions, pi2):
-    loaded, calls, cachedir, prom = runner
-    east_day(minions, pi2)
-    ret = loaded["kiosk_power.sweep"](at=AT, delay_s=0, timeout=5)
-    assert ret["retcode"] == 0 and ret["result"] is True, ret
-    assert calls["loads"] == 1  # one read of the fleet data for the whole run
-    assert [fun for fun, _, _ in minions.jobs] == ["kiosk_scan.scan", "test.ping", "kiosk_wol.wake_kiosks",
-                                                    "kiosk_power.shutdown"]
-    assert minions.jobs[0][1] == ["pi-east-1", "pi-east-2"]  # only the campus with managed kiosks
-    assert ret["wake"] == {"east": ["kiosk-east-01"]} and ret["shutdown"] == {"east": ["kiosk-east-02"]}
-    assert ret["observed"] == {"kiosk-east-01": "off", "kiosk-east-02": "on"}
-    pis = ret["pis"]
-    if pi2 == "scan":
-        assert pis == {"answered": ["pi-east-1", "pi-east-2"], "silent": []}
-    elif pi2 == "error":  # answered with an error: named with its reason
-        assert pis["silent"] == ["pi-east-2"] and pis["errors"] == {"pi-east-2": "ERROR: nmap failed: no such binary"}
-    elif pi2 == "silent":  # no answer at all: no reason to give
-        assert pis == {"answered": ["pi-east-1"], "silent": ["pi-east-2"]}
-    else:  # two different answers: one was forged, neither is believed
-        assert pis == {"answered": ["pi-east-1"], "silent": ["pi-east-2"], "conflicting": ["pi-east-2"]}
-    state = json.loads((cachedir / "kiosk_power" / "state.json").read_text())
-    assert sorted(state["pending"]) == ["kiosk-east-01", "kiosk-east-02"]
-    assert state["sweeps"][-1]["woken"] == {"east": ["kiosk-east-01"]}
-    assert ret["verifications"]["kiosk-east-01"][0] == "2027-03-01T00:05:00Z"
-    metrics = (prom / "kiosk_power.prom").read_text()
-    assert 'kiosk_power_sweep_actions{campus="east",action="wake"} 1' in metrics
+def reconcile(pi, kwarg, leader=False, woke=(), shut_down=()):
+    """A Pi's ``kiosk_campus.reconcile`` answer (the shape agreed with the campus runtime)."""
+    return {"result": True, "campus": pi.split("-")[1], "pi": pi, "leader": leader, "woke": list(woke),
+            "shut_down": list(shut_down), "observed": {}, "clock": {"synced": True}, "at": kwarg.get("at")}
 
 
-def test_no_pi_answering_fails_the_sweep_and_acts_on_nothing(runner, minions):
+@pytest.mark.parametrize("pi2", ["answer", "error", "silent", "forged"])
+def test_a_sweep_asks_the_campus_pis_to_reconcile_and_takes_no_decision_itself(runner, minions, pi2):
+    """Supervision: one job, the campus's Pis; their answers reported; no scan, wake or shutdown from here."""
     loaded, calls, cachedir, _ = runner
-    minions.answer = {"test.ping": lambda m, k: [True]}  # every kiosk "answers": not evidence
-    ret = loaded["kiosk_power.sweep"](at=AT, timeout=5)
-    assert ret["retcode"] == 1 and ret["error"] == "scan: no Pi answered (pi-east-1, pi-east-2)"
-    assert [fun for fun, _, _ in minions.jobs] == ["kiosk_scan.scan", "test.ping"]
-    assert ret["observed"] == {"kiosk-east-01": "unknown", "kiosk-east-02": "unknown"}
-    assert json.loads((cachedir / "kiosk_power" / "state.json").read_text())["pending"] == {}
+    second = {
+        "answer": lambda k: [reconcile("pi-east-2", k, woke=["kiosk-east-01"])],
+        "error": lambda k: [{"result": False, "pi": "pi-east-2", "error": "no calendar yet"}],
+        "silent": lambda k: [],
+        "forged": lambda k: [reconcile("pi-east-2", k), reconcile("pi-east-2", k, leader=True)],
+    }[pi2]
+    minions.answer = {"kiosk_campus.reconcile": lambda m, k: (
+        [reconcile(m, k, leader=True, woke=["kiosk-east-01"], shut_down=["kiosk-east-02"])] if m == "pi-east-1"
+        else second(k))}
+    ret = loaded["kiosk_power.sweep"](campus="east", at=AT, timeout=5)
+    assert calls["loads"] == 1
+    assert minions.jobs == [("kiosk_campus.reconcile", ["pi-east-1", "pi-east-2"], {"at": "2027-03-01T00:00:00Z"})]
+    east = ret["campuses"]["east"]
+    assert list(ret["campuses"]) == ["east"] and ret["at"] == "2027-03-01T00:00:00Z"
+    assert east["leaders"] == ["pi-east-1"] and east["woke"] == ["kiosk-east-01"]
+    assert east["shut_down"] == ["kiosk-east-02"]
+    if pi2 == "answer":
+        assert ret["result"] is True and ret["retcode"] == 0 and sorted(east["pis"]) == ["pi-east-1", "pi-east-2"]
+    elif pi2 == "error":  # a Pi whose run failed is named with its reason
+        assert ret["retcode"] == 1 and east["failed"] == {"pi-east-2": "no calendar yet"}
+        assert ret["error"] == "east: pi-east-2: no calendar yet"
+    else:  # silent, or two different answers (one forged): neither believed, the leader's answer is
+        assert ret["result"] is True and east["silent"] == ["pi-east-2"] and list(east["pis"]) == ["pi-east-1"]
+    # the top master keeps no per-kiosk record of the campus's actions
+    assert not (cachedir / "kiosk_power" / "state.json").exists()
 
 
-def test_a_kiosk_no_pi_reached_gets_no_check_and_a_failed_shutdown_is_named(runner, minions):
-    loaded, _, cachedir, _ = runner
-    east_day(minions)
-    minions.answer["kiosk_wol.wake_kiosks"] = lambda m, k: ["ERROR: interface down"]
-    minions.answer["kiosk_power.shutdown"] = lambda m, k: []
-    ret = loaded["kiosk_power.sweep"](at=AT, timeout=5)
-    assert ret["retcode"] == 1
-    assert ret["error"].startswith("wake: no Pi sent a magic packet to kiosk-east-01")
-    assert "shutdown: not shut down: kiosk-east-02" in ret["error"]
-    assert ret["shutdown_result"]["silent"] == ["kiosk-east-02"] and ret["verifications"] == {}
-    assert json.loads((cachedir / "kiosk_power" / "state.json").read_text())["pending"] == {}
+def test_a_sweep_of_every_campus_is_one_job_and_a_silent_campus_fails_it(runner, minions):
+    loaded, _, _, _ = runner
+    minions.answer = {"kiosk_campus.reconcile": lambda m, k: [reconcile(m, k, leader=m.endswith("-1"))]
+                      if m.startswith("pi-east") else []}
+    ret = loaded["kiosk_power.sweep"](timeout=5)
+    assert minions.jobs == [("kiosk_campus.reconcile", ["pi-east-1", "pi-east-2", "pi-west-1", "pi-west-2"], {})]
+    assert ret["retcode"] == 1 and "at" not in ret
+    assert ret["campuses"]["east"]["leaders"] == ["pi-east-1"] and "error" not in ret["campuses"]["east"]
+    assert ret["error"].startswith("west: no Pi of west answered (Pis silent: pi-west-1, pi-west-2)")
+    for kwargs, field in [({"campus": "north"}, "campus"), ({"at": "tomorrow"}, "at"), ({"timeout": 0}, "timeout")]:
+        minions.jobs.clear()
+        bad = loaded["kiosk_power.sweep"](**kwargs)
+        assert bad["retcode"] == 1 and bad["error"].startswith(f"{field}:") and minions.jobs == [], bad
 
 
 def test_verify_at_plus_15_posts_the_alert_fires_the_event_and_loads_once(runner, minions):
-    loaded, calls, _, prom = runner
+    loaded, calls, cachedir, prom = runner
     ports = east_day(minions)
-    assert loaded["kiosk_power.sweep"](at=AT, delay_s=0, timeout=5)["retcode"] == 0
+    # checks recorded for a change made at AT (kiosk-east-01 woken, kiosk-east-02 shut down)
+    pending = fleet_sweep.schedule_checks({}, {"east": ["kiosk-east-01", "kiosk-east-02"]},
+                                          {"kiosk-east-01": {"state": "on"}, "kiosk-east-02": {"state": "off"}}, AT)
+    (cachedir / "kiosk_power").mkdir(parents=True)
+    (cachedir / "kiosk_power" / "state.json").write_text(json.dumps({"pending": pending}))
     ports["kiosk-east-02"] = "closed"  # it shut down; kiosk-east-01 never came up
     calls["loads"], minions.jobs[:] = 0, []
     ret = loaded["kiosk_power.verify"](at=PLUS_15, timeout=5)
@@ -212,7 +223,7 @@ def test_a_damaged_state_file_fails_every_runner_naming_file_and_record(runner, 
     loaded, _, cachedir, _ = runner
     (cachedir / "kiosk_power").mkdir(parents=True, exist_ok=True)
     (cachedir / "kiosk_power" / "state.json").write_text(content)
-    for fun, kwargs in [("sweep", {"at": AT}), ("verify", {"at": AT}), ("status", {}), ("plan", {"scan": False}),
+    for fun, kwargs in [("verify", {"at": AT}), ("status", {}), ("plan", {"scan": False}),
                         ("hold", {"kiosk": "kiosk-east-01", "state": "on", "reason": "x",
                                   "until": (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).isoformat()})]:
         ret = loaded[f"kiosk_power.{fun}"](**kwargs)
@@ -227,8 +238,13 @@ def test_hold_unhold_and_runner_numbers(runner, minions):
     until = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).isoformat()
     held = loaded["kiosk_power.hold"](kiosk="kiosk-east-01", state=True, until=until, reason="ticket 1")
     assert held["retcode"] == 0 and held["hold"]["state"] == "on" and held["replaced"] is None
+    # the campus's calendar goes out at once, with the hold in it
+    assert calls["published"] == ["east"]
+    assert held["calendar"] == {"result": True, "campuses": {"east": {"serial": 7, "changed": True,
+                                                                       "current": ["pi"]}}}
     assert loaded["kiosk_power.status"]()["holds"]["kiosk-east-01"]["reason"] == "ticket 1"
     assert loaded["kiosk_power.unhold"](kiosk="kiosk-east-01")["removed"]["reason"] == "ticket 1"
+    assert calls["published"] == ["east", "east"]
     for fun, kwargs, field in [("sweep", {"timeout": float("inf")}, "timeout"), ("plan", {"hours": 169}, "hours"),
                                ("wake", {"campus": "east", "repeat": True}, "repeat"),
                                ("shutdown", {"campus": "east", "delay_s": -1}, "delay_s"),
@@ -309,25 +325,6 @@ def campus_of_each(jobs, fun):
                   for f, targets, kwarg in jobs if f == fun)
 
 
-def test_a_sweep_over_two_campuses_sends_each_campus_its_own_scan_and_wake(runner, minions, tmp_path):
-    loaded, calls, cachedir, _ = runner
-    ports = {"kiosk-east-01": "closed", "kiosk-east-02": "open", "kiosk-west-01": "closed", "kiosk-west-02": "open"}
-    minions.answer = real_pis(both_campuses(tmp_path), ports)
-    ret = loaded["kiosk_power.sweep"](at=AT, delay_s=0, timeout=5)
-    assert ret["retcode"] == 0, ret
-    assert ret["pis"] == {"answered": ["pi-east-1", "pi-east-2", "pi-west-1", "pi-west-2"], "silent": []}
-    assert ret["observed"] == {"kiosk-east-01": "off", "kiosk-east-02": "on", "kiosk-west-01": "off",
-                               "kiosk-west-02": "on"}
-    assert ret["wake"] == {"east": ["kiosk-east-01"], "west": ["kiosk-west-01"]}
-    assert ret["shutdown"] == {"east": ["kiosk-east-02"], "west": ["kiosk-west-02"]}
-    assert ret["wake_result"]["unreached"] == [] and calls["loads"] == 1
-    # a Pi is only ever asked about the kiosks of its own campus
-    for fun in ("kiosk_scan.scan", "kiosk_wol.wake_kiosks"):
-        assert campus_of_each(minions.jobs, fun) == [(["east"], ["east"]), (["west"], ["west"])]
-    state = json.loads((cachedir / "kiosk_power" / "state.json").read_text())
-    assert sorted(state["pending"]) == sorted(ports)
-
-
 def test_wake_of_two_campuses_reaches_both_with_all_jobs_in_flight_at_once(runner, minions, tmp_path):
     loaded, _, _, _ = runner
     answers = real_pis(both_campuses(tmp_path), {})
@@ -380,4 +377,28 @@ def test_a_kiosk_power_master_config_that_is_no_mapping_is_named_not_read_as_uns
     opts["kiosk_power"] = "http://platform.example/schedules"  # a URL where the mapping belongs
     ret = loaded["kiosk_power.sync_schedules"]()
     assert ret["retcode"] == 1 and ret["error"].startswith("kiosk_power: expected a mapping in the master config"), ret
+    assert minions.jobs == []
+
+
+def test_status_shows_the_campuses_day_as_the_collection_brought_it_in(runner, minions):
+    import fleet_outbox
+
+    loaded, _, cachedir, _ = runner
+    assert loaded["kiosk_power.status"]()["campuses"] is None  # no collection yet
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    at = now.isoformat()
+    entry = {"kind": "action", "key": f"east/kiosk-east-01/wake/{at}", "at": at,
+             "data": {"kiosk": "kiosk-east-01", "campus": "east", "pi": "pi-east-1", "action": "wake", "at": at,
+                      "transition": at, "result": True}}
+    (cachedir / "kiosk_outbox").mkdir(parents=True, exist_ok=True)
+    collected = fleet_outbox.Collected(str(cachedir / "kiosk_outbox" / "collected.db"))
+    for pi in ("pi-east-1", "pi-east-2"):  # both Pis woke it: one action in the day
+        collected.merge("east", pi, [dict(entry, data=dict(entry["data"], pi=pi))], cursor=1,
+                        info={"serial": 42, "leader": "pi-east-1"})
+    status = loaded["kiosk_power.status"](campus="east")
+    assert status["retcode"] == 0 and list(status["campuses"]) == ["east"]
+    day = status["campuses"]["east"]
+    assert [a["key"] for a in day["actions"]] == [entry["key"]] and day["actions"][0]["pis"] == ["pi-east-1", "pi-east-2"]
+    assert day["pis"]["pi-east-2"]["serial"] == 42
+    assert loaded["kiosk_power.status"](campus="north")["error"].startswith("campus: unknown campus")
     assert minions.jobs == []

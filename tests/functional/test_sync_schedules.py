@@ -84,6 +84,10 @@ def test_good_then_500_then_invalid_json_keeps_the_last_good_copy(runners, platf
     good = json.loads(copy.read_text())
     assert secrets_in(good) == [] and secrets_in(ret) == []
     assert good["schedule"]["campuses"]["east"]["rules"][0]["weekly"]["mon"] == ["07:00-22:00"]
+    # the changed campus's calendar is published at once; without a signing key that fails visibly,
+    # the sync itself stands (the master schedule publishes again every minute)
+    assert ret["calendar"]["result"] is False
+    assert ret["calendar"]["campuses"]["east"]["error"].startswith("kiosk_release.signing_key: not set")
     status, _ = call(runners, "kiosk_power.status")
     assert status["schedule"]["source"] == "synced"
 
@@ -150,3 +154,49 @@ def test_a_missing_or_bad_platform_config_is_named(tmp_path):
     token = load_runners(tmp_path, kiosk_power={"platform_url": "http://127.0.0.1:1/", "platform_token": "a\nb"})[0]
     ret = token["kiosk_power.sync_schedules"]()
     assert ret["retcode"] == 1 and ret["error"].startswith("kiosk_power.platform_token: ")
+
+
+def test_a_sync_publishes_the_calendars_of_the_campuses_it_changed(tmp_path, platform, monkeypatch):
+    import salt.client
+
+    import fleet_calendar
+    import fleet_sign
+
+    private, public = fleet_sign.new_key_pair()
+    key = tmp_path / "signing.pem"
+    key.write_bytes(private)
+    key.chmod(0o600)
+    jobs = []
+
+    class Pis:  # the Pi minions: each keeps what it gets with the real store
+        def __call__(self, *args, **kwargs):
+            return self
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def cmd_iter(self, targets, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None):
+            jobs.append((fun, sorted(targets)))
+            for pi in targets:
+                got = fleet_calendar.store(str(tmp_path / "pis" / pi), kwarg["calendar"], public, pi.split("-")[1])
+                yield {pi: {"ret": {"result": True, "serial": got["serial"], "stored": got["stored"]}, "retcode": 0}}
+
+    monkeypatch.setattr(salt.client, "get_local_client", Pis())
+    runners = load_runners(tmp_path, kiosk_release={"signing_key": str(key)})
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump({**yaml.safe_load(fleet.read_text()), "kiosk_release": {"verify_key": [public]}}))
+    platform.serve(200, CHANGED)
+    ret, rc = call(runners, "kiosk_power.sync_schedules", url=platform.url)
+    assert rc == 0 and ret["calendar"]["result"] is True, ret
+    assert sorted(ret["calendar"]["campuses"]) == ["east", "west"]
+    assert sorted(jobs) == [("kiosk_campus.calendar", ["pi-east-1", "pi-east-2"]),
+                            ("kiosk_campus.calendar", ["pi-west-1", "pi-west-2"])]
+    west = fleet_calendar.load(str(tmp_path / "pis" / "pi-west-1"), public, "west")
+    assert west["schedule"]["campuses"]["west"]["kiosks"]["kiosk-west-01"][0]["name"] == "emergency"
+    assert west["serial"] == ret["calendar"]["campuses"]["west"]["serial"]
+    jobs.clear()
+    ret, rc = call(runners, "kiosk_power.sync_schedules", url=platform.url)
+    assert rc == 0 and ret["calendar"] is None and jobs == []  # nothing changed: nothing sent

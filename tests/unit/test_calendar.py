@@ -287,3 +287,22 @@ def test_the_top_masters_inputs_come_from_kiosk_power_files(tmp_path):
         fc.holds_in_force(cachedir)
     with pytest.raises(fc.CalendarError, match="^directory"):
         fc.schedule_in_force("cache", data, INVENTORY)
+
+
+def test_supervision_reports_what_each_campus_did():
+    campus_pis = {"east": ["pi-east-1", "pi-east-2"], "west": ["pi-west-1", "pi-west-2"], "north": ["pi-north-1"]}
+    answered = {
+        "pi-east-1": {"result": True, "pi": "pi-east-1", "leader": True, "woke": ["k2", "k1"], "shut_down": ["k3"]},
+        "pi-east-2": {"result": True, "pi": "pi-east-2", "leader": False, "woke": ["k1"], "shut_down": []},
+        "pi-west-1": {"result": True, "pi": "pi-west-1", "leader": True, "woke": [], "shut_down": []},
+        "pi-west-2": {"result": True, "pi": "pi-west-2", "leader": True, "woke": [], "shut_down": ["k9"]},
+    }
+    got = fc.supervision(campus_pis, answered, {"pi-north-1": "no calendar yet"}, ["pi-east-3"])
+    assert got["east"]["leaders"] == ["pi-east-1"] and got["east"]["woke"] == ["k1", "k2"]
+    assert got["east"]["shut_down"] == ["k3"] and "error" not in got["east"]
+    assert got["west"]["leaders"] == ["pi-west-1", "pi-west-2"] and "error" not in got["west"]  # a split LAN
+    assert got["north"]["error"] == "pi-north-1: no calendar yet"
+    silent = fc.supervision({"east": ["pi-east-1"]}, {}, {}, ["pi-east-1"])["east"]
+    assert silent["error"].startswith("no Pi of east answered (Pis silent: pi-east-1)")
+    with pytest.raises(fc.CalendarError, match="^campus_pis"):
+        fc.supervision([], {}, {}, [])

@@ -399,3 +399,59 @@ def test_change_requests_never_crash(value, other):
     refused_or_returned(fleet_change.ChangeError, fleet_change.report, value, other)
     refused_or_returned(fleet_change.ChangeError, fleet_change.report, ["kiosk-east-01"], {"kiosk-east-01": value})
     refused_or_returned(fleet_change.ChangeError, fleet_change.summarize, value)
+
+
+# ---------------------------------------------------------------- campus calendars
+
+import fleet_calendar  # noqa: E402 - appended section: the calendar's entry points
+import fleet_sign  # noqa: E402
+
+_CAL_INVENTORY = fleet_inventory.validate(two_campus_inventory(wol_port=9)["kiosk_fleet"])
+_CAL_PRIVATE, _CAL_PUBLIC = fleet_sign.new_key_pair()
+_CAL_DOC = fleet_calendar.sign(fleet_calendar.build(_CAL_INVENTORY, None, {}, "east",
+                                                    1_800_000_000, 1_800_000_000), _CAL_PRIVATE)
+
+
+@FUZZ
+@given(hostile, hostile, hostile, hostile, hostile)
+@example({"campuses": {"east": {"kiosks": {"kiosk-east-01": [{"name": "er", "always": "on",
+                                                               "through_closures": "no"}]}}}}, {}, "east", 1, 1)
+@example(None, {"kiosk-east-01": {"until": "\ud800", "state": "on", "reason": "r", "campus": "east"}}, "east", 1, 1)
+@example(None, {"kiosk-east-01": {"until": "9999-12-31T23:59:59-23:00", "state": "on", "reason": "r",
+                                  "campus": "east"}}, "east", 1, 1)
+@example(None, None, "east", 10**400, float("nan"))
+def test_calendar_build_never_crashes(schedule, holds, campus, serial, signed_at):
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.build, _CAL_INVENTORY, schedule, holds, campus,
+                        serial, signed_at)
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.build, schedule, None, None, "east", 1, 1)
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.next_serial, serial, signed_at)
+
+
+@FUZZ
+@given(hostile, hostile, hostile)
+@example(dict(_CAL_DOC, holds=[]), "east", None)
+@example(dict(_CAL_DOC, inventory={"campuses": {"east": None}}), "east", None)
+@example({k: v for k, v in _CAL_DOC.items() if k != "signature"}, "east", None)
+@example("{\"kind\": 1}", "\ud800", [])
+def test_calendar_verify_and_readers_never_crash(doc, campus, keys):
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.verify, doc, _CAL_PUBLIC, campus)
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.verify, doc, keys, "east")
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.verify, dict(_CAL_DOC, **{"holds": doc}),
+                        _CAL_PUBLIC, "east")
+    for reader in (fleet_calendar.inventory_of, fleet_calendar.schedule_of, fleet_calendar.holds_of,
+                   fleet_calendar.content_digest, fleet_calendar.summary):
+        refused_or_returned(fleet_calendar.CalendarError, reader, doc)
+        refused_or_returned(fleet_calendar.CalendarError, reader, dict(_CAL_DOC, schedule=doc, holds=doc))
+
+
+@FUZZ
+@given(hostile, hostile, hostile, hostile)
+@example(["pi-1"], 5, {"pi-1": {"serial": 1, "at": "\ud800"}}, {"pi-1": {"serial": 2, "at": 10**400}})
+@example({"east": "pi-east-1"}, {"pi-east-1": None}, {}, [])
+def test_calendar_lagging_and_supervision_never_crash(pis, serial, known, reported):
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.lagging, ["pi-1", "pi-2"], 5, known, reported)
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.lagging, pis, serial, {}, None)
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.supervision, pis, {"pi-east-1": serial},
+                        {}, [])
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.supervision, {"east": ["pi-east-1"]},
+                        {"pi-east-1": known}, {}, [])
