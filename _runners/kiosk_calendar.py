@@ -256,8 +256,9 @@ def _report(campus, doc, changed, targets, got, record):
            "silent": list(got.silent) if got else [], "refused": refused, "current": current, "pis": pis}
     if refused:
         ret["error"] = "; ".join(f"{pi}: {answered[pi]['error']}" for pi in refused)
-    elif not current:
-        ret["error"] = f"no Pi of {campus} holds calendar {serial} yet (Pis silent: {', '.join(ret['silent']) or 'none'})"
+    if not current:  # a cut link is normal: the campus runs on its last good copy, and we retry each minute
+        ret["waiting"] = (f"no Pi of {campus} holds calendar {serial} yet (Pis silent: "
+                          f"{', '.join(ret['silent']) or 'none'}); sent again next run")
     return ret
 
 
@@ -275,11 +276,12 @@ def publish(campus=None, force=False, timeout=DEFAULT_TIMEOUT):
 
     Per campus: ``serial``, ``changed``, ``sent_to``, ``answered`` (``{pi:
     {serial, stored}}``), ``silent``, ``refused``, ``current`` (Pis known to
-    hold the current serial), ``pis``. Exit code 1 when a Pi refused a
-    calendar, a calendar could not be signed (no signing key, a key the
-    fleet's ``kiosk_release:verify_key`` does not hold), or a campus has no
-    Pi holding its current calendar (its link is down: the Pis keep running
-    on their last good copy, and it is sent again next minute).
+    hold the current serial), ``pis``, and ``waiting`` when no Pi of the
+    campus holds its current calendar yet (its link is down: the Pis keep
+    running on their last good copy, and it is sent again next run; not a
+    failure, as a cut is normal). Exit code 1 when a Pi refused a calendar
+    or a calendar could not be signed (no signing key, a key the fleet's
+    ``kiosk_release:verify_key`` does not hold).
 
     CLI Example:
 
