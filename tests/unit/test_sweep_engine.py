@@ -84,8 +84,14 @@ def test_expect_follows_dated_rules_and_the_24_7_kiosk():
     view = fleet_sweep.expect(INVENTORY, SCHEDULE, {}, festival)
     assert view["expected"]["kiosk-east-01"]["state"] == "off"  # the campus's dated closure
     assert view["expected"]["kiosk-east-01"]["why"] == "campus rule festival"
-    # a kiosk rule beats every campus rule (today's order; see docs/schedules.md)
-    assert view["expected"]["kiosk-east-02"]["state"] == "on"
+    # a dated campus rule beats a kiosk's standing hours (docs/schedules.md)...
+    assert view["expected"]["kiosk-east-02"]["state"] == "off"
+    assert view["expected"]["kiosk-east-02"]["why"] == "campus rule festival"
+    # ...unless the kiosk's rule says it stays on through closures
+    raw = copy.deepcopy(SCHEDULE.data)
+    raw["campuses"]["east"]["kiosks"]["kiosk-east-02"][0]["through_closures"] = True
+    kept_on = fleet_sweep.expect(INVENTORY, fleet_schedule.load(raw, INVENTORY), {}, festival)
+    assert kept_on["expected"]["kiosk-east-02"]["state"] == "on"
     night = dt.datetime(2027, 3, 1, 3, 0, tzinfo=SH)
     assert fleet_sweep.expect(INVENTORY, SCHEDULE, {}, night)["expected"]["kiosk-west-01"]["state"] == "on"
 
