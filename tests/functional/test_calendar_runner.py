@@ -1,9 +1,9 @@
 """
-``kiosk_calendar`` (runner) loaded by Salt's runner loader, the Pi minions
-stood in: each Pi's ``kiosk_campus.calendar`` is played by the real
-``fleet_calendar.store`` into that Pi's own folder with the fleet's verify
-keys, as the Pi module does (or a Pi that stays silent, or holds other keys).
-Real Ed25519 keys, real files.
+``kiosk_calendar`` (runner) loaded by Salt's runner loader; the jobs to the
+Pis go to the real Pi minion module ``kiosk_campus.calendar``, each Pi on a
+minion loader of its own (its own folder, its pillar's verify keys), behind a
+stand-in LocalClient that can keep a Pi silent. Real Ed25519 keys, real
+files.
 """
 
 import datetime as dt
@@ -28,7 +28,7 @@ PIS = {"east": ["pi-east-1", "pi-east-2"], "west": ["pi-west-1", "pi-west-2"]}
 
 
 class Pis:
-    """A stand-in LocalClient whose Pis keep calendars with the real store; ``silent``/``keys`` per Pi."""
+    """A stand-in LocalClient in front of each Pi's real ``kiosk_campus`` module; ``silent``/``keys`` per Pi."""
 
     def __init__(self, root, public):
         self.root = root
@@ -36,6 +36,21 @@ class Pis:
         self.jobs = []
         self.silent = set()
         self.keys = {}
+        self.mods = {}
+
+    def module(self, pi):
+        """The Pi minion's loader (built on first use: ``keys`` may give it other verify keys)."""
+        if pi not in self.mods:
+            opts = salt.config.minion_config(None)
+            base = self.root / pi
+            opts.update({"file_client": "local", "root_dir": str(base), "cachedir": str(base / "cache"),
+                         "module_dirs": [str(REPO)], "id": pi, "grains": {},
+                         "pillar": {"kiosk_release": {"verify_key": [self.keys.get(pi, self.public)]}},
+                         "kiosk_campus": {"dir": str(base / "campus"), "campus": self.campus(pi)}})
+            self.mods[pi] = salt.loader.minion_mods(opts, utils=salt.loader.utils(opts),
+                                                    whitelist=["kiosk_campus", "config", "pillar"],
+                                                    loaded_base_name=f"pi_{pi.replace('-', '_')}")
+        return self.mods[pi]
 
     def __call__(self, *args, **kwargs):
         return self
@@ -50,7 +65,7 @@ class Pis:
         return pi.split("-")[1]
 
     def serial(self, pi):
-        doc = fleet_calendar.load(str(self.root / pi), self.keys.get(pi, self.public), self.campus(pi))
+        doc = fleet_calendar.load(str(self.root / pi / "campus"), self.keys.get(pi, self.public), self.campus(pi))
         return None if doc is None else doc["serial"]
 
     def cmd_iter(self, targets, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None):
@@ -59,13 +74,8 @@ class Pis:
         for pi in targets:
             if pi in self.silent:
                 continue
-            try:
-                got = fleet_calendar.store(str(self.root / pi), kwarg["calendar"], self.keys.get(pi, self.public),
-                                           self.campus(pi))
-                ret = {"result": True, "serial": got["serial"], "stored": got["stored"]}
-            except fleet_calendar.CalendarError as exc:
-                ret = {"result": False, "serial": self.serial(pi), "stored": False, "error": str(exc)}
-            yield {pi: {"ret": ret, "retcode": 0}}
+            ret = self.module(pi)["kiosk_campus.calendar"](**kwarg)
+            yield {pi: {"ret": ret, "retcode": 0 if ret.get("result") else 1}}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +119,9 @@ def test_publish_signs_each_campus_once_and_sends_it_to_that_campus_pis_only(set
         report = ret["campuses"][campus]
         assert report["changed"] is True and report["sent_to"] == PIS[campus] and report["current"] == PIS[campus]
         assert report["answered"] == {pi: {"serial": doc["serial"], "stored": True} for pi in PIS[campus]}
+        for pi in PIS[campus]:  # what the Pi's module says it holds
+            assert pis.module(pi)["kiosk_campus.calendar"]() == {"result": True, "serial": doc["serial"],
+                                                                 "stored": False}
         for pi in PIS[campus]:
             assert pis.serial(pi) == doc["serial"]
         path = cache / "kiosk_calendar" / f"{campus}.json"
@@ -200,6 +213,7 @@ def test_a_pi_refusing_the_calendar_is_named_and_fails_the_run(setup):
     west = ret["campuses"]["west"]
     assert west["refused"] == ["pi-west-1"] and west["current"] == ["pi-west-2"]
     assert west["answered"]["pi-west-1"]["error"].startswith("calendar.signature: does not match")
+    assert west["answered"]["pi-west-1"]["error"].endswith("the last good calendar is kept")
     assert ret["error"].startswith("west: pi-west-1: calendar.signature")
     pis.jobs.clear()
     publish(loaded)
