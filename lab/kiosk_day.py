@@ -107,17 +107,26 @@ def names(value):
     return str(value)
 
 
-REPORT_KEYS = (("woke", "woke"), ("shut_down", "shut down"), ("verified", "verified"),
-               ("verifications", "verified"), ("alerts", "ALERT"), ("skipped", "held back"))
-
-
 def describe_reconcile(pi, answer):
-    """One line for one Pi's ``kiosk_campus.reconcile`` answer."""
+    """One line for one Pi's ``kiosk_campus.reconcile`` answer (docs/campus.md)."""
     if not isinstance(answer, dict):
         return f"{pi}: no answer ({str(answer)[:200]})"
-    if answer.get("result") is False or answer.get("error"):
-        return f"{pi}: FAILED: {answer.get('error') or answer.get('comment') or answer}"
-    parts = [f"{label} {names(answer[key])}" for key, label in REPORT_KEYS if answer.get(key)]
+    if answer.get("result") is False or answer.get("error") or answer.get("_error"):
+        return f"{pi}: FAILED: {answer.get('error') or answer.get('_error') or answer}"
+    parts = []
+    if answer.get("woke"):
+        parts.append(f"woke {names(answer['woke'])}")
+    if answer.get("shut_down"):
+        parts.append(f"shut down {names(answer['shut_down'])}")
+    if answer.get("verified"):
+        parts.append(f"verified {names(answer['verified'])}")
+    for mismatch in answer.get("mismatches") or []:
+        parts.append(f"MISMATCH {mismatch.get('kiosk')} expected {mismatch.get('expected')}, "
+                     f"observed {mismatch.get('observed')} -> alert in the outbox")
+    withheld = answer.get("withheld") if isinstance(answer.get("withheld"), dict) else {}
+    for part, kiosks in sorted(withheld.items()):
+        if kiosks:
+            parts.append(f"withheld {part} of {names(kiosks)}")
     clock = answer.get("clock") if isinstance(answer.get("clock"), dict) else {}
     if clock and not clock.get("synced", True):
         parts.append("clock NOT synchronised")
@@ -231,48 +240,71 @@ def start_top(run, inv, timeout):
     return sorted(p for p in pis if heard.get(p) is not True)
 
 
-def print_top_view(run, campuses):
-    """``kiosk_outbox.collect`` then the top master's view of ``campuses`` and the webhook's log.
-    Returns ``{idempotency key: POSTs}``."""
+def hhmm(iso, tz):
+    """``HH:MM`` local of an ISO 8601 instant (as the outbox stores them), or the text itself."""
+    try:
+        return dt.datetime.fromisoformat(iso).astimezone(tz).strftime("%H:%M")
+    except (TypeError, ValueError):
+        return str(iso)
+
+
+def print_top_view(run, campuses, tz):
+    """``kiosk_outbox.collect`` then the top master's view of ``campuses`` (``kiosk_power.status``,
+    ``kiosk_outbox.day``) and the webhook's log. Returns ``(exit code, {idempotency key: POSTs})``."""
+    top = f"-c {run / 'top'}"
     code, collected = salt_run_json(run, "top", "kiosk_outbox.collect")
-    say(f"$ salt-run -c {run / 'top'} kiosk_outbox.collect   (exit {code})")
-    if isinstance(collected, dict):
-        for key in ("collected", "new", "posted", "alerts_posted", "silent", "error", "_error"):
-            if key in collected:
-                print(f"    {key}: {names(collected[key]) if not isinstance(collected[key], str) else collected[key]}")
+    say(f"$ salt-run {top} kiosk_outbox.collect      (exit {code})")
+    for campus, entry in sorted((collected.get("campuses") or {}).items()):
+        print(f"    {campus}: " + ", ".join(f"{pi} {line.get('new', 0)} new + {line.get('duplicates', 0)} already "
+                                            f"collected from a peer" for pi, line in sorted(entry["pis"].items())))
+    if collected.get("new"):
+        print("    new entries: " + ", ".join(f"{n} {kind}" for kind, n in sorted(collected["new"].items())))
+    alerts = collected.get("alerts") or {}
+    for key in alerts.get("posted") or []:
+        print(f"    alert posted: {key}")
+    for key in ("silent", "error", "_error"):
+        if collected.get(key):
+            print(f"    {key}: {names(collected[key]) if not isinstance(collected[key], str) else collected[key]}")
+    failed = code
     code, status = salt_run_json(run, "top", "kiosk_power.status")
-    say(f"$ salt-run -c {run / 'top'} kiosk_power.status   (exit {code})")
-    campus_view = (status.get("campuses") if isinstance(status, dict) else None) or {}
+    say(f"$ salt-run {top} kiosk_power.status         (exit {code}; its campuses part)")
+    failed = failed or code
+    view = status.get("campuses") if isinstance(status.get("campuses"), dict) else {}
     for campus in campuses:
-        entry = campus_view.get(campus)
-        print(f"    {campus}: {json.dumps(entry, sort_keys=True)[:600] if entry is not None else 'not shown'}")
-    if "_error" in status or "error" in status:
+        entry = view.get(campus) or {}
+        pis = ", ".join(f"{pi} (calendar serial {p.get('serial')}, cursor {p.get('cursor')})"
+                        for pi, p in sorted((entry.get("pis") or {}).items()))
+        checks = entry.get("verifications") or []
+        bad = [c for c in checks if not (c.get("data") or {}).get("ok")]
+        print(f"    {campus}: {pis or 'no Pi collected yet'}")
+        print(f"      {len(entry.get('actions') or [])} actions, {len(checks)} verifications ({len(bad)} failed), "
+              f"{len(entry.get('alerts') or [])} alerts, {len(entry.get('kiosks') or {})} kiosks observed")
+        for alert in entry.get("alerts") or []:
+            print(f"      alert {alert['key']}  posted: {alert.get('posted')}  (reported by {', '.join(alert['pis'])})")
+    if status.get("error") or status.get("_error"):
         print(f"    {status.get('error') or status.get('_error')}")
     for campus in campuses:
         code, day = salt_run_json(run, "top", "kiosk_outbox.day", f"campus={campus}")
-        say(f"$ salt-run -c {run / 'top'} kiosk_outbox.day campus={campus}   (exit {code})")
-        entry = day.get(campus, day) if isinstance(day, dict) else {}
-        if not isinstance(entry, dict) or "_error" in entry or "error" in entry:
-            print(f"    {(entry or {}).get('error') or (entry or {}).get('_error') or entry}")
+        say(f"$ salt-run {top} kiosk_outbox.day campus={campus}   (exit {code}; actions and failed checks)")
+        failed = failed or code
+        entry = (day.get("campuses") or {}).get(campus) if isinstance(day.get("campuses"), dict) else None
+        if not isinstance(entry, dict):
+            print(f"    {day.get('error') or day.get('_error') or 'nothing collected'}")
             continue
-        for pi, seen in sorted((entry.get("pis") or {}).items()):
-            print(f"    {pi}: {json.dumps(seen, sort_keys=True)[:300]}")
-        actions = entry.get("actions") or []
-        print(f"    actions: {len(actions)}  " + "; ".join(
-            f"{a.get('kiosk')} {a.get('action')} {a.get('result', '')}".strip() for a in actions[-12:]))
-        checks = entry.get("verifications") or []
-        failed = [c for c in checks if not c.get("ok")]
-        print(f"    verifications: {len(checks)}, failed {len(failed)}  "
-              + "; ".join(f"{c.get('kiosk')} expected {c.get('expected')} observed {c.get('observed')}"
-                          for c in failed[:6]))
-        for alert in entry.get("alerts") or []:
-            print(f"    ALERT {alert.get('kiosk')}: {alert.get('summary') or alert.get('message') or ''} "
-                  f"(key {alert.get('idempotency_key') or alert.get('key')})")
+        for action in entry.get("actions") or []:
+            data = action.get("data") or {}
+            print(f"    {hhmm(action['at'], tz)} {data.get('action', '?'):<8} {data.get('kiosk', '?'):<20} "
+                  f"{data.get('result', '')}  by {', '.join(action['pis'])}")
+        for check in entry.get("verifications") or []:
+            data = check.get("data") or {}
+            if not data.get("ok"):
+                print(f"    {hhmm(check['at'], tz)} check    {data.get('kiosk', '?'):<20} expected "
+                      f"{data.get('expected')}, observed {data.get('observed')}  ({check['key'].split('/')[2]})")
     counts = alert_posts(webhook.posts(kiosk_lab.webhook_log(run)))
     say(f"the alert webhook ({kiosk_lab.webhook_url()}) received {sum(counts.values())} POSTs:")
     for key, count in sorted(counts.items()):
         print(f"    {key}: {count} POST{'s' if count > 1 else ''}{'' if count == 1 else '  <- DUPLICATE'}")
-    return counts
+    return failed, counts
 
 
 def cmd_day(args):
@@ -355,7 +387,8 @@ def cmd_day(args):
                     + (f"; the top master does not hear {', '.join(silent)}" if silent else ""))
             down = False
             code = 1 if silent else code
-            counts = print_top_view(run, [args.outage] if args.outage in campuses else campuses)
+            failed, counts = print_top_view(run, [args.outage] if args.outage in campuses else campuses, tz)
+            code = code or failed
             posted.update(counts)
         pis = live_pis(run, inv)
         offset = instant.timestamp() - time.time()
@@ -390,7 +423,8 @@ def cmd_day(args):
     for kiosk in kept_off:
         kiosk_sim.send_control(run, "let-on", kiosk)
     say("the end of the day: the top master's view")
-    posted = print_top_view(run, campuses)
+    failed, posted = print_top_view(run, campuses, tz)
+    code = code or failed
     if any(count > 1 for count in posted.values()):
         say("an alert was posted more than once")
         code = 1

@@ -341,6 +341,8 @@ def write_configs(run, raw, inv):
                     "repo_dir": str(run / "repo" / pi_id),
                     "clock_file": str(clock_file(run, pi_id)),
                     "probe_timeout_s": 2,
+                    # a compressed day: a simulated kiosk shuts down 2 real seconds after its leader asks
+                    "shutdown_delay_s": 2,
                     "textfile_dir": str(run / "metrics" / pi_id),
                 },
                 **roots,

@@ -281,3 +281,49 @@ def test_with_its_first_pi_down_a_kiosk_answers_and_shuts_down_once(lab_run):
         up = lab(run, "pi-up", "pi-riverside-1", timeout=240)
     assert up.returncode == 0, up.stdout + up.stderr
     print(f"pi-down, shutdown through the other Pi, pi-up: {time.monotonic() - started:.0f} s")
+
+
+# --------------------------------------------------------------------------- the campuses run a day alone
+
+DAY_KEPT_OFF = "kiosk-riverside-01"  # due on at 07:00; its NIC ignores magic packets
+
+
+def test_the_day_runs_with_riverside_cut_and_the_top_master_gets_one_alert(lab_run):
+    """A short compressed day (the full one is for operators): riverside's WAN link is cut from 06:56 to 07:16
+    simulated; its Pis publish no event upwards, yet they shut the early kiosks down, wake the 07:00 and 07:10
+    kiosks and verify them; the kept-off kiosk's mismatch reaches the webhook once, after the restore."""
+    run, _ = lab_run
+    before = sim_state(run)
+    started = time.monotonic()
+    day = lab(run, "day", "--date", "2027-02-03", "--from", "06:55", "--to", "07:16", "--step", "30",
+              "--outage", "riverside", "--outage-from", "06:56", "--outage-to", "07:16",
+              "--keep-off", DAY_KEPT_OFF, timeout=480)
+    print(f"kiosk-lab day (06:55-07:16): {time.monotonic() - started:.0f} s, exit {day.returncode}")
+    print(day.stdout[-6000:])
+    assert day.returncode == 0, day.stdout + day.stderr
+    assert "riverside's WAN link is cut: stopped pi-riverside-1 syndic" in day.stdout
+    assert "riverside's WAN link is back" in day.stdout
+    after = sim_state(run)
+    # the campus acted alone: before opening it shut the ground floor and first floor down (one press each),
+    # the emergency kiosk stayed on, 07:10 woke the first floor through magic packets from both Pis
+    for kiosk in ("kiosk-riverside-02", "kiosk-riverside-10"):
+        assert after[kiosk]["presses"] == before[kiosk]["presses"] + 1, kiosk
+    assert after["kiosk-riverside-11"]["on"] and after["kiosk-riverside-11"]["presses"] == \
+        before["kiosk-riverside-11"]["presses"]
+    assert after["kiosk-riverside-10"]["on"]
+    assert after["kiosk-riverside-10"]["packets"] > before["kiosk-riverside-10"]["packets"]
+    assert not after["kiosk-riverside-02"]["on"]
+    # the kept-off kiosk got packets, ignored them, stayed off
+    assert after[DAY_KEPT_OFF]["ignored"] > 0 and not after[DAY_KEPT_OFF]["on"]
+    # one alert for it at the top master's webhook, not one per Pi
+    posts = [json.loads(line)["body"] for line in (run / "webhook.jsonl").read_text().splitlines()]
+    mine = [p for p in posts if DAY_KEPT_OFF in json.dumps(p)]
+    assert len(mine) == 1, posts
+    assert "mismatch" in json.dumps(mine[0]) and "riverside" in json.dumps(mine[0])
+    assert not any(DAY_KEPT_OFF not in json.dumps(p) and "riverside" in json.dumps(p) for p in posts), posts
+    # and the top master's view of riverside's day holds the alert
+    code, day_view = salt_run(run, "kiosk_outbox.day", "campus=riverside")
+    assert code == 0, day_view
+    assert DAY_KEPT_OFF in json.dumps(day_view)
+    status = lab(run, "status")
+    assert "stopped by cut" not in status.stdout
