@@ -405,7 +405,7 @@ def check_entry(entry, campus, pi, field="entries"):
     One entry as a Pi of ``campus`` returned it, checked: its kind, key (which
     must start with ``campus/``: a Pi never writes another campus's keys),
     instant, data (a mapping whose ``campus`` is this campus). Returns
-    ``(kind, key, at, data)``.
+    ``(kind, key, at, data, data as stored JSON)``.
     """
     if not isinstance(entry, dict):
         raise OutboxError(f"{field}: expected a mapping, got {type(entry).__name__}")
@@ -415,10 +415,10 @@ def check_entry(entry, campus, pi, field="entries"):
         raise OutboxError(f"{field}.key: {fleet_fields.shown(key)} is not a key of campus {campus}")
     at = instant(entry.get("at"), f"{field}.at")
     data = entry.get("data")
-    _json(data, f"{field}.data")
+    text = _json(data, f"{field}.data")
     if data.get("campus", campus) != campus:
         raise OutboxError(f"{field}.data.campus: {fleet_fields.shown(data.get('campus'))} is not {campus}")
-    return kind, key, at, data
+    return kind, key, at, data, text
 
 
 def _labels(**labels):
@@ -483,24 +483,32 @@ class Collected:
                     refused.append(str(exc))
                 checked.append(None)
         new = []
+        counts = {}  # one counter update per label set, not one per entry: a page after a cut holds thousands
+
+        def count(metric, kind=None):
+            counts[(metric, kind)] = counts.get((metric, kind), 0) + 1
+
         stamp = instant(_dt.datetime.fromtimestamp(now, _UTC))
         with self._conn() as conn, _write(conn):
             for item in checked:
                 if item is None:
-                    self._count(conn, "kiosk_campus_entries_refused_total", campus=campus, pi=pi)
+                    count("kiosk_campus_entries_refused_total")
                     continue
-                kind, key, at, data = item
+                kind, key, at, data, text = item
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO entries (key, campus, pi, seen_by, kind, at, data, collected_at, posted)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, campus, pi, pi, kind, at, _json(data), now, 0 if postable(kind, data) else None))
+                    (key, campus, pi, pi, kind, at, text, now, 0 if postable(kind, data) else None))
                 if cur.rowcount == 1:
                     new.append({"kind": kind, "key": key, "at": at, "pi": pi, "data": data})
-                    self._count(conn, "kiosk_campus_entries_total", campus=campus, pi=pi, kind=kind)
+                    count("kiosk_campus_entries_total", kind)
                 else:
                     conn.execute("UPDATE entries SET seen_by = seen_by || ',' || ? WHERE key = ?"
                                  " AND instr(',' || seen_by || ',', ',' || ? || ',') = 0", (pi, key, pi))
-                    self._count(conn, "kiosk_campus_entries_duplicate_total", campus=campus, pi=pi)
+                    count("kiosk_campus_entries_duplicate_total")
+            for (metric, kind), by in sorted(counts.items(), key=lambda item: (item[0][0], item[0][1] or "")):
+                labels = {"campus": campus, "pi": pi} if kind is None else {"campus": campus, "pi": pi, "kind": kind}
+                self._count(conn, metric, by, **labels)
             columns = {"collected_at": stamp}
             if cursor is not None:
                 columns["cursor"] = cursor
