@@ -361,14 +361,19 @@ def lagging(pis, serial, known, reported=None):
     known, reported = _by_pi(known, "known"), _by_pi(reported, "reported")
     out = []
     for pi in pis:
-        seen = [r for r in (known.get(pi), reported.get(pi)) if isinstance(r, dict)]
-        seen = [r for r in seen if isinstance(r.get("serial"), int) and not isinstance(r.get("serial"), bool)]
+        seen = []
+        for report in (known.get(pi), reported.get(pi)):
+            held = report.get("serial") if isinstance(report, dict) else False
+            if held is None and _when(report.get("at")) is not None:
+                seen.append((report, -1))  # a dated report of no calendar at all (its folder was wiped)
+            elif isinstance(held, int) and not isinstance(held, bool):
+                seen.append((report, held))
         if not seen:
             out.append(pi)
             continue
         epoch = _dt.datetime.min.replace(tzinfo=_UTC)
-        latest = max(seen, key=lambda r: _when(r.get("at")) or epoch)
-        if latest["serial"] < serial:
+        _, latest = max(seen, key=lambda pair: _when(pair[0].get("at")) or epoch)
+        if latest < serial:
             out.append(pi)
     return sorted(out)
 

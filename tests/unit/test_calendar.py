@@ -269,6 +269,9 @@ def test_lagging_takes_the_later_report_of_each_pi():
     assert fc.lagging(pis, 9, known, reported) == ["pi-2", "pi-4"]
     assert fc.lagging(pis, 9, {}, None) == pis
     assert fc.lagging(["pi-1"], 9, {"pi-1": {"serial": True}}) == ["pi-1"]
+    # a later report of no calendar at all (the Pi's folder wiped) beats our record of a send
+    assert fc.lagging(["pi-1"], 9, known, {"pi-1": {"serial": None, "at": "2027-02-01T03:00:00Z"}}) == ["pi-1"]
+    assert fc.lagging(["pi-1"], 9, known, {"pi-1": {"serial": None}}) == []  # undated: no evidence
     with pytest.raises(fc.CalendarError, match="^serial"):
         fc.lagging(pis, "9", known)
 
