@@ -124,6 +124,22 @@ def test_nmap_command_line(pi_east, listening, monkeypatch):
     assert "-sn" not in arguments and "--max-retries 1" in arguments and "--host-timeout 10s" in arguments
 
 
+def test_the_shared_nmap_run_is_what_the_module_and_the_pi_master_use(listening, service_port, inventory):
+    import fleet_scan
+
+    validated = fleet_inventory.validate(inventory["kiosk_fleet"])
+    targets = fleet_scan.scan_targets(validated, "east")
+    result, elapsed = fleet_scan.run(targets, host_timeout_s=5, max_retries=1)
+    assert {k: (v["ip"], v["port"], v["state"]) for k, v in result.items()} == {
+        "kiosk-east-01": ("127.0.1.11", service_port, "open"),
+        "kiosk-east-02": ("127.0.2.12", service_port, "closed")}
+    assert elapsed >= 0 and all(v["scanned_at"].endswith("Z") for v in result.values())
+    with pytest.raises(fleet_scan.ScanError, match="^targets: "):
+        fleet_scan.run(["127.0.1.11"])
+    with pytest.raises(fleet_scan.ScanError, match="^host_timeout_s: "):
+        fleet_scan.run(targets, host_timeout_s=0)
+
+
 def test_a_kiosk_cannot_scan(tmp_path_factory, inventory):
     # last in the file: Salt's loader shares the module object, the kiosk id would leak
     mods = load(tmp_path_factory, "kiosk-east-01", inventory)
