@@ -417,7 +417,8 @@ def plan(hours=12, at=None, scan=True, timeout=30):
     Dry run: the expected state of every kiosk at ``at`` (default now; a hold
     wins over the schedule), its schedule transitions in the next ``hours``
     (at most 168), and, with ``scan=True`` (kiosk_scan, one job per campus),
-    what a sweep would do now. Changes nothing.
+    what the sweep engine would do now (the campus reconcilers decide with
+    the same engine and calendar). Changes nothing.
 
     CLI Example:
 
@@ -498,7 +499,9 @@ def verify(at=None, kiosks=None, campus=None, timeout=30):
     """
     Liveness verification from the campus Pis (``kiosk_scan.scan``, one job
     per campus, all at once). Without ``kiosks``/``campus``: run the verifications due at
-    ``at`` (default now) that sweeps scheduled at +5/+10/+15 minutes; a kiosk
+    ``at`` (default now) recorded in this master's state at +5/+10/+15
+    minutes after a change (the campuses now verify their own transitions:
+    their leader's checks arrive through the outbox collection); a kiosk
     still not in its expected state at its last check is a mismatch. With
     ``kiosks``/``campus``: an explicit check now of those managed kiosks
     against their expected state, every difference is a mismatch (``since``:
