@@ -13,7 +13,7 @@ the alert payload and the metric families in ``fleet_outbox``.
     # /etc/salt/master.d/kiosk-fleet-top.conf
     kiosk_outbox:
       textfile_dir: /var/lib/prometheus/node-exporter   # kiosk_campus.prom; default: none
-      limit: 1000        # entries per Pi per round, default 1000
+      limit: 5000        # entries per Pi per round (1-5000), default 5000
       budget_s: 40       # rounds of one collect stop after this many seconds, default 40
 """
 
@@ -45,7 +45,7 @@ STATE_DIR = "kiosk_outbox"
 STORE_FILE = "collected.db"
 LOCK_FILE = "collect.lock"
 TEXTFILE = "kiosk_campus.prom"
-DEFAULT_LIMIT = 1000
+DEFAULT_LIMIT = 5000  # entries per Pi per round: each round is a job round trip through the syndics
 DEFAULT_BUDGET_S = 40
 LOCK_WAIT_S = 120
 RETRY_ALERTS_S = 86400  # an alert the webhook refused is tried again at each collect for a day
@@ -191,7 +191,7 @@ def _metrics(store, directory):
         log.warning("kiosk_outbox: metrics not written (%s): %s", directory, exc)
 
 
-def collect(campus=None, timeout=30, limit=None, budget_s=None):
+def collect(campus=None, timeout=20, limit=None, budget_s=None):
     """
     Collect the campuses' outboxes: ONE ``kiosk_outbox.entries`` job to
     every Pi of the campuses (all by default), each Pi taking its own
@@ -200,7 +200,8 @@ def collect(campus=None, timeout=30, limit=None, budget_s=None):
     ``budget_s`` is spent. Entries are stored once per key across a
     campus's Pis; each new alert is posted once (``kiosk_alert.post``, with
     ``idempotency_key``); an alert the webhook refused is posted at a later
-    collect. An unsynchronised clock record (``clock``, ``synced: False``:
+    collect. ``timeout``: how long the first round waits for the Pis (a
+    silent one is waited for that long). An unsynchronised clock record (``clock``, ``synced: False``:
     one per Pi per day) is posted the same way, as a ``pi_clock`` warning.
     Writes ``kiosk_campus.prom`` when ``kiosk_outbox:textfile_dir``
     is set.
