@@ -2,8 +2,9 @@
 The campus runtime on each Pi MASTER (runners its own master ``schedule:``
 runs; contract: docs/campus.md): ``probe`` (every ~20 s: this Pi's signed
 status out, the peers' statuses in, a newer calendar taken from a peer),
-``reconcile`` (every minute: the calendar against what this Pi observes of
-its campus, through the same engine as the top master's sweep), ``status``.
+``reconcile`` (the calendar against what this Pi observes of its campus,
+through the same engine as the top master's sweep), ``tick`` (every 5 s: a
+reconcile at each schedule transition and at least every minute), ``status``.
 
 Glue only: the decisions are ``fleet_campus`` and ``fleet_sweep``'s. Settings
 are the master config's ``kiosk_campus:`` block (``fleet_campus.SETTINGS``).
@@ -19,6 +20,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import time
 
 import importlib.util
 
@@ -237,6 +239,22 @@ def _wake(inventory, conf, selection):
     return report
 
 
+def _wake_rest(inventory, conf, selection, early, early_ret):
+    """
+    The engine's wakes, less the kiosks this run already woke before its
+    scan: one wake report for the whole run (``fleet_sweep.acted`` reads it).
+    """
+    reached_early = set(early) - set((early_ret or {}).get("unreached", []))
+    rest = {c: [k for k in ids if k not in reached_early] for c, ids in selection.items()}
+    rest = {c: ids for c, ids in rest.items() if ids}
+    later = _wake(inventory, conf, rest) if rest else {"unreached": []}
+    report = {"unreached": sorted(later.get("unreached", []))}
+    errors = [r["error"] for r in (early_ret, later) if r and r.get("error")]
+    if errors:
+        report["error"] = "; ".join(errors)
+    return report
+
+
 def _shutdown(conf, selection, transitions):
     """
     The leader's shutdowns: one ``kiosk_power.shutdown`` job per transition
@@ -409,13 +427,17 @@ def _reconcile(conf, at):
     with store.locked() as stored:
         state = fleet_sweep.load_state(stored)
         view = fleet_sweep.expect(inventory, schedule, holds, now)
+        expected_now = fleet_campus.expected_map(view)
+        # packets first: kiosks that just became due on are woken before the scan (seconds, not a scan's wait)
+        early = fleet_campus.newly_due_on(expected_now, state.get("expected")) if allowed["wake"] else []
+        early_ret = _wake(inventory, conf, {campus: early}) if early else None
         due = fleet_sweep.due_selection(state, now, inventory) if allowed["verify"] else {}
         selection = {campus: sorted(set(view["managed"].get(campus, [])) | set(due.get(campus, [])))}
         observed, pis, errors = _observe(inventory, conf, selection)
         decision = fleet_campus.decide(view, observed, state["pending"], allowed)
         acting = [k for part in ("wake", "shutdown") for ids in decision[part].values() for k in ids]
         transitions = {k: fleet_campus.transition(schedule, view, k, now, timezone) for k in acting}
-        wake_ret = _wake(inventory, conf, decision["wake"]) if decision["wake"] else None
+        wake_ret = _wake_rest(inventory, conf, decision["wake"], early, early_ret) if decision["wake"] else None
         shutdown_ret = _shutdown(conf, decision["shutdown"], transitions) if decision["shutdown"] else None
         woken, shut_down, act_errors = fleet_sweep.acted(decision, wake_ret, shutdown_ret)
         state, record = fleet_sweep.settle(state, view, decision, woken, shut_down, errors + act_errors, pis,
@@ -437,6 +459,8 @@ def _reconcile(conf, at):
         added = outbox.add_many(entries) if entries else []
         state["observed"] = {k: v["state"] for k, v in observed.items()}
         state["leader"] = leader_pi
+        state["expected"] = expected_now
+        state["reconciled_at"] = fleet_campus.iso(clock_now)
         stored.clear()
         stored.update(state)
     ret = {
@@ -461,11 +485,62 @@ def _reconcile(conf, at):
         "waiting": found["waiting"] if found else [],
         "mismatches": found["mismatches"] if found else [],
         "transitions": transitions,
+        "woke_early": early,
         "outbox": {"added": sum(1 for a in added if a), "entries": len(entries)},
     }
     if record["errors"]:
         ret["error"] = "; ".join(record["errors"])
     return ret
+
+
+def tick():
+    """
+    What this Pi master's schedule runs every ``tick_s`` (5 s): a reconcile
+    when one is due, nothing otherwise. Due: a schedule transition before
+    the next tick (the tick sleeps until that instant, so magic packets go
+    out within a second or two of it), the expected states changed since
+    the last reconcile (a hold, a new calendar), or the last reconcile is
+    ``reconcile_s`` (60 s) old. A reconcile already running: nothing.
+    Returns the reconcile's answer plus ``reconciled``/``why``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kiosk_campus.tick --out=json
+    """
+    try:
+        conf = _settings()
+        busy = _busy("reconcile", conf)
+        try:
+            with fleet_lock.exclusive(_path(conf, "reconcile.lock"), 0, busy):
+                ret = _tick(conf)
+        except fleet_campus.CampusError as exc:
+            if exc is not busy:
+                raise
+            ret = {"result": True, "reconciled": False, "why": "a reconcile is running"}
+    except ERRORS as exc:
+        return fleet_runner.fail(__context__, exc)
+    if ret.get("reconciled"):
+        _metrics(conf, ret)
+    return fleet_runner.finish(__context__, ret)
+
+
+def _tick(conf):
+    doc = _calendar(conf)
+    inventory, schedule, holds = _inventory_parts(doc)
+    _, now = _clock(conf)
+    state = fleet_state.Store(conf["dir"], STATE_FILE, STATE_DEFAULTS, 30, fleet_campus.CampusError).read()
+    upcoming = fleet_campus.next_minute(now)
+    plan = fleet_campus.tick_plan(
+        fleet_campus.expected_map(fleet_sweep.expect(inventory, schedule, holds, now)),
+        fleet_campus.expected_map(fleet_sweep.expect(inventory, schedule, holds, upcoming)),
+        state.get("expected"), state.get("reconciled_at"), now, upcoming, conf["tick_s"], conf["reconcile_s"])
+    if not plan["run"]:
+        return {"result": True, "reconciled": False, "why": plan["why"], "at": fleet_campus.iso(now)}
+    if plan["sleep"] > 0:
+        time.sleep(plan["sleep"])
+    return dict(_reconcile(conf, None), reconciled=True, why=plan["why"])
 
 
 def status():

@@ -101,6 +101,8 @@ SETTINGS = {
     "shutdown_delay_s": (60, "int", 0, 3600),
     "shutdown_timeout_s": (10, "int", 1, 120),
     "wake_repeat": (3, "int", 1, 20),
+    "tick_s": (5, "num", 1, 60),
+    "reconcile_s": (60, "num", 5, 3600),
     "scan_host_timeout_s": (5, "int", 1, 300),
     "outbox_cap": (fleet_outbox.DEFAULT_CAP, "int", 100, fleet_outbox.MAX_CAP),
 }
@@ -458,6 +460,56 @@ def decide(view, observed, pending, allowed):
                           if any(k in ids for part in ("wake", "shutdown") for ids in decision[part].values())}
     decision["withheld"] = withheld
     return decision
+
+
+# ---------------------------------------------------------------- on time: the tick
+
+
+def expected_map(view):
+    """``{kiosk: on|off|unmanaged}`` of a view: what the tick compares between runs."""
+    return {k: v["state"] for k, v in view["expected"].items()}
+
+
+def next_minute(now):
+    """The next whole minute after ``now``: schedules change state on whole minutes."""
+    now = instant(now, "now")
+    return now.replace(second=0, microsecond=0) + _dt.timedelta(minutes=1)
+
+
+def newly_due_on(expected_now, previous):
+    """
+    Kiosks expected on now that were not at the last run (``previous``;
+    None: no run yet, every kiosk due on): woken at once, before the scan,
+    so packets go out within seconds of the due instant (a magic packet to
+    a running PC does nothing).
+    """
+    return sorted(k for k, state in expected_now.items()
+                  if state == fleet_sweep.ON and (previous is None or previous.get(k) != fleet_sweep.ON))
+
+
+def tick_plan(expected_now, expected_next, previous, last_at, now, next_at, tick_s, reconcile_s):
+    """
+    What a tick (every ``tick_s``) does: ``{"sleep": s, "run": bool, "why"}``.
+    A transition before the next tick (``expected_next`` at ``next_at``, the
+    next whole minute, differs): sleep until it, then reconcile; the
+    expected states changed since the last reconcile, none yet, or the last
+    is ``reconcile_s`` old: reconcile now; else nothing.
+    """
+    now, next_at = instant(now, "now"), instant(next_at, "next_at")
+    wait = (next_at - now).total_seconds()
+    if 0 <= wait <= tick_s and expected_next != expected_now:
+        return {"sleep": wait, "run": True, "why": f"a transition at {iso(next_at)}"}
+    if previous is None or last_at is None:
+        return {"sleep": 0, "run": True, "why": "no reconcile yet"}
+    if previous != expected_now:
+        return {"sleep": 0, "run": True, "why": "the expected states changed"}
+    try:
+        age = (now - instant(last_at, "last_at")).total_seconds()
+    except CampusError:
+        age = reconcile_s
+    if age >= reconcile_s or age < 0:
+        return {"sleep": 0, "run": True, "why": f"the last reconcile is {int(age)} s old"}
+    return {"sleep": 0, "run": False, "why": f"nothing due (last reconcile {int(age)} s ago)"}
 
 
 # ---------------------------------------------------------------- transitions and keys

@@ -4,8 +4,9 @@
 
     - <master_config_dir>/kiosk_campus.conf (master.d): the kiosk_campus: settings and
         schedule:
-          kiosk_campus_probe:     kiosk_campus.probe      every probe_seconds (20)
-          kiosk_campus_reconcile: kiosk_campus.reconcile  every reconcile_seconds (60)
+          kiosk_campus_probe: kiosk_campus.probe  every probe_seconds (20)
+          kiosk_campus_tick:  kiosk_campus.tick   every tick_s (5): a reconcile at each schedule
+                              transition (on the second) and at least every reconcile_s (60)
       both maxrunning 1 (a slow run is never started twice) and run_on_start (a Pi back
       from a power cut brings its campus to the state it should be in now, at once).
     - kiosk_campus:dir (0700: calendar, outbox, reconciler state) and <repo_dir>/campus
@@ -20,7 +21,8 @@
         dir: /var/lib/kiosk_fleet/campus
         repo_dir: /srv/kiosk-repo
         probe_seconds: 20           # 5-60; with stale_s it bounds the failover: stale_s + probe_seconds <= 60
-        reconcile_seconds: 60       # 5-300
+        tick_s: 5                   # 2-60 whole seconds
+        reconcile_s: 60             # a full reconcile at least this often
         stale_s: 40                 # and any other kiosk_campus setting (docs/campus.md), passed through
         textfile_dir: /var/lib/prometheus/node-exporter
       kiosk_fleet:
@@ -41,18 +43,17 @@
 {%- endfor %}
 {%- set verify_key = conf.get('verify_key') or salt['pillar.get']('kiosk_release:verify_key', []) %}
 {%- set probe_seconds = conf.get('probe_seconds', 20) %}
-{%- set reconcile_seconds = conf.get('reconcile_seconds', 60) %}
+{%- set tick_s = conf.get('tick_s', 5) %}
 {%- set dir = conf.get('dir', '/var/lib/kiosk_fleet/campus') %}
 {%- set repo_dir = conf.get('repo_dir', '/srv/kiosk-repo') %}
 {%- set settings = {} %}
-{%- for key, value in conf.items() if key not in ('probe_seconds', 'reconcile_seconds', 'master_config') %}
+{%- for key, value in conf.items() if key not in ('probe_seconds', 'master_config') %}
 {%-   do settings.update({key: value}) %}
 {%- endfor %}
 {%- do settings.update({'dir': dir, 'repo_dir': repo_dir, 'campus': ns.campus, 'pi': grains['id'],
                         'verify_key': verify_key}) %}
 {%- set seconds_ok = probe_seconds is integer and probe_seconds is not boolean and 5 <= probe_seconds <= 60
-                     and reconcile_seconds is integer and reconcile_seconds is not boolean
-                     and 5 <= reconcile_seconds <= 300 %}
+                     and tick_s is integer and tick_s is not boolean and 2 <= tick_s <= 60 %}
 {%- set delay_ok = restart_delay is integer and restart_delay is not boolean and 1 <= restart_delay <= 3600 %}
 
 {%- if not ns.campus or not verify_key %}
@@ -66,7 +67,7 @@ kiosk_campus_settings:
 
 kiosk_campus_settings:
   test.fail_without_changes:
-    - name: "kiosk_campus: probe_seconds (5-60) and reconcile_seconds (5-300) must be whole numbers of seconds"
+    - name: "kiosk_campus: probe_seconds (5-60) and tick_s (2-60) must be whole numbers of seconds"
 {%- else %}
 
 kiosk_campus_dir:
@@ -95,9 +96,9 @@ kiosk_campus_master_config:
             seconds: {{ probe_seconds }}
             maxrunning: 1
             run_on_start: True
-          kiosk_campus_reconcile:
-            function: kiosk_campus.reconcile
-            seconds: {{ reconcile_seconds }}
+          kiosk_campus_tick:
+            function: kiosk_campus.tick
+            seconds: {{ tick_s }}
             maxrunning: 1
             run_on_start: True
     - require:

@@ -420,3 +420,37 @@ def test_the_module_runs_the_pi_master_reconcile_in_process(campus, pi_minion):
     assert keys_of(campus.outbox("pi-east-2"), "action") == [f"east/kiosk-east-01/wake/{OPENING}",
                                                              f"east/kiosk-east-02/wake/{OPENING}"]
     assert (campus.pis["pi-east-2"]["base"] / "campus" / "reconciler.json").exists()
+
+
+def test_the_tick_reconciles_once_then_waits_for_a_change(campus):
+    probe_all(campus)
+    first = campus.run("pi-east-1", "tick")
+    assert first["result"] is True and first["reconciled"] is True and first["why"] == "no reconcile yet"
+    second = campus.run("pi-east-1", "tick")
+    assert second["reconciled"] is False and second["why"].startswith("nothing due")
+    # a calendar with a hold against the schedule: the expected states change, the next tick reconciles at once
+    before = json.loads((campus.pis["pi-east-1"]["base"] / "campus" / "reconciler.json").read_text())["expected"]
+    now = campus_now()
+    hold = {"kiosk": "kiosk-east-01", "campus": "east", "state": "on" if before["kiosk-east-01"] == "off" else "off",
+            "until": fleet_campus.iso(now.replace(year=now.year + 1)), "reason": "test", "set_at": fleet_campus.iso(now)}
+    calendar = fleet_calendar.build(campus.inventory, SCHEDULE, {"kiosk-east-01": hold}, "east", campus.serial + 1,
+                                    campus.serial + 1)
+    fleet_calendar.store(campus.pis["pi-east-1"]["settings"]["dir"], fleet_calendar.sign(calendar, RELEASE_KEY),
+                         [RELEASE_PUB], "east")
+    third = campus.run("pi-east-1", "tick")
+    assert third["reconciled"] is True and third["why"] == "the expected states changed", third
+    assert third["serial"] == campus.serial + 1
+
+
+def test_a_kiosk_due_on_gets_its_packets_before_the_scan(campus, monkeypatch):
+    probe_all(campus)
+    runner = campus.pis["pi-east-1"]["runners"]["kiosk_campus.reconcile"]
+    module = runner.func.__globals__
+    order = []
+    real_wake, real_observe = module["_wake"], module["_observe"]
+    monkeypatch.setitem(module, "_wake", lambda *a: order.append("wake") or real_wake(*a))
+    monkeypatch.setitem(module, "_observe", lambda *a: order.append("scan") or real_observe(*a))
+    ret = runner(at=OPEN)
+    assert ret["woke_early"] == ["kiosk-east-01", "kiosk-east-02"] and ret["woke"] == ["kiosk-east-01", "kiosk-east-02"]
+    assert order == ["wake", "scan"]  # and not woken a second time: the engine's wakes were sent already
+    assert len(campus.packets()) == 2 * 3  # 2 kiosks, 3 packets each (wake_repeat), from this one Pi, once

@@ -2,7 +2,7 @@
 ``states/kiosk_fleet/campus.sls`` through ``salt-call --local`` (the repo's
 states, a pillar file, scratch folders, no daemon): the Pi master's
 master.d snippet holds the campus settings the runner accepts and its
-``schedule:`` (probe, reconcile, maxrunning 1); a Pi the pillar does not
+``schedule:`` (probe, tick, maxrunning 1); a Pi the pillar does not
 place, or without verify keys, is refused with nothing written.
 """
 
@@ -47,17 +47,17 @@ def changed(states):
 
 def test_campus_sls_writes_the_pi_master_schedule_and_settings(tmp_path):
     root = local_pi(tmp_path / "pi", "pi-west-2",
-                    pillar_for("pi-west-2", tmp_path, probe_seconds=5, reconcile_seconds=10, stale_s=12))
+                    pillar_for("pi-west-2", tmp_path, probe_seconds=5, tick_s=2, stale_s=12))
     code, states, err = salt_call(root, "state.apply", "kiosk_fleet.campus")
     assert code == 0, (states, err[-2000:])
     assert changed(states) == ["kiosk_campus_dir", "kiosk_campus_master_config", "kiosk_campus_served"]
     snippet = yaml.safe_load((root / "master.d" / "kiosk_campus.conf").read_text())
     assert snippet["schedule"] == {
         "kiosk_campus_probe": {"function": "kiosk_campus.probe", "seconds": 5, "maxrunning": 1, "run_on_start": True},
-        "kiosk_campus_reconcile": {"function": "kiosk_campus.reconcile", "seconds": 10, "maxrunning": 1,
-                                   "run_on_start": True}}
+        "kiosk_campus_tick": {"function": "kiosk_campus.tick", "seconds": 2, "maxrunning": 1, "run_on_start": True}}
     conf = fleet_campus.settings(snippet["kiosk_campus"])  # what the runner will read
     assert (conf["campus"], conf["pi"], conf["stale_s"], conf["verify_key"]) == ("west", "pi-west-2", 12, [VERIFY])
+    assert conf["tick_s"] == 2  # the runner sleeps for a transition at most one tick ahead
     assert (tmp_path / "campus").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "repo" / "campus").is_dir()
     code, again, err = salt_call(root, "state.apply", "kiosk_fleet.campus", "test=True")

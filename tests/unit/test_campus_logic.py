@@ -332,3 +332,39 @@ def test_metrics_say_leader_and_clock():
     byname = {f[0]: f[3] for f in families}
     assert byname["kiosk_campus_leader"][0][1] is True and byname["kiosk_campus_clock_synced"][0][1] is False
     assert ({"campus": "east", "pi": "pi-east-1", "action": "shutdown"}, 1) in byname["kiosk_campus_withheld"]
+
+
+# ---------------------------------------------------------------- on time: the tick
+
+
+def test_a_transition_before_the_next_tick_is_slept_until_then_reconciled():
+    before = dt.datetime(2027, 3, 1, 7, 59, 57, tzinfo=SH)
+    nxt = fleet_campus.next_minute(before)
+    assert nxt == dt.datetime(2027, 3, 1, 8, 0, tzinfo=SH)
+    now_map = fleet_campus.expected_map(fleet_sweep.expect(EAST, SCHEDULE, {}, before))
+    next_map = fleet_campus.expected_map(fleet_sweep.expect(EAST, SCHEDULE, {}, nxt))
+    assert now_map["kiosk-east-01"] == "off" and next_map["kiosk-east-01"] == "on"
+    plan = fleet_campus.tick_plan(now_map, next_map, now_map, "2027-02-28T23:59:30Z", before, nxt, 5, 60)
+    assert plan == {"sleep": 3.0, "run": True, "why": "a transition at 2027-03-01T00:00:00Z"}
+    # the same transition 20 s ahead: not this tick's (the next ones will sleep for it)
+    early = before - dt.timedelta(seconds=17)
+    plan = fleet_campus.tick_plan(now_map, next_map, now_map, "2027-02-28T23:59:30Z", early, nxt, 5, 60)
+    assert plan["run"] is False and plan["sleep"] == 0
+
+
+def test_the_tick_reconciles_on_change_on_age_and_at_first():
+    at = T0
+    same = {"kiosk-east-01": "on", "kiosk-east-02": "off"}
+    nxt = fleet_campus.next_minute(at)
+    recent = fleet_campus.iso(at - dt.timedelta(seconds=20))
+    assert fleet_campus.tick_plan(same, same, same, recent, at, nxt, 5, 60)["run"] is False
+    assert fleet_campus.tick_plan(same, same, None, None, at, nxt, 5, 60)["why"] == "no reconcile yet"
+    held = dict(same, **{"kiosk-east-02": "on"})  # a hold arrived with a new calendar
+    assert fleet_campus.tick_plan(held, held, same, recent, at, nxt, 5, 60)["why"] == "the expected states changed"
+    old = fleet_campus.iso(at - dt.timedelta(seconds=61))
+    assert fleet_campus.tick_plan(same, same, same, old, at, nxt, 5, 60)["why"] == "the last reconcile is 61 s old"
+
+
+def test_kiosks_newly_due_on_are_woken_before_the_scan():
+    assert fleet_campus.newly_due_on({"a": "on", "b": "off", "c": "on"}, {"a": "off", "b": "off", "c": "on"}) == ["a"]
+    assert fleet_campus.newly_due_on({"a": "on", "b": "unmanaged"}, None) == ["a"]  # a Pi back from a power cut
