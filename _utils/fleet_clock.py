@@ -146,9 +146,11 @@ def now(state=None):
     """UTC now (aware) moved by the state's ``offset_s``: the reconciler's "now"."""
     offset = 0.0
     if state is not None:
-        if not isinstance(state, dict) or not _finite(state.get("offset_s", 0.0)):
-            raise ClockError(f"state: {fleet_fields.shown(state)} is not a clock state")
-        offset = float(state.get("offset_s", 0.0))
+        offset = state.get("offset_s", 0.0) if isinstance(state, dict) else None
+        if not _finite(offset) or abs(offset) > MAX_OFFSET_S:
+            raise ClockError(f"state: {fleet_fields.shown(state)} is not a clock state (offset_s within "
+                             f"+-{MAX_OFFSET_S} s)")
+        offset = float(offset)
     return _dt.datetime.now(_UTC) + _dt.timedelta(seconds=offset)
 
 

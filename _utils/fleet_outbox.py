@@ -96,7 +96,11 @@ def instant(value, field="at"):
         raise OutboxError(f"{field}: expected an ISO 8601 instant, got {fleet_fields.shown(value)}")
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise OutboxError(f"{field}: {fleet_fields.shown(value)} has no UTC offset")
-    return parsed.astimezone(_UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    try:
+        parsed = parsed.astimezone(_UTC)
+    except OverflowError:  # 9999-12-31T23:00:00-05:00 is in year 10000 in UTC
+        raise OutboxError(f"{field}: {fleet_fields.shown(value)} is out of range in UTC") from None
+    return parsed.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _whole(value, field, low, high):
