@@ -352,6 +352,15 @@ def failed_record(previous, failed_at, error):
 # ---------------------------------------------------------------- the view: live Pis, leader, clock
 
 
+def _status_of(record):
+    """The status a peer record holds, if it is one (peers.json is a file: a damaged one is no status)."""
+    status = record.get("status") if isinstance(record, dict) else None
+    try:
+        return _check_status(status, "status") if isinstance(status, dict) else None
+    except CampusError:
+        return None
+
+
 def live(me, own, peers, now, stale_s):
     """
     ``{pi: {"at", "synced", "via"}}`` of the Pis reachable in this Pi's view
@@ -362,8 +371,8 @@ def live(me, own, peers, now, stale_s):
     out = {me: {"at": iso(instant(now, "now")), "synced": bool((own or {}).get("synced")), "via": me}}
     fresh_peers = {}
     for pi, record in sorted((peers or {}).items()):
-        status = (record or {}).get("status")
-        if pi != me and isinstance(status, dict) and fresh(status.get("at"), now, stale_s):
+        status = _status_of(record)
+        if pi != me and status is not None and fresh(status.get("at"), now, stale_s):
             fresh_peers[pi] = status
             out[pi] = {"at": status["at"], "synced": bool(status["clock"]["synced"]), "via": pi}
     for peer, status in fresh_peers.items():
@@ -395,8 +404,8 @@ def peer_clocks(peers, now, stale_s):
     now = instant(now, "now")
     out = []
     for pi, record in sorted((peers or {}).items()):
-        status = (record or {}).get("status")
-        if not isinstance(status, dict):
+        status = _status_of(record)
+        if status is None:
             continue
         try:
             fetched = instant(record.get("fetched_at"), f"peers.{pi}.fetched_at")
@@ -413,8 +422,8 @@ def newest_calendar(peers, serial, now, stale_s):
     """``(pi, serial)`` of the fresh peer announcing the newest calendar serial above ``serial`` (None: none newer)."""
     best = None
     for pi, record in sorted((peers or {}).items()):
-        status = (record or {}).get("status")
-        if not isinstance(status, dict) or not fresh(status.get("at"), now, stale_s):
+        status = _status_of(record)
+        if status is None or not fresh(status.get("at"), now, stale_s):
             continue
         theirs = status.get("serial")
         if isinstance(theirs, int) and (serial is None or theirs > serial) and (best is None or theirs > best[1]):

@@ -1,9 +1,10 @@
 """
 The power engine: desired state + observed state + holds -> actions, and
 the +5/+10/+15 minute verification bookkeeping. Pure: no Salt, no I/O. The
-top master's ``kiosk_power`` runners use it, and a campus Pi can run the same
-steps on its own campus's slice of the inventory (nothing here assumes the
-whole fleet or a top master):
+top master's ``kiosk_power`` runners use it, and each campus Pi master's
+``kiosk_campus`` reconciler runs the same steps on its calendar's slice of
+the inventory (``fleet_campus`` adds the leader and clock gate around it;
+nothing here assumes the whole fleet or a top master):
 
     view = expect(inventory, schedule, state["holds"], now)    # who should be what
     observed = observed_states(...)                            # the Pis' scan + presence (the caller's I/O)
@@ -19,7 +20,9 @@ Vocabulary
     *desired*   ``fleet_schedule.desired_states`` decisions (on/off/unmanaged);
     *observed*  what the campus Pis saw with ``kiosk_scan.scan`` (nmap TCP
                 connect probe of the kiosk's service port), combined with
-                minion presence (the kiosk's minion answered ``test.ping``):
+                minion presence (the kiosk's minion answered ``test.ping``;
+                on a campus Pi master, ``kiosk_campus``: its minion holds a
+                connection to that master):
                 ``on`` when any Pi of its campus saw the port open;
                 ``degraded`` when a Pi saw the port closed and the minion
                 answers (powered on, the kiosk app is down: a sweep wakes it

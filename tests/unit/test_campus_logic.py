@@ -368,3 +368,32 @@ def test_the_tick_reconciles_on_change_on_age_and_at_first():
 def test_kiosks_newly_due_on_are_woken_before_the_scan():
     assert fleet_campus.newly_due_on({"a": "on", "b": "off", "c": "on"}, {"a": "off", "b": "off", "c": "on"}) == ["a"]
     assert fleet_campus.newly_due_on({"a": "on", "b": "unmanaged"}, None) == ["a"]  # a Pi back from a power cut
+
+
+# ---------------------------------------------------------------- hostile peers
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+                       lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+                       max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(["kind", "campus", "pi", "at", "serial", "clock", "sees", "leader",
+                                        "signature", "x"]), JSONISH, max_size=9))
+def test_whatever_a_peer_serves_is_a_valid_status_or_a_named_refusal(doc):
+    try:
+        fleet_campus.verify_status(doc, PUBLIC, "east")
+    except CampusError as exc:
+        assert str(exc).split(":")[0] in ("status", "status.signature", "master.pub")
+    else:  # pragma: no cover - a random document never carries a valid signature
+        pytest.fail("an unsigned document verified")
+    # and a damaged peers.json holding it never crashes the view: what is no status counts as no peer
+    record = {"fetched_at": "2027-03-01T00:30:00Z", "status": doc}
+    view = fleet_campus.live("pi-east-1", SYNCED, {"pi-east-2": record}, T0, 40)
+    assert "pi-east-1" in view and fleet_campus.leader(view) is not None
+    assert isinstance(fleet_campus.peer_clocks({"pi-east-2": record}, T0, 40), list)
+    fleet_campus.newest_calendar({"pi-east-2": record}, 1, T0, 40)
