@@ -141,6 +141,7 @@ class Campus:
             sock.settimeout(0.3)
             self.wol[vlan] = sock
         self.on_sockets = {}
+        self.publish_port = free_tcp_port()
         self.pis = {pi: self.pi(pi) for pi in ("pi-east-1", "pi-east-2")}
 
     def calendar(self, serial, key=RELEASE_KEY, schedule=None):
@@ -159,7 +160,8 @@ class Campus:
         (base / "prom").mkdir(exist_ok=True)
         config = {"root_dir": str(base), "cachedir": str(base / "cache"), "pki_dir": str(pki),
                   "sock_dir": str(base / "sock"), "module_dirs": [str(REPO)], "id": f"{pi}_master",
-                  "kiosk_campus": settings, "log_file": str(base / "master.log")}
+                  "kiosk_campus": settings, "log_file": str(base / "master.log"),
+                  "publish_port": self.publish_port, "ret_port": free_tcp_port()}
         (base / "master").write_text(yaml.safe_dump(config))
         opts = salt.config.master_config(str(base / "master"))
         opts["__role"] = "master"
@@ -454,3 +456,21 @@ def test_a_kiosk_due_on_gets_its_packets_before_the_scan(campus, monkeypatch):
     assert ret["woke_early"] == ["kiosk-east-01", "kiosk-east-02"] and ret["woke"] == ["kiosk-east-01", "kiosk-east-02"]
     assert order == ["wake", "scan"]  # and not woken a second time: the engine's wakes were sent already
     assert len(campus.packets()) == 2 * 3  # 2 kiosks, 3 packets each (wake_repeat), from this one Pi, once
+
+
+def test_a_kiosk_connected_to_the_pi_master_with_its_port_closed_is_degraded(campus):
+    # the Pi master's publish port, and kiosk-east-01's minion connected to it from the kiosk's own address
+    master = listen_tcp("127.0.0.1", campus.publish_port)
+    minion = socket.socket()
+    minion.bind(("127.0.1.11", 0))
+    minion.connect(("127.0.0.1", campus.publish_port))
+    accepted, _ = master.accept()
+    try:
+        probe_all(campus)
+        ret = campus.run("pi-east-1", "reconcile", at=CLOSE)
+    finally:
+        for sock in (accepted, minion, master):
+            sock.close()
+    # powered (its minion is there) but its service port closed: the kiosk app is down; due off, so shut down
+    assert ret["observed"] == {"kiosk-east-01": "degraded", "kiosk-east-02": "off"}
+    assert ret["shut_down"] == ["kiosk-east-01"] and campus.kiosks.presses() == ["kiosk-east-01"]
