@@ -88,12 +88,19 @@ def _serial():
     """The calendar serial this Pi holds (kiosk_campus.calendar without an argument reads it), or None."""
     if "kiosk_campus.calendar" not in __salt__:
         return None
+    # kiosk_campus.calendar sets the job's exit code when it holds no calendar: not this job's failure
+    retcode = __context__.get("retcode")
     try:
         answer = __salt__["kiosk_campus.calendar"]()
     except Exception as exc:  # pylint: disable=broad-except
         # the serial is a courtesy of this answer: a calendar problem must not hold the entries back
         log.warning("kiosk_outbox: calendar serial not read: %s", type(exc).__name__)
-        return None
+        answer = None
+    finally:
+        if retcode is None:
+            __context__.pop("retcode", None)
+        else:
+            __context__["retcode"] = retcode
     serial = answer.get("serial") if isinstance(answer, dict) else None
     return serial if isinstance(serial, int) and not isinstance(serial, bool) else None
 

@@ -18,7 +18,9 @@ import salt.loader
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+import fleet_calendar
 import fleet_inventory
+import fleet_sign
 from fleet_outbox import Outbox, entry_key
 from tests.support.loopback import reply
 from tests.support.topology import two_campus_inventory
@@ -358,3 +360,23 @@ def test_the_module_refuses_bad_arguments(campus, kwargs, text):
 
     with pytest.raises(SaltInvocationError, match=text):
         campus.mods("pi-east-1")["kiosk_outbox.entries"](**kwargs)
+
+
+def test_the_module_reports_the_calendar_serial_the_pi_holds_and_keeps_its_exit_code(campus):
+    release_key, release_pub = fleet_sign.new_key_pair()
+    root = campus.root / "pi-east-1"
+    opts = salt.config.minion_config(None)
+    opts.update({"file_client": "local", "root_dir": str(root), "cachedir": str(root / "cache"),
+                 "module_dirs": [str(REPO)], "id": "pi-east-1", "grains": {},
+                 "pillar": fleet_inventory.slice_for(FLEET, "pi-east-1"),
+                 "kiosk_campus": {"dir": str(root / "campus"), "verify_key": [release_pub]}})
+    mods = salt.loader.minion_mods(opts, utils=salt.loader.utils(opts),
+                                   whitelist=["kiosk_outbox", "kiosk_campus", "config", "pillar"],
+                                   loaded_base_name=f"kf_outbox_serial_{id(campus)}")
+    assert mods["kiosk_outbox.entries"]()["serial"] is None  # no calendar yet: the campus module says so
+    assert mods.pack["__context__"].get("retcode") in (None, 0)  # ... and this job still succeeds
+    inventory = fleet_inventory.validate(FLEET["kiosk_fleet"])
+    doc = fleet_calendar.sign(fleet_calendar.build(inventory, None, {}, "east", 1_800_000_007, 1_800_000_007),
+                              release_key)
+    fleet_calendar.store(str(root / "campus"), doc, [release_pub], "east")
+    assert mods["kiosk_outbox.entries"]()["serial"] == 1_800_000_007
