@@ -520,6 +520,11 @@ class Collected:
                 columns["outbox"] = outbox
             if isinstance(info.get("serial"), int) and not isinstance(info["serial"], bool):
                 columns["serial"] = info["serial"]
+            # the Pi's newest view of its campus's leader, from its own leader entries on this page
+            views = [(item[2], item[3].get("leader")) for item in checked
+                     if item is not None and item[0] == "leader" and item[3].get("pi") == pi]
+            if views and "leader" not in info:
+                info = dict(info, leader=max(views, key=lambda view: view[0])[1])
             for name in ("leader", "clock", "dropped"):
                 if name in info:
                     columns[name] = _json({"v": info[name]}, f"info.{name}")

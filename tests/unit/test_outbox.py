@@ -435,3 +435,19 @@ def test_an_unsynchronised_clock_record_is_posted_as_a_clock_warning():
     assert payload["summary"] == data["summary"] and payload["idempotency_key"] == entry["key"]
     bare = fleet_outbox.alert_payload(dict(entry, data={"pi": "pi-east-2", "synced": False}), "east")
     assert bare["summary"] == "Pi pi-east-2 (east): clock not synchronised; no shutdowns until it is"
+
+
+def test_the_pis_leader_view_comes_from_its_newest_leader_entry(tmp_path):
+    store = Collected(str(tmp_path / "collected.db"))
+
+    def leader(minute, who, pi="pi-east-2"):
+        at = f"2027-02-05T06:{minute:02}:00Z"
+        return {"kind": "leader", "key": entry_key("east", pi, "leader", at), "at": at,
+                "data": {"campus": "east", "pi": pi, "leader": who, "reachable": []}}
+
+    store.merge("east", "pi-east-2", [leader(50, "pi-east-2"), leader(40, "pi-east-1"),
+                                      leader(55, "pi-east-9", pi="pi-east-1")])
+    now = dt.datetime(2027, 2, 5, 12, tzinfo=dt.timezone.utc)
+    assert store.day("east", now=now)["east"]["pis"]["pi-east-2"]["leader"] == "pi-east-2"
+    store.merge("east", "pi-east-2", [])  # a page without leader entries keeps the last view
+    assert store.day("east", now=now)["east"]["pis"]["pi-east-2"]["leader"] == "pi-east-2"
