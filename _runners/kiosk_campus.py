@@ -63,6 +63,10 @@ RECONCILE_WAIT_S = 45
 ERRORS = (fleet_fields.FleetError,)
 
 
+class FetchError(fleet_campus.CampusError):
+    """A peer's HTTP answer that is no document (not 200, too big, not JSON): like no answer, not a refusal."""
+
+
 def __virtual__():
     return __virtualname__
 
@@ -86,6 +90,11 @@ def _calendar(conf, required=True):
             f"calendar: none stored in {conf['dir']} yet (the top master sends it: salt-run kiosk_calendar.publish)",
             field="calendar")
     return doc
+
+
+def _mono():
+    """The host's boot-time clock (s): what a peer status's age is counted on, whatever the wall clock does."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
 
 
 def _clock(conf):
@@ -125,16 +134,16 @@ def _get_json(session, url, timeout, limit):
     answer = session.get(url, timeout=timeout, allow_redirects=False, stream=True)
     try:
         if answer.status_code != 200:
-            raise fleet_campus.CampusError(f"url: {fleet_http.host_of(url)} answered HTTP {answer.status_code}")
+            raise FetchError(f"url: {fleet_http.host_of(url)} answered HTTP {answer.status_code}")
         body = answer.raw.read(limit + 1, decode_content=True)
     finally:
         answer.close()
     if len(body) > limit:
-        raise fleet_campus.CampusError(f"url: {fleet_http.host_of(url)} sent more than {limit} bytes")
+        raise FetchError(f"url: {fleet_http.host_of(url)} sent more than {limit} bytes")
     try:
         return json.loads(body)
     except ValueError:
-        raise fleet_campus.CampusError(f"url: {fleet_http.host_of(url)} sent no JSON") from None
+        raise FetchError(f"url: {fleet_http.host_of(url)} sent no JSON") from None
 
 
 def _fetch_status(inventory, conf, pi, public, clock, previous):
@@ -152,9 +161,11 @@ def _fetch_status(inventory, conf, pi, public, clock, previous):
         with fleet_http.session() as session:
             doc = _get_json(session, url, conf["probe_timeout_s"], fleet_campus.MAX_STATUS_BYTES)
         status = fleet_campus.verify_status(doc, public, conf["campus"], pi, field=f"peers.{pi}")
-        return fleet_campus.peer_record(fleet_clock.now(clock), status=status)
+        return fleet_campus.peer_record(fleet_clock.now(clock), status=status, mono=_mono())
     except requests.RequestException as exc:
         error = fleet_http.describe_error(exc, url)
+    except FetchError as exc:
+        error = str(exc)
     except ERRORS as exc:  # fail closed: unsigned, badly signed, another campus: unreachable
         error = str(exc)
         previous = None  # a refused status also withdraws the last good one: the key or the Pi changed
@@ -342,13 +353,13 @@ def _probe(conf):
                            for p in others}
                 peers = {p: f.result() for p, f in futures.items()}
         now = fleet_clock.now(clock)
-        newer = fleet_campus.newest_calendar(peers, doc["serial"], now, conf["stale_s"])
+        newer = fleet_campus.newest_calendar(peers, doc["serial"], now, conf["stale_s"], _mono())
         if newer is not None:
             taken = _take_calendar(inventory, conf, newer[0])
             if taken.get("stored"):
                 doc = _calendar(conf)
     campus_pis = None if doc is None else fleet_campus.pis_of(fleet_calendar.inventory_of(doc), campus)
-    reachable = fleet_campus.live(me, clock, peers, now, conf["stale_s"])
+    reachable = fleet_campus.live(me, clock, peers, now, conf["stale_s"], _mono())
     leader_pi = fleet_campus.leader(reachable, campus_pis)
     sees = {p: v for p, v in reachable.items() if p != me and v["via"] == p}
     serial = None if doc is None else doc["serial"]
@@ -417,10 +428,11 @@ def _reconcile(conf, at):
     clock, clock_now = _clock(conf)
     now = clock_now if at in (None, "") else fleet_campus.instant(at, "at")
     peers = _peers(conf)
-    reachable = fleet_campus.live(me, clock, peers, clock_now, conf["stale_s"])
+    mono = _mono()
+    reachable = fleet_campus.live(me, clock, peers, clock_now, conf["stale_s"], mono)
     leader_pi = fleet_campus.leader(reachable, campus_pis)
-    confirmed_by = fleet_clock.confirmed(clock_now, fleet_campus.peer_clocks(peers, clock_now, conf["stale_s"]),
-                                         conf["confirm_tolerance_s"])
+    confirmed_by = fleet_clock.confirmed(
+        clock_now, fleet_campus.peer_clocks(peers, clock_now, conf["stale_s"], mono), conf["confirm_tolerance_s"])
     allowed = fleet_campus.gate(clock, confirmed_by, leader_pi == me, leader_pi)
     timezone = inventory["campuses"][campus]["timezone"]
     store = fleet_state.Store(conf["dir"], STATE_FILE, STATE_DEFAULTS, 30, fleet_campus.CampusError)

@@ -325,9 +325,15 @@ def verify_status(doc, public_pem, campus, pi=None, field="status"):
     return doc
 
 
-def peer_record(fetched_at, status=None, error=None):
-    """What the probe keeps of one peer: ``{"fetched_at", "status"}`` (verified) or ``{"fetched_at", "error"}``."""
+def peer_record(fetched_at, status=None, error=None, mono=None):
+    """
+    What the probe keeps of one peer: ``{"fetched_at", "fetched_mono",
+    "status"}`` (verified) or ``{"fetched_at", "error"}``. ``mono``: the
+    host's boot-time clock at the fetch (seconds), which no clock step moves.
+    """
     record = {"fetched_at": iso(instant(fetched_at, "fetched_at"))}
+    if isinstance(mono, (int, float)) and not isinstance(mono, bool):
+        record["fetched_mono"] = float(mono)
     if status is not None:
         record["status"] = status
     else:
@@ -343,7 +349,7 @@ def failed_record(previous, failed_at, error):
     """
     record = {"fetched_at": iso(instant(failed_at, "failed_at"))}
     if isinstance(previous, dict) and isinstance(previous.get("status"), dict) and previous.get("fetched_at"):
-        record = {"fetched_at": previous["fetched_at"], "status": previous["status"]}
+        record = {k: previous[k] for k in ("fetched_at", "fetched_mono", "status") if k in previous}
     record["error"] = str(error or "no answer")[:300]
     record["failed_at"] = iso(instant(failed_at, "failed_at"))
     return record
@@ -361,18 +367,46 @@ def _status_of(record):
         return None
 
 
-def live(me, own, peers, now, stale_s):
+def status_age(record, status, now, mono_now=None):
+    """
+    How old (s) a fetched peer status is by its own signed ``at``: its age
+    when fetched (``fetched_at - at``, this Pi's clock then) plus the time
+    since the fetch on the boot-time clock (``mono_now - fetched_mono``), so
+    a step of this Pi's clock (NTP's first sync, a lab's compressed day)
+    neither revives nor kills a peer. Without those: ``now - at``. None when
+    unknown (a fetch "after" now: the host rebooted since).
+    """
+    try:
+        at = instant(status.get("at"), "status.at")
+        fetched = instant(record.get("fetched_at"), "fetched_at")
+    except CampusError:
+        return None
+    mono = record.get("fetched_mono")
+    if mono_now is None or isinstance(mono, bool) or not isinstance(mono, (int, float)):
+        return (instant(now, "now") - at).total_seconds()
+    since = mono_now - mono
+    if since < 0:
+        return None
+    return since + (fetched - at).total_seconds()
+
+
+def _fresh_status(record, status, now, stale_s, mono_now):
+    age = status_age(record, status, now, mono_now)
+    return age is not None and abs(age) <= stale_s
+
+
+def live(me, own, peers, now, stale_s, mono_now=None):
     """
     ``{pi: {"at", "synced", "via"}}`` of the Pis reachable in this Pi's view
     at ``now``: this Pi (``own``: its clock state), every peer whose fetched
-    signed status is fresh, and every Pi a fresh peer's status sees fresh
-    (``via`` that peer: one hop).
+    signed status is fresh (:func:`status_age` within ``stale_s``), and every
+    Pi a fresh peer's status sees fresh (``via`` that peer: one hop).
     """
     out = {me: {"at": iso(instant(now, "now")), "synced": bool((own or {}).get("synced")), "via": me}}
     fresh_peers = {}
     for pi, record in sorted((peers or {}).items()):
         status = _status_of(record)
-        if pi != me and status is not None and fresh(status.get("at"), now, stale_s):
+        if pi != me and status is not None and _fresh_status(record, status, now, stale_s, mono_now):
             fresh_peers[pi] = status
             out[pi] = {"at": status["at"], "synced": bool(status["clock"]["synced"]), "via": pi}
     for peer, status in fresh_peers.items():
@@ -395,11 +429,12 @@ def leader(reachable, campus_pis=None):
     return min(synced or pis)
 
 
-def peer_clocks(peers, now, stale_s):
+def peer_clocks(peers, now, stale_s, mono_now=None):
     """
     The peers' clock readings for ``fleet_clock.confirmed``: ``[{"pi", "at",
-    "synced"}]``, each peer's signed ``at`` moved on by how long ago (by this
-    Pi's clock) it was fetched, for peers fetched within ``stale_s``.
+    "synced"}]``, each peer's signed ``at`` moved on by how long ago it was
+    fetched (boot-time clock when known, else this Pi's), for peers fetched
+    within ``stale_s``.
     """
     now = instant(now, "now")
     out = []
@@ -412,18 +447,22 @@ def peer_clocks(peers, now, stale_s):
             at = instant(status.get("at"), f"peers.{pi}.status.at")
         except CampusError:
             continue
-        age = (now - fetched).total_seconds()
+        mono = record.get("fetched_mono")
+        if mono_now is not None and isinstance(mono, (int, float)) and not isinstance(mono, bool):
+            age = mono_now - mono
+        else:
+            age = (now - fetched).total_seconds()
         if 0 <= age <= stale_s:
             out.append({"pi": pi, "at": iso(at + _dt.timedelta(seconds=age)), "synced": bool(status["clock"]["synced"])})
     return out
 
 
-def newest_calendar(peers, serial, now, stale_s):
+def newest_calendar(peers, serial, now, stale_s, mono_now=None):
     """``(pi, serial)`` of the fresh peer announcing the newest calendar serial above ``serial`` (None: none newer)."""
     best = None
     for pi, record in sorted((peers or {}).items()):
         status = _status_of(record)
-        if status is None or not fresh(status.get("at"), now, stale_s):
+        if status is None or not _fresh_status(record, status, now, stale_s, mono_now):
             continue
         theirs = status.get("serial")
         if isinstance(theirs, int) and (serial is None or theirs > serial) and (best is None or theirs > best[1]):

@@ -18,6 +18,7 @@ import pathlib
 import shutil
 import socket
 import sys
+import time
 
 import pytest
 import salt.client
@@ -148,7 +149,7 @@ class Campus:
         doc = fleet_calendar.build(self.inventory, schedule or SCHEDULE, {}, "east", serial, serial)
         return fleet_calendar.sign(doc, key)
 
-    def pi(self, pi, campus_pem=CAMPUS_PEM, campus_pub=CAMPUS_PUB):
+    def pi(self, pi, campus_pem=CAMPUS_PEM, campus_pub=CAMPUS_PUB, **more):
         base = self.root / pi
         pki = base / "pki"
         fleet_keys.write_master_key_pair(str(pki), campus_pem, campus_pub)
@@ -156,7 +157,7 @@ class Campus:
         settings = {"dir": str(base / "campus"), "campus": "east", "pi": pi, "verify_key": [RELEASE_PUB],
                     "repo_dir": str(base / "repo"), "clock_file": str(base / "clock.json"),
                     "probe_timeout_s": 1, "shutdown_delay_s": 0, "scan_host_timeout_s": 2,
-                    "textfile_dir": str(base / "prom")}
+                    "textfile_dir": str(base / "prom"), **more}
         (base / "prom").mkdir(exist_ok=True)
         config = {"root_dir": str(base), "cachedir": str(base / "cache"), "pki_dir": str(pki),
                   "sock_dir": str(base / "sock"), "module_dirs": [str(REPO)], "id": f"{pi}_master",
@@ -336,7 +337,10 @@ def test_at_closing_only_the_leader_shuts_down_and_a_new_leader_never_presses_tw
     assert kwarg["key"] == f"east/{{id}}/shutdown/{CLOSING}" and targets == ["kiosk-east-01", "kiosk-east-02"]
     # pi-east-1 dies (its repository answers nothing); the kiosks have not gone down yet
     campus.repos["pi-east-1"].down = True
-    campus.clock("pi-east-2", offset_s=60)  # a minute later on pi-east-2: pi-east-1's last status is stale
+    campus.pis["pi-east-2"] = campus.pi("pi-east-2", stale_s=5)  # a short bound, not to wait 40 s here
+    campus.run("pi-east-2", "probe")
+    assert campus.run("pi-east-2", "probe")["leader_pi"] == "pi-east-1"  # one lost fetch moves nothing...
+    time.sleep(5.5)  # ...the last status pi-east-1 wrote going stale does
     campus.run("pi-east-2", "probe")
     took_over = campus.run("pi-east-2", "reconcile", at="2027-03-01T20:01:30+08:00")
     assert took_over["leader"] is True and took_over["live"] == ["pi-east-2"]
@@ -360,7 +364,9 @@ def test_an_unsynchronised_clock_shuts_nothing_down_and_leaves_a_clock_entry(cam
     assert len(clock) == 1 and clock[0]["data"]["synced"] is False and clock[0]["key"].startswith("east/pi-east-1/clock/")
     # alone (pi-east-2 gone) nothing confirms it: it neither wakes nor shuts down, and still says so
     campus.repos["pi-east-2"].down = True
-    campus.clock("pi-east-1", synced=False, offset_s=120)
+    campus.pis["pi-east-1"] = campus.pi("pi-east-1", stale_s=5)
+    campus.clock("pi-east-1", synced=False)
+    time.sleep(5.5)
     campus.run("pi-east-1", "probe")
     alone = campus.run("pi-east-1", "reconcile", at=OPEN)
     assert alone["leader"] is True and alone["clock"]["confirmed_by"] == []

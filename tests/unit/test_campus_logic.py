@@ -154,6 +154,25 @@ def test_leadership_moves_within_60_s_of_the_leader_death():
     assert moved is not None and moved <= 60
 
 
+def test_a_step_of_this_pi_clock_neither_revives_nor_kills_a_peer():
+    fetched = T0 - dt.timedelta(seconds=3)
+    record = fleet_campus.peer_record(fetched, status=status("pi-east-1", T0 - dt.timedelta(seconds=8)), mono=1000.0)
+    # 10 s later on the boot-time clock, whatever the wall clock says now
+    for now in (T0 + dt.timedelta(seconds=7), T0 + dt.timedelta(hours=3), T0 - dt.timedelta(days=30)):
+        assert fleet_campus.status_age(record, record["status"], now, 1010.0) == 15.0
+        view = fleet_campus.live("pi-east-2", SYNCED, {"pi-east-1": record}, now, 40, mono_now=1010.0)
+        assert fleet_campus.leader(view) == "pi-east-1"
+    # 40 s later: 45 s old, stale, even if the wall clock stepped back
+    stale = fleet_campus.live("pi-east-2", SYNCED, {"pi-east-1": record}, T0 - dt.timedelta(hours=1), 40, 1040.0)
+    assert list(stale) == ["pi-east-2"]
+    # the host rebooted since the fetch (the boot-time clock restarted): unknown, so not live
+    assert fleet_campus.status_age(record, record["status"], T0, 12.0) is None
+    # a lost fetch keeps the last good status and its fetch times
+    kept = fleet_campus.failed_record(record, T0, "connection refused")
+    assert kept["status"] == record["status"] and kept["fetched_mono"] == 1000.0 and kept["error"]
+    assert "status" not in fleet_campus.failed_record(None, T0, "refused")
+
+
 def test_one_hop_a_pi_the_others_reach_still_leads():
     # pi-east-3 cannot reach pi-east-1, but pi-east-2 can and says so in its signed status
     p2 = status("pi-east-2", T0, sees={"pi-east-1": {"at": "2027-03-01T00:29:50Z", "synced": True}})
