@@ -595,12 +595,8 @@ class Collected:
         shown = {}
         with self._conn() as conn:
             conn.execute("BEGIN")
-            pis = conn.execute("SELECT campus, pi, outbox, cursor, collected_at, serial, leader, clock, dropped"
-                               " FROM pis WHERE ? IS NULL OR campus = ? ORDER BY campus, pi", (campus, campus))
-            for name, pi, outbox, cursor, collected_at, serial, leader, clock, dropped in pis.fetchall():
-                view = shown.setdefault(name, _empty_day())
-                view["pis"][pi] = {"cursor": cursor, "outbox": outbox, "collected_at": collected_at, "serial": serial,
-                                   "leader": _unwrap(leader), "clock": _unwrap(clock), "dropped": _unwrap(dropped)}
+            for name, pis in self._pis(conn, campus).items():
+                shown.setdefault(name, _empty_day())["pis"] = pis
             for kind, title in lists.items():
                 rows = conn.execute(
                     "SELECT * FROM (SELECT campus, key, at, pi, seen_by, data, posted FROM entries"
@@ -622,6 +618,28 @@ class Collected:
                 shown.setdefault(name, _empty_day())["kiosks"][kiosk] = {
                     "at": at, "observed": data.get("observed"), "expected": data.get("expected"), "pi": pi}
         return shown
+
+    @staticmethod
+    def _pis(conn, campus):
+        found = {}
+        rows = conn.execute("SELECT campus, pi, outbox, cursor, collected_at, serial, leader, clock, dropped"
+                            " FROM pis WHERE ? IS NULL OR campus = ? ORDER BY campus, pi", (campus, campus))
+        for name, pi, outbox, cursor, collected_at, serial, leader, clock, dropped in rows.fetchall():
+            found.setdefault(name, {})[pi] = {
+                "cursor": cursor, "outbox": outbox, "collected_at": collected_at, "serial": serial,
+                "leader": _unwrap(leader), "clock": _unwrap(clock), "dropped": _unwrap(dropped)}
+        return found
+
+    def pis(self, campus=None):
+        """
+        ``{campus: {pi: {"cursor", "outbox", "collected_at", "serial",
+        "leader", "clock", "dropped"}}}`` of the Pis collected at least once
+        (what :meth:`day` shows under ``pis``), without reading any entry.
+        """
+        if campus is not None:
+            _name(campus, "campus")
+        with self._conn() as conn:
+            return self._pis(conn, campus)
 
     def counters(self):
         """``[(metric, labels dict, count)]``, sorted: the ``_total`` counters for the metrics."""

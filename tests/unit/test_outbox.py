@@ -345,6 +345,8 @@ def test_day_shows_the_pis_the_lists_and_each_kiosks_last_observation(tmp_path):
     assert (pi["cursor"], pi["outbox"], pi["serial"], pi["leader"]) == (3, "ab" * 16, 7, "pi-east-1")
     assert pi["clock"] == {"synced": True, "offset_s": 0.0} and pi["collected_at"].endswith("Z")
     assert sorted(store.day("west")) == ["west"]
+    assert store.pis() == {"east": east["pis"], "west": day["west"]["pis"]}
+    assert list(store.pis("west")) == ["west"] and store.pis("north") == {}
     assert len(store.day("east", since="2027-01-01T00:00:00Z")["east"]["verifications"]) == 1
     with pytest.raises(OutboxError) as err:
         store.day("east", since="yesterday")
