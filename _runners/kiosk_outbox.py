@@ -59,7 +59,10 @@ def __virtual__():
 
 def _dir():
     path = os.path.join(__opts__["cachedir"], STATE_DIR)
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise fleet_runner.RunnerError(f"cachedir: cannot create {path} ({exc.strerror})", field="cachedir") from None
     return path
 
 
@@ -237,6 +240,8 @@ def collect(campus=None, timeout=20, limit=None, budget_s=None):
             store.prune()
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
+    except OSError as exc:  # the lock file: the store's own errors are OutboxErrors
+        return fleet_runner.fail(__context__, f"cachedir: {exc}")
     _metrics(store, settings["textfile_dir"])
     problems = [f"{pi}: {why}" for pi, why in sorted(report["failed"].items())] + report["alerts"]["errors"]
     if problems:

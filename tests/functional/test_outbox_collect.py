@@ -313,6 +313,14 @@ def test_bad_arguments_fail_naming_the_field(campus, top, kwargs, field):
     assert campus.jobs == []
 
 
+def test_an_unusable_cachedir_fails_the_run_naming_it(campus, top, tmp_path):
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    (tmp_path / "cache" / "kiosk_outbox").write_text("a file where the store's folder goes")
+    ret = top["kiosk_outbox.collect"](timeout=5)
+    assert ret["result"] is False and ret["retcode"] == 1 and ret["error"].startswith("cachedir:")
+    assert campus.jobs == []
+
+
 def test_day_refuses_a_bad_since(top):
     ret = top["kiosk_outbox.day"](since="yesterday")
     assert ret["result"] is False and ret["error"].startswith("since:")
