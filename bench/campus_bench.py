@@ -3,9 +3,12 @@ Campus autonomy figures, on loopback only, with the pack's real parts loaded
 through Salt's loaders (no Salt daemon is started):
 
 1. from a due instant to magic packets on the wire: a Pi master's
-   ``kiosk_campus.reconcile`` (the runner, as the Pi master's schedule runs
-   it) at the opening instant of a campus whose kiosks are 30 % off; UDP
-   listeners on the VLAN broadcasts stamp the first and last packet;
+   ``kiosk_campus.reconcile`` (the runner) at the opening instant of a
+   campus whose kiosks are 30 % off, and end to end through
+   ``kiosk_campus.tick`` (what the Pi master's schedule runs every few
+   seconds) started 3 s before the opening by the Pi's clock; UDP listeners
+   on the VLAN broadcasts stamp the first and last packet of the campus's
+   kiosks (the leader's shutdown jobs, if any, go to a stand-in client);
 2. that run's duration (30 % of the kiosks off: presence comes from the Pi
    master's own connection table, the nmap probe answers at once for a
    closed port; nothing waits out a ping timeout), and a steady-state run;
@@ -28,7 +31,7 @@ through Salt's loaders (no Salt daemon is started):
 Needs the ``nmap`` binary (1-3). Prints figures; asserts nothing. About a
 minute:
 
-    .venv/bin/python bench/campus_bench.py [--kiosks 35,300] [--pis 2] [--skip failover]
+    .venv/bin/python bench/campus_bench.py [--kiosks 35,300] [--pis 2] [--skip reconcile,failover,collect]
 """
 
 import argparse
