@@ -17,8 +17,9 @@ through Salt's loaders (no Salt daemon is started):
    repeated) and the whole run (the runner's own CPU, nmap's CPU as a child
    process, and the wall time);
 4. leader failover: Pis probing each other (``kiosk_campus.probe``) on
-   simulated clocks (the clock files' ``offset_s``: every probe round moves
-   the Pis' clocks on by the probe interval), the leader's repository stops
+   simulated clocks (the clock files' ``offset_s`` and the runner's
+   boot-time clock function: every probe round moves both on by the probe
+   interval), the leader's repository stops
    answering (the Pi died) at several phases of the probe interval; the
    simulated seconds until every live Pi names the new leader;
 5. from reconnect to the top master showing a full day of a 35-kiosk
@@ -213,6 +214,7 @@ class Campus:
         macs = {fleet_wol.kiosk_mac(k["mac"]) for k in spec["kiosks"].values()}
         self.listeners = [Listener(f"127.0.{40 + v}.255", self.wol_port, macs) for v in range(len(spec["vlans"]))]
         self.offsets = dict.fromkeys(names, 0.0)
+        self.mono_start = time.monotonic()
         self.serial = 1_800_000_000
         self.pis = {pi: self.load(pi) for pi in names}
 
@@ -240,6 +242,18 @@ class Campus:
     def set_clock(self, pi, offset):
         self.offsets[pi] = offset
         (self.root / pi / "clock.json").write_text(json.dumps({"synced": True, "offset_s": offset}))
+
+    def simulate(self, pi, elapsed):
+        """
+        The Pi's clocks ``elapsed`` simulated seconds on: its wall clock (the
+        clock file) and its boot-time clock (the runner's ``_mono``, which a
+        peer status's age is counted on, stood in by a function).
+        """
+        self.set_clock(pi, elapsed)
+        names = self.pis[pi]["kiosk_campus.probe"].func.__globals__
+        if "_mono" in names:
+            start = self.mono_start
+            names["_mono"] = lambda: start + elapsed
 
     def run(self, pi, fun, **kwargs):
         return self.pis[pi][f"kiosk_campus.{fun}"](**kwargs)
@@ -386,7 +400,7 @@ def bench_failover(root, pis, phases, probe_every=20.0):
             t = 0.0
             for _ in range(2):
                 for pi in names:
-                    campus.set_clock(pi, t)
+                    campus.simulate(pi, t)
                     campus.run(pi, "probe")
                 t += probe_every
             leader = campus.run(names[-1], "probe")["leader_pi"]
@@ -397,7 +411,7 @@ def bench_failover(root, pis, phases, probe_every=20.0):
             while moved is None and t - died < 600:
                 leaders = set()
                 for pi in live:
-                    campus.set_clock(pi, t)
+                    campus.simulate(pi, t)
                     leaders.add(campus.run(pi, "probe")["leader_pi"])
                 if leader not in leaders and len(leaders) == 1:
                     moved = t - died
