@@ -480,3 +480,24 @@ def test_a_kiosk_connected_to_the_pi_master_with_its_port_closed_is_degraded(cam
     # powered (its minion is there) but its service port closed: the kiosk app is down; due off, so shut down
     assert ret["observed"] == {"kiosk-east-01": "degraded", "kiosk-east-02": "off"}
     assert ret["shut_down"] == ["kiosk-east-01"] and campus.kiosks.presses() == ["kiosk-east-01"]
+
+
+def test_the_module_names_what_is_missing(campus, tmp_path):
+    from salt.exceptions import CommandExecutionError
+
+    def module(pillar):
+        opts = salt.config.minion_config(None)
+        opts.update({"file_client": "local", "root_dir": str(tmp_path / "m"), "cachedir": str(tmp_path / "m"),
+                     "module_dirs": [str(REPO)], "id": "pi-east-1", "grains": {},
+                     "pillar": {"kiosk_fleet": copy.deepcopy(campus.inventory), **pillar},
+                     "kiosk_campus": {"dir": str(tmp_path / "campus"), "master_config": str(tmp_path / "no-master")}})
+        return salt.loader.minion_mods(opts, utils=salt.loader.utils(opts),
+                                       whitelist=["kiosk_campus", "config", "pillar"],
+                                       loaded_base_name=f"kf_campus_mod_missing_{len(pillar)}_{id(opts)}")
+
+    with pytest.raises(CommandExecutionError, match="^kiosk_campus:verify_key: "):
+        module({})["kiosk_campus.calendar"]()
+    mods = module({"kiosk_release": {"verify_key": [RELEASE_PUB]}})
+    assert mods["kiosk_campus.calendar"]()["error"].startswith("calendar: none stored")
+    with pytest.raises(CommandExecutionError, match="^kiosk_campus:master_config: "):
+        mods["kiosk_campus.reconcile"]()
