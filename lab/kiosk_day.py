@@ -13,8 +13,9 @@ state, and 5, 10 and 15 minutes after each (the verification). At each step
 every running Pi's clock is set through its ``kiosk_campus:clock_file``
 (``{"synced": true, "offset_s": <simulated - host time>}``; the host's clock
 is never touched), then each running Pi master runs ``kiosk_campus.probe``
-and ``kiosk_campus.reconcile`` (``salt-run -c <run>/<pi>``, as its own
-schedule would), and the step waits for the kiosks to follow (the simulator's
+(twice: statuses out, then the peers' fresh ones in) and
+``kiosk_campus.reconcile`` (``salt-run -c <run>/<pi>``, as its own schedule
+would), and the step waits for the kiosks to follow (the simulator's
 power state). From ``--outage-from`` to ``--outage-to`` the campus's WAN link
 is cut (its Pis' syndics stopped by pid, as ``kiosk-lab cut``) or the top
 master is stopped (``--outage top``). One kiosk's NIC ignores magic packets
@@ -395,6 +396,9 @@ def cmd_day(args):
         for pi in pis:
             kiosk_lab.write_clock(run, pi, offset)
         before = sim_state(run)
+        # twice: the first round publishes every Pi's status at the new time, the second reads its peers' fresh
+        # ones (right after a jump of the clocks every status read before looks stale: no leader would agree)
+        on_every(run, pis, "kiosk_campus.probe")
         on_every(run, pis, "kiosk_campus.probe")
         answers = on_every(run, pis, "kiosk_campus.reconcile")
         after, pending = await_kiosks(run, before, kept_off, args.settle)
