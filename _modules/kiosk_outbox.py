@@ -116,9 +116,10 @@ def entries(cursor=0, limit=fleet_outbox.DEFAULT_LIMIT, outbox=None, cursors=Non
     """
     Acknowledge ``cursor`` (prune the entries up to it) and return the next
     at most ``limit`` entries of this Pi's outbox. ``outbox``: the outbox id
-    the collector got with that cursor; a cursor of another outbox, or
-    beyond this one's last entry (the file was recreated), is not
-    acknowledged and the answer starts from 0 (``reset: True``).
+    the collector got with that cursor; a cursor of another outbox (the
+    file was recreated), or one this outbox never handed out (a return
+    forged for this Pi), is not acknowledged and the answer starts from 0
+    (``reset: True``).
     ``cursors``: ``{pi: {"cursor", "outbox"}}`` for one job to every Pi;
     this Pi takes its own (none: from 0).
 
@@ -153,6 +154,7 @@ def entries(cursor=0, limit=fleet_outbox.DEFAULT_LIMIT, outbox=None, cursors=Non
             log.warning("kiosk_outbox: cursor %s is not of this outbox (recreated?): collecting from 0", cursor)
             cursor, reset = 0, True
         page = box.after(cursor, limit)
+        box.handed(page["cursor"])  # only a cursor this outbox handed out is acknowledged later
     except fleet_outbox.OutboxError as exc:
         raise CommandExecutionError(f"kiosk_campus.dir: {exc}") from None
     return dict(page, result=True, pi=me, campus=campus, acked=acked, reset=reset, serial=_serial(), clock=_clock())

@@ -314,18 +314,31 @@ class Outbox:
 
     def knows(self, cursor, outbox=None):
         """
-        True when ``cursor`` can be acknowledged here: not beyond this
-        outbox's last sequence number, and ``outbox`` (the id the collector
-        got with it) is this outbox's id or None. False means the outbox was
-        recreated since: collect again from 0.
+        True when ``cursor`` can be acknowledged here: ``outbox`` (the id the
+        collector got with it) is this outbox's id or None, and this outbox
+        handed out a page up to it (:meth:`handed`). False means the outbox
+        was recreated since, or the cursor never came from it (a return
+        forged for this Pi while it was cut off): collect again from 0,
+        which the dedup by key makes safe, rather than prune what nobody
+        collected.
         """
         cursor = check_cursor(cursor)
         if outbox is not None and not isinstance(outbox, str):
             raise OutboxError(f"outbox: {fleet_fields.shown(outbox)} is not an outbox id")
         with self._conn() as conn:
-            if outbox is not None and outbox != self._meta(conn)["outbox"]:
+            meta = self._meta(conn)
+            if outbox is not None and outbox != meta["outbox"]:
                 return False
-            return cursor <= self._last_seq(conn)
+            return cursor <= min(self._last_seq(conn), int(meta.get("handed", 0)))
+
+    def handed(self, cursor):
+        """Record that a page up to ``cursor`` went out to the collector (what :meth:`knows` accepts)."""
+        cursor = check_cursor(cursor)
+        with self._conn() as conn, _write(conn):
+            if cursor > self._last_seq(conn):
+                raise OutboxError(f"cursor: {cursor} is beyond this outbox's last entry")
+            conn.execute("INSERT INTO meta (name, value) VALUES ('handed', ?) ON CONFLICT (name) DO UPDATE"
+                         " SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))", (str(cursor),))
 
     def ack(self, cursor):
         """

@@ -303,6 +303,24 @@ def test_an_answer_for_another_pi_is_not_taken(campus, top, monkeypatch):
     assert ret["result"] is False and ret["failed"]["pi-east-1"].startswith("answer.pi:")
 
 
+def test_a_cursor_forged_for_a_cut_off_pi_prunes_nothing(campus, top, webhook):
+    box = campus.outbox("pi-east-1")
+    box.add_many([action("pi-east-1", f"kiosk-east-{n:02}") for n in range(1, 5)] + [mismatch("pi-east-1", "kiosk-east-03")])
+    outbox_id = box.after()["outbox"]  # every job to the Pi master's minions carries it: no secret
+
+    class Forger:  # the Pi is cut off; something behind the syndic answers in its name
+        def __getitem__(self, fun):
+            return lambda **kw: {"result": True, "pi": "pi-east-1", "campus": "east", "entries": [], "cursor": 5,
+                                 "outbox": outbox_id, "more": False}
+
+    campus.stand_in["pi-east-1"] = Forger()
+    assert top["kiosk_outbox.collect"](campus="east", timeout=5)["new"] == {}
+    del campus.stand_in["pi-east-1"]  # the real Pi back: the forged cursor 5 never came from it
+    ret = top["kiosk_outbox.collect"](campus="east", timeout=5)
+    assert ret["campuses"]["east"]["pis"]["pi-east-1"]["reset"] is True
+    assert ret["new"] == {"action": 4, "alert": 1} and len(webhook.posts) == 1
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"campus": "north"}, "campus"), ({"timeout": 0}, "timeout"), ({"limit": 10**6}, "limit"),
     ({"budget_s": -1}, "budget_s"),

@@ -119,11 +119,26 @@ def test_acknowledged_observations_are_forgotten(outbox):
 
 def test_a_cursor_beyond_the_last_entry_is_not_acknowledged(outbox):
     outbox.add(*action("kiosk-east-01"))
+    outbox.handed(1)
     assert outbox.knows(1) and not outbox.knows(2)
     with pytest.raises(OutboxError) as err:
         outbox.ack(2)
     assert err.value.field == "cursor"
+    with pytest.raises(OutboxError) as err:
+        outbox.handed(2)
+    assert err.value.field == "cursor"
     assert len(outbox.after()["entries"]) == 1
+
+
+def test_only_a_cursor_this_outbox_handed_out_is_known(outbox):
+    # a return forged for a cut-off Pi can name a cursor the Pi never handed out: acknowledging it
+    # would prune entries nobody collected
+    outbox.add_many([action(f"kiosk-east-{n:02}") for n in range(1, 6)])
+    assert not outbox.knows(3)
+    outbox.handed(outbox.after(0, limit=3)["cursor"])
+    assert outbox.knows(3) and not outbox.knows(4)
+    outbox.handed(1)  # an older page again (a lost answer): the mark never goes back
+    assert outbox.knows(3)
 
 
 def test_a_recreated_outbox_is_told_by_its_id(tmp_path):
@@ -131,12 +146,14 @@ def test_a_recreated_outbox_is_told_by_its_id(tmp_path):
     old = Outbox(path)
     old.add_many([action(f"kiosk-east-{n:02}") for n in range(1, 6)])
     old_id = old.after()["outbox"]
+    old.handed(5)
     assert old.knows(5, old_id)
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.unlink(path + suffix)
     new = Outbox(path)
     new.add_many([action(f"kiosk-east-{n:02}", pi="pi-east-2") for n in range(1, 8)])
+    new.handed(7)
     # the old cursor 5 is not beyond the new last seq 7: only the id tells the files apart
     assert new.knows(5) is True and new.knows(5, old_id) is False
     assert new.after()["outbox"] != old_id
