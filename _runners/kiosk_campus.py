@@ -452,6 +452,8 @@ def _reconcile(conf, at):
         wake_ret = _wake_rest(inventory, conf, decision["wake"], early, early_ret) if decision["wake"] else None
         shutdown_ret = _shutdown(conf, decision["shutdown"], transitions) if decision["shutdown"] else None
         woken, shut_down, act_errors = fleet_sweep.acted(decision, wake_ret, shutdown_ret)
+        if wake_ret is None and (early_ret or {}).get("error"):  # the early wake's trouble, when no later wake reports it
+            act_errors.append(f"wake: {early_ret['error']}")
         state, record = fleet_sweep.settle(state, view, decision, woken, shut_down, errors + act_errors, pis,
                                            {"source": "calendar", "serial": doc["serial"]},
                                            _dt.datetime.now(_dt.timezone.utc))
