@@ -153,7 +153,7 @@ class _Signer:
 # ---------------------------------------------------------------- compile, send
 
 
-def _compile(data, inventory, schedule, holds, campuses, force, now):
+def _compile(data, inventory, schedule, holds, campuses, force, now, reported):
     """
     Under the state lock: per campus the calendar to send, signed anew (new
     serial) only when its content changed, ``force``, or the last one is
@@ -173,7 +173,9 @@ def _compile(data, inventory, schedule, holds, campuses, force, now):
                         and doc.get("serial") == record.get("serial")):
                     out[campus] = (doc, False)
                     continue
-                serial = fleet_calendar.next_serial(record.get("serial"), now)
+                # above every serial a Pi of the campus was seen holding: a Pi keeps only newer ones
+                floor = fleet_calendar.highest_serial(record, reported, fleet_inventory.pis_of(inventory, campus))
+                serial = fleet_calendar.next_serial(floor, now)
                 doc = fleet_calendar.sign(dict(unsigned, serial=serial), signer.key())
                 # a key the Pis cannot verify with would be refused by every Pi: say so here
                 fleet_calendar.verify(doc, signer.verify_keys(), campus)
@@ -300,11 +302,11 @@ def publish(campus=None, force=False, timeout=DEFAULT_TIMEOUT):
         schedule, source = fleet_calendar.schedule_in_force(__opts__["cachedir"], data, inventory)
         holds = fleet_calendar.holds_in_force(__opts__["cachedir"])
         now = time.time()
-        docs, errors = _compile(data, inventory, schedule, holds, campuses, force, now)
+        reported = _reported()
+        docs, errors = _compile(data, inventory, schedule, holds, campuses, force, now, reported)
         state = _store().read()
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    reported = _reported()
     jobs, targets = {}, {}
     for name, (doc, changed) in docs.items():
         pis = fleet_inventory.pis_of(inventory, name)

@@ -347,6 +347,25 @@ def _when(value):
         return None
 
 
+def highest_serial(record, reported, pis):
+    """
+    The highest serial known for a campus: the last one published
+    (``record["serial"]``), any a Pi answered (``record["pis"]``) or reported
+    to the outbox collection (``reported``, for ``pis`` only). A new serial
+    goes above it, so a top master whose state was lost, or whose clock went
+    back, still publishes calendars its Pis take. None when none is known.
+    """
+    if not isinstance(record, dict):
+        raise CalendarError(f"record: expected a mapping, got {type(record).__name__}", field="record")
+    pis = _pis(pis, "pis")
+    found = [record.get("serial")]
+    found += [info.get("serial") for info in _by_pi(record.get("pis"), "record.pis").values() if isinstance(info, dict)]
+    found += [info.get("serial") for pi, info in _by_pi(reported, "reported").items()
+              if pi in pis and isinstance(info, dict)]
+    found = [v for v in found if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
+    return max(found) if found else None
+
+
 def lagging(pis, serial, known, reported=None):
     """
     The Pis of ``pis`` to send the calendar ``serial`` to again: those whose

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import pathlib
+import shutil
 import stat
 
 import pytest
@@ -257,3 +258,17 @@ def test_show_names_the_calendar_and_each_pi(setup):
     fleet_calendar.verify(full["doc"], pis.public, "east")
     assert loaded["kiosk_calendar.show"]()["error"].startswith("campus: name one campus")
     assert loaded["kiosk_calendar.show"](campus="east,west")["retcode"] == 1
+
+
+def test_a_top_master_that_lost_its_state_still_publishes_calendars_the_pis_take(setup):
+    loaded, pis, cache, _ = setup
+    first = publish(loaded, campus="east")
+    shutil.rmtree(cache / "kiosk_calendar")  # state lost (cachedir wiped, a standby master)
+    # and the outbox collection heard a Pi hold a serial ahead of this master's clock (one that ran fast)
+    collected = fleet_outbox.Collected(str(cache / "kiosk_outbox" / "collected.db"))
+    os.makedirs(cache / "kiosk_outbox", exist_ok=True)
+    ahead = first["campuses"]["east"]["serial"] + 3600
+    collected.merge("east", "pi-east-1", [], info={"serial": ahead})
+    again = publish(loaded, campus="east")
+    assert again["campuses"]["east"]["serial"] == ahead + 1  # above what a Pi holds, not the clock's now
+    assert again["campuses"]["east"]["current"] == PIS["east"]

@@ -309,3 +309,16 @@ def test_supervision_reports_what_each_campus_did():
     assert silent["error"].startswith("no Pi of east answered (Pis silent: pi-east-1)")
     with pytest.raises(fc.CalendarError, match="^campus_pis"):
         fc.supervision([], {}, {}, [])
+
+
+def test_a_new_serial_goes_above_every_serial_a_pi_of_the_campus_holds():
+    record = {"serial": 100, "pis": {"pi-east-1": {"serial": 100}, "pi-east-2": {"serial": 5000, "at": "x"}}}
+    reported = {"pi-east-1": {"serial": 7000}, "pi-west-1": {"serial": 9000}}  # another campus's Pi: not counted
+    assert fc.highest_serial(record, reported, ["pi-east-1", "pi-east-2"]) == 7000
+    assert fc.next_serial(fc.highest_serial(record, reported, ["pi-east-1", "pi-east-2"]), 6000) == 7001
+    assert fc.highest_serial({}, None, []) is None
+    assert fc.highest_serial({"serial": True, "pis": {"p": {"serial": -3}}}, {}, ["p"]) is None
+    with pytest.raises(fc.CalendarError, match="^record"):
+        fc.highest_serial(None, {}, [])
+    with pytest.raises(fc.CalendarError, match=r"^record\.pis"):
+        fc.highest_serial({"pis": []}, {}, [])

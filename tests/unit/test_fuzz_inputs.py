@@ -451,6 +451,9 @@ def test_calendar_verify_and_readers_never_crash(doc, campus, keys):
 def test_calendar_lagging_and_supervision_never_crash(pis, serial, known, reported):
     refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.lagging, ["pi-1", "pi-2"], 5, known, reported)
     refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.lagging, pis, serial, {}, None)
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.highest_serial, known, reported, pis)
+    refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.highest_serial, {"pis": known}, reported,
+                        ["pi-1"])
     refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.supervision, pis, {"pi-east-1": serial},
                         {}, [])
     refused_or_returned(fleet_calendar.CalendarError, fleet_calendar.supervision, {"east": ["pi-east-1"]},
