@@ -18,8 +18,10 @@ Peers
     Signed with the campus master key pair all Pis of a campus share (the Pi
     master's ``<pki_dir>/master.pem``; checked with ``master.pub``), over
     ``fleet_sign.canonical``. Fail closed: a status that is unsigned, badly
-    signed, of another campus or Pi, or *stale* (its own ``at`` more than
-    ``stale_s`` away from this Pi's now) counts as an unreachable Pi.
+    signed, of another campus or Pi, or *stale* (more than ``stale_s`` old
+    by its own ``at``: :func:`status_age`, counted on the boot-time clock
+    since the fetch, so a wall-clock step changes nothing) counts as an
+    unreachable Pi.
 
 Leader (:func:`leader`)
     The candidates are the Pis *reachable* in this Pi's view: itself, each
@@ -51,6 +53,12 @@ A run
     keeps its own checks; only the leader reports them) -> :func:`entries`.
     The state of the campus now decides, not what happened at 06:45: a Pi
     that boots at 07:20 wakes what should be on at 07:20.
+
+On time (:func:`tick_plan`)
+    The Pi master runs ``kiosk_campus.tick`` every few seconds: a reconcile
+    on the second of a schedule transition, when the calendar's expected
+    states changed, and at least every ``reconcile_s``; kiosks just due on
+    (:func:`newly_due_on`) get their packets before the scan.
 
 Every refusal raises :class:`CampusError` naming the field.
 """
@@ -151,7 +159,7 @@ def settings(conf, verify_key=None):
         else:
             value = _number(value, field, low, high, kind == "int")
         out[name] = value
-    keys = conf.get("verify_key", verify_key) if verify_key is None else verify_key
+    keys = verify_key if verify_key is not None else conf.get("verify_key")
     if isinstance(keys, str):
         keys = [keys]
     if not isinstance(keys, (list, tuple)) or not keys or not all(isinstance(k, str) and k.strip() for k in keys):
