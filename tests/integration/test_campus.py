@@ -130,7 +130,7 @@ class Campus:
         path = self.t.campus_paths(pi_id)[0] / "outbox.db"
         if not path.exists():
             return []
-        return fleet_outbox.Outbox(str(path)).after(0, limit=10000)["entries"]
+        return fleet_outbox.Outbox(str(path)).after(0, limit=5000)["entries"]
 
     def entries(self, kind, key_part="", pis=PIS):
         return [(pi_id, e) for pi_id in pis for e in self.outbox(pi_id) if e["kind"] == kind and key_part in e["key"]]
