@@ -467,12 +467,16 @@ KIOSK_MINION_SETTINGS = {
     "master_type": "str",
     # each Pi connection gets one master (MinionManager), so Salt ignores shuffling and warns
     "random_master": False,
-    # 0: ZeroMQ reconnects each Pi by itself and re-authenticates; status.master (which Salt
-    # schedules anyway after a reconnect) counts connections to this minion's publish_port, so
-    # that must be the Pis' real one (kiosk_minion_config: the campus's publish_port), never
-    # Salt's 4506 "port the master reports" sentinel: with it every live Pi looks gone and the
-    # kiosk tears its connections down over and over (measured on 3007.15)
-    "master_alive_interval": 0,
+    # hourly, never 0: Salt schedules status.master at start when this is > 0 and, whatever it is,
+    # again after every reconnect with `seconds: master_alive_interval`, and 0 there means every
+    # schedule loop: one forked process per second on the kiosk for as long as it runs (about
+    # 1,400 runs per kiosk in 20 minutes after a Pi restart, measured on 3007.15). The check adds
+    # nothing: ZeroMQ's monitor already fires the disconnect and reconnects each Pi by itself.
+    # status.master counts connections to this minion's publish_port, so that must be the Pis'
+    # real one (kiosk_minion_config: the campus's publish_port), never Salt's 4506 "port the master
+    # reports" sentinel: with it every live Pi looks gone and the kiosk tears its connections down
+    # over and over; a Pi it does call gone is retried forever (master_tries -1)
+    "master_alive_interval": 3600,
     # retry a Pi forever in its own connection: one down at boot joins when it comes back
     "master_tries": -1,
     # a Pi that lost power leaves a half-open connection: probes after 60 s idle, 3 x 20 s,

@@ -255,7 +255,8 @@ def test_kiosk_minion_config_is_hot_multi_master(inv):
     config = fleet_keys.kiosk_minion_config(inv, "kiosk-west-01")
     assert config["master"] == ["127.0.3.2:4506", "127.0.3.3:4506"]
     assert config["master_type"] == "str"
-    assert config["master_alive_interval"] == 0
+    # never 0: Salt re-adds status.master after each reconnect every master_alive_interval s (0: every loop)
+    assert config["master_alive_interval"] == 3600
     assert config["random_master"] is False
     assert config["tcp_keepalive"] is True
     assert "auto_accept" not in config
