@@ -151,6 +151,8 @@ def kiosk_changes(before, after, kept_off):
             bits.append("powered " + ("on" if now.get("on") else "off"))
         elif packets and kiosk in kept_off and not now.get("on"):
             bits.append("ignored: its NIC is kept off, it stays off")
+        elif packets and now.get("on"):
+            bits.append("already on (a Pi wakes the kiosks due on before its scan: duplicates are harmless)")
         if bits:
             lines.append(f"{kiosk}: {', '.join(bits)}")
     return lines
@@ -402,6 +404,9 @@ def cmd_day(args):
         on_every(run, pis, "kiosk_campus.probe")
         answers = on_every(run, pis, "kiosk_campus.reconcile")
         after, pending = await_kiosks(run, before, kept_off, args.settle)
+        with open(run / "day-steps.jsonl", "a", encoding="utf-8") as out:  # every answer, for a closer look
+            out.write(json.dumps({"at": instant.isoformat(), "offset_s": offset,
+                                  "reconcile": {pi: answer for pi, (_, answer) in answers.items()}}) + "\n")
         lines = []
         for campus in campuses:
             mine = [pi for pi in pis if pi in inv["campuses"][campus]["pis"]]
