@@ -50,6 +50,9 @@ DAY_DATE = "2027-02-03"  # a Wednesday: every campus open; 2027-02-08 is a Sprin
 DAY_KEPT_OFF = "kiosk-riverside-01"  # opens at 07:00, inside the default outage
 DAY_OUTAGE = "riverside"
 CHECKS_MIN = (5, 10, 15)  # the reconciler's verification after a transition
+# a check falls due 5/10/15 minutes after the action it checks, which happened a few real seconds after its
+# step's instant: the day stops this much later, so each check is due when the reconciler runs
+CHECK_MARGIN = dt.timedelta(seconds=30)
 RUNNER_TIMEOUT_S = 120
 
 
@@ -83,7 +86,8 @@ def local_time(date, hhmm, tz, field):
 
 def day_instants(schedule, inv, start, end, step_min, extra=()):
     """The simulated instants the day stops at, sorted: every ``step_min`` minutes from ``start`` to ``end``,
-    every transition of a kiosk's desired state in between and 5/10/15 minutes after each, and ``extra``."""
+    every transition of a kiosk's desired state in between and 5/10/15 minutes (+ ``CHECK_MARGIN``) after
+    each, and ``extra``."""
     instants = {start, end, *[e for e in extra if start <= e <= end]}
     at = start
     while at < end:
@@ -93,7 +97,7 @@ def day_instants(schedule, inv, start, end, step_min, extra=()):
         for kiosk in spec["kiosks"]:
             for instant, _state, _rule in fleet_schedule.transitions(schedule, campus, kiosk, start, end):
                 for after in (0, *CHECKS_MIN):
-                    moment = instant + dt.timedelta(minutes=after)
+                    moment = instant + dt.timedelta(minutes=after) + (CHECK_MARGIN if after else dt.timedelta())
                     if moment <= end:
                         instants.add(moment.astimezone(start.tzinfo))
     return sorted(instants)
@@ -121,6 +125,8 @@ def describe_reconcile(pi, answer):
         parts.append(f"shut down {names(answer['shut_down'])}")
     if answer.get("verified"):
         parts.append(f"verified {names(answer['verified'])}")
+    if answer.get("waiting"):
+        parts.append(f"check failed, checking again later: {names(answer['waiting'])}")
     for mismatch in answer.get("mismatches") or []:
         parts.append(f"MISMATCH {mismatch.get('kiosk')} expected {mismatch.get('expected')}, "
                      f"observed {mismatch.get('observed')} -> alert in the outbox")
