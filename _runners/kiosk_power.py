@@ -495,7 +495,12 @@ def sweep(campus=None, at=None, timeout=60):
     return fleet_runner.finish(__context__, ret)
 
 
-def verify(at=None, kiosks=None, campus=None, timeout=30):
+DUE_NOTE = ("the campuses verify their own transitions (+5/+10/+15, their leader's checks arrive with "
+            "kiosk_outbox.collect; see kiosk_power.status); this checks only what this master recorded. "
+            "For a check now: campus=..., kiosks=... or explicit=True (every managed kiosk)")
+
+
+def verify(at=None, kiosks=None, campus=None, timeout=30, explicit=False):
     """
     Liveness verification from the campus Pis (``kiosk_scan.scan``, one job
     per campus, all at once). Without ``kiosks``/``campus``: run the verifications due at
@@ -503,7 +508,8 @@ def verify(at=None, kiosks=None, campus=None, timeout=30):
     minutes after a change (the campuses now verify their own transitions:
     their leader's checks arrive through the outbox collection); a kiosk
     still not in its expected state at its last check is a mismatch. With
-    ``kiosks``/``campus``: an explicit check now of those managed kiosks
+    ``kiosks``/``campus`` (or ``explicit=True``: every managed kiosk of the
+    fleet): an explicit check now of those managed kiosks
     against their expected state, every difference is a mismatch (``since``:
     now). Each mismatch (``degraded`` included) is posted to the alert
     webhook by this runner (``kiosk_alert.post``), then fired as
@@ -517,14 +523,21 @@ def verify(at=None, kiosks=None, campus=None, timeout=30):
 
         salt-run kiosk_power.verify
         salt-run kiosk_power.verify campus=riverside --out=json
+        salt-run kiosk_power.verify explicit=True
         salt-run kiosk_power.verify kiosks=kiosk-riverside-10 at=2027-02-05T07:15:00+08:00
     """
     try:
         timeout = fleet_runner.number(timeout, "timeout", 1, 600)
         now = _now(at)
-        explicit = bool(kiosks or campus)
+        if not isinstance(explicit, bool) and str(explicit).lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise fleet_runner.RunnerError(f"explicit: {fleet_fields.shown(explicit)} is not True or False",
+                                           field="explicit")
+        explicit = _yes(explicit) or bool(kiosks or campus)
         inventory, schedule, _, _ = _load(schedule=explicit)
-        selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus) if explicit else None
+        if kiosks or campus:
+            selection = fleet_inventory.select_kiosks(inventory, kiosks=kiosks, campus=campus)
+        else:  # explicit=True: every kiosk (the unmanaged ones drop out in expect)
+            selection = fleet_sweep.campus_kiosks(inventory) if explicit else None
         with _store().locked() as stored:
             state = _state(stored)
             if explicit:
@@ -540,6 +553,8 @@ def verify(at=None, kiosks=None, campus=None, timeout=30):
         return fleet_runner.fail(__context__, exc)
     posted, alert_errors, fired = _alert(found["mismatches"])
     ret = fleet_sweep.verify_answer(found, observed, pis, now, explicit, posted, alert_errors, fired, MISMATCH_TAG)
+    if not explicit:  # an operator reading "checked: []" must not think the fleet was checked
+        ret["note"] = DUE_NOTE
     _metrics("verify", ret, inventory)
     return fleet_runner.finish(__context__, ret)
 

@@ -212,6 +212,14 @@ def test_plan_without_scan_calls_no_minion_and_explicit_verify_checks_now(runner
     ret = loaded["kiosk_power.verify"](at=AT, kiosks="kiosk-east-01,kiosk-west-01", timeout=5)
     assert ret["mode"] == "explicit" and ret["checked"] == ["kiosk-east-01"]  # west-01: unmanaged
     assert ret["mismatches"][0]["since"] == "2027-03-01T00:00:00Z" and ret["retcode"] == 1
+    assert "note" not in ret
+    # every managed kiosk of the fleet, as Jenkins asks after a sweep
+    every = loaded["kiosk_power.verify"](at=AT, explicit="True", timeout=5)
+    assert every["mode"] == "explicit" and every["checked"] == ["kiosk-east-01", "kiosk-east-02"]
+    # nothing recorded on this master: the answer says where the campuses' checks are
+    due = loaded["kiosk_power.verify"](at=AT, timeout=5)
+    assert due["mode"] == "due" and due["checked"] == [] and due["note"].startswith("the campuses verify")
+    assert loaded["kiosk_power.verify"](explicit="maybe")["error"].startswith("explicit:")
 
 
 @pytest.mark.parametrize("content, field", [

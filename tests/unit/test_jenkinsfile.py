@@ -29,6 +29,17 @@ def test_every_runner_the_pipeline_calls_exists():
     assert called - runner_functions() == set()
 
 
+def test_the_sweep_stage_lets_the_campuses_decide_then_checks_every_managed_kiosk_once():
+    stage = CODE[CODE.index("stage('Power sweep')"):CODE.index("stage('Status')")]
+    calls = re.findall(r"'(kiosk_[a-z]+\.[a-z_]+)'", stage)
+    assert calls == ["kiosk_power.sync_schedules", "kiosk_power.sweep", "kiosk_power.verify"]
+    # the verify is an explicit check now, after the campuses' own +15 min check: not the due mode,
+    # which checks only what the top master recorded (nothing, now that the campuses decide)
+    assert "'explicit=True'" in stage
+    assert stage.index("sleep(time: 15, unit: 'MINUTES')") < stage.index("'kiosk_power.verify'")
+    assert '"campus=${params.CAMPUSES}"' in stage
+
+
 def test_runners_are_only_called_through_the_wrapper():
     # the only command run with sudo is the wrapper, from one helper; never salt-run itself
     assert CODE.count("'sudo'") == 1 and "['sudo', '-n', '/usr/local/sbin/kiosk-salt-run']" in CODE
