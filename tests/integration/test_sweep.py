@@ -1,9 +1,14 @@
 """
-Power sweeps on the real topology (schedule: tests/support/topology.py
-SWEEP_SCHEDULES, managed on 2027-03-01 only). TCP listeners on the kiosks'
-loopback addresses stand in for their service port (a kiosk that is on),
-UDP listeners on the VLAN broadcasts for their network cards, and the
-kiosks' power command records its argv in ``topology.power_dir``.
+Power on the real topology, the campuses deciding (schedule:
+tests/support/topology.py SWEEP_SCHEDULES, managed on 2027-03-01 only): the
+top master publishes campus east's signed calendar (``kiosk_calendar``) and
+``kiosk_power.sweep campus=east`` asks east's Pis to reconcile now
+(``kiosk_campus.reconcile``, the session topology runs no Pi-master schedule,
+so on demand is all that happens); ``plan`` and explicit ``verify`` still look
+from the top master. TCP listeners on the kiosks' loopback addresses stand in
+for their service port (a kiosk that is on), UDP listeners on the VLAN
+broadcasts for their network cards, and the kiosks' power command records
+its argv in ``topology.power_dir``.
 """
 
 import json
@@ -20,7 +25,9 @@ pytestmark = pytest.mark.topology
 AT = "2027-03-01T08:00:00+08:00"  # kiosk-east-01 due on (07:00-22:00), kiosk-east-02 due off (09:00-22:00)
 SINCE = "2027-03-01T00:00:00Z"
 PLUS_5 = "2027-03-01T08:05:00+08:00"
-PLUS_15 = "2027-03-01T08:15:00+08:00"
+EAST_PIS = ["pi-east-1", "pi-east-2"]
+# what a reconciler keeps between runs (a kiosk woken is not woken again while its checks are pending)
+PI_STATE = ("reconciler.json", "peers.json", "outbox.db", "outbox.db-wal", "outbox.db-shm")
 
 
 class Services:
@@ -84,9 +91,34 @@ def clean_state(topology):
         (state_dir / name).unlink(missing_ok=True)
 
 
-def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, services, clean_state,  # noqa: F811
-                                                               event_listener, power_off):
-    began = time.time()  # the webhook is the session's: earlier tests posted there too
+@pytest.fixture
+def east_calendar(topology, clean_state):
+    """East's Pis without reconciler memory, holding a freshly published calendar (no holds)."""
+    def forget():
+        for pi_id in EAST_PIS:
+            state_dir = topology.campus_paths(pi_id)[0]
+            for name in PI_STATE:
+                (state_dir / name).unlink(missing_ok=True)
+
+    forget()
+    published = topology.salt_run("kiosk_calendar.publish", "campus=east", "force=True")
+    assert published.returncode == 0, published
+    assert published.data["campuses"]["east"]["current"] == EAST_PIS, published.data
+    yield published.data["campuses"]["east"]["serial"]
+    forget()
+
+
+def record_of(topology, kiosk, timeout=30):
+    """The kiosk's power command argv, once its minion ran it (the leader's job may still be on its way)."""
+    path = topology.power_dir / f"{kiosk}.json"
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def test_the_sweep_asks_the_campus_which_wakes_due_on_and_shuts_down_due_off(  # noqa: F811
+        topology, lan, services, east_calendar, power_off):
     record = topology.power_dir / "kiosk-east-02.json"
     record.unlink(missing_ok=True)
     services.up("kiosk-east-02")  # on (port open, minion up), due off
@@ -100,71 +132,27 @@ def test_sweep_wakes_due_on_shuts_down_due_off_and_verify_alerts(topology, lan, 
     assert plan.data["kiosks"]["kiosk-east-02"]["transitions"][0]["local"] == "2027-03-01T09:00:00+08:00"
     assert lan.received(settle=0.2) == {}  # a plan sends nothing
 
-    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", "message=Closing now", SILENT)
+    result = topology.salt_run("kiosk_power.sweep", "campus=east", f"at={AT}", SILENT)
     assert result.returncode == 0, result
-    sweep = result.data
-    assert sweep["wake"] == {"east": ["kiosk-east-01"]}
-    assert sweep["shutdown"] == {"east": ["kiosk-east-02"]}
-    assert sweep["nothing"] == {"kiosk-west-01": "unmanaged", "kiosk-west-02": "unmanaged"}
-    assert sweep["observed"] == {"kiosk-east-01": "off", "kiosk-east-02": "on"}
-    assert sweep["pis"]["answered"] == ["pi-east-1", "pi-east-2"]  # only the east Pis were asked
-    assert sweep["verifications"]["kiosk-east-01"] == [
-        "2027-03-01T00:05:00Z", "2027-03-01T00:10:00Z", "2027-03-01T00:15:00Z"]
+    assert list(result.data["campuses"]) == ["east"] and result.data["at"] == SINCE
+    east = result.data["campuses"]["east"]
+    assert sorted(east["pis"]) == EAST_PIS and east["silent"] == [] and east["failed"] == {}, east
+    assert east["leaders"], east  # the campus's own leader(s) shut down
+    assert east["woke"] == ["kiosk-east-01"] and east["shut_down"] == ["kiosk-east-02"], east
+    for pi_id in EAST_PIS:  # each Pi ran on the calendar the top master published
+        assert east["pis"][pi_id]["serial"] == east_calendar
+    # every live Pi of the campus sent the magic packets, each from its own address on the VLAN
     got = lan.received()
-    assert counts(got["127.0.1.255"]) == {("127.0.1.2", "52:54:00:e1:00:01"): 3, ("127.0.1.3", "52:54:00:e1:00:01"): 3}
+    assert {src for src, mac in counts(got["127.0.1.255"])} == {"127.0.1.2", "127.0.1.3"}
+    assert {mac for src, mac in counts(got["127.0.1.255"])} == {"52:54:00:e1:00:01"}
     assert "127.0.2.255" not in got and "127.0.3.255" not in got  # kiosk-east-02 and west: no packet
-    assert json.loads(record.read_text()) == ["shutdown", "0", "Closing now"]
-    metrics = (topology.release_dir["textfile_dir"] / "kiosk_power.prom").read_text()
-    assert 'kiosk_power_sweep_actions{campus="east",action="wake"} 1' in metrics
-    assert 'kiosk_power_sweep_actions{campus="east",action="shutdown"} 1' in metrics
-    assert 'kiosk_power_kiosks_observed{campus="east",state="off"} 1' in metrics
-    assert 'kiosk_power_last_run_success{action="sweep"} 1' in metrics
-
-    # a second sweep a minute later does not wake kiosk-east-01 again: its verification is pending
-    services.down("kiosk-east-02")  # it did shut down
-    power_off("kiosk-east-02")
-    again = topology.salt_run("kiosk_power.sweep", "at=2027-03-01T08:01:00+08:00", "delay_s=0", SILENT)
-    assert again.returncode == 0, again
-    assert again.data["wake"] == {} and again.data["shutdown"] == {}
-    assert "verification pending" in again.data["nothing"]["kiosk-east-01"]
-    assert lan.received(settle=0.5) == {}
-
-    # +5 min: kiosk-east-02 is off as expected; kiosk-east-01 (kept off) waits for its last check
-    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_5}", SILENT)
-    assert check.returncode == 0, check
-    assert check.data["verified"] == ["kiosk-east-02"] and check.data["waiting"] == ["kiosk-east-01"]
-    assert check.data["mismatches"] == [] and topology.webhook.wait_for(
-        lambda body: body.get("kiosk") == "kiosk-east-01", timeout=1, after=began) is None
-
-    # +15 min: still off after the last check -> the verify runner posts the alert; the event is for listeners
-    start = time.time()
-    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_15}", SILENT)
-    assert check.returncode == 1, check
-    expected = {"kiosk": "kiosk-east-01", "campus": "east", "expected": "on", "observed": "off", "since": SINCE}
-    assert check.data["mismatches"] == [expected]
-    metrics = (topology.release_dir["textfile_dir"] / "kiosk_power.prom").read_text()
-    assert 'kiosk_power_verify_mismatches{campus="east"} 1' in metrics
-    assert 'kiosk_power_last_run_success{action="verify"} 0' in metrics
-    assert "kiosk-east-01 (expected on, observed off)" in check.data["error"]
-    matched = event_listener.wait_for_events([(topology.top.id, "kiosk/power/mismatch")], after_time=start, timeout=60)
-    assert matched.found_all_events, "no kiosk/power/mismatch on the top master"
-    event = next(iter(matched.matches)).data
-    assert {k: event[k] for k in expected} == expected
-    post = topology.webhook.wait_for(
-        lambda body: body.get("kind") == "power_mismatch" and body.get("kiosk") == "kiosk-east-01", timeout=60,
-        after=began)
-    assert post is not None, topology.webhook.posts
-    assert {k: post["json"][k] for k in expected} == expected
-    assert post["json"]["severity"] == "warning" and "should be on, observed off" in post["json"]["summary"]
-
-    status = topology.salt_run("kiosk_power.status", f"at={PLUS_15}")
-    assert status.returncode == 0 and status.data["pending"] == {}
-    assert status.data["mismatches"][-1] == expected
-    assert status.data["last_sweep"]["at"] == "2027-03-01T00:01:00Z"
+    assert (record_of(topology, "kiosk-east-02") or [None])[0] == "shutdown"
+    # the top master took no decision of its own: no sweep record, no pending check
+    assert not (clean_state / "state.json").exists()
 
 
-def test_hold_overrides_the_schedule_and_explicit_verify(topology, lan, services, clean_state,  # noqa: F811
-                                                        power_off):
+def test_a_hold_reaches_the_campus_at_once_and_beats_the_schedule(topology, lan, services,  # noqa: F811
+                                                                  east_calendar, power_off):
     record = topology.power_dir / "kiosk-east-01.json"
     record.unlink(missing_ok=True)
     services.up("kiosk-east-01")  # on, and due on at AT
@@ -174,14 +162,21 @@ def test_hold_overrides_the_schedule_and_explicit_verify(topology, lan, services
     held = topology.salt_run("kiosk_power.hold", "kiosk=kiosk-east-01", "state=off",
                              "until=2027-03-01T12:00:00+08:00", "reason=floor cleaning, ticket 42")
     assert held.returncode == 0, held
-    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", SILENT)
+    calendar = held.data["calendar"]
+    assert calendar["result"] is True and calendar["campuses"]["east"]["current"] == EAST_PIS, calendar
+    serial = calendar["campuses"]["east"]["serial"]
+    assert serial > east_calendar
+    asked = topology.salt("-L", "kiosk_campus.calendar", tgt=",".join(EAST_PIS))
+    assert {pi_id: asked.data[pi_id]["serial"] for pi_id in EAST_PIS} == dict.fromkeys(EAST_PIS, serial)
+
+    result = topology.salt_run("kiosk_power.sweep", "campus=east", f"at={AT}", SILENT)
     assert result.returncode == 0, result
-    # kiosk-east-01 held off; kiosk-east-02 is due off and powered (its minion answers): both go down
-    assert result.data["shutdown"] == {"east": ["kiosk-east-01", "kiosk-east-02"]} and result.data["wake"] == {}
-    assert json.loads(record.read_text())[0] == "shutdown"
+    east = result.data["campuses"]["east"]
+    assert "kiosk-east-01" in east["shut_down"] and "kiosk-east-01" not in east["woke"], east
+    assert (record_of(topology, "kiosk-east-01") or [None])[0] == "shutdown"
     assert "127.0.1.255" not in lan.received(settle=0.5)
 
-    # explicit check now: the hold expects off, the port is open -> mismatch
+    # explicit check now, from the top master: the hold expects off, the port is open -> mismatch
     check = topology.salt_run("kiosk_power.verify", "kiosks=kiosk-east-01", f"at={PLUS_5}", SILENT)
     assert check.returncode == 1 and check.data["mode"] == "explicit"
     assert check.data["mismatches"][0]["expected"] == "off" and check.data["mismatches"][0]["observed"] == "on"
@@ -192,33 +187,24 @@ def test_hold_overrides_the_schedule_and_explicit_verify(topology, lan, services
 
     gone = topology.salt_run("kiosk_power.unhold", "kiosk=kiosk-east-01")
     assert gone.returncode == 0 and gone.data["removed"]["reason"] == "floor cleaning, ticket 42"
+    assert gone.data["calendar"]["campuses"]["east"]["serial"] > serial  # the campus hears of it at once too
     assert topology.salt_run("kiosk_power.unhold", "kiosk=kiosk-east-01").returncode == 1
 
 
-def test_a_kiosk_whose_app_is_down_is_degraded_woken_anyway_and_alerted(topology, lan, services,  # noqa: F811
-                                                                      clean_state):
-    # kiosk-east-01 due on at AT, its minion answers, its service port is closed. Its
-    # answer alone could be forged (a syndic forwards returns forged for other
-    # minions), so the sweep wakes it like an off kiosk; a magic packet to a running PC is harmless
-    result = topology.salt_run("kiosk_power.sweep", f"at={AT}", "delay_s=0", SILENT)
+def test_a_kiosk_whose_app_is_down_is_degraded_and_woken_anyway(topology, lan, services,  # noqa: F811
+                                                                 east_calendar):
+    # kiosk-east-01 due on at AT, its minion connected, its service port closed: the reconcilers
+    # wake it like an off kiosk (a magic packet to a running PC is harmless)
+    result = topology.salt_run("kiosk_power.sweep", "campus=east", f"at={AT}", SILENT)
     assert result.returncode == 0, result
-    assert result.data["observed"]["kiosk-east-01"] == "degraded"
-    assert result.data["wake"] == {"east": ["kiosk-east-01"]}
-    assert counts(lan.received()["127.0.1.255"]) == {("127.0.1.2", "52:54:00:e1:00:01"): 3,
-                                                      ("127.0.1.3", "52:54:00:e1:00:01"): 3}
-    # still degraded at its last check: the verify runner posts the mismatch itself
-    start = len(topology.webhook.posts)
-    check = topology.salt_run("kiosk_power.verify", f"at={PLUS_15}", SILENT)
-    assert check.returncode == 1, check
-    # (kiosk-east-02, due off, was shut down by its minion's power command, a recorder: still powered)
-    assert {"kiosk": "kiosk-east-01", "campus": "east", "expected": "on", "observed": "degraded",
-            "since": SINCE} in check.data["mismatches"]
-    assert "kiosk-east-01" in check.data["alerts"]["posted"]
-    posted = [p["json"] for p in topology.webhook.posts[start:]
-              if p.get("json", {}).get("kind") == "power_mismatch" and p["json"]["kiosk"] == "kiosk-east-01"]
-    assert len(posted) == 1 and posted[0]["observed"] == "degraded" and "app down" in posted[0]["summary"]
+    east = result.data["campuses"]["east"]
+    assert "kiosk-east-01" in east["woke"], east
+    assert {pi_id: east["pis"][pi_id]["observed"]["kiosk-east-01"] for pi_id in EAST_PIS} == dict.fromkeys(
+        EAST_PIS, "degraded")
+    assert {src for src, mac in counts(lan.received()["127.0.1.255"])} == {"127.0.1.2", "127.0.1.3"}
 
 
-def test_a_bad_instant_fails_naming_the_field(topology, clean_state):
-    result = topology.salt_run("kiosk_power.sweep", "at=tomorrow", SILENT)
-    assert result.returncode == 1 and result.data["error"].startswith("at:")
+def test_a_bad_instant_or_campus_fails_naming_the_field(topology, clean_state):
+    for args, field in [(("at=tomorrow",), "at:"), (("campus=north",), "campus:")]:
+        result = topology.salt_run("kiosk_power.sweep", *args, SILENT)
+        assert result.returncode == 1 and result.data["error"].startswith(field), result
