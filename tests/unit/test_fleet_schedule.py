@@ -93,10 +93,11 @@ def test_spring_festival_transitions_of_a_duty_kiosk(fleet):
 
 
 def test_24_7_kiosk_is_always_on_even_through_a_campus_closure():
+    # it says so in its rule: a standing kiosk rule otherwise yields to the campus's dated closure
     schedule = fs.load({"campuses": {"hillside": {
         "rules": [{"name": "hours", "weekly": {"daily": "06:45-22:00"}},
                   {"name": "spring-festival", "dates": ["2027-02-05", "2027-02-12"], "always": "off"}],
-        "kiosks": {"kiosk-er": [{"name": "emergency", "always": "on"}]}}}})
+        "kiosks": {"kiosk-er": [{"name": "emergency", "always": "on", "through_closures": True}]}}}})
     start = at(SHANGHAI, 2027, 2, 1)
     for hours in range(0, 24 * 20, 5):
         assert fs.desired_state(schedule, "hillside", "kiosk-er", start + dt.timedelta(hours=hours)) == {
