@@ -425,7 +425,8 @@ def cmd_day(args):
                 lines += [f"    {line}" for line in did] + [f"    kiosk {line}" for line in felt]
             code = 1 if any(answers[pi][0] for pi in mine) else code
         if lines:
-            print(f"{instant:%H:%M}  (Pi clocks {offset:+.0f} s from the host's)", flush=True)
+            print(f"{instant:%H:%M:%S}"[:8 if instant.second else 5] + f"  (Pi clocks {offset:+.0f} s from the host's)",
+                  flush=True)
             print("\n".join(lines), flush=True)
         if pending:
             say(f"{', '.join(pending)} did not follow within {args.settle} s")
