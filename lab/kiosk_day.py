@@ -119,6 +119,8 @@ def describe_reconcile(pi, answer):
     if answer.get("result") is False or answer.get("error") or answer.get("_error"):
         return f"{pi}: FAILED: {answer.get('error') or answer.get('_error') or answer}"
     parts = []
+    if answer.get("woke_early"):  # due on: magic packets before its scan, seconds after the due instant
+        parts.append(f"woke {names(answer['woke_early'])} (before its scan)")
     if answer.get("woke"):
         parts.append(f"woke {names(answer['woke'])}")
     if answer.get("shut_down"):
