@@ -114,10 +114,16 @@ def _master_keys():
     return private, public
 
 
-def _peers(conf):
+def _view(conf):
+    """The last probe's view (peers.json): ``{"pis": {pi: record}, "probed_mono", ...}``."""
     view = fleet_state.read_json(_path(conf, PEERS_FILE), fleet_campus.CampusError, {})
-    peers = view.get("pis")
-    return peers if isinstance(peers, dict) else {}
+    if not isinstance(view.get("pis"), dict):
+        view["pis"] = {}
+    return view
+
+
+def _peers(conf):
+    return _view(conf)["pis"]
 
 
 def _inventory_parts(doc):
@@ -374,7 +380,8 @@ def _probe(conf):
             served = {}  # a damaged copy is replaced
         if served.get("serial") != doc["serial"]:
             _serve(conf, os.path.basename(fleet_campus.CALENDAR_PATH), doc)
-    view = {"probed_at": fleet_campus.iso(now), "pis": peers, "leader": leader_pi, "reachable": sorted(reachable)}
+    view = {"probed_at": fleet_campus.iso(now), "probed_mono": _mono(), "pis": peers, "leader": leader_pi,
+            "reachable": sorted(reachable)}
     fleet_state.write_json_atomic(_path(conf, PEERS_FILE), view, mode=0o600)
     ret = {"result": True, "campus": campus, "pi": me, "at": fleet_campus.iso(now), "serial": serial,
            "peers": {p: r.get("error") or "ok" for p, r in sorted(peers.items())},
@@ -427,10 +434,13 @@ def _reconcile(conf, at):
     # peers are judged on this Pi's clock; ``at`` moves only the calendar's instant
     clock, clock_now = _clock(conf)
     now = clock_now if at in (None, "") else fleet_campus.instant(at, "at")
-    peers = _peers(conf)
+    probed = _view(conf)
+    peers = probed["pis"]
     mono = _mono()
     reachable = fleet_campus.live(me, clock, peers, clock_now, conf["stale_s"], mono)
-    leader_pi = fleet_campus.leader(reachable, campus_pis)
+    # no recent probe (just started): no leader known, so no shutdown from this Pi yet
+    ready = fleet_campus.view_ready(probed, me, campus_pis, mono, conf["stale_s"])
+    leader_pi = fleet_campus.leader(reachable, campus_pis) if ready else None
     confirmed_by = fleet_clock.confirmed(
         clock_now, fleet_campus.peer_clocks(peers, clock_now, conf["stale_s"], mono), conf["confirm_tolerance_s"])
     allowed = fleet_campus.gate(clock, confirmed_by, leader_pi == me, leader_pi)

@@ -424,6 +424,21 @@ def live(me, own, peers, now, stale_s, mono_now=None):
     return out
 
 
+def view_ready(view, me, campus_pis, mono_now, stale_s):
+    """
+    Whether this Pi knows its peers well enough to lead: a campus of one Pi,
+    or a probe (``view``: peers.json) within ``stale_s`` on the boot-time
+    clock. A Pi that just started (or whose probes stopped) has not seen its
+    peers yet and must not act as a second leader meanwhile.
+    """
+    if not [p for p in (campus_pis or []) if p != me]:
+        return True
+    probed = (view or {}).get("probed_mono")
+    if mono_now is None or isinstance(probed, bool) or not isinstance(probed, (int, float)):
+        return False
+    return 0 <= mono_now - probed <= stale_s
+
+
 def leader(reachable, campus_pis=None):
     """
     The leader among ``reachable`` (:func:`live`): Pis with a synchronised
@@ -490,6 +505,8 @@ def gate(clock, confirmed_by, leads, leader_pi):
     no_wake = None if trusted else "clock not synchronised and no peer Pi confirms it: nothing done from the calendar"
     if not synced:
         no_shutdown = no_wake or "clock not synchronised: no shutdown until it is"
+    elif leader_pi is None:
+        no_shutdown = "no view of the peer Pis yet (no recent probe): shutdowns wait for the leader to be known"
     elif not leads:
         no_shutdown = f"not the campus leader ({leader_pi or 'none'} leads): shutdowns are the leader's"
     else:

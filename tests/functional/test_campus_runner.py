@@ -501,3 +501,12 @@ def test_the_module_names_what_is_missing(campus, tmp_path):
     assert mods["kiosk_campus.calendar"]()["error"].startswith("calendar: none stored")
     with pytest.raises(CommandExecutionError, match="^kiosk_campus:master_config: "):
         mods["kiosk_campus.reconcile"]()
+
+
+def test_a_pi_that_just_started_wakes_but_does_not_shut_down_before_its_first_probe(campus):
+    campus.kiosk_on("kiosk-east-01")
+    first = campus.run("pi-east-2", "reconcile", at=CLOSE)  # no probe yet: it does not know pi-east-1 is up
+    assert first["leader_pi"] is None and first["shut_down"] == []
+    assert "no view of the peer Pis" in first["nothing"]["kiosk-east-01"]
+    probe_all(campus)
+    assert campus.run("pi-east-1", "reconcile", at=CLOSE)["shut_down"] == ["kiosk-east-01"]

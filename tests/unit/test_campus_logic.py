@@ -416,3 +416,14 @@ def test_whatever_a_peer_serves_is_a_valid_status_or_a_named_refusal(doc):
     assert "pi-east-1" in view and fleet_campus.leader(view) is not None
     assert isinstance(fleet_campus.peer_clocks({"pi-east-2": record}, T0, 40), list)
     fleet_campus.newest_calendar({"pi-east-2": record}, 1, T0, 40)
+
+
+def test_a_pi_that_has_not_probed_its_peers_yet_is_no_leader():
+    pis = ["pi-east-1", "pi-east-2"]
+    assert not fleet_campus.view_ready({}, "pi-east-1", pis, 100.0, 40)  # just started: no probe yet
+    assert fleet_campus.view_ready({"probed_mono": 90.0}, "pi-east-1", pis, 100.0, 40)
+    assert not fleet_campus.view_ready({"probed_mono": 50.0}, "pi-east-1", pis, 100.0, 40)  # probes stopped
+    assert not fleet_campus.view_ready({"probed_mono": 500.0}, "pi-east-1", pis, 100.0, 40)  # before a reboot
+    assert fleet_campus.view_ready({}, "pi-east-1", ["pi-east-1"], None, 40)  # alone in its campus: nobody to wait for
+    unknown = fleet_campus.gate(SYNCED, [], False, None)
+    assert unknown["wake"] and not unknown["shutdown"] and "no view of the peer Pis" in unknown["no_shutdown"]
