@@ -104,6 +104,11 @@ def east_calendar(topology, clean_state):
     published = topology.salt_run("kiosk_calendar.publish", "campus=east", "force=True")
     assert published.returncode == 0, published
     assert published.data["campuses"]["east"]["current"] == EAST_PIS, published.data
+    # no Pi-master schedule in the session topology: each Pi probes its peers once here, on demand
+    # (a Pi that never probed knows no leader and shuts nothing down)
+    for pi_id in EAST_PIS:
+        probed = topology.pis[pi_id].master.salt_run_cli(timeout=60).run("kiosk_campus.probe")
+        assert isinstance(probed.data, dict) and probed.data.get("pi") in (pi_id, None), probed
     yield published.data["campuses"]["east"]["serial"]
     forget()
 
