@@ -18,11 +18,13 @@ some Pis with :func:`write_schedule` and restarts those Pis
 and :func:`remove_schedule` before the Pis restart at its end.
 """
 
+import contextlib
 import datetime
 import ipaddress
 import json
 import pathlib
 import socket
+import threading
 import time
 import zoneinfo
 
@@ -186,7 +188,12 @@ class Lan:
 
 
 class Services:
-    """The kiosks' service ports on their loopback addresses: listening = the kiosk is on (nmap sees it)."""
+    """
+    The kiosks' service ports on their loopback addresses: listening = the
+    kiosk is on (nmap sees it). Each port accepts and closes what connects, as
+    a service does: a socket that only listened would fill its backlog with
+    the reconcilers' scans (two Pis, every few seconds) and then look closed.
+    """
 
     def __init__(self, inventory):
         self.by_kiosk = {
@@ -202,12 +209,24 @@ class Services:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(self.by_kiosk[kiosk])
-        sock.listen(8)
+        sock.listen(64)
         self.open_sockets[kiosk] = sock
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+
+    @staticmethod
+    def _accept(sock):
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:  # closed by down()
+                return
+            conn.close()
 
     def down(self, kiosk):
         sock = self.open_sockets.pop(kiosk, None)
         if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
             sock.close()
 
     def close(self):
