@@ -10,7 +10,7 @@ Glue only: the decisions are ``fleet_campus`` and ``fleet_sweep``'s. Settings
 are the master config's ``kiosk_campus:`` block (``fleet_campus.SETTINGS``).
 Files in ``kiosk_campus:dir``: ``calendar.json`` (``fleet_calendar``),
 ``peers.json`` (the last probe's view), ``reconciler.json`` (pending checks,
-last observations, leader view), ``outbox.db`` (``fleet_outbox``). Each
+last observations, leader view, what started each kiosk's expected state), ``outbox.db`` (``fleet_outbox``). Each
 runner holds its own lock (a second probe or reconcile on this Pi is
 refused, never run twice at once).
 """
@@ -458,7 +458,10 @@ def _reconcile(conf, at):
         observed, pis, errors = _observe(inventory, conf, selection)
         decision = fleet_campus.decide(view, observed, state["pending"], allowed)
         acting = [k for part in ("wake", "shutdown") for ids in decision[part].values() for k in ids]
-        transitions = {k: fleet_campus.transition(schedule, view, k, now, timezone) for k in acting}
+        # what started each kiosk's expected state (schedule, a hold's end, a new calendar): the action keys
+        memory = fleet_campus.remember(schedule, view, now, state.get("transitions"),
+                                       {"serial": doc["serial"], "signed_at": doc["signed_at"], "holds": holds})
+        transitions = {k: fleet_campus.transition(schedule, view, k, now, timezone, memory) for k in acting}
         wake_ret = _wake_rest(inventory, conf, decision["wake"], early, early_ret) if decision["wake"] else None
         shutdown_ret = _shutdown(conf, decision["shutdown"], transitions) if decision["shutdown"] else None
         woken, shut_down, act_errors = fleet_sweep.acted(decision, wake_ret, shutdown_ret)
@@ -484,6 +487,7 @@ def _reconcile(conf, at):
         state["observed"] = {k: v["state"] for k, v in observed.items()}
         state["leader"] = leader_pi
         state["expected"] = expected_now
+        state["transitions"] = memory
         state["reconciled_at"] = fleet_campus.iso(clock_now)
         stored.clear()
         stored.update(state)

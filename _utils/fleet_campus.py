@@ -588,28 +588,143 @@ def tick_plan(expected_now, expected_next, previous, last_at, now, next_at, tick
 # ---------------------------------------------------------------- transitions and keys
 
 
-def transition(schedule, view, kiosk, now, timezone="UTC"):
+def _later(*instants):
+    """The latest of the aware instants given (None ignored); None when there is none."""
+    known = [i for i in instants if i is not None]
+    return max(known) if known else None
+
+
+def _started(schedule, view, kiosk, now, holds_seen):
     """
-    When the kiosk's expected state at ``now`` began: the hold's ``set_at``
-    when a hold decides, else the schedule's last transition to that state
-    within :data:`LOOKBACK`; else (a standing state) the campus day of
-    ``now`` (``YYYY-MM-DD``), so a standing state is acted on at most once a
-    day under one key. Every Pi computes the same value: the key of the action.
+    When the kiosk's expected state at ``now`` began by the calendar alone
+    (aware instant, or None for a standing state): the deciding hold's
+    ``set_at``; else the latest of the schedule's last transition to that
+    state within :data:`LOOKBACK` and the end of a hold of another state
+    that ended since (``holds_seen``: :func:`remember`'s ``holds``).
     """
-    now = instant(now, "now")
     want = view["expected"][kiosk]
     hold = view["holds"].get(kiosk)
     if hold is not None:
-        return iso(instant(hold["set_at"], f"holds.{kiosk}.set_at"))
-    campus = want["campus"]
+        return instant(hold["set_at"], f"holds.{kiosk}.set_at")
     sched = schedule if schedule is not None else fleet_schedule.load({"campuses": {}})
     last = None
-    for at, state, _rule in fleet_schedule.transitions(sched, campus, kiosk, now - LOOKBACK, now):
+    for at, state, _rule in fleet_schedule.transitions(sched, want["campus"], kiosk, now - LOOKBACK, now):
         if state == want["state"]:
             last = at
+    ended = None
+    for seen in (holds_seen or {}).get(kiosk, []):
+        try:
+            until = instant(seen.get("until"), f"holds_seen.{kiosk}.until")
+        except CampusError:
+            continue
+        if seen.get("state") != want["state"] and now - LOOKBACK < until <= now:
+            ended = _later(ended, until)
+    return _later(last, ended)
+
+
+def transition(schedule, view, kiosk, now, timezone="UTC", memory=None):
+    """
+    When the kiosk's expected state at ``now`` began: the key of the action
+    that brings the kiosk there (``campus/kiosk/shutdown/<this>``), so a
+    kiosk presses once per change of its expected state, never twice for one
+    and never "duplicate" for a new one. The latest of: the deciding hold's
+    ``set_at``; the schedule's last transition to that state within
+    :data:`LOOKBACK`; the end (``until``) of a hold of another state that
+    ended since; and, from ``memory`` (:func:`remember`), the calendar's
+    ``signed_at`` when the state exists only since a new calendar (a closure
+    published mid-day). None of these (a standing state): the campus day of
+    ``now`` (``YYYY-MM-DD``), acted on at most once a day. Every value comes
+    from the calendar every Pi holds: every Pi that watched the same
+    calendars computes the same key.
+    """
+    now = instant(now, "now")
+    want = view["expected"][kiosk]
+    memory = memory or {}
+    if view["holds"].get(kiosk) is not None:
+        return iso(_started(schedule, view, kiosk, now, None))
+    since = (memory.get("since") or {}).get(kiosk) or {}
+    remembered = None
+    if since.get("state") == want["state"] and since.get("at"):
+        try:
+            remembered = instant(since["at"], f"since.{kiosk}.at")
+        except CampusError:
+            remembered = None
+    last = _later(_started(schedule, view, kiosk, now, memory.get("holds")), remembered)
     if last is not None:
         return iso(last)
     return now.astimezone(fleet_fields.time_zone(timezone) or _UTC).date().isoformat()
+
+
+def remember(schedule, view, now, memory, calendar):
+    """
+    What the reconciler keeps between runs to name transitions
+    (:func:`transition`), from the last run's ``memory`` (its state's
+    ``transitions`` entry, or None) and the ``calendar`` now in use
+    (``{"serial", "signed_at", "holds"}``: its holds as listed, ended ones too):
+
+    - ``holds``: ``{kiosk: [{"state", "until", "set_at"}]}`` every hold seen
+      in a calendar within :data:`LOOKBACK` (a calendar leaves out the holds
+      that have ended, the key of the state after one is its ``until``); a
+      hold gone from the calendar before its ``until`` (unhold) ended at
+      that calendar's ``signed_at``;
+    - ``since``: ``{kiosk: {"state", "at"}}`` when each kiosk's expected
+      state began; a state that changed at this run with nothing in the
+      calendar after the last run to explain it (no transition, no hold)
+      began with the new calendar: its ``signed_at``;
+    - ``at``, ``serial``: this run's instant and calendar serial.
+    """
+    now = instant(now, "now")
+    memory = memory if isinstance(memory, dict) else {}
+    serial = calendar.get("serial")
+    signed = calendar.get("signed_at")
+    signed_at = (_dt.datetime.fromtimestamp(signed, _UTC) if isinstance(signed, (int, float))
+                 and not isinstance(signed, bool) else None)
+    try:
+        last_at = instant(memory["at"], "transitions.at") if memory.get("at") else None
+    except CampusError:
+        last_at = None
+    changed_calendar = last_at is not None and memory.get("serial") != serial and signed_at is not None
+    current = calendar.get("holds") if isinstance(calendar.get("holds"), dict) else {}
+    holds = {}
+    for kiosk, seen in (memory.get("holds") or {}).items():
+        if not isinstance(seen, list):
+            continue
+        kept = []
+        for record in seen:
+            if not isinstance(record, dict):
+                continue
+            try:
+                until = instant(record.get("until"), "until")
+            except CampusError:
+                continue
+            now_hold = current.get(kiosk)
+            if (signed_at is not None and until > signed_at and changed_calendar
+                    and (now_hold is None or now_hold.get("set_at") != record.get("set_at"))):
+                until = signed_at  # withdrawn or replaced by this calendar
+            if until > now - LOOKBACK:
+                kept.append({"state": record.get("state"), "until": iso(until), "set_at": record.get("set_at")})
+        if kept:
+            holds[kiosk] = kept
+    for kiosk, hold in sorted(current.items()):
+        if not isinstance(hold, dict):
+            continue
+        listed = holds.setdefault(kiosk, [])
+        if not any(r.get("set_at") == hold.get("set_at") for r in listed):
+            listed.append({"state": hold.get("state"), "until": hold.get("until"), "set_at": hold.get("set_at")})
+    before = memory.get("since") if isinstance(memory.get("since"), dict) else {}
+    since = {}
+    for kiosk, want in sorted(view["expected"].items()):
+        if want["state"] not in (fleet_sweep.ON, fleet_sweep.OFF):
+            continue
+        prev = before.get(kiosk)
+        if isinstance(prev, dict) and prev.get("state") == want["state"]:
+            since[kiosk] = {"state": want["state"], "at": prev.get("at")}
+            continue
+        began = _started(schedule, view, kiosk, now, holds)
+        if isinstance(prev, dict) and changed_calendar and (began is None or began <= last_at):
+            began = signed_at  # nothing since the last run explains it: the new calendar does
+        since[kiosk] = {"state": want["state"], "at": None if began is None else iso(began)}
+    return {"holds": holds, "since": since, "at": iso(now), "serial": serial}
 
 
 def action_key(campus, kiosk, action, when):

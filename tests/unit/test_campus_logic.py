@@ -427,3 +427,77 @@ def test_a_pi_that_has_not_probed_its_peers_yet_is_no_leader():
     assert fleet_campus.view_ready({}, "pi-east-1", ["pi-east-1"], None, 40)  # alone in its campus: nobody to wait for
     unknown = fleet_campus.gate(SYNCED, [], False, None)
     assert unknown["wake"] and not unknown["shutdown"] and "no view of the peer Pis" in unknown["no_shutdown"]
+
+
+# ---------------------------------------------------------------- keys after holds and new calendars
+
+WEEKDAYS = fleet_schedule.load({"campuses": {"east": {
+    "default": "off", "rules": [{"name": "hours", "weekly": {"mon-fri": ["08:00-20:00"]}}]}}}, EAST)
+
+
+def day_of_runs(steps, kiosk="kiosk-east-01"):
+    """
+    The keys one Pi names for ``kiosk`` over reconciler runs ``[(at, schedule,
+    holds, serial, signed_at)]``, carrying the reconciler's memory between runs.
+    """
+    memory, keys = None, []
+    for at, schedule, holds, serial, signed_at in steps:
+        view = fleet_sweep.expect(EAST, schedule, holds, at)
+        memory = fleet_campus.remember(schedule, view, at, memory,
+                                       {"serial": serial, "signed_at": int(signed_at.timestamp()), "holds": holds})
+        keys.append((view["expected"][kiosk]["state"],
+                     fleet_campus.transition(schedule, view, kiosk, at, "Asia/Shanghai", memory)))
+    return keys
+
+
+def test_the_state_after_a_hold_ends_gets_a_key_of_its_own():
+    # Friday 20:00 the leader shuts the kiosk down; Saturday 10:00-22:00 an operator holds it on;
+    # after 22:00 it is due off again: a new key, not Friday's the kiosk already pressed
+    fri = dt.datetime(2027, 3, 5, 20, 1, tzinfo=SH)
+    sat = dt.datetime(2027, 3, 6, 10, 0, tzinfo=SH)
+    hold = fleet_sweep.make_hold(EAST, "kiosk-east-01", "on", dt.datetime(2027, 3, 6, 22, 0, tzinfo=SH), "event", sat)
+    steps = [(fri, WEEKDAYS, {}, 1, fri),
+             (sat + dt.timedelta(minutes=1), WEEKDAYS, {"kiosk-east-01": hold}, 2, sat),
+             (dt.datetime(2027, 3, 6, 21, 59, tzinfo=SH), WEEKDAYS, {"kiosk-east-01": hold}, 2, sat),
+             # the top master's next calendar leaves the ended hold out
+             (dt.datetime(2027, 3, 6, 22, 1, tzinfo=SH), WEEKDAYS, {}, 3, dt.datetime(2027, 3, 6, 22, 0, 30, tzinfo=SH))]
+    keys = day_of_runs(steps)
+    assert keys[0] == ("off", "2027-03-05T12:00:00Z")
+    assert keys[1] == ("on", hold["set_at"])
+    assert keys[3] == ("off", "2027-03-06T14:00:00Z")  # the hold's end
+    # a Pi that saw the same calendars names the same key, minute after minute
+    later = steps + [(dt.datetime(2027, 3, 6, 23, 30, tzinfo=SH), WEEKDAYS, {}, 3, steps[-1][4])]
+    assert day_of_runs(later)[3:] == [keys[3], ("off", "2027-03-06T14:00:00Z")]
+
+
+def test_a_hold_withdrawn_early_ends_with_the_calendar_that_withdrew_it():
+    fri = dt.datetime(2027, 3, 5, 20, 1, tzinfo=SH)
+    sat = dt.datetime(2027, 3, 6, 10, 0, tzinfo=SH)
+    hold = fleet_sweep.make_hold(EAST, "kiosk-east-01", "on", dt.datetime(2027, 3, 6, 22, 0, tzinfo=SH), "event", sat)
+    unhold = dt.datetime(2027, 3, 6, 15, 0, tzinfo=SH)
+    keys = day_of_runs([(fri, WEEKDAYS, {}, 1, fri),
+                        (sat + dt.timedelta(minutes=1), WEEKDAYS, {"kiosk-east-01": hold}, 2, sat),
+                        (unhold + dt.timedelta(seconds=40), WEEKDAYS, {}, 3, unhold),
+                        # the hold's own end passes later: nothing changes then
+                        (dt.datetime(2027, 3, 6, 22, 5, tzinfo=SH), WEEKDAYS, {}, 3, unhold)])
+    assert keys[2] == ("off", "2027-03-06T07:00:00Z") == keys[3]
+
+
+def test_a_closure_published_mid_day_gets_the_calendar_key_not_yesterday_s():
+    closed = fleet_schedule.load({"campuses": {"east": {"default": "off", "rules": [
+        {"name": "hours", "weekly": {"daily": ["08:00-20:00"]}},
+        {"name": "closure", "dates": ["2027-03-08", "2027-03-08"], "always": "off"}]}}}, EAST)
+    sun = dt.datetime(2027, 3, 7, 20, 1, tzinfo=SH)
+    published = dt.datetime(2027, 3, 8, 11, 0, tzinfo=SH)
+    steps = [(sun, SCHEDULE, {}, 1, sun),
+             (dt.datetime(2027, 3, 8, 8, 1, tzinfo=SH), SCHEDULE, {}, 1, sun),
+             (published + dt.timedelta(seconds=20), closed, {}, 2, published),
+             (published + dt.timedelta(minutes=9), closed, {}, 2, published)]
+    keys = day_of_runs(steps)
+    assert keys[0] == ("off", "2027-03-07T12:00:00Z")
+    assert keys[1] == ("on", "2027-03-08T00:00:00Z")
+    # due off since the new calendar: its signed_at, the same minute after minute
+    assert keys[2] == keys[3] == ("off", "2027-03-08T03:00:00Z")
+    # a schedule change that keeps the state (a closure on a day already off) moves no key
+    quiet = day_of_runs([(sun, SCHEDULE, {}, 1, sun), (sun + dt.timedelta(hours=1), closed, {}, 2, sun)])
+    assert quiet[1] == ("off", "2027-03-07T12:00:00Z")
