@@ -121,8 +121,9 @@ def describe_reconcile(pi, answer):
     parts = []
     if answer.get("woke_early"):  # due on: magic packets before its scan, seconds after the due instant
         parts.append(f"woke {names(answer['woke_early'])} (before its scan)")
-    if answer.get("woke"):
-        parts.append(f"woke {names(answer['woke'])}")
+    later = [k for k in answer.get("woke") or [] if k not in (answer.get("woke_early") or [])]
+    if later:
+        parts.append(f"woke {names(later)}")
     if answer.get("shut_down"):
         parts.append(f"shut down {names(answer['shut_down'])}")
     if answer.get("verified"):
