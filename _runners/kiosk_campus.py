@@ -442,7 +442,8 @@ def _reconcile(conf, at):
     ready = fleet_campus.view_ready(probed, me, campus_pis, mono, conf["stale_s"])
     leader_pi = fleet_campus.leader(reachable, campus_pis) if ready else None
     confirmed_by = fleet_clock.confirmed(
-        clock_now, fleet_campus.peer_clocks(peers, clock_now, conf["stale_s"], mono), conf["confirm_tolerance_s"])
+        clock_now, fleet_campus.peer_clocks(peers, clock_now, conf["stale_s"], mono,
+                                             conf["probe_s"] + conf["probe_timeout_s"]), conf["confirm_tolerance_s"])
     allowed = fleet_campus.gate(clock, confirmed_by, leader_pi == me, leader_pi)
     timezone = inventory["campuses"][campus]["timezone"]
     store = fleet_state.Store(conf["dir"], STATE_FILE, STATE_DEFAULTS, 30, fleet_campus.CampusError)

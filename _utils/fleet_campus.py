@@ -42,7 +42,8 @@ Clock safety (:func:`gate`)
     synchronised (kernel, or the clock file of tests) AND this Pi to lead;
     a wake needs a synchronised clock or one confirmed by a peer Pi whose
     own clock is synchronised (``fleet_clock.confirmed`` on the peers'
-    signed ``at``, moved on by the time since each was fetched). With
+    signed ``at``, as old as one probe interval when fetched, moved on by
+    the time since each was fetched: :func:`peer_clocks`). With
     neither, the run decides nothing from the calendar (no wake, no
     shutdown, no verification) and leaves a clock entry (the alert).
 
@@ -104,6 +105,7 @@ SETTINGS = {
     "clock_file": (None, "path?", None, None),
     "textfile_dir": (None, "path?", None, None),
     "probe_timeout_s": (2, "num", 0.1, 30),
+    "probe_s": (20, "num", 1, 3600),  # the probe's interval (campus.sls writes its schedule's)
     "stale_s": (40, "num", 5, 3600),
     "confirm_tolerance_s": (5, "num", 0.5, 3600),
     "shutdown_delay_s": (60, "int", 0, 3600),
@@ -452,14 +454,21 @@ def leader(reachable, campus_pis=None):
     return min(synced or pis)
 
 
-def peer_clocks(peers, now, stale_s, mono_now=None):
+def peer_clocks(peers, now, stale_s, mono_now=None, max_age_s=0):
     """
     The peers' clock readings for ``fleet_clock.confirmed``: ``[{"pi", "at",
-    "synced"}]``, each peer's signed ``at`` moved on by how long ago it was
-    fetched (boot-time clock when known, else this Pi's), for peers fetched
-    within ``stale_s``.
+    "synced"}]`` for peers fetched within ``stale_s``. A status is up to
+    ``max_age_s`` old when fetched (the probe interval plus its timeout: the
+    peer writes it once per probe), so a peer's clock agrees with this Pi's
+    when ``at <= fetched_at <= at + max_age_s`` (``fetched_at``: this Pi's
+    clock at the fetch). The reading is the signed ``at`` moved on by the
+    part of that age the window allows and by the time since the fetch
+    (boot-time clock when known, else this Pi's): a clock that agreed at the
+    fetch reads exactly ``now``, one off by ``d`` beyond the window reads
+    ``d`` away, and ``fleet_clock.confirmed``'s tolerance covers the rest.
     """
     now = instant(now, "now")
+    window = float(max_age_s) if isinstance(max_age_s, (int, float)) and not isinstance(max_age_s, bool) else 0.0
     out = []
     for pi, record in sorted((peers or {}).items()):
         status = _status_of(record)
@@ -476,7 +485,9 @@ def peer_clocks(peers, now, stale_s, mono_now=None):
         else:
             age = (now - fetched).total_seconds()
         if 0 <= age <= stale_s:
-            out.append({"pi": pi, "at": iso(at + _dt.timedelta(seconds=age)), "synced": bool(status["clock"]["synced"])})
+            old = min(max((fetched - at).total_seconds(), 0.0), max(window, 0.0))
+            out.append({"pi": pi, "at": iso(at + _dt.timedelta(seconds=age + old)),
+                        "synced": bool(status["clock"]["synced"])})
     return out
 
 

@@ -50,8 +50,9 @@
 {%- for key, value in conf.items() if key not in ('probe_seconds', 'master_config') %}
 {%-   do settings.update({key: value}) %}
 {%- endfor %}
+{#- probe_s: the runner reads a peer status as up to one probe interval old (peer clock confirmation) #}
 {%- do settings.update({'dir': dir, 'repo_dir': repo_dir, 'campus': ns.campus, 'pi': grains['id'],
-                        'verify_key': verify_key}) %}
+                        'verify_key': verify_key, 'probe_s': probe_seconds}) %}
 {%- set seconds_ok = probe_seconds is integer and probe_seconds is not boolean and 5 <= probe_seconds <= 60
                      and tick_s is integer and tick_s is not boolean and 2 <= tick_s <= 60 %}
 {%- set delay_ok = restart_delay is integer and restart_delay is not boolean and 1 <= restart_delay <= 3600 %}

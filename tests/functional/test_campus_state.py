@@ -58,6 +58,7 @@ def test_campus_sls_writes_the_pi_master_schedule_and_settings(tmp_path):
     conf = fleet_campus.settings(snippet["kiosk_campus"])  # what the runner will read
     assert (conf["campus"], conf["pi"], conf["stale_s"], conf["verify_key"]) == ("west", "pi-west-2", 12, [VERIFY])
     assert conf["tick_s"] == 2  # the runner sleeps for a transition at most one tick ahead
+    assert conf["probe_s"] == 5  # a peer status is up to one probe interval old when fetched
     assert (tmp_path / "campus").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "repo" / "campus").is_dir()
     code, again, err = salt_call(root, "state.apply", "kiosk_fleet.campus", "test=True")

@@ -216,6 +216,23 @@ def test_peer_clocks_confirm_an_unsynchronised_clock():
     assert fleet_clock.confirmed(T0, fleet_campus.peer_clocks(peers(p3, fetched_at=fetched), T0, 40), 5) == []
 
 
+def test_a_status_fetched_a_probe_interval_after_it_was_written_still_confirms():
+    # the peer wrote its status at T0; this Pi, its clock right, fetched it 15 s later (probes are
+    # 20 s apart with independent phases) and reconciles 1 s after the fetch
+    written = status("pi-east-2", T0)
+    record = {"pi-east-2": fleet_campus.peer_record(T0 + dt.timedelta(seconds=15), status=written, mono=1000.0)}
+    now = T0 + dt.timedelta(seconds=16)
+    readings = fleet_campus.peer_clocks(record, now, 40, mono_now=1001.0, max_age_s=22)
+    assert fleet_clock.confirmed(now, readings, 5) == ["pi-east-2"]
+    # a status older than a probe interval (+ tolerance) when fetched, or "written" after this Pi's
+    # clock read the fetch, says this clock is off: no confirmation
+    for fetched in (T0 + dt.timedelta(seconds=30), T0 - dt.timedelta(seconds=8), T0 + dt.timedelta(hours=1)):
+        record = {"pi-east-2": fleet_campus.peer_record(fetched, status=written, mono=1000.0)}
+        later = fetched + dt.timedelta(seconds=1)
+        assert fleet_clock.confirmed(later, fleet_campus.peer_clocks(record, later, 40, mono_now=1001.0,
+                                                                     max_age_s=22), 5) == [], fetched
+
+
 def test_the_gate_never_shuts_down_on_an_unsynchronised_clock():
     assert fleet_campus.gate(SYNCED, [], True, "pi-east-1") == {
         "wake": True, "shutdown": True, "verify": True, "report": True, "no_wake": None, "no_shutdown": None}
