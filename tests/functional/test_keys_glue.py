@@ -264,7 +264,7 @@ def test_minion_config_state_writes_a_file_salt_reads(tmp_path, fleet, keys):
     # the minion config Salt builds from the main file and minion.d/ (the file wins over "master: salt")
     opts = salt.config.minion_config(str(conf / "minion"), cache_minion_id=False)
     assert opts["master"] == ["127.0.2.2:4506", "127.0.2.3:4506"]
-    assert opts["master_type"] == "str" and opts["master_alive_interval"] == 0 and opts["publish_port"] == 4505
+    assert opts["master_type"] == "str" and opts["master_alive_interval"] == 3600 and opts["publish_port"] == 4505
     assert_no_secret(keys, preview, done)
 
 
