@@ -89,6 +89,8 @@ STATUS_ALG = "rsa-pss-sha256"
 STATUS_PATH = "campus/status.json"  # under the Pi's release repository (repo_dir, served by nginx)
 CALENDAR_PATH = "campus/calendar.json"
 CONFIG_KEY = "kiosk_campus"
+# what kiosk_fleet.release_repo's nginx serves (kiosk_release_repo:repo_dir, kiosk_pkg's default)
+REPO_DIR = "/srv/kiosk-releases"
 # a transition further back than this is keyed by the campus day instead (a standing state)
 LOOKBACK = _dt.timedelta(days=8)
 MAX_STATUS_BYTES = 64 * 1024
@@ -101,7 +103,7 @@ SETTINGS = {
     "dir": ("/var/lib/kiosk_fleet/campus", "path", None, None),
     "campus": (None, "name", None, None),
     "pi": (None, "name", None, None),
-    "repo_dir": ("/srv/kiosk-repo", "path", None, None),
+    "repo_dir": (REPO_DIR, "path", None, None),
     "clock_file": (None, "path?", None, None),
     "textfile_dir": (None, "path?", None, None),
     "probe_timeout_s": (2, "num", 0.1, 30),

@@ -19,7 +19,7 @@
     verify keys (the Pi's pillar has both: its kiosk_fleet slice, kiosk_release:verify_key):
       kiosk_campus:
         dir: /var/lib/kiosk_fleet/campus
-        repo_dir: /srv/kiosk-repo
+        repo_dir: /srv/kiosk-releases   # pillar kiosk_release_repo:repo_dir (what nginx serves) wins
         probe_seconds: 20           # 5-60; with stale_s it bounds the failover: stale_s + probe_seconds <= 60
         tick_s: 5                   # 2-60 whole seconds
         reconcile_s: 60             # a full reconcile at least this often
@@ -45,7 +45,8 @@
 {%- set probe_seconds = conf.get('probe_seconds', 20) %}
 {%- set tick_s = conf.get('tick_s', 5) %}
 {%- set dir = conf.get('dir', '/var/lib/kiosk_fleet/campus') %}
-{%- set repo_dir = conf.get('repo_dir', '/srv/kiosk-repo') %}
+{#- the folder nginx serves (kiosk_fleet.release_repo's pillar) first: the peers fetch <repo_dir>/campus/ from it #}
+{%- set repo_dir = salt['pillar.get']('kiosk_release_repo:repo_dir') or conf.get('repo_dir') or '/srv/kiosk-releases' %}
 {%- set settings = {} %}
 {%- for key, value in conf.items() if key not in ('probe_seconds', 'master_config') %}
 {%-   do settings.update({key: value}) %}

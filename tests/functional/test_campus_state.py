@@ -82,3 +82,24 @@ def test_campus_sls_refuses_a_probe_interval_that_breaks_the_failover_bound(tmp_
     code, states, _ = salt_call(root, "state.apply", "kiosk_fleet.campus")
     assert code != 0 and "probe_seconds" in json.dumps(states)
     assert not (root / "master.d").exists()
+
+
+def rendered_settings(root):
+    code, states, err = salt_call(root, "state.show_sls", "kiosk_fleet.campus")
+    assert code == 0, (states, err[-2000:])
+    dataset = next(arg["dataset"] for arg in states["kiosk_campus_master_config"]["file"] if isinstance(arg, dict)
+                   and "dataset" in arg)
+    return fleet_campus.settings(dataset["kiosk_campus"])
+
+
+def test_campus_sls_serves_the_status_from_the_folder_nginx_serves(tmp_path):
+    # the release repository's pillar decides where nginx serves /kiosk-releases/ from
+    pillar = pillar_for("pi-east-1", tmp_path)
+    del pillar["kiosk_campus"]["repo_dir"]
+    pillar["kiosk_release_repo"] = {"repo_dir": str(tmp_path / "served")}
+    assert rendered_settings(local_pi(tmp_path / "a", "pi-east-1", pillar))["repo_dir"] == str(tmp_path / "served")
+    # nothing set: the release repository's default, which is also the runner's
+    del pillar["kiosk_release_repo"]
+    conf = rendered_settings(local_pi(tmp_path / "b", "pi-east-1", pillar))
+    assert conf["repo_dir"] == "/srv/kiosk-releases" == fleet_campus.SETTINGS["repo_dir"][0]
+    assert "/srv/kiosk-releases" in (REPO / "states" / "kiosk_fleet" / "release_repo.sls").read_text()
