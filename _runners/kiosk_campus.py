@@ -78,8 +78,17 @@ def _settings():
     return fleet_campus.settings(fleet_runner.config(__opts__, fleet_campus.CONFIG_KEY))
 
 
+def _unusable(setting, folder, exc):
+    """The CampusError for a folder this Pi cannot use (a file in its place, a full or read-only disk)."""
+    field = f"{fleet_campus.CONFIG_KEY}:{setting}"
+    return fleet_campus.CampusError(f"{field}: {folder} is not usable ({exc.strerror or exc})", field=field)
+
+
 def _path(conf, name):
-    os.makedirs(conf["dir"], mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(conf["dir"], mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise _unusable("dir", conf["dir"], exc) from None
     return os.path.join(conf["dir"], name)
 
 
@@ -197,8 +206,11 @@ def _take_calendar(inventory, conf, pi):
 def _serve(conf, name, doc):
     """Write ``doc`` to ``<repo_dir>/campus/<name>`` atomically (nginx serves it; readable by all)."""
     folder = os.path.join(conf["repo_dir"], os.path.dirname(fleet_campus.STATUS_PATH))
-    os.makedirs(folder, mode=0o755, exist_ok=True)
-    fleet_state.write_json_atomic(os.path.join(folder, name), doc, mode=0o644)
+    try:
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        fleet_state.write_json_atomic(os.path.join(folder, name), doc, mode=0o644)
+    except OSError as exc:  # the peers keep the last status served until it is stale
+        raise _unusable("repo_dir", folder, exc) from None
 
 
 # ---------------------------------------------------------------- observe, act
@@ -382,7 +394,10 @@ def _probe(conf):
             _serve(conf, os.path.basename(fleet_campus.CALENDAR_PATH), doc)
     view = {"probed_at": fleet_campus.iso(now), "probed_mono": _mono(), "pis": peers, "leader": leader_pi,
             "reachable": sorted(reachable)}
-    fleet_state.write_json_atomic(_path(conf, PEERS_FILE), view, mode=0o600)
+    try:
+        fleet_state.write_json_atomic(_path(conf, PEERS_FILE), view, mode=0o600)
+    except OSError as exc:
+        raise _unusable("dir", conf["dir"], exc) from None
     ret = {"result": True, "campus": campus, "pi": me, "at": fleet_campus.iso(now), "serial": serial,
            "peers": {p: r.get("error") or "ok" for p, r in sorted(peers.items())},
            "reachable": sorted(reachable), "leader_pi": leader_pi, "clock": {k: clock.get(k) for k in
@@ -587,8 +602,9 @@ def status():
     """
     try:
         conf = _settings()
+        peers_file = _path(conf, PEERS_FILE)
         doc = _calendar(conf, required=False)
-        view = fleet_state.read_json(_path(conf, PEERS_FILE), fleet_campus.CampusError, {})
+        view = fleet_state.read_json(peers_file, fleet_campus.CampusError, {})
         state = fleet_sweep.load_state(fleet_state.read_json(_path(conf, STATE_FILE), fleet_campus.CampusError, {}))
         clock = fleet_clock.clock_state(conf["clock_file"])
         outbox = fleet_outbox.Outbox(_path(conf, OUTBOX_FILE), conf["outbox_cap"]).stats()

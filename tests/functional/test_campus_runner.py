@@ -392,6 +392,21 @@ def test_one_reconcile_at_a_time_and_no_calendar_is_a_clear_failure(campus):
     assert none["result"] is False and none["error"].startswith("calendar: none stored")
 
 
+def test_an_unusable_folder_is_a_failure_naming_the_setting_not_a_traceback(campus):
+    base = campus.pis["pi-east-1"]["base"]
+    shutil.rmtree(base / "repo")
+    (base / "repo").write_text("a file where the served folder should be")
+    ret = campus.run("pi-east-1", "probe")
+    assert ret["result"] is False and ret["error"].startswith("kiosk_campus:repo_dir: "), ret
+    shutil.rmtree(base / "campus")
+    (base / "campus").write_text("a file where the campus folder should be")
+    for fun in ("probe", "tick", "status"):
+        ret = campus.run("pi-east-1", fun)
+        assert ret["result"] is False and ret["error"].startswith("kiosk_campus:dir: "), (fun, ret)
+    ret = campus.run("pi-east-1", "reconcile", at=OPEN)
+    assert ret["result"] is False and ret["error"].startswith("kiosk_campus:dir: "), ret
+
+
 # ---------------------------------------------------------------- the Pi minion's module
 
 
