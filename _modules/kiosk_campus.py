@@ -131,7 +131,8 @@ def reconcile(at=None):
     in this process, with the Pi master's config read from
     ``kiosk_campus:master_config``) and return what it did: ``result``,
     ``leader``, ``woke``, ``shut_down``, ``observed``, ``clock``, ... (see
-    the runner). ``at``: an ISO 8601 instant standing in for now (tests, the
+    the runner). ``at``: an ISO 8601 instant standing in for now, refused
+    unless the Pi master's ``kiosk_campus:clock_file`` is set (tests, the
     lab's compressed day). Exit code 1 when the run failed.
 
     CLI Example:

@@ -413,7 +413,8 @@ def reconcile(at=None):
     """
     One reconciler run: the calendar's expected state of every kiosk of this
     campus now (``at``: an ISO 8601 instant standing in for the clock's now,
-    for tests and the lab's compressed day), against this Pi's observation
+    refused unless ``kiosk_campus:clock_file`` is set: tests and the lab's
+    compressed day only, as the run acts for real), against this Pi's observation
     (its nmap probe of the service ports, its master's connected minions).
     Every live Pi wakes the kiosks due on; the leader alone shuts down, runs
     the +5/+10/+15 verification and raises alerts; nothing is shut down on an
@@ -440,6 +441,12 @@ def reconcile(at=None):
 
 def _reconcile(conf, at):
     me, campus = conf["pi"], conf["campus"]
+    if at not in (None, "") and conf["clock_file"] is None:
+        # a run at another instant acts for real and leaves checks and expected states for that
+        # instant in reconciler.json: only where the clock is a stand-in (tests, the lab's day)
+        raise fleet_campus.CampusError(
+            "at: a reconcile at another instant than now needs kiosk_campus:clock_file (tests, the lab); "
+            "on a Pi's real clock it would act and record checks for that instant", field="at")
     doc = _calendar(conf)
     inventory, schedule, holds = _inventory_parts(doc)
     campus_pis = fleet_campus.pis_of(inventory, campus)

@@ -407,6 +407,17 @@ def test_an_unusable_folder_is_a_failure_naming_the_setting_not_a_traceback(camp
     assert ret["result"] is False and ret["error"].startswith("kiosk_campus:dir: "), ret
 
 
+def test_a_reconcile_at_another_instant_is_refused_on_the_real_clock(campus):
+    # without a clock stand-in (production), at= would act for real and leave checks due at that instant
+    campus.pis["pi-east-1"] = campus.pi("pi-east-1", clock_file=None)
+    probe_all(campus)
+    ret = campus.run("pi-east-1", "reconcile", at=OPEN)
+    assert ret["result"] is False and ret["error"].startswith("at: ") and "kiosk_campus:clock_file" in ret["error"]
+    folder = pathlib.Path(campus.pis["pi-east-1"]["settings"]["dir"])
+    assert not (folder / "reconciler.json").exists() and campus.outbox("pi-east-1") == []
+    assert campus.packets() == [] and campus.kiosks.jobs == []
+
+
 # ---------------------------------------------------------------- the Pi minion's module
 
 
