@@ -33,7 +33,7 @@ Leader (:func:`leader`)
     the lowest id (string order) leads. A Pi that dies stops writing; its
     last ``at`` is at most one probe interval old when it dies and stale
     ``stale_s`` later, so leadership moves within ``stale_s`` + one probe
-    interval (40 + 20 = 60 s with the defaults). A split campus LAN gives
+    interval (30 + 20 = 50 s with the defaults). A split campus LAN gives
     one leader per side: every action carries an idempotency key (the kiosk
     presses once per key, the top master posts each alert key once).
 
@@ -108,7 +108,7 @@ SETTINGS = {
     "textfile_dir": (None, "path?", None, None),
     "probe_timeout_s": (2, "num", 0.1, 30),
     "probe_s": (20, "num", 1, 3600),  # the probe's interval (campus.sls writes its schedule's)
-    "stale_s": (40, "num", 5, 3600),
+    "stale_s": (30, "num", 5, 3600),  # + the probe interval (20 s): a dead leader replaced within 50 s
     "confirm_tolerance_s": (5, "num", 0.5, 3600),
     "shutdown_delay_s": (60, "int", 0, 3600),
     "shutdown_timeout_s": (10, "int", 1, 120),

@@ -23,7 +23,8 @@
         probe_seconds: 20           # 5-60; with stale_s it bounds the failover: stale_s + probe_seconds <= 60
         tick_s: 5                   # 2-60 whole seconds
         reconcile_s: 60             # a full reconcile at least this often
-        stale_s: 40                 # and any other kiosk_campus setting (docs/campus.md), passed through
+        stale_s: 30                 # stale_s + probe_seconds <= 60 (refused otherwise); any other
+                                    # kiosk_campus setting (docs/campus.md) is passed through
         textfile_dir: /var/lib/prometheus/node-exporter
       kiosk_fleet:
         master_config_dir: /etc/salt/master.d
@@ -44,6 +45,7 @@
 {%- set verify_key = conf.get('verify_key') or salt['pillar.get']('kiosk_release:verify_key', []) %}
 {%- set probe_seconds = conf.get('probe_seconds', 20) %}
 {%- set tick_s = conf.get('tick_s', 5) %}
+{%- set stale_s = conf.get('stale_s', 30) %}
 {%- set dir = conf.get('dir', '/var/lib/kiosk_fleet/campus') %}
 {#- the folder nginx serves (kiosk_fleet.release_repo's pillar) first: the peers fetch <repo_dir>/campus/ from it #}
 {%- set repo_dir = salt['pillar.get']('kiosk_release_repo:repo_dir') or conf.get('repo_dir') or '/srv/kiosk-releases' %}
@@ -56,6 +58,8 @@
                         'verify_key': verify_key, 'probe_s': probe_seconds}) %}
 {%- set seconds_ok = probe_seconds is integer and probe_seconds is not boolean and 5 <= probe_seconds <= 60
                      and tick_s is integer and tick_s is not boolean and 2 <= tick_s <= 60 %}
+{#- a dead leader is seen stale_s after its last status, itself up to one probe interval old #}
+{%- set stale_ok = stale_s is number and stale_s is not boolean and stale_s + probe_seconds <= 60 %}
 {%- set delay_ok = restart_delay is integer and restart_delay is not boolean and 1 <= restart_delay <= 3600 %}
 
 {%- if not ns.campus or not verify_key %}
@@ -70,6 +74,12 @@ kiosk_campus_settings:
 kiosk_campus_settings:
   test.fail_without_changes:
     - name: "kiosk_campus: probe_seconds (5-60) and tick_s (2-60) must be whole numbers of seconds"
+{%- elif not stale_ok %}
+
+kiosk_campus_settings:
+  test.fail_without_changes:
+    - name: {{ ('kiosk_campus: stale_s + probe_seconds (' ~ (stale_s | string | truncate(20)) ~ ' + ' ~ probe_seconds
+                ~ ') must be at most 60 s: leadership moves within that after a Pi dies') | json }}
 {%- else %}
 
 kiosk_campus_dir:

@@ -103,3 +103,13 @@ def test_campus_sls_serves_the_status_from_the_folder_nginx_serves(tmp_path):
     conf = rendered_settings(local_pi(tmp_path / "b", "pi-east-1", pillar))
     assert conf["repo_dir"] == "/srv/kiosk-releases" == fleet_campus.SETTINGS["repo_dir"][0]
     assert "/srv/kiosk-releases" in (REPO / "states" / "kiosk_fleet" / "release_repo.sls").read_text()
+
+
+def test_campus_sls_refuses_a_staleness_that_breaks_the_failover_bound(tmp_path):
+    # a dead leader is seen stale_s after its last status, which is up to one probe interval old
+    root = local_pi(tmp_path / "pi", "pi-east-1", pillar_for("pi-east-1", tmp_path, probe_seconds=20, stale_s=45))
+    code, states, _ = salt_call(root, "state.apply", "kiosk_fleet.campus")
+    assert code != 0 and "stale_s + probe_seconds" in json.dumps(states)
+    assert not (root / "master.d").exists()
+    # the defaults keep a margin under 60 s
+    assert fleet_campus.SETTINGS["stale_s"][0] + 20 <= 50
