@@ -439,6 +439,16 @@ def reconcile(at=None):
     return fleet_runner.finish(__context__, ret)
 
 
+def _leader(conf, clock, clock_now, campus_pis):
+    """``(peers, boot-time now, reachable, leader)`` from the last probe's view (peers.json)."""
+    probed = _view(conf)
+    mono = _mono()
+    reachable = fleet_campus.live(conf["pi"], clock, probed["pis"], clock_now, conf["stale_s"], mono)
+    # no recent probe (just started): no leader known, so no shutdown from this Pi yet
+    ready = fleet_campus.view_ready(probed, conf["pi"], campus_pis, mono, conf["stale_s"])
+    return probed["pis"], mono, reachable, fleet_campus.leader(reachable, campus_pis) if ready else None
+
+
 def _reconcile(conf, at):
     me, campus = conf["pi"], conf["campus"]
     if at not in (None, "") and conf["clock_file"] is None:
@@ -456,13 +466,7 @@ def _reconcile(conf, at):
     # peers are judged on this Pi's clock; ``at`` moves only the calendar's instant
     clock, clock_now = _clock(conf)
     now = clock_now if at in (None, "") else fleet_campus.instant(at, "at")
-    probed = _view(conf)
-    peers = probed["pis"]
-    mono = _mono()
-    reachable = fleet_campus.live(me, clock, peers, clock_now, conf["stale_s"], mono)
-    # no recent probe (just started): no leader known, so no shutdown from this Pi yet
-    ready = fleet_campus.view_ready(probed, me, campus_pis, mono, conf["stale_s"])
-    leader_pi = fleet_campus.leader(reachable, campus_pis) if ready else None
+    peers, mono, reachable, leader_pi = _leader(conf, clock, clock_now, campus_pis)
     confirmed_by = fleet_clock.confirmed(
         clock_now, fleet_campus.peer_clocks(peers, clock_now, conf["stale_s"], mono,
                                              conf["probe_s"] + conf["probe_timeout_s"]), conf["confirm_tolerance_s"])
@@ -550,8 +554,9 @@ def tick():
     when one is due, nothing otherwise. Due: a schedule transition before
     the next tick (the tick sleeps until that instant, so magic packets go
     out within a second or two of it), the expected states changed since
-    the last reconcile (a hold, a new calendar), or the last reconcile is
-    ``reconcile_s`` (60 s) old. A reconcile already running: nothing.
+    the last reconcile (a hold, a new calendar), the leader in the last
+    probe's view changed (a failover: the new leader acts at once), or the
+    last reconcile is ``reconcile_s`` (60 s) old. A reconcile already running: nothing.
     Returns the reconcile's answer plus ``reconciled``/``why``.
 
     CLI Example:
@@ -580,13 +585,15 @@ def tick():
 def _tick(conf):
     doc = _calendar(conf)
     inventory, schedule, holds = _inventory_parts(doc)
-    _, now = _clock(conf)
+    clock, now = _clock(conf)
     state = fleet_state.Store(conf["dir"], STATE_FILE, STATE_DEFAULTS, 30, fleet_campus.CampusError).read()
     upcoming = fleet_campus.next_minute(now)
+    leader_pi = _leader(conf, clock, now, fleet_campus.pis_of(inventory, conf["campus"]))[3]
     plan = fleet_campus.tick_plan(
         fleet_campus.expected_map(fleet_sweep.expect(inventory, schedule, holds, now)),
         fleet_campus.expected_map(fleet_sweep.expect(inventory, schedule, holds, upcoming)),
-        state.get("expected"), state.get("reconciled_at"), now, upcoming, conf["tick_s"], conf["reconcile_s"])
+        state.get("expected"), state.get("reconciled_at"), now, upcoming, conf["tick_s"], conf["reconcile_s"],
+        leader_pi, state.get("leader"))
     if not plan["run"]:
         return {"result": True, "reconciled": False, "why": plan["why"], "at": fleet_campus.iso(now)}
     if plan["sleep"] > 0:

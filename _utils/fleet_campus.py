@@ -573,13 +573,17 @@ def newly_due_on(expected_now, previous):
                   if state == fleet_sweep.ON and (previous is None or previous.get(k) != fleet_sweep.ON))
 
 
-def tick_plan(expected_now, expected_next, previous, last_at, now, next_at, tick_s, reconcile_s):
+def tick_plan(expected_now, expected_next, previous, last_at, now, next_at, tick_s, reconcile_s,
+              leader_now=None, leader_before=None):
     """
     What a tick (every ``tick_s``) does: ``{"sleep": s, "run": bool, "why"}``.
     A transition before the next tick (``expected_next`` at ``next_at``, the
     next whole minute, differs): sleep until it, then reconcile; the
-    expected states changed since the last reconcile, none yet, or the last
-    is ``reconcile_s`` old: reconcile now; else nothing.
+    expected states changed since the last reconcile, none yet, the leader
+    in the last probe's view (``leader_now``) is not the last reconcile's
+    (``leader_before``: a failover, so a new leader acts at once, not up to
+    ``reconcile_s`` later), or the last is ``reconcile_s`` old: reconcile
+    now; else nothing.
     """
     now, next_at = instant(now, "now"), instant(next_at, "next_at")
     wait = (next_at - now).total_seconds()
@@ -589,6 +593,8 @@ def tick_plan(expected_now, expected_next, previous, last_at, now, next_at, tick
         return {"sleep": 0, "run": True, "why": "no reconcile yet"}
     if previous != expected_now:
         return {"sleep": 0, "run": True, "why": "the expected states changed"}
+    if leader_now != leader_before:
+        return {"sleep": 0, "run": True, "why": f"the leader changed ({leader_before or 'none'} -> {leader_now or 'none'})"}
     try:
         age = (now - instant(last_at, "last_at")).total_seconds()
     except CampusError:

@@ -403,6 +403,19 @@ def test_the_tick_reconciles_on_change_on_age_and_at_first():
     assert fleet_campus.tick_plan(same, same, same, old, at, nxt, 5, 60)["why"] == "the last reconcile is 61 s old"
 
 
+def test_the_tick_reconciles_at_once_when_the_leader_changed():
+    # the leader died 20 s after the last reconcile: the new leader acts at its next tick,
+    # not up to a minute later (a closing instant in between would wait that long)
+    same = {"kiosk-east-01": "off", "kiosk-east-02": "off"}
+    nxt = fleet_campus.next_minute(T0)
+    recent = fleet_campus.iso(T0 - dt.timedelta(seconds=20))
+    plan = fleet_campus.tick_plan(same, same, same, recent, T0, nxt, 5, 60,
+                                  leader_now="pi-east-2", leader_before="pi-east-1")
+    assert plan == {"sleep": 0, "run": True, "why": "the leader changed (pi-east-1 -> pi-east-2)"}
+    assert fleet_campus.tick_plan(same, same, same, recent, T0, nxt, 5, 60,
+                                  leader_now="pi-east-1", leader_before="pi-east-1")["run"] is False
+
+
 def test_kiosks_newly_due_on_are_woken_before_the_scan():
     assert fleet_campus.newly_due_on({"a": "on", "b": "off", "c": "on"}, {"a": "off", "b": "off", "c": "on"}) == ["a"]
     assert fleet_campus.newly_due_on({"a": "on", "b": "unmanaged"}, None) == ["a"]  # a Pi back from a power cut
