@@ -165,6 +165,52 @@ def test_nginx_dies_with_a_clear_error_on_a_taken_port(tree, tmp_path):
             repo.stop()
 
 
+class CampusRepo(NginxRepo):
+    """The shipped server block rendered with ``campus_pis``, as Salt renders it on a Pi from its pillar."""
+
+    def __init__(self, listen, repo_dir, workdir, campus_pis):
+        super().__init__(listen, repo_dir, workdir)
+        self.campus_pis = campus_pis
+
+    def write_config(self, server_conf=None, name="nginx.conf"):
+        if server_conf is None:
+            server_conf = render("kiosk-release-repo.conf.jinja", listen=self.listen, repo_dir=str(self.repo_dir),
+                                 access_log=str(self.access_log), campus_pis=self.campus_pis)
+        return super().write_config(server_conf, name)
+
+
+def fetch_from(listen, path, source):
+    """GET ``/kiosk-releases/<path>`` from the loopback address ``source`` (a Pi, or a kiosk)."""
+    host, port = listen.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10, source_address=(source, 0))
+    try:
+        conn.request("GET", "/kiosk-releases/" + path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_the_campus_folder_is_for_the_campus_pis_only_and_never_cached(tree, tmp_path):
+    (tree / "repo" / "campus").mkdir(exist_ok=True)
+    (tree / "repo" / "campus" / "calendar.json").write_text('{"kind": "calendar"}\n')
+    (tree / "repo" / "campus" / "status.json").write_text('{"kind": "campus-status"}\n')
+    with CampusRepo(["127.0.1.2"], tree / "repo", tmp_path / "nginx", ["127.0.1.2", "127.0.1.3"]) as repo:
+        for pi in ("127.0.1.2", "127.0.1.3"):  # a peer Pi, and the Pi itself
+            status, headers, body = fetch_from(repo.listen[0], "campus/calendar.json", pi)
+            assert status == 200 and body == b'{"kind": "calendar"}\n'
+            assert headers["cache-control"] == "no-cache"
+        # a kiosk (any other address of the VLAN) reads no calendar, no status
+        for path in ("campus/calendar.json", "campus/status.json", "campus/../campus/status.json"):
+            status, _, body = fetch_from(repo.listen[0], path, "127.0.1.50")
+            assert status in (400, 403) and b"kind" not in body, (path, status)
+        # the releases stay open to the kiosks, cached as before
+        status, headers, _ = fetch_from(repo.listen[0], "app/index.json", "127.0.1.50")
+        assert status == 200 and headers["cache-control"] == "no-cache"
+        status, headers, _ = fetch_from(repo.listen[0], "app/1.0.0/manifest.json", "127.0.1.50")
+        assert status == 200 and "immutable" in headers["cache-control"]
+
+
 # --- the state, rendered through Salt ---------------------------------------------------------------------
 
 def _minion(root, minion_id, pillar):
@@ -251,8 +297,12 @@ def test_state_renders_the_pi_config_from_the_inventory(pi_minion, tmp_path):
         "listen 127.0.1.2:8080;", "listen 127.0.2.2:8080;"]
     assert f'alias "{root / "releases"}/";' in conf
     assert f'access_log "{root / "access.log"}" kiosk_release_repo;' in conf
-    # the tests' nginx renders the same files with plain jinja2: same text
-    assert conf == render("kiosk-release-repo.conf.jinja", **site["context"])
+    # the campus runtime's folder: this Pi's campus's Pis only (their VLAN sources and master addresses)
+    riverside = ["127.0.1.2", "127.0.1.3", "127.0.2.2", "127.0.2.3"]
+    assert [line.strip() for line in conf.splitlines() if line.strip().startswith(("allow ", "deny "))] == [
+        f"allow {a};" for a in riverside] + ["deny all;"]
+    # the tests' nginx renders the same files with plain jinja2 (the Pis' addresses given): same text
+    assert conf == render("kiosk-release-repo.conf.jinja", **site["context"], campus_pis=riverside)
     assert http_conf.read_text() == render("kiosk-release-repo-http.conf.jinja")
 
     # and nginx accepts it in the tests' main conf
