@@ -466,7 +466,9 @@ def sweep(campus=None, at=None, timeout=60):
     kiosks woken and shut down, the silent and failed Pis. The decisions are
     the campuses' own (their calendar, their observation, their leader); the
     top master takes none. ``at`` (ISO 8601 with offset) is passed to the
-    reconcilers in place of their clock's now (rehearsals, tests). Exit code
+    reconcilers in place of their clock's now: only Pis with a
+    ``kiosk_campus:clock_file`` (tests, the lab) take it, since such a run acts
+    for real; a production Pi refuses it (a failed Pi in the answer). Exit code
     1 when no Pi of a campus answered or a Pi's run failed.
 
     CLI Example:
