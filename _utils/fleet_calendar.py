@@ -85,7 +85,9 @@ def _whole(value, field):
 def next_serial(previous, now):
     """The serial of a new calendar: ``max(previous + 1, now)`` (follows the clock, always grows)."""
     previous = 0 if previous is None else _whole(previous, "previous")
-    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now) or now < 0:
+    # math.isfinite on a huge int overflows: only floats can be inf/nan
+    if (isinstance(now, bool) or not isinstance(now, (int, float))
+            or (isinstance(now, float) and not math.isfinite(now)) or now < 0):
         raise CalendarError(f"now: {fleet_fields.shown(now)} is not epoch seconds", field="now")
     return max(previous + 1, int(now))
 

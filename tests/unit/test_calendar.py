@@ -322,3 +322,10 @@ def test_a_new_serial_goes_above_every_serial_a_pi_of_the_campus_holds():
         fc.highest_serial(None, {}, [])
     with pytest.raises(fc.CalendarError, match=r"^record\.pis"):
         fc.highest_serial({"pis": []}, {}, [])
+
+
+def test_next_serial_takes_a_huge_whole_clock_without_overflowing():
+    # math.isfinite(10**300) raises OverflowError; the fuzzer found it through build's signed_at
+    assert fc.next_serial(None, 10**300) == 10**300
+    with pytest.raises(fc.CalendarError, match="^now: "):
+        fc.next_serial(None, float("nan"))
