@@ -255,6 +255,43 @@ def http_get(url, timeout=5):
         return None, b""
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_pid(pid, timeout=10):
+    """
+    Stop a process of an earlier :class:`Stack` by its pid, from any process
+    (``kiosk-lab down``): SIGTERM, wait up to ``timeout`` s, then SIGKILL.
+    True when it is gone. Only for pids this module started: the caller keeps
+    them (``Stack.pids``) and checks they are still its own.
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
+        raise MonitorError(f"pid: expected a process id > 1: {pid!r}")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:  # reap it when it is our own child; otherwise its parent (init) does
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    return True
+            except ChildProcessError:
+                pass
+            if not _alive(pid):
+                return True
+            time.sleep(0.1)
+    return not _alive(pid)
+
+
 def _tail(path, secret=None):
     try:
         with open(path, "rb") as handle:
