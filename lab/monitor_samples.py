@@ -123,7 +123,7 @@ def _write(directory, name, families):
     return pathlib.Path(fleet_metrics.write_textfile(str(directory), name, fleet_metrics.render(families)))
 
 
-def write_power(directory, fleet, tick, now):
+def _write_power(directory, fleet, tick, now):
     """``kiosk_power.prom`` after a sweep then a verify (``fleet_sweep.metrics``)."""
     inventory = {"campuses": {c: {"kiosks": sorted(spec["kiosks"])} for c, spec in fleet["campuses"].items()}}
     observed = {k: v["observed"] for spec in fleet["campuses"].values() for k, v in spec["kiosks"].items()}
@@ -139,7 +139,7 @@ def write_power(directory, fleet, tick, now):
     return _write(directory, "kiosk_power.prom", families)
 
 
-def write_release(directory, fleet, tick, now):
+def _write_release(directory, fleet, tick, now):
     """``kiosk_release.prom`` (``fleet_rollout.metric_families``): pins, published size, WAN bytes, drift."""
     name = fleet["release"]
     pins = {c: {"version": spec["pin"], "serial": 7} for c, spec in fleet["campuses"].items()}
@@ -155,7 +155,7 @@ def write_release(directory, fleet, tick, now):
     return _write(directory, "kiosk_release.prom", fleet_rollout.metric_families(state))
 
 
-def write_alerts(directory, fleet, tick, now):
+def _write_alerts(directory, fleet, tick, now):
     """``kiosk_alerts.prom`` (``fleet_metrics.alert_families``), every counter present, growing with ``tick``."""
     rows = [
         ("kiosk_alerts_posted_total", "power_mismatch", 4 + tick),
@@ -168,7 +168,7 @@ def write_alerts(directory, fleet, tick, now):
     return _write(directory, "kiosk_alerts.prom", fleet_metrics.alert_families(rows))
 
 
-def write_outbox(directory, fleet, tick, now):
+def _write_outbox(directory, fleet, tick, now):
     """The top master's ``kiosk_campus.prom`` (``fleet_outbox.metrics``): collect counters, each Pi and kiosk."""
     at = _dt.datetime.fromtimestamp(now - 20, _dt.timezone.utc).isoformat()
     counters, day, unposted = [], {}, []
@@ -195,7 +195,7 @@ def write_outbox(directory, fleet, tick, now):
     return _write(directory, "kiosk_campus.prom", fleet_outbox.metrics(counters, day, unposted))
 
 
-def write_restarts(directory, fleet, tick, now):
+def _write_restarts(directory, fleet, tick, now):
     """``kiosk_restarts.prom`` (``fleet_restarts.metric_families``): boots and unexpected restarts per kiosk."""
     rows = [{"campus": c, "kiosk": k, "boots": v.get("boots", 1) + tick,
              "unexpected": v.get("unexpected", 0) + (tick if v.get("unexpected") else 0), "last_boot": now - 600}
@@ -203,7 +203,7 @@ def write_restarts(directory, fleet, tick, now):
     return _write(directory, "kiosk_restarts.prom", fleet_restarts.metric_families(rows))
 
 
-def write_pi(directory, fleet, campus, pi, tick, now):
+def _write_pi(directory, fleet, campus, pi, tick, now):
     """One Pi's ``kiosk_env.prom`` (``fleet_env.render_textfile``) and ``kiosk_campus.prom`` (``fleet_campus.metrics``)."""
     spec = fleet["campuses"][campus]
     info = spec["pis"][pi]
@@ -243,15 +243,17 @@ def write_samples(dirs, fleet=None, tick=0, now=None):
     if missing:
         raise SamplesError(f"dirs: no existing folder for {', '.join(missing)}")
     written = {TOP: [writer(dirs[TOP], fleet, tick, now)
-                     for writer in (write_power, write_release, write_alerts, write_outbox, write_restarts)]}
+                     for writer in (_write_power, _write_release, _write_alerts, _write_outbox, _write_restarts)]}
     for campus, spec in sorted(fleet["campuses"].items()):
         for pi in sorted(spec["pis"]):
-            written[pi] = write_pi(dirs[pi], fleet, campus, pi, tick, now)
+            written[pi] = _write_pi(dirs[pi], fleet, campus, pi, tick, now)
     return written
 
 
 def metric_names(paths):
     """The metric names the textfiles at ``paths`` hold (their ``# TYPE`` lines)."""
+    if isinstance(paths, (str, pathlib.Path)) or not isinstance(paths, (list, tuple, set)):
+        raise SamplesError(f"paths: expected a list of textfile paths, got {type(paths).__name__}")
     names = set()
     for path in paths:
         for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():

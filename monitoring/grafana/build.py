@@ -62,39 +62,39 @@ def query(expr, legend=None, ref="A", instant=False, table_format=False):
     return target
 
 
-def targets(panel, *queries):
+def _targets(panel, *queries):
     """``panel`` with ``queries`` (``(expr, legend)`` pairs) as targets A, B, C..."""
     for index, (expr, legend) in enumerate(queries):
         panel = panel.with_target(query(expr, legend, ref=chr(ord("A") + index)))
     return panel
 
 
-def thresholds(*steps):
+def _thresholds(*steps):
     """Absolute thresholds: ``("green", None), ("red", 300)`` (the first step is the base)."""
     return (dash.ThresholdsConfig().mode(model.ThresholdsMode.ABSOLUTE)
             .steps([model.Threshold(value=value, color=color) for color, value in steps]))
 
 
-def mapping(**texts):
+def _mapping(**texts):
     """A value mapping ``{"0": ("off", "red"), ...}`` given as ``v0=("off", "red")``."""
     return [model.ValueMap(options={key[1:]: model.ValueMappingResult(text=text, color=color, index=i)
                                     for i, (key, (text, color)) in enumerate(sorted(texts.items()))})]
 
 
-ON_OFF = mapping(v0=("off", "red"), v1=("on", "green"))
-OK_FAILED = mapping(v0=("failed", "red"), v1=("ok", "green"))
-YES_NO = mapping(v0=("no", "orange"), v1=("yes", "green"))
+ON_OFF = _mapping(v0=("off", "red"), v1=("on", "green"))
+OK_FAILED = _mapping(v0=("failed", "red"), v1=("ok", "green"))
+YES_NO = _mapping(v0=("no", "orange"), v1=("yes", "green"))
 
 
-def timeline(title, description, *queries, maps=ON_OFF, height=8, span=24):
+def _timeline(title, description, *queries, maps=ON_OFF, height=8, span=24):
     """A state timeline of 0/1 gauges, one row per series."""
     panel = (statetimeline.Panel().title(title).description(description).datasource(DATASOURCE)
              .height(height).span(span).mappings(maps).show_value(common.VisibilityMode.NEVER)
              .color_scheme(dash.FieldColor().mode(model.FieldColorModeId.FIXED).fixed_color("transparent")))
-    return targets(panel, *queries)
+    return _targets(panel, *queries)
 
 
-def graph(title, description, *queries, unit="short", height=8, span=12, bars=False):
+def _graph(title, description, *queries, unit="short", height=8, span=12, bars=False):
     """A time series panel."""
     panel = (timeseries.Panel().title(title).description(description).datasource(DATASOURCE)
              .height(height).span(span).unit(unit)
@@ -102,28 +102,28 @@ def graph(title, description, *queries, unit="short", height=8, span=12, bars=Fa
                      .display_mode(common.LegendDisplayMode.LIST).placement(common.LegendPlacement.BOTTOM)))
     if bars:
         panel = panel.draw_style(common.GraphDrawStyle.BARS).fill_opacity(60)
-    return targets(panel, *queries)
+    return _targets(panel, *queries)
 
 
-def single(title, description, *queries, unit="short", steps=None, maps=None, height=5, span=6):
+def _single(title, description, *queries, unit="short", steps=None, maps=None, height=5, span=6):
     """A stat panel: the last value of each series."""
     panel = (stat.Panel().title(title).description(description).datasource(DATASOURCE)
              .height(height).span(span).unit(unit).graph_mode(common.BigValueGraphMode.NONE)
              .color_mode(common.BigValueColorMode.BACKGROUND)
              .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False)))
-    panel = panel.thresholds(thresholds(*(steps or [("green", None)])))
+    panel = panel.thresholds(_thresholds(*(steps or [("green", None)])))
     if maps:
         panel = panel.mappings(maps)
-    return targets(panel, *queries)
+    return _targets(panel, *queries)
 
 
-def age(title, description, expr, legend, height=5, span=12):
+def _age(title, description, expr, legend, height=5, span=12):
     """Seconds since a Unix-time gauge, red past :data:`STALE_S`."""
-    return single(title, description, (f"time() - {expr}", legend), unit="s",
+    return _single(title, description, (f"time() - {expr}", legend), unit="s",
                   steps=[("green", None), ("orange", STALE_S / 2), ("red", STALE_S)], height=height, span=span)
 
 
-def new_dashboard(uid, title, description):
+def _new_dashboard(uid, title, description):
     """A dashboard with the ``datasource`` variable (any Prometheus) and the pack's tag and links."""
     if uid not in UIDS:
         raise DashboardError(f"uid: {uid!r} is not one of {', '.join(UIDS)}")
@@ -138,7 +138,7 @@ def new_dashboard(uid, title, description):
             .with_variable(dash.DatasourceVariable("datasource").label("Prometheus").type("prometheus")))
 
 
-def campus_variable():
+def _campus_variable():
     """The ``campus`` variable: the campuses the top master's sweep knows."""
     return (dash.QueryVariable("campus").label("Campus").datasource(DATASOURCE)
             .query("label_values(kiosk_power_kiosks_observed, campus)")
@@ -169,31 +169,31 @@ def fleet():
                "excludeByName": {"Time": True},
                "renameByName": {f"Value #{chr(ord('A') + i)}": name for i, name in enumerate(names)},
                "indexByName": {"campus": 0, **{name: i + 1 for i, name in enumerate(names)}}})))
-    return (new_dashboard("kiosk-fleet", "Kiosk fleet", "Every campus at a glance: kiosk power states, "
+    return (_new_dashboard("kiosk-fleet", "Kiosk fleet", "Every campus at a glance: kiosk power states, "
                           "mismatches, Pi environment alerts and unexpected restarts.")
             .with_row(dash.Row("Now"))
             .with_panel(now)
-            .with_panel(single("Kiosks on", "Kiosks observed on at the last sweep/verify, per campus.",
+            .with_panel(_single("Kiosks on", "Kiosks observed on at the last sweep/verify, per campus.",
                                ('sum by (campus) (kiosk_power_kiosks_observed{state="on"})', "{{campus}}"),
                                steps=[("blue", None)]))
-            .with_panel(single("Kiosks in mismatch", "Kiosks not in their expected state at the last verify.",
+            .with_panel(_single("Kiosks in mismatch", "Kiosks not in their expected state at the last verify.",
                                ("sum by (campus) (kiosk_power_verify_mismatches)", "{{campus}}"),
                                steps=[("green", None), ("red", 1)]))
-            .with_panel(single("Pi environment alerts", "Temperature, humidity or smoke alerts raised now.",
+            .with_panel(_single("Pi environment alerts", "Temperature, humidity or smoke alerts raised now.",
                                ("sum by (campus) (kiosk_env_alert_active)", "{{campus}}"),
                                steps=[("green", None), ("red", 1)]))
-            .with_panel(single("Unexpected restarts (range)", "Kiosk boots not preceded by a shutdown the pack "
+            .with_panel(_single("Unexpected restarts (range)", "Kiosk boots not preceded by a shutdown the pack "
                                "asked for, over the time range picked.",
                                ("sum by (campus) (increase(kiosk_unexpected_restarts_total[$__range]))", "{{campus}}"),
                                steps=[("green", None), ("orange", 1), ("red", 5)]))
             .with_row(dash.Row("Over time"))
-            .with_panel(graph("Kiosks on per campus", "Observed on at each sweep/verify, and the kiosks the "
+            .with_panel(_graph("Kiosks on per campus", "Observed on at each sweep/verify, and the kiosks the "
                               "calendar wants on (from the Pis' last reports).",
                               ('sum by (campus) (kiosk_power_kiosks_observed{state="on"})', "{{campus}} on"),
                               ("sum by (campus) (kiosk_campus_kiosk_expected_on)", "{{campus}} expected on")))
-            .with_panel(graph("Kiosks per state", "Managed kiosks per observed state at each sweep/verify.",
+            .with_panel(_graph("Kiosks per state", "Managed kiosks per observed state at each sweep/verify.",
                               ("sum by (campus, state) (kiosk_power_kiosks_observed)", "{{campus}} {{state}}")))
-            .with_panel(graph("Mismatches per campus", "Kiosks not in the state they should be at each verify "
+            .with_panel(_graph("Mismatches per campus", "Kiosks not in the state they should be at each verify "
                               "(top master) and in the Pis' last reports.",
                               ("sum by (campus) (kiosk_power_verify_mismatches)", "{{campus}} verify"),
                               ("sum by (campus) (kiosk_campus_kiosk_mismatch)", "{{campus}} Pis"), span=24)))
@@ -201,7 +201,7 @@ def fleet():
 
 def campus():
     """(2) One campus: its kiosks' timeline, its Pis' environment with restarts overlaid, its reconcilers."""
-    hot = (graph("Pi temperature and unexpected kiosk restarts",
+    hot = (_graph("Pi temperature and unexpected kiosk restarts",
                  "Each Pi's DHT11 temperature (left axis, the configured maximum dashed) with the campus's "
                  "unexpected kiosk restarts as bars (right axis). Restarts that line up with a Pi near "
                  f"{HOT_C} °C point at heat in the cabinet, not at the kiosks.",
@@ -210,7 +210,7 @@ def campus():
                   "restarts {{kiosk}}"),
                  (f'kiosk_env_range_limit{{{CAMPUS},metric="temperature",bound="max"}}', "max {{pi}}"),
                  unit="celsius", height=10, span=24)
-           .thresholds(thresholds(("green", None), ("red", HOT_C)))
+           .thresholds(_thresholds(("green", None), ("red", HOT_C)))
            .thresholds_style(common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.LINE))
            .override_by_query("B", [
                model.DynamicConfigValue(id_val="unit", value="short"),
@@ -224,72 +224,72 @@ def campus():
            .override_by_query("C", [
                model.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
                model.DynamicConfigValue(id_val="custom.thresholdsStyle", value={"mode": "off"})]))
-    return (new_dashboard("kiosk-campus", "Kiosk campus", "One campus: its kiosks on and off, its Pis' "
+    return (_new_dashboard("kiosk-campus", "Kiosk campus", "One campus: its kiosks on and off, its Pis' "
                           "temperature, humidity and smoke against unexpected kiosk restarts, its leader, "
                           "calendar, clocks and reconcilers.")
-            .with_variable(campus_variable())
+            .with_variable(_campus_variable())
             .annotation(dash.AnnotationQuery().name("Unexpected restarts").datasource(DATASOURCE)
                         .enable(True).icon_color("red")
                         .expr(f"sum by (kiosk) (increase(kiosk_unexpected_restarts_total{{{CAMPUS}}}[$__rate_interval])) > 0"))
             .with_row(dash.Row("Kiosks"))
-            .with_panel(timeline("Kiosks on/off", "Each kiosk's state as the Pis last reported it "
+            .with_panel(_timeline("Kiosks on/off", "Each kiosk's state as the Pis last reported it "
                                  "(collected by the top master): on, or off/degraded.",
                                  (f"kiosk_campus_kiosk_observed_on{{{CAMPUS}}}", "{{kiosk}}")))
-            .with_panel(timeline("Kiosks in mismatch", "1 while a kiosk's last observation differs from the "
+            .with_panel(_timeline("Kiosks in mismatch", "1 while a kiosk's last observation differs from the "
                                  "state its calendar wants.",
                                  (f"kiosk_campus_kiosk_mismatch{{{CAMPUS}}}", "{{kiosk}}"),
-                                 maps=mapping(v0=("ok", "green"), v1=("mismatch", "red")), height=6, span=16))
-            .with_panel(single("Kiosk boots (range)", "Boots per kiosk over the time range picked, and how many "
+                                 maps=_mapping(v0=("ok", "green"), v1=("mismatch", "red")), height=6, span=16))
+            .with_panel(_single("Kiosk boots (range)", "Boots per kiosk over the time range picked, and how many "
                                "of them were unexpected (no shutdown or wake by the pack before them).",
                                (f"sum by (kiosk) (increase(kiosk_boots_total{{{CAMPUS}}}[$__range]))", "{{kiosk}}"),
                                (f"sum by (kiosk) (increase(kiosk_unexpected_restarts_total{{{CAMPUS}}}[$__range]))",
                                 "{{kiosk}} unexpected"), steps=[("blue", None)], height=6, span=8))
             .with_row(dash.Row("Pis' environment"))
             .with_panel(hot)
-            .with_panel(graph("Pi humidity", "Each Pi's DHT11 relative humidity, the configured maximum dashed.",
+            .with_panel(_graph("Pi humidity", "Each Pi's DHT11 relative humidity, the configured maximum dashed.",
                               (f"kiosk_env_humidity_percent{{{CAMPUS}}}", "{{pi}}"),
                               (f'kiosk_env_range_limit{{{CAMPUS},metric="humidity",bound="max"}}', "max {{pi}}"),
                               unit="humidity")
                         .override_by_query("B", [model.DynamicConfigValue(
                             id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]})]))
-            .with_panel(timeline("Smoke", "Each Pi's smoke detector: clear or SMOKE.",
+            .with_panel(_timeline("Smoke", "Each Pi's smoke detector: clear or SMOKE.",
                                  (f"kiosk_env_smoke_detected{{{CAMPUS}}}", "{{pi}}"),
-                                 maps=mapping(v0=("clear", "green"), v1=("SMOKE", "red")), height=5, span=12))
-            .with_panel(timeline("Sensors up", "1 when the sensor gave a reading in the beacon's last interval.",
+                                 maps=_mapping(v0=("clear", "green"), v1=("SMOKE", "red")), height=5, span=12))
+            .with_panel(_timeline("Sensors up", "1 when the sensor gave a reading in the beacon's last interval.",
                                  (f"kiosk_env_sensor_up{{{CAMPUS}}}", "{{pi}} {{sensor}}"),
-                                 maps=mapping(v0=("down", "red"), v1=("up", "green")), height=6, span=12))
-            .with_panel(graph("Sensor read errors", "Failed sensor reads per second.",
+                                 maps=_mapping(v0=("down", "red"), v1=("up", "green")), height=6, span=12))
+            .with_panel(_graph("Sensor read errors", "Failed sensor reads per second.",
                               (f"sum by (pi, sensor) (rate(kiosk_env_read_errors_total{{{CAMPUS}}}[$__rate_interval]))",
                                "{{pi}} {{sensor}}"), unit="reqps", height=6))
             .with_row(dash.Row("Pis' reconcilers"))
-            .with_panel(timeline("Leader", "Which Pi leads the campus (wakes and shuts down its kiosks).",
+            .with_panel(_timeline("Leader", "Which Pi leads the campus (wakes and shuts down its kiosks).",
                                  (f"kiosk_campus_leader{{{CAMPUS}}}", "{{pi}}"),
-                                 maps=mapping(v0=("follower", "blue"), v1=("leader", "green")), height=5, span=12))
-            .with_panel(timeline("Clock", "Each Pi's clock: synchronised, confirmed by a peer Pi, and synchronised "
+                                 maps=_mapping(v0=("follower", "blue"), v1=("leader", "green")), height=5, span=12))
+            .with_panel(_timeline("Clock", "Each Pi's clock: synchronised, confirmed by a peer Pi, and synchronised "
                                  "as the top master last collected it. A Pi with an unsynchronised clock shuts no "
                                  "kiosk down.",
                                  (f"kiosk_campus_clock_synced{{{CAMPUS}}}", "{{pi}} synced"),
                                  (f"kiosk_campus_clock_confirmed{{{CAMPUS}}}", "{{pi}} confirmed"),
                                  (f"kiosk_campus_pi_clock_synced{{{CAMPUS}}}", "{{pi}} synced (collected)"),
                                  maps=YES_NO, height=5, span=12))
-            .with_panel(single("Calendar serial", "The calendar serial each Pi runs on, and the one the top "
+            .with_panel(_single("Calendar serial", "The calendar serial each Pi runs on, and the one the top "
                                "master last collected from it: Pis of one campus should agree.",
                                (f"kiosk_campus_calendar_serial{{{CAMPUS}}}", "{{pi}}"),
                                (f"kiosk_campus_pi_calendar_serial{{{CAMPUS}}}", "{{pi}} (collected)"),
                                steps=[("blue", None)], span=8))
-            .with_panel(age("Reconcile age", "Seconds since each Pi's last reconcile.",
+            .with_panel(_age("Reconcile age", "Seconds since each Pi's last reconcile.",
                             f"kiosk_campus_last_reconcile_timestamp_seconds{{{CAMPUS}}}", "{{pi}}", span=8))
-            .with_panel(single("Last reconcile", "Whether each Pi's last reconcile succeeded, and how many Pis "
+            .with_panel(_single("Last reconcile", "Whether each Pi's last reconcile succeeded, and how many Pis "
                                "of the campus it could reach.",
                                (f"kiosk_campus_last_reconcile_success{{{CAMPUS}}}", "{{pi}}"),
                                maps=OK_FAILED, steps=[("red", None), ("green", 1)], span=4))
-            .with_panel(single("Peers live", "Pis of the campus each Pi reaches (itself included).",
+            .with_panel(_single("Peers live", "Pis of the campus each Pi reaches (itself included).",
                                (f"kiosk_campus_peers_live{{{CAMPUS}}}", "{{pi}}"), steps=[("blue", None)], span=4))
-            .with_panel(graph("Reconciler actions", "Kiosks each Pi woke or shut down in its last reconcile, and "
+            .with_panel(_graph("Reconciler actions", "Kiosks each Pi woke or shut down in its last reconcile, and "
                               "those due a change it left alone (clock not trusted, not the leader).",
                               (f"kiosk_campus_actions{{{CAMPUS}}}", "{{pi}} {{action}}"),
                               (f"kiosk_campus_withheld{{{CAMPUS}}}", "{{pi}} withheld {{action}}"), bars=True))
-            .with_panel(single("Pi textfile age", "Seconds since node_exporter saw each of the Pi's textfiles "
+            .with_panel(_single("Pi textfile age", "Seconds since node_exporter saw each of the Pi's textfiles "
                                "change (the beacon and the reconciler rewrite theirs every run).",
                                ("max by (pi, file) ((time() - node_textfile_mtime_seconds) * on (instance) "
                                 f"group_left (pi) group by (instance, pi) (kiosk_env_alert_active{{{CAMPUS}}}))",
@@ -307,7 +307,7 @@ def releases():
             .with_transformation(model.DataTransformerConfig(id_val="organize", options={
                 "excludeByName": {"Time": True}, "renameByName": {"Value": "pin serial"},
                 "indexByName": {"name": 0, "campus": 1, "version": 2, "Value": 3}})))
-    return (new_dashboard("kiosk-releases", "Kiosk releases", "Releases: the version pinned per campus, "
+    return (_new_dashboard("kiosk-releases", "Kiosk releases", "Releases: the version pinned per campus, "
                           "kiosks drifting from it, WAN bytes staging took.")
             .with_panel(pins)
             .with_panel(bargauge.Panel().title("Kiosks on the pin, drifting, silent").datasource(DATASOURCE)
@@ -315,18 +315,18 @@ def releases():
                                      "version (drift), or not answering.")
                         .height(8).span(12).unit("short")
                         .with_target(query("sum by (campus, state) (kiosk_release_kiosks)", "{{campus}} {{state}}")))
-            .with_panel(single("Drift from pin", "Kiosks not on their campus's pinned version.",
+            .with_panel(_single("Drift from pin", "Kiosks not on their campus's pinned version.",
                                ('sum by (campus) (kiosk_release_kiosks{state="drift"})', "{{campus}}"),
                                steps=[("green", None), ("orange", 1)], span=8))
-            .with_panel(single("Published size", "Size of the newest published version of each release.",
+            .with_panel(_single("Published size", "Size of the newest published version of each release.",
                                ("kiosk_release_published_bytes", "{{name}} {{version}}"), unit="bytes",
                                steps=[("blue", None)], span=8))
-            .with_panel(single("Last release runs", "Whether the last run of each release action succeeded.",
+            .with_panel(_single("Last release runs", "Whether the last run of each release action succeeded.",
                                ("kiosk_release_last_run_success", "{{action}}"), maps=OK_FAILED,
                                steps=[("red", None), ("green", 1)], span=8))
-            .with_panel(graph("Pin serial per campus", "A step is a pin change; the legend names the version.",
+            .with_panel(_graph("Pin serial per campus", "A step is a pin change; the legend names the version.",
                               ("max by (campus, version) (kiosk_release_pin_serial)", "{{campus}} {{version}}")))
-            .with_panel(graph("Staging WAN bytes", "Bytes the last staging of each campus took from the master.",
+            .with_panel(_graph("Staging WAN bytes", "Bytes the last staging of each campus took from the master.",
                               ("kiosk_release_stage_wan_bytes", "{{campus}} {{name}}"), unit="bytes", bars=True)))
 
 
@@ -335,65 +335,65 @@ def sweeps():
     def counter_rate(expr, by):
         return f"sum by ({by}) (increase({expr}[$__rate_interval]))"
 
-    return (new_dashboard("kiosk-sweeps", "Kiosk sweeps and reconcilers", "The top master's sweep and "
+    return (_new_dashboard("kiosk-sweeps", "Kiosk sweeps and reconcilers", "The top master's sweep and "
                           "verify, the campuses' reconcilers, the outbox collect and the alerts posted.")
             .with_row(dash.Row("Top master: sweep and verify"))
-            .with_panel(age("Sweep/verify age", "Seconds since the last sweep and verify ran.",
+            .with_panel(_age("Sweep/verify age", "Seconds since the last sweep and verify ran.",
                             "kiosk_power_last_run_timestamp_seconds", "{{action}}", span=8))
-            .with_panel(single("Last sweep/verify", "Whether the last sweep and verify succeeded.",
+            .with_panel(_single("Last sweep/verify", "Whether the last sweep and verify succeeded.",
                                ("kiosk_power_last_run_success", "{{action}}"), maps=OK_FAILED,
                                steps=[("red", None), ("green", 1)], span=4))
-            .with_panel(graph("Sweep actions", "Kiosks each sweep woke or shut down, per campus.",
+            .with_panel(_graph("Sweep actions", "Kiosks each sweep woke or shut down, per campus.",
                               ("kiosk_power_sweep_actions", "{{campus}} {{action}}"), bars=True, span=6))
-            .with_panel(graph("Verify mismatches", "Kiosks not in their expected state at each verify.",
+            .with_panel(_graph("Verify mismatches", "Kiosks not in their expected state at each verify.",
                               ("kiosk_power_verify_mismatches", "{{campus}}"), span=6))
             .with_row(dash.Row("Campus reconcilers"))
-            .with_panel(age("Reconcile age per Pi", "Seconds since each Pi's reconciler last ran.",
+            .with_panel(_age("Reconcile age per Pi", "Seconds since each Pi's reconciler last ran.",
                             "kiosk_campus_last_reconcile_timestamp_seconds", "{{campus}} {{pi}}", span=8))
-            .with_panel(single("Last reconcile per Pi", "Whether each Pi's last reconcile succeeded.",
+            .with_panel(_single("Last reconcile per Pi", "Whether each Pi's last reconcile succeeded.",
                                ("kiosk_campus_last_reconcile_success", "{{campus}} {{pi}}"), maps=OK_FAILED,
                                steps=[("red", None), ("green", 1)], span=4))
-            .with_panel(graph("Reconciler actions", "Kiosks woken and shut down by each campus's Pis in their "
+            .with_panel(_graph("Reconciler actions", "Kiosks woken and shut down by each campus's Pis in their "
                               "last reconcile, and kiosks due a change they left alone.",
                               ("sum by (campus, action) (kiosk_campus_actions)", "{{campus}} {{action}}"),
                               ("sum by (campus, action) (kiosk_campus_withheld)", "{{campus}} withheld {{action}}"),
                               bars=True))
             .with_row(dash.Row("Outbox collect"))
-            .with_panel(age("Last collect per Pi", "Seconds since the top master last collected each Pi's outbox.",
+            .with_panel(_age("Last collect per Pi", "Seconds since the top master last collected each Pi's outbox.",
                             "kiosk_campus_pi_last_collected_timestamp_seconds", "{{campus}} {{pi}}", span=8))
-            .with_panel(single("Alerts waiting", "Collected alerts the webhook has not accepted yet.",
+            .with_panel(_single("Alerts waiting", "Collected alerts the webhook has not accepted yet.",
                                ("kiosk_campus_alerts_unposted", "{{campus}}"),
                                steps=[("green", None), ("orange", 1)], span=4))
-            .with_panel(graph("Collects silent or failed", "Collects a Pi did not answer (WAN cut, Pi down) "
+            .with_panel(_graph("Collects silent or failed", "Collects a Pi did not answer (WAN cut, Pi down) "
                               "or answered with an error.",
                               (counter_rate("kiosk_campus_collect_silent_total", "campus, pi"), "{{pi}} silent"),
                               (counter_rate("kiosk_campus_collect_failed_total", "campus, pi"), "{{pi}} failed"),
                               bars=True))
-            .with_panel(graph("Entries collected", "Outbox entries collected per kind, copies another Pi "
+            .with_panel(_graph("Entries collected", "Outbox entries collected per kind, copies another Pi "
                               "already reported, and entries refused.",
                               (counter_rate("kiosk_campus_entries_total", "campus, kind"), "{{campus}} {{kind}}"),
                               (counter_rate("kiosk_campus_entries_duplicate_total", "campus"), "{{campus}} duplicate"),
                               (counter_rate("kiosk_campus_entries_refused_total", "campus"), "{{campus}} refused"),
                               bars=True))
-            .with_panel(single("Dropped by the Pis' outbox cap", "Entries a Pi's outbox dropped before the top "
+            .with_panel(_single("Dropped by the Pis' outbox cap", "Entries a Pi's outbox dropped before the top "
                                "master collected them (a long WAN cut).",
                                ("sum by (campus, pi) (kiosk_campus_outbox_dropped_total)", "{{pi}}"),
                                steps=[("green", None), ("orange", 1)], span=12))
             .with_row(dash.Row("Alerts"))
-            .with_panel(graph("Alerts posted and failed", "Alerts the top master's runners and the outbox "
+            .with_panel(_graph("Alerts posted and failed", "Alerts the top master's runners and the outbox "
                               "collect posted to the webhook, and posts it did not accept.",
                               (counter_rate("kiosk_alerts_posted_total", "kind"), "posted {{kind}}"),
                               (counter_rate("kiosk_alerts_post_failures_total", "kind"), "failed {{kind}}"),
                               (counter_rate("kiosk_campus_alerts_posted_total", "campus"), "collected posted {{campus}}"),
                               (counter_rate("kiosk_campus_alert_post_failures_total", "campus"),
                                "collected failed {{campus}}"), bars=True))
-            .with_panel(graph("Alerts dropped, duplicate, refused", "Alerts the per-minion rate limit dropped, "
+            .with_panel(_graph("Alerts dropped, duplicate, refused", "Alerts the per-minion rate limit dropped, "
                               "copies of an accepted alert, and alert events refused.",
                               (counter_rate("kiosk_alerts_dropped_total", "minion"), "dropped {{minion}}"),
                               (counter_rate("kiosk_alerts_duplicates_total", "minion"), "duplicate {{minion}}"),
                               (counter_rate("kiosk_alerts_refused_total", "reason"), "refused {{reason}}"), bars=True))
             .with_row(dash.Row("Textfiles"))
-            .with_panel(single("Textfile age", "Seconds since node_exporter saw each textfile change, per host.",
+            .with_panel(_single("Textfile age", "Seconds since node_exporter saw each textfile change, per host.",
                                ("time() - node_textfile_mtime_seconds", "{{instance}} {{file}}"), unit="s",
                                steps=[("green", None), ("orange", STALE_S / 2), ("red", STALE_S)], span=24)))
 

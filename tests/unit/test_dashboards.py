@@ -15,6 +15,8 @@ import sys
 
 import pytest
 import yaml
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from lab import monitor_samples
 
@@ -235,11 +237,21 @@ def test_the_samples_refuse_bad_input(tmp_path):
         monitor_samples.write_samples(monitor_samples.exporter_dirs(tmp_path), tick=-1)
     with pytest.raises(monitor_samples.SamplesError, match="dirs"):
         monitor_samples.write_samples({"top": tmp_path})
+    with pytest.raises(monitor_samples.SamplesError, match="paths"):
+        monitor_samples.metric_names(str(tmp_path / "kiosk_env.prom"))
     with pytest.raises(monitor_samples.SamplesError, match="root"):
         monitor_samples.exporter_dirs(tmp_path / "missing")
 
 
-def test_the_json_parses_as_grafana_needs(dashboards):
+def test_the_json_is_the_sdk_model_unchanged():
+    # decoded into the SDK's Grafana model and encoded again: nothing lost, nothing unknown added
     for uid in build.UIDS:
         data = json.loads((GRAFANA / f"{uid}.json").read_text(encoding="utf-8"))
+        assert json.loads(json.dumps(Dashboard.from_json(data), cls=JSONEncoder)) == data, uid
         assert data["schemaVersion"] >= 39 and data["annotations"]["list"][0]["builtIn"] == 1
+
+
+def test_the_datasource_interval_is_the_scrape_interval():
+    datasources = yaml.safe_load((GRAFANA / "provisioning" / "datasources.yml").read_text())
+    prometheus = yaml.safe_load((REPO / "monitoring" / "prometheus" / "prometheus.yml").read_text())
+    assert datasources["datasources"][0]["jsonData"]["timeInterval"] == prometheus["global"]["scrape_interval"]
