@@ -164,6 +164,10 @@ def fleet():
     names = [*states, "mismatch (verify)", "mismatch (Pis)", "Pi alerts", "restarts 24h"]
     for index, expr in enumerate(exprs):
         now = now.with_target(query(expr, ref=chr(ord("A") + index), instant=True, table_format=True))
+    # a click on a campus opens its dashboard, same Prometheus and time range
+    now = now.override_by_name("campus", [model.DynamicConfigValue(id_val="links", value=[{
+        "title": "Open the campus dashboard",
+        "url": "/d/kiosk-campus?var-campus=${__value.raw}&var-datasource=${datasource}&${__url_time_range}"}])])
     now = (now.with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
            .with_transformation(model.DataTransformerConfig(id_val="organize", options={
                "excludeByName": {"Time": True},
