@@ -33,7 +33,7 @@ import importlib.util
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
     from saltext_kiosk_fleet.utils import fleet_alerts, fleet_calendar, fleet_fields, fleet_http, fleet_inventory
     from saltext_kiosk_fleet.utils import fleet_metrics, fleet_outbox, fleet_power, fleet_runner, fleet_schedule
-    from saltext_kiosk_fleet.utils import fleet_state, fleet_sweep, fleet_wol
+    from saltext_kiosk_fleet.utils import fleet_restarts, fleet_state, fleet_sweep, fleet_wol
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_alerts
     import fleet_calendar
@@ -43,6 +43,7 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
     import fleet_metrics
     import fleet_outbox
     import fleet_power
+    import fleet_restarts
     import fleet_runner
     import fleet_schedule
     import fleet_state
@@ -69,6 +70,7 @@ MISMATCH_TAG = "kiosk/power/mismatch"
 RECONCILE = "kiosk_campus.reconcile"  # the Pi minion's function: the Pi master's reconcile, now
 PUBLISH = "kiosk_calendar.publish"
 COLLECTED = ("kiosk_outbox", "collected.db")  # the outbox collection's store (kiosk_outbox.collect)
+RESTARTS = ("kiosk_restarts", "restarts.db")  # the boots recorded by kiosk_restarts.boot
 # per-campus jobs in flight at once (one thread and LocalClient each); more campuses queue
 MAX_PARALLEL_JOBS = 32
 ERRORS = (fleet_fields.FleetError,)  # every refusal of the pack: a ValueError naming its field
@@ -290,6 +292,17 @@ def _day(campus):
     try:
         return fleet_outbox.Collected(path).day(campus=campus)
     except (ValueError, OSError) as exc:  # a damaged collection must not hide the rest of the status
+        return {"error": f"{path}: {exc}"}
+
+
+def _unexpected_restarts(campus):
+    """``{kiosk: unexpected restarts recorded}`` (``kiosk_restarts.boot``), ``{}`` before the first boot recorded."""
+    path = os.path.join(__opts__["cachedir"], *RESTARTS)
+    if not os.path.exists(path):
+        return {}
+    try:
+        return {row["kiosk"]: row["unexpected"] for row in fleet_restarts.Restarts(path).totals(campus=campus)}
+    except (ValueError, OSError) as exc:  # a damaged record must not hide the rest of the status
         return {"error": f"{path}: {exc}"}
 
 
@@ -621,7 +634,8 @@ def status(at=None, campus=None):
     day (``campuses``: per campus its Pis (cursor, calendar serial, leader,
     clock), actions, verifications, alerts and each kiosk's last
     observation, as ``kiosk_outbox.collect`` brought them in; None before
-    the first collection). Reads state only.
+    the first collection), and ``unexpected_restarts`` per kiosk
+    (``kiosk_restarts.boot``). Reads state only.
 
     CLI Example:
 
@@ -644,4 +658,5 @@ def status(at=None, campus=None):
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
     return fleet_runner.finish(__context__, {"result": True, "at": fleet_sweep.iso(now), "schedule": source,
-                                             **shown, "campuses": _day(campus)})
+                                             **shown, "campuses": _day(campus),
+                                             "unexpected_restarts": _unexpected_restarts(campus)})
