@@ -9,7 +9,10 @@ failure, not a skip.
 
 import datetime as dt
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,6 +30,7 @@ from tests.support.topology import two_campus_inventory
 
 INVENTORY = fleet_inventory.validate(two_campus_inventory(wol_port=9)["kiosk_fleet"])
 AT = dt.datetime(2027, 3, 1, 8, 0, tzinfo=dt.timezone.utc).timestamp()
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 
 
 def promtool_check(text):
@@ -173,3 +177,52 @@ def test_the_check_itself_catches_what_it_is_there_for():
     text = fleet_metrics.render([("kiosk_bad_bytes", "counter", "Bytes.", [({"campus": "east"}, 1)])])
     returncode, lint = promtool_check(text + "kiosk_nohelp 1\n")
     assert returncode != 0 and '"_total" suffix' in lint and "no help text" in lint
+
+
+def scrape_node_exporter(textfile_dir):
+    """One scrape of a node_exporter (textfile collector only, 127.0.0.1) reading ``textfile_dir``; stopped by pid."""
+    assert shutil.which(NODE_EXPORTER), "node_exporter is not installed (.ci/bootstrap installs it)"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([NODE_EXPORTER, "--collector.disable-defaults", "--collector.textfile",
+                             f"--collector.textfile.directory={textfile_dir}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    return response.read().decode()
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "node_exporter did not answer within 30 s"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("host", [
+    ("kiosk_power.prom", "kiosk_release.prom", "kiosk_alerts.prom", "kiosk_campus.prom (top master)",
+     "kiosk_restarts.prom"),
+    ("kiosk_campus.prom (Pi)", "kiosk_env.prom"),
+], ids=["top-master", "pi"])
+def test_node_exporter_reads_each_host_s_files_and_labels_mtime_with_the_full_path(host, tmp_path):
+    textfiles = tmp_path / "textfiles"
+    textfiles.mkdir()
+    for textfile in host:
+        fleet_metrics.write_textfile(str(textfiles), textfile.split(" ")[0], WRITERS[textfile][0](tmp_path))
+    families = {f.name: f for f in text_string_to_metric_families(scrape_node_exporter(textfiles))}
+    assert [s.value for s in families["node_textfile_scrape_error"].samples] == [0]
+    # node_exporter 1.5 names each file by its full path (docs/metrics.md, "Staleness")
+    assert sorted(s.labels["file"] for s in families["node_textfile_mtime_seconds"].samples) == sorted(
+        str(textfiles / textfile.split(" ")[0]) for textfile in host)
+    for textfile in host:
+        assert WRITERS[textfile][1] <= set(families)
