@@ -226,3 +226,41 @@ def test_node_exporter_reads_each_host_s_files_and_labels_mtime_with_the_full_pa
         str(textfiles / textfile.split(" ")[0]) for textfile in host)
     for textfile in host:
         assert WRITERS[textfile][1] <= set(families)
+
+
+# ---------------------------------------------------------------- what the writers gained for the alert rules
+
+
+def test_alert_families_refuse_a_row_of_the_wrong_shape():
+    rows = [("kiosk_alerts_posted_total", "env", 2), ("kiosk_alerts_other_total", "x", 1)]
+    posted = {name: samples for name, _, _, samples in fleet_metrics.alert_families(rows)}
+    assert posted["kiosk_alerts_posted_total"] == [({"kind": "env"}, 2)] and posted["kiosk_alerts_dropped_total"] == []
+    for bad in ("rows", [("kiosk_alerts_posted_total", "env")], [("kiosk_alerts_posted_total", "env", -1)],
+                [("kiosk_alerts_posted_total", None, 1)], [("kiosk_alerts_posted_total", "env", True)]):
+        with pytest.raises(fleet_metrics.MetricsError) as err:
+            fleet_metrics.alert_families(bad)
+        assert err.value.field == "rows"
+
+
+def test_expected_on_follows_the_last_observation_expected_state():
+    day = {"east": {"pis": {}, "kiosks": {
+        "kiosk-east-01": {"observed": "off", "expected": "on"}, "kiosk-east-02": {"observed": "on", "expected": "off"},
+        "kiosk-west-01": {"observed": "on", "expected": "unmanaged"}}}}
+    families = {name: samples for name, _, _, samples in fleet_outbox.metrics([], day, [])}
+    assert [(labels["kiosk"], value) for labels, value in families["kiosk_campus_kiosk_expected_on"]] == [
+        ("kiosk-east-01", 1), ("kiosk-east-02", 0), ("kiosk-west-01", None)]
+
+
+def test_range_limits_are_optional_and_checked():
+    text = fleet_env.render_textfile("east", "pi-east-1", {"temperature": 24.5}, {}, {"dht11": True},
+                                     ranges={"temperature": [5, 35.5]})
+    limits = {(s.labels["metric"], s.labels["bound"]): s.value for f in text_string_to_metric_families(text)
+              if f.name == "kiosk_env_range_limit" for s in f.samples}
+    assert limits == {("temperature", "min"): 5, ("temperature", "max"): 35.5}
+    assert "kiosk_env_range_limit" not in fleet_env.render_textfile("east", "pi-east-1", {}, {}, {})
+    for ranges, field in [("5-35", "ranges"), ({"temperature": [5]}, "ranges.temperature"),
+                          ({"humidity": [20, float("nan")]}, "ranges.humidity"),
+                          ({"humidity": [True, 80]}, "ranges.humidity")]:
+        with pytest.raises(fleet_env.EnvError) as err:
+            fleet_env.render_textfile("east", "pi-east-1", {}, {}, {}, ranges=ranges)
+        assert err.value.field == field
