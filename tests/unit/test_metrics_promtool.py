@@ -8,6 +8,7 @@ failure, not a skip.
 """
 
 import datetime as dt
+import pathlib
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,8 @@ import time
 import urllib.request
 
 import pytest
+import salt.config
+import salt.loader
 from prometheus_client.parser import text_string_to_metric_families
 
 import fleet_campus
@@ -26,10 +29,11 @@ import fleet_restarts
 import fleet_rollout
 import fleet_state
 import fleet_sweep
-from tests.support.topology import two_campus_inventory
+from tests.support.topology import two_campus_inventory, write_fake_dht11
 
 INVENTORY = fleet_inventory.validate(two_campus_inventory(wol_port=9)["kiosk_fleet"])
 AT = dt.datetime(2027, 3, 1, 8, 0, tzinfo=dt.timezone.utc).timestamp()
+REPO = pathlib.Path(__file__).resolve().parents[2]
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 
 
@@ -264,3 +268,23 @@ def test_range_limits_are_optional_and_checked():
         with pytest.raises(fleet_env.EnvError) as err:
             fleet_env.render_textfile("east", "pi-east-1", {}, {}, {}, ranges=ranges)
         assert err.value.field == field
+
+
+def test_the_env_module_writes_the_configured_ranges_and_promtool_agrees(tmp_path):
+    """kiosk_env.poll, as the beacon runs it on a Pi (fake DHT11), writes kiosk_env.prom with its ranges."""
+    write_fake_dht11(tmp_path / "sys", temp_milli_c=31500)
+    opts = salt.config.minion_config(None)
+    opts.update({"file_client": "local", "root_dir": str(tmp_path), "cachedir": str(tmp_path / "cache"),
+                 "module_dirs": [str(REPO)], "id": "pi-east-1", "grains": {}, "pillar": {}})
+    mods = salt.loader.minion_mods(opts, utils=salt.loader.utils(opts), whitelist=["kiosk_env"],
+                                   loaded_base_name=f"kf_promtool_env_{abs(hash(str(tmp_path)))}")
+    config = {"sysfs_root": str(tmp_path / "sys"), "temperature": [10, 30], "humidity": [20, 80],
+              "textfile_dir": str(tmp_path), "campus": "east", "report_every": 0}
+    mods["kiosk_env.poll"](config=config, now=1000.0)
+    text = (tmp_path / "kiosk_env.prom").read_text()
+    limits = {(s.labels["metric"], s.labels["bound"]): s.value for f in text_string_to_metric_families(text)
+              if f.name == "kiosk_env_range_limit" for s in f.samples}
+    assert limits == {("temperature", "min"): 10, ("temperature", "max"): 30,
+                      ("humidity", "min"): 20, ("humidity", "max"): 80}
+    assert 'kiosk_env_alert_active{campus="east",pi="pi-east-1",metric="temperature"} 1' in text
+    assert promtool_check(text) == (0, "")
