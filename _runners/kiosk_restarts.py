@@ -195,7 +195,8 @@ def boot(kiosk=None, timeout=None):
                                                      "duplicate": True})
         wakes = _wakes(campus, kiosk, booted)
         fresh = time.time() - booted < COLLECT_IF_BOOTED_S
-        if settings["collect_first"] and fresh and not [w for w in wakes if w >= booted - fleet_restarts.WAKE_WINDOW_S]:
+        near = [w for w in wakes if booted - fleet_restarts.WAKE_WINDOW_S <= w <= booted + fleet_restarts.CLOCK_SKEW_S]
+        if settings["collect_first"] and fresh and not near:
             _collect(campus)  # the Pis' record of the wake may not have been collected yet
             wakes = _wakes(campus, kiosk, booted)
         expected = _expected(inventory, data, campus, kiosk, booted)
