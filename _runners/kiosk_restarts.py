@@ -9,7 +9,7 @@ pack caused it; ``show`` lists the counts and the last unexpected restarts.
     kiosk_restarts:
       textfile_dir: /var/lib/prometheus/node-exporter   # default: kiosk_power:textfile_dir
       timeout: 30            # seconds to wait for the kiosk's answer, default 30
-      collect_first: true    # no wake known for a fresh boot: collect the campus's outboxes once, default true
+      collect_first: true    # no wake known for a fresh boot: collect its campus first (unless collected since), default true
 
 The boot event is a hint: its id and its data are claims (behind a syndic a
 kiosk can fire ``kiosk/boot`` with any id). So ``boot`` takes only the id,
@@ -30,6 +30,7 @@ Writes ``kiosk_restarts.prom``: ``kiosk_boots_total{campus,kiosk}``,
 import datetime as _dt
 import logging
 import os
+import threading
 import time
 
 import importlib.util
@@ -64,6 +65,9 @@ FALLBACK = "ps.boot_time"  # Salt's own: a kiosk that has not got the pack's mod
 DEFAULT_TIMEOUT = 30
 COLLECT_IF_BOOTED_S = 1800  # a boot this recent may have a wake not collected yet
 ERRORS = (fleet_fields.FleetError,)
+# reactor runners are threads of one process: a campus whose power came back boots all its kiosks
+# at once, and one collect serves them all (the others find the campus collected since their boot)
+_COLLECT_LOCK = threading.Lock()
 
 
 def __virtual__():
@@ -132,8 +136,16 @@ def _expected(inventory, data, campus, kiosk, boot):
     return view["expected"][kiosk]["state"]
 
 
-def _collect(campus):
-    """One collect of the campus's outboxes (``kiosk_outbox.collect``); a failure is logged, never fatal."""
+def _collect(campus, booted):
+    """
+    One collect of the campus's outboxes (``kiosk_outbox.collect``) unless a
+    Pi of the campus was collected since the boot; a failure is logged, never fatal.
+    """
+    path = os.path.join(__opts__["cachedir"], *COLLECTED)
+    if os.path.exists(path):
+        pis = fleet_outbox.Collected(path).pis(campus=campus).get(campus, {})
+        if fleet_restarts.collected_since(pis, booted):
+            return
     try:
         answer = __salt__["kiosk_outbox.collect"](campus=campus, timeout=10, budget_s=20)
     except (KeyError, *ERRORS) as exc:  # kiosk_outbox not loaded, or refused
@@ -197,7 +209,8 @@ def boot(kiosk=None, timeout=None):
         fresh = time.time() - booted < COLLECT_IF_BOOTED_S
         near = [w for w in wakes if booted - fleet_restarts.WAKE_WINDOW_S <= w <= booted + fleet_restarts.CLOCK_SKEW_S]
         if settings["collect_first"] and fresh and not near:
-            _collect(campus)  # the Pis' record of the wake may not have been collected yet
+            with _COLLECT_LOCK:  # the Pis' record of the wake may not have been collected yet
+                _collect(campus, booted)
             wakes = _wakes(campus, kiosk, booted)
         expected = _expected(inventory, data, campus, kiosk, booted)
         done = store.record(campus, kiosk, booted, wakes, expected, answer["shutdown"],

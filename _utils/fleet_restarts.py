@@ -249,6 +249,22 @@ def wakes_from_sweeps(sweeps, kiosk):
     return sorted(out)
 
 
+def collected_since(pis, boot_time):
+    """
+    True when a Pi of the campus answered a collection at or after
+    ``boot_time``: ``pis`` is ``fleet_outbox.Collected.pis(campus)[campus]``
+    (``{pi: {"collected_at": ISO 8601, ...}}``). Every live Pi of a campus
+    writes the wake it sends before the kiosk boots, so such a collection
+    brought it in already: no need to collect again.
+    """
+    boot_time = check_time(boot_time, "boot_time")
+    if not isinstance(pis, dict):
+        raise RestartsError("pis: expected {pi: {collected_at, ...}}")
+    times = [event_time(info.get("collected_at") or "", _dt.timezone.utc) for info in pis.values()
+             if isinstance(info, dict)]
+    return any(t is not None and t >= boot_time for t in times)
+
+
 # ---------------------------------------------------------------- the decision
 
 

@@ -210,6 +210,20 @@ def test_a_fresh_boot_collects_the_campus_once_and_the_collected_wake_makes_it_e
     assert loaded["kiosk_restarts.boot"](kiosk=KIOSK)["verdict"] == "expected" and calls["collect"] == ["east"]
 
 
+def test_a_fresh_boot_of_a_campus_collected_since_is_decided_without_another_collect(master, kiosks):
+    loaded, calls, cachedir, prom = master
+    booted = int(time.time()) - 300
+    merge_wake(cachedir, booted - 7200)  # pi-east-1 answered a collect after the boot; its last wake was hours ago
+    kiosks.answer = {"kiosk_power.last_boot": lambda m, k: [{"boot_time": booted, "shutdown": None}]}
+    ret = loaded["kiosk_restarts.boot"](kiosk=KIOSK)
+    assert calls["collect"] == [] and ret["verdict"] == "unexpected"
+    # a power cut: the campus's other kiosk boots with no wake either; the store predates its boot: one collect
+    booted = int(time.time()) + 5
+    kiosks.answer = {"kiosk_power.last_boot": lambda m, k: [{"boot_time": booted, "shutdown": None}]}
+    assert loaded["kiosk_restarts.boot"](kiosk="kiosk-east-02")["verdict"] == "unexpected"
+    assert calls["collect"] == ["east"]
+
+
 def test_a_kiosk_without_the_pack_yet_answers_with_salts_own_boot_time(master, kiosks):
     loaded, _, _, prom = master
     booted = time.time() - 7200.4

@@ -155,6 +155,16 @@ def test_wakes_come_from_collected_wake_actions_of_this_kiosk_and_from_sweeps():
         fleet_restarts.wakes_from_sweeps({}, "kiosk-east-01")
 
 
+def test_a_campus_collected_since_the_boot_needs_no_collect():
+    pis = {"pi-east-1": {"collected_at": "2027-03-01T08:00:30Z"}, "pi-east-2": {"collected_at": None}}
+    assert fleet_restarts.collected_since(pis, BOOT - 30) is True
+    assert fleet_restarts.collected_since(pis, BOOT) is False  # collected before the boot: the wake may be later
+    assert fleet_restarts.collected_since({}, BOOT) is False
+    with pytest.raises(RestartsError) as err:
+        fleet_restarts.collected_since([], BOOT)
+    assert err.value.field == "pis"
+
+
 # ---------------------------------------------------------------- the decision
 
 
