@@ -244,6 +244,19 @@ def poll(probe, timeout, what, interval=0.5):
         time.sleep(interval)
 
 
+def http_post_json(url, data, timeout=5):
+    """POST ``data`` as JSON to ``url`` (loopback, no proxy): ``(status, body bytes)``; ``(None, b"")`` when nothing answers."""
+    request = urllib.request.Request(url, data=json.dumps(data).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except (urllib.error.URLError, OSError):
+        return None, b""
+
+
 def http_get(url, timeout=5):
     """GET ``url`` (loopback, no proxy): ``(status, body bytes)``; ``(None, b"")`` when nothing answers."""
     try:
@@ -332,7 +345,7 @@ class Stack:
 
     def __init__(self, root, exporters, rule_files, webhook_url, scrape_interval="1s", evaluation_interval="1s",
                  group_wait="1s", group_interval="2s", repeat_interval="1h", host="127.0.0.1",
-                 ready_timeout=60, stop_timeout=10, retention="1d"):
+                 ready_timeout=60, stop_timeout=10, retention="1d", alertmanager_yaml=None):
         if not isinstance(root, (str, os.PathLike)):
             raise MonitorError(f"root: not a path: {root!r}")
         self.root = pathlib.Path(root).resolve()
@@ -363,6 +376,11 @@ class Stack:
             "repeat_interval": _check_duration(repeat_interval, "repeat_interval"),
         }
         self.retention = _check_duration(retention, "retention")
+        # a whole Alertmanager config instead of the built one (a test of the shipped
+        # routes and inhibitions): still checked to name webhook_url as its only receiver URL
+        if alertmanager_yaml is not None:
+            self._check_alertmanager_yaml(alertmanager_yaml)
+        self.alertmanager_yaml = alertmanager_yaml
         for field, value in (("ready_timeout", ready_timeout), ("stop_timeout", stop_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise MonitorError(f"{field}: expected a positive number of seconds: {value!r}")
@@ -401,7 +419,8 @@ class Stack:
                                     lambda address, d=directory: node_exporter_args(d, address))
                 self.exporter_urls[name] = proc.url
             am_config = self.root / "config" / "alertmanager.yml"
-            self._write_private(am_config, render(alertmanager_config(self.webhook_url, **self.routing)))
+            self._write_private(am_config, self.alertmanager_yaml
+                                or render(alertmanager_config(self.webhook_url, **self.routing)))
             proc = self._launch("alertmanager", ALERTMANAGER, "/-/ready", lambda address: alertmanager_args(
                 am_config, self.root / "alertmanager", address))
             self.alertmanager_url = proc.url
@@ -417,6 +436,25 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def _check_alertmanager_yaml(self, text):
+        """Network rule: every webhook of a given config posts to ``webhook_url`` (loopback), nothing else."""
+        try:
+            config = yaml.safe_load(text) if isinstance(text, str) else None
+        except yaml.YAMLError as error:
+            raise MonitorError(f"alertmanager_yaml: not YAML: {error}") from None
+        if not isinstance(config, dict) or not isinstance(config.get("receivers"), list):
+            raise MonitorError("alertmanager_yaml: expected an Alertmanager config with a receivers list")
+        for receiver in config["receivers"]:
+            if not isinstance(receiver, dict):
+                raise MonitorError("alertmanager_yaml: a receiver is not a mapping")
+            for key, hooks in receiver.items():
+                if key.endswith("_configs") and key != "webhook_configs":
+                    raise MonitorError(f"alertmanager_yaml: receiver {receiver.get('name')!r}: only webhook_configs")
+                if key == "webhook_configs" and any(
+                        not isinstance(h, dict) or h.get("url") != self.webhook_url for h in hooks or []):
+                    raise MonitorError(f"alertmanager_yaml: receiver {receiver.get('name')!r}: "
+                                       "every webhook url must be webhook_url")
 
     def _write_private(self, path, text):
         """The Alertmanager config holds the webhook URL (tokens): readable by its owner only."""
@@ -540,6 +578,21 @@ class Stack:
     def targets(self):
         """Prometheus's active scrape targets (/api/v1/targets)."""
         return self._api(self.prometheus_url, "/api/v1/targets", None, "targets")["data"]["activeTargets"]
+
+    def send_alerts(self, alerts):
+        """
+        Post alerts straight to Alertmanager (/api/v2/alerts), as Prometheus
+        would: a list of ``{"labels": {...}, "annotations": {...}}`` (optionally
+        ``startsAt``/``endsAt``, RFC 3339).
+        """
+        if not isinstance(alerts, list) or not all(isinstance(a, dict) and isinstance(a.get("labels"), dict)
+                                                   for a in alerts):
+            raise MonitorError("alerts: expected a list of {'labels': {...}, ...}")
+        if self.alertmanager_url is None:
+            raise MonitorError("send_alerts: the stack is not started")
+        status, body = http_post_json(self.alertmanager_url + "/api/v2/alerts", alerts)
+        if status != 200:
+            raise MonitorError(f"send_alerts: HTTP {status}: {body[:200]!r}")
 
     def alertmanager_alerts(self):
         """The alerts Alertmanager holds (/api/v2/alerts)."""

@@ -15,6 +15,11 @@ clears smoke through the fake MQ-2 reader. One Pi because Salt's loaded
 modules share ``__opts__`` within a process: a second minion loaded in the
 same process would write its id into the first one's textfile. Every wait is
 a poll with a deadline.
+
+The shipped monitoring/alertmanager/alertmanager.yml (its placeholder URL
+replaced by the test's webhook, its waits shortened) runs too, fed alerts
+straight through Alertmanager's API: severity routing and the inhibition of
+a stale Pi's reading alerts (never its smoke).
 """
 
 import os
@@ -23,6 +28,7 @@ import shutil
 
 import pytest
 import salt.config
+import yaml
 import salt.loader
 
 from lab import monitor
@@ -31,6 +37,7 @@ from tests.support.webhook import Webhook
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RULES = REPO / "monitoring" / "prometheus" / "kiosk_fleet.rules.yml"
+ALERTMANAGER_YML = REPO / "monitoring" / "alertmanager" / "alertmanager.yml"
 # PiTooHot has `for: 1m`; scrape and evaluation every second, Alertmanager's
 # group_wait 1 s: ~65 s on an idle machine, the rest is margin for 2 loaded cores
 FIRING_DEADLINE_S = 150
@@ -209,3 +216,48 @@ def test_a_process_that_does_not_come_up_is_named_with_its_log_and_nothing_is_le
     for pid in stack.pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def shipped_alertmanager_for(webhook):
+    """The shipped alertmanager.yml with the placeholder URL replaced by the test's webhook and short waits."""
+    config = yaml.safe_load(ALERTMANAGER_YML.read_text())
+    for receiver in config["receivers"]:
+        for hook in receiver["webhook_configs"]:
+            hook["url"] = webhook.url
+    for route in [config["route"], *config["route"].get("routes", [])]:
+        route.update({"group_wait": "1s", "group_interval": "2s"})
+    return monitor.render(config)
+
+
+def test_the_shipped_alertmanager_routes_by_severity_and_a_stale_textfile_inhibits_but_not_smoke(tmp_path, webhook):
+    textfiles = tmp_path / "textfiles"
+    textfiles.mkdir()
+    with monitor.Stack(tmp_path / "stack", {"pi-1": textfiles}, [], webhook.url,
+                       alertmanager_yaml=shipped_alertmanager_for(webhook)) as stack:
+        since = webhook.posts[-1]["at"] if webhook.posts else 0
+        west = {"campus": "west", "pi": "pi-west-2"}
+        stack.send_alerts([
+            {"labels": {"alertname": "PiTextfileStale", "severity": "warning", "reason": "textfile_old", **west}},
+            {"labels": {"alertname": "PiTooHot", "severity": "warning", **west}},
+            {"labels": {"alertname": "PiSmoke", "severity": "critical", **west}},
+            {"labels": {"alertname": "PiTooHot", "severity": "warning", "campus": "west", "pi": "pi-west-3"}},
+        ])
+
+        def states():
+            held = {(a["labels"]["alertname"], a["labels"]["pi"]): a["status"]
+                    for a in stack.alertmanager_alerts() if a["labels"].get("campus") == "west"}
+            return held if len(held) == 4 else None
+
+        held = monitor.poll(states, 30, "Alertmanager to hold the four alerts")
+        assert held[("PiTooHot", "pi-west-2")]["state"] == "suppressed"
+        assert held[("PiTooHot", "pi-west-2")]["inhibitedBy"]
+        for key in (("PiTextfileStale", "pi-west-2"), ("PiSmoke", "pi-west-2"), ("PiTooHot", "pi-west-3")):
+            assert held[key]["state"] == "active" and not held[key]["inhibitedBy"], key
+
+        smoke = webhook.wait_for(notification("firing", {"alertname": "PiSmoke", **west}), timeout=30, after=since)
+        assert smoke is not None and smoke["json"]["receiver"] == "kiosk-webhook-critical"
+        other = webhook.wait_for(notification("firing", {"alertname": "PiTooHot", "pi": "pi-west-3"}), timeout=30,
+                                 after=since)
+        assert other is not None and other["json"]["receiver"] == "kiosk-webhook"
+        # grouped by alertname and campus: the posted PiTooHot group holds the inhibited one's sibling only
+        assert [a["labels"]["pi"] for a in other["json"]["alerts"]] == ["pi-west-3"]
