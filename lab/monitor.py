@@ -282,8 +282,10 @@ def stop_pid(pid, timeout=10):
     """
     Stop a process of an earlier :class:`Stack` by its pid, from any process
     (``kiosk-lab down``): SIGTERM, wait up to ``timeout`` s, then SIGKILL.
-    True when it is gone. Only for pids this module started: the caller keeps
-    them (``Stack.pids``) and checks they are still its own.
+    Returns what ended it, ``"SIGTERM"`` or ``"SIGKILL"``, ``"gone"`` when
+    there was no such process, or ``""`` (false) when it outlived both. Only
+    for pids this module started: the caller keeps them (``Stack.pids``) and
+    checks they are still its own.
     """
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
         raise MonitorError(f"pid: expected a process id > 1: {pid!r}")
@@ -291,18 +293,18 @@ def stop_pid(pid, timeout=10):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
-            return True
+            return "gone" if sig == signal.SIGTERM else "SIGTERM"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:  # reap it when it is our own child; otherwise its parent (init) does
                 if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    return True
+                    return sig.name
             except ChildProcessError:
                 pass
             if not _alive(pid):
-                return True
+                return sig.name
             time.sleep(0.1)
-    return not _alive(pid)
+    return "" if _alive(pid) else "SIGKILL"
 
 
 def _tail(path, secret=None):

@@ -25,6 +25,8 @@ a stale Pi's reading alerts (never its smoke).
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import pytest
 import salt.config
@@ -261,3 +263,24 @@ def test_the_shipped_alertmanager_routes_by_severity_and_a_stale_textfile_inhibi
         assert other is not None and other["json"]["receiver"] == "kiosk-webhook"
         # grouped by alertname and campus: the posted PiTooHot group holds the inhibited one's sibling only
         assert [a["labels"]["pi"] for a in other["json"]["alerts"]] == ["pi-west-3"]
+
+
+@pytest.mark.parametrize("ignore_term", [False, True])
+def test_stop_pid_ends_a_process_started_elsewhere_with_sigkill_when_sigterm_is_ignored(ignore_term):
+    code = ("import signal, sys, time\n"
+            f"if {ignore_term}: signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('ready', flush=True)\ntime.sleep(120)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert child.stdout.readline() == b"ready\n"  # its SIGTERM handler is in place
+        assert monitor.stop_pid(child.pid, timeout=1) == ("SIGKILL" if ignore_term else "SIGTERM")
+        with pytest.raises(ProcessLookupError):  # gone and reaped
+            os.kill(child.pid, 0)
+        assert monitor.stop_pid(child.pid) == "gone"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+    with pytest.raises(monitor.MonitorError, match="^pid:"):
+        monitor.stop_pid(1)
