@@ -25,6 +25,7 @@ a stale Pi's reading alerts (never its smoke).
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -284,3 +285,23 @@ def test_stop_pid_ends_a_process_started_elsewhere_with_sigkill_when_sigterm_is_
         child.stdout.close()
     with pytest.raises(monitor.MonitorError, match="^pid:"):
         monitor.stop_pid(1)
+
+
+def test_a_port_taken_between_probe_and_bind_is_retried_on_another(tmp_path, webhook, monkeypatch):
+    """free_port() can race another program on a shared machine: the stack then retries with a new port."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([taken.getsockname()[1]])
+    real = monitor.free_port
+    monkeypatch.setattr(monitor, "free_port", lambda host: next(ports, None) or real(host))
+    textfiles = tmp_path / "textfiles"
+    textfiles.mkdir()
+    try:
+        with monitor.Stack(tmp_path / "stack", {"pi-1": textfiles}, [], webhook.url) as stack:
+            assert stack.exporter_urls["pi-1"] != f"http://127.0.0.1:{taken.getsockname()[1]}"
+            log = pathlib.Path(stack.logs["node_exporter-pi-1"]).read_text()
+            assert "attempt 1" in log and "address already in use" in log and "attempt 2" in log
+            assert len(stack.running()) == 3
+    finally:
+        taken.close()
