@@ -318,6 +318,9 @@ def wake(kiosks=None, campus=None, repeat=3, timeout=30):
     their VLANs. Succeeds when at
     least one Pi sent to every kiosk; names the kiosks no Pi reached and the
     Pis that did not answer. Exit code 1 when any kiosk got no packet.
+    The kiosks a Pi sent to are recorded in ``kiosk_restarts``'s store
+    (``recorded``), so the boot the wake causes is no unexpected restart; a
+    record that fails is told in ``record_error`` and never fails the wake.
 
     CLI Example:
 
@@ -333,7 +336,28 @@ def wake(kiosks=None, campus=None, repeat=3, timeout=30):
         inventory, selection = _selected(kiosks, campus)
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    return _wake(inventory, selection, repeat, timeout)
+    # stamped when the job leaves: a kiosk may boot on the first Pi's packet while a silent Pi holds the job
+    sent_at = _dt.datetime.now(_dt.timezone.utc).timestamp()
+    return _record_wakes(_wake(inventory, selection, repeat, timeout), sent_at)
+
+
+def _record_wakes(ret, sent_at):
+    """
+    Record the wake of every kiosk a Pi sent to in the restarts store, so
+    ``kiosk_restarts.boot`` counts the boot it causes as expected. A failure
+    is logged and told (``recorded: False``, ``record_error``), never a failed
+    wake: waking kiosks matters more than counting restarts.
+    """
+    try:
+        woken = fleet_restarts.sent_kiosks(ret)
+        if woken:
+            store = fleet_restarts.Restarts(fleet_restarts.store_path(__opts__["cachedir"]))
+            store.record_wakes(woken, sent_at, source="kiosk_power.wake")
+    except (*ERRORS, OSError) as exc:
+        log.warning("kiosk_power: wake of %d kiosk(s) not recorded for kiosk_restarts: %s",
+                    len(ret.get("kiosks") or {}), exc)
+        return dict(ret, recorded=False, record_error=str(exc))
+    return dict(ret, recorded=True)
 
 
 def shutdown(kiosks=None, campus=None, delay_s=60, message="This kiosk is shutting down.", timeout=30):

@@ -16,11 +16,13 @@ kiosk can fire ``kiosk/boot`` with any id). So ``boot`` takes only the id,
 checks it is a kiosk of the inventory and asks that kiosk itself, through the
 syndics, for ``kiosk_power.last_boot`` (``ps.boot_time`` when the pack's
 module is not synced yet). The wakes the pack sent come from the Pis' outbox
-entries collected here (``fleet_outbox.Collected``, kind ``action``) and the
-top-master sweeps (``kiosk_power`` state); the expected state from the
-schedule in force and the holds. The decision is ``fleet_restarts.decide``;
-the record (``<cachedir>/kiosk_restarts/restarts.db``) keeps one row per
-kiosk and boot time, so the event's copies (one per Pi) count once.
+entries collected here (``fleet_outbox.Collected``, kind ``action``), the
+top-master sweeps (``kiosk_power`` state) and the wakes ``kiosk_power.wake``
+recorded in the store; the expected state from the schedule in force and the
+holds. The decision is ``fleet_restarts.decide``; the record
+(``fleet_restarts.store_path``: ``<cachedir>/kiosk_restarts/restarts.db``)
+keeps one row per kiosk and boot time, so the event's copies (one per Pi)
+count once.
 
 Writes ``kiosk_restarts.prom``: ``kiosk_boots_total{campus,kiosk}``,
 ``kiosk_unexpected_restarts_total{campus,kiosk}``,
@@ -56,8 +58,6 @@ log = logging.getLogger(__name__)
 __virtualname__ = "kiosk_restarts"
 
 CONFIG_KEY = "kiosk_restarts"
-STATE_DIR = "kiosk_restarts"
-STORE_FILE = "restarts.db"
 TEXTFILE = "kiosk_restarts.prom"
 COLLECTED = ("kiosk_outbox", "collected.db")  # the outbox collection's store (kiosk_outbox.collect)
 FUNCTION = "kiosk_power.last_boot"
@@ -89,7 +89,7 @@ def _settings(timeout):
 
 
 def _store():
-    return fleet_restarts.Restarts(os.path.join(__opts__["cachedir"], STATE_DIR, STORE_FILE))
+    return fleet_restarts.Restarts(fleet_restarts.store_path(__opts__["cachedir"]))
 
 
 def _ask(kiosk, timeout):
@@ -113,10 +113,13 @@ def _ask(kiosk, timeout):
     return fleet_restarts.check_answer(got.answered[kiosk], "answer")
 
 
-def _wakes(campus, kiosk, boot):
-    """Unix times of the wakes the pack sent ``kiosk`` around ``boot``: collected outbox actions and sweeps."""
+def _wakes(store, campus, kiosk, boot):
+    """
+    Unix times of the wakes the pack sent ``kiosk`` around ``boot``: collected
+    outbox actions, sweeps, and the wakes ``kiosk_power.wake`` recorded in ``store``.
+    """
     since = _dt.datetime.fromtimestamp(boot - fleet_restarts.WAKE_WINDOW_S, _dt.timezone.utc)
-    wakes = []
+    wakes = store.wakes(kiosk, max(0, boot - fleet_restarts.WAKE_WINDOW_S), boot + fleet_restarts.CLOCK_SKEW_S)
     path = os.path.join(__opts__["cachedir"], *COLLECTED)
     if os.path.exists(path):
         day = fleet_outbox.Collected(path).day(campus=campus, since=since)
@@ -205,13 +208,13 @@ def boot(kiosk=None, timeout=None):
                                                      "boot_time": fleet_restarts.iso(known["boot"]),
                                                      "verdict": known["verdict"], "reason": known["reason"],
                                                      "duplicate": True})
-        wakes = _wakes(campus, kiosk, booted)
+        wakes = _wakes(store, campus, kiosk, booted)
         fresh = time.time() - booted < COLLECT_IF_BOOTED_S
         near = [w for w in wakes if booted - fleet_restarts.WAKE_WINDOW_S <= w <= booted + fleet_restarts.CLOCK_SKEW_S]
         if settings["collect_first"] and fresh and not near:
             with _COLLECT_LOCK:  # the Pis' record of the wake may not have been collected yet
                 _collect(campus, booted)
-            wakes = _wakes(campus, kiosk, booted)
+            wakes = _wakes(store, campus, kiosk, booted)
         expected = _expected(inventory, data, campus, kiosk, booted)
         done = store.record(campus, kiosk, booted, wakes, expected, answer["shutdown"],
                             after=_write_metrics(settings["textfile_dir"]))

@@ -5,7 +5,8 @@ durable record of every boot.
 
 A kiosk boots because the pack woke it (a magic packet from its campus's
 Pis, recorded as an ``action`` entry of the Pis' outboxes and collected on
-the top master, or a top-master sweep), or for a reason the pack did not
+the top master, a top-master sweep, or an operator's ``kiosk_power.wake``
+recorded in the store's ``wakes`` table), or for a reason the pack did not
 cause: a power cut, a crash, someone at the power button, Windows restarting
 itself. The second kind is an *unexpected restart*:
 
@@ -17,10 +18,12 @@ the reason the system logged for the last unclean shutdown (event 41 of
 Microsoft-Windows-Kernel-Power, event 6008 of EventLog), read with
 ``wevtutil`` (:data:`WEVTUTIL_ARGV`, parsed by :func:`parse_wevtutil`).
 
-:class:`Restarts` is the top master's store (SQLite, WAL): one row per
-(kiosk, boot time), so the boot announcement that reaches the top master
-once per Pi of the campus is counted once, and counters that never go back
-(``kiosk_boots_total``, ``kiosk_unexpected_restarts_total``).
+:class:`Restarts` is the top master's store (SQLite, WAL, at
+:func:`store_path`): one row per (kiosk, boot time), so the boot
+announcement that reaches the top master once per Pi of the campus is
+counted once, counters that never go back (``kiosk_boots_total``,
+``kiosk_unexpected_restarts_total``), and the wakes the top master sent
+itself (:meth:`Restarts.record_wakes`, kept :data:`KEEP_WAKES_S`).
 
 Everything raises :class:`RestartsError` (a ``ValueError``) naming the field.
 """
@@ -55,6 +58,10 @@ CLOCK_SKEW_S = 120  # the kiosk's clock may run ahead of the Pi's: a wake stampe
 BOOT_JITTER_S = 60  # one boot: its time read twice differs by clock corrections (btime follows a stepped clock)
 REASON_SLACK_S = 900  # an event logged up to 15 min before the boot time (clock corrected later) is this boot's
 KEEP_BOOTS_S = 90 * 86400  # boots kept for show(); the counters are kept apart and never go back
+# wakes the top master sent, kept long enough for a boot decided late (a reactor backlog), small enough to stay tiny
+KEEP_WAKES_S = 3 * 86400
+STORE_DIR = "kiosk_restarts"  # under the master's cachedir: the one place the store lives (store_path)
+STORE_FILE = "restarts.db"
 MAX_SHOWN = 500
 WAIT_S = 30  # SQLite busy timeout
 VERDICTS = ("expected", "unexpected")
@@ -78,6 +85,13 @@ def check_time(value, field):
     if not (math.isfinite(value) and 0 <= value < _EPOCH_MAX):
         raise RestartsError(f"{field}: {fleet_fields.shown(value)} is not a time in Unix seconds")
     return value
+
+
+def store_path(cachedir):
+    """The top master's store, ``<cachedir>/kiosk_restarts/restarts.db`` (``kiosk_restarts``, ``kiosk_power``)."""
+    if not isinstance(cachedir, str) or not os.path.isabs(cachedir) or fleet_fields.bad_character(cachedir):
+        raise RestartsError(f"cachedir: {fleet_fields.shown(cachedir)} is not an absolute path")
+    return os.path.join(cachedir, STORE_DIR, STORE_FILE)
 
 
 def iso(epoch):
@@ -249,6 +263,23 @@ def wakes_from_sweeps(sweeps, kiosk):
     return sorted(out)
 
 
+def sent_kiosks(report):
+    """
+    The kiosks at least one Pi reports having sent a magic packet to, sorted:
+    ``report`` is ``kiosk_power.wake``'s return (``fleet_wol.merge_wake_returns``:
+    ``{"kiosks": {kiosk: {"campus", "sent_by": {pi: ...}}}}``). A kiosk no Pi
+    reached was not woken, so its boot stays unexplained.
+    """
+    if not isinstance(report, dict) or not isinstance(report.get("kiosks"), dict):
+        raise RestartsError("report: expected kiosk_power.wake's return ({kiosks: {...}})")
+    out = []
+    for kiosk, view in report["kiosks"].items():
+        _name(kiosk, "report.kiosks")
+        if isinstance(view, dict) and isinstance(view.get("sent_by"), dict) and view["sent_by"]:
+            out.append(kiosk)
+    return sorted(out)
+
+
 def collected_since(pis, boot_time):
     """
     True when a Pi of the campus answered a collection at or after
@@ -352,14 +383,17 @@ CREATE TABLE IF NOT EXISTS boots (
 CREATE TABLE IF NOT EXISTS totals (
     campus TEXT NOT NULL, kiosk TEXT NOT NULL, boots INTEGER NOT NULL, unexpected INTEGER NOT NULL,
     last_boot INTEGER NOT NULL, PRIMARY KEY (campus, kiosk));
+CREATE TABLE IF NOT EXISTS wakes (
+    kiosk TEXT NOT NULL, at INTEGER NOT NULL, source TEXT NOT NULL, PRIMARY KEY (kiosk, at, source));
 """
 
 
 class Restarts:
     """
-    The top master's record of kiosk boots (``<cachedir>/kiosk_restarts/restarts.db``):
-    ``boots`` (one row per kiosk and boot time, kept :data:`KEEP_BOOTS_S`) and
-    ``totals`` (the counters, never lowered). Each write is one ``BEGIN
+    The top master's record of kiosk boots (:func:`store_path`):
+    ``boots`` (one row per kiosk and boot time, kept :data:`KEEP_BOOTS_S`),
+    ``totals`` (the counters, never lowered) and ``wakes`` (the wakes the top
+    master sent itself, kept :data:`KEEP_WAKES_S`). Each write is one ``BEGIN
     IMMEDIATE`` transaction, so two reactor threads handling the copies of one
     boot event (one per Pi) record it once.
     """
@@ -483,3 +517,41 @@ class Restarts:
                                 " ORDER BY boot DESC, kiosk LIMIT ?", (campus, campus, kiosk, kiosk, limit)).fetchall()
         return [{"campus": c, "kiosk": k, "boot": b, "at": iso(b), "reason": r,
                  "shutdown": json.loads(s) if s else None} for c, k, b, r, s in rows]
+
+    def record_wakes(self, kiosks, at, source="kiosk_power.wake", now=None):
+        """
+        Record that the top master woke ``kiosks`` (a list of ids) at ``at``
+        (Unix seconds), sent by ``source`` (a name, e.g. the runner), once per
+        (kiosk, second, source), and prune the wakes older than
+        :data:`KEEP_WAKES_S` before ``now``. Returns the number of new rows.
+        """
+        if isinstance(kiosks, (str, bytes)) or not isinstance(kiosks, (list, tuple)):
+            raise RestartsError(f"kiosks: expected a list of kiosk ids, got {type(kiosks).__name__}")
+        for i, kiosk in enumerate(kiosks):
+            _name(kiosk, f"kiosks.{i}")
+        at = int(check_time(at, "at"))
+        _name(source, "source")
+        now = time.time() if now is None else check_time(now, "now")
+        with self._conn() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                added = sum(conn.execute("INSERT OR IGNORE INTO wakes VALUES (?, ?, ?)",
+                                         (kiosk, at, source)).rowcount for kiosk in sorted(set(kiosks)))
+                conn.execute("DELETE FROM wakes WHERE at < ?", (now - KEEP_WAKES_S,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return added
+
+    def wakes(self, kiosk, since, until):
+        """Unix times of the recorded wakes of ``kiosk`` from ``since`` to ``until`` (inclusive), oldest first."""
+        _name(kiosk, "kiosk")
+        since = check_time(since, "since")
+        until = check_time(until, "until")
+        if until < since:
+            raise RestartsError(f"until: {fleet_fields.shown(until)} is before since")
+        with self._conn() as conn:
+            rows = conn.execute("SELECT DISTINCT at FROM wakes WHERE kiosk = ? AND at BETWEEN ? AND ? ORDER BY at",
+                                (kiosk, since, until)).fetchall()
+        return [row[0] for row in rows]

@@ -312,3 +312,46 @@ def test_the_boot_announcement_carries_the_boot_time_and_the_reason(render):
     sent = next(item["data"] for item in render(path, functions)["announce_kiosk_boot"]["event.send"]
                 if "data" in item)
     assert sent == {"campus": "", "boot_time": 1803888061.5, "shutdown": None}
+
+
+# ---------------------------------------------------------------- an operator's wake, recorded
+
+
+def pi_sends(reached):
+    """kiosk_wol.wake_kiosks as pi-east-1 answers it (packets to the kiosks in ``reached``); pi-east-2 silent."""
+    return lambda m, k: ([{"kiosks": {x: {"packets": 3, "to": "127.0.1.255"} for x in k["kiosks"] if x in reached}}]
+                         if m == "pi-east-1" else [])
+
+
+def test_an_operators_wake_makes_the_boot_a_minute_later_expected_and_only_for_kiosks_sent_to(master, kiosks):
+    loaded, calls, cachedir, prom = master
+    kiosks.answer = {"kiosk_wol.wake_kiosks": pi_sends({KIOSK})}
+    before = time.time()
+    ret = loaded["kiosk_power.wake"](kiosks=f"{KIOSK},kiosk-east-02", timeout=5)
+    after = time.time()
+    # kiosk-east-02 got no packet: the wake fails for it, and no wake of it is recorded
+    assert ret["retcode"] == 1 and ret["unreached"] == ["kiosk-east-02"] and ret["recorded"] is True
+    store = fleet_restarts.Restarts(fleet_restarts.store_path(str(cachedir)))
+    [sent] = store.wakes(KIOSK, 0, after)
+    assert int(before) <= sent <= after and store.wakes("kiosk-east-02", 0, after) == []
+    kiosks.answer = {"kiosk_power.last_boot": lambda m, k: [{"boot_time": sent + 60, "shutdown": None}]}
+    ret = loaded["kiosk_restarts.boot"](kiosk=KIOSK)
+    assert ret["verdict"] == "expected" and ret["reason"] == f"woken by the pack at {fleet_restarts.iso(sent)}"
+    assert calls["collect"] == []  # the recorded wake explained the boot: no campus collect needed
+    assert counters(prom)[("kiosk_unexpected_restarts_total", KIOSK)] == 0
+    ret = loaded["kiosk_restarts.boot"](kiosk="kiosk-east-02")  # booted too, but not by the pack's wake
+    assert ret["verdict"] == "unexpected" and ret["reason"].startswith("booted with no wake from the pack")
+
+
+def test_a_wake_whose_record_fails_still_returns_the_wake(master, kiosks, caplog):
+    loaded, _, cachedir, _ = master
+    path = pathlib.Path(fleet_restarts.store_path(str(cachedir)))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a database, a damaged file" * 100)
+    kiosks.answer = {"kiosk_wol.wake_kiosks": pi_sends({KIOSK, "kiosk-east-02"})}
+    with caplog.at_level("WARNING"):
+        ret = loaded["kiosk_power.wake"](campus="east", timeout=5)
+    assert ret["result"] is True and ret["retcode"] == 0 and loaded.pack["__context__"]["retcode"] == 0
+    assert sorted(k for k, v in ret["kiosks"].items() if v["sent_by"]) == [KIOSK, "kiosk-east-02"]
+    assert ret["recorded"] is False and ret["record_error"].startswith("store: ")
+    assert "not recorded for kiosk_restarts" in caplog.text

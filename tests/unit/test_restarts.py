@@ -295,3 +295,54 @@ def test_unexpected_lists_the_newest_first_filtered(tmp_path):
         with pytest.raises(RestartsError) as err:
             call()
         assert err.value.field == field
+
+
+# ---------------------------------------------------------------- the wakes the top master sent
+
+
+def test_wakes_are_recorded_once_queried_by_window_and_pruned_after_a_few_days(tmp_path):
+    store = fleet_restarts.Restarts(fleet_restarts.store_path(str(tmp_path)))
+    assert store.path == str(tmp_path / "kiosk_restarts" / "restarts.db")
+    assert store.record_wakes(["kiosk-east-01", "kiosk-east-02"], BOOT - 60.7, now=BOOT) == 2
+    # the same wake again (a retried record) adds nothing; another source of the same second does
+    assert store.record_wakes(["kiosk-east-01"], BOOT - 60.2, now=BOOT) == 0  # the same second
+    assert store.record_wakes(["kiosk-east-01"], BOOT - 61, source="lab", now=BOOT) == 1
+    assert store.record_wakes(["kiosk-east-01"], BOOT - 3000, now=BOOT) == 1
+    assert store.wakes("kiosk-east-01", BOOT - fleet_restarts.WAKE_WINDOW_S, BOOT) == [int(BOOT) - 61]
+    assert store.wakes("kiosk-east-01", BOOT - 3000, BOOT - 61) == [int(BOOT) - 3000, int(BOOT) - 61]
+    assert store.wakes("kiosk-east-02", BOOT - 60, BOOT) == [] and store.wakes("kiosk-west-01", 0, BOOT) == []
+    # a record a few days later prunes the old wakes; the boots and counters are not touched
+    store.record("east", "kiosk-east-01", BOOT, store.wakes("kiosk-east-01", BOOT - 900, BOOT), "on", now=BOOT)
+    later = BOOT + fleet_restarts.KEEP_WAKES_S + 3600
+    assert store.record_wakes(["kiosk-west-01"], later, now=later) == 1
+    assert store.wakes("kiosk-east-01", 0, later) == [] and store.wakes("kiosk-west-01", 0, later) == [int(later)]
+    assert store.totals()[0]["boots"] == 1 and store.known("kiosk-east-01", BOOT)["verdict"] == "expected"
+
+
+def test_sent_kiosks_are_those_a_pi_reports_having_sent_to():
+    report = {"kiosks": {"kiosk-east-02": {"campus": "east", "sent_by": {"pi-east-1": {"packets": 3}}},
+                         "kiosk-east-01": {"campus": "east", "sent_by": {}},
+                         "kiosk-west-01": {"campus": "west", "sent_by": {"pi-west-2": {"packets": 1}}}},
+              "unreached": ["kiosk-east-01"]}
+    assert fleet_restarts.sent_kiosks(report) == ["kiosk-east-02", "kiosk-west-01"]
+    assert fleet_restarts.sent_kiosks({"kiosks": {}}) == []
+
+
+def test_bad_wake_input_names_the_field(tmp_path):
+    store = fleet_restarts.Restarts(str(tmp_path / "restarts.db"))
+    for call, field in [(lambda: store.record_wakes("kiosk-east-01", BOOT), "kiosks"),
+                        (lambda: store.record_wakes(["kiosk-east-01", "a b"], BOOT), "kiosks.1"),
+                        (lambda: store.record_wakes(["kiosk-east-01"], "now"), "at"),
+                        (lambda: store.record_wakes(["kiosk-east-01"], -1), "at"),
+                        (lambda: store.record_wakes(["kiosk-east-01"], BOOT, source="$(id)"), "source"),
+                        (lambda: store.record_wakes(["kiosk-east-01"], BOOT, now=float("nan")), "now"),
+                        (lambda: store.wakes("", 0, BOOT), "kiosk"),
+                        (lambda: store.wakes("kiosk-east-01", True, BOOT), "since"),
+                        (lambda: store.wakes("kiosk-east-01", BOOT, BOOT - 1), "until"),
+                        (lambda: fleet_restarts.store_path("cache"), "cachedir"),
+                        (lambda: fleet_restarts.sent_kiosks([]), "report"),
+                        (lambda: fleet_restarts.sent_kiosks({"kiosks": {"a b": {}}}), "report.kiosks")]:
+        with pytest.raises(RestartsError) as err:
+            call()
+        assert err.value.field == field
+    assert store.wakes("kiosk-east-01", 0, BOOT) == []  # nothing recorded by a refused call
