@@ -70,7 +70,6 @@ MISMATCH_TAG = "kiosk/power/mismatch"
 RECONCILE = "kiosk_campus.reconcile"  # the Pi minion's function: the Pi master's reconcile, now
 PUBLISH = "kiosk_calendar.publish"
 COLLECTED = ("kiosk_outbox", "collected.db")  # the outbox collection's store (kiosk_outbox.collect)
-RESTARTS = ("kiosk_restarts", "restarts.db")  # the boots recorded by kiosk_restarts.boot
 # per-campus jobs in flight at once (one thread and LocalClient each); more campuses queue
 MAX_PARALLEL_JOBS = 32
 ERRORS = (fleet_fields.FleetError,)  # every refusal of the pack: a ValueError naming its field
@@ -297,7 +296,10 @@ def _day(campus):
 
 def _unexpected_restarts(campus):
     """``{kiosk: unexpected restarts recorded}`` (``kiosk_restarts.boot``), ``{}`` before the first boot recorded."""
-    path = os.path.join(__opts__["cachedir"], *RESTARTS)
+    try:
+        path = fleet_restarts.store_path(__opts__["cachedir"])
+    except ValueError as exc:
+        return {"error": str(exc)}
     if not os.path.exists(path):
         return {}
     try:
