@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 
+import psutil
 import pytest
 import salt.config
 import yaml
@@ -190,6 +191,15 @@ def test_a_hot_pi_fires_pitoohot_then_resolves_when_it_cools(stack, pi, webhook)
 def test_no_webhook_token_in_the_stacks_logs(stack, webhook):
     for name, log in stack.logs.items():
         assert webhook.secrets_in(pathlib.Path(log).read_text(errors="replace")) == [], name
+
+
+def test_every_listener_is_one_loopback_port_and_alertmanager_opens_no_gossip_port(stack):
+    urls = {"prometheus": stack.prometheus_url, "alertmanager": stack.alertmanager_url,
+            **{f"node_exporter-{name}": url for name, url in stack.exporter_urls.items()}}
+    for name, pid in stack.pids.items():
+        sockets = psutil.Process(pid).net_connections(kind="inet")
+        listening = [c for c in sockets if c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM]
+        assert [f"http://{c.laddr.ip}:{c.laddr.port}" for c in listening] == [urls[name]], name
 
 
 def test_stop_ends_every_process(stack):
