@@ -78,6 +78,7 @@ PACK_DIRS = ("_modules", "_states", "_runners", "_beacons", "_grains", "_utils")
 # `kiosk-lab day` counts each alert's POSTs) holds the pack's alerts only
 ALERTMANAGER_WEBHOOK_PORT = 8092
 RULES_FILE = REPO / "monitoring" / "prometheus" / "kiosk_fleet.rules.yml"
+ALERTMANAGER_FILE = REPO / "monitoring" / "alertmanager" / "alertmanager.yml"
 SCRAPE_INTERVAL = "5s"
 # the warm afternoon: one Pi of this campus stands under a tent, the others warm gently
 WARM_CAMPUS = "hillside"
@@ -281,6 +282,21 @@ def start_webhook(run, name="alert webhook", port=WEBHOOK_PORT, log=None, url=No
     return f"the {name} is not listening after 15 s"
 
 
+def lab_alertmanager_yaml(url, path=ALERTMANAGER_FILE):
+    """The shipped Alertmanager config (routes, grouping, inhibitions) with every webhook receiver's
+    placeholder URL pointed at ``url``: YAML text, or None when the file is not there."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return None
+    config = yaml.safe_load(path.read_text())
+    if not isinstance(config, dict) or not isinstance(config.get("receivers"), list):
+        raise ValueError(f"{path}: receivers: expected a list")
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs") or []:
+            hook["url"] = url
+    return yaml.safe_dump(config, default_flow_style=False, sort_keys=False)
+
+
 def monitor_file(run):
     """The running lab's monitoring addresses (``kiosk-lab plot`` reads Prometheus's from it)."""
     return run / "monitor.json"
@@ -300,8 +316,10 @@ def start_monitoring(run, inv):
     exporters = {"top": textfile_dir(run)}
     exporters.update({pi: textfile_dir(run, pi) for spec in inv["campuses"].values() for pi in sorted(spec["pis"])})
     rules = [RULES_FILE] if RULES_FILE.is_file() else []
+    shipped = lab_alertmanager_yaml(alertmanager_webhook_url())
     stack = monitor.Stack(run / "monitor", exporters, rules, alertmanager_webhook_url(),
-                          scrape_interval=SCRAPE_INTERVAL, evaluation_interval=SCRAPE_INTERVAL)
+                          scrape_interval=SCRAPE_INTERVAL, evaluation_interval=SCRAPE_INTERVAL,
+                          **({"alertmanager_yaml": shipped} if shipped else {}))
     try:
         stack.start()
     except monitor.MonitorError as exc:
@@ -316,7 +334,8 @@ def start_monitoring(run, inv):
     for name, pid in stack.pids.items():
         say(f"started {name:<24} pid {pid}")
     say(f"Prometheus {stack.prometheus_url}  Alertmanager {stack.alertmanager_url}  "
-        f"(rules: {RULES_FILE.relative_to(REPO) if rules else 'none, ' + str(RULES_FILE.relative_to(REPO)) + ' is missing'})")
+        f"(rules: {RULES_FILE.relative_to(REPO) if rules else 'none, ' + str(RULES_FILE.relative_to(REPO)) + ' is missing'}; "
+        f"routes: {ALERTMANAGER_FILE.relative_to(REPO) if shipped else 'one webhook route'})")
     return None
 
 
@@ -783,7 +802,7 @@ def cmd_status(args):
             power = "on " if state["on"] else "off"
             print(f"{kiosk:<24} power {power} {state['ip']}:{state['service_port']}  magic packets {state['packets']}"
                   f"  power-button presses {state.get('presses', 0)}"
-                  + (f"  unexpected restarts {state['reboots']}" if state.get("reboots") else ""))
+                  + (f"  restarts without a wake {state['reboots']}" if state.get("reboots") else ""))
     if pids:
         print_monitoring(run)
     return 0 if pids and all(alive(p) for p in pids.values()) and not down and not read_cuts(run) else 1
@@ -1041,6 +1060,7 @@ def demo_restart(run):
     query = f'kiosk_unexpected_restarts_total{{kiosk="{kiosk}"}}'
     before_count = max(prometheus_values(run, query) or [0])
     say(f"{kiosk} restarts on its own (a power blip: no wake before its boot)")
+    began = time.time()
     kiosk_sim.send_control(run, "reboot", kiosk)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -1056,7 +1076,8 @@ def demo_restart(run):
     # the top master's kiosk_restarts.boot asks the kiosk for its boot time and counts the restart
     counted = poll_prometheus(run, query, lambda values: bool(values) and max(values) > before_count, 90)
     if counted:
-        say(f"Prometheus: {query} = {max(counted):g} (was {before_count:g})")
+        say(f"Prometheus: {query} = {max(counted):g} (was {before_count:g}; restart shown in "
+            f"{time.time() - began:.0f} s)")
     else:
         say(f"Prometheus: {query} did not rise within 90 s (is the kiosk_restarts runner installed?)")
     return 0

@@ -369,6 +369,7 @@ def test_the_lab_monitors_its_pis_and_draws_the_campus_plot(lab_run):
     [series] = prometheus_query(prometheus, f'kiosk_env_temperature_celsius{{pi="{WARM_PI}"}}')
     assert series["metric"]["campus"] == "hillside"
     # the demo's restart, counted by the top master (kiosk_restarts.boot) and scraped
+    print("\n".join(line for line in stdout.splitlines() if "Prometheus" in line or RESTARTED in line))
     assert f"{RESTARTED} restarts on its own" in stdout
     assert re.search(rf'Prometheus: kiosk_unexpected_restarts_total\{{kiosk="{RESTARTED}"\}} = \d+', stdout), stdout
     out = run / "hillside.png"

@@ -222,3 +222,21 @@ def test_the_lab_puts_one_pi_under_a_tent_and_the_beacon_reads_its_tree(tmp_path
     assert (pathlib.Path(device) / "in_temp_input").read_text() == "24000\n"
     with pytest.raises(ValueError, match="afternoon_minutes"):
         kiosk_lab.write_weather(tmp_path, inv, 0, 1_796_000_000.0)
+
+
+def test_the_lab_runs_the_shipped_alertmanager_routes_to_its_own_webhook(tmp_path):
+    import yaml
+
+    from lab import kiosk_lab
+
+    url = kiosk_lab.alertmanager_webhook_url()
+    text = kiosk_lab.lab_alertmanager_yaml(url)
+    shipped = yaml.safe_load(kiosk_lab.ALERTMANAGER_FILE.read_text())
+    config = yaml.safe_load(text)
+    hooks = [hook["url"] for receiver in config["receivers"] for hook in receiver.get("webhook_configs") or []]
+    assert hooks and set(hooks) == {url}  # no placeholder left
+    assert config["route"] == shipped["route"] and config.get("inhibit_rules") == shipped.get("inhibit_rules")
+    assert kiosk_lab.lab_alertmanager_yaml(url, tmp_path / "missing.yml") is None
+    (tmp_path / "bad.yml").write_text("route: {}\n")
+    with pytest.raises(ValueError, match="receivers"):
+        kiosk_lab.lab_alertmanager_yaml(url, tmp_path / "bad.yml")
