@@ -238,8 +238,10 @@ def _write_metrics(cfg, state, errors, now):
         read_errors["mq2"] = state["read_errors"].get("mq2", 0)
         if not fleet_env.warming_up(cfg, state, now) and "mq2" not in state["sensor_errors"]:
             metrics["smoke"] = last.get("smoke")
+    # the configured ranges too, so an alert rule can tell too hot from too cold
     text = fleet_env.render_textfile(cfg["campus"], __opts__["id"], metrics, read_errors, sensors_up,
-                                     sorted(state["alerts"]))
+                                     sorted(state["alerts"]),
+                                     ranges={m: cfg.get(m) for m in ("temperature", "humidity")})
     try:
         fleet_env.write_textfile(cfg["textfile_dir"], text)
     except (OSError, fleet_env.EnvError) as exc:  # metrics must never stop the alerts

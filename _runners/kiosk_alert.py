@@ -150,25 +150,14 @@ def _ledger():
     return fleet_state.Ledger(os.path.join(__opts__["cachedir"], STATE_DIR, RATE_DB))
 
 
-METRICS = (
-    ("kiosk_alerts_dropped_total", "minion", "Alerts dropped by the per-minion rate limit."),
-    ("kiosk_alerts_duplicates_total", "minion",
-     "Copies of an alert already accepted within the dedup window (one per Pi of a multi-master kiosk), dropped."),
-    ("kiosk_alerts_refused_total", "reason", "Alert events refused: invalid or unknown sender, or not confirmed by a re-read."),
-    ("kiosk_alerts_posted_total", "kind", "Alerts POSTed to the webhook and accepted (2xx)."),
-    ("kiosk_alerts_post_failures_total", "kind", "Alerts the webhook did not accept (network error, non-2xx)."),
-)
-
-
 def _count(book, metric, label, settings):
     book.count(metric, label)
     directory = settings.get("textfile_dir") if settings else None
     if not directory:
         return
-    rows = book.counters()
-    families = [(name, "counter", help_text, [({key: label}, count) for metric, label, count in rows if metric == name])
-                for name, key, help_text in METRICS]
+    # the counters and their help live in fleet_metrics (ALERT_COUNTERS)
     try:  # written inside the transaction: a later count never gets overwritten by an older file
+        families = fleet_metrics.alert_families(book.counters())
         fleet_metrics.write_textfile(directory, TEXTFILE, fleet_metrics.render(families),
                                      field=f"{CONFIG_KEY}.textfile_dir")
     except (OSError, ValueError) as exc:

@@ -33,7 +33,7 @@ import importlib.util
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
     from saltext_kiosk_fleet.utils import fleet_alerts, fleet_calendar, fleet_fields, fleet_http, fleet_inventory
     from saltext_kiosk_fleet.utils import fleet_metrics, fleet_outbox, fleet_power, fleet_runner, fleet_schedule
-    from saltext_kiosk_fleet.utils import fleet_state, fleet_sweep, fleet_wol
+    from saltext_kiosk_fleet.utils import fleet_restarts, fleet_state, fleet_sweep, fleet_wol
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
     import fleet_alerts
     import fleet_calendar
@@ -43,6 +43,7 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
     import fleet_metrics
     import fleet_outbox
     import fleet_power
+    import fleet_restarts
     import fleet_runner
     import fleet_schedule
     import fleet_state
@@ -293,6 +294,20 @@ def _day(campus):
         return {"error": f"{path}: {exc}"}
 
 
+def _unexpected_restarts(campus):
+    """``{kiosk: unexpected restarts recorded}`` (``kiosk_restarts.boot``), ``{}`` before the first boot recorded."""
+    try:
+        path = fleet_restarts.store_path(__opts__["cachedir"])
+    except ValueError as exc:
+        return {"error": str(exc)}
+    if not os.path.exists(path):
+        return {}
+    try:
+        return {row["kiosk"]: row["unexpected"] for row in fleet_restarts.Restarts(path).totals(campus=campus)}
+    except (ValueError, OSError) as exc:  # a damaged record must not hide the rest of the status
+        return {"error": f"{path}: {exc}"}
+
+
 # ---------------------------------------------------------------- runners
 
 
@@ -305,6 +320,9 @@ def wake(kiosks=None, campus=None, repeat=3, timeout=30):
     their VLANs. Succeeds when at
     least one Pi sent to every kiosk; names the kiosks no Pi reached and the
     Pis that did not answer. Exit code 1 when any kiosk got no packet.
+    The kiosks a Pi sent to are recorded in ``kiosk_restarts``'s store
+    (``recorded``), so the boot the wake causes is no unexpected restart; a
+    record that fails is told in ``record_error`` and never fails the wake.
 
     CLI Example:
 
@@ -320,7 +338,28 @@ def wake(kiosks=None, campus=None, repeat=3, timeout=30):
         inventory, selection = _selected(kiosks, campus)
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
-    return _wake(inventory, selection, repeat, timeout)
+    # stamped when the job leaves: a kiosk may boot on the first Pi's packet while a silent Pi holds the job
+    sent_at = _dt.datetime.now(_dt.timezone.utc).timestamp()
+    return _record_wakes(_wake(inventory, selection, repeat, timeout), sent_at)
+
+
+def _record_wakes(ret, sent_at):
+    """
+    Record the wake of every kiosk a Pi sent to in the restarts store, so
+    ``kiosk_restarts.boot`` counts the boot it causes as expected. A failure
+    is logged and told (``recorded: False``, ``record_error``), never a failed
+    wake: waking kiosks matters more than counting restarts.
+    """
+    try:
+        woken = fleet_restarts.sent_kiosks(ret)
+        if woken:
+            store = fleet_restarts.Restarts(fleet_restarts.store_path(__opts__["cachedir"]))
+            store.record_wakes(woken, sent_at, source="kiosk_power.wake")
+    except (*ERRORS, OSError) as exc:
+        log.warning("kiosk_power: wake of %d kiosk(s) not recorded for kiosk_restarts: %s",
+                    len(ret.get("kiosks") or {}), exc)
+        return dict(ret, recorded=False, record_error=str(exc))
+    return dict(ret, recorded=True)
 
 
 def shutdown(kiosks=None, campus=None, delay_s=60, message="This kiosk is shutting down.", timeout=30):
@@ -621,7 +660,8 @@ def status(at=None, campus=None):
     day (``campuses``: per campus its Pis (cursor, calendar serial, leader,
     clock), actions, verifications, alerts and each kiosk's last
     observation, as ``kiosk_outbox.collect`` brought them in; None before
-    the first collection). Reads state only.
+    the first collection), and ``unexpected_restarts`` per kiosk
+    (``kiosk_restarts.boot``). Reads state only.
 
     CLI Example:
 
@@ -644,4 +684,5 @@ def status(at=None, campus=None):
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc)
     return fleet_runner.finish(__context__, {"result": True, "at": fleet_sweep.iso(now), "schedule": source,
-                                             **shown, "campuses": _day(campus)})
+                                             **shown, "campuses": _day(campus),
+                                             "unexpected_restarts": _unexpected_restarts(campus)})

@@ -649,22 +649,38 @@ METRICS = (
     ("kiosk_env_alert_active", "gauge", "1 while a kiosk_env alert is raised for the metric."),
     ("kiosk_env_sensor_up", "gauge", "1 when the sensor gave a reading in the last interval."),
     ("kiosk_env_read_errors_total", "counter", "Failed sensor read attempts since the beacon started."),
+    ("kiosk_env_range_limit", "gauge", "The configured range of the metric (bound min or max), in its own unit."),
 )
 
 
-def render_textfile(campus, pi, values, read_errors, sensors_up, alerts=()):
+def render_textfile(campus, pi, values, read_errors, sensors_up, alerts=(), ranges=None):
     """
     The node_exporter textfile for one Pi: gauges ``kiosk_env_temperature_celsius``,
     ``kiosk_env_humidity_percent``, ``kiosk_env_smoke_detected``,
     ``kiosk_env_alert_active{metric}``, ``kiosk_env_sensor_up{sensor}`` and the
     counter ``kiosk_env_read_errors_total{sensor}``, all labelled ``campus`` and
     ``pi``, no timestamps. A ``None`` value is left out (no stale figure).
+    ``ranges`` (optional; the beacon config's ``{"temperature": [min, max],
+    "humidity": [min, max]}``) adds ``kiosk_env_range_limit{metric,bound}``,
+    so an alert can tell too hot from too cold.
     """
     for field, name in (("campus", campus), ("pi", pi)):
         if not isinstance(name, str) or not name:
             raise EnvError(f"{field}: {name!r} is not a label value")
     if not isinstance(values, dict) or not isinstance(read_errors, dict) or not isinstance(sensors_up, dict):
         raise EnvError("values/read_errors/sensors_up: expected mappings")
+    limits = []
+    if ranges is not None:
+        if not isinstance(ranges, dict):
+            raise EnvError("ranges: expected a mapping of metric to [min, max]")
+        for metric in ("temperature", "humidity"):
+            span = ranges.get(metric)
+            if span is None:
+                continue
+            if not (isinstance(span, (list, tuple)) and len(span) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in span)):
+                raise EnvError(f"ranges.{metric}: {span!r} is not [min, max]")
+            limits += [({"metric": metric, "bound": "min"}, span[0]), ({"metric": metric, "bound": "max"}, span[1])]
     base = {"campus": campus, "pi": pi}
     samples = {
         "kiosk_env_temperature_celsius": [(base, values.get("temperature"))],
@@ -675,6 +691,7 @@ def render_textfile(campus, pi, values, read_errors, sensors_up, alerts=()):
         ],
         "kiosk_env_sensor_up": [({**base, "sensor": s}, bool(up)) for s, up in sorted(sensors_up.items())],
         "kiosk_env_read_errors_total": [({**base, "sensor": s}, int(n)) for s, n in sorted(read_errors.items())],
+        "kiosk_env_range_limit": [({**base, **labels}, v) for labels, v in limits],
     }
     try:
         return fleet_metrics.render([(name, kind, help_text, samples[name]) for name, kind, help_text in METRICS])

@@ -69,3 +69,32 @@ def write_textfile(directory, name, text, field="textfile_dir"):
     if not isinstance(name, str) or "/" in name or not name.endswith(".prom"):
         raise MetricsError(f"name: {name!r} must be a file name ending in .prom", field="name")
     return fleet_state.write_atomic(os.path.join(directory, name), text, mode=0o644)
+
+
+# The counters of kiosk_alerts.prom (top master, runner kiosk_alert): name, label key, help.
+ALERT_COUNTERS = (
+    ("kiosk_alerts_dropped_total", "minion", "Alerts dropped by the per-minion rate limit."),
+    ("kiosk_alerts_duplicates_total", "minion",
+     "Copies of an alert already accepted within the dedup window (one per Pi of a multi-master kiosk), dropped."),
+    ("kiosk_alerts_refused_total", "reason", "Alert events refused: invalid or unknown sender, or not confirmed by a re-read."),
+    ("kiosk_alerts_posted_total", "kind", "Alerts POSTed to the webhook and accepted (2xx)."),
+    ("kiosk_alerts_post_failures_total", "kind", "Alerts the webhook did not accept (network error, non-2xx)."),
+)
+
+
+def alert_families(rows):
+    """
+    The families of ``kiosk_alerts.prom`` from ``rows``, ``[(metric, label
+    value, count)]`` as ``fleet_state.Ledger.counters`` returns them; rows of
+    other metrics are left out. :class:`MetricsError` naming ``rows`` on a
+    row of the wrong shape.
+    """
+    if not isinstance(rows, (list, tuple)):
+        raise MetricsError(f"rows: {type(rows).__name__} is not a list of (metric, label, count)", field="rows")
+    for row in rows:
+        if not (isinstance(row, (list, tuple)) and len(row) == 3 and isinstance(row[0], str)
+                and isinstance(row[1], str) and isinstance(row[2], int) and not isinstance(row[2], bool)
+                and row[2] >= 0):
+            raise MetricsError(f"rows: {fleet_fields.shown(row)} is not (metric, label, count)", field="rows")
+    return [(name, "counter", help_text, [({key: label}, count) for metric, label, count in rows if metric == name])
+            for name, key, help_text in ALERT_COUNTERS]

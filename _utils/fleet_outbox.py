@@ -772,14 +772,15 @@ def metrics(counters, day, unposted):
     The metric families of ``kiosk_campus.prom`` (``fleet_metrics.render``):
     the store's ``_total`` counters (``Collected.counters``), and gauges from
     ``day`` (``Collected.day``): each Pi's last collection, clock, calendar
-    serial and entries its cap dropped; each kiosk's last observed state and
-    whether it differs from the expected one; alerts still to post.
+    serial and entries its cap dropped; each kiosk's last observed state, its
+    expected state and whether they differ; alerts still to post.
     """
     families = []
     for name, help_text in COUNTER_HELP.items():
         families.append((name, "counter", help_text, [(labels, count) for metric, labels, count in counters
                                                       if metric == name]))
     collected, synced, serial, dropped, observed_on, mismatch, waiting = [], [], [], [], [], [], []
+    expected_on = []
     for campus, view in sorted(day.items()):
         for pi, info in sorted(view["pis"].items()):
             labels = {"campus": campus, "pi": pi}
@@ -793,6 +794,9 @@ def metrics(counters, day, unposted):
             labels = {"campus": campus, "kiosk": kiosk}
             state = seen.get("observed")
             observed_on.append((labels, 1 if state == "on" else 0 if state in ("off", "degraded") else None))
+            # what the campus should look like now: a closed campus at night is never "dark"
+            expected = seen.get("expected")
+            expected_on.append((labels, 1 if expected == "on" else 0 if expected == "off" else None))
             if seen.get("expected") in ("on", "off") and state in ("on", "off", "degraded"):
                 mismatch.append((labels, 0 if state == seen["expected"] else 1))
         waiting.append(({"campus": campus}, sum(1 for item in unposted if item["key"].startswith(campus + "/"))))
@@ -805,6 +809,8 @@ def metrics(counters, day, unposted):
          "Entries the Pi's outbox cap dropped before collection (the Pi's own count).", dropped),
         ("kiosk_campus_kiosk_observed_on", "gauge", "1 when the kiosk was last observed on, 0 off or degraded.",
          observed_on),
+        ("kiosk_campus_kiosk_expected_on", "gauge", "1 when the kiosk should be on at its last observation, 0 off.",
+         expected_on),
         ("kiosk_campus_kiosk_mismatch", "gauge", "1 when the kiosk's last observation differs from its expected state.",
          mismatch),
         ("kiosk_campus_alerts_unposted", "gauge", "Collected alerts not accepted by the webhook yet.", waiting),

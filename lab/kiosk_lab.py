@@ -12,6 +12,8 @@ kiosk-lab: the production topology on one machine, outside pytest.
     kiosk-lab pi-down PI  stop one Pi's master, syndic and minion (by pid):
                       its campus's kiosks keep answering through the other Pis
     kiosk-lab pi-up PI    start them again
+    kiosk-lab plot CAMPUS  draw the campus's Pi temperatures and unexpected
+                      kiosk restarts from the lab's Prometheus (PNG)
     kiosk-lab down    stop everything the lab started, by pid
 
 Every node gets its own loopback address and Salt's standard ports, as on
@@ -24,7 +26,11 @@ as ``salt-run kiosk_fleet.campus_keygen`` keeps it; every master accepts keys
 through an autosign file rendered from the inventory (no ``auto_accept``).
 nginx exports the top master's release store on 127.0.100.1:8080 and serves
 each Pi's repository on its VLAN addresses, on the campus ``repo_port`` of the
-inventory. Nothing leaves 127.0.0.0/8.
+inventory. A monitoring stack (lab/monitor.py: one node_exporter per Pi's
+textfile directory and one for the top master's, Prometheus with the shipped
+rules, Alertmanager posting to a second lab webhook) listens on 127.0.0.1
+ports of its choosing; the Pis' DHT11 sensors are fake IIO sysfs trees the
+kiosk simulator warms through an afternoon. Nothing leaves 127.0.0.0/8.
 """
 
 import argparse
@@ -43,6 +49,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 
 import yaml
 
@@ -53,7 +61,7 @@ import fleet_inventory  # noqa: E402
 import fleet_keys  # noqa: E402
 import fleet_state  # noqa: E402
 
-from lab import nginx_repo  # noqa: E402
+from lab import kiosk_sim, nginx_repo  # noqa: E402
 
 DEFAULT_RUN_DIR = "/tmp/kiosk-lab"  # short: salt's unix sockets must stay < 107 chars
 TOP_ADDRESS = "127.0.100.1"
@@ -66,6 +74,18 @@ DEMO_RELEASE_CAMPUS = "riverside"  # the campus the demo publishes to (else the 
 DEMO_RELEASE_MB = 4
 RELEASE_REACTORS = ("published", "staged", "alert")  # kiosk/release/<event> -> reactor/kiosk_release_<event>.sls
 PACK_DIRS = ("_modules", "_states", "_runners", "_beacons", "_grains", "_utils")
+# monitoring: Alertmanager posts to a webhook of its own, so the pack's alert log (webhook.jsonl, where
+# `kiosk-lab day` counts each alert's POSTs) holds the pack's alerts only
+ALERTMANAGER_WEBHOOK_PORT = 8092
+RULES_FILE = REPO / "monitoring" / "prometheus" / "kiosk_fleet.rules.yml"
+ALERTMANAGER_FILE = REPO / "monitoring" / "alertmanager" / "alertmanager.yml"
+SCRAPE_INTERVAL = "5s"
+# the warm afternoon: one Pi of this campus stands under a tent, the others warm gently
+WARM_CAMPUS = "hillside"
+TENT = {"temperature": [24, 41], "humidity": [50, 28]}
+AFTERNOON_MINUTES = 8  # the climb, from `up`; then the peak holds
+ENV_INTERVAL_S = 5  # the Pis' kiosk_env beacon interval
+ENV_RANGES = {"temperature": [5, 32], "humidity": [20, 80]}
 BIN = pathlib.Path(sys.executable).parent
 
 
@@ -155,6 +175,53 @@ def webhook_log(run):
     return run / "webhook.jsonl"
 
 
+def alertmanager_webhook_url():
+    return f"http://{TOP_ADDRESS}:{ALERTMANAGER_WEBHOOK_PORT}/hooks/alertmanager"
+
+
+def alertmanager_log(run):
+    return run / "alertmanager.jsonl"
+
+
+def sysfs_root(run, pi_id):
+    """A Pi's fake sysfs: its DHT11 under bus/iio/devices (the kiosk simulator writes the values)."""
+    return run / pi_id / "sys"
+
+
+def textfile_dir(run, pi_id=None):
+    """node_exporter's textfile directory of a Pi (its env beacon and campus reconciler write there), or of
+    the top master (power, release, alerts, outbox, restarts) when ``pi_id`` is None."""
+    return run / "metrics" / pi_id if pi_id else run / "metrics"
+
+
+def afternoon_profiles(inv, run):
+    """``{pi: {"sysfs_root", "temperature": [start, peak], "humidity": [start, end]}}``: the first Pi of
+    WARM_CAMPUS (else of the first campus) stands under a tent and climbs TENT; every other Pi warms by
+    4 degrees from 21 + its rank (the lines stay apart on a plot)."""
+    campuses = sorted(inv["campuses"])
+    warm = WARM_CAMPUS if WARM_CAMPUS in inv["campuses"] else campuses[0]
+    tent = sorted(inv["campuses"][warm]["pis"])[0]
+    pis = sorted(pi for spec in inv["campuses"].values() for pi in spec["pis"])
+    profiles = {}
+    for rank, pi in enumerate(p for p in pis if p != tent):
+        profiles[pi] = {"temperature": [21 + rank, 25 + rank], "humidity": [45, 40]}
+    profiles[tent] = {key: list(value) for key, value in TENT.items()}
+    return {pi: {"sysfs_root": str(sysfs_root(run, pi)), **profile} for pi, profile in sorted(profiles.items())}
+
+
+def write_weather(run, inv, minutes, started_at):
+    """The kiosk simulator's weather file (kiosk_sim.load_weather), and every Pi's DHT11 at the start of the
+    afternoon (its beacon finds the device before the simulator's first update). Returns the path."""
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
+        raise ValueError(f"afternoon_minutes: {minutes!r} is not a positive number of minutes")
+    weather = {"started_at": started_at, "ramp_s": minutes * 60, "pis": afternoon_profiles(inv, run)}
+    for profile in weather["pis"].values():
+        kiosk_sim.write_dht11(profile["sysfs_root"], *kiosk_sim.dht11_reading(profile, 0, weather["ramp_s"]))
+    path = run / "weather.json"
+    fleet_state.write_json_atomic(str(path), weather)
+    return path
+
+
 def release_store(run):
     """The top master's release store: under its first file root, so salt://kiosk_releases/ reaches it too."""
     return run / "srv" / "salt" / "kiosk_releases"
@@ -198,19 +265,78 @@ def start_release_servers(run, inv):
     return None
 
 
-def start_webhook(run):
-    """The lab's alert webhook (lab/webhook.py), recorded in pids.json. Returns an error message, or None."""
-    proc = start(run, "alert webhook", [sys.executable, "-m", "lab.webhook", "--listen", f"{TOP_ADDRESS}:{WEBHOOK_PORT}",
-                                        "--log", str(webhook_log(run))])
+def start_webhook(run, name="alert webhook", port=WEBHOOK_PORT, log=None, url=None):
+    """A lab webhook (lab/webhook.py), recorded in pids.json: by default the pack's alert webhook. Returns an
+    error message, or None."""
+    log, url = log or webhook_log(run), url or webhook_url()
+    proc = start(run, name, [sys.executable, "-m", "lab.webhook", "--listen", f"{TOP_ADDRESS}:{port}",
+                             "--log", str(log)])
     deadline = time.time() + 15
     while time.time() < deadline:
         if proc.poll() is not None:
-            return f"the alert webhook exited with {proc.returncode} (port {WEBHOOK_PORT} taken?)"
-        with contextlib.suppress(OSError), socket.create_connection((TOP_ADDRESS, WEBHOOK_PORT), timeout=0.5):
-            say(f"started {'alert webhook':<24} pid {proc.pid} ({webhook_url()})")
+            return f"the {name} exited with {proc.returncode} (port {port} taken?)"
+        with contextlib.suppress(OSError), socket.create_connection((TOP_ADDRESS, port), timeout=0.5):
+            say(f"started {name:<24} pid {proc.pid} ({url})")
             return None
         time.sleep(0.1)
-    return "the alert webhook is not listening after 15 s"
+    return f"the {name} is not listening after 15 s"
+
+
+def lab_alertmanager_yaml(url, path=ALERTMANAGER_FILE):
+    """The shipped Alertmanager config (routes, grouping, inhibitions) with every webhook receiver's
+    placeholder URL pointed at ``url``: YAML text, or None when the file is not there."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return None
+    config = yaml.safe_load(path.read_text())
+    if not isinstance(config, dict) or not isinstance(config.get("receivers"), list):
+        raise ValueError(f"{path}: receivers: expected a list")
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs") or []:
+            hook["url"] = url
+    return yaml.safe_dump(config, default_flow_style=False, sort_keys=False)
+
+
+def monitor_file(run):
+    """The running lab's monitoring addresses (``kiosk-lab plot`` reads Prometheus's from it)."""
+    return run / "monitor.json"
+
+
+def start_monitoring(run, inv):
+    """lab/monitor.py's Stack: a node_exporter on each Pi's textfile directory and on the top master's,
+    Prometheus with the shipped rules (when present), Alertmanager posting to the lab's Alertmanager
+    webhook. Its processes go into pids.json (``down`` stops them with the rest, by pid) and its addresses
+    into monitor.json. Returns an error message, or None."""
+    from lab import monitor  # noqa: PLC0415 - only the commands that start the lab need it
+
+    error = start_webhook(run, "alertmanager webhook", ALERTMANAGER_WEBHOOK_PORT, alertmanager_log(run),
+                          alertmanager_webhook_url())
+    if error:
+        return error
+    exporters = {"top": textfile_dir(run)}
+    exporters.update({pi: textfile_dir(run, pi) for spec in inv["campuses"].values() for pi in sorted(spec["pis"])})
+    rules = [RULES_FILE] if RULES_FILE.is_file() else []
+    shipped = lab_alertmanager_yaml(alertmanager_webhook_url())
+    stack = monitor.Stack(run / "monitor", exporters, rules, alertmanager_webhook_url(),
+                          scrape_interval=SCRAPE_INTERVAL, evaluation_interval=SCRAPE_INTERVAL,
+                          **({"alertmanager_yaml": shipped} if shipped else {}))
+    try:
+        stack.start()
+    except monitor.MonitorError as exc:
+        return f"monitoring: {exc}"
+    pids = read_pids(run)
+    pids.update(stack.pids)
+    (run / "pids.json").write_text(json.dumps(pids, indent=1))
+    addresses = {"prometheus": stack.prometheus_url, "alertmanager": stack.alertmanager_url,
+                 "exporters": stack.exporter_urls, "rules": [str(r) for r in rules],
+                 "alertmanager_webhook": alertmanager_webhook_url()}
+    fleet_state.write_json_atomic(str(monitor_file(run)), addresses)
+    for name, pid in stack.pids.items():
+        say(f"started {name:<24} pid {pid}")
+    say(f"Prometheus {stack.prometheus_url}  Alertmanager {stack.alertmanager_url}  "
+        f"(rules: {RULES_FILE.relative_to(REPO) if rules else 'none, ' + str(RULES_FILE.relative_to(REPO)) + ' is missing'}; "
+        f"routes: {ALERTMANAGER_FILE.relative_to(REPO) if shipped else 'one webhook route'})")
+    return None
 
 
 def make_signing_key(directory, name="kiosk_release"):
@@ -295,6 +421,8 @@ def write_configs(run, raw, inv):
             {f"kiosk/release/{event}": [str(REPO / "reactor" / f"kiosk_release_{event}.sls")]}
             for event in RELEASE_REACTORS
         ],
+        # each kiosk/boot recorded by kiosk_restarts.boot (the kiosk/boot reactor): kiosk_restarts.prom
+        "kiosk_restarts": {"textfile_dir": str(run / "metrics")},
         # alerts (the campuses' mismatches, posted once by kiosk_outbox.collect) go to the lab's webhook
         "kiosk_fleet_alerts": {"webhook_url": webhook_url()},
         # releases: the store under the first file root (salt://kiosk_releases/), exported by
@@ -374,6 +502,16 @@ def write_configs(run, raw, inv):
                     "master_config": str(pi_dir / "master"),
                     "clock_file": str(clock_file(run, pi_id)),
                 },
+                # the Pi's DHT11 through its real sysfs path, on the lab's fake tree (the kiosk simulator's
+                # warm afternoon); the textfile next to the reconciler's, for the Pi's node_exporter
+                "beacons": {"kiosk_env": [
+                    {"interval": ENV_INTERVAL_S},
+                    {"sysfs_root": str(sysfs_root(run, pi_id))},
+                    *({metric: list(bounds)} for metric, bounds in ENV_RANGES.items()),
+                    {"smoke": False},  # no MQ-2 (GPIO) in the lab
+                    {"textfile_dir": str(textfile_dir(run, pi_id))},
+                    {"campus": campus},
+                ]},
             })
             daemons += pi_daemons(run, pi_id)
         for kiosk_id in sorted(spec["kiosks"]):
@@ -401,6 +539,9 @@ def write_configs(run, raw, inv):
                     "shutdown_command": [sys.executable, "-m", "lab.kiosk_sim", "--run-dir", str(run),
                                          "power-off", kiosk_id, "--delay", "{delay}"],
                     "cwd": str(REPO),
+                    # the lab's kiosks share the host's kernel (one /proc/stat btime): the simulator writes
+                    # each one's boot time at every power-on, for kiosk_power.last_boot
+                    "boot_time_file": str(kiosk_dir / "boot_time"),
                 },
             })
     (run / "inventory.json").write_text(json.dumps(inv))
@@ -532,9 +673,10 @@ def cmd_up(args):
         shutil.rmtree(run)
     run.mkdir(parents=True)
     daemons = write_configs(run, raw, inv)
-    error = start_release_servers(run, inv) or start_webhook(run)
+    weather = write_weather(run, inv, args.afternoon_minutes, time.time())
+    error = start_release_servers(run, inv) or start_webhook(run) or start_monitoring(run, inv)
     if error:
-        say(f"release server failed: {error}")
+        say(f"start-up failed: {error}")
         cmd_down(args)
         return 1
     if not start_daemons(run, daemons):
@@ -550,9 +692,9 @@ def cmd_up(args):
     pid = start(run, "kiosk simulator", [
         sys.executable, "-m", "lab.kiosk_sim", "--run-dir", str(run), "serve",
         "--inventory", str(run / "inventory.json"), "--salt-minion", str(BIN / "salt-minion"),
-        "--on", ",".join(k for k in kiosks if k not in off),
+        "--on", ",".join(k for k in kiosks if k not in off), "--weather", str(weather),
     ]).pid
-    say(f"started {'kiosk simulator':<24} pid {pid} (magic packets -> kiosk minions)")
+    say(f"started {'kiosk simulator':<24} pid {pid} (magic packets -> kiosk minions; the Pis' DHT11 sensors)")
     expected = sorted([p for c in inv["campuses"].values() for p in c["pis"]] + [k for k in kiosks if k not in off])
     say(f"waiting for {len(expected)} minions to answer the top master through the syndics ...")
     answered = wait_for_minions(run, expected, args.timeout)
@@ -570,12 +712,35 @@ def cmd_up(args):
         return 1
     synced = salt(run, "*", "saltutil.sync_all", timeout=60)
     say(f"pack synced to {len(synced)} minions")
+    # the Pis' beacons run from the sync on (their module came with it): the afternoon starts now
+    write_weather(run, inv, args.afternoon_minutes, time.time())
     say("up. Use the top master with:")
     print(f"    {BIN / 'salt'} -c {run / 'top'} '*' test.ping")
     print(f"    {BIN / 'salt-run'} -c {run / 'top'} kiosk_fleet.ping")
     print(f"    {BIN / 'salt-run'} -c {run / 'top'} kiosk_release.publish name=... version=... source=... campuses=...")
     print(f"    {REPO / 'lab' / 'kiosk-lab'} down")
+    print_monitoring(run)
     return 0
+
+
+def print_monitoring(run):
+    """The monitoring addresses and the warm afternoon, as ``up`` and ``status`` show them."""
+    path = monitor_file(run)
+    if not path.exists():
+        return
+    addresses = json.loads(path.read_text())
+    say(f"monitoring: Prometheus {addresses['prometheus']}  Alertmanager {addresses['alertmanager']}  "
+        f"(alerts posted to {addresses['alertmanager_webhook']}, logged in {alertmanager_log(run)})")
+    weather = run / "weather.json"
+    if weather.exists():
+        afternoon = json.loads(weather.read_text())
+        hot = max(afternoon["pis"], key=lambda pi: afternoon["pis"][pi]["temperature"][1])
+        low, high = afternoon["pis"][hot]["temperature"]
+        began = time.strftime("%H:%M:%S UTC", time.gmtime(afternoon["started_at"]))
+        say(f"a warm afternoon: {hot} (under a tent) climbs from {low} to {high} °C in "
+            f"{afternoon['ramp_s'] / 60:g} min from {began}; the other Pis warm by 4 °C")
+    campus = WARM_CAMPUS if WARM_CAMPUS in (lab_inventory(run) or {}).get("campuses", {}) else "CAMPUS"
+    print(f"    {REPO / 'lab' / 'kiosk-lab'} plot {campus} --minutes 15")
 
 
 def stop_processes(pids, grace=45):
@@ -612,6 +777,8 @@ def cmd_down(args):
     (run / "pids.json").unlink()
     with contextlib.suppress(FileNotFoundError):
         (run / "cuts.json").unlink()  # the syndics cut stopped are gone with the rest
+    with contextlib.suppress(FileNotFoundError):
+        monitor_file(run).unlink()  # its processes are gone too
     say(f"stopped {len(pids)} processes")
     return 0
 
@@ -634,7 +801,10 @@ def cmd_status(args):
         for kiosk, state in sorted(json.loads(state_file.read_text()).items()):
             power = "on " if state["on"] else "off"
             print(f"{kiosk:<24} power {power} {state['ip']}:{state['service_port']}  magic packets {state['packets']}"
-                  f"  power-button presses {state.get('presses', 0)}")
+                  f"  power-button presses {state.get('presses', 0)}"
+                  + (f"  restarts without a wake {state['reboots']}" if state.get("reboots") else ""))
+    if pids:
+        print_monitoring(run)
     return 0 if pids and all(alive(p) for p in pids.values()) and not down and not read_cuts(run) else 1
 
 
@@ -842,6 +1012,7 @@ def cmd_demo(args):
         code = demo_release(run, watch) or code
     finally:
         watch.stop()
+    code = demo_restart(run) or code
     cmd_status(args)
     say("the lab stays up; stop it with: lab/kiosk-lab down")
     return code
@@ -872,6 +1043,69 @@ def demo_power(run, kiosk):
     print(f"    accepted: {report.get('accepted')}  failed: {report.get('failed')}  silent: {report.get('silent')}")
     time.sleep(4)
     return code
+
+
+def demo_restart(run):
+    """One kiosk of the warm campus restarts on its own (the simulator stops and starts its minion with no
+    wake): its boot reaches the top master as a kiosk/boot with no wake before it, an unexpected restart
+    for kiosk_unexpected_restarts_total, a mark on ``kiosk-lab plot``."""
+    inv = lab_inventory(run)
+    campus = WARM_CAMPUS if WARM_CAMPUS in inv["campuses"] else sorted(inv["campuses"])[0]
+    power = json.loads((run / "sim-state.json").read_text())
+    kiosk = next((k for k in sorted(inv["campuses"][campus]["kiosks"]) if power.get(k, {}).get("on")), None)
+    if kiosk is None:
+        say(f"no kiosk of {campus} is on: no unexpected restart shown")
+        return 0
+    before = power[kiosk].get("reboots", 0)
+    query = f'kiosk_unexpected_restarts_total{{kiosk="{kiosk}"}}'
+    before_count = max(prometheus_values(run, query) or [0])
+    say(f"{kiosk} restarts on its own (a power blip: no wake before its boot)")
+    began = time.time()
+    kiosk_sim.send_control(run, "reboot", kiosk)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        state = json.loads((run / "sim-state.json").read_text()).get(kiosk, {})
+        if state.get("reboots", 0) > before and state.get("on"):
+            break
+        time.sleep(0.5)
+    up = wait_for_minions(run, [kiosk], 120)
+    if up.get(kiosk) is not True:
+        say(f"{kiosk} did NOT come back after its restart")
+        return 1
+    say(f"{kiosk} is back (its boot state announced kiosk/boot to the top master)")
+    # the top master's kiosk_restarts.boot asks the kiosk for its boot time and counts the restart
+    counted = poll_prometheus(run, query, lambda values: bool(values) and max(values) > before_count, 90)
+    if counted:
+        say(f"Prometheus: {query} = {max(counted):g} (was {before_count:g}; restart shown in "
+            f"{time.time() - began:.0f} s)")
+    else:
+        say(f"Prometheus: {query} did not rise within 90 s (is the kiosk_restarts runner installed?)")
+    return 0
+
+
+def prometheus_values(run, promql):
+    """The values of an instant query on the lab's Prometheus, or None when it does not answer."""
+    if not monitor_file(run).exists():
+        return None
+    url = json.loads(monitor_file(run).read_text())["prometheus"]
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                f"{url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}", timeout=5) as answer:
+            body = json.loads(answer.read())
+    except (OSError, ValueError):
+        return None
+    return [float(item["value"][1]) for item in (body.get("data") or {}).get("result", [])]
+
+
+def poll_prometheus(run, promql, done, timeout):
+    """Poll an instant query until ``done(values)``; the values, or None at the deadline."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        values = prometheus_values(run, promql)
+        if values is not None and done(values):
+            return values
+        time.sleep(2)
+    return None
 
 
 # --------------------------------------------------------------------------- the release part of the demo
@@ -1050,6 +1284,35 @@ def demo_release(run, watch):
     return status_code
 
 
+def cmd_plot(args):
+    """Draw ``args.campus``'s Pi temperatures and unexpected kiosk restarts from Prometheus (lab/campus_plot.py)."""
+    from lab import campus_plot  # noqa: PLC0415 - matplotlib is loaded for this command only
+
+    run = pathlib.Path(args.dir)
+    url = args.prometheus
+    if not url:
+        if not monitor_file(run).exists():
+            say(f"the lab's monitoring is not running in {run} (kiosk-lab up first, or --prometheus URL)")
+            return 1
+        url = json.loads(monitor_file(run).read_text())["prometheus"]
+    inv = lab_inventory(run)
+    if inv and args.campus not in inv["campuses"]:
+        say(f"campus: {args.campus!r} is not a campus of the lab's inventory ({', '.join(sorted(inv['campuses']))})")
+        return 2
+    out = pathlib.Path(args.out or run / f"campus-plot-{args.campus}.png")
+    try:
+        path, data = campus_plot.campus_plot(url, args.campus, out, minutes=args.minutes)
+    except (campus_plot.PlotError, OSError) as exc:
+        say(f"plot: {exc}")
+        return 1
+    lines = ", ".join(f"{pi} {values[-1]:g} °C" for pi, (_, values) in data["lines"].items() if values)
+    marks = ", ".join(f"{kiosk} at {time.strftime('%H:%M:%S', time.gmtime(at))} UTC"
+                      for at, kiosk, _ in data["restarts"])
+    say(f"{data['title']}: {lines or 'no temperature samples'}; unexpected restarts: {marks or 'none'}")
+    say(f"wrote {path}")
+    return 0 if data["lines"] else 1
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="kiosk-lab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", default=os.environ.get("KIOSK_LAB_DIR", DEFAULT_RUN_DIR), help="run directory")
@@ -1060,7 +1323,14 @@ def main(argv=None):
                        help="fleet data file (inventory, change parameters; README \"Inventory\")")
         p.add_argument("--off", help="kiosks that start powered off (comma-separated)")
         p.add_argument("--timeout", type=int, default=180, help="seconds to wait for every minion")
+        p.add_argument("--afternoon-minutes", type=float, default=AFTERNOON_MINUTES,
+                       help="how long the warm afternoon's climb takes, from start-up (the Pis' DHT11 sensors)")
     sub.add_parser("down")
+    p = sub.add_parser("plot", help="draw a campus's Pi temperatures and unexpected restarts (PNG)")
+    p.add_argument("campus", help="a campus of the inventory, e.g. hillside")
+    p.add_argument("--out", help="PNG file to write (default <run>/campus-plot-<campus>.png)")
+    p.add_argument("--minutes", type=float, default=30, help="the span: the last N minutes")
+    p.add_argument("--prometheus", help="Prometheus URL (default: the running lab's, from <run>/monitor.json)")
     sub.add_parser("status")
     for name, what in (("pi-down", "stop one Pi's master, syndic and minion (by pid)"),
                        ("pi-up", "start one Pi's master, syndic and minion again")):
@@ -1078,7 +1348,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "demo": cmd_demo,
             "pi-down": cmd_pi_down, "pi-up": cmd_pi_up, "cut": cmd_cut, "restore": cmd_restore,
-            "day": kiosk_day.cmd_day}[args.command](args)
+            "day": kiosk_day.cmd_day, "plot": cmd_plot}[args.command](args)
 
 
 if __name__ == "__main__":

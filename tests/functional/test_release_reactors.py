@@ -89,9 +89,12 @@ def test_staged_renders_nothing_for_data_that_is_not_names(render, data):
 BOOT = str(REPO / "reactor" / "kiosk_boot.sls")
 
 
-def test_boot_syncs_the_claimed_kiosk_only_when_its_id_is_a_name(render):
+def test_boot_syncs_and_records_the_claimed_kiosk_only_when_its_id_is_a_name(render):
     rendered = render(BOOT, "kiosk/boot", {"id": "kiosk-east-01"})
-    assert rendered == {"sync_pack_on_kiosk_boot": {"local.saltutil.sync_all": [
-        {"tgt": "kiosk-east-01"}, {"tgt_type": "list"}]}}
+    # the runner gets the id alone: it asks the kiosk for its boot time itself
+    assert rendered == {
+        "sync_pack_on_kiosk_boot": {"local.saltutil.sync_all": [{"tgt": "kiosk-east-01"}, {"tgt_type": "list"}]},
+        "record_kiosk_boot": {"runner.kiosk_restarts.boot": [{"args": [{"kiosk": "kiosk-east-01"}]}]},
+    }
     for bad in ("kiosk-east-01\n", "kiosk-east-01,pi-east-1", "*", ["kiosk-east-01"], ""):
         assert render(BOOT, "kiosk/boot", {"id": bad}) == {}

@@ -2,8 +2,10 @@
 The lab as an operator runs it: `kiosk-lab demo` (up, the fleet answering
 through the Pis, a simulated kiosk woken by a real magic packet and shut
 down, a release published to one campus and installed on its kiosks by the
-reactors), then the same by hand, then `kiosk-lab down`, which must leave no
-salt daemon, kiosk minion or nginx behind.
+reactors, a kiosk restarting on its own), then the same by hand, the
+monitoring stack it started (Prometheus scraping the Pis' env beacons) and
+`kiosk-lab plot`, then `kiosk-lab down`, which must leave no salt daemon,
+kiosk minion, nginx or monitoring process behind.
 """
 
 import json
@@ -11,6 +13,7 @@ import os
 import pathlib
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -18,6 +21,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 import pytest
+import requests
 import yaml
 
 import fleet_keys
@@ -327,3 +331,56 @@ def test_the_day_runs_with_riverside_cut_and_the_top_master_gets_one_alert(lab_r
     assert DAY_KEPT_OFF in json.dumps(day_view)
     status = lab(run, "status")
     assert "stopped by cut" not in status.stdout
+
+
+# --------------------------------------------------------------------------- monitoring and the campus plot
+
+WARM_PI, RESTARTED = "pi-hillside-1", "kiosk-hillside-01"  # under the tent; rebooted by the demo, no wake
+PIS = ["pi-hillside-1", "pi-hillside-2", "pi-riverside-1", "pi-riverside-2"]
+
+
+def prometheus_query(url, promql):
+    answer = requests.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10).json()
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def test_the_lab_monitors_its_pis_and_draws_the_campus_plot(lab_run):
+    """Last in the module (the lab has run longest): the addresses printed, Prometheus holding every Pi's
+    temperature as its beacon read it from the fake DHT11, the demo's restart counted, and the plot."""
+    run, stdout = lab_run
+    found = re.search(r"monitoring: Prometheus (http://127\.0\.0\.1:\d+)  Alertmanager (http://127\.0\.0\.1:\d+)",
+                      stdout)
+    assert found, stdout
+    prometheus, alertmanager = found.groups()
+    assert json.loads((run / "monitor.json").read_text())["prometheus"] == prometheus
+    assert requests.get(f"{alertmanager}/-/ready", timeout=10).status_code == 200
+    # each Pi's node_exporter serves the beacon's textfile; the tent's Pi is the warmest
+    temperatures = {}
+
+    def every_pi_scraped():
+        temperatures.update({r["metric"]["pi"]: float(r["value"][1])
+                             for r in prometheus_query(prometheus, "kiosk_env_temperature_celsius")})
+        return len(temperatures) == len(PIS)
+
+    assert wait_for(every_pi_scraped, 30, step=2), temperatures
+    assert sorted(temperatures) == PIS
+    assert temperatures[WARM_PI] == max(temperatures.values()) and 24 <= temperatures[WARM_PI] <= 41, temperatures
+    [series] = prometheus_query(prometheus, f'kiosk_env_temperature_celsius{{pi="{WARM_PI}"}}')
+    assert series["metric"]["campus"] == "hillside"
+    # the demo's restart, counted by the top master (kiosk_restarts.boot) and scraped
+    print("\n".join(line for line in stdout.splitlines() if "Prometheus" in line or RESTARTED in line))
+    assert f"{RESTARTED} restarts on its own" in stdout
+    assert re.search(rf'Prometheus: kiosk_unexpected_restarts_total\{{kiosk="{RESTARTED}"\}} = \d+', stdout), stdout
+    out = run / "hillside.png"
+    plot = lab(run, "plot", "hillside", "--minutes", "30", "--out", str(out), timeout=120)
+    print(plot.stdout)
+    assert plot.returncode == 0, plot.stdout + plot.stderr
+    assert re.search(rf"unexpected restarts: {RESTARTED} at \d\d:\d\d:\d\d UTC", plot.stdout), plot.stdout
+    assert f"{WARM_PI} " in plot.stdout and "pi-hillside-2 " in plot.stdout and "riverside" not in plot.stdout
+    raw = out.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR"
+    assert struct.unpack(">II", raw[16:24]) == (1200, 600)
+    # Alertmanager's POSTs go to their own webhook log, never into the pack's alert log
+    pack_posts = (run / "webhook.jsonl").read_text().splitlines() if (run / "webhook.jsonl").exists() else []
+    assert not [p for p in pack_posts if "alertmanager" in json.loads(p)["path"]]

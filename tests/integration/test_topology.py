@@ -79,6 +79,20 @@ def test_kiosk_event_reaches_the_top_master_reactor_once_per_pi(topology, event_
         if e.data.get("fun") == "saltutil.sync_all" and e.data.get("tgt") == kiosk_id
     ]
     assert len(jobs) == len(topology.campus_pis(kiosk_id)), jobs
+    # and records the boot once (kiosk_restarts.boot asks the kiosk itself for its boot time): no wake
+    # was sent, so it is an unexpected restart, counted once for the copies from both Pis
+    deadline = time.monotonic() + 90
+    while True:
+        shown = topology.salt_run("kiosk_restarts.show", f"kiosk={kiosk_id}")
+        assert shown.returncode == 0, shown
+        if kiosk_id in shown.data["kiosks"] or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert shown.data["kiosks"][kiosk_id]["boots"] == 1 and shown.data["kiosks"][kiosk_id]["unexpected"] == 1, shown
+    [restart] = shown.data["unexpected"]
+    assert restart["kiosk"] == kiosk_id and "no wake" in restart["reason"], restart
+    metrics = (pathlib.Path(topology.release_dir["textfile_dir"]) / "kiosk_restarts.prom").read_text()
+    assert f'kiosk_unexpected_restarts_total{{campus="east",kiosk="{kiosk_id}"}} 1' in metrics, metrics
 
 
 def test_ping_runner_names_the_kiosks_that_answer(topology):

@@ -335,6 +335,9 @@ def top_master_config(repo, tree, webhook_url, release_dir, signing_key_path, ke
         "kiosk_fleet_alerts": {"webhook_url": webhook_url, "timeout": 5,
                                "textfile_dir": str(release_dir["textfile_dir"])},
         "kiosk_power": {"textfile_dir": str(release_dir["textfile_dir"])},  # sweep metrics
+        # kiosk/boot -> kiosk_restarts.boot: the session topology's Pis run no reconciler
+        # (tests/support/campus.py), so there is no wake on them to collect before deciding
+        "kiosk_restarts": {"collect_first": False, "timeout": 30},
         # the store under the first file root (salt://kiosk_releases/); the Pis
         # stage over HTTP from the master's nginx export of it (tests/integration/test_release.py)
         "kiosk_release": {

@@ -14,8 +14,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FOLDERS = ("_modules", "_runners", "_states")
-NAMED = re.compile(r"\b(kiosk_[a-z]+)\.([a-z_][a-z0-9_]*)\b")
-FILE_ENDINGS = {"py", "sls", "prom", "pem", "yaml", "json", "conf"}
+NAMED = re.compile(r"\b(kiosk_[a-z]+)\.([a-z_][a-z0-9_]*)\b(?!\.[a-z])")
+FILE_ENDINGS = {"py", "sls", "prom", "pem", "yaml", "yml", "json", "conf", "png"}
 CONFIG_KEYS = {("kiosk_release", "signing_key")}  # the config key as the error message spells it
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)]*)?\)")
 
