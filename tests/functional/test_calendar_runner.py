@@ -23,12 +23,13 @@ import fleet_calendar
 import fleet_outbox
 import fleet_sign
 from tests.support.topology import fleet_data, two_campus_inventory
+from tests.support.local_client import LocalClientStandIn
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PIS = {"east": ["pi-east-1", "pi-east-2"], "west": ["pi-west-1", "pi-west-2"]}
 
 
-class Pis:
+class Pis(LocalClientStandIn):
     """A stand-in LocalClient in front of each Pi's real ``kiosk_campus`` module; ``silent``/``keys`` per Pi."""
 
     def __init__(self, root, public):
@@ -52,15 +53,6 @@ class Pis:
                                                     whitelist=["kiosk_campus", "config", "pillar"],
                                                     loaded_base_name=f"pi_{pi.replace('-', '_')}")
         return self.mods[pi]
-
-    def __call__(self, *args, **kwargs):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
     def campus(self, pi):
         return pi.split("-")[1]

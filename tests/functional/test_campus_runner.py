@@ -36,6 +36,7 @@ import fleet_sign
 import fleet_wol
 from tests.support.loopback import Loopback, reply
 from tests.support.topology import free_tcp_port, free_udp_port, two_campus_inventory
+from tests.support.local_client import LocalClientStandIn
 
 pytestmark = pytest.mark.skipif(shutil.which("nmap") is None, reason="needs the nmap binary")
 
@@ -71,7 +72,7 @@ class Repo(Loopback):
         reply(request, 200, target.read_bytes(), [("Content-Type", "application/json")])
 
 
-class Kiosks:
+class Kiosks(LocalClientStandIn):
     """The LocalClient stand-in: each job goes to the kiosks' real kiosk_power modules (their minion loaders)."""
 
     def __init__(self, root):
@@ -92,15 +93,6 @@ class Kiosks:
     def presses(self):
         path = self.root / "presses.txt"
         return path.read_text().splitlines() if path.exists() else []
-
-    def __call__(self, *args, **kwargs):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
     def cmd_iter(self, targets, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None):
         self.jobs.append((fun, list(targets), dict(kwarg or {})))

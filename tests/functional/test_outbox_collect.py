@@ -25,6 +25,7 @@ from fleet_outbox import Outbox, entry_key
 from tests.support.loopback import reply
 from tests.support.topology import two_campus_inventory
 from tests.support.webhook import Webhook
+from tests.support.local_client import LocalClientStandIn
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 AT = "2027-02-05T06:45:00Z"
@@ -52,7 +53,7 @@ def webhook():
     hook.close()
 
 
-class Campus:
+class Campus(LocalClientStandIn):
     """The Pis' outboxes and modules, and the stand-in LocalClient that reaches the ``reachable`` ones."""
 
     def __init__(self, root):
@@ -85,16 +86,6 @@ class Campus:
 
     def outbox(self, pi):
         return Outbox(str(self.root / pi / "campus" / "outbox.db"))
-
-    # the LocalClient
-    def __call__(self, *args, **kwargs):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
     def cmd_iter(self, targets, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None):
         self.jobs.append((fun, sorted(targets), kwarg))

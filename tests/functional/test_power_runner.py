@@ -28,27 +28,19 @@ import fleet_scan
 import fleet_sweep
 import fleet_wol
 from tests.support.topology import SWEEP_SCHEDULES, two_campus_inventory
+from tests.support.local_client import LocalClientStandIn
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 AT = "2027-03-01T08:00:00+08:00"  # kiosk-east-01 due on, kiosk-east-02 due off (SWEEP_SCHEDULES)
 PLUS_15 = "2027-03-01T08:15:00+08:00"
 
 
-class Minions:
+class Minions(LocalClientStandIn):
     """A stand-in LocalClient: ``answer[fun](minion, kwarg)`` gives the returns of each minion (a list: duplicates)."""
 
     def __init__(self):
         self.jobs = []
         self.answer = {}
-
-    def __call__(self, *args, **kwargs):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
     def cmd_iter(self, targets, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None):
         self.jobs.append((fun, list(targets), kwarg))

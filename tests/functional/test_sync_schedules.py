@@ -18,6 +18,7 @@ import yaml
 
 from tests.support.loopback import SchedulePlatform
 from tests.support.topology import SWEEP_SCHEDULES, two_campus_inventory
+from tests.support.local_client import LocalClientStandIn
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -168,16 +169,7 @@ def test_a_sync_publishes_the_calendars_of_the_campuses_it_changed(tmp_path, pla
     key.chmod(0o600)
     jobs = []
 
-    class Pis:  # the Pi minions: each keeps what it gets with the real store
-        def __call__(self, *args, **kwargs):
-            return self
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
+    class Pis(LocalClientStandIn):  # the Pi minions: each keeps what it gets with the real store
         def cmd_iter(self, targets, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None):
             jobs.append((fun, sorted(targets)))
             for pi in targets:
