@@ -182,9 +182,10 @@ def status():
 
         salt 'kiosk-*' kiosk_power.status --out=json
     """
-    import psutil  # pylint: disable=import-outside-toplevel  (a Salt dependency)
-
-    booted = psutil.boot_time()
+    try:  # the boot time last_boot reports (boot_time_file on a simulated kiosk), so both agree
+        booted = _boot_time()
+    except (OSError, ValueError) as exc:
+        raise CommandExecutionError(f"boot_time: cannot read it ({exc})") from None
     return {
         "id": __opts__["id"],
         "boot_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(booted)),

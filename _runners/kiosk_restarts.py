@@ -147,7 +147,8 @@ def _collect(campus, booted):
     path = os.path.join(__opts__["cachedir"], *COLLECTED)
     if os.path.exists(path):
         pis = fleet_outbox.Collected(path).pis(campus=campus).get(campus, {})
-        if fleet_restarts.collected_since(pis, booted):
+        # a wake stamped up to CLOCK_SKEW_S after the boot still explains it (decide): collected after that
+        if fleet_restarts.collected_since(pis, booted + fleet_restarts.CLOCK_SKEW_S):
             return
     try:
         answer = __salt__["kiosk_outbox.collect"](campus=campus, timeout=10, budget_s=20)
@@ -158,14 +159,19 @@ def _collect(campus, booted):
         log.warning("kiosk_restarts: collect of %s: %s", campus, answer.get("error"))
 
 
-def _write_metrics(directory):
+def _write_metrics(directory, inventory):
     if not directory:
         return None
 
     def write(totals):
+        # a 0 for every kiosk of the inventory with no boot yet: increase() misses a series born at 1
+        seen = {row["kiosk"] for row in totals}
+        rows = totals + [{"campus": campus, "kiosk": kiosk, "boots": 0, "unexpected": 0, "last_boot": None}
+                         for campus, spec in sorted(inventory["campuses"].items())
+                         for kiosk in sorted(spec["kiosks"]) if kiosk not in seen]
         try:  # inside the store's transaction: an older count never overwrites a newer file
             fleet_metrics.write_textfile(directory, TEXTFILE,
-                                         fleet_metrics.render(fleet_restarts.metric_families(totals)),
+                                         fleet_metrics.render(fleet_restarts.metric_families(rows)),
                                          field=f"{CONFIG_KEY}.textfile_dir")
         except (OSError, ValueError) as exc:
             log.warning("kiosk_restarts: metrics not written: %s", exc)
@@ -200,8 +206,12 @@ def boot(kiosk=None, timeout=None):
         if campus is None:
             raise fleet_runner.RunnerError(f"kiosk: {kiosk} is not a kiosk of the inventory", field="kiosk")
         answer = _ask(kiosk, settings["timeout"])
-        store = _store()
         booted = answer["boot_time"]
+        if booted > time.time() + fleet_restarts.CLOCK_SKEW_S:
+            raise fleet_runner.RunnerError(f"answer.boot_time: {fleet_restarts.iso(booted)} is in the future"
+                                           f" (more than {fleet_restarts.CLOCK_SKEW_S} s ahead of the top master)",
+                                           field="answer.boot_time")
+        store = _store()
         known = store.known(kiosk, booted)
         if known is not None:
             return fleet_runner.finish(__context__, {"result": True, "kiosk": kiosk, "campus": campus,
@@ -217,7 +227,7 @@ def boot(kiosk=None, timeout=None):
             wakes = _wakes(store, campus, kiosk, booted)
         expected = _expected(inventory, data, campus, kiosk, booted)
         done = store.record(campus, kiosk, booted, wakes, expected, answer["shutdown"],
-                            after=_write_metrics(settings["textfile_dir"]))
+                            after=_write_metrics(settings["textfile_dir"], inventory))
     except ERRORS as exc:
         return fleet_runner.fail(__context__, exc, kiosk=kiosk if isinstance(kiosk, str) else None)
     if done["verdict"] == "unexpected" and not done["duplicate"]:
@@ -251,7 +261,10 @@ def show(campus=None, kiosk=None, limit=20):
             if value is not None and (not isinstance(value, str) or not fleet_fields.NAME.match(value)):
                 raise fleet_runner.RunnerError(f"{field}: {fleet_fields.shown(value)} is not a name", field=field)
         limit = fleet_runner.number(limit, "limit", 1, fleet_restarts.MAX_SHOWN)
-        store = _store()
+        path = fleet_restarts.store_path(__opts__["cachedir"])
+        if not os.path.exists(path):  # nothing recorded yet: reading must not create the store
+            return fleet_runner.finish(__context__, {"result": True, "kiosks": {}, "unexpected": []})
+        store = fleet_restarts.Restarts(path)
         totals = store.totals(campus, kiosk)
         last = store.unexpected(campus, kiosk, limit)
     except ERRORS as exc:

@@ -414,13 +414,25 @@ class Restarts:
         except (OSError, sqlite3.Error) as exc:
             raise RestartsError(f"store: cannot open {self.path} ({exc})") from None
         try:
-            try:
-                if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
-                    raise RestartsError(f"store: {self.path} cannot use WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.executescript(_SCHEMA)
-            except sqlite3.Error as exc:
-                raise RestartsError(f"store: {self.path} is not a usable database ({exc}); move it aside") from None
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                try:
+                    if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                        raise RestartsError(f"store: {self.path} cannot use WAL")
+                    conn.execute("PRAGMA synchronous=FULL")
+                    conn.executescript(_SCHEMA)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # a new store set up by two threads at once: switching to WAL answers "locked" at once,
+                    # without SQLite's busy timeout; try again until WAIT_S
+                    if "locked" in str(exc) and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                        continue
+                    raise RestartsError(f"store: {self.path} is not a usable database ({exc}); move it aside") \
+                        from None
+                except sqlite3.Error as exc:
+                    raise RestartsError(f"store: {self.path} is not a usable database ({exc}); move it aside") \
+                        from None
             yield conn
         except sqlite3.Error as exc:
             raise RestartsError(f"store: {self.path}: {exc}") from None
@@ -446,7 +458,8 @@ class Restarts:
         Decide (:func:`decide`, against the kiosk's last boot recorded before)
         and record the boot of ``kiosk`` at ``boot``, once: a boot already
         recorded (give or take :data:`BOOT_JITTER_S`) is answered as it was,
-        with ``duplicate: True``. ``after(totals)``, when given, runs inside
+        with ``duplicate: True`` (``verdict`` None when its row was pruned and
+        only the kiosk's ``last_boot`` in the totals knows it). ``after(totals)``, when given, runs inside
         the transaction with :meth:`totals` (the textfile is written there, so
         an older count never overwrites a newer file). Returns ``{"boot",
         "verdict", "reason", "previous_boot", "duplicate"}``.
@@ -463,6 +476,14 @@ class Restarts:
                     conn.execute("COMMIT")
                     return {"boot": row[0], "verdict": row[1], "reason": row[2], "previous_boot": None,
                             "duplicate": True}
+                # its row pruned (a kiosk up longer than KEEP_BOOTS_S whose minion restarted): the totals still
+                # hold the boot, so it is not counted again; its verdict went with the row
+                last = conn.execute("SELECT last_boot FROM totals WHERE kiosk = ? AND last_boot BETWEEN ? AND ?",
+                                    (kiosk, boot - BOOT_JITTER_S, boot + BOOT_JITTER_S)).fetchone()
+                if last is not None:
+                    conn.execute("COMMIT")
+                    return {"boot": last[0], "verdict": None, "previous_boot": None, "duplicate": True,
+                            "reason": f"recorded already; its record is older than {KEEP_BOOTS_S // 86400} days"}
                 prev = conn.execute("SELECT MAX(boot) FROM boots WHERE kiosk = ? AND boot < ?",
                                     (kiosk, boot)).fetchone()[0]
                 if prev is None:  # the boots table is pruned; the totals keep the last boot

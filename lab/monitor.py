@@ -415,6 +415,8 @@ class Stack:
             raise MonitorError("start: this stack was already started")
         for sub in ("logs", "prometheus", "alertmanager", "config"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        # the logs hold the processes' argv and output: readable by their owner only
+        os.chmod(self.root / "logs", 0o700)
         try:
             for name, directory in self.exporters.items():
                 proc = self._launch(f"node_exporter-{name}", NODE_EXPORTER, "/metrics",
@@ -461,6 +463,7 @@ class Stack:
     def _write_private(self, path, text):
         """The Alertmanager config holds the webhook URL (tokens): readable by its owner only."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # the mode of os.open applies to a new file only: narrow an existing one too
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
 

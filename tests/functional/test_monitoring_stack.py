@@ -261,15 +261,20 @@ def test_the_shipped_alertmanager_routes_by_severity_and_a_stale_textfile_inhibi
             {"labels": {"alertname": "PiTooHot", "severity": "warning", "campus": "west", "pi": "pi-west-3"}},
         ])
 
+        others = (("PiTextfileStale", "pi-west-2"), ("PiSmoke", "pi-west-2"), ("PiTooHot", "pi-west-3"))
+
         def states():
+            # the inhibition is applied after the alerts appear: wait for it, not just for the four alerts
             held = {(a["labels"]["alertname"], a["labels"]["pi"]): a["status"]
                     for a in stack.alertmanager_alerts() if a["labels"].get("campus") == "west"}
-            return held if len(held) == 4 else None
+            settled = (len(held) == 4 and held[("PiTooHot", "pi-west-2")]["state"] == "suppressed"
+                       and all(held[key]["state"] == "active" for key in others))
+            return held if settled else None
 
-        held = monitor.poll(states, 30, "Alertmanager to hold the four alerts")
+        held = monitor.poll(states, 30, "Alertmanager to suppress PiTooHot of pi-west-2 and hold the others active")
         assert held[("PiTooHot", "pi-west-2")]["state"] == "suppressed"
         assert held[("PiTooHot", "pi-west-2")]["inhibitedBy"]
-        for key in (("PiTextfileStale", "pi-west-2"), ("PiSmoke", "pi-west-2"), ("PiTooHot", "pi-west-3")):
+        for key in others:
             assert held[key]["state"] == "active" and not held[key]["inhibitedBy"], key
 
         smoke = webhook.wait_for(notification("firing", {"alertname": "PiSmoke", **west}), timeout=30, after=since)

@@ -88,6 +88,15 @@ def test_a_simulated_kiosk_takes_its_boot_time_from_the_boot_time_file(tmp_path)
         kiosk_module(tmp_path / "b", boot_time_file="boot_time")["kiosk_power.last_boot"]()
 
 
+def test_status_reads_the_same_boot_time_as_last_boot(tmp_path):
+    (tmp_path / "boot_time").write_text("1700000000\n")
+    mods = kiosk_module(tmp_path, boot_time_file=str(tmp_path / "boot_time"))
+    status = mods["kiosk_power.status"]()
+    assert status["boot_time"] == mods["kiosk_power.last_boot"]()["boot_time_iso"] == "2023-11-14T22:13:20Z"
+    assert status["id"] == KIOSK and status["uptime_s"] >= int(time.time()) - 1700000000 - 1
+    assert kiosk_module(tmp_path / "b")["kiosk_power.status"]()["boot_time"] == fleet_restarts.iso(proc_btime())
+
+
 def test_last_boot_tells_a_bad_shutdown_file_setting(tmp_path):
     mods = kiosk_module(tmp_path, last_shutdown_file="relative/path.txt")
     answer = mods["kiosk_power.last_boot"]()
@@ -171,8 +180,11 @@ def counters(prom):
     return {(s.name, s.labels["kiosk"]): s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
-def test_a_boot_the_kiosk_reports_with_no_wake_counts_once_whichever_pi_announced_it(master, kiosks, tmp_path):
+def test_a_boot_the_kiosk_reports_with_no_wake_counts_once_whichever_pi_announced_it(master, kiosks, tmp_path,
+                                                                                     monkeypatch):
     loaded, calls, _, prom = master
+    # the host's boot counts as old whatever its uptime (a fresh CI VM): no collect first
+    monkeypatch.setitem(loaded["kiosk_restarts.boot"].func.__globals__, "COLLECT_IF_BOOTED_S", 0)
     mods = kiosk_module(tmp_path / "kiosk", last_shutdown_file=str(tmp_path / "shutdown.txt"))
     (tmp_path / "shutdown.txt").write_text(wevtutil_text(41, proc_btime() + 15))
     # the job reaches the kiosk's own loaded module (this Linux machine's boot)
@@ -182,9 +194,7 @@ def test_a_boot_the_kiosk_reports_with_no_wake_counts_once_whichever_pi_announce
     assert ret["boot_time"] == fleet_restarts.iso(proc_btime()) and ret["duplicate"] is False
     assert ret["reason"].endswith(fleet_restarts.EVENT_REASONS[41]) and ret["shutdown"]["event_id"] == 41
     assert kiosks.jobs == [("kiosk_power.last_boot", [KIOSK], {"reason": True})]
-    # no wake known: a boot of the last 30 min may have one not collected yet, an older one not
-    fresh = time.time() - proc_btime() < loaded["kiosk_restarts.boot"].func.__globals__["COLLECT_IF_BOOTED_S"]
-    assert calls["collect"] == (["east"] if fresh else [])
+    assert calls["collect"] == []  # no wake known, but the boot is older than COLLECT_IF_BOOTED_S
     assert counters(prom)[("kiosk_unexpected_restarts_total", KIOSK)] == 1
     again = loaded["kiosk_restarts.boot"](kiosk=KIOSK)  # the copy of the event from pi-east-2
     assert again["duplicate"] is True and again["verdict"] == "unexpected" and again["retcode"] == 0
@@ -196,7 +206,7 @@ def test_a_boot_the_kiosk_reports_with_no_wake_counts_once_whichever_pi_announce
 
 def test_a_fresh_boot_collects_the_campus_once_and_the_collected_wake_makes_it_expected(master, kiosks):
     loaded, calls, cachedir, prom = master
-    booted = int(time.time()) - 90
+    booted = int(time.time()) - 1500
     kiosks.answer = {"kiosk_power.last_boot": lambda m, k: [{"boot_time": booted, "shutdown": None}]}
     calls["wake_on_collect"] = booted - 40  # on the Pi, not collected yet
     ret = loaded["kiosk_restarts.boot"](kiosk=KIOSK)
@@ -204,9 +214,15 @@ def test_a_fresh_boot_collects_the_campus_once_and_the_collected_wake_makes_it_e
     assert ret["verdict"] == "expected" and ret["reason"].startswith("woken by the pack at ")
     assert counters(prom)[("kiosk_unexpected_restarts_total", KIOSK)] == 0
     assert counters(prom)[("kiosk_last_boot_timestamp_seconds", KIOSK)] == booted
-    # the next morning's wake was collected already: no collect
-    merge_wake(cachedir, booted + 86400 - 30)
-    kiosks.answer = {"kiosk_power.last_boot": lambda m, k: [{"boot_time": booted + 86400, "shutdown": None}]}
+    # every other kiosk of the inventory starts at 0, so increase() sees its first unexpected restart
+    written = counters(prom)
+    for other in ("kiosk-east-02", "kiosk-west-01", "kiosk-west-02"):
+        assert written[("kiosk_unexpected_restarts_total", other)] == 0
+        assert written[("kiosk_boots_total", other)] == 0
+        assert ("kiosk_last_boot_timestamp_seconds", other) not in written
+    # the wake of its next boot (20 min later) was collected already: no collect
+    merge_wake(cachedir, booted + 1200 - 30)
+    kiosks.answer = {"kiosk_power.last_boot": lambda m, k: [{"boot_time": booted + 1200, "shutdown": None}]}
     assert loaded["kiosk_restarts.boot"](kiosk=KIOSK)["verdict"] == "expected" and calls["collect"] == ["east"]
 
 
@@ -217,8 +233,9 @@ def test_a_fresh_boot_of_a_campus_collected_since_is_decided_without_another_col
     kiosks.answer = {"kiosk_power.last_boot": lambda m, k: [{"boot_time": booted, "shutdown": None}]}
     ret = loaded["kiosk_restarts.boot"](kiosk=KIOSK)
     assert calls["collect"] == [] and ret["verdict"] == "unexpected"
-    # a power cut: the campus's other kiosk boots with no wake either; the store predates its boot: one collect
-    booted = int(time.time()) + 5
+    # a power cut: the campus's other kiosk boots with no wake either; the last collect came within
+    # CLOCK_SKEW_S after its boot (a wake stamped then would still explain it): one collect
+    booted = int(time.time()) - 5
     kiosks.answer = {"kiosk_power.last_boot": lambda m, k: [{"boot_time": booted, "shutdown": None}]}
     assert loaded["kiosk_restarts.boot"](kiosk="kiosk-east-02")["verdict"] == "unexpected"
     assert calls["collect"] == ["east"]
@@ -243,6 +260,7 @@ def test_a_kiosk_without_the_pack_yet_answers_with_salts_own_boot_time(master, k
     (KIOSK, lambda m, k: [{"boot_time": 1800000000}, {"boot_time": 1800000999}], "answered twice, differently"),
     (KIOSK, lambda m, k: ["ERROR: psutil is broken"], "failed kiosk_power.last_boot: ERROR: psutil is broken"),
     (KIOSK, lambda m, k: [{"boot_time": "yesterday"}], "answer.boot_time: "),
+    (KIOSK, lambda m, k: [{"boot_time": int(time.time()) + 3600}], "answer.boot_time: "),
 ])
 def test_what_cannot_be_recorded_fails_the_run_and_records_nothing(master, kiosks, kiosk, answer, error):
     loaded, _, cachedir, prom = master
@@ -252,13 +270,17 @@ def test_what_cannot_be_recorded_fails_the_run_and_records_nothing(master, kiosk
     assert ret["result"] is False and ret["retcode"] == 1 and error in ret["error"]
     assert loaded.pack["__context__"]["retcode"] == 1  # the job's success flag (reactor, salt-api)
     assert not (prom / "kiosk_restarts.prom").exists()
+    assert not pathlib.Path(fleet_restarts.store_path(str(cachedir))).exists()
     if answer is None:
         assert kiosks.jobs == []  # nothing is sent to an id that is no kiosk of the inventory
 
 
 def test_show_validates_and_status_shows_the_count_per_kiosk(master, kiosks):
-    loaded, _, _, _ = master
+    loaded, _, cachedir, _ = master
+    # a fresh master: the empty answer, and reading creates no store
+    assert loaded["kiosk_restarts.show"]() == {"result": True, "kiosks": {}, "unexpected": [], "retcode": 0}
     assert loaded["kiosk_power.status"]()["unexpected_restarts"] == {}
+    assert not pathlib.Path(fleet_restarts.store_path(str(cachedir))).exists()
     kiosks.answer = {"kiosk_power.last_boot": lambda m, k: [{"boot_time": int(time.time()) - 4000}]}
     loaded["kiosk_restarts.boot"](kiosk=KIOSK)
     status = loaded["kiosk_power.status"]()

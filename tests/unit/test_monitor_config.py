@@ -206,6 +206,25 @@ def test_a_given_alertmanager_config_posting_to_the_webhook_is_taken(tmp_path):
     assert stack.alertmanager_yaml == text
 
 
+def test_the_alertmanager_config_and_the_logs_are_their_owners_only_even_when_they_existed(tmp_path, monkeypatch):
+    stack = monitor.Stack(tmp_path / "stack", {"pi-1": tmp_path}, [], WEBHOOK)
+    (tmp_path / "stack" / "logs").mkdir(parents=True, mode=0o755)
+    (tmp_path / "stack" / "logs").chmod(0o755)  # a run before this fix left it readable by all
+    config = tmp_path / "stack" / "alertmanager.yml"
+    config.write_text("old")
+    config.chmod(0o644)
+    stack._write_private(config, "receivers: []\n")
+    assert config.read_text() == "receivers: []\n" and config.stat().st_mode & 0o777 == 0o600
+
+    def refuse(*args, **kwargs):
+        raise monitor.MonitorError("no process started in a unit test")
+
+    monkeypatch.setattr(stack, "_launch", refuse)
+    with pytest.raises(monitor.MonitorError, match="no process started"):
+        stack.start()
+    assert (tmp_path / "stack" / "logs").stat().st_mode & 0o777 == 0o700
+
+
 def test_log_tails_mask_the_webhook_url():
     text = f"level=error msg=notify err=Post {WEBHOOK}: refused; path /hooks/pathtokSECRET/kiosk?token=querytokSECRET"
     masked = monitor._mask(text, WEBHOOK)

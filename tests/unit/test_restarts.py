@@ -250,6 +250,20 @@ def test_one_row_per_kiosk_and_boot_time_and_counters_that_never_go_back(tmp_pat
     assert store.unexpected() == []
 
 
+def test_a_boot_announced_again_after_its_row_was_pruned_is_not_counted_again(tmp_path):
+    store = fleet_restarts.Restarts(str(tmp_path / "restarts.db"))
+    store.record("east", "kiosk-east-01", BOOT, [], "on", now=BOOT + 60)
+    # another kiosk's boot 100 days later prunes the first row; kiosk-east-01 has been up all along
+    later = BOOT + 100 * 86400
+    store.record("east", "kiosk-east-02", later, [later - 10], "on", now=later)
+    assert store.known("kiosk-east-01", BOOT) is None
+    # its minion restarts and announces the same boot, its time read a few seconds off
+    again = store.record("east", "kiosk-east-01", BOOT + 5, [], "on", now=later + 60)
+    assert again["duplicate"] is True and again["boot"] == int(BOOT) and again["verdict"] is None
+    assert store.totals(kiosk="kiosk-east-01") == [{"campus": "east", "kiosk": "kiosk-east-01", "boots": 1,
+                                                    "unexpected": 1, "last_boot": int(BOOT)}]
+
+
 def test_a_failed_write_of_the_metrics_records_nothing(tmp_path):
     store = fleet_restarts.Restarts(str(tmp_path / "restarts.db"))
 
