@@ -409,6 +409,23 @@ def slim(run, topology):
                 (accepted / kiosk).write_bytes(public)
 
 
+def sync_all(topo, minions, tries=3):
+    """``saltutil.sync_all`` on ``minions`` from the top master (in process): ``{minion: return}`` of those that
+    answered; the minions still missing are asked again, up to ``tries`` jobs."""
+    synced = {}
+    client = two_tops.salt.client.LocalClient(mopts=topo.master_opts(TOP_ID))
+    try:
+        for _ in range(tries):
+            missing = sorted(set(minions) - set(synced))
+            if not missing:
+                break
+            with contextlib.suppress(Exception):  # a failed job: the missing ones are asked again
+                synced.update(client.cmd(missing, "saltutil.sync_all", tgt_type="list", timeout=300) or {})
+    finally:
+        client.destroy()
+    return synced
+
+
 def salt_run(run, args):
     """``salt-run`` on the top master: ``(returncode, seconds, its own CPU seconds, parsed answer)``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -457,7 +474,7 @@ def one_size(args, n):
             raise RuntimeError(f"N={n}: no answer from {len(silent)} minions ({', '.join(silent[:5])} ...); "
                                f"logs under {run}")
         up_s = time.monotonic() - began
-        synced = lab.salt(run, "*", "saltutil.sync_all", timeout=300)
+        synced = sync_all(topo, pis + kiosks)
         if set(pis + kiosks) - set(synced):
             raise RuntimeError(f"N={n}: saltutil.sync_all reached {len(synced)} of {len(pis + kiosks)} minions")
         rc, _, _, answer = salt_run(run, ["kiosk_calendar.publish"])  # the Pis' reconcilers need a calendar
