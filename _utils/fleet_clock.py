@@ -107,7 +107,9 @@ def kernel_state(adjtimex=None):
 
 
 def _finite(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # a whole number is always finite (math.isfinite overflows on a huge one)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        isinstance(value, int) or math.isfinite(value))
 
 
 def file_state(clock_file):

@@ -89,6 +89,8 @@ def test_a_pi_answer_is_stored_or_refused_and_the_day_still_reads(store, answer)
                                     "at": st.one_of(st.just("2027-02-05T06:45:10Z"), hostile),
                                     "synced": st.one_of(st.booleans(), hostile)}), max_size=3), hostile),
     tolerance=hostile)
+@example(local_now=dt.datetime(2027, 2, 5, 6, 45, tzinfo=dt.timezone.utc), peers=[],
+         tolerance=10 ** 400)  # found by the fuzzer: math.isfinite overflowed on a huge int
 def test_clock_confirmation_takes_or_refuses(local_now, peers, tolerance):
     found = refused_or_returned(fleet_clock.ClockError, fleet_clock.confirmed, local_now, peers, tolerance)
     if isinstance(found, list):
