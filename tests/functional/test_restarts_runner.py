@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import fleet_outbox
 import fleet_restarts
 from tests.support.topology import SWEEP_SCHEDULES, two_campus_inventory
+from tests.support.local_client import LocalClientStandIn
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 KIOSK = "kiosk-east-01"
@@ -107,21 +108,12 @@ def test_last_boot_tells_a_bad_shutdown_file_setting(tmp_path):
 # ---------------------------------------------------------------- the runner
 
 
-class Kiosks:
+class Kiosks(LocalClientStandIn):
     """A stand-in LocalClient: ``answer[fun](minion, kwarg)`` gives each kiosk's returns (a list: duplicates)."""
 
     def __init__(self):
         self.jobs = []
         self.answer = {}
-
-    def __call__(self, *args, **kwargs):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
     def cmd_iter(self, targets, fun, arg=(), kwarg=None, tgt_type="glob", timeout=None):
         self.jobs.append((fun, list(targets), kwarg))
