@@ -1074,12 +1074,12 @@ def demo_restart(run):
         return 1
     say(f"{kiosk} is back (its boot state announced kiosk/boot to the top master)")
     # the top master's kiosk_restarts.boot asks the kiosk for its boot time and counts the restart
-    counted = poll_prometheus(run, query, lambda values: bool(values) and max(values) > before_count, 90)
+    counted = poll_prometheus(run, query, lambda values: bool(values) and max(values) > before_count, 240)
     if counted:
         say(f"Prometheus: {query} = {max(counted):g} (was {before_count:g}; restart shown in "
             f"{time.time() - began:.0f} s)")
     else:
-        say(f"Prometheus: {query} did not rise within 90 s (is the kiosk_restarts runner installed?)")
+        say(f"Prometheus: {query} did not rise within 240 s (is the kiosk_restarts runner installed?)")
     return 0
 
 
