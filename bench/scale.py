@@ -287,15 +287,19 @@ def describe(topology):
 # ---------------------------------------------------------------- daemons
 
 
+def tree(pid):
+    """``pid`` and its live descendants (psutil processes), ``[]`` when ``pid`` is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def tree_cpu(pid):
     """CPU seconds of ``pid``'s process tree: user + system of each live process and of its reaped children."""
     total = 0.0
-    try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0.0
-    for proc in procs:
+    for proc in tree(pid):
         with contextlib.suppress(psutil.NoSuchProcess):
             t = proc.cpu_times()
             total += t.user + t.system + t.children_user + t.children_system
@@ -304,12 +308,7 @@ def tree_cpu(pid):
 
 def tree_rss_mib(pid):
     total = 0
-    try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0.0
-    for proc in procs:
+    for proc in tree(pid):
         with contextlib.suppress(psutil.NoSuchProcess):
             total += proc.memory_info().rss
     return total / (1 << 20)
