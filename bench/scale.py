@@ -91,12 +91,16 @@ IDLE_S = 20
 RUNS = (
     ("kiosk_fleet.ping", ["kiosk_fleet.ping"], False),
     ("kiosk_release.status", ["kiosk_release.status", RELEASE], False),
+    ("kiosk_change.apply test=True", ["kiosk_change.apply", "template=hosts", "test=True"], False),
     ("kiosk_fleet.ping", ["kiosk_fleet.ping"], True),
     ("kiosk_power.plan", ["kiosk_power.plan"], True),
     ("kiosk_power.sweep", ["kiosk_power.sweep"], True),
     ("kiosk_power.verify", ["kiosk_power.verify", "explicit=True"], True),
     ("kiosk_release.status", ["kiosk_release.status", RELEASE], True),
+    ("kiosk_change.apply test=True", ["kiosk_change.apply", "template=hosts", "test=True"], True),
 )
+# top master settings --master-opt may change (the ones that decide how long a call waits)
+MASTER_OPTS = ("syndic_wait", "gather_job_timeout", "worker_threads", "zmq_filtering", "timeout", "keep_jobs_seconds")
 FIGURES = (("wall", "wall s"), ("top_cpu", "top CPU s"), ("run_cpu", "salt-run CPU s"))
 
 
@@ -363,16 +367,45 @@ class Services(threading.Thread):
         self.join(2)
 
 
+def selected_runs(spec, field="runs"):
+    """The :data:`RUNS` whose label contains one of the comma-separated ``spec`` words (all without one)."""
+    if not spec:
+        return RUNS
+    words = [w.strip() for w in str(spec).split(",") if w.strip()]
+    runs = tuple(r for r in RUNS if any(w in r[0] for w in words))
+    if not runs:
+        raise ScaleError(f"{spec!r} matches no run ({', '.join(sorted({r[0] for r in RUNS}))})", field)
+    return runs
+
+
+def parse_master_opts(items, field="master-opt"):
+    """``["key=value", ...]`` -> ``{key: YAML value}`` for the keys of :data:`MASTER_OPTS` only."""
+    out = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or key not in MASTER_OPTS:
+            raise ScaleError(f"{item!r} is not KEY=VALUE with KEY one of {', '.join(MASTER_OPTS)}", field)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ScaleError(f"{item!r}: the value is not YAML", field) from None
+        if not isinstance(out[key], (bool, int, float)) or (key != "zmq_filtering" and isinstance(out[key], bool)):
+            raise ScaleError(f"{item!r}: {key} takes a number" + (" or true/false" if key == "zmq_filtering" else ""),
+                             field)
+    return out
+
+
 def kiosk_dir(run, kiosk):
     return run / "kiosks" / kiosk
 
 
-def slim(run, topology):
+def slim(run, topology, master_opts=None):
     """Rewrite the lab's configs for the bench: slim kiosks with keys placed ahead, no Pi beacons, no webhook."""
     top_file = run / TOP_ID / "master"
     top = yaml.safe_load(top_file.read_text())
     top.pop("kiosk_fleet_alerts", None)  # verify's alerts fail at once (no webhook), never reach a port
     top["interface"] = topology["top"]["address"]
+    top.update(master_opts or {})
     lab.write_yaml(top_file, top)
     for spec in topology["campuses"].values():
         for pi in spec["pis"]:
@@ -452,9 +485,12 @@ def one_size(args, n):
     raw = fleet_data(topology)
     inv = fleet_inventory.validate(raw[fleet_inventory.PILLAR_KEY])
     daemons = lab.write_configs(run, raw, inv)
-    slim(run, topology)
+    master_opts = parse_master_opts(args.master_opt)
+    slim(run, topology, master_opts)
     kiosks, pis = kiosk_ids(topology), pi_ids(topology)
     result = {"kiosks": n, "runs": {}, "notes": []}
+    top = yaml.safe_load((run / TOP_ID / "master").read_text())
+    result["notes"].append(("top master", ", ".join(f"{k}: {top.get(k, 'default')}" for k in MASTER_OPTS)))
     services = None
     try:
         services = Services(topology)
@@ -488,7 +524,7 @@ def one_size(args, n):
         time.sleep(IDLE_S)  # the top master's own background work, to read the runs' figures against
         result["notes"].append(("top master idle", f"{(tree_cpu(top_pid) - cpu0) / IDLE_S:.3f} CPU s/s"))
         off_done = False
-        for label, argv, off in RUNS:
+        for label, argv, off in selected_runs(args.runs):
             if off and not off_done:
                 for kiosk in stopped(kiosks):
                     topo.kill(f"kiosks/{kiosk}")
@@ -521,11 +557,17 @@ def main(argv=None):
     parser.add_argument("--results", default="/tmp/kf-bench-scale.json",
                         help="each N's figures are written here as they come; --table prints the table from it")
     parser.add_argument("--table", action="store_true", help="print the table of --results, start nothing")
+    parser.add_argument("--master-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a top master setting for the run (repeatable; one of {', '.join(MASTER_OPTS)})")
+    parser.add_argument("--runs", default=None,
+                        help="comma-separated substrings: only the runs whose label contains one (e.g. verify,status)")
     args = parser.parse_args(argv)
     if args.table:
         print(format_table(json.loads(pathlib.Path(args.results).read_text()), target=args.project))
         return 0
     try:
+        parse_master_opts(args.master_opt)
+        selected_runs(args.runs)
         counts = parse_counts(args.kiosks)
         topologies = {n: plan(args.campuses, args.pis, n) for n in counts}
     except ScaleError as exc:

@@ -144,3 +144,24 @@ def test_describe_names_the_daemons_it_would_start(scale):
     assert lines[0] == "top master top on 127.0.130.1 (ports 4505/4506)"
     assert "pi-c001-1 on 127.0.141.2:4506" in lines[1]
     assert lines[-1] == "38 daemons; 8 kiosks stopped for the 30 % runs"
+
+
+def test_master_settings_parse_to_yaml_values_and_bad_ones_are_named(scale):
+    assert scale.parse_master_opts(["gather_job_timeout=10", "syndic_wait=5", "zmq_filtering=true"]) == {
+        "gather_job_timeout": 10, "syndic_wait": 5, "zmq_filtering": True}
+    assert scale.parse_master_opts([]) == {}
+    for bad in (["gather_job_timeout"], ["interface=0.0.0.0"], ["syndic_wait=soon"], ["worker_threads=true"]):
+        with pytest.raises(scale.ScaleError) as err:
+            scale.parse_master_opts(bad)
+        assert err.value.field == "master-opt"
+        assert bad[0] in str(err.value)
+
+
+def test_runs_are_selected_by_label_words_and_an_unknown_word_is_named(scale):
+    assert scale.selected_runs(None) == scale.RUNS
+    verify = scale.selected_runs("verify,status")
+    assert {label for label, _, _ in verify} == {"kiosk_power.verify", "kiosk_release.status"}
+    assert all(argv[0] in ("kiosk_power.verify", "kiosk_release.status") for _, argv, _ in verify)
+    with pytest.raises(scale.ScaleError) as err:
+        scale.selected_runs("reboot")
+    assert err.value.field == "runs"
