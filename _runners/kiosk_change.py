@@ -47,12 +47,15 @@ def templates():
     return fleet_runner.finish(__context__, {"result": True, "templates": _available()})
 
 
-def apply(template=None, campus=None, kiosks=None, test=False, params=None, timeout=120):
+def apply(template=None, campus=None, kiosks=None, test=False, params=None, timeout=120, presence=True):
     """
     Apply change template ``template`` to kiosks (by campus and/or id) and
     report per kiosk: states changed, would change (``test=True``), failed.
     Exit code 1 when any kiosk failed or did not answer. ``params`` (a dict)
-    reaches the template as ``pillar['kiosk_change']``.
+    reaches the template as ``pillar['kiosk_change']``. The campus Pis are
+    asked first which kiosks hold a minion connection (``kiosk_scan.presence``):
+    the others are off, listed in ``silent`` and ``absent`` without waiting
+    out the timeout for them (``presence=False``: send to every kiosk).
 
     CLI Example:
 
@@ -69,6 +72,7 @@ def apply(template=None, campus=None, kiosks=None, test=False, params=None, time
         timeout = fleet_runner.number(timeout, "timeout", 1, 3600)
         if not isinstance(test, bool):
             raise fleet_change.ChangeError(f"test: expected True or False, got {test!r}")
+        presence = fleet_runner.flag(presence, "presence")
         pillar = fleet_inventory.master_data(__opts__)  # master-only: the whole fleet
         fleet_change.check_pillar(pillar)
         inventory = fleet_inventory.from_pillar(pillar)
@@ -76,12 +80,16 @@ def apply(template=None, campus=None, kiosks=None, test=False, params=None, time
     except ValueError as exc:  # every error of the pack (ChangeError, InventoryError) is a ValueError
         return fleet_runner.fail(__context__, exc)
     kiosk_ids = sorted(k for ids in selection.values() for k in ids)
+    targets, absent = kiosk_ids, []
+    if presence:
+        campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
+        targets, absent = fleet_runner.split_by_presence(__opts__, campus_pis, selection)
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
-        returns = fleet_runner.call(client.cmd_iter, kiosk_ids, "state.apply", [sls],
+        returns = fleet_runner.call(client.cmd_iter, targets, "state.apply", [sls],
                                     {"test": test, "pillar": {"kiosk_change": params}}, timeout)
-    # silent and conflicting kiosks have no return: report() lists them as silent
+    # silent, conflicting and absent kiosks have no return: report() lists them as silent
     ret = fleet_change.report(kiosk_ids, returns.returns)
-    ret.update({"template": template, "sls": sls, "test": test})
+    ret.update({"template": template, "sls": sls, "test": test, "absent": absent})
     if not ret["result"]:
         ret["error"] = f"change {template} failed on {', '.join(ret['failed'] + ret['silent'])}"
     return fleet_runner.finish(__context__, ret)

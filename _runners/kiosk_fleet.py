@@ -66,9 +66,17 @@ def inventory():
     return fleet_runner.finish(__context__, {"result": True, "counts": counts, "inventory": inv})
 
 
-def ping(campus=None, kiosks=None, timeout=10):
+def ping(campus=None, kiosks=None, timeout=10, presence=True):
     """
     Ping kiosks through their campus Pis and name the ones that did not answer.
+
+    First the campus Pis say which kiosks hold a minion connection to them
+    (``kiosk_scan.presence``, one job per campus, all at once); only those
+    kiosks (and every kiosk of a campus no Pi answered for) get the
+    ``test.ping``, so kiosks that are off cost nothing instead of the
+    timeout. ``absent`` lists the kiosks no Pi of their campus holds a
+    connection from (not asked, counted down). ``presence=False`` pings
+    every selected kiosk, as before.
 
     Fails (exit code 1) when any selected kiosk is down. ``campus`` and
     ``kiosks`` take a name or a comma-separated list; with neither, every
@@ -80,24 +88,31 @@ def ping(campus=None, kiosks=None, timeout=10):
 
         salt-run kiosk_fleet.ping campus=east
         salt-run kiosk_fleet.ping kiosks=kiosk-east-01,kiosk-east-02 --out=json
+        salt-run kiosk_fleet.ping presence=False
     """
     try:
         timeout = fleet_runner.number(timeout, "timeout", 1, 600)
+        presence = fleet_runner.flag(presence, "presence")
         inv = _load_inventory()
         if campus is None and kiosks is None:
             campus = sorted(inv["campuses"])
         selection = fleet_inventory.select_kiosks(inv, kiosks=kiosks, campus=campus)
     except ValueError as exc:  # every error of the pack is a ValueError naming its field
         return fleet_runner.fail(__context__, exc)
-    targets = sorted(k for ids in selection.values() for k in ids)
+    targets, absent = sorted(k for ids in selection.values() for k in ids), []
+    if presence:
+        campus_pis = {c: fleet_inventory.pis_of(inv, c) for c in selection}
+        targets, absent = fleet_runner.split_by_presence(__opts__, campus_pis, selection)
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
         returns = fleet_runner.call(client.cmd_iter, targets, "test.ping", timeout=timeout)
     # a kiosk that failed (answered an error) or whose return conflicts (a forged copy) is down too
     report = fleet_runner.presence(selection, returns.answered)
     down = sorted(k for r in report.values() for k in r["down"])
-    ret = {"result": not down, "campuses": report, "down": down}
+    ret = {"result": not down, "campuses": report, "down": down, "absent": absent}
     if down:
         ret["error"] = f"{len(down)} kiosk(s) did not answer: {', '.join(down)}"
+        if absent:
+            ret["error"] += f" ({len(absent)} with no minion connection to any Pi of their campus, not asked)"
     return fleet_runner.finish(__context__, ret)
 
 

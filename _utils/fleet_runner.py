@@ -2,8 +2,11 @@
 Shared glue for the pack's runners: how a runner calls minions and tells
 their answers apart (:func:`call`, :class:`Returns`), reads its master config
 (:func:`config`), checks numbers (:func:`number`) and reports failure
-(:func:`finish`, :func:`fail`). No Salt here: the runner passes in what talks
-to Salt.
+(:func:`finish`, :func:`fail`), and runs per-campus jobs at once
+(:func:`per_campus`), among them the Pis' presence check that spares a runner
+the wait for kiosks that are off (:func:`split_by_presence`). Salt itself is
+touched in :func:`caller` only; elsewhere the runner passes in what talks to
+Salt.
 
 Jenkins and operators read ``salt-run ... --out=json``: every runner returns a
 dict with ``result`` (bool), ``retcode`` and, on failure, ``error``.
@@ -49,6 +52,18 @@ def number(value, field, low, high):
     if not low <= checked <= high:
         raise fleet_fields.FleetError(f"{field}: {fleet_fields.shown(value)} is outside {low}-{high}", field=field)
     return checked
+
+
+def flag(value, field):
+    """A yes/no argument as the CLI gives it (``True``, ``"false"``, ``1``...); anything else names ``field``."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise RunnerError(f"{field}: {fleet_fields.shown(value)} is not True or False", field=field)
 
 
 def fail(context, error, **data):
@@ -241,3 +256,107 @@ def call(run, targets, fun, arg=(), kwarg=None, timeout=60):
             if isinstance(load, dict) and "ret" in load:
                 pairs.append((minion, load["ret"], load.get("retcode")))
     return sort_returns(wanted, pairs)
+
+
+# --------------------------------------------------------------------------- per campus, presence
+
+MAX_PARALLEL_JOBS = 32  # campus jobs in flight at once (one LocalClient and thread each)
+
+
+def merge(parts):
+    """One :class:`Returns` from the :class:`Returns` of disjoint jobs (each minion in one job only)."""
+    return Returns(
+        sorted(m for got in parts for m in got.targets),
+        {m: r for got in parts for m, r in got.answered.items()},
+        {m: r for got in parts for m, r in got.failed.items()},
+        sorted(m for got in parts for m in got.silent),
+        sorted(m for got in parts for m in got.conflicting),
+        {m: r for got in parts for m, r in got.returns.items()},
+    )
+
+
+def per_campus(call_one, jobs, max_workers=MAX_PARALLEL_JOBS):
+    """
+    Run ``jobs`` (``{campus: (targets, fun, kwarg)}``) all at once, each as
+    ``call_one(targets, fun, kwarg)`` on its own thread (a runner passes a
+    function that opens its own LocalClient and calls :func:`call`, as Salt's
+    netapi does), so a run waits one timeout, not one per campus. The
+    threads run in copies of this context: Salt's loader dunders (``__opts__``)
+    live in contextvars. Returns ``{campus: Returns}``.
+    """
+    import concurrent.futures  # pylint: disable=import-outside-toplevel
+    import contextvars  # pylint: disable=import-outside-toplevel
+
+    if not jobs:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(jobs), max_workers)) as pool:
+        futures = {c: pool.submit(contextvars.copy_context().run, call_one, *jobs[c]) for c in sorted(jobs)}
+        return {c: future.result() for c, future in futures.items()}
+
+
+PRESENCE_FUN = "kiosk_scan.presence"
+
+
+def presence_jobs(selection, campus_pis):
+    """The ``kiosk_scan.presence`` job per campus of ``selection`` that has kiosks and Pis (for :func:`per_campus`)."""
+    return {c: (campus_pis[c], PRESENCE_FUN, {"kiosks": sorted(ids)})
+            for c, ids in selection.items() if ids and campus_pis.get(c)}
+
+
+def present_kiosks(selection, answers):
+    """
+    Split the kiosks of ``selection`` (``{campus: [ids]}``) by the Pis'
+    presence answers (``{campus: Returns}`` of :func:`presence_jobs`; each
+    answer ``{"campus", "kiosks": {id: bool}}``): ``(present, absent,
+    unknown)``, sorted lists. A kiosk is present when any Pi of its campus
+    holds a connection from its minion, absent when at least one Pi of its
+    campus answered and none holds one, unknown when no Pi of its campus
+    answered (campus cut, an older pack on the Pis): callers ask those as
+    before rather than guess.
+    """
+    present, absent, unknown = [], [], []
+    for campus, kiosk_ids in selection.items():
+        got = answers.get(campus)
+        seen = [r for r in (got.answered.values() if got else ())
+                if isinstance(r, dict) and r.get("campus") == campus and isinstance(r.get("kiosks"), dict)]
+        for kiosk in kiosk_ids:
+            if not seen:
+                unknown.append(kiosk)
+            elif any(r["kiosks"].get(kiosk) is True for r in seen):
+                present.append(kiosk)
+            else:
+                absent.append(kiosk)
+    return sorted(present), sorted(absent), sorted(unknown)
+
+
+PRESENCE_TIMEOUT = 10  # s: the Pis answer from their kernel's table at once
+
+
+def caller(opts, timeout):
+    """
+    ``call_one(targets, fun, kwarg)`` for :func:`per_campus`: one job on a
+    LocalClient of its own (a client is not shared between threads), sorted
+    by :func:`call`. The only place here that talks to Salt.
+    """
+
+    def call_one(targets, fun, kwarg=None):
+        import salt.client  # pylint: disable=import-outside-toplevel
+
+        with salt.client.get_local_client(opts["conf_file"]) as client:
+            return call(client.cmd_iter, targets, fun, kwarg=kwarg, timeout=timeout)
+
+    return call_one
+
+
+def split_by_presence(opts, campus_pis, selection, timeout=PRESENCE_TIMEOUT):
+    """
+    Ask each campus's Pis which of ``selection``'s kiosks have a minion
+    connection (:func:`presence_jobs`, all campuses at once), so a runner
+    sends its kiosk job only to kiosks that can answer and does not wait out
+    its timeout for the ones that are off. Returns ``(ask, absent)``: the
+    present kiosks plus those of campuses no Pi answered for (asked as
+    before), and the kiosks no Pi of their campus holds a connection from.
+    """
+    answers = per_campus(caller(opts, timeout), presence_jobs(selection, campus_pis))
+    present, absent, unknown = present_kiosks(selection, answers)
+    return sorted(present + unknown), absent

@@ -186,3 +186,52 @@ def test_config_refuses_what_is_no_mapping(bad):
     import fleet_fields
 
     assert isinstance(info.value, fleet_fields.FleetError)
+
+
+def _answers(campus, **kiosks):
+    return fleet_runner.Returns([f"pi-{campus}-1"], {f"pi-{campus}-1": {"campus": campus, "kiosks": kiosks}},
+                                {}, [], [], {})
+
+
+def test_present_kiosks_splits_present_absent_and_unknown_campuses():
+    selection = {"east": ["k-e1", "k-e2"], "west": ["k-w1"], "north": ["k-n1"]}
+    east = fleet_runner.merge([_answers("east", **{"k-e1": True, "k-e2": False}),
+                               fleet_runner.Returns(["pi-east-2"], {"pi-east-2": {"campus": "east",
+                                                                                   "kiosks": {"k-e2": True}}},
+                                                    {}, [], [], {})])
+    west = fleet_runner.Returns(["pi-west-1"], {}, {}, ["pi-west-1"], [], {})  # the campus is cut
+    # a Pi answering for another campus (or with garbage) is no evidence for this one
+    north = fleet_runner.Returns(["pi-north-1"], {"pi-north-1": {"campus": "east", "kiosks": {"k-n1": True}}},
+                                 {}, [], [], {})
+    present, absent, unknown = fleet_runner.present_kiosks(selection, {"east": east, "west": west, "north": north})
+    assert present == ["k-e1", "k-e2"]  # k-e2 is connected to the second Pi only
+    assert absent == []
+    assert unknown == ["k-n1", "k-w1"]
+    present, absent, unknown = fleet_runner.present_kiosks({"east": ["k-e1", "k-e2"]},
+                                                           {"east": _answers("east", **{"k-e1": True})})
+    assert (present, absent, unknown) == (["k-e1"], ["k-e2"], [])
+
+
+def test_presence_jobs_go_to_each_campus_pis_with_that_campus_kiosks_only():
+    jobs = fleet_runner.presence_jobs({"east": ["k-e2", "k-e1"], "west": ["k-w1"], "south": []},
+                                      {"east": ["pi-east-1", "pi-east-2"], "west": [], "south": ["pi-south-1"]})
+    assert jobs == {"east": (["pi-east-1", "pi-east-2"], "kiosk_scan.presence", {"kiosks": ["k-e1", "k-e2"]})}
+
+
+def test_per_campus_runs_every_job_and_keeps_the_context(monkeypatch):
+    import contextvars
+
+    marker = contextvars.ContextVar("marker")
+    marker.set("runner")
+    seen = []
+
+    def call_one(targets, fun, kwarg):
+        seen.append((tuple(targets), fun, marker.get()))
+        return fleet_runner.Returns(targets, {t: True for t in targets}, {}, [], [], {})
+
+    got = fleet_runner.per_campus(call_one, {"b": (["p2"], "f.g", {}), "a": (["p1"], "f.g", {})}, max_workers=2)
+    assert sorted(got) == ["a", "b"]
+    assert sorted(seen) == [(("p1",), "f.g", "runner"), (("p2",), "f.g", "runner")]
+    merged = fleet_runner.merge(list(got.values()))
+    assert merged.targets == ["p1", "p2"] and merged.answered == {"p1": True, "p2": True}
+    assert fleet_runner.per_campus(call_one, {}) == {}

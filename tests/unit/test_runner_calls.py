@@ -91,10 +91,53 @@ def test_ping_of_a_campus_that_answers_succeeds(tmp_path, minions):
     assert ret["result"] is True and ret["retcode"] == 0 and ret["down"] == []
 
 
+def _present(connected, silent_campuses=()):
+    """An answer function: the Pis answer kiosk_scan.presence with ``connected``, kiosks answer True."""
+
+    def answer(fun, tgt, arg, kwarg):
+        if fun != "kiosk_scan.presence":
+            return [(k, True, 0) for k in tgt]
+        campus = tgt[0].split("-")[1]
+        if campus in silent_campuses:
+            return []
+        return [(pi, {"pi": pi, "campus": campus, "kiosks": {k: k in connected for k in kwarg["kiosks"]}}, 0)
+                for pi in tgt]
+
+    return answer
+
+
+def test_ping_asks_only_the_kiosks_a_pi_holds_a_connection_from(tmp_path, minions):
+    minions.answer = _present({"kiosk-east-01", "kiosk-west-02"})
+    ret = load(tmp_path)["kiosk_fleet.ping"]()
+    presence = [j for j in minions.jobs if j["fun"] == "kiosk_scan.presence"]
+    # one job per campus, to that campus's Pis, with that campus's kiosks only
+    assert sorted((j["tgt"], j["kwarg"]["kiosks"]) for j in presence) == [
+        (["pi-east-1", "pi-east-2"], ["kiosk-east-01", "kiosk-east-02"]),
+        (["pi-west-1", "pi-west-2"], ["kiosk-west-01", "kiosk-west-02"])]
+    assert minions.jobs[-1]["fun"] == "test.ping"
+    assert minions.jobs[-1]["tgt"] == ["kiosk-east-01", "kiosk-west-02"]
+    assert ret["result"] is False and ret["retcode"] == 1
+    assert ret["absent"] == ret["down"] == ["kiosk-east-02", "kiosk-west-01"]
+    assert ret["campuses"]["west"] == {"up": ["kiosk-west-02"], "down": ["kiosk-west-01"]}
+    assert "not asked" in ret["error"]
+
+
+def test_ping_asks_every_kiosk_of_a_campus_whose_pis_are_silent_or_when_told(tmp_path, minions):
+    minions.answer = _present({"kiosk-east-01"}, silent_campuses={"west"})
+    ret = load(tmp_path)["kiosk_fleet.ping"]()
+    assert minions.jobs[-1]["tgt"] == ["kiosk-east-01", "kiosk-west-01", "kiosk-west-02"]
+    assert ret["absent"] == ["kiosk-east-02"] and ret["down"] == ["kiosk-east-02"]
+    minions.jobs.clear()
+    ret = load(tmp_path)["kiosk_fleet.ping"](presence="false")
+    assert [j["fun"] for j in minions.jobs] == ["test.ping"]
+    assert ret["result"] is True and ret["absent"] == []
+
+
 def test_ping_refuses_bad_arguments_without_a_job(tmp_path, minions):
     runners = load(tmp_path)
     assert runners["kiosk_fleet.ping"](timeout=float("nan"))["error"].startswith("timeout: ")
     assert runners["kiosk_fleet.ping"](campus=["north"])["error"].startswith("campus: unknown campus north")
+    assert runners["kiosk_fleet.ping"](presence="maybe")["error"].startswith("presence: ")
     assert minions.jobs == []
 
 
@@ -173,6 +216,17 @@ def test_apply_reports_silent_and_forged_kiosks(tmp_path, minions):
     assert ret["result"] is False and ret["silent"] == ["kiosk-east-02"] and ret["failed"] == []
     assert ret["kiosks"]["kiosk-east-01"]["changed"] == 1
     assert ret["error"] == "change hosts failed on kiosk-east-02"
+
+
+def test_apply_lists_kiosks_no_pi_holds_as_silent_without_sending_them_the_state(tmp_path, minions):
+    ok = {"file_|-hosts_|-C:\\hosts_|-managed": {"result": None, "changes": {"diff": "+x"}, "comment": ""}}
+    answer = _present({"kiosk-east-01"})
+    minions.answer = lambda fun, tgt, arg, kwarg: (answer(fun, tgt, arg, kwarg) if fun != "state.apply"
+                                                   else [(k, ok, 0) for k in tgt])
+    ret = load(tmp_path)["kiosk_change.apply"](template="hosts", campus="east", test=True)
+    assert minions.jobs[-1]["fun"] == "state.apply" and minions.jobs[-1]["tgt"] == ["kiosk-east-01"]
+    assert ret["absent"] == ret["silent"] == ["kiosk-east-02"]
+    assert ret["result"] is False and ret["error"] == "change hosts failed on kiosk-east-02"
 
 
 # ---------------------------------------------------------------- kiosk_alert: the re-read
