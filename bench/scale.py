@@ -399,7 +399,7 @@ def kiosk_dir(run, kiosk):
     return run / "kiosks" / kiosk
 
 
-def slim(run, topology, master_opts=None):
+def slim(run, topology, master_opts=None, pi_opts=None):
     """Rewrite the lab's configs for the bench: slim kiosks with keys placed ahead, no Pi beacons, no webhook."""
     top_file = run / TOP_ID / "master"
     top = yaml.safe_load(top_file.read_text())
@@ -412,6 +412,7 @@ def slim(run, topology, master_opts=None):
             path = run / pi / "master"
             conf = yaml.safe_load(path.read_text())
             conf["syndic_master"] = topology["top"]["address"]
+            conf.update(pi_opts or {})
             lab.write_yaml(path, conf)
             path = run / pi / "minion"
             conf = yaml.safe_load(path.read_text())
@@ -486,11 +487,14 @@ def one_size(args, n):
     inv = fleet_inventory.validate(raw[fleet_inventory.PILLAR_KEY])
     daemons = lab.write_configs(run, raw, inv)
     master_opts = parse_master_opts(args.master_opt)
-    slim(run, topology, master_opts)
+    pi_opts = parse_master_opts(args.pi_opt, "pi-opt")
+    slim(run, topology, master_opts, pi_opts)
     kiosks, pis = kiosk_ids(topology), pi_ids(topology)
     result = {"kiosks": n, "runs": {}, "notes": []}
     top = yaml.safe_load((run / TOP_ID / "master").read_text())
     result["notes"].append(("top master", ", ".join(f"{k}: {top.get(k, 'default')}" for k in MASTER_OPTS)))
+    if pi_opts:
+        result["notes"].append(("Pi masters", ", ".join(f"{k}: {v}" for k, v in sorted(pi_opts.items()))))
     services = None
     try:
         services = Services(topology)
@@ -559,6 +563,8 @@ def main(argv=None):
     parser.add_argument("--table", action="store_true", help="print the table of --results, start nothing")
     parser.add_argument("--master-opt", action="append", default=[], metavar="KEY=VALUE",
                         help=f"a top master setting for the run (repeatable; one of {', '.join(MASTER_OPTS)})")
+    parser.add_argument("--pi-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of every Pi master (repeatable; same keys as --master-opt)")
     parser.add_argument("--runs", default=None,
                         help="comma-separated substrings: only the runs whose label contains one (e.g. verify,status)")
     args = parser.parse_args(argv)
@@ -567,6 +573,7 @@ def main(argv=None):
         return 0
     try:
         parse_master_opts(args.master_opt)
+        parse_master_opts(args.pi_opt, "pi-opt")
         selected_runs(args.runs)
         counts = parse_counts(args.kiosks)
         topologies = {n: plan(args.campuses, args.pis, n) for n in counts}
