@@ -4,8 +4,9 @@ Kiosk releases: the model shared by the master runner, the Pi and the kiosk
 no network.
 
 * versions: dotted numbers (``1.4.0``, ``2026.11.22``), compared numerically;
-* the release manifest (name, version, files with size/md5/sha256, install
-  command, created-at; the master signs it, see ``fleet_sign``);
+* the release manifest (name, version, files with size/md5/sha256 and, optionally,
+  their content-defined chunks (``fleet_delta``), install command, created-at;
+  the master signs it, see ``fleet_sign``);
 * the campus pin (name, campus, version, serial, signed_at) and the Pi's
   repository index (``<repo>/<name>/index.json``): staged versions and the
   signed campus pin;
@@ -219,6 +220,8 @@ def validate_manifest(doc, name=None, version=None):
         for algo, pattern in HEX.items():
             if not isinstance(entry.get(algo), str) or not pattern.match(entry[algo]):
                 errors.append(f"{field}.{algo}: {entry.get(algo)!r} is not a lowercase hex {algo} digest")
+        if "chunks" in entry:
+            errors.extend(chunk_errors(entry["chunks"], size, f"{field}.chunks"))
     try:
         check_install(doc.get("install"), "manifest.install")
     except ReleaseError as exc:
@@ -236,6 +239,42 @@ def validate_manifest(doc, name=None, version=None):
     if errors:
         raise ReleaseError(errors)
     return doc
+
+
+def chunk_errors(chunks, size, field="chunks"):
+    """
+    Problems of a file entry's optional ``chunks`` (``[[length, sha256 hex], ...]``
+    in file order, lengths summing to ``size``): a list of messages naming
+    ``<field>[i]``, empty when it holds. Old clients ignore the key.
+    """
+    if not isinstance(chunks, list):
+        return [f"{field}: expected a list of [length, sha256] pairs, got {type(chunks).__name__}"]
+    errors, total = [], 0
+    for i, chunk in enumerate(chunks):
+        if len(errors) >= 5:  # a broken list of thousands: the first few say enough
+            errors.append(f"{field}: more errors not shown")
+            return errors
+        if not isinstance(chunk, (list, tuple)) or len(chunk) != 2:
+            errors.append(f"{field}[{i}]: {fleet_fields.shown(chunk)} is not a [length, sha256] pair")
+            continue
+        length, digest = chunk
+        if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+            errors.append(f"{field}[{i}]: length {fleet_fields.shown(length)} is not a positive byte count")
+        else:
+            total += length
+        if not isinstance(digest, str) or not HEX["sha256"].match(digest):
+            errors.append(f"{field}[{i}]: {fleet_fields.shown(digest)} is not a lowercase hex sha256 digest")
+    if not errors and isinstance(size, int) and not isinstance(size, bool) and total != size:
+        errors.append(f"{field}: the chunk lengths sum to {total}, the file's size is {size}")
+    return errors
+
+
+def check_chunks(chunks, size, field="chunks"):
+    """:func:`chunk_errors` as a :class:`ReleaseError`; returns ``chunks``."""
+    errors = chunk_errors(chunks, size, field)
+    if errors:
+        raise ReleaseError(errors)
+    return chunks
 
 
 def manifest_size(doc):
