@@ -79,7 +79,10 @@ def chunk_file(source, field="chunks"):
                            f"(pip install 'fastcdc>=1.7,<2'; only publishing needs it)")
     from fastcdc import fastcdc  # pylint: disable=import-outside-toplevel
 
-    fd = source if isinstance(source, int) else os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = source if isinstance(source, int) else os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ReleaseError(f"{field}: cannot read the file to chunk it: {exc.strerror or exc}") from None
     try:
         if os.fstat(fd).st_size == 0:
             return []

@@ -252,8 +252,7 @@ def chunk_errors(chunks, size, field="chunks"):
     errors, total = [], 0
     for i, chunk in enumerate(chunks):
         if len(errors) >= 5:  # a broken list of thousands: the first few say enough
-            errors.append(f"{field}: more errors not shown")
-            return errors
+            return errors[:5] + [f"{field}: more errors not shown"]
         if not isinstance(chunk, (list, tuple)) or len(chunk) != 2:
             errors.append(f"{field}[{i}]: {fleet_fields.shown(chunk)} is not a [length, sha256] pair")
             continue

@@ -4,7 +4,8 @@ are kept (``<store>/<name>/<version>/`` with its files and the signed
 ``manifest.json``), how a package gets in (a file or flat directory under
 ``kiosk_release:source_root``, walked without following a link, or an
 http(s) URL fetched without proxy or redirect), hashed in the copying pass,
-its manifest built and signed with the master's Ed25519 key, and stored in
+its chunk lists computed (``fleet_delta``), its manifest built and signed
+with the master's Ed25519 key, and stored in
 one ``rename``; the list of published versions, a manifest read back, and
 the hard-linked copy a rollback republishes. Also the signing key file
 itself (read without following a link, mode 0600; written by ``keygen``).
@@ -27,6 +28,7 @@ import importlib.util
 # is caught: a utility that fails to import shows its own error (see _utils/README.md).
 if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec("saltext_kiosk_fleet.utils"):
     from saltext_kiosk_fleet.utils import (
+        fleet_delta,
         fleet_fetch,
         fleet_fields,
         fleet_http,
@@ -36,6 +38,7 @@ if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec(
         fleet_state,
     )
 else:  # synced from file_roots: Salt puts the _utils folders on sys.path while loading
+    import fleet_delta
     import fleet_fetch
     import fleet_fields
     import fleet_http
@@ -296,6 +299,23 @@ def install_from_package(work, files, install=None, success_codes=None, field="s
 # --------------------------------------------------------------------------- storing a release
 
 
+def with_chunks(work, files, field):
+    """
+    ``files`` with ``chunks`` in every entry (content-defined, see
+    ``fleet_delta``): kept when the entry has them (a rollback copies the
+    old manifest's), else computed from the copy in ``work`` (a second read,
+    from the page cache right after the copy). The Pis and kiosks fetch
+    only the chunks they lack.
+    """
+    out = {}
+    for file_name, entry in files.items():
+        chunks = entry.get("chunks")
+        if chunks is None:
+            chunks = fleet_delta.chunk_file(os.path.join(work, file_name), f"{field} {file_name} chunks")
+        out[file_name] = dict(entry, chunks=chunks)
+    return out
+
+
 def new_release(store, name, version, files_from, install, key_pem, rollback_of=None, success_codes=None):
     """
     Store a new version: ``files_from(work)`` fills the staging folder and
@@ -316,7 +336,7 @@ def new_release(store, name, version, files_from, install, key_pem, rollback_of=
         os.makedirs(staging, exist_ok=True)
         work = tempfile.mkdtemp(dir=staging, prefix=f"{name}-{version}-")
         try:
-            files = files_from(work)
+            files = with_chunks(work, files_from(work), f"{name} {version}")
             if callable(install):  # publish: the command may come from the package itself
                 install, success_codes = install(work, files)
             doc = fleet_sign.sign_manifest(
@@ -352,7 +372,8 @@ def rollback_copy(store, name, previous, version, key_pem):
     """
     Republish the content of ``previous`` as ``version`` (``rollback_of:
     previous``, same install command): the files are hard-linked (copied
-    when the file system cannot link) and checked against the old manifest.
+    when the file system cannot link) and checked against the old manifest;
+    its chunk lists are copied (computed when it has none).
     """
     source = manifest(store, name, previous)
 

@@ -951,3 +951,51 @@ def test_a_private_key_readable_by_others_is_refused(mode, ok):
     else:
         with pytest.raises(fleet_release.SignatureError, match=r"^kiosk_release\.signing_key: mode 0\d+ lets others read"):
             fleet_sign.check_key_mode(stat.S_IFREG | mode)
+
+
+# --------------------------------------------------------------------------- chunk lists (delta transfers)
+
+
+def with_chunks(manifest, lengths):
+    offset, chunks = 0, []
+    for length in lengths:
+        chunks.append([length, hashlib.sha256(APP[offset:offset + length]).hexdigest()])
+        offset += length
+    manifest["files"]["app.zip"]["chunks"] = chunks
+    return manifest
+
+
+def test_a_manifest_with_chunks_is_valid_and_one_without_still_is(manifest):
+    assert "chunks" not in manifest["files"]["app.zip"]  # old manifests: the key is optional
+    with_chunks(manifest, [1000, len(APP) - 1000])
+    assert fleet_release.validate_manifest(manifest) is manifest
+    manifest["files"]["kiosk.conf"]["chunks"] = [[len(CONF), hashlib.sha256(CONF).hexdigest()]]
+    fleet_release.validate_manifest(manifest)
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (lambda e: e.update(chunks="abc"), "manifest.files.app.zip.chunks", "expected a list"),
+    (lambda e: e.update(chunks=None), "manifest.files.app.zip.chunks", "expected a list"),
+    (lambda e: e["chunks"].append([0, "a" * 64]), "manifest.files.app.zip.chunks[2]", "not a positive byte count"),
+    (lambda e: e["chunks"][1].__setitem__(0, True), "manifest.files.app.zip.chunks[1]", "not a positive byte count"),
+    (lambda e: e["chunks"][1].__setitem__(0, -5), "manifest.files.app.zip.chunks[1]", "not a positive byte count"),
+    (lambda e: e["chunks"][1].__setitem__(0, "800"), "manifest.files.app.zip.chunks[1]", "not a positive byte count"),
+    (lambda e: e["chunks"][0].__setitem__(1, "A" * 64), "manifest.files.app.zip.chunks[0]", "lowercase hex sha256"),
+    (lambda e: e["chunks"][0].__setitem__(1, "a" * 63), "manifest.files.app.zip.chunks[0]", "lowercase hex sha256"),
+    (lambda e: e["chunks"][0].pop(), "manifest.files.app.zip.chunks[0]", "not a [length, sha256] pair"),
+    (lambda e: e["chunks"].__setitem__(0, {"length": 1000}), "manifest.files.app.zip.chunks[0]", "not a [length, sha256] pair"),
+    (lambda e: e["chunks"].append([7, "a" * 64]), "manifest.files.app.zip.chunks", "sum to 1807, the file's size is 1800"),
+    (lambda e: e["chunks"].pop(), "manifest.files.app.zip.chunks", "sum to 1000, the file's size is 1800"),
+])
+def test_bad_chunk_lists_are_named(manifest, mutate, field, words):
+    with_chunks(manifest, [1000, 800])
+    mutate(manifest["files"]["app.zip"])
+    with pytest.raises(ReleaseError) as info:
+        fleet_release.validate_manifest(manifest)
+    hits = [e for e in info.value.errors if e.startswith(field + ":")]
+    assert hits and words in hits[0], info.value.errors
+
+
+def test_a_long_broken_chunk_list_reports_the_first_few():
+    errors = fleet_release.chunk_errors([[0, "x"]] * 1000, 0, "f.chunks")
+    assert len(errors) == 6 and errors[-1] == "f.chunks: more errors not shown"

@@ -4,11 +4,13 @@ import hashlib
 import json
 import os
 import pathlib
+import random
 import re
 import stat
 
 import pytest
 
+import fleet_delta
 import fleet_release
 import fleet_sign
 import fleet_store
@@ -129,8 +131,10 @@ def test_publish_hashes_signs_and_stores_in_one_rename(site, key):
     pkg = site.package()
     doc = publish(site, key, md5=hashlib.md5(pkg.read_bytes()).hexdigest())
     fleet_sign.verify_signature(doc, key[1])
-    assert doc["files"]["app.msi"] == {"size": len(pkg.read_bytes()), "md5": hashlib.md5(pkg.read_bytes()).hexdigest(),
-                                       "sha256": hashlib.sha256(pkg.read_bytes()).hexdigest()}
+    data = pkg.read_bytes()
+    assert doc["files"]["app.msi"] == {"size": len(data), "md5": hashlib.md5(data).hexdigest(),
+                                       "sha256": hashlib.sha256(data).hexdigest(),
+                                       "chunks": [[len(data), hashlib.sha256(data).hexdigest()]]}
     assert site.stored() == ["kiosk-app/1.0.0/app.msi", "kiosk-app/1.0.0/manifest.json"]
     assert fleet_store.manifest(site.store, NAME, "1.0.0") == doc
     assert os.listdir(os.path.join(site.store, ".staging")) == []
@@ -267,3 +271,52 @@ def test_a_rollback_copy_of_a_corrupted_file_is_refused(site, key):
     raises(fleet_store.rollback_copy, site.store, NAME, "0.9", "1.0.1", key[0], match=r"^version: .* is not published")
     assert fleet_store.published(site.store, NAME) == ["1.0.0"]
     assert os.listdir(os.path.join(site.store, ".staging")) == []
+
+
+# --------------------------------------------------------------------------- chunk lists for delta transfers
+
+
+def test_publish_lists_the_chunks_of_every_file_and_signs_them(site, key):
+    big = random.Random(1).randbytes(3 * 2**20 + 5)
+    site.package("job/out/app.bin", big)
+    site.package("job/out/empty.txt", b"")
+    doc = publish(site, key, source="job/out")
+    fleet_sign.verify_signature(doc, key[1])
+    chunks = doc["files"]["app.bin"]["chunks"]
+    assert len(chunks) > 10 and sum(c[0] for c in chunks) == len(big)
+    offset = 0
+    for length, digest in chunks:
+        assert hashlib.sha256(big[offset:offset + length]).hexdigest() == digest
+        offset += length
+    assert doc["files"]["empty.txt"]["chunks"] == []
+    assert fleet_store.manifest(site.store, NAME, "1.0.0") == doc  # what the Pis read is what was signed
+    tampered = json.loads(json.dumps(doc))
+    tampered["files"]["app.bin"]["chunks"][3][1] = "0" * 64
+    with pytest.raises(fleet_release.SignatureError):
+        fleet_sign.verify_signature(tampered, key[1])
+
+
+def test_publish_without_fastcdc_is_refused_naming_chunks_and_stores_nothing(site, key, monkeypatch):
+    site.package()
+    monkeypatch.setattr(fleet_delta, "cdc_available", lambda: (False, False))
+    raises(publish, site, key, match=r"^kiosk-app 1\.0\.0 app\.msi chunks: the fastcdc package is missing")
+    assert site.stored() == []
+
+
+def test_a_rollback_copy_carries_the_old_chunks_or_computes_missing_ones(site, key):
+    old = random.Random(2).randbytes(600 * 1024)
+    site.package(data=old)
+    first = publish(site, key, "1.0.0")
+    site.package(data=b"new build")
+    publish(site, key, "1.1.0")
+    doc = fleet_store.rollback_copy(site.store, NAME, "1.0.0", "1.1.1", key[0])
+    assert doc["files"]["app.msi"]["chunks"] == first["files"]["app.msi"]["chunks"]
+    # a version published before chunk lists existed: its rollback copy gets them
+    legacy = json.loads(json.dumps(first))
+    del legacy["files"]["app.msi"]["chunks"]
+    path = os.path.join(site.store, NAME, "1.0.0", "manifest.json")
+    with open(path, "w") as handle:
+        json.dump(fleet_sign.sign_manifest(legacy, key[0]), handle)
+    doc = fleet_store.rollback_copy(site.store, NAME, "1.0.0", "1.1.2", key[0])
+    assert doc["files"]["app.msi"]["chunks"] == first["files"]["app.msi"]["chunks"]
+    fleet_sign.verify_signature(doc, key[1])
