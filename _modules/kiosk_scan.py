@@ -9,6 +9,14 @@ loopback address up), ``-n`` so nmap never sends reverse-DNS queries off the
 machine. Only the inventory's kiosk addresses of this Pi's own campus are
 ever scanned.
 
+Each scan also says per kiosk whether its minion is connected to this Pi's
+salt-master (``minion``), and ``presence`` says only that: both read the
+kernel's TCP table (``fleet_scan.presence``), no job to the kiosks. The
+Pi master's ports come from the minion config (or pillar)::
+
+    kiosk_scan:
+      master_ports: [4505, 4506]   # this Pi master's publish_port and ret_port (the default)
+
 Needs python-nmap and the ``nmap`` binary (``apt-get install nmap``).
 """
 
@@ -45,6 +53,34 @@ def __virtual__():
     return __virtualname__
 
 
+def _pi_campus():
+    """``(inventory, campus)`` of this Pi; a kiosk's id is refused."""
+    inventory = fleet_inventory.from_pillar(__pillar__)
+    campus = fleet_inventory.campus_of(inventory, __opts__["id"])
+    if __opts__["id"] not in inventory["campuses"][campus]["pis"]:
+        raise fleet_scan.ScanError(f"id: {__opts__['id']} is a kiosk, not a Pi; run kiosk_scan on the Pis")
+    return inventory, campus
+
+
+def _master_ports():
+    """``kiosk_scan:master_ports`` of the minion config, else of the pillar, else 4505, 4506."""
+    for source in (__opts__, __pillar__):
+        block = source.get("kiosk_scan")
+        if isinstance(block, dict) and block.get("master_ports") is not None:
+            return fleet_scan.master_ports(block["master_ports"])
+    return fleet_scan.DEFAULT_MASTER_PORTS
+
+
+def _connected(inventory, campus, kiosks, ports):
+    """``{kiosk: bool}``: connected to this Pi's master (``fleet_scan.presence`` on this host's TCP table)."""
+    try:
+        rows = fleet_scan.read_tcp_tables()
+        return fleet_scan.presence(inventory, campus, kiosks, rows, ports,
+                                   fleet_scan.pi_addresses(inventory, campus, __opts__["id"]))
+    except fleet_scan.ScanError as exc:
+        raise CommandExecutionError(str(exc)) from exc
+
+
 def scan(kiosks=None, host_timeout_s=fleet_scan.DEFAULT_HOST_TIMEOUT_S, max_retries=fleet_scan.DEFAULT_MAX_RETRIES):
     """
     Probe the service port of this Pi's campus kiosks (all, or those of
@@ -53,7 +89,10 @@ def scan(kiosks=None, host_timeout_s=fleet_scan.DEFAULT_HOST_TIMEOUT_S, max_retr
     campus's Pis a job of their own, with that campus's kiosks.
 
     Returns ``{"pi", "campus", "scanned_at", "elapsed_s", "kiosks": {kiosk:
-    {"ip", "port", "state": "open"|"closed"|"filtered", "scanned_at"}}}``.
+    {"ip", "port", "state": "open"|"closed"|"filtered", "scanned_at",
+    "minion": bool}}}``: ``minion`` is True when the kiosk's minion holds a
+    connection to this Pi's salt-master (the kernel's TCP table, read right
+    after the probe).
 
     CLI Example:
 
@@ -64,21 +103,46 @@ def scan(kiosks=None, host_timeout_s=fleet_scan.DEFAULT_HOST_TIMEOUT_S, max_retr
     """
     try:
         fleet_scan.nmap_arguments(host_timeout_s, max_retries)  # refused before anything else
-        inventory = fleet_inventory.from_pillar(__pillar__)
-        campus = fleet_inventory.campus_of(inventory, __opts__["id"])
-        if __opts__["id"] not in inventory["campuses"][campus]["pis"]:
-            raise fleet_scan.ScanError(f"id: {__opts__['id']} is a kiosk, not a Pi; run kiosk_scan on the Pis")
+        inventory, campus = _pi_campus()
         targets = fleet_scan.scan_targets(inventory, campus, kiosks)
+        ports = _master_ports()
     except (fleet_inventory.InventoryError, fleet_scan.ScanError) as exc:
         raise SaltInvocationError(str(exc)) from exc
     try:
         result, elapsed = fleet_scan.run(targets, host_timeout_s, max_retries)
     except fleet_scan.ScanError as exc:
         raise CommandExecutionError(str(exc)) from exc
+    connected = _connected(inventory, campus, sorted(result), ports)
     return {
         "pi": __opts__["id"],
         "campus": campus,
         "scanned_at": fleet_sweep.iso(_dt.datetime.now(_dt.timezone.utc)),
         "elapsed_s": elapsed,
-        "kiosks": result,
+        "kiosks": {k: dict(entry, minion=connected[k]) for k, entry in result.items()},
     }
+
+
+def presence(kiosks=None):
+    """
+    Which kiosks of this Pi's campus (all, or those of ``kiosks``) hold a
+    minion connection to this Pi's salt-master, from the kernel's TCP table:
+    no job to the kiosks, so a kiosk that is off costs nothing. An id of
+    another campus is refused (a Pi answers for its own campus only).
+
+    Returns ``{"pi": <this Pi>, "campus": <its campus>, "kiosks": {kiosk:
+    true|false}}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'pi-riverside-*' kiosk_scan.presence
+        salt pi-riverside-1 kiosk_scan.presence kiosks=kiosk-riverside-01,kiosk-riverside-02
+    """
+    try:
+        inventory, campus = _pi_campus()
+        wanted = fleet_scan.own_kiosks(inventory, campus, None if kiosks == "" else kiosks)
+        ports = _master_ports()
+    except (fleet_inventory.InventoryError, fleet_scan.ScanError) as exc:
+        raise SaltInvocationError(str(exc)) from exc
+    return {"pi": __opts__["id"], "campus": campus, "kiosks": _connected(inventory, campus, wanted, ports)}

@@ -216,26 +216,27 @@ def _serve(conf, name, doc):
 # ---------------------------------------------------------------- observe, act
 
 
-def _presence(inventory, campus, kiosks):
+def _presence(inventory, conf, kiosks):
     """
-    ``{kiosk: True}`` for kiosks whose inventory address holds a TCP
-    connection to this master's publish or ret port: a kiosk's minion keeps
-    one open to each of its masters (read from the kernel's table, no
-    ``test.ping`` that waits out its timeout for the kiosks that are off).
-    Salt's ``CkMinions.connected_ids`` matches the same table against cached
-    grains instead, which needs the minion data cache on every Pi master and
-    on one host (the tests' topology) counts every cached minion as connected.
+    ``{kiosk: bool}``: the kiosk's minion holds a connection to this Pi
+    master's publish or ret port, on one of this Pi's addresses
+    (``fleet_scan.presence`` on the kernel's TCP table; the same rule as the
+    Pi minion's ``kiosk_scan.scan``). No ``test.ping`` that waits out its
+    timeout for the kiosks that are off. Salt's ``CkMinions.connected_ids``
+    matches the same table against cached grains instead, which needs the
+    minion data cache on every Pi master and on one host (the tests'
+    topology) counts every cached minion as connected. An unreadable table
+    is logged and counts as no presence (off, never on).
     """
-    import salt.utils.network  # pylint: disable=import-outside-toplevel
-
-    addresses = set()
-    for port in sorted({__opts__.get("publish_port", 4505), __opts__.get("ret_port", 4506)}):
-        try:
-            addresses |= set(salt.utils.network.local_port_tcp(int(port)))
-        except (OSError, ValueError, TypeError) as exc:
-            log.warning("kiosk_campus: connections on port %s unreadable: %s", port, exc)
-    spec = inventory["campuses"][campus]["kiosks"]
-    return {k: True for k in kiosks if spec[k]["ip"] in addresses}
+    campus = conf["campus"]
+    try:
+        ports = fleet_scan.master_ports([__opts__.get("publish_port", 4505), __opts__.get("ret_port", 4506)],
+                                        "publish_port")
+        return fleet_scan.presence(inventory, campus, kiosks, fleet_scan.read_tcp_tables(), ports,
+                                   fleet_scan.pi_addresses(inventory, campus, conf["pi"]))
+    except fleet_scan.ScanError as exc:
+        log.warning("kiosk_campus: minion connections unreadable: %s", exc)
+        return {}
 
 
 def _observe(inventory, conf, selection):
@@ -251,7 +252,7 @@ def _observe(inventory, conf, selection):
         scans[me] = {"pi": me, "campus": campus, "kiosks": result, "elapsed_s": elapsed}
     except ERRORS as exc:
         errors.append(f"scan: {exc}")
-    observed = fleet_sweep.observed_states(selection, scans, {campus: [me]}, _presence(inventory, campus, kiosks))
+    observed = fleet_sweep.observed_states(selection, scans, {campus: [me]}, _presence(inventory, conf, kiosks))
     return observed, fleet_sweep.pis_report([me], scans, {}), errors
 
 

@@ -207,15 +207,17 @@ def _per_campus(inventory, selection, fun, timeout, **kwarg):
 def _observe(inventory, selection, timeout):
     """
     One ``kiosk_scan.scan`` job per campus in ``selection`` (that campus's
-    Pis, its kiosks; all at once: ``_per_campus``) and one ``test.ping`` of
-    the kiosks; merged by ``fleet_sweep.observed_states`` (the Pis' probe
-    decides, a kiosk's own answer never makes it on).
+    Pis, its kiosks; all at once: ``_per_campus``), and no job to the
+    kiosks: each Pi's answer says per kiosk whether its minion is connected
+    to that Pi's master (its kernel's TCP table), so a kiosk that is off
+    costs no timeout. Merged by ``fleet_sweep.observed_states`` (the Pis'
+    probe decides; presence only tells degraded from off).
     """
     kiosk_ids = sorted(k for ids in selection.values() for k in ids)
     if not kiosk_ids:
         return {}, {"answered": [], "silent": []}
     campus_pis, scans = _per_campus(inventory, selection, "kiosk_scan.scan", timeout)
-    presence = _call(kiosk_ids, "test.ping", timeout).answered
+    presence = fleet_sweep.scan_presence(selection, scans.answered, campus_pis)
     pis = sorted({p for c, ids in selection.items() if ids for p in campus_pis[c]})
     report = fleet_sweep.pis_report(pis, scans.answered, scans.failed, scans.conflicting)
     return fleet_sweep.observed_states(selection, scans.answered, campus_pis, presence), report

@@ -16,6 +16,8 @@ master both call it.
 
 import datetime as _dt
 import ipaddress
+import re
+import sys
 import time
 
 import importlib.util
@@ -32,6 +34,10 @@ PORT_STATES = ("open", "closed", "filtered")
 # nmap timing for one TCP connect probe per kiosk
 DEFAULT_HOST_TIMEOUT_S = 10
 DEFAULT_MAX_RETRIES = 1
+# a Pi master's publish and ret ports unless its minion's kiosk_scan:master_ports says otherwise
+DEFAULT_MASTER_PORTS = (4505, 4506)
+TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+TCP_ESTABLISHED = 1  # the kernel's TCP_ESTABLISHED (include/net/tcp_states.h)
 
 
 class ScanError(fleet_fields.FleetError):
@@ -146,3 +152,136 @@ def run(targets, host_timeout_s=DEFAULT_HOST_TIMEOUT_S, max_retries=DEFAULT_MAX_
         for ip, state in port_states(answer, port, ips).items():
             result[by_ip[ip]] = {"ip": ip, "port": port, "state": state, "scanned_at": scanned_at}
     return result, round(time.monotonic() - started, 3)
+
+
+# ---------------------------------------------------------------- presence (the kernel's TCP table)
+
+
+# an address:port of the table: 8 hex digits (IPv4) or 32 (IPv6), then the port's 4
+_ENDPOINT = re.compile(r"^([0-9A-Fa-f]{8}|[0-9A-Fa-f]{32}):([0-9A-Fa-f]{4})\Z")
+_STATE = re.compile(r"^[0-9A-Fa-f]{2}\Z")
+
+
+def _address(hexed, byteorder):
+    """An address of /proc/net/tcp{,6}: 32-bit words in host byte order; an IPv4-mapped IPv6 one as IPv4."""
+    raw = bytes.fromhex(hexed)
+    if byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw))
+    address = ipaddress.IPv6Address(raw)
+    return str(address.ipv4_mapped or address)
+
+
+def parse_tcp_table(text, byteorder=sys.byteorder):
+    """
+    The rows of ``/proc/net/tcp`` or ``tcp6`` text as ``(local address,
+    local port, remote address, state)`` tuples (state: the kernel's
+    number, 1 = ESTABLISHED). The header and lines that are not a row are
+    skipped: the table is the kernel's, a line cut short by a concurrent
+    change must not hide the others.
+    """
+    if not isinstance(text, str):
+        raise ScanError(f"tcp_table: expected text, got {fleet_fields.shown(text)}")
+    if byteorder not in ("little", "big"):
+        raise ScanError(f"byteorder: {fleet_fields.shown(byteorder)} is not little or big")
+    rows = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or not fields[0].endswith(":") or not fields[0][:-1].isdigit():
+            continue
+        local, remote = _ENDPOINT.match(fields[1]), _ENDPOINT.match(fields[2])
+        if not local or not remote or not _STATE.match(fields[3]):
+            continue
+        rows.append((_address(local[1], byteorder), int(local[2], 16), _address(remote[1], byteorder),
+                     int(fields[3], 16)))
+    return rows
+
+
+def read_tcp_tables(paths=TCP_TABLES):
+    """The rows of this host's TCP tables (:func:`parse_tcp_table`); a table that is not there (no IPv6) is skipped."""
+    rows = []
+    for path in paths:
+        try:
+            with open(path, encoding="ascii", errors="replace") as table:
+                text = table.read()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ScanError(f"tcp_table: {path} is not readable ({exc.strerror or exc})") from None
+        rows.extend(parse_tcp_table(text))
+    return rows
+
+
+def master_ports(value, field="kiosk_scan:master_ports"):
+    """The Pi master's ports (publish, ret) as a sorted tuple of distinct ports; None is the default 4505, 4506."""
+    if value is None:
+        return DEFAULT_MASTER_PORTS
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set)) or not value:
+        raise ScanError(f"{field}: {fleet_fields.shown(value)} is not a list of ports")
+    return tuple(sorted({_whole(port, field, 1, 65535) for port in value}))
+
+
+def pi_addresses(inventory, campus, pi):
+    """
+    The addresses this Pi's kiosks reach its master on, from the inventory:
+    its ``source`` on each VLAN and its ``master`` host. None (any local
+    address counts) when that is not known: ``master`` is a DNS name, or the
+    Pi has no address at all. Matters where Pis share a host (the tests'
+    topology): one Pi must not count connections to another's master.
+    """
+    if not isinstance(campus, str) or campus not in inventory["campuses"]:
+        raise ScanError(f"campus: {fleet_fields.shown(campus)} is not a campus of the inventory")
+    spec = inventory["campuses"][campus]["pis"].get(pi) if isinstance(pi, str) else None
+    if spec is None:
+        name = pi if isinstance(pi, str) and fleet_fields.NAME.match(pi) else fleet_fields.shown(pi)
+        raise ScanError(f"pi: {name} is not a Pi of campus {campus}")
+    addresses = {v["source"] for v in (spec.get("vlans") or {}).values() if v.get("source")}
+    if spec.get("master"):
+        host = spec["master"].rsplit(":", 1)[0]
+        try:
+            addresses.add(str(ipaddress.IPv4Address(host)))
+        except ValueError:
+            return None  # a DNS name: this Pi cannot tell which of its addresses the kiosks use
+    return frozenset(addresses) or None
+
+
+def own_kiosks(inventory, campus, kiosks=None):
+    """
+    The sorted ids of ``kiosks`` (ids, or one comma-separated string; None:
+    every kiosk of ``campus``), each a kiosk of ``campus``: a Pi answers for
+    its own campus only, any other id is refused.
+    """
+    if not isinstance(campus, str) or campus not in inventory["campuses"]:
+        raise ScanError(f"campus: {fleet_fields.shown(campus)} is not a campus of the inventory")
+    own = inventory["campuses"][campus]["kiosks"]
+    if kiosks is None:
+        return sorted(own)
+    if isinstance(kiosks, str):
+        kiosks = [k.strip() for k in kiosks.split(",") if k.strip()]
+    if not isinstance(kiosks, (list, tuple, set, frozenset)):
+        raise ScanError(f"kiosks: expected ids, got {fleet_fields.shown(kiosks)}")
+    for kiosk in kiosks:
+        if not isinstance(kiosk, str) or kiosk not in own:
+            name = kiosk if isinstance(kiosk, str) and fleet_fields.NAME.match(kiosk) else fleet_fields.shown(kiosk)
+            raise ScanError(f"kiosks: {name} is not a kiosk of campus {campus}")
+    return sorted(set(kiosks))
+
+
+def presence(inventory, campus, kiosks, rows, ports, local_addresses=None):
+    """
+    ``{kiosk: bool}`` for ``kiosks`` of ``campus`` (:func:`own_kiosks`):
+    True when the table ``rows`` (:func:`parse_tcp_table`) hold an
+    ESTABLISHED connection from the kiosk's inventory address to one of
+    ``ports`` (the Pi master's) on one of ``local_addresses`` (None: any).
+    A kiosk minion keeps one open to each of its masters; one that is off
+    holds none once the Pi's kernel drops it (a clean shutdown closes it at
+    once; after a power cut the Pi master's TCP keepalive ends it).
+    """
+    wanted = own_kiosks(inventory, campus, kiosks)
+    ports = set(master_ports(ports, "ports"))
+    locals_ = None if local_addresses is None else set(local_addresses)
+    connected = {remote for local, port, remote, state in rows
+                 if state == TCP_ESTABLISHED and port in ports and (locals_ is None or local in locals_)}
+    own = inventory["campuses"][campus]["kiosks"]
+    return {kiosk: own[kiosk]["ip"] in connected for kiosk in wanted}

@@ -182,7 +182,9 @@ def observed_states(selection, scan_returns, campus_pis, presence=None):
     Merge the Pis' ``kiosk_scan.scan`` answers with minion presence:
     ``{kiosk: {"state": on|degraded|off|unknown, "seen_by": {pi: port state},
     "minion": bool}}`` for every kiosk of ``selection`` (``{campus: [ids]}``).
-    ``presence`` is ``{kiosk: True}`` for the kiosks whose minion answered.
+    ``presence`` is ``{kiosk: True}`` for the kiosks whose minion is
+    connected to a Pi master of their campus (:func:`scan_presence` from
+    the scans' ``minion`` flags, or a Pi master's own kernel table).
     Non-dict answers (errors, no return) count as silent.
     """
     presence = presence or {}
@@ -205,6 +207,25 @@ def observed_states(selection, scan_returns, campus_pis, presence=None):
             else:  # no probe: the minion's own answer is not evidence (it can be forged)
                 state = UNKNOWN
             out[kiosk] = {"state": state, "seen_by": seen, "minion": minion}
+    return out
+
+
+def scan_presence(selection, scan_returns, campus_pis):
+    """
+    ``{kiosk: True}`` for the kiosks of ``selection`` (``{campus: [ids]}``)
+    that any Pi of their campus reports connected to its master
+    (``"minion": true`` in its ``kiosk_scan.scan`` answer, read from that
+    Pi's kernel TCP table). Only a Pi of the kiosk's own campus, answering
+    for that campus, counts; anything else in an answer is no presence.
+    """
+    out = {}
+    for campus, kiosk_ids in selection.items():
+        answers = [scan_returns.get(pi) for pi in campus_pis.get(campus, [])]
+        entries = [a["kiosks"] for a in answers
+                   if isinstance(a, dict) and a.get("campus") == campus and isinstance(a.get("kiosks"), dict)]
+        for kiosk in kiosk_ids:
+            if any(isinstance(e.get(kiosk), dict) and e[kiosk].get("minion") is True for e in entries):
+                out[kiosk] = True
     return out
 
 

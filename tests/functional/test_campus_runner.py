@@ -483,20 +483,25 @@ def test_a_kiosk_due_on_gets_its_packets_before_the_scan(campus, monkeypatch):
 
 
 def test_a_kiosk_connected_to_the_pi_master_with_its_port_closed_is_degraded(campus):
-    # the Pi master's publish port, and kiosk-east-01's minion connected to it from the kiosk's own address
-    master = listen_tcp("127.0.0.1", campus.publish_port)
-    minion = socket.socket()
-    minion.bind(("127.0.1.11", 0))
-    minion.connect(("127.0.0.1", campus.publish_port))
-    accepted, _ = master.accept()
+    # each Pi master's publish port on its own address (pi-east-1 127.0.1.2, pi-east-2 127.0.1.3: one
+    # host, one port, as in the tests' topology); kiosk-east-01's minion connected to pi-east-1's from
+    # the kiosk's own address, kiosk-east-02's to pi-east-2's only
+    sockets = []
+    for kiosk_ip, master_ip in (("127.0.1.11", "127.0.1.2"), ("127.0.2.12", "127.0.1.3")):
+        master = listen_tcp(master_ip, campus.publish_port)
+        minion = socket.create_connection((master_ip, campus.publish_port), timeout=5, source_address=(kiosk_ip, 0))
+        sockets += [master, minion, master.accept()[0]]
     try:
         probe_all(campus)
         ret = campus.run("pi-east-1", "reconcile", at=CLOSE)
+        other = campus.run("pi-east-2", "reconcile", at=CLOSE)
     finally:
-        for sock in (accepted, minion, master):
+        for sock in sockets:
             sock.close()
-    # powered (its minion is there) but its service port closed: the kiosk app is down; due off, so shut down
+    # powered (its minion is there) but its service port closed: the kiosk app is down; due off, so shut down.
+    # A connection to the other Pi's master on the same host is not one to this Pi's.
     assert ret["observed"] == {"kiosk-east-01": "degraded", "kiosk-east-02": "off"}
+    assert other["observed"] == {"kiosk-east-01": "off", "kiosk-east-02": "degraded"}, other
     assert ret["shut_down"] == ["kiosk-east-01"] and campus.kiosks.presses() == ["kiosk-east-01"]
 
 

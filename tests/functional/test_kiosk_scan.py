@@ -1,12 +1,16 @@
 """
 ``kiosk_scan`` loaded by Salt's own loader (as on a Pi, with the pillar a Pi
 gets: its campus's slice, ``fleet_inventory.slice_for``), probing real TCP
-listeners on the test VLANs' loopback addresses with the real nmap binary.
+listeners on the test VLANs' loopback addresses with the real nmap binary,
+and reading real minion-like connections to stand-in Pi masters (listeners
+on the Pis' loopback addresses, connected from the kiosks' addresses) from
+this host's kernel TCP table.
 """
 
 import pathlib
 import shutil
 import socket
+import time
 
 import pytest
 import salt.config
@@ -40,19 +44,71 @@ def inventory(service_port):
     return inv
 
 
-def load(tmp_path_factory, minion_id, fleet):
+@pytest.fixture(scope="module")
+def master_port():
+    """One port free on both east Pis' addresses: their stand-in masters share it, as a campus's Pis do."""
+    for _ in range(50):
+        port = free_tcp_port("127.0.1.2")
+        with socket.socket() as other:
+            try:
+                other.bind(("127.0.1.3", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port free on 127.0.1.2 and 127.0.1.3")
+
+
+def load(tmp_path_factory, minion_id, fleet, **config):
     """The module as ``minion_id`` runs it: its pillar is its own slice of ``fleet``."""
     pillar = fleet_inventory.slice_for(fleet, minion_id)
     root = tmp_path_factory.mktemp("scanmod")
     opts = salt.config.minion_config(None)
     opts.update({"file_client": "local", "root_dir": str(root), "cachedir": str(root),
-                 "module_dirs": [str(REPO)], "id": minion_id, "grains": {}, "pillar": pillar})
+                 "module_dirs": [str(REPO)], "id": minion_id, "grains": {}, "pillar": pillar, **config})
     return salt.loader.minion_mods(opts, utils=salt.loader.utils(opts), whitelist=["kiosk_scan"])
 
 
 @pytest.fixture(scope="module")
-def pi_east(tmp_path_factory, inventory):
-    return load(tmp_path_factory, "pi-east-1", inventory)
+def pi_east(tmp_path_factory, inventory, master_port):
+    return load(tmp_path_factory, "pi-east-1", inventory, kiosk_scan={"master_ports": [master_port]})
+
+
+class Masters:
+    """Stand-in Pi masters on the east Pis' addresses, and kiosk minions' connections to them."""
+
+    def __init__(self, port):
+        self.port = port
+        self.sockets = []
+        self.links = {}
+        self.listeners = {}
+        for address in ("127.0.1.2", "127.0.1.3"):  # pi-east-1's, pi-east-2's
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address, port))
+            sock.listen(8)
+            self.listeners[address] = sock
+
+    def connect(self, kiosk_ip, master):
+        client = socket.create_connection((master, self.port), timeout=5, source_address=(kiosk_ip, 0))
+        accepted, _ = self.listeners[master].accept()
+        self.links[kiosk_ip] = (client, accepted)
+
+    def drop(self, kiosk_ip):
+        for sock in self.links.pop(kiosk_ip):
+            sock.close()
+
+    def close(self):
+        for kiosk_ip in list(self.links):
+            self.drop(kiosk_ip)
+        for sock in self.listeners.values():
+            sock.close()
+
+
+@pytest.fixture
+def masters(master_port):
+    stand_in = Masters(master_port)
+    yield stand_in
+    stand_in.close()
 
 
 @pytest.fixture
@@ -80,7 +136,47 @@ def test_open_port_is_open_and_closed_port_is_closed(pi_east, listening, service
 def test_closing_the_listener_turns_the_kiosk_off(pi_east, service_port):
     ret = pi_east["kiosk_scan.scan"](kiosks="kiosk-east-01")
     assert ret["kiosks"] == {"kiosk-east-01": {"ip": "127.0.1.11", "port": service_port, "state": "closed",
-                                               "scanned_at": ret["kiosks"]["kiosk-east-01"]["scanned_at"]}}
+                                               "scanned_at": ret["kiosks"]["kiosk-east-01"]["scanned_at"],
+                                               "minion": False}}
+
+
+def test_the_scan_says_which_kiosk_minions_are_connected_to_this_pis_master(pi_east, listening, masters):
+    masters.connect("127.0.1.11", "127.0.1.2")  # kiosk-east-01 to pi-east-1's master
+    masters.connect("127.0.2.12", "127.0.1.3")  # kiosk-east-02 to pi-east-2's only (same host, same port)
+    ret = pi_east["kiosk_scan.scan"]()
+    assert {k: (v["state"], v["minion"]) for k, v in ret["kiosks"].items()} == {
+        "kiosk-east-01": ("open", True), "kiosk-east-02": ("closed", False)}
+    assert pi_east["kiosk_scan.presence"]() == {"pi": "pi-east-1", "campus": "east",
+                                                "kiosks": {"kiosk-east-01": True, "kiosk-east-02": False}}
+    assert pi_east["kiosk_scan.presence"](kiosks="kiosk-east-02") == {"pi": "pi-east-1", "campus": "east",
+                                                                      "kiosks": {"kiosk-east-02": False}}
+    masters.connect("127.0.2.12", "127.0.1.2")
+    assert pi_east["kiosk_scan.presence"](kiosks=["kiosk-east-02"])["kiosks"] == {"kiosk-east-02": True}
+    # the kiosk goes away: once the kernel no longer holds the connection ESTABLISHED, no presence
+    masters.drop("127.0.1.11")
+    deadline = time.monotonic() + 10
+    while pi_east["kiosk_scan.presence"]()["kiosks"]["kiosk-east-01"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pi_east["kiosk_scan.presence"]()["kiosks"] == {"kiosk-east-01": False, "kiosk-east-02": True}
+
+
+@pytest.mark.parametrize("kiosks, message", [
+    ("kiosk-east-01,kiosk-west-01", "kiosks: kiosk-west-01 is not a kiosk of campus east"),
+    ({"kiosk-east-01": True}, "kiosks: expected ids"),
+    ("127.0.0.1; rm -rf /", "kiosks: '127.0.0.1; rm -rf /' is not a kiosk of campus east"),
+])
+def test_presence_answers_for_its_own_campus_only(pi_east, kiosks, message):
+    with pytest.raises(SaltInvocationError) as info:
+        pi_east["kiosk_scan.presence"](kiosks=kiosks)
+    assert str(info.value).startswith(message)
+
+
+def test_master_ports_that_are_not_ports_are_refused_naming_the_setting(pi_east, monkeypatch):
+    opts = pi_east["kiosk_scan.presence"].func.__globals__["__opts__"]
+    monkeypatch.setitem(opts, "kiosk_scan", {"master_ports": "4505"})
+    for fun in ("kiosk_scan.presence", "kiosk_scan.scan"):
+        with pytest.raises(SaltInvocationError, match="^kiosk_scan:master_ports: "):
+            pi_east[fun]()
 
 
 def test_a_kiosk_of_another_campus_is_unknown_to_the_pi(pi_east, inventory, listening):
@@ -145,3 +241,5 @@ def test_a_kiosk_cannot_scan(tmp_path_factory, inventory):
     mods = load(tmp_path_factory, "kiosk-east-01", inventory)
     with pytest.raises(SaltInvocationError, match="^id: kiosk-east-01 is a kiosk"):
         mods["kiosk_scan.scan"]()
+    with pytest.raises(SaltInvocationError, match="^id: kiosk-east-01 is a kiosk"):
+        mods["kiosk_scan.presence"]()

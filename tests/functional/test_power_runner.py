@@ -49,9 +49,20 @@ class Minions(LocalClientStandIn):
                 yield {minion: {"ret": ret, "retcode": 0}}
 
 
-def scan(states, campus="east"):
-    """A Pi's kiosk_scan.scan answer: ``states`` {kiosk: open|closed}."""
-    return {"campus": campus, "kiosks": {k: {"state": s} for k, s in states.items()}}
+def scan(states, campus="east", minion=None):
+    """
+    A Pi's kiosk_scan.scan answer: ``states`` {kiosk: open|closed}; ``minion``
+    {kiosk: connected to this Pi's master}, by default the kiosks whose port is open.
+    """
+    minion = {k: s == "open" for k, s in states.items()} if minion is None else minion
+    return {"campus": campus, "kiosks": {k: {"state": s, "minion": minion.get(k, False)} for k, s in states.items()}}
+
+
+def never(fun):
+    """A job the runners must not send (the kiosks that are off would cost its whole timeout)."""
+    def answer(minion, kwarg):
+        raise AssertionError(f"{fun} sent to {minion}")
+    return answer
 
 
 @pytest.fixture
@@ -109,7 +120,7 @@ def east_day(minions, pi2="scan"):
                   "forged": lambda: [scan(states), scan({"kiosk-east-01": "open", "kiosk-east-02": "open"})]}
     minions.answer = {
         "kiosk_scan.scan": lambda m, k: [scan(states)] if m == "pi-east-1" else pi_answers[pi2](),
-        "test.ping": lambda m, k: [True] if states.get(m) == "open" else [],
+        "test.ping": never("test.ping"),
         "kiosk_wol.wake_kiosks": lambda m, k: [{"kiosks": {x: {"packets": 3, "to": "127.0.1.255"}
                                                            for x in k["kiosks"]}}],
         "kiosk_power.shutdown": lambda m, k: [{"action": "shutdown", "delay_s": k["delay_s"]}],
@@ -189,10 +200,34 @@ def test_verify_at_plus_15_posts_the_alert_fires_the_event_and_loads_once(runner
     assert calls["events"] == [("kiosk/power/mismatch", expected)]
     assert ret["error"] == "not in the expected state: kiosk-east-01 (expected on, observed off)"
     assert ret["verified"] == ["kiosk-east-02"] and ret["checked"] == ["kiosk-east-01", "kiosk-east-02"]
-    assert [fun for fun, _, _ in minions.jobs] == ["kiosk_scan.scan", "test.ping"]
+    assert [fun for fun, _, _ in minions.jobs] == ["kiosk_scan.scan"]  # presence came with the scans
     assert 'kiosk_power_verify_mismatches{campus="east"} 1' in (prom / "kiosk_power.prom").read_text()
     status = loaded["kiosk_power.status"](at=PLUS_15)
     assert status["mismatches"][-1] == expected and status["pending"] == {}
+
+
+def test_presence_comes_from_any_pi_of_the_campus_and_no_kiosk_is_asked(runner, minions):
+    loaded, _, _, _ = runner
+    states = east_day(minions)
+    states["kiosk-east-02"] = "closed"
+    # kiosk-east-01's minion is connected to pi-east-2's master only; kiosk-east-02's to none
+    connected = {"pi-east-1": {}, "pi-east-2": {"kiosk-east-01": True}}
+    minions.answer["kiosk_scan.scan"] = lambda m, k: [scan(states, minion=connected[m])]
+    ret = loaded["kiosk_power.verify"](at=AT, explicit=True, timeout=5)
+    assert ret["retcode"] == 1, ret
+    assert {m["kiosk"]: m["observed"] for m in ret["mismatches"]} == {"kiosk-east-01": "degraded"}
+    assert ret["verified"] == ["kiosk-east-02"]  # due off, port closed, no minion: off as expected
+    assert minions.jobs == [("kiosk_scan.scan", ["pi-east-1", "pi-east-2"],
+                             {"kiosks": ["kiosk-east-01", "kiosk-east-02"]})]
+    # a flag for the wrong campus, or no flag at all (a Pi not yet updated), is no presence
+    minions.answer["kiosk_scan.scan"] = lambda m, k: [
+        dict(scan(states, minion={"kiosk-east-01": True}), campus="west") if m == "pi-east-2"
+        else {"campus": "east", "kiosks": {x: {"state": "closed"} for x in states}}]
+    plan = loaded["kiosk_power.plan"](at=AT, hours=1, timeout=5)
+    assert plan["observed"]["kiosk-east-01"] == {"state": "off", "seen_by": {"pi-east-1": "closed"},
+                                                 "minion": False}, plan
+    assert plan["sweep_would"]["wake"] == {"east": ["kiosk-east-01"]}
+    assert "test.ping" not in [fun for fun, _, _ in minions.jobs]
 
 
 def test_plan_without_scan_calls_no_minion_and_explicit_verify_checks_now(runner, minions):
@@ -313,7 +348,7 @@ def real_pis(data, ports):
             for d in plan["destinations"] for k in d["kiosks"]}}]
 
     return {"kiosk_scan.scan": scan_, "kiosk_wol.wake_kiosks": wake_,
-            "test.ping": lambda m, k: [True] if ports.get(m) == "open" else [],
+            "test.ping": never("test.ping"),
             "kiosk_power.shutdown": lambda m, k: [{"action": "shutdown", "delay_s": k["delay_s"]}]}
 
 

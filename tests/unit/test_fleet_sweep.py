@@ -133,6 +133,27 @@ def test_minion_presence_tells_degraded_from_off_but_never_makes_a_kiosk_on():
     assert {k: v["state"] for k, v in silent.items()} == dict.fromkeys(sel["east"], "unknown")
 
 
+def test_presence_is_any_pi_of_the_kiosks_campus_reporting_its_minion_connected():
+    sel = {"east": ["k1", "k2", "k3", "k4"], "west": ["w1"]}
+    pis = {"east": ["p1", "p2"], "west": ["q1"]}
+    returns = {
+        "p1": {"campus": "east", "kiosks": {"k1": {"state": "closed", "minion": False},
+                                            "k2": {"state": "closed", "minion": "yes"},  # not True: no presence
+                                            "k3": {"state": "closed"}}},  # a Pi without the flag (older pack)
+        "p2": {"campus": "east", "kiosks": {"k1": {"state": "closed", "minion": True}, "k4": "garbage"}},
+        "q1": {"campus": "east", "kiosks": {"w1": {"state": "open", "minion": True}}},  # answered for another campus
+        "p9": {"campus": "east", "kiosks": {"k3": {"state": "closed", "minion": True}}},  # not a Pi of the campus
+    }
+    presence = fleet_sweep.scan_presence(sel, returns, pis)
+    assert presence == {"k1": True}
+    # a silent or failed Pi gives nothing; a list where the kiosks belong is no answer
+    assert fleet_sweep.scan_presence(sel, {"p1": "ERROR: boom", "p2": {"campus": "east", "kiosks": []}}, pis) == {}
+    out = fleet_sweep.observed_states(sel, returns, pis, presence)
+    assert out["k1"] == {"state": "degraded", "seen_by": {"p1": "closed", "p2": "closed"}, "minion": True}
+    assert {k: out[k]["state"] for k in ("k2", "k3", "k4", "w1")} == {"k2": "off", "k3": "off", "k4": "unknown",
+                                                                      "w1": "unknown"}
+
+
 def test_a_degraded_kiosk_due_on_is_woken_and_one_due_off_is_shut_down():
     # "degraded" rests on the kiosk's own answer (forgeable): it must not stop a wake
     obs = seen(kiosk_east_01="degraded", kiosk_east_02="degraded", kiosk_west_01="off")
