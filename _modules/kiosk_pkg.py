@@ -11,7 +11,8 @@ before it goes live, every refusal an alert naming the hop and source.
 Minion config (or pillar) ``kiosk_release``: ``repo_dir`` (Pi, default
 ``/srv/kiosk-releases``), ``access_log`` (Pi), ``dir`` (kiosk, default
 ``<cachedir>/kiosk_release``), ``releases``, ``install_timeout`` (1800),
-``bind_source``.
+``bind_source``, ``lan_rate`` (kiosk: the download cap, ``fleet_rate`` units,
+e.g. ``20mbit``; none: no cap).
 """
 
 import logging
@@ -29,6 +30,7 @@ if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec(
         fleet_client,
         fleet_fetch,
         fleet_inventory,
+        fleet_rate,
         fleet_release,
         fleet_repo,
         fleet_runner,
@@ -38,6 +40,7 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
     import fleet_client
     import fleet_fetch
     import fleet_inventory
+    import fleet_rate
     import fleet_release
     import fleet_repo
     import fleet_runner
@@ -157,7 +160,7 @@ def _get_file(url, path):
 # --------------------------------------------------------------------------- Pi: the campus repository
 
 
-def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, hop="master->pi"):
+def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, hop="master->pi", rate=None):
     """
     Stage release ``name`` ``version`` into this Pi's repository from
     ``source``: the master's export (``http(s)://.../kiosk-releases/`` or
@@ -166,7 +169,11 @@ def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, h
     (pillar ``kiosk_release:verify_key``) and every file's size/md5/sha256
     verified; the index is written last. ``pin``: the master's signed campus
     pin for this version (a pin not signed for this campus refuses the whole
-    call). ``hop`` labels alerts (``master->pi``, ``pi->pi``). Fires
+    call). ``hop`` labels alerts (``master->pi``, ``pi->pi``). ``rate``
+    caps the download (bytes/s, or a rate like ``2mbit``: ``fleet_rate``;
+    the runner passes the campus's WAN cap to the seed Pi). The other
+    staged versions serve as local bases (unchanged files and chunks are
+    not fetched again, ``reused`` counts them). Fires
     ``kiosk/release/staged``, or ``kiosk/release/alert`` on a refusal or bad
     copy; exit code 1 on failure.
 
@@ -176,6 +183,7 @@ def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, h
 
         salt pi-riverside-1 kiosk_pkg.stage kiosk-app 1.4.0
         salt pi-riverside-2 kiosk_pkg.stage kiosk-app 1.4.0 source=http://10.1.1.2/kiosk-releases/
+        salt pi-riverside-1 kiosk_pkg.stage kiosk-app 1.4.0 source=http://salt/kiosk-releases/ rate=2mbit
     """
     version = _args(name, version)
     repo = _repo_dir()
@@ -183,8 +191,9 @@ def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, h
     if not isinstance(hop, str) or not HOP.match(hop):
         raise SaltInvocationError(f"hop: {hop!r} is not a hop label like master->pi")
     retries = _checked(fleet_runner.number, retries, "retries", 0, 100)
+    pace = _checked(fleet_rate.pacer, rate)
     ret = {"result": True, "name": name, "version": version, "pi": __opts__["id"], "source": source,
-           "changed": False, "fetched": 0}
+           "changed": False, "fetched": 0, "rate": pace.rate if pace else None}
     try:
         keys = _verify_keys(hop, name, version)
         if pin is not None:
@@ -192,7 +201,7 @@ def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, h
         stage_from = fleet_repo.sources(source, *((_inventory(), __opts__["id"]) if source == "campus" else ()))
         with fleet_fetch.session() as session:
             out = fleet_repo.stage(repo, name, version, stage_from, keys, session, pin, retries, _get_file,
-                                   lambda exc, base: _alert(hop, name, version, exc, base))
+                                   lambda exc, base: _alert(hop, name, version, exc, base), pace=pace)
     except ERRORS as exc:
         return _fail(ret, exc)
     except OSError as exc:
@@ -287,25 +296,30 @@ def served(name, version):
     return ret
 
 
-def prune(name, keep=3):
+def prune(name, keep=None):
     """
-    Delete staged versions of ``name`` beyond the ``keep`` newest; the pinned
-    version is never deleted.
+    Delete staged versions of ``name`` the campus no longer needs: the
+    pinned version, the previous one (the newest below the pin) and every
+    version above the pin stay; with no pin (none yet, or frozen) all stay.
+    ``keep``: the ``keep`` newest stay too (at least 2). The runner calls
+    this after a successful push (``kiosk_release:prune``).
 
     CLI Example:
 
     .. code-block:: bash
 
+        salt -G kiosk_fleet_role:pi kiosk_pkg.prune kiosk-app
         salt -G kiosk_fleet_role:pi kiosk_pkg.prune kiosk-app keep=3
     """
     _args(name)
-    keep = _checked(fleet_repo.check_keep, keep)
+    if keep is not None:
+        keep = _checked(fleet_repo.check_keep, keep)
     repo = _repo_dir()
     try:
         removed, kept = fleet_repo.prune(repo, name, keep)
     except (fleet_release.ReleaseError, OSError) as exc:
         return _fail({"name": name, "pi": __opts__["id"]}, exc)
-    return {"result": True, "name": name, "removed": removed, "kept": kept}
+    return {"result": True, "name": name, "pi": __opts__["id"], "removed": removed, "kept": kept}
 
 
 # --------------------------------------------------------------------------- kiosk: follow the campus pin
@@ -346,7 +360,9 @@ def check_update(name=None, force=False, test=False):
     ``<dir>/<name>/installed.json`` (the ``kiosk_release`` grain), keep the
     previous package. Refusals fire ``kiosk/release/alert`` (``hop:
     pi->kiosk``). ``test=True`` only says what would happen; ``force=True``
-    reinstalls the pin. Exit code 1 on any failure (nothing changes then).
+    reinstalls the pin. Kept packages are used before the network (a
+    rollback to earlier content downloads nothing); the minion config or
+    pillar ``kiosk_release:lan_rate`` caps the download rate. Exit code 1 on any failure (nothing changes then).
 
     CLI Example:
 
@@ -361,6 +377,8 @@ def check_update(name=None, force=False, test=False):
         raise SaltInvocationError("name: no release named and kiosk_release:releases is no list of names")
     timeout = _checked(fleet_runner.number, _conf("install_timeout", 1800), "kiosk_release:install_timeout", 1,
                        86400)
+    # the LAN cap of this kiosk's downloads (minion config or pillar); one bucket for the whole call
+    pace = _checked(fleet_rate.pacer, _conf("lan_rate"), "kiosk_release:lan_rate")
     for each in names:
         _args(each)
     kiosk = __opts__["id"]
@@ -381,21 +399,22 @@ def check_update(name=None, force=False, test=False):
     # test topology on loopback, where the Pis' logs could not tell kiosks apart otherwise)
     with fleet_fetch.session(address if _conf("bind_source") is True else None) as session:
         for each in names:
-            result["releases"][each] = _update_one(session, repos, each, root, keys, campus, force, test, timeout)
+            result["releases"][each] = _update_one(session, repos, each, root, keys, campus, force, test, timeout,
+                                                   pace)
     if any(report["result"] is False for report in result["releases"].values()):
         result["result"] = False
         __context__["retcode"] = 1
     return result
 
 
-def _update_one(session, repos, name, root, keys, campus, force, test, timeout):
+def _update_one(session, repos, name, root, keys, campus, force, test, timeout, pace=None):
     def alert(hop, version, error, source):
         _alert(hop, name, version, error, source)
 
     def run(argv, cwd):
         return __salt__["cmd.run_all"](argv, cwd=cwd, python_shell=False, timeout=timeout, output_loglevel="debug")
 
-    report = fleet_client.update(session, repos, name, root, keys, campus, run, alert, force, test)
+    report = fleet_client.update(session, repos, name, root, keys, campus, run, alert, force, test, pace)
     if report["changed"]:
         try:
             __salt__["saltutil.refresh_grains"](refresh_pillar=False)

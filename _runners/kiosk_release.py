@@ -30,6 +30,7 @@ if importlib.util.find_spec("saltext_kiosk_fleet") and importlib.util.find_spec(
         fleet_fields,
         fleet_inventory,
         fleet_metrics,
+        fleet_rate,
         fleet_release,
         fleet_rollout,
         fleet_runner,
@@ -42,6 +43,7 @@ else:  # synced from file_roots: Salt puts the _utils folders on sys.path while 
     import fleet_fields
     import fleet_inventory
     import fleet_metrics
+    import fleet_rate
     import fleet_release
     import fleet_rollout
     import fleet_runner
@@ -113,6 +115,18 @@ class _Run:
 
     def key(self):  # read and checked at its first use in the run; never shown
         return self._once("key", lambda: fleet_store.read_signing_key(self.conf.get("signing_key")))
+
+    def rates(self):
+        """
+        The transfer caps (``fleet_rate``): ``{"wan": {campus: bytes/s or None}, "lan": bytes/s or None}``
+        from ``kiosk_release:wan_rate``, ``campus_rates`` and ``lan_rate``; checked before any job.
+        """
+        return self._once("rates", lambda: {"wan": fleet_rate.campus_rates(self.conf, sorted(self.inventory["campuses"])),
+                                            "lan": fleet_rate.lan_rate(self.conf)})
+
+    def prune(self):
+        """Whether a successful push prunes its campus's Pis (``kiosk_release:prune``, default true)."""
+        return self._once("prune", lambda: fleet_rollout.check_prune(self.conf.get("prune")))
 
     def timeout(self, value=None):
         value = self.conf.get("timeout", DEFAULT_TIMEOUT) if value is None else value
@@ -302,6 +316,8 @@ def _stage(run, name, version, campuses, timeout, serials):
     pinned to ``version`` with the serial in ``serials`` get the signed pin.
     """
     pins, pin_errors = fleet_rollout.signed_pins(run.state.read(), name, version, serials, run.key)
+    rates = run.rates()
+    wan = {c: rates["wan"].get(c) for c in campuses}
     rounds = fleet_rollout.stage_rounds({c: run.pis(c) for c in campuses})
     returns = None
     try:
@@ -309,14 +325,36 @@ def _stage(run, name, version, campuses, timeout, serials):
             hop, wave = rounds.send(returns)
             returns = {}
             source = run.master_source() if hop == "master->pi" else "campus"
-            for pis, pin_ in fleet_rollout.stage_jobs(wave, pins):
-                kwarg = {"source": source, "hop": hop, **({"pin": pin_} if pin_ else {})}
+            # the WAN cap on the master->Pi copies only; the LAN copies uncapped unless lan_rate
+            for pis, pin_, rate in fleet_rollout.stage_jobs(wave, pins, fleet_rollout.hop_rates(hop, wan,
+                                                                                                rates["lan"])):
+                kwarg = {"source": source, "hop": hop, **({"pin": pin_} if pin_ else {}),
+                         **({"rate": rate} if rate else {})}
                 returns.update(_call(pis, "kiosk_pkg.stage", [name, version], kwarg, timeout))
     except StopIteration as done:
         report = done.value
     for campus, error in pin_errors.items():
         report[campus]["pin_error"] = error
-    return report
+    return fleet_rollout.stage_rates(report, wan, rates["lan"])
+
+
+def _prune(run, name, campus, timeout):
+    """
+    After a successful push: ``kiosk_pkg.prune`` on the campus's Pis (the
+    pin, the previous version and anything above the pin stay);
+    ``{pi: {"removed", "kept"} | {"error"}}``. Never fails the push.
+    """
+    pis = run.pis(campus)
+    try:
+        returns = _call(pis, "kiosk_pkg.prune", [name], {}, min(timeout, PI_STATUS_TIMEOUT))
+    except Exception as exc:  # pylint: disable=broad-except - the push stands whatever the pruning does
+        log.warning("kiosk_release: pruning %s on %s failed: %s", name, campus, exc)
+        returns = dict.fromkeys(pis, {"result": False, "error": f"prune: {exc.__class__.__name__}"})
+    pruned = fleet_rollout.prune_results(pis, returns)
+    for pi, entry in pruned.items():
+        if "error" in entry:
+            log.warning("kiosk_release: %s: prune of %s failed: %s", pi, name, entry["error"])
+    return pruned
 
 
 def on_published(name=None, version=None, campuses=None, timeout=None):
@@ -343,6 +381,7 @@ def on_published(name=None, version=None, campuses=None, timeout=None):
             fleet_store.manifest(run.store, name, version)  # a readable, valid manifest (signed at publish)
         inventory = run.inventory  # before the claim: a claim is never lost to an inventory error
         run.master_source()  # the same for a bad master_url
+        run.rates()  # and for a bad wan_rate, campus_rates or lan_rate
         with run.state.locked() as state:
             claimed = fleet_rollout.claim_event_staging(state, name, version, hints, held)
     except ValueError as exc:
@@ -378,6 +417,7 @@ def stage(name=None, version=None, campuses=None, timeout=None):
         targets = run.campuses(campuses)
         timeout = run.timeout(timeout)
         run.master_source()  # a bad master_url fails here, before any job
+        run.rates()  # a bad rate setting too
         serials = fleet_rollout.pinned_serials(run.state.read(), name, version, targets)
     except ValueError as exc:
         return _failed("stage", exc)
@@ -470,6 +510,7 @@ def push(name=None, version=None, campus=None, pi=None, timeout=None):
             raise fleet_rollout.RolloutError("campus: name one campus to push to (or pi=<a Pi of it>)")
         campus = run.one_campus(campus)
         timeout = run.timeout(timeout)
+        prune_after = run.prune()
     except ValueError as exc:
         return fleet_runner.fail(__context__, exc)
     kiosks, skip = _push_campus(run, name, version, campus, timeout)
@@ -479,6 +520,8 @@ def push(name=None, version=None, campus=None, pi=None, timeout=None):
     ret = {"result": not bad, "pushed": True, "name": name, "version": version, "campus": campus, "kiosks": kiosks}
     if bad:
         ret["error"] = f"{len(bad)} of {len(kiosks)} kiosks of {campus} are not on {version} (the push stays due)"
+    elif prune_after:
+        ret["pruned"] = _prune(run, name, campus, timeout)
     return _finish("push", ret)
 
 
@@ -518,7 +561,10 @@ def _roll_ring(run, name, version, ring, timeout, threshold):
         with run.state.locked() as state:  # only a campus whose push succeeded is marked pushed
             for campus in ring:
                 fleet_rollout.end_push(state, name, campus, pins[campus]["serial"], ok.get(campus, False))
-    return fleet_rollout.ring_outcome(ring, version, staged, kiosks, {c: run.kiosks(c) for c in ring}, threshold)
+    entry = fleet_rollout.ring_outcome(ring, version, staged, kiosks, {c: run.kiosks(c) for c in ring}, threshold)
+    if run.prune():  # a campus whose push succeeded no longer needs what is below its previous version
+        entry["pruned"] = {c: _prune(run, name, c, timeout) for c in ring if ok.get(c)}
+    return entry
 
 
 def _rollout(run, name, version, targets, rings, threshold, timeout):
@@ -561,6 +607,8 @@ def rollout(name=None, version=None, campuses=None, canary=None, rings=None, max
         timeout = run.timeout(timeout)
         run.key()  # pins are signed: fail here, before any ring, without a usable key
         run.master_source()  # a bad master_url fails here too
+        run.rates()
+        run.prune()
     except ValueError as exc:
         return _failed("rollout", exc)
     return _rollout(run, name, version, targets, ring_plan, threshold, timeout)
@@ -586,6 +634,7 @@ def pin(name=None, version=None, campus=None, timeout=None):
         targets = run.campuses(campus, "campus")
         timeout = run.timeout(timeout)
         run.master_source()  # a bad master_url fails before the pin moves
+        run.rates()  # so does a bad rate setting
         with run.state.locked() as state:
             pins = fleet_rollout.set_pins(state, name, targets, version, run.key(), time.time())
             for c in targets:  # no push: the staged reactor must leave these kiosks alone
@@ -649,6 +698,8 @@ def rollback(name=None, campus=None, timeout=None):
         previous, version = fleet_rollout.rollback_plan(
             name, campus, pin_, fleet_store.manifests(run.store, name, wanted), fleet_store.published(run.store, name))
         run.master_source()  # a bad master_url fails before anything is stored
+        run.rates()
+        run.prune()
         fleet_store.rollback_copy(run.store, name, previous, version, run.key())
     except ValueError as exc:
         return _failed("rollback", exc)

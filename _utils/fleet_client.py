@@ -203,6 +203,24 @@ def record(root, name, version, pin):
     return doc
 
 
+def kept_bases(root, name, version):
+    """
+    The kiosk's kept packages of ``name`` other than ``version`` (newest
+    first), as directories holding their manifest: the local bases a new
+    version takes unchanged files and chunks from (re-hashed against the new
+    signed manifest by ``fleet_fetch``). The previous package is kept, so a
+    rollback, republished as a new version with the earlier content, costs
+    the kiosk no download.
+    """
+    try:
+        present = os.listdir(os.path.join(root, name))
+    except OSError:
+        return []
+    found = [v for v in present if v != version and fleet_release.VERSION.match(v)
+             and os.path.isfile(os.path.join(root, name, v, fleet_release.MANIFEST))]
+    return [os.path.join(root, name, v) for v in reversed(fleet_release.sort_versions(found))]
+
+
 def keep_two(root, name, version, previous):
     """Delete every package of ``name`` but ``version`` and ``previous``; returns what went."""
     present = [v for v in os.listdir(os.path.join(root, name)) if fleet_release.VERSION.match(v)]
@@ -212,7 +230,7 @@ def keep_two(root, name, version, previous):
     return removed
 
 
-def update(session, repos, name, root, keys, campus, run, alert, force=False, test=False):
+def update(session, repos, name, root, keys, campus, run, alert, force=False, test=False, pace=None):
     """
     Bring release ``name`` under ``root`` to the campus pin read from
     ``repos`` (``[(pi id, base URL)]``, home Pi first) with ``keys``.
@@ -221,7 +239,9 @@ def update(session, repos, name, root, keys, campus, run, alert, force=False, te
     copy. Returns the report ``kiosk_pkg.check_update`` gives per release:
     ``result`` (True, None for ``test``, False with ``error``), ``changed``,
     ``installed``, ``pin``, ``repos_down``, ``refused``, ``source``,
-    ``fetched``, ``resumed``, ``version``, ``record``, ``comment``.
+    ``fetched``, ``reused``, ``resumed``, ``version``, ``record``,
+    ``comment``. ``pace(nbytes)`` (``fleet_rate.Pacer``) caps the download's
+    rate; the kept packages (:func:`kept_bases`) are used before the network.
     """
     report = {"result": True, "changed": False}
     seen = read_indexes(session, repos, name, keys, campus)
@@ -247,12 +267,12 @@ def update(session, repos, name, root, keys, campus, run, alert, force=False, te
             if current(root, name).get("version") == what and not force:
                 return dict(report, comment=f"already on {what} (installed by another job)")
             return _install(session, candidates(repos, seen["indexes"], pin, what), name, what, pin, root, keys,
-                            run, alert, report)
+                            run, alert, report, pace)
     except (fleet_release.ReleaseError, OSError) as exc:
         return dict(report, result=False, error=str(exc))
 
 
-def _install(session, sources, name, version, pin, root, keys, run, alert, report):
+def _install(session, sources, name, version, pin, root, keys, run, alert, report, pace=None):
     def bad_copy(exc, source):
         alert("pi->kiosk", version, exc, source)
 
@@ -261,10 +281,12 @@ def _install(session, sources, name, version, pin, root, keys, run, alert, repor
     if doc is not None:
         report["source"] = "local"
     else:
-        got = fleet_fetch.fetch_release(session, sources, name, version, root, keys, bad_copy=bad_copy)
+        got = fleet_fetch.fetch_release(session, sources, name, version, root, keys, bad_copy=bad_copy,
+                                        bases=kept_bases(root, name, version), pace=pace)
         package = fleet_fetch.materialise(root, got["doc"], got["raw"], got["work"])
         doc = got["doc"]
-        report.update(source=got["source"], fetched=got["fetched"], resumed=got["resumed"])
+        report.update(source=got["source"], fetched=got["fetched"], reused=got.get("reused", 0),
+                      resumed=got["resumed"])
     argv = fleet_release.install_argv(doc, package)
     outcome = run(argv, package) if argv else {"retcode": 0, "stderr": ""}
     if outcome["retcode"] not in doc.get("success_codes", [0]):

@@ -93,23 +93,42 @@ def live_signed(repo, name, version, keys):
     return True
 
 
-def stage(repo, name, version, stage_from, keys, session, pin=None, retries=3, get_file=None, bad_copy=None):
+def bases(repo, name, version, index=None):
+    """
+    The directories of the other live versions of ``name`` in ``repo``
+    (newest first): what a new version can take unchanged files and chunks
+    from instead of the network (``fleet_fetch.fetch_release(bases=...)``,
+    which re-hashes everything it takes against the new signed manifest).
+    A rollback republished as a new version thus costs no package bytes.
+    """
+    index = read_index(repo, name) if index is None else index
+    others = [v for v in index["versions"] if v != version and live(repo, name, v)]
+    return [os.path.join(repo, name, v) for v in reversed(fleet_release.sort_versions(others))]
+
+
+def stage(repo, name, version, stage_from, keys, session, pin=None, retries=3, get_file=None, bad_copy=None,
+          pace=None):
     """
     Stage ``name`` ``version`` into ``repo`` from the first of ``stage_from``
     (``[(label, base URL)]``) with an intact copy, unless a signed copy is
     live already; then record it in the index and, with ``pin`` (already
     verified for this Pi's campus and version), move the campus pin to it.
     Returns ``{"changed", "index", ...}`` (``source``, ``fetched``,
-    ``resumed`` when it fetched; ``pinned`` or ``pin_skipped`` with a pin).
+    ``reused``, ``resumed`` when it fetched; ``pinned`` or ``pin_skipped``
+    with a pin). The other live versions are the download's local
+    :func:`bases`; ``pace(nbytes)`` (``fleet_rate.Pacer``) caps its network
+    rate.
     """
     out = {"changed": False, "fetched": 0}
     os.makedirs(repo, exist_ok=True)
     with fleet_fetch.lock(repo, f"{name}-{version}"):
         index = read_index(repo, name)
         if version not in index["versions"] or not live_signed(repo, name, version, keys):
-            got = fleet_fetch.fetch_release(session, stage_from, name, version, repo, keys, retries, get_file, bad_copy)
+            got = fleet_fetch.fetch_release(session, stage_from, name, version, repo, keys, retries, get_file, bad_copy,
+                                            bases=bases(repo, name, version, index), pace=pace)
             fleet_fetch.materialise(repo, got["doc"], got["raw"], got["work"])
-            out.update(changed=True, source=got["source"], fetched=got["fetched"], resumed=got["resumed"])
+            out.update(changed=True, source=got["source"], fetched=got["fetched"], reused=got.get("reused", 0),
+                       resumed=got["resumed"])
         if out["changed"] or pin is not None:
             with fleet_fetch.lock(repo, f"{name}.index", INDEX_LOCK_WAIT):  # read-modify-write: one writer
                 index = read_index(repo, name)
@@ -170,29 +189,47 @@ def served(path, name, version):
 
 
 def check_keep(keep):
-    """How many staged versions prune keeps: a whole number, at least 2 (the pin and the one before it)."""
+    """How many staged versions prune keeps at least: a whole number, at least 2 (the pin and the one before it)."""
     value = fleet_runner.number(keep, "keep", 0, 10**6)
     if value < 2:
         raise fleet_release.ReleaseError(f"keep: {value} is below 2 (the pin and the one before it stay)")
     return value
 
 
-def prune_plan(index, keep):
-    """``(removed, kept)``: the versions beyond the ``keep`` newest go, the pinned one always stays."""
+def prune_plan(index, keep=None):
+    """
+    ``(removed, kept)`` of the versions staged in ``index``. With a campus
+    pin: the pinned version, the previous one (the newest staged below the
+    pin: what a rollback republishes) and every version above the pin
+    (pre-staged, or what the campus was rolled back from) stay; the rest
+    goes. Without a pin (none yet, or the campus frozen) nothing is known to
+    be unused: all stay. ``keep`` (the manual call) keeps the ``keep``
+    newest as well, pin or not.
+    """
     versions = fleet_release.sort_versions(index["versions"])
-    pinned = {index["pin"]["version"]} if index["pin"] and index["pin"]["version"] else set()
-    kept = set(versions[-keep:]) | pinned
+    pinned = index["pin"]["version"] if index["pin"] and index["pin"].get("version") else None
+    if pinned is None:
+        kept = set(versions[-keep:]) if keep else set(versions)
+    else:
+        floor = fleet_release.parse_version(pinned)
+        below = [v for v in versions if fleet_release.parse_version(v) < floor]
+        kept = {pinned, *below[-1:], *(v for v in versions if fleet_release.parse_version(v) > floor)}
+        if keep:
+            kept |= set(versions[-keep:])
     return fleet_release.prune_plan(versions, kept), fleet_release.sort_versions(kept)
 
 
-def prune(repo, name, keep):
+def prune(repo, name, keep=None):
     """Delete the versions :func:`prune_plan` drops: first out of the index, then off the disk."""
+    if keep is not None:
+        keep = check_keep(keep)
     with fleet_fetch.lock(repo, f"{name}.index", INDEX_LOCK_WAIT):
         index = read_index(repo, name)
         removed, kept = prune_plan(index, keep)
-        for version in removed:
-            del index["versions"][version]
-        write_index(repo, name, index)
+        if removed:
+            for version in removed:
+                del index["versions"][version]
+            write_index(repo, name, index)
         for version in removed:
             shutil.rmtree(os.path.join(repo, name, version), ignore_errors=True)
     return removed, kept

@@ -685,16 +685,63 @@ def stage_rounds(pis_by_campus):
     return report
 
 
-def stage_jobs(wave, pins):
+def stage_jobs(wave, pins, rates=None):
     """
     The jobs of one staging round ``{campus: [pi, ...]}``: ``[(pis, signed
-    pin or None)]``, one job per distinct pin (a signed pin names its campus;
-    ``pins`` is ``{campus: signed pin}``), the campuses without one together.
+    pin or None, rate or None)]``, one job per distinct pin (a signed pin
+    names its campus; ``pins`` is ``{campus: signed pin}``) and rate
+    (``rates``: ``{campus: bytes/s or None}`` for this round's hop), the
+    campuses without a pin and with the same rate together.
     """
+    rates = rates or {}
     jobs = {}
     for campus, pis in sorted(wave.items()):
-        jobs.setdefault(campus if campus in pins else None, []).extend(pis)
-    return [(pis, pins.get(campus)) for campus, pis in jobs.items()]
+        rate = rates.get(campus)
+        jobs.setdefault((campus if campus in pins else None, rate), (pins.get(campus), rate, []))[2].extend(pis)
+    return [(pis, pin, rate) for pin, rate, pis in jobs.values()]
+
+
+def hop_rates(hop, wan, lan):
+    """
+    ``{campus: bytes/s or None}`` for one staging round: the campuses' WAN
+    caps (``wan``, ``fleet_rate.campus_rates``) for ``master->pi``, the LAN
+    cap ``lan`` for every campus on ``pi->pi``.
+    """
+    if hop == "master->pi":
+        return dict(wan)
+    return dict.fromkeys(wan, lan)
+
+
+def stage_rates(report, wan, lan):
+    """Name the caps used in a staging ``report``: each campus gets ``rate: {"wan", "lan"}`` (bytes/s, None: none)."""
+    for campus, entry in report.items():
+        entry["rate"] = {"wan": wan.get(campus), "lan": lan}
+    return report
+
+
+def check_prune(value, field="kiosk_release:prune"):
+    """Whether the runner prunes the Pis after a successful push: True (default, ``None``) or False."""
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise RolloutError(f"{field}: {fleet_fields.shown(value)} is not true or false")
+    return value
+
+
+def prune_results(pis, returns):
+    """
+    ``{pi: {"removed": [...], "kept": [...]} | {"error": why}}`` from the
+    ``kiosk_pkg.prune`` returns of a campus's Pis (a silent Pi: ``did not
+    answer``). A failure is reported here, never turned into a failed push.
+    """
+    out = {}
+    for pi in sorted(pis):
+        ret = returns.get(pi)
+        if answer_ok(ret) and isinstance(ret.get("removed"), list):
+            out[pi] = {"removed": [str(v) for v in ret["removed"]], "kept": [str(v) for v in ret.get("kept") or []]}
+        else:
+            out[pi] = {"error": answer_error(ret)}
+    return out
 
 
 def unstaged(report):

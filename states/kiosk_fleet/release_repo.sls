@@ -14,6 +14,9 @@
                                   # kiosk_fleet:campuses:<campus>:pis:<id>:vlans:*:source
         access_log: /var/log/nginx/kiosk-release-repo.access.log
         remove_default_site: True # Debian's "default" site listens on every address
+        limit_rate: 256k          # optional: nginx's cap per connection (bytes/s; k = KiB, m = MiB),
+                                  # e.g. on the master's export; empty or absent: no cap. Anything but
+                                  # digits with an optional k/m fails the state (nothing is installed)
 
     The central master is no Pi of the inventory: give it `listen` in pillar.
     With no address at all this state fails rather than listen on 0.0.0.0.
@@ -41,6 +44,10 @@
 {%- set campus_spec = found.spec %}
 {%- set port = conf.get('port', campus_spec.get('repo_port', 80)) %}
 {%- set access_log = conf.get('access_log', '/var/log/nginx/kiosk-release-repo.access.log') %}
+{#- nginx size syntax only: the value lands in the config file, so nothing else may pass #}
+{%- set limit_rate = conf.get('limit_rate') %}
+{%- set limit_rate = '' if limit_rate is none else limit_rate | string | trim %}
+{%- set limit_rate_ok = limit_rate == '' or limit_rate | regex_match('^([1-9][0-9]{0,9}[kKmM]?)$') %}
 {%- set http_conf = '/etc/nginx/conf.d/kiosk-release-repo-http.conf' %}
 {%- set site_conf = '/etc/nginx/sites-enabled/kiosk-release-repo.conf' %}
 
@@ -65,6 +72,12 @@ kiosk_release_repo_needs_addresses:
         release_repo: no address to listen on: set pillar kiosk_release_repo:listen, or give this Pi
         its VLAN source addresses in kiosk_fleet:campuses:<campus>:pis (pillar campus of {{ opts['id'] | json }}:
         {{ found.campus | json }})
+{%- elif not limit_rate_ok %}
+kiosk_release_repo_bad_limit_rate:
+  test.fail_without_changes:
+    - name: >-
+        release_repo: kiosk_release_repo:limit_rate: {{ limit_rate | json }} is not an nginx rate
+        (digits with an optional k or m, e.g. 256k; empty for no cap)
 {%- else %}
 kiosk_release_repo_nginx:
   pkg.installed:
@@ -95,6 +108,7 @@ kiosk_release_repo_site:
         listen: {{ listen | json }}
         repo_dir: {{ repo_dir | json }}
         access_log: {{ access_log | json }}
+        limit_rate: {{ limit_rate | json }}
     # the candidate file ($1) alone in a main conf with the log_format: nginx -t
     - check_cmd: >-
         /bin/sh -c 'd=$(mktemp -d) || exit 1;

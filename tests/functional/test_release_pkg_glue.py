@@ -217,3 +217,44 @@ def test_the_releases_setting_may_be_one_name_and_a_bad_install_timeout_is_refus
                               {"releases": [NAME], "install_timeout": "soon"})
     with pytest.raises(SaltInvocationError, match=r"^kiosk_release:install_timeout: 'soon' is not a whole number"):
         mods["kiosk_pkg.check_update"](force=True)
+
+
+def test_stage_takes_a_rate_and_refuses_a_bad_one_before_any_download(pi, servers, releases):
+    root, mods, events = pi
+    servers["pi-east-2"].put(releases.package("5.0.0"))
+    with pytest.raises(SaltInvocationError, match=r"^rate: 'fast' is not a rate"):
+        mods["kiosk_pkg.stage"](NAME, "5.0.0", source=servers["pi-east-2"].base, rate="fast")
+    with pytest.raises(SaltInvocationError, match=r"^rate: 0 is not above 0"):
+        mods["kiosk_pkg.stage"](NAME, "5.0.0", source=servers["pi-east-2"].base, rate=0)
+    assert mods["kiosk_pkg.repo_status"](NAME)["staged"] == [] and events == []
+    ret = mods["kiosk_pkg.stage"](NAME, "5.0.0", source=servers["pi-east-2"].base, rate="2mbit")
+    assert ret["result"] is True and ret["rate"] == 250000 and ret["fetched"] > 0, ret
+    ret = mods["kiosk_pkg.stage"](NAME, "5.0.0", source=servers["pi-east-2"].base)
+    assert ret["result"] is True and ret["rate"] is None and ret["changed"] is False, ret
+
+
+def test_prune_keeps_the_pin_its_previous_and_what_is_above(pi, servers, releases):
+    root, mods, events = pi
+    serial = int(time.time())
+    for i, version in enumerate(("6.0.0", "6.1.0", "6.2.0", "6.3.0")):
+        servers["pi-east-2"].put(releases.package(version))
+        pin = releases.pin(version, serial + i) if version != "6.3.0" else None  # 6.3.0 pre-staged, not pinned
+        ret = mods["kiosk_pkg.stage"](NAME, version, source=servers["pi-east-2"].base, pin=pin)
+        assert ret["result"] is True, ret
+    with pytest.raises(SaltInvocationError, match=r"^keep: 1 is below 2"):
+        mods["kiosk_pkg.prune"](NAME, keep=1)
+    ret = mods["kiosk_pkg.prune"](NAME)
+    assert ret == {"result": True, "name": NAME, "pi": PI, "removed": ["6.0.0"], "kept": ["6.1.0", "6.2.0", "6.3.0"]}
+    assert mods["kiosk_pkg.repo_status"](NAME)["staged"] == ["6.1.0", "6.2.0", "6.3.0"]
+    assert not (root / "repo" / NAME / "6.0.0").exists()
+
+
+def test_the_kiosk_reads_its_lan_rate_from_its_config(servers, signing_key, releases):
+    publish(servers, releases, "1.5.0", lambda files: files)
+    root, mods, events = node(KIOSK, servers, signing_key, {"dir": "releases"}, {"lan_rate": "1kbit"})
+    with pytest.raises(SaltInvocationError, match=r"^kiosk_release:lan_rate: '1kbit' is 125 bytes/s, outside"):
+        mods["kiosk_pkg.check_update"](NAME)
+    assert mods["kiosk_pkg.installed"](NAME) is None
+    root, mods, events = node(KIOSK, servers, signing_key, {"dir": "releases"}, {"lan_rate": "100mbit"})
+    report = mods["kiosk_pkg.check_update"](NAME)["releases"][NAME]
+    assert report["result"] is True and report["version"] == "1.5.0" and report["fetched"] > 0, report

@@ -275,7 +275,7 @@ def test_state_renders_the_pi_config_from_the_inventory(pi_minion, tmp_path):
     site = _args(states["kiosk_release_repo_site"], "file")
     assert site["name"] == "/etc/nginx/sites-enabled/kiosk-release-repo.conf"
     assert site["context"] == {"listen": [f"{a}:8080" for a in PI_ADDRESSES], "repo_dir": str(root / "releases"),
-                               "access_log": str(root / "access.log")}
+                               "access_log": str(root / "access.log"), "limit_rate": ""}
     assert site["check_cmd"].startswith("/bin/sh -c ")
     # Salt's check_cmd temp file lands in the minion's cwd unless tmp_dir is set
     assert site["tmp_dir"] == "/etc/nginx"
@@ -297,6 +297,7 @@ def test_state_renders_the_pi_config_from_the_inventory(pi_minion, tmp_path):
         "listen 127.0.1.2:8080;", "listen 127.0.2.2:8080;"]
     assert f'alias "{root / "releases"}/";' in conf
     assert f'access_log "{root / "access.log"}" kiosk_release_repo;' in conf
+    assert "limit_rate" not in conf  # no pillar limit_rate: no cap
     # the campus runtime's folder: this Pi's campus's Pis only (their VLAN sources and master addresses)
     riverside = ["127.0.1.2", "127.0.1.3", "127.0.2.2", "127.0.2.3"]
     assert [line.strip() for line in conf.splitlines() if line.strip().startswith(("allow ", "deny "))] == [
@@ -317,6 +318,44 @@ def test_state_renders_the_pi_config_from_the_inventory(pi_minion, tmp_path):
     assert result["result"] is False and "check_cmd execution failed" in result["comment"], result
     assert "invalid port" in result["comment"]
     assert dest.read_text() == conf
+
+
+@pytest.mark.parametrize("rate", ["256k", "1M", 125000])
+def test_a_pillar_limit_rate_lands_in_the_server_block_and_nginx_accepts_it(pi_minion, tmp_path, rate):
+    root, mods = pi_minion
+    pillar = {"kiosk_release_repo": {"repo_dir": str(root / "releases"), "access_log": str(root / "access.log"),
+                                     "limit_rate": rate}}
+    states = mods["state.show_sls"]("kiosk_fleet.release_repo", pillar=pillar)
+    assert isinstance(states, dict) and "kiosk_release_repo_site" in states, states
+    site = _args(states["kiosk_release_repo_site"], "file")
+    assert site["context"]["limit_rate"] == str(rate)
+    http = _args(states["kiosk_release_repo_log_format"], "file")
+    http_conf = tmp_path / "kiosk-release-repo-http.conf"
+    ret = mods["state.single"]("file.managed", name=str(http_conf), source=http["source"], template="jinja")
+    assert all(r["result"] for r in ret.values()), ret
+    dest = tmp_path / "kiosk-release-repo.conf"
+    # Salt's own check_cmd (nginx -t of the candidate) passes with the directive in it
+    ret = mods["state.single"]("file.managed", name=str(dest), source=site["source"], template="jinja",
+                               context=site["context"], check_cmd=site["check_cmd"].replace(http["name"], str(http_conf)),
+                               tmp_dir=str(tmp_path))
+    assert all(r["result"] for r in ret.values()), ret
+    conf = dest.read_text()
+    assert [line.strip() for line in conf.splitlines() if line.strip().startswith("limit_rate")] == [
+        f"limit_rate {rate};"]
+    checked = NginxRepo(PI_ADDRESSES, root / "releases", tmp_path / "nginx").check(server_conf=conf)
+    assert checked.returncode == 0, checked.stderr
+    # the tests' plain-jinja2 render gives the same text
+    assert conf == render("kiosk-release-repo.conf.jinja", **site["context"],
+                          campus_pis=["127.0.1.2", "127.0.1.3", "127.0.2.2", "127.0.2.3"])
+
+
+@pytest.mark.parametrize("rate", ["1m; return 200 x", "fast", "0", "-1k", "1g", "1.5m", True, "256k\nlisten 0.0.0.0:80"])
+def test_a_limit_rate_that_is_no_nginx_rate_fails_the_state_and_installs_nothing(pi_minion, rate):
+    root, mods = pi_minion
+    pillar = {"kiosk_release_repo": {"repo_dir": str(root / "releases"), "limit_rate": rate}}
+    states = mods["state.show_sls"]("kiosk_fleet.release_repo", pillar=pillar)
+    assert list(states) == ["kiosk_release_repo_bad_limit_rate"], states
+    assert "kiosk_release_repo:limit_rate: " in _args(states["kiosk_release_repo_bad_limit_rate"], "test")["name"]
 
 
 def test_state_off_the_inventory_needs_listen_from_pillar(pillar_tree, tmp_path):

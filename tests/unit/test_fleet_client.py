@@ -323,3 +323,43 @@ def test_update_fails_on_a_failed_install_and_records_nothing(key, tmp_path):
     assert alerts == ["install"] and fleet_client.current(str(tmp_path), NAME) == {}
     test = fleet_client.update(session, REPOS[:1], NAME, str(tmp_path), key[1], "east", None, None, test=True)
     assert test["result"] is None and test["comment"] == "would install 2.0.0 (installed: None)"
+
+
+# --------------------------------------------------------------------------- local reuse and the cap
+
+
+def test_kept_bases_are_the_other_kept_packages_newest_first(tmp_path):
+    assert fleet_client.kept_bases(str(tmp_path), NAME, "2.0.0") == []  # nothing installed yet
+    for version in ("1.0.0", "1.10.0", "1.9.0", "2.0.0"):
+        os.makedirs(tmp_path / NAME / version)
+        (tmp_path / NAME / version / "manifest.json").write_text("{}")
+    os.makedirs(tmp_path / NAME / "3.0.0")  # a package without its manifest is no base
+    (tmp_path / NAME / "installed.json").write_text("{}")
+    assert fleet_client.kept_bases(str(tmp_path), NAME, "2.0.0") == [
+        str(tmp_path / NAME / v) for v in ("1.10.0", "1.9.0", "1.0.0")]
+
+
+def test_a_rollback_to_kept_content_downloads_no_package_bytes_and_every_network_byte_is_paced(key, tmp_path):
+    good, bad = b"good build\n" * 5000, b"bad build\n" * 5000
+
+    def run(argv, cwd):  # a stand-in install
+        return {"retcode": 0, "stderr": ""}
+
+    routes = {**served(HOME, release(key, "1.0.0", good)), **served(HOME, release(key, "1.1.0", bad)),
+              **served(HOME, release(key, "1.1.1", good))}
+    paced = []
+    for version, serial, body in (("1.0.0", NOW, good), ("1.1.0", NOW + 1, bad)):
+        routes[HOME + f"{NAME}/index.json"] = index(key, [version], version, serial=serial)
+        report = fleet_client.update(Session(routes), REPOS[:1], NAME, str(tmp_path), key[1], "east", run, None,
+                                     pace=paced.append)
+        assert report["result"] is True and report["fetched"] == len(body), report
+    assert sum(paced) == len(good) + len(bad)  # the cap saw every byte of both downloads
+    # the rollback: 1.0.0's content republished as 1.1.1; 1.0.0 is the kept previous package
+    routes[HOME + f"{NAME}/index.json"] = index(key, ["1.1.1"], "1.1.1", serial=NOW + 2)
+    session, paced = Session(routes), []
+    report = fleet_client.update(session, REPOS[:1], NAME, str(tmp_path), key[1], "east", run, None,
+                                 pace=paced.append)
+    assert report["result"] is True and report["version"] == "1.1.1", report
+    assert report["fetched"] == 0 and report["reused"] == len(good) and sum(paced) == 0
+    assert HOME + f"{NAME}/1.1.1/app.bin" not in session.asked  # only the index and the signed manifest
+    assert (tmp_path / NAME / "1.1.1" / "app.bin").read_bytes() == good

@@ -121,15 +121,87 @@ def test_check_keep_refuses(keep, match):
         fleet_repo.check_keep(keep)
 
 
-def test_prune_keeps_the_newest_and_the_pin_index_first(key, tmp_path):
+def test_prune_keeps_the_pin_its_previous_and_what_is_above_index_first(key, tmp_path):
     repo = tmp_path / "repo"
     versions = ["1.0.0", "1.1.0", "1.2.0", "2.0.0"]
     session = Session({k: v for version in versions for k, v in served(MASTER, release(key, version)).items()})
     for version in versions:
         stage(repo, session, key[1], version)
-    fleet_repo.store_pin(str(repo), NAME, fleet_sign.sign_pin(NAME, "east", "1.0.0", NOW, key[0], signed_at=NOW))
-    assert fleet_repo.prune_plan(fleet_repo.read_index(str(repo), NAME), 2) == (["1.1.0"], ["1.0.0", "1.2.0", "2.0.0"])
-    removed, kept = fleet_repo.prune(str(repo), NAME, 2)
-    assert removed == ["1.1.0"] and kept == ["1.0.0", "1.2.0", "2.0.0"]
+    assert fleet_repo.prune(str(repo), NAME) == ([], versions)  # no pin yet: nothing known to be unused
+    fleet_repo.store_pin(str(repo), NAME, fleet_sign.sign_pin(NAME, "east", "1.2.0", NOW, key[0], signed_at=NOW))
+    assert fleet_repo.prune_plan(fleet_repo.read_index(str(repo), NAME), 4) == ([], versions)  # keep: a floor
+    removed, kept = fleet_repo.prune(str(repo), NAME)
+    assert removed == ["1.0.0"] and kept == ["1.1.0", "1.2.0", "2.0.0"]
     assert sorted(fleet_repo.read_index(str(repo), NAME)["versions"]) == kept
-    assert not (repo / NAME / "1.1.0").exists() and (repo / NAME / "1.0.0").exists()
+    assert not (repo / NAME / "1.0.0").exists() and (repo / NAME / "1.1.0").exists()
+    assert fleet_repo.prune(str(repo), NAME) == ([], kept)  # nothing more to do
+    with pytest.raises(fleet_release.ReleaseError, match=r"^keep: 1 is below 2"):
+        fleet_repo.prune(str(repo), NAME, 1)
+
+
+def index_of(versions, pin=None):
+    return {"versions": dict.fromkeys(versions, {}), "pin": None if pin is False else {"version": pin}}
+
+
+@pytest.mark.parametrize("versions, pin, keep, removed, kept", [
+    # the pin at the newest: it and the one before it
+    (["1.0.0", "1.1.0", "1.2.0", "2.0.0"], "2.0.0", None, ["1.0.0", "1.1.0"], ["1.2.0", "2.0.0"]),
+    # rolled back to an older version with newer ones staged: those stay (what it came from, pre-staged)
+    (["1.0.0", "1.1.0", "1.2.0", "1.3.0", "2.0.0"], "1.2.0", None, ["1.0.0"], ["1.1.0", "1.2.0", "1.3.0", "2.0.0"]),
+    # the previous is the newest below the pin, whatever order the index lists them in
+    (["1.10.0", "1.9.0", "1.2.0", "1.11.0"], "1.11.0", None, ["1.2.0", "1.9.0"], ["1.10.0", "1.11.0"]),
+    # no pin (none yet): all stay; frozen (pin version None): all stay
+    (["1.0.0", "1.1.0", "1.2.0"], False, None, [], ["1.0.0", "1.1.0", "1.2.0"]),
+    (["1.0.0", "1.1.0", "1.2.0"], None, None, [], ["1.0.0", "1.1.0", "1.2.0"]),
+    # no pin with a keep floor: the keep newest, as the manual call always did
+    (["1.0.0", "1.1.0", "1.2.0"], False, 2, ["1.0.0"], ["1.1.0", "1.2.0"]),
+    # one version: nothing to prune
+    (["1.0.0"], "1.0.0", None, [], ["1.0.0"]),
+    (["1.0.0"], False, 2, [], ["1.0.0"]),
+    # the pin at the oldest: no previous, everything above stays
+    (["1.0.0", "1.1.0"], "1.0.0", None, [], ["1.0.0", "1.1.0"]),
+    # a keep floor on top of the policy
+    (["1.0.0", "1.1.0", "1.2.0", "1.3.0"], "1.3.0", 3, ["1.0.0"], ["1.1.0", "1.2.0", "1.3.0"]),
+])
+def test_prune_plan_policy(versions, pin, keep, removed, kept):
+    assert fleet_repo.prune_plan(index_of(versions, pin), keep) == (removed, kept)
+
+
+def test_bases_are_the_other_live_versions_newest_first(key, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    versions = ["1.0.0", "1.10.0", "1.9.0"]
+    session = Session({k: v for version in versions + ["2.0.0"] for k, v in served(MASTER, release(key, version)).items()})
+    for version in versions:
+        stage(repo, session, key[1], version)
+    (repo / NAME / "1.9.0" / "manifest.json").unlink()  # not live: no base
+    assert fleet_repo.bases(str(repo), NAME, "2.0.0") == [str(repo / NAME / "1.10.0"), str(repo / NAME / "1.0.0")]
+    assert fleet_repo.bases(str(repo), NAME, "1.10.0") == [str(repo / NAME / "1.0.0")]
+    assert fleet_repo.bases(str(tmp_path / "empty"), NAME, "1.0.0") == []
+    # stage hands them, and the pace, to the download
+    seen = {}
+    real = fleet_repo.fleet_fetch.fetch_release
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fleet_repo.fleet_fetch, "fetch_release", spy)
+
+    paced = []
+    out = fleet_repo.stage(str(repo), NAME, "2.0.0", [("master", MASTER)], key[1], session, pace=paced.append)
+    assert seen["bases"] == [str(repo / NAME / "1.10.0"), str(repo / NAME / "1.0.0")] and seen["pace"] == paced.append
+    assert out["changed"] is True and out["fetched"] > 0 and sum(paced) == out["fetched"]  # every network byte paced
+
+
+def test_a_rollback_staged_on_a_pi_that_holds_the_earlier_content_fetches_no_package_bytes(key, tmp_path):
+    repo, good = tmp_path / "repo", b"good build\n" * 5000
+    session = Session({**served(MASTER, release(key, "1.0.0", good)), **served(MASTER, release(key, "1.1.0")),
+                       **served(MASTER, release(key, "1.1.1", good))})
+    for version in ("1.0.0", "1.1.0"):
+        assert stage(repo, session, key[1], version)["fetched"] > 0
+    session.asked.clear()
+    out = stage(repo, session, key[1], "1.1.1")
+    assert out["changed"] is True and out["fetched"] == 0 and out["reused"] == len(good), out
+    assert session.asked == [MASTER + f"{NAME}/1.1.1/manifest.json"]
+    assert (repo / NAME / "1.1.1" / "app.bin").read_bytes() == good
+    assert fleet_repo.live_signed(str(repo), NAME, "1.1.1", key[1])

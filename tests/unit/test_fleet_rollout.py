@@ -773,9 +773,45 @@ def test_kiosk_counts_and_metric_families():
 def test_stage_jobs_give_one_job_per_signed_pin_and_one_for_the_rest():
     pins = {"east": {"campus": "east"}, "west": {"campus": "west"}}
     wave = {"west": ["pi-w1"], "east": ["pi-e1", "pi-e2"], "north": ["pi-n1"], "south": ["pi-s1"]}
-    assert fleet_rollout.stage_jobs(wave, pins) == [(["pi-e1", "pi-e2"], pins["east"]), (["pi-n1", "pi-s1"], None),
-                                                    (["pi-w1"], pins["west"])]
+    assert fleet_rollout.stage_jobs(wave, pins) == [(["pi-e1", "pi-e2"], pins["east"], None),
+                                                    (["pi-n1", "pi-s1"], None, None), (["pi-w1"], pins["west"], None)]
     assert fleet_rollout.stage_jobs({}, pins) == []
+
+
+def test_stage_jobs_split_by_rate_so_each_campus_gets_its_own_cap():
+    pins = {"east": {"campus": "east"}}
+    wave = {"east": ["pi-e1"], "north": ["pi-n1"], "south": ["pi-s1"], "west": ["pi-w1"]}
+    rates = {"east": 250000, "north": 250000, "south": None, "west": 250000}
+    assert fleet_rollout.stage_jobs(wave, pins, rates) == [(["pi-e1"], pins["east"], 250000),
+                                                           (["pi-n1", "pi-w1"], None, 250000),
+                                                           (["pi-s1"], None, None)]
+
+
+def test_hop_rates_cap_the_wan_hop_per_campus_and_the_lan_hop_only_with_lan_rate():
+    wan = {"east": 250000, "west": None}
+    assert fleet_rollout.hop_rates("master->pi", wan, None) == wan
+    assert fleet_rollout.hop_rates("pi->pi", wan, None) == {"east": None, "west": None}
+    assert fleet_rollout.hop_rates("pi->pi", wan, 12_500_000) == {"east": 12_500_000, "west": 12_500_000}
+    report = {"east": {"seed": "pi-e1"}, "west": {"seed": None}}
+    assert fleet_rollout.stage_rates(report, wan, None) == {"east": {"seed": "pi-e1", "rate": {"wan": 250000,
+                                                                                                 "lan": None}},
+                                                            "west": {"seed": None, "rate": {"wan": None, "lan": None}}}
+
+
+def test_check_prune():
+    assert fleet_rollout.check_prune(None) is True
+    assert fleet_rollout.check_prune(False) is False and fleet_rollout.check_prune(True) is True
+    for bad in ("no", 0, 1, [], "false"):
+        raises(fleet_rollout.check_prune, bad, match=r"^kiosk_release:prune: .* is not true or false")
+
+
+def test_prune_results_report_each_pi_and_never_raise():
+    returns = {"pi-1": {"result": True, "removed": ["1.0.0"], "kept": ["1.1.0", "1.2.0"]},
+               "pi-2": {"result": False, "error": "lock: busy"}, "pi-4": "Traceback: boom",
+               "pi-5": {"result": True, "removed": "1.0.0"}}
+    assert fleet_rollout.prune_results(["pi-1", "pi-2", "pi-3", "pi-4", "pi-5"], returns) == {
+        "pi-1": {"removed": ["1.0.0"], "kept": ["1.1.0", "1.2.0"]}, "pi-2": {"error": "lock: busy"},
+        "pi-3": {"error": "did not answer"}, "pi-4": {"error": "Traceback: boom"}, "pi-5": {"error": "failed"}}
 
 
 def test_set_pins_and_status_report_cover_every_campus_named():

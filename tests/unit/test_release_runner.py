@@ -17,6 +17,7 @@ import salt.config
 import salt.loader
 import yaml
 
+import fleet_repo
 import fleet_sign
 from tests.support.topology import two_campus_inventory
 
@@ -46,6 +47,7 @@ class Fleet:
         self.broken = set()  # kiosks whose install fails
         self.forged = {}  # minion -> a second, different return
         self.no_log = set()  # kiosks whose download no Pi logged (a return alone)
+        self.prune_fails = {}  # pi -> the error its prune answers
 
     def pis(self, campus):
         return sorted(p for p, c in self.campus.items() if c == campus and p.startswith("pi-"))
@@ -79,6 +81,13 @@ class Fleet:
             return {"result": True, "name": arg[0], "version": arg[1], "clients": clients}
         if fun == "kiosk_pkg.installed":
             return {"version": self.installed.get(minion)}
+        if fun == "kiosk_pkg.prune":
+            if minion in self.prune_fails:
+                return {"result": False, "error": self.prune_fails[minion]}
+            index = {"versions": dict.fromkeys(self.staged.get(minion, ())), "pin": self.pins.get(minion)}
+            removed, kept = fleet_repo.prune_plan(index)  # the Pi's own policy
+            self.staged[minion] = set(kept)
+            return {"result": True, "name": arg[0], "pi": minion, "removed": removed, "kept": kept}
         raise AssertionError(f"unexpected job {fun}")
 
     def cmd_iter(self, tgt, fun, arg=(), timeout=None, tgt_type="glob", ret="", kwarg=None, **kwargs):
@@ -253,7 +262,89 @@ def test_publish_to_a_campus_stages_it_once_and_the_staged_event_pushes_once(mas
     master.publish("1.1.0", b"build two", campuses="west")
     master.run("on_published", NAME, "1.1.0", campuses=["west"])
     assert master.run("push", NAME, "1.1.0", campus="west", timeout=10)["pushed"] is True
-    assert master.fleet.timeouts[-2:] == [("kiosk_pkg.repo_status", 10), ("kiosk_pkg.check_update", 10)]
+    assert master.fleet.timeouts[-3:] == [("kiosk_pkg.repo_status", 10), ("kiosk_pkg.check_update", 10),
+                                          ("kiosk_pkg.prune", 10)]
+
+
+def stage_jobs(master):
+    return [(tgt, kw["hop"], kw.get("rate")) for fun, tgt, kw in master.fleet.jobs if fun == "kiosk_pkg.stage"]
+
+
+def test_the_wan_cap_goes_to_the_seed_pis_staging_per_campus_and_the_lan_stays_uncapped(tmp_path, monkeypatch):
+    master = Master(tmp_path, monkeypatch, wan_rate="2mbit", campus_rates={"west": "512KiB"})
+    master.publish("1.0.0", b"build one")
+    ret = master.run("rollout", NAME, "1.0.0", rings="east;west")
+    assert ret["result"] is True, ret
+    assert stage_jobs(master) == [(["pi-east-1"], "master->pi", 250000), (["pi-east-2"], "pi->pi", None),
+                                  (["pi-west-1"], "master->pi", 524288), (["pi-west-2"], "pi->pi", None)]
+    assert ret["rings"][0]["staging"]["east"]["rate"] == {"wan": 250000, "lan": None}
+    assert ret["rings"][1]["staging"]["west"]["rate"] == {"wan": 524288, "lan": None}
+    # the stage runner names the rates too; with lan_rate the Pi->Pi copies get it as well
+    master = Master(tmp_path / "lan", monkeypatch, lan_rate="100mbit", campus_rates={"east": None})
+    master.publish("1.0.0", b"build one")
+    ret = master.run("stage", NAME, "1.0.0")
+    assert ret["result"] is True and ret["campuses"]["east"]["rate"] == {"wan": None, "lan": 12_500_000}, ret
+    assert stage_jobs(master) == [(["pi-east-1", "pi-west-1"], "master->pi", None),
+                                  (["pi-east-2", "pi-west-2"], "pi->pi", 12_500_000)]
+
+
+def test_a_bad_rate_or_prune_setting_is_named_before_any_job(tmp_path, monkeypatch):
+    for i, (conf, field) in enumerate([({"wan_rate": "fast"}, "kiosk_release:wan_rate: "),
+                                       ({"campus_rates": {"mars": "1mbit"}}, "kiosk_release:campus_rates.mars: "),
+                                       ({"lan_rate": 0}, "kiosk_release:lan_rate: "),
+                                       ({"prune": "yes"}, "kiosk_release:prune: ")]):
+        master = Master(tmp_path / str(i), monkeypatch, **conf)
+        master.publish("1.0.0", b"build one", campuses="east")
+        calls = [("rollout", {})] + ([] if "prune" in conf else [("stage", {}), ("pin", {"campus": "east"}),
+                                                                  ("on_published", {})])
+        for fun, kwargs in calls:
+            before = {k: v for k, v in master.state().items() if k != "metrics"}
+            ret = master.run(fun, NAME, "1.0.0", **kwargs)
+            assert ret["result"] is False and ret["error"].startswith(field), (fun, ret)
+            # no pin moved, no claim taken (a failed run records only its metrics)
+            assert {k: v for k, v in master.state().items() if k != "metrics"} == before
+        assert master.fleet.jobs == []
+    ret = master.run("push", NAME, "1.0.0", campus="east")  # the last one: prune: "yes"
+    assert ret["result"] is False and ret["error"].startswith("kiosk_release:prune: ") and master.fleet.jobs == []
+
+
+def test_a_successful_ring_prunes_its_campus_pis_and_a_rollback_keeps_what_it_came_from(master):
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        master.publish(version, f"build {version}".encode())
+        ret = master.run("rollout", NAME, version, campuses="east")
+        assert ret["result"] is True, ret
+    # pinned 1.2.0: 1.1.0 is its previous, 1.0.0 goes
+    assert ret["rings"][0]["pruned"] == {"east": {p: {"removed": ["1.0.0"], "kept": ["1.1.0", "1.2.0"]}
+                                                  for p in ("pi-east-1", "pi-east-2")}}
+    prunes = [tgt for fun, tgt, _ in master.fleet.jobs if fun == "kiosk_pkg.prune"]
+    assert prunes == [["pi-east-1", "pi-east-2"]] * 3  # the campus's Pis only, once per successful ring
+    ret = master.run("rollback", NAME, campus="east")
+    assert ret["result"] is True and ret["rolled_back"]["as"] == "1.2.1", ret
+    # the rollback is 1.2.1 (1.1.0's content): its previous, 1.2.0, stays; 1.1.0 is below it and goes
+    assert ret["rings"][0]["pruned"]["east"]["pi-east-1"] == {"removed": ["1.1.0"], "kept": ["1.2.0", "1.2.1"]}
+
+
+def test_a_failed_push_prunes_nothing_and_a_failed_prune_never_fails_the_push(tmp_path, monkeypatch):
+    master = Master(tmp_path, monkeypatch)
+    master.publish("1.0.0", b"build one")
+    master.fleet.broken.add("kiosk-east-01")
+    ret = master.run("rollout", NAME, "1.0.0", campuses="east")
+    assert ret["result"] is False and ret["rings"][0]["pruned"] == {}, ret
+    assert "kiosk_pkg.prune" not in master.fleet.funs()
+    # the staged reactor's push retries it: success now; one Pi's prune fails, the other is off
+    master.fleet.broken.clear()
+    master.fleet.prune_fails["pi-east-1"] = "lock: another job kept kiosk-app.index busy for 60 s"
+    master.fleet.silent.add("pi-east-2")
+    ret = master.run("push", NAME, "1.0.0", pi="pi-east-1")
+    assert ret["result"] is True and ret["retcode"] == 0 and ret["pushed"] is True, ret
+    assert ret["pruned"] == {"pi-east-1": {"error": "lock: another job kept kiosk-app.index busy for 60 s"},
+                             "pi-east-2": {"error": "did not answer"}}
+    assert master.state()["pushed"][NAME]["east"] == master.state()["pins"][NAME]["east"]["serial"]
+    # kiosk_release:prune: false: no prune job at all
+    master = Master(tmp_path / "off", monkeypatch, prune=False)
+    master.publish("1.0.0", b"build one")
+    ret = master.run("rollout", NAME, "1.0.0")
+    assert ret["result"] is True and "pruned" not in ret["rings"][0] and "kiosk_pkg.prune" not in master.fleet.funs()
 
 
 def test_push_refuses_a_kiosk_id_and_does_nothing_while_no_pi_has_the_pin_live(master):
