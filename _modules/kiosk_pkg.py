@@ -170,8 +170,9 @@ def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, h
     verified; the index is written last. ``pin``: the master's signed campus
     pin for this version (a pin not signed for this campus refuses the whole
     call). ``hop`` labels alerts (``master->pi``, ``pi->pi``). ``rate``
-    caps the download (bytes/s, or a rate like ``2mbit``: ``fleet_rate``;
-    the runner passes the campus's WAN cap to the seed Pi). The other
+    caps an HTTP download (bytes/s, or a rate like ``2mbit``: ``fleet_rate``;
+    the runner passes the campus's WAN cap to the seed Pi; ``salt://``
+    sources cannot be paced and report ``rate: None``). The other
     staged versions serve as local bases (unchanged files and chunks are
     not fetched again, ``reused`` counts them). Fires
     ``kiosk/release/staged``, or ``kiosk/release/alert`` on a refusal or bad
@@ -192,6 +193,10 @@ def stage(name, version, source="salt://kiosk_releases/", pin=None, retries=3, h
         raise SaltInvocationError(f"hop: {hop!r} is not a hop label like master->pi")
     retries = _checked(fleet_runner.number, retries, "retries", 0, 100)
     pace = _checked(fleet_rate.pacer, rate)
+    if pace is not None and source.startswith("salt://"):
+        # cp.get_file cannot be paced: say so rather than claim a cap
+        log.warning("kiosk_pkg: rate is ignored for salt:// sources (set kiosk_release:master_url for a capped WAN)")
+        pace = None
     ret = {"result": True, "name": name, "version": version, "pi": __opts__["id"], "source": source,
            "changed": False, "fetched": 0, "rate": pace.rate if pace else None}
     try:

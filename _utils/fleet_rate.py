@@ -24,7 +24,9 @@ Which cap (top master config ``kiosk_release``):
 * ``lan_rate``: the Pi -> Pi copies (``source=campus``); a kiosk reads the
   same key from its own minion config or pillar for its downloads.
 
-No key: no cap on that hop.
+No key: no cap on that hop. Only HTTP transfers are paced: a Pi staging
+from ``salt://`` (no ``kiosk_release:master_url``) uses Salt's
+``cp.get_file``, which cannot be.
 """
 
 import math

@@ -231,6 +231,9 @@ def test_stage_takes_a_rate_and_refuses_a_bad_one_before_any_download(pi, server
     assert ret["result"] is True and ret["rate"] == 250000 and ret["fetched"] > 0, ret
     ret = mods["kiosk_pkg.stage"](NAME, "5.0.0", source=servers["pi-east-2"].base)
     assert ret["result"] is True and ret["rate"] is None and ret["changed"] is False, ret
+    # salt:// goes through cp.get_file, which cannot be paced: no cap is claimed
+    ret = mods["kiosk_pkg.stage"](NAME, "5.0.0", source="salt://kiosk_releases/", rate="2mbit")
+    assert ret["result"] is True and ret["rate"] is None, ret
 
 
 def test_prune_keeps_the_pin_its_previous_and_what_is_above(pi, servers, releases):

@@ -271,7 +271,8 @@ def stage_jobs(master):
 
 
 def test_the_wan_cap_goes_to_the_seed_pis_staging_per_campus_and_the_lan_stays_uncapped(tmp_path, monkeypatch):
-    master = Master(tmp_path, monkeypatch, wan_rate="2mbit", campus_rates={"west": "512KiB"})
+    master = Master(tmp_path, monkeypatch, wan_rate="2mbit", campus_rates={"west": "512KiB"},
+                    master_url="http://127.0.0.1:9/kiosk-releases/")
     master.publish("1.0.0", b"build one")
     ret = master.run("rollout", NAME, "1.0.0", rings="east;west")
     assert ret["result"] is True, ret
@@ -280,12 +281,20 @@ def test_the_wan_cap_goes_to_the_seed_pis_staging_per_campus_and_the_lan_stays_u
     assert ret["rings"][0]["staging"]["east"]["rate"] == {"wan": 250000, "lan": None}
     assert ret["rings"][1]["staging"]["west"]["rate"] == {"wan": 524288, "lan": None}
     # the stage runner names the rates too; with lan_rate the Pi->Pi copies get it as well
-    master = Master(tmp_path / "lan", monkeypatch, lan_rate="100mbit", campus_rates={"east": None})
+    master = Master(tmp_path / "lan", monkeypatch, lan_rate="100mbit", campus_rates={"east": None},
+                    wan_rate="1mbit", master_url="http://127.0.0.1:9/kiosk-releases/")
     master.publish("1.0.0", b"build one")
     ret = master.run("stage", NAME, "1.0.0")
     assert ret["result"] is True and ret["campuses"]["east"]["rate"] == {"wan": None, "lan": 12_500_000}, ret
-    assert stage_jobs(master) == [(["pi-east-1", "pi-west-1"], "master->pi", None),
+    assert ret["campuses"]["west"]["rate"] == {"wan": 125000, "lan": 12_500_000}
+    assert stage_jobs(master) == [(["pi-east-1"], "master->pi", None), (["pi-west-1"], "master->pi", 125000),
                                   (["pi-east-2", "pi-west-2"], "pi->pi", 12_500_000)]
+    # staging through salt:// (no master_url) cannot be paced: no cap is claimed or sent on the WAN hop
+    master = Master(tmp_path / "salt", monkeypatch, wan_rate="1mbit")
+    master.publish("1.0.0", b"build one")
+    ret = master.run("stage", NAME, "1.0.0", campuses="east")
+    assert ret["result"] is True and ret["campuses"]["east"]["rate"] == {"wan": None, "lan": None}, ret
+    assert stage_jobs(master) == [(["pi-east-1"], "master->pi", None), (["pi-east-2"], "pi->pi", None)]
 
 
 def test_a_bad_rate_or_prune_setting_is_named_before_any_job(tmp_path, monkeypatch):
