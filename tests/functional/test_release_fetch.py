@@ -397,3 +397,21 @@ def test_memory_stays_constant_for_a_large_file(server, session, tmp_path):
     assert report["fetched"] == size
     assert os.path.getsize(part) == size
     assert peak < 8 * MiB, f"peak Python allocation {peak / MiB:.1f} MiB while fetching {size / MiB:.0f} MiB"
+
+
+# --------------------------------------------------------------------------- pacing (the bandwidth cap's hook)
+
+
+def test_pace_is_told_every_network_read_including_after_a_cut(server, session, package):
+    paced = []
+    server.cut_after = MiB + 7
+    report = fetch(session, package, pace=paced.append)
+    assert package["part"].read_bytes() == package["data"]
+    assert sum(paced) == report["fetched"] == len(package["data"])
+    assert len(paced) >= len(package["data"]) // (64 * 1024) and max(paced) <= 64 * 1024  # after each read
+
+
+def test_a_pace_that_is_not_callable_is_refused_before_any_request(server, session, package):
+    with pytest.raises(fleet_release.ReleaseError, match=r"^pace: expected a callable"):
+        fetch(session, package, pace="1mbit")
+    assert server.requests == []
