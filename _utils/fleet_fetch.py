@@ -6,6 +6,9 @@ Getting a release onto disk, verified: the I/O half of the release path
   two threads (hashlib releases the GIL), so verification runs at md5 speed;
 * downloads: streamed to a ``.part`` file, resumed with HTTP Range after a
   cut, verified, and only then renamed into place;
+* deltas: with ``bases`` (other versions on this machine) a file is reused
+  whole (hard link) or rebuilt from their chunks plus Range fetches of the
+  missing ones, each chunk checked against the new manifest (``fleet_delta``);
 * a whole release from the first of several sources with an intact copy,
   into a work directory under ``<root>/.staging/`` and then live at
   ``<root>/<name>/<version>`` by one rename (the Pi's repository and the
