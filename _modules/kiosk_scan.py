@@ -15,13 +15,17 @@ kernel's TCP table (``fleet_scan.presence``), no job to the kiosks. The
 Pi master's ports come from the minion config (or pillar)::
 
     kiosk_scan:
-      master_ports: [4505, 4506]   # this Pi master's publish_port and ret_port (the default)
+      master_ports: [4505, 4506]   # this Pi master's publish_port and ret_port
+
+Unset, they are read from the Pi master config that
+``kiosk_campus:master_config`` names (when set), else 4505 and 4506.
 
 Needs python-nmap and the ``nmap`` binary (``apt-get install nmap``).
 """
 
 import datetime as _dt
 import logging
+import os
 import shutil
 
 import importlib.util
@@ -62,12 +66,31 @@ def _pi_campus():
     return inventory, campus
 
 
-def _master_ports():
-    """``kiosk_scan:master_ports`` of the minion config, else of the pillar, else 4505, 4506."""
+def _setting(block, key):
+    """``<block>:<key>`` of the minion config, else of the pillar, else None."""
     for source in (__opts__, __pillar__):
-        block = source.get("kiosk_scan")
-        if isinstance(block, dict) and block.get("master_ports") is not None:
-            return fleet_scan.master_ports(block["master_ports"])
+        value = source.get(block)
+        if isinstance(value, dict) and value.get(key) is not None:
+            return value[key]
+    return None
+
+
+def _master_ports():
+    """
+    The Pi master's ports: ``kiosk_scan:master_ports``, else the
+    ``publish_port`` and ``ret_port`` of the Pi master config named by
+    ``kiosk_campus:master_config`` (the file ``kiosk_campus.reconcile``
+    reads: one place for the ports), else 4505, 4506.
+    """
+    ports = _setting("kiosk_scan", "master_ports")
+    if ports is not None:
+        return fleet_scan.master_ports(ports)
+    path = _setting("kiosk_campus", "master_config")
+    if isinstance(path, str) and os.path.isabs(path) and os.path.isfile(path):
+        import salt.config  # pylint: disable=import-outside-toplevel
+
+        opts = salt.config.master_config(path)
+        return fleet_scan.master_ports([opts["publish_port"], opts["ret_port"]], f"{path}: publish_port/ret_port")
     return fleet_scan.DEFAULT_MASTER_PORTS
 
 

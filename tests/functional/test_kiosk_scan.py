@@ -243,3 +243,20 @@ def test_a_kiosk_cannot_scan(tmp_path_factory, inventory):
         mods["kiosk_scan.scan"]()
     with pytest.raises(SaltInvocationError, match="^id: kiosk-east-01 is a kiosk"):
         mods["kiosk_scan.presence"]()
+
+
+def test_without_master_ports_the_ports_come_from_the_pi_master_config(inventory, masters, tmp_path):
+    # the file kiosk_campus.reconcile reads (kiosk_campus:master_config): the ports are set in one place
+    master_config = tmp_path / "master"
+    master_config.write_text(f"publish_port: {masters.port}\nret_port: {masters.port - 1}\n")
+    opts = salt.config.minion_config(None)
+    opts.update({"file_client": "local", "root_dir": str(tmp_path), "cachedir": str(tmp_path), "module_dirs": [str(REPO)],
+                 "id": "pi-east-1", "grains": {}, "pillar": fleet_inventory.slice_for(inventory, "pi-east-1"),
+                 "kiosk_campus": {"master_config": str(master_config)}})
+    # a loader of its own: the module-wide one keeps its kiosk_scan:master_ports
+    mods = salt.loader.minion_mods(opts, utils=salt.loader.utils(opts), whitelist=["kiosk_scan"],
+                                   loaded_base_name=f"kf_scan_ports_{id(opts)}")
+    masters.connect("127.0.1.11", "127.0.1.2")
+    assert mods["kiosk_scan.presence"]()["kiosks"] == {"kiosk-east-01": True, "kiosk-east-02": False}
+    master_config.write_text("publish_port: 4505\nret_port: 4506\n")  # another master's ports: not connected
+    assert mods["kiosk_scan.presence"]()["kiosks"] == {"kiosk-east-01": False, "kiosk-east-02": False}
