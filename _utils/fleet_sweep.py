@@ -20,15 +20,15 @@ Vocabulary
     *desired*   ``fleet_schedule.desired_states`` decisions (on/off/unmanaged);
     *observed*  what the campus Pis saw with ``kiosk_scan.scan`` (nmap TCP
                 connect probe of the kiosk's service port), combined with
-                minion presence (the kiosk's minion answered ``test.ping``;
-                on a campus Pi master, ``kiosk_campus``: its minion holds a
-                connection to that master):
+                minion presence (the kiosk's minion holds a connection to a
+                Pi master of its campus, read from that Pi's kernel TCP
+                table: ``fleet_scan.presence``; no job to the kiosks):
                 ``on`` when any Pi of its campus saw the port open;
                 ``degraded`` when a Pi saw the port closed and the minion
-                answers (powered on, the kiosk app is down: a sweep wakes it
+                is connected (powered on, the kiosk app is down: a sweep wakes it
                 like an off kiosk when it is due on, verification alerts);
                 ``off`` when at least one Pi answered, none saw the port open
-                and the minion is silent; ``unknown`` when no Pi of its
+                and the minion is not connected; ``unknown`` when no Pi of its
                 campus answered, whatever the minion says;
     *hold*      an operator override ``{kiosk, state, until, reason, set_at}``:
                 the sweep keeps the kiosk in ``state`` until ``until`` (then the
@@ -204,7 +204,7 @@ def observed_states(selection, scan_returns, campus_pis, presence=None):
                 state = ON
             elif seen:
                 state = DEGRADED if minion else OFF
-            else:  # no probe: the minion's own answer is not evidence (it can be forged)
+            else:  # no probe: a connected minion alone says nothing of the kiosk app
                 state = UNKNOWN
             out[kiosk] = {"state": state, "seen_by": seen, "minion": minion}
     return out

@@ -126,7 +126,7 @@ def test_minion_presence_tells_degraded_from_off_but_never_makes_a_kiosk_on():
     assert out["k1"] == {"state": "degraded", "seen_by": {"p1": "closed"}, "minion": True}  # app down
     assert out["k2"]["state"] == "off"  # port closed, minion silent
     assert out["k3"]["state"] == "on"
-    # no Pi probed it: its (forgeable) test.ping answer alone is not evidence
+    # no Pi probed it: presence alone is not evidence that the kiosk is on
     assert out["k4"] == {"state": "unknown", "seen_by": {}, "minion": True}
     # no Pi answered at all, every minion "answers": nothing counts as on
     silent = fleet_sweep.observed_states(sel, {}, pis, presence=dict.fromkeys(sel["east"], True))
@@ -155,7 +155,7 @@ def test_presence_is_any_pi_of_the_kiosks_campus_reporting_its_minion_connected(
 
 
 def test_a_degraded_kiosk_due_on_is_woken_and_one_due_off_is_shut_down():
-    # "degraded" rests on the kiosk's own answer (forgeable): it must not stop a wake
+    # "degraded" (app down, or a half-open connection after a power cut) must not stop a wake
     obs = seen(kiosk_east_01="degraded", kiosk_east_02="degraded", kiosk_west_01="off")
     actions = fleet_sweep.plan_actions(desired(), obs, {}, T0)
     assert actions["wake"] == {"east": ["kiosk-east-01"]}
