@@ -243,7 +243,7 @@ def minion_link(kiosk_ip, pi_master):
         context.term()
 
 
-def test_plan_and_verify_take_presence_from_the_pis_tables_and_send_the_kiosks_nothing(topology, clean_state):
+def test_plan_and_verify_take_presence_from_the_pis_kernel_tables(topology, clean_state):
     # kiosk-east-01 is due on at AT, its service port closed (no listener), its minion running
     plan = topology.salt_run("kiosk_power.plan", f"at={AT}", "hours=0", SILENT)
     assert plan.returncode == 0, plan
