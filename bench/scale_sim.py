@@ -8,7 +8,8 @@ timed over N. Prints figures; asserts nothing.
 
 Cases (each called with the arguments the runner passes):
 
-- ``kiosk_power``: the load (inventory validation, schedule compile), the
+- ``kiosk_power``: the load (inventory validation, schedule compile), an
+  operator's selection naming every kiosk (``select_kiosks``), the
   sweep engine (``expect``, ``observed_states`` over synthetic scan answers
   of 4 Pis per campus, ``sweep``, ``verify_now``/``verify_due``, ``metrics``)
   and ``plan_kiosks`` (12 hours of transitions per kiosk);
@@ -36,6 +37,7 @@ the wall time: an exponent above 1.15 is flagged SUPERLINEAR.
 
 import argparse
 import datetime as dt
+import functools
 import gc
 import math
 import os
@@ -236,6 +238,11 @@ def run_load(ctx):
     """``kiosk_power._load``: the inventory validated and the schedule compiled, on every runner call."""
     inventory = fleet_inventory.validate(ctx["data"][fleet_inventory.PILLAR_KEY])
     return fleet_sweep.schedule_in_force(None, ctx["data"], inventory)
+
+
+def run_select(ctx, ids):
+    """``kiosk_power._selected`` for ``kiosks=<every kiosk id>`` (wake, shutdown, verify of a named list)."""
+    return fleet_inventory.select_kiosks(ctx["inventory"], kiosks=ids)
 
 
 def run_expect(ctx):
@@ -597,48 +604,81 @@ def exponent(ns, values):
     return sum((x - mx) * (y - my) for x, y in points) / sxx
 
 
-def cases(n, scratch):
-    """``[(case name, callable)]`` for a fleet of ``n`` kiosks, inputs built here (untimed)."""
-    data = build_fleet(n)
-    power = power_context(data)
-    campuses = campus_context(data)
-    release = release_context(data)
-    answers = outbox_answers(campuses)
-    found = fleet_sweep.verify_now(power["state"], power["view"], power["observed"])
-    mismatches = found["mismatches"]
-    verified = fleet_sweep.verify_answer(found, power["observed"], {"answered": sorted(power["scans"]), "silent": []},
-                                         power["now"], True, [], [], [], "t")
-    supervised = supervision_context(campuses)
-    events = release_events(power["inventory"])
-    big = build_fleet(n, campuses=1)
-    big_campus = campus_context(big)
-    big_decide = decide_context(big_campus["c000"])
-    big_schedule = fleet_schedule.load(big[fleet_schedule.PILLAR_KEY])
-    first = sorted(power["inventory"]["campuses"])[0]
-    first_ids = sorted(power["inventory"]["campuses"][first]["kiosks"])
-    big_ids = sorted(big[fleet_inventory.PILLAR_KEY]["campuses"]["c000"]["kiosks"])
+def groups(n, scratch):
+    """
+    ``[(build, [(case name, fn(inputs))])]`` for a fleet of ``n`` kiosks:
+    the cases by the inputs they share. ``main`` builds one group's inputs
+    (untimed) when its turn comes and drops them after, so a case runs with
+    its own inputs in memory, not every other case's too (a bigger heap
+    spreads the objects walked over more cache lines).
+    """
     day = dt.datetime(2027, 3, 3, tzinfo=ZoneInfo(SHANGHAI))
+
+    def power_group():
+        power = power_context(build_fleet(n))
+        found = fleet_sweep.verify_now(power["state"], power["view"], power["observed"])
+        campuses = power["inventory"]["campuses"]
+        first = sorted(campuses)[0]
+        return {"power": power, "mismatches": found["mismatches"],
+                "verified": fleet_sweep.verify_answer(found, power["observed"],
+                                                      {"answered": sorted(power["scans"]), "silent": []},
+                                                      power["now"], True, [], [], [], "t"),
+                "every_id": sorted(k for spec in campuses.values() for k in spec["kiosks"]),
+                "events": release_events(power["inventory"]), "first": first,
+                "first_ids": sorted(campuses[first]["kiosks"])}
+
+    def campus_group():
+        campuses = campus_context(build_fleet(n))
+        return {"campuses": campuses, "supervised": supervision_context(campuses),
+                "answers": outbox_answers(campuses)}
+
+    def big_group():
+        big = build_fleet(n, campuses=1)
+        campus = campus_context(big)
+        return {"campus": campus, "decide": decide_context(campus["c000"]),
+                "schedule": fleet_schedule.load(big[fleet_schedule.PILLAR_KEY]),
+                "ids": sorted(big[fleet_inventory.PILLAR_KEY]["campuses"]["c000"]["kiosks"])}
+
     return [
-        ("kiosk_power load (validate, compile)", lambda: run_load(power)),
-        ("fleet_sweep.expect", lambda: run_expect(power)),
-        ("fleet_sweep.observed_states+pis_report", lambda: run_observe(power)),
-        ("fleet_sweep.sweep (decision)", lambda: run_sweep(power)),
-        ("verify explicit (verify_now+metrics)", lambda: run_verify_now(power)),
-        ("fleet_sweep.metrics (verify)", lambda: run_power_metrics(power, verified)),
-        ("verify due (due_selection+verify_due)", lambda: run_verify_due(power)),
-        ("plan_kiosks hours=12", lambda: run_plan(power)),
-        ("kiosk_power.sweep (supervision)", lambda: run_supervision(supervised)),
-        ("kiosk_campus reconcile, every campus", lambda: run_reconcile_all(campuses)),
-        ("kiosk_campus tick, every campus", lambda: run_tick_all(campuses)),
-        (f"kiosk_campus reconcile, {ONE_CAMPUS}", lambda: run_reconcile_all(big_campus)),
-        (f"fleet_campus.decide, {ONE_CAMPUS}", lambda: run_decide(big_decide)),
-        ("fleet_rollout.status_report+counts", lambda: run_release_status(release)),
-        ("kiosk_outbox collect (4 Pis/campus)", lambda: run_collect(answers, scratch)),
-        ("alerts: power_mismatch+alert_key", lambda: run_power_alerts(mismatches)),
-        ("alerts: release (campus_of_sender)", lambda: run_release_alerts(power["inventory"], events)),
-        ("schedule day @1 min, 1 campus", lambda: run_schedule_day(power["schedule"], first, first_ids, day)),
-        (f"schedule day @1 min, {ONE_CAMPUS}", lambda: run_schedule_day(big_schedule, "c000", big_ids, day)),
+        (power_group, [
+            ("kiosk_power load (validate, compile)", lambda g: run_load(g["power"])),
+            ("select_kiosks (kiosks=every id)", lambda g: run_select(g["power"], g["every_id"])),
+            ("fleet_sweep.expect", lambda g: run_expect(g["power"])),
+            ("fleet_sweep.observed_states+pis_report", lambda g: run_observe(g["power"])),
+            ("fleet_sweep.sweep (decision)", lambda g: run_sweep(g["power"])),
+            ("verify explicit (verify_now+metrics)", lambda g: run_verify_now(g["power"])),
+            ("fleet_sweep.metrics (verify)", lambda g: run_power_metrics(g["power"], g["verified"])),
+            ("verify due (due_selection+verify_due)", lambda g: run_verify_due(g["power"])),
+            ("plan_kiosks hours=12", lambda g: run_plan(g["power"])),
+            ("alerts: power_mismatch+alert_key", lambda g: run_power_alerts(g["mismatches"])),
+            ("alerts: release (campus_of_sender)", lambda g: run_release_alerts(g["power"]["inventory"], g["events"])),
+            ("schedule day @1 min, 1 campus",
+             lambda g: run_schedule_day(g["power"]["schedule"], g["first"], g["first_ids"], day)),
+        ]),
+        (lambda: release_context(build_fleet(n)), [
+            ("fleet_rollout.status_report+counts", run_release_status),
+        ]),
+        (campus_group, [
+            ("kiosk_power.sweep (supervision)", lambda g: run_supervision(g["supervised"])),
+            ("kiosk_campus reconcile, every campus", lambda g: run_reconcile_all(g["campuses"])),
+            ("kiosk_campus tick, every campus", lambda g: run_tick_all(g["campuses"])),
+            ("kiosk_outbox collect (4 Pis/campus)", lambda g: run_collect(g["answers"], scratch)),
+        ]),
+        (big_group, [
+            (f"kiosk_campus reconcile, {ONE_CAMPUS}", lambda g: run_reconcile_all(g["campus"])),
+            (f"fleet_campus.decide, {ONE_CAMPUS}", lambda g: run_decide(g["decide"])),
+            (f"schedule day @1 min, {ONE_CAMPUS}", lambda g: run_schedule_day(g["schedule"], "c000", g["ids"], day)),
+        ]),
     ]
+
+
+def cases(n, scratch):
+    """``[(case name, callable)]``: every case with its inputs, all built at once."""
+    out = []
+    for build, members in groups(n, scratch):
+        inputs = build()
+        out += [(name, functools.partial(fn, inputs)) for name, fn in members]
+    return out
 
 
 def report(results, ns):
@@ -679,7 +719,7 @@ def main(argv=None):
     parser.add_argument("--kiosks", default=None, help="comma-separated N (default 250,500,1000,2000,4000)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per case and N (default 5, quick 3)")
     parser.add_argument("--quick", action="store_true", help="small N (50,100,200), 3 runs: a smoke run")
-    parser.add_argument("--only", default=None, help="only the cases whose name contains this text")
+    parser.add_argument("--only", default=None, help="only the cases whose name contains one of these texts (a,b)")
     args = parser.parse_args(argv)
     ns = tuple(int(n) for n in args.kiosks.split(",")) if args.kiosks else (QUICK_N if args.quick else FULL_N)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -690,10 +730,15 @@ def main(argv=None):
     started = time.monotonic()
     try:
         for n in ns:
-            for name, fn in cases(n, scratch):
-                if args.only and args.only not in name:
+            for build, members in groups(n, scratch):
+                chosen = [(name, fn) for name, fn in members
+                          if not args.only or any(part in name for part in args.only.split(","))]
+                if not chosen:
                     continue
-                results[(name, n)] = measure(fn, repeats)
+                inputs = build()
+                for name, fn in chosen:
+                    results[(name, n)] = measure(functools.partial(fn, inputs), repeats)
+                del inputs
             shutil.rmtree(scratch, ignore_errors=True)
             os.makedirs(scratch, exist_ok=True)
             print(f"N={n} done ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
