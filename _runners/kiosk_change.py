@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 __virtualname__ = "kiosk_change"
 
 
+def _local_client():
+    return salt.client.get_local_client(__opts__["conf_file"])
+
+
 def __virtual__():
     return __virtualname__
 
@@ -83,7 +87,7 @@ def apply(template=None, campus=None, kiosks=None, test=False, params=None, time
     targets, absent = kiosk_ids, []
     if presence:
         campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
-        targets, absent = fleet_runner.split_by_presence(__opts__, campus_pis, selection)
+        targets, absent = fleet_runner.split_by_presence(_local_client, campus_pis, selection)
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
         returns = fleet_runner.call(client.cmd_iter, targets, "state.apply", [sls],
                                     {"test": test, "pillar": {"kiosk_change": params}}, timeout)

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 __virtualname__ = "kiosk_fleet"
 
 
+def _local_client():
+    return salt.client.get_local_client(__opts__["conf_file"])
+
+
 def __virtual__():
     return __virtualname__
 
@@ -102,7 +106,7 @@ def ping(campus=None, kiosks=None, timeout=10, presence=True):
     targets, absent = sorted(k for ids in selection.values() for k in ids), []
     if presence:
         campus_pis = {c: fleet_inventory.pis_of(inv, c) for c in selection}
-        targets, absent = fleet_runner.split_by_presence(__opts__, campus_pis, selection)
+        targets, absent = fleet_runner.split_by_presence(_local_client, campus_pis, selection)
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
         returns = fleet_runner.call(client.cmd_iter, targets, "test.ping", timeout=timeout)
     # a kiosk that failed (answered an error) or whose return conflicts (a forged copy) is down too

@@ -4,9 +4,8 @@ their answers apart (:func:`call`, :class:`Returns`), reads its master config
 (:func:`config`), checks numbers (:func:`number`) and reports failure
 (:func:`finish`, :func:`fail`), and runs per-campus jobs at once
 (:func:`per_campus`), among them the Pis' presence check that spares a runner
-the wait for kiosks that are off (:func:`split_by_presence`). Salt itself is
-touched in :func:`caller` only; elsewhere the runner passes in what talks to
-Salt.
+the wait for kiosks that are off (:func:`split_by_presence`). No Salt here:
+the runner passes in what talks to Salt.
 
 Jenkins and operators read ``salt-run ... --out=json``: every runner returns a
 dict with ``result`` (bool), ``retcode`` and, on failure, ``error``.
@@ -332,23 +331,22 @@ def present_kiosks(selection, answers):
 PRESENCE_TIMEOUT = 10  # s: the Pis answer from their kernel's table at once
 
 
-def caller(opts, timeout):
+def caller(local_client, timeout):
     """
     ``call_one(targets, fun, kwarg)`` for :func:`per_campus`: one job on a
     LocalClient of its own (a client is not shared between threads), sorted
-    by :func:`call`. The only place here that talks to Salt.
+    by :func:`call`. ``local_client()`` opens one (the runner passes
+    ``lambda: salt.client.get_local_client(__opts__["conf_file"])``).
     """
 
     def call_one(targets, fun, kwarg=None):
-        import salt.client  # pylint: disable=import-outside-toplevel
-
-        with salt.client.get_local_client(opts["conf_file"]) as client:
+        with local_client() as client:
             return call(client.cmd_iter, targets, fun, kwarg=kwarg, timeout=timeout)
 
     return call_one
 
 
-def split_by_presence(opts, campus_pis, selection, timeout=PRESENCE_TIMEOUT):
+def split_by_presence(local_client, campus_pis, selection, timeout=PRESENCE_TIMEOUT):
     """
     Ask each campus's Pis which of ``selection``'s kiosks have a minion
     connection (:func:`presence_jobs`, all campuses at once), so a runner
@@ -357,6 +355,6 @@ def split_by_presence(opts, campus_pis, selection, timeout=PRESENCE_TIMEOUT):
     present kiosks plus those of campuses no Pi answered for (asked as
     before), and the kiosks no Pi of their campus holds a connection from.
     """
-    answers = per_campus(caller(opts, timeout), presence_jobs(selection, campus_pis))
+    answers = per_campus(caller(local_client, timeout), presence_jobs(selection, campus_pis))
     present, absent, unknown = present_kiosks(selection, answers)
     return sorted(present + unknown), absent

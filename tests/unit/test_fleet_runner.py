@@ -227,7 +227,7 @@ def test_per_campus_runs_every_job_and_keeps_the_context(monkeypatch):
 
     def call_one(targets, fun, kwarg):
         seen.append((tuple(targets), fun, marker.get()))
-        return fleet_runner.Returns(targets, {t: True for t in targets}, {}, [], [], {})
+        return fleet_runner.Returns(targets, dict.fromkeys(targets, True), {}, [], [], {})
 
     got = fleet_runner.per_campus(call_one, {"b": (["p2"], "f.g", {}), "a": (["p1"], "f.g", {})}, max_workers=2)
     assert sorted(got) == ["a", "b"]
