@@ -16,6 +16,8 @@ reports. Every function returns ``{"result": bool, ...}`` and exits non-zero
 on failure.
 """
 
+import concurrent.futures
+import contextvars
 import logging
 import os
 import time
@@ -186,6 +188,12 @@ def _call(targets, fun, arg=(), kwarg=None, timeout=60):
     if got.conflicting:
         log.warning("kiosk_release: %s: conflicting returns from %s", fun, ", ".join(got.conflicting))
     return {**got.returns, **dict.fromkeys(got.conflicting, CONFLICTING)}
+
+
+def _local_client():
+    import salt.client  # pylint: disable=import-outside-toplevel
+
+    return salt.client.get_local_client(__opts__["conf_file"])
 
 
 def _fire(tag, data):
@@ -716,12 +724,17 @@ def rollback(name=None, campus=None, timeout=None):
 # --------------------------------------------------------------------------- status
 
 
-def status(name=None, campuses=None, timeout=60):
+def status(name=None, campuses=None, timeout=60, presence=True):
     """
     Where ``name`` stands per campus: the pin, each Pi's staged versions
     and pin, each kiosk's version, the drift. Fails on drift or mixed
     versions (silent kiosks are listed, not failed). A due push whose pin a
-    Pi has live is retried here (``push_retried``).
+    Pi has live is retried here (``push_retried``). While the Pis are asked
+    for their repositories, they also say which kiosks hold a minion
+    connection (``kiosk_scan.presence``); only those kiosks (and all kiosks
+    of a campus no Pi answered for) are asked for their version, the others
+    are listed silent and in ``absent`` without waiting out the timeout
+    (``presence=False``: ask every kiosk).
 
     CLI Example:
 
@@ -735,16 +748,26 @@ def status(name=None, campuses=None, timeout=60):
         fleet_release.check_name(name)
         targets = run.campuses(campuses)
         timeout = fleet_runner.number(timeout, "timeout", 1, 3600)
+        presence = fleet_runner.flag(presence, "presence")
         push_timeout = run.timeout()
         state = run.state.read()
     except ValueError as exc:
         return _failed("status", exc)
     pis, kiosks = {c: run.pis(c) for c in targets}, {c: run.kiosks(c) for c in targets}
-    pi_returns = _call([p for per in pis.values() for p in per], "kiosk_pkg.repo_status", [name], {}, timeout)
-    kiosk_returns = _call([k for per in kiosks.values() for k in per], "kiosk_pkg.installed", [name], {}, timeout)
+    asked, absent = sorted(k for per in kiosks.values() for k in per), []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        # the Pis' two jobs at once: a silent Pi costs one timeout, not two
+        # (each thread in a copy of this context: Salt's loader dunders live in contextvars)
+        repos = pool.submit(contextvars.copy_context().run, _call, [p for per in pis.values() for p in per],
+                            "kiosk_pkg.repo_status", [name], {}, timeout)
+        if presence:
+            asked, absent = pool.submit(contextvars.copy_context().run, fleet_runner.split_by_presence,
+                                        _local_client, pis, kiosks).result()
+        pi_returns = repos.result()
+    kiosk_returns = _call(asked, "kiosk_pkg.installed", [name], {}, timeout)
     campuses, problems, on_pin, silent = fleet_rollout.status_report(name, state, pis, kiosks, pi_returns,
                                                                      kiosk_returns)
-    ret = {"result": True, "name": name, "campuses": campuses}
+    ret = {"result": True, "name": name, "campuses": campuses, "absent": absent}
     # a push that failed (or never ran: the staged event was lost) is retried here
     for campus, entry in campuses.items():
         if entry["pin"] is not None:

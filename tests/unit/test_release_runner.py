@@ -81,6 +81,9 @@ class Fleet:
             return {"result": True, "name": arg[0], "version": arg[1], "clients": clients}
         if fun == "kiosk_pkg.installed":
             return {"version": self.installed.get(minion)}
+        if fun == "kiosk_scan.presence":  # a silent kiosk is off: no minion connection on its Pis
+            return {"pi": minion, "campus": self.campus[minion],
+                    "kiosks": {k: k not in self.silent for k in kwarg["kiosks"]}}
         if fun == "kiosk_pkg.prune":
             if minion in self.prune_fails:
                 return {"result": False, "error": self.prune_fails[minion]}
@@ -264,6 +267,26 @@ def test_publish_to_a_campus_stages_it_once_and_the_staged_event_pushes_once(mas
     assert master.run("push", NAME, "1.1.0", campus="west", timeout=10)["pushed"] is True
     assert master.fleet.timeouts[-3:] == [("kiosk_pkg.repo_status", 10), ("kiosk_pkg.check_update", 10),
                                           ("kiosk_pkg.prune", 10)]
+
+
+def test_status_asks_only_the_kiosks_the_pis_hold_a_connection_from(master):
+    master.publish("1.0.0", b"build one")
+    assert master.run("rollout", NAME, "1.0.0")["result"] is True
+    master.fleet.silent.add("kiosk-east-02")  # powered off
+    jobs = len(master.fleet.jobs)
+    ret = master.run("status", NAME)
+    sent = {fun: tgt for fun, tgt, _ in master.fleet.jobs[jobs:]}
+    assert sent["kiosk_scan.presence"] in (["pi-east-1", "pi-east-2"], ["pi-west-1", "pi-west-2"])
+    assert sent["kiosk_pkg.installed"] == ["kiosk-east-01", "kiosk-west-01", "kiosk-west-02"]
+    assert ret["absent"] == ["kiosk-east-02"]
+    assert ret["campuses"]["east"]["kiosks"]["kiosk-east-02"] == {"silent": True}
+    assert ret["result"] is True, ret  # an off kiosk is listed, not failed
+    # told not to use presence: every kiosk is asked, the off one stays silent
+    jobs = len(master.fleet.jobs)
+    ret = master.run("status", NAME, presence=False)
+    assert [fun for fun, _, _ in master.fleet.jobs[jobs:]] == ["kiosk_pkg.repo_status", "kiosk_pkg.installed"]
+    assert master.fleet.jobs[-1][1] == ["kiosk-east-01", "kiosk-east-02", "kiosk-west-01", "kiosk-west-02"]
+    assert ret["absent"] == [] and ret["campuses"]["east"]["kiosks"]["kiosk-east-02"] == {"silent": True}
 
 
 def stage_jobs(master):
@@ -453,7 +476,7 @@ CALLS = {
     "rebuild": {"name": NAME},
 }
 EXTRA = {"rollout": ["campuses", "canary", "rings", "max_error_share", "timeout"], "stage": ["campuses", "timeout"],
-         "publish": ["campuses", "md5", "success_codes"], "status": ["campuses", "timeout"], "push": ["pi", "timeout"],
+         "publish": ["campuses", "md5", "success_codes"], "status": ["campuses", "timeout", "presence"], "push": ["pi", "timeout"],
          "on_published": ["campuses", "timeout"], "pin": ["timeout"], "rollback": ["timeout"], "keygen": ["force"],
          "rebuild": ["campuses", "dry_run", "timeout"]}
 
