@@ -520,6 +520,8 @@ def write_configs(run, raw, inv):
                 # every Pi master of the campus (hot multi-master) and how the kiosk watches them:
                 # the production kiosk config (state kiosk_fleet.kiosk_minion renders the same)
                 **fleet_keys.kiosk_minion_config(inv, kiosk_id),
+                # from the inventory IP, as on its VLAN: the Pis tell connected kiosks by address
+                "source_address": spec["kiosks"][kiosk_id]["ip"],
                 "id": kiosk_id,
                 "root_dir": str(kiosk_dir),
                 "log_file": str(kiosk_dir / "minion.log"),

@@ -589,6 +589,9 @@ def kiosk_minion_config(inventory, kiosk_id, power_dir, release_dir):
     record = str(pathlib.Path(power_dir) / f"{kiosk_id}.json")
     return {
         **fleet_keys.kiosk_minion_config(inv, kiosk_id),
+        # connect to the Pi masters from the inventory IP, as a kiosk on its VLAN does: the Pis
+        # tell which kiosks are connected from their kernel's table (kiosk_scan.presence)
+        "source_address": inv["campuses"][campus]["kiosks"][kiosk_id]["ip"],
         # bind_source: download from the inventory IP, so the Pis' nginx logs tell kiosks apart
         "kiosk_release": {"dir": str(pathlib.Path(release_dir["root"]) / "kiosk" / kiosk_id), "bind_source": True},
         "enable_fqdns_grains": False,  # no reverse-DNS lookups off the machine
