@@ -422,7 +422,7 @@ def supervision(campus_pis, answered, failed, silent):
         raise CalendarError(f"campus_pis: expected {{campus: [pi ids]}}, got {type(campus_pis).__name__}",
                             field="campus_pis")
     answered, failed = _by_pi(answered, "answered"), _by_pi(failed, "failed")
-    silent = _pis(silent or [], "silent")
+    silent = set(_pis(silent or [], "silent"))  # a set: one lookup per Pi, not a list search
     out = {}
     for campus in sorted(campus_pis, key=str):
         _campus(campus, "campus_pis")

@@ -542,8 +542,9 @@ def decide(view, observed, pending, allowed):
             withheld[part] = sorted(k for ids in decision[part].values() for k in ids)
             decision["nothing"].update(dict.fromkeys(withheld[part], reason))
             decision[part] = {}
-    decision["checks"] = {k: c for k, c in decision["checks"].items()
-                          if any(k in ids for part in ("wake", "shutdown") for ids in decision[part].values())}
+    # one set of the acting kiosks, not a search of every list per kiosk: linear in the campus
+    acting = {k for part in ("wake", "shutdown") for ids in decision[part].values() for k in ids}
+    decision["checks"] = {k: c for k, c in decision["checks"].items() if k in acting}
     decision["withheld"] = withheld
     return decision
 

@@ -348,11 +348,16 @@ def select_kiosks(inventory, kiosks=None, campus=None):
         raise InventoryError("kiosks/campus: name kiosks (kiosks=k1,k2) or campuses (campus=east)")
     selection = {}
     if kiosk_ids:
+        # one map and one set, not a campus walk and a list search per id: linear in the ids
+        owner = {}
+        for name, spec in known.items():
+            for minion_id in (*spec["kiosks"], *spec["pis"]):
+                owner.setdefault(minion_id, name)  # the first campus wins, as in campus_of
+        picked = set()
         unknown = []
         for kiosk_id in kiosk_ids:
-            try:
-                where = campus_of(inventory, kiosk_id)
-            except InventoryError:
+            where = owner.get(kiosk_id)
+            if where is None:
                 unknown.append(kiosk_id)
                 continue
             if kiosk_id not in known[where]["kiosks"]:
@@ -361,7 +366,8 @@ def select_kiosks(inventory, kiosks=None, campus=None):
             if campus_names and where not in campus_names:
                 raise InventoryError(f"kiosks: {kiosk_id} belongs to campus {where}, not {', '.join(campus_names)}")
             selection.setdefault(where, [])
-            if kiosk_id not in selection[where]:
+            if kiosk_id not in picked:
+                picked.add(kiosk_id)
                 selection[where].append(kiosk_id)
         if unknown:
             raise InventoryError(f"kiosks: unknown kiosk {', '.join(unknown)}")

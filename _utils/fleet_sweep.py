@@ -62,6 +62,7 @@ records (so the state file is plain JSON).
 """
 
 import datetime as _dt
+from collections import Counter
 import hashlib
 import json
 
@@ -722,7 +723,10 @@ def metrics(last, action, ret, inventory, at):
         last["actions"] = {c: {"wake": len(ret.get("wake", {}).get(c, [])),
                                "shutdown": len(ret.get("shutdown", {}).get(c, []))} for c in campuses}
     if action == "verify":
-        last["mismatches"] = {c: sum(1 for m in ret.get("mismatches", []) if m.get("campus") == c) for c in campuses}
+        # one pass over the mismatches, not one per campus; campus names are strings (an
+        # unhashable campus matched none before and must not crash the count now)
+        per_campus = Counter(c for c in (m.get("campus") for m in ret.get("mismatches", [])) if isinstance(c, str))
+        last["mismatches"] = {c: per_campus[c] for c in campuses}
     families = [
         ("kiosk_power_last_run_success", "gauge", "1 when the last sweep/verify succeeded.",
          [({"action": a}, r["ok"]) for a, r in sorted(runs.items())]),

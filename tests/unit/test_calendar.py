@@ -329,3 +329,22 @@ def test_next_serial_takes_a_huge_whole_clock_without_overflowing():
     assert fc.next_serial(None, 10**300) == 10**300
     with pytest.raises(fc.CalendarError, match="^now: "):
         fc.next_serial(None, float("nan"))
+
+
+@pytest.mark.parametrize("silent", [
+    ["pi-east-3", "pi-west-9", "pi-east-1", "pi-east-3"], ("pi-east-1", "pi-east-3", "pi-west-9"),
+    {"pi-west-9", "pi-east-3", "pi-east-1"}])
+def test_supervision_lists_each_campus_s_silent_pis_sorted_whatever_the_silent_container(silent):
+    # silent is looked up as a set: repeats, order and container type change nothing,
+    # another campus's silent Pi is not listed, and the texts stay the same
+    campus_pis = {"east": ["pi-east-3", "pi-east-1", "pi-east-2"], "west": ["pi-west-1"]}
+    answered = {"pi-east-2": {"result": True, "pi": "pi-east-2", "leader": True, "woke": [], "shut_down": []}}
+    got = fc.supervision(campus_pis, answered, {}, silent)
+    assert got["east"]["silent"] == ["pi-east-1", "pi-east-3"] and "error" not in got["east"]
+    assert got["west"]["silent"] == []
+    assert got["west"]["error"] == "no Pi of west answered (Pis silent: none); the campus runs on its own calendar meanwhile"
+    alone = fc.supervision({"east": ["pi-east-3", "pi-east-1"]}, {}, {}, silent)["east"]
+    assert alone["error"] == ("no Pi of east answered (Pis silent: pi-east-1, pi-east-3); "
+                              "the campus runs on its own calendar meanwhile")
+    with pytest.raises(fc.CalendarError, match=r"^silent: .* is not a Pi id"):
+        fc.supervision(campus_pis, answered, {}, [*silent, 7])

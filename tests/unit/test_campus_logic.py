@@ -533,3 +533,29 @@ def test_a_closure_published_mid_day_gets_the_calendar_key_not_yesterday_s():
     # a schedule change that keeps the state (a closure on a day already off) moves no key
     quiet = day_of_runs([(sun, SCHEDULE, {}, 1, sun), (sun + dt.timedelta(hours=1), closed, {}, 2, sun)])
     assert quiet[1] == ("off", "2027-03-07T12:00:00Z")
+
+
+@pytest.mark.parametrize("clock,confirmed,leads", [
+    (SYNCED, [], True), (SYNCED, [], False), (UNSYNCED, ["pi-east-2"], True), (UNSYNCED, [], True)])
+def test_decide_keeps_the_checks_of_exactly_the_kiosks_it_acts_on(clock, confirmed, leads):
+    # the checks filter (a set of the acting kiosks) keeps what the per-kiosk list search kept, in order
+    view = fleet_sweep.expect(EAST, SCHEDULE, {}, T0)  # east-01 due on, east-02 due off
+    seen = observed(**{"kiosk-east-01": "off", "kiosk-east-02": "on"})
+    allowed = fleet_campus.gate(clock, confirmed, leads, "pi-east-1")
+    run = fleet_campus.decide(view, seen, {}, allowed)
+    engine = fleet_sweep.sweep(view, seen, {})
+    acting = [k for part in ("wake", "shutdown") for ids in run[part].values() for k in ids]
+    assert list(run["checks"]) == [k for k in engine["checks"] if k in acting]
+    assert all(run["checks"][k] == engine["checks"][k] for k in run["checks"])
+    assert sorted(run["checks"]) == sorted(acting)
+    withheld = run["withheld"]["wake"] + run["withheld"]["shutdown"]
+    assert not set(withheld) & set(run["checks"])
+
+
+def test_decide_drops_the_checks_of_withheld_shutdowns_only():
+    view = fleet_sweep.expect(EAST, SCHEDULE, {}, T0)
+    seen = observed(**{"kiosk-east-01": "off", "kiosk-east-02": "on"})
+    assert sorted(fleet_campus.decide(view, seen, {}, fleet_campus.gate(SYNCED, [], True, "pi-east-1"))["checks"]) \
+        == ["kiosk-east-01", "kiosk-east-02"]
+    assert list(fleet_campus.decide(view, seen, {}, fleet_campus.gate(UNSYNCED, [], True, "pi-east-1"))["checks"]) \
+        == []

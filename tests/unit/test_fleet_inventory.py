@@ -150,3 +150,63 @@ def test_kiosk_and_pi_slices_carry_the_campus_pis_with_master(raw):
         assert sorted(east["pis"]) == ["pi-east-1", "pi-east-2"]
         assert east["pis"]["pi-east-2"]["master"] == "127.0.9.3:14506"
         assert east["master_port"] == 14506
+
+
+def _select_by_search(inv, kiosk_ids, campus_names):
+    """select_kiosks's kiosks= branch as it was (a campus walk and a list search per id): the oracle."""
+    selection, unknown = {}, []
+    for kiosk_id in kiosk_ids:
+        try:
+            where = fleet_inventory.campus_of(inv, kiosk_id)
+        except fleet_inventory.InventoryError:
+            unknown.append(kiosk_id)
+            continue
+        if kiosk_id not in inv["campuses"][where]["kiosks"]:
+            unknown.append(kiosk_id)
+            continue
+        if campus_names and where not in campus_names:
+            raise fleet_inventory.InventoryError(
+                f"kiosks: {kiosk_id} belongs to campus {where}, not {', '.join(campus_names)}")
+        selection.setdefault(where, [])
+        if kiosk_id not in selection[where]:
+            selection[where].append(kiosk_id)
+    if unknown:
+        raise fleet_inventory.InventoryError(f"kiosks: unknown kiosk {', '.join(unknown)}")
+    return selection
+
+
+def _outcome(call):
+    try:
+        return call()
+    except fleet_inventory.InventoryError as exc:
+        return ("error", str(exc))
+
+
+@pytest.mark.parametrize("kiosks,campus", [
+    (["kiosk-east-01", "kiosk-west-02", "kiosk-east-01", "kiosk-west-01", "kiosk-west-02"], None),
+    (["kiosk-west-02", "kiosk-west-01", "kiosk-west-02"], "west"),
+    (["kiosk-west-02", "kiosk-x", "pi-west-1", "kiosk-x", "kiosk-east-01"], None),
+    (["kiosk-west-01", "kiosk-east-01"], "west"),
+    (["kiosk-x", "kiosk-east-01"], "west,east"),
+    ("kiosk-east-01,kiosk-east-01", "east"),
+])
+def test_select_kiosks_by_map_matches_the_list_search(raw, kiosks, campus):
+    # the map-and-set selection keeps the order of first mention, drops repeats,
+    # and raises the same texts as the per-id campus walk it replaced
+    inv = fleet_inventory.validate(raw)
+    expected = _outcome(lambda: _select_by_search(inv, fleet_inventory.names(kiosks, "kiosks"),
+                                                  fleet_inventory.names(campus, "campus")))
+    assert _outcome(lambda: fleet_inventory.select_kiosks(inv, kiosks=kiosks, campus=campus)) == expected
+
+
+def test_select_kiosks_keeps_first_mention_order_and_exact_errors(raw):
+    inv = fleet_inventory.validate(raw)
+    assert fleet_inventory.select_kiosks(inv, kiosks=["kiosk-west-02", "kiosk-east-01", "kiosk-west-01",
+                                                      "kiosk-west-02", "kiosk-east-01"]) == {
+        "west": ["kiosk-west-02", "kiosk-west-01"], "east": ["kiosk-east-01"]}
+    with pytest.raises(fleet_inventory.InventoryError) as exc:
+        fleet_inventory.select_kiosks(inv, kiosks=["pi-west-1", "kiosk-x", "kiosk-x", "kiosk-west-01"])
+    assert str(exc.value) == "kiosks: unknown kiosk pi-west-1, kiosk-x, kiosk-x"
+    with pytest.raises(fleet_inventory.InventoryError) as exc:
+        fleet_inventory.select_kiosks(inv, kiosks=["kiosk-x", "kiosk-east-01"], campus="west")
+    assert str(exc.value) == "kiosks: kiosk-east-01 belongs to campus east, not west"

@@ -511,3 +511,17 @@ def test_a_run_told_not_to_shut_down_still_wakes():
     assert sorted(decision["checks"]) == ["kiosk-east-01"]
     with pytest.raises(SweepError, match="^no_shutdown: "):
         fleet_sweep.sweep(view, obs, {}, no_shutdown=" ")
+
+
+def test_verify_mismatches_are_counted_per_campus_with_zeros_and_strays_ignored():
+    # counted in one pass (a Counter): every campus of the inventory, 0 where none, a campus
+    # not in the inventory or not a name (missing, a number, a list) counted nowhere, no crash
+    mismatches = [{"campus": "west"}, {"campus": "east"}, {"campus": "west"}, {"campus": "north"},
+                  {}, {"campus": None}, {"campus": 1}, {"campus": ["west"]}, {"campus": "west"}]
+    last, families = fleet_sweep.metrics({}, "verify", {"result": False, "mismatches": mismatches}, INVENTORY, 5.0)
+    expected = {c: sum(1 for m in mismatches if m.get("campus") == c) for c in sorted(INVENTORY["campuses"])}
+    assert last["mismatches"] == expected == {"east": 1, "west": 3}
+    by_name = {name: samples for name, _, _, samples in families}
+    assert by_name["kiosk_power_verify_mismatches"] == [({"campus": "east"}, 1), ({"campus": "west"}, 3)]
+    last, _ = fleet_sweep.metrics(last, "verify", {"result": True}, INVENTORY, 6.0)
+    assert last["mismatches"] == {"east": 0, "west": 0}
