@@ -301,13 +301,15 @@ def served(name, version):
     return ret
 
 
-def prune(name, keep=None):
+def prune(name, keep=None, also=None):
     """
     Delete staged versions of ``name`` the campus no longer needs: the
     pinned version, the previous one (the newest below the pin) and every
     version above the pin stay; with no pin (none yet, or frozen) all stay.
-    ``keep``: the ``keep`` newest stay too (at least 2). The runner calls
-    this after a successful push (``kiosk_release:prune``).
+    ``keep``: the ``keep`` newest stay too (at least 2). ``also``: versions
+    that stay whatever (a list; the runner passes the version a rollback
+    would republish). The runner calls this after a successful push
+    (``kiosk_release:prune``).
 
     CLI Example:
 
@@ -315,13 +317,19 @@ def prune(name, keep=None):
 
         salt -G kiosk_fleet_role:pi kiosk_pkg.prune kiosk-app
         salt -G kiosk_fleet_role:pi kiosk_pkg.prune kiosk-app keep=3
+        salt -G kiosk_fleet_role:pi kiosk_pkg.prune kiosk-app also='["1.3.2"]'
     """
     _args(name)
     if keep is not None:
         keep = _checked(fleet_repo.check_keep, keep)
+    if also is None:
+        also = []
+    if not isinstance(also, (list, tuple)):
+        raise SaltInvocationError(f"also: expected a list of versions, got {type(also).__name__}")
+    also = [_checked(fleet_release.check_version, v, f"also[{i}]") for i, v in enumerate(also)]
     repo = _repo_dir()
     try:
-        removed, kept = fleet_repo.prune(repo, name, keep)
+        removed, kept = fleet_repo.prune(repo, name, keep, also)
     except (fleet_release.ReleaseError, OSError) as exc:
         return _fail({"name": name, "pi": __opts__["id"]}, exc)
     return {"result": True, "name": name, "pi": __opts__["id"], "removed": removed, "kept": kept}

@@ -89,7 +89,10 @@ def _master_ports():
     if isinstance(path, str) and os.path.isabs(path) and os.path.isfile(path):
         import salt.config  # pylint: disable=import-outside-toplevel
 
-        opts = salt.config.master_config(path)
+        try:
+            opts = salt.config.master_config(path)
+        except (SystemExit, Exception):  # noqa: BLE001 - Salt exits on a config it cannot parse
+            raise fleet_scan.ScanError(f"kiosk_campus:master_config: {path} is not a readable master config") from None
         return fleet_scan.master_ports([opts["publish_port"], opts["ret_port"]], f"{path}: publish_port/ret_port")
     return fleet_scan.DEFAULT_MASTER_PORTS
 

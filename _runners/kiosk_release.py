@@ -350,6 +350,22 @@ def _stage(run, name, version, campuses, timeout, serials):
     return fleet_rollout.stage_rates(report, wan, rates["lan"])
 
 
+def _rollback_target(run, name, campus):
+    """
+    ``[version]`` that ``rollback`` would republish for ``campus`` now (from
+    the pin's history, :func:`fleet_rollout.rollback_plan`), ``[]`` when
+    there is none: the Pis keep it, so a rollback stays free.
+    """
+    pin_ = fleet_rollout.pin_of(run.state.read(), name, campus)
+    wanted = [pin_.get("version"), *(pin_.get("history") or [])] if pin_ else []
+    try:
+        previous, _ = fleet_rollout.rollback_plan(
+            name, campus, pin_, fleet_store.manifests(run.store, name, wanted), fleet_store.published(run.store, name))
+    except ValueError:  # no earlier content (first release) or a store that lost it: nothing extra to keep
+        return []
+    return [previous]
+
+
 def _prune(run, name, campus, timeout):
     """
     After a successful push: ``kiosk_pkg.prune`` on the campus's Pis (the
@@ -358,7 +374,8 @@ def _prune(run, name, campus, timeout):
     """
     pis = run.pis(campus)
     try:
-        returns = _call(pis, "kiosk_pkg.prune", [name], {}, min(timeout, PI_STATUS_TIMEOUT))
+        kwarg = {"also": _rollback_target(run, name, campus)}
+        returns = _call(pis, "kiosk_pkg.prune", [name], kwarg, min(timeout, PI_STATUS_TIMEOUT))
     except Exception as exc:  # pylint: disable=broad-except - the push stands whatever the pruning does
         log.warning("kiosk_release: pruning %s on %s failed: %s", name, campus, exc)
         returns = dict.fromkeys(pis, {"result": False, "error": f"prune: {exc.__class__.__name__}"})

@@ -139,6 +139,8 @@ def fetch(session, url, part, expected, field, timeout=(5, 60), retries=3, chunk
     """
     import requests  # only where downloads happen: the master runner does not need it
 
+    _own_part(part)
+
     check_pace(pace)
     size = expected["size"]
     if size == 0 and not os.path.exists(part):
@@ -205,11 +207,11 @@ def fetch(session, url, part, expected, field, timeout=(5, 60), retries=3, chunk
     return {"url": url, "fetched": fetched, "resumed_from": resumed}
 
 
-class _NoRange(Exception):
+class _NoRange(SourceError):
     """The server answered a Range request with the whole file (200): the delta gives way to a plain fetch."""
 
 
-class _Cut(Exception):
+class _Cut(SourceError):
     """A range answer that ended before its length: resumed like a network cut."""
 
 
@@ -234,6 +236,7 @@ def fetch_delta(session, url, part, expected, index, field, timeout=(5, 60), ret
     import requests  # only where downloads happen: the master runner does not need it
 
     check_pace(pace)
+    _own_part(part)
     chunks, size = expected["chunks"], expected["size"]
     index = dict(index)  # a base chunk found bad is dropped from this run's index
     stats = {"fetched": 0, "reused": 0}
@@ -322,12 +325,12 @@ def _fetch_range(session, url, start, chunks, asm, size, timeout, pace, stats, f
         if resp.status_code == 404:
             raise SourceError(f"{field}: {url} is not in the repository (404)")
         if resp.status_code == 200:
-            raise _NoRange()
+            raise _NoRange("the server answered the whole file")
         if resp.status_code != 206:
             raise SourceError(f"{field}: {url} answered HTTP {resp.status_code}")
         content_range = resp.headers.get("Content-Range", "")
         if not content_range.startswith(f"bytes {start}-{end}/"):
-            raise _NoRange()
+            raise _NoRange("the server answered the whole file")
         total = content_range.rsplit("/", 1)[-1]
         if total != "*" and total != str(size):
             raise IntegrityError(f"{field}: {url} is {total} bytes, the manifest says {size}")
@@ -479,6 +482,19 @@ def fetch_manifest(session, base, name, version, work, keys, get_file=None):
     else:
         raw = get_bytes(session, url, "source")
     return fleet_sign.load_manifest(raw, keys, name, version, url), raw
+
+
+def _own_part(part):
+    """
+    Drop a ``part`` that is another name of some file (a whole-file reuse
+    hard-links a base as the part; a run killed before the rename leaves the
+    link): writing into it would change a live version.
+    """
+    try:
+        if os.stat(part).st_nlink > 1:
+            os.unlink(part)
+    except FileNotFoundError:
+        pass
 
 
 def reuse_whole(path, part, expected, field):

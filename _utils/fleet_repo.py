@@ -196,7 +196,7 @@ def check_keep(keep):
     return value
 
 
-def prune_plan(index, keep=None):
+def prune_plan(index, keep=None, also=()):
     """
     ``(removed, kept)`` of the versions staged in ``index``. With a campus
     pin: the pinned version, the previous one (the newest staged below the
@@ -204,7 +204,9 @@ def prune_plan(index, keep=None):
     (pre-staged, or what the campus was rolled back from) stay; the rest
     goes. Without a pin (none yet, or the campus frozen) nothing is known to
     be unused: all stay. ``keep`` (the manual call) keeps the ``keep``
-    newest as well, pin or not.
+    newest as well, pin or not; ``also`` names versions that stay whatever
+    (the runner passes what ``rollback`` would republish: the pin's own
+    history, which may be older than the newest version below the pin).
     """
     versions = fleet_release.sort_versions(index["versions"])
     pinned = index["pin"]["version"] if index["pin"] and index["pin"].get("version") else None
@@ -216,16 +218,17 @@ def prune_plan(index, keep=None):
         kept = {pinned, *below[-1:], *(v for v in versions if fleet_release.parse_version(v) > floor)}
         if keep:
             kept |= set(versions[-keep:])
+    kept |= set(also) & set(versions)
     return fleet_release.prune_plan(versions, kept), fleet_release.sort_versions(kept)
 
 
-def prune(repo, name, keep=None):
+def prune(repo, name, keep=None, also=()):
     """Delete the versions :func:`prune_plan` drops: first out of the index, then off the disk."""
     if keep is not None:
         keep = check_keep(keep)
     with fleet_fetch.lock(repo, f"{name}.index", INDEX_LOCK_WAIT):
         index = read_index(repo, name)
-        removed, kept = prune_plan(index, keep)
+        removed, kept = prune_plan(index, keep, also)
         if removed:
             for version in removed:
                 del index["versions"][version]

@@ -308,23 +308,24 @@ def present_kiosks(selection, answers):
     presence answers (``{campus: Returns}`` of :func:`presence_jobs`; each
     answer ``{"campus", "kiosks": {id: bool}}``): ``(present, absent,
     unknown)``, sorted lists. A kiosk is present when any Pi of its campus
-    holds a connection from its minion, absent when at least one Pi of its
-    campus answered and none holds one, unknown when no Pi of its campus
-    answered (campus cut, an older pack on the Pis): callers ask those as
-    before rather than guess.
+    holds a connection from its minion, absent only when every Pi of its
+    campus answered and none holds one (a kiosk may be connected to the one
+    Pi that did not answer), unknown otherwise (a Pi cut or restarting, an
+    older pack on the Pis): callers ask those as before rather than guess.
     """
     present, absent, unknown = [], [], []
     for campus, kiosk_ids in selection.items():
         got = answers.get(campus)
-        seen = [r for r in (got.answered.values() if got else ())
-                if isinstance(r, dict) and r.get("campus") == campus and isinstance(r.get("kiosks"), dict)]
+        seen = {p: r for p, r in (got.answered.items() if got else ())
+                if isinstance(r, dict) and r.get("campus") == campus and isinstance(r.get("kiosks"), dict)}
+        everyone = bool(got) and bool(got.targets) and set(got.targets) <= set(seen)
         for kiosk in kiosk_ids:
-            if not seen:
-                unknown.append(kiosk)
-            elif any(r["kiosks"].get(kiosk) is True for r in seen):
+            if any(r["kiosks"].get(kiosk) is True for r in seen.values()):
                 present.append(kiosk)
-            else:
+            elif everyone:
                 absent.append(kiosk)
+            else:
+                unknown.append(kiosk)
     return sorted(present), sorted(absent), sorted(unknown)
 
 

@@ -260,3 +260,8 @@ def test_without_master_ports_the_ports_come_from_the_pi_master_config(inventory
     assert mods["kiosk_scan.presence"]()["kiosks"] == {"kiosk-east-01": True, "kiosk-east-02": False}
     master_config.write_text("publish_port: 4505\nret_port: 4506\n")  # another master's ports: not connected
     assert mods["kiosk_scan.presence"]()["kiosks"] == {"kiosk-east-01": False, "kiosk-east-02": False}
+    # a master config Salt cannot parse (Salt exits on it): the module's error names the setting,
+    # the job is not killed
+    master_config.write_text("publish_port: [\n")
+    with pytest.raises(SaltInvocationError, match="^kiosk_campus:master_config: .* is not a readable master config"):
+        mods["kiosk_scan.presence"]()

@@ -378,3 +378,17 @@ def test_bad_bases_and_pace_are_named(server, session, release):
     with pytest.raises(fleet_release.ReleaseError, match=r"^pace: "):
         fetch_release(session, release, [("pi", server.base)], pace=5)
     assert server.requests == []
+
+
+def test_a_part_left_as_a_link_to_a_held_file_is_never_written_into(server, session, release):
+    # a run killed between linking a base file as the part and its rename leaves the part as a second
+    # name of the held version's file; a later run that fetches the file must not write into that inode
+    held = os.path.join(release["base"], "app.bin")
+    work = work_file(release, "app.bin.part")
+    work.parent.mkdir(parents=True, exist_ok=True)
+    os.link(held, work)
+    got = fetch_release(session, release, [("pi", server.base)], bases=())
+    assert got["modes"]["app.bin"] == "whole"
+    assert work_file(release, "app.bin").read_bytes() == release["v2"]["app.bin"]
+    with open(held, "rb") as handle:
+        assert handle.read() == release["v1"]["app.bin"]  # the held version is untouched

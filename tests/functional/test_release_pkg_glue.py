@@ -246,6 +246,11 @@ def test_prune_keeps_the_pin_its_previous_and_what_is_above(pi, servers, release
         assert ret["result"] is True, ret
     with pytest.raises(SaltInvocationError, match=r"^keep: 1 is below 2"):
         mods["kiosk_pkg.prune"](NAME, keep=1)
+    with pytest.raises(SaltInvocationError, match=r"^also: expected a list of versions"):
+        mods["kiosk_pkg.prune"](NAME, also="6.0.0")
+    with pytest.raises(SaltInvocationError, match=r"^also\[1\]: "):
+        mods["kiosk_pkg.prune"](NAME, also=["6.0.0", "six"])
+    assert mods["kiosk_pkg.repo_status"](NAME)["staged"] == ["6.0.0", "6.1.0", "6.2.0", "6.3.0"]  # nothing removed
     ret = mods["kiosk_pkg.prune"](NAME)
     assert ret == {"result": True, "name": NAME, "pi": PI, "removed": ["6.0.0"], "kept": ["6.1.0", "6.2.0", "6.3.0"]}
     assert mods["kiosk_pkg.repo_status"](NAME)["staged"] == ["6.1.0", "6.2.0", "6.3.0"]

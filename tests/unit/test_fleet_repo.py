@@ -205,3 +205,9 @@ def test_a_rollback_staged_on_a_pi_that_holds_the_earlier_content_fetches_no_pac
     assert session.asked == [MASTER + f"{NAME}/1.1.1/manifest.json"]
     assert (repo / NAME / "1.1.1" / "app.bin").read_bytes() == good
     assert fleet_repo.live_signed(str(repo), NAME, "1.1.1", key[1])
+
+
+def test_prune_keeps_the_versions_named_also_and_ignores_ones_not_staged():
+    index = {"versions": dict.fromkeys(["1.0.0", "1.5.0", "2.0.0", "0.9.0"]), "pin": {"version": "2.0.0"}}
+    assert fleet_repo.prune_plan(index) == (["0.9.0", "1.0.0"], ["1.5.0", "2.0.0"])
+    assert fleet_repo.prune_plan(index, also=["1.0.0", "7.0.0"]) == (["0.9.0"], ["1.0.0", "1.5.0", "2.0.0"])

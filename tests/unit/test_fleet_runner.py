@@ -210,6 +210,10 @@ def test_present_kiosks_splits_present_absent_and_unknown_campuses():
     present, absent, unknown = fleet_runner.present_kiosks({"east": ["k-e1", "k-e2"]},
                                                            {"east": _answers("east", **{"k-e1": True})})
     assert (present, absent, unknown) == (["k-e1"], ["k-e2"], [])
+    # one Pi of two answered: a kiosk it does not hold may be connected to the other one
+    half = fleet_runner.merge([_answers("east", **{"k-e1": True, "k-e2": False}),
+                               fleet_runner.Returns(["pi-east-2"], {}, {}, ["pi-east-2"], [], {})])
+    assert fleet_runner.present_kiosks({"east": ["k-e1", "k-e2"]}, {"east": half}) == (["k-e1"], [], ["k-e2"])
 
 
 def test_presence_jobs_go_to_each_campus_pis_with_that_campus_kiosks_only():

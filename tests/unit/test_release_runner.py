@@ -88,7 +88,7 @@ class Fleet:
             if minion in self.prune_fails:
                 return {"result": False, "error": self.prune_fails[minion]}
             index = {"versions": dict.fromkeys(self.staged.get(minion, ())), "pin": self.pins.get(minion)}
-            removed, kept = fleet_repo.prune_plan(index)  # the Pi's own policy
+            removed, kept = fleet_repo.prune_plan(index, also=kwarg.get("also", ()))  # the Pi's own policy
             self.staged[minion] = set(kept)
             return {"result": True, "name": arg[0], "pi": minion, "removed": removed, "kept": kept}
         raise AssertionError(f"unexpected job {fun}")
@@ -267,6 +267,20 @@ def test_publish_to_a_campus_stages_it_once_and_the_staged_event_pushes_once(mas
     assert master.run("push", NAME, "1.1.0", campus="west", timeout=10)["pushed"] is True
     assert master.fleet.timeouts[-3:] == [("kiosk_pkg.repo_status", 10), ("kiosk_pkg.check_update", 10),
                                           ("kiosk_pkg.prune", 10)]
+
+
+def test_prune_keeps_what_a_rollback_would_republish_even_below_a_newer_staged_version(master):
+    master.publish("1.0.0", b"build one")
+    assert master.run("rollout", NAME, "1.0.0", rings="east")["result"] is True
+    master.publish("1.5.0", b"build one and a half")
+    assert master.run("stage", NAME, "1.5.0", campuses="east")["result"] is True  # staged, never pinned
+    master.publish("2.0.0", b"build two")
+    ret = master.run("rollout", NAME, "2.0.0", rings="east")
+    assert ret["result"] is True, ret
+    prunes = [kw for fun, _, kw in master.fleet.jobs if fun == "kiosk_pkg.prune"]
+    assert prunes[-1] == {"also": ["1.0.0"]}  # the pin's history, not the newest version below the pin
+    assert ret["rings"][0]["pruned"]["east"]["pi-east-1"] == {"removed": [], "kept": ["1.0.0", "1.5.0", "2.0.0"]}
+    assert master.run("rollback", NAME, campus="east")["rolled_back"]["content_of"] == "1.0.0"
 
 
 def test_status_asks_only_the_kiosks_the_pis_hold_a_connection_from(master):
