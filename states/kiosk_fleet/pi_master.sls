@@ -22,6 +22,7 @@
         master_config_dir: /etc/salt/master.d
         autosign_file: /etc/salt/autosign.conf
         restart: True            # False: never restart salt-master (tests)
+        master_worker_threads: 3 # the Pi master's worker_threads (Salt's default is 5)
         restart_delay: 10        # seconds between the state's end and the restart (1-3600);
                                  # pillar kiosk_fleet_master_key:restart_delay wins (campus_keys
                                  # staggers the Pis of a campus so they never restart together)
@@ -32,6 +33,7 @@
 {%- set conf_dir = salt['config.get']('kiosk_fleet:master_config_dir', '/etc/salt/master.d') %}
 {%- set autosign_file = salt['config.get']('kiosk_fleet:autosign_file', '/etc/salt/autosign.conf') %}
 {%- set restart = salt['config.get']('kiosk_fleet:restart', True) %}
+{%- set worker_threads = salt['config.get']('kiosk_fleet:master_worker_threads', 3) %}
 {%- set key = salt['pillar.get']('kiosk_fleet_master_key', {}) %}
 {%- set restart_delay = key.get('restart_delay') if key.get('restart_delay') is not none
                         else salt['config.get']('kiosk_fleet:restart_delay', 10) %}
@@ -71,6 +73,15 @@ kiosk_fleet_pi_master_config:
         auto_accept: False
         open_mode: False
         autosign_file: {{ autosign_file | json }}
+        # a kiosk that lost power leaves a half-open connection on the Pi: probed after 60 s idle,
+        # 3 x 20 s, so the Pi's presence (kiosk_scan.presence) drops it in about 2 minutes, not
+        # Salt's 300 s idle plus the kernel's probes
+        tcp_keepalive: True
+        tcp_keepalive_idle: 60
+        tcp_keepalive_cnt: 3
+        tcp_keepalive_intvl: 20
+        # ~30 kiosks per Pi: 3 request workers (each ~27 MiB PSS, measured) instead of Salt's 5
+        worker_threads: {{ worker_threads | json }}
 
 {%- if restart and not delay_ok %}
 

@@ -316,7 +316,9 @@ def test_pi_master_sls_installs_key_autosign_and_config(tmp_path, fleet, keys):
     # the Pi's own minion now accepts its master's new key
     assert (own / "minion_master.pub").read_bytes() == keys["campus"][1]
     assert yaml.safe_load((scratch / "master.d" / "kiosk_fleet.conf").read_text()) == {
-        "auto_accept": False, "open_mode": False, "autosign_file": str(scratch / "autosign.conf")}
+        "auto_accept": False, "open_mode": False, "autosign_file": str(scratch / "autosign.conf"),
+        "tcp_keepalive": True, "tcp_keepalive_idle": 60, "tcp_keepalive_cnt": 3, "tcp_keepalive_intvl": 20,
+        "worker_threads": 3}
     assert "kiosk-east-02" in (scratch / "autosign.conf").read_text()
     assert "kiosk-west" not in (scratch / "autosign.conf").read_text()
     code, again, err = salt_call(root, "state.apply", "kiosk_fleet.pi_master", pillar, "test=True")
