@@ -20,8 +20,6 @@ each carrying only that campus's kiosks), hands what they saw to the pure engine
 written atomically). Every runner returns ``result``/``retcode``/``error``.
 """
 
-import concurrent.futures
-import contextvars
 import datetime as _dt
 import logging
 import os
@@ -70,8 +68,6 @@ MISMATCH_TAG = "kiosk/power/mismatch"
 RECONCILE = "kiosk_campus.reconcile"  # the Pi minion's function: the Pi master's reconcile, now
 PUBLISH = "kiosk_calendar.publish"
 COLLECTED = ("kiosk_outbox", "collected.db")  # the outbox collection's store (kiosk_outbox.collect)
-# per-campus jobs in flight at once (one thread and LocalClient each); more campuses queue
-MAX_PARALLEL_JOBS = 32
 ERRORS = (fleet_fields.FleetError,)  # every refusal of the pack: a ValueError naming its field
 
 
@@ -187,21 +183,9 @@ def _per_campus(inventory, selection, fun, timeout, **kwarg):
     """
     campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
     jobs = {c: dict(kwarg, kiosks=sorted(ids)) for c, ids in selection.items() if ids and campus_pis[c]}
-    if not jobs:
-        return campus_pis, fleet_runner.Returns([], {}, {}, [], [], {})
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(jobs), MAX_PARALLEL_JOBS)) as pool:
-        # each thread runs in a copy of this context: Salt's loader dunders (__opts__) live in contextvars
-        futures = [pool.submit(contextvars.copy_context().run, _call, campus_pis[c], fun, timeout, jobs[c])
-                   for c in sorted(jobs)]
-        parts = [future.result() for future in futures]
-    return campus_pis, fleet_runner.Returns(
-        sorted(m for got in parts for m in got.targets),
-        {m: r for got in parts for m, r in got.answered.items()},
-        {m: r for got in parts for m, r in got.failed.items()},
-        sorted(m for got in parts for m in got.silent),
-        sorted(m for got in parts for m in got.conflicting),
-        {m: r for got in parts for m, r in got.returns.items()},
-    )
+    parts = fleet_runner.per_campus(lambda targets, fun_, kw: _call(targets, fun_, timeout, kw),
+                                    {c: (campus_pis[c], fun, jobs[c]) for c in jobs})
+    return campus_pis, fleet_runner.merge([parts[c] for c in sorted(parts)])
 
 
 def _observe(inventory, selection, timeout):
