@@ -28,7 +28,7 @@ import urllib.request
 import pytest
 
 from tests.support import topology as topo
-from tests.support.nginx import URL_PREFIX, NginxRepo, nginx_binary
+from tests.support.nginx import URL_PREFIX, nginx_binary, topology_repos
 
 pytestmark = [
     pytest.mark.topology,
@@ -145,27 +145,9 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(topology):
-    inventory = topology.inventory["kiosk_fleet"]
-    root = pathlib.Path(topology.release_dir["root"])
-    store = pathlib.Path(topology.top.config["kiosk_release"]["store"])
-    store.mkdir(parents=True, exist_ok=True)
-    started = []
-    try:
-        # the same work dirs (and so access logs) as test_release.py: the Pi minions' access_log names them
-        master = NginxRepo([f"{topo.MASTER_EXPORT_ADDRESS}:{topology.release_dir['master_port']}"], store,
-                           root / "nginx" / "master").start()
-        started.append(master)
-        pis = {}
-        for campus in inventory["campuses"].values():
-            for pi_id, pi in campus["pis"].items():
-                (root / "repo" / pi_id).mkdir(parents=True, exist_ok=True)
-                listen = [f"{v['source']}:{campus['repo_port']}" for v in pi["vlans"].values()]
-                pis[pi_id] = NginxRepo(listen, root / "repo" / pi_id, root / "nginx" / pi_id).start()
-                started.append(pis[pi_id])
+    with topology_repos(topology, topo.MASTER_EXPORT_ADDRESS) as (master, pis):
+        # builds are made under the top master's kiosk_release:source_root (publish reads nothing else)
         yield Fleet(topology, master, pis, pathlib.Path(topology.release_dir["builds"]))
-    finally:
-        for server in started:
-            server.stop()
 
 
 # --------------------------------------------------------------------------- content and chunks

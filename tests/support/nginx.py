@@ -205,3 +205,34 @@ class NginxRepo:
         if path_prefix is not None and not path_prefix.startswith("/"):
             path_prefix = URL_PREFIX + path_prefix
         return sum(e["bytes"] for e in self.log_entries() if path_prefix is None or e["path"].startswith(path_prefix))
+
+
+@contextlib.contextmanager
+def topology_repos(topology, export_address):
+    """
+    nginx for the topology's release path, stopped by pid on the way out:
+    the master's export of its store on ``export_address``:<master_port>, and
+    each Pi's repository on its VLAN addresses. Yields ``(master, {pi: repo})``.
+    The work dirs (and so the access logs the Pi minions' ``access_log``
+    names) are the same for every module that uses them.
+    """
+    inventory = topology.inventory["kiosk_fleet"]
+    root = pathlib.Path(topology.release_dir["root"])
+    store = pathlib.Path(topology.top.config["kiosk_release"]["store"])
+    store.mkdir(parents=True, exist_ok=True)
+    started = []
+    try:
+        master = NginxRepo([f"{export_address}:{topology.release_dir['master_port']}"], store,
+                           root / "nginx" / "master").start()
+        started.append(master)
+        pis = {}
+        for campus in inventory["campuses"].values():
+            for pi_id, pi in campus["pis"].items():
+                (root / "repo" / pi_id).mkdir(parents=True, exist_ok=True)
+                listen = [f"{v['source']}:{campus['repo_port']}" for v in pi["vlans"].values()]
+                pis[pi_id] = NginxRepo(listen, root / "repo" / pi_id, root / "nginx" / pi_id).start()
+                started.append(pis[pi_id])
+        yield master, pis
+    finally:
+        for server in started:
+            server.stop()
