@@ -91,13 +91,13 @@ IDLE_S = 20
 RUNS = (
     ("kiosk_fleet.ping", ["kiosk_fleet.ping"], False),
     ("kiosk_release.status", ["kiosk_release.status", RELEASE], False),
-    ("kiosk_change.apply test=True", ["kiosk_change.apply", "template=hosts", "test=True"], False),
+    ("kiosk_change.apply test=True", ["kiosk_change.apply", "template=hosts", "campus={campuses}", "test=True"], False),
     ("kiosk_fleet.ping", ["kiosk_fleet.ping"], True),
     ("kiosk_power.plan", ["kiosk_power.plan"], True),
     ("kiosk_power.sweep", ["kiosk_power.sweep"], True),
     ("kiosk_power.verify", ["kiosk_power.verify", "explicit=True"], True),
     ("kiosk_release.status", ["kiosk_release.status", RELEASE], True),
-    ("kiosk_change.apply test=True", ["kiosk_change.apply", "template=hosts", "test=True"], True),
+    ("kiosk_change.apply test=True", ["kiosk_change.apply", "template=hosts", "campus={campuses}", "test=True"], True),
 )
 # top master settings --master-opt may change (the ones that decide how long a call waits)
 MASTER_OPTS = ("syndic_wait", "gather_job_timeout", "worker_threads", "zmq_filtering", "timeout", "keep_jobs_seconds")
@@ -535,6 +535,7 @@ def one_size(args, n):
                 services.stop(stopped(kiosks))
                 off_done = True
             cpu0 = tree_cpu(top_pid)
+            argv = [a.format(campuses=",".join(sorted(topology["campuses"]))) for a in argv]
             rc, wall, run_cpu, answer = salt_run(run, argv)
             top_cpu = tree_cpu(top_pid) - cpu0
             key = _key(label, off)
