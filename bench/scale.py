@@ -399,7 +399,7 @@ def kiosk_dir(run, kiosk):
     return run / "kiosks" / kiosk
 
 
-def slim(run, topology, master_opts=None, pi_opts=None):
+def slim(run, topology, master_opts=None, pi_opts=None, source_address=True):
     """Rewrite the lab's configs for the bench: slim kiosks with keys placed ahead, no Pi beacons, no webhook."""
     top_file = run / TOP_ID / "master"
     top = yaml.safe_load(top_file.read_text())
@@ -423,6 +423,8 @@ def slim(run, topology, master_opts=None, pi_opts=None):
             conf = yaml.safe_load(path.read_text())
             for key in ("startup_states", "sls_list"):
                 conf.pop(key, None)
+            if not source_address:  # connect from 127.0.0.1: the Pis' presence sees no kiosk
+                conf.pop("source_address", None)
             pki = kiosk_dir(run, kiosk) / "pki"
             conf.update({
                 "pki_dir": str(pki), "beacons": {}, "grains_refresh_every": 0, "mine_enabled": False,
@@ -488,7 +490,7 @@ def one_size(args, n):
     daemons = lab.write_configs(run, raw, inv)
     master_opts = parse_master_opts(args.master_opt)
     pi_opts = parse_master_opts(args.pi_opt, "pi-opt")
-    slim(run, topology, master_opts, pi_opts)
+    slim(run, topology, master_opts, pi_opts, not args.no_source_address)
     kiosks, pis = kiosk_ids(topology), pi_ids(topology)
     result = {"kiosks": n, "runs": {}, "notes": []}
     top = yaml.safe_load((run / TOP_ID / "master").read_text())
@@ -566,6 +568,8 @@ def main(argv=None):
                         help=f"a top master setting for the run (repeatable; one of {', '.join(MASTER_OPTS)})")
     parser.add_argument("--pi-opt", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting of every Pi master (repeatable; same keys as --master-opt)")
+    parser.add_argument("--no-source-address", action="store_true",
+                        help="kiosk minions connect from 127.0.0.1, not their inventory address (no presence)")
     parser.add_argument("--runs", default=None,
                         help="comma-separated substrings: only the runs whose label contains one (e.g. verify,status)")
     args = parser.parse_args(argv)
