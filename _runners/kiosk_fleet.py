@@ -107,7 +107,7 @@ def ping(campus=None, kiosks=None, timeout=10, presence=True):
     if presence:
         campus_pis = {c: fleet_inventory.pis_of(inv, c) for c in selection}
         targets, absent = fleet_runner.split_by_presence(_local_client, campus_pis, selection)
-    with salt.client.get_local_client(__opts__["conf_file"]) as client:
+    with _local_client() as client:
         returns = fleet_runner.call(client.cmd_iter, targets, "test.ping", timeout=timeout)
     # a kiosk that failed (answered an error) or whose return conflicts (a forged copy) is down too
     report = fleet_runner.presence(selection, returns.answered)
@@ -297,7 +297,7 @@ def campus_keygen(campus=None, rotate=False):
 
 def _call(targets, fun, arg, kwarg, timeout):
     """ONE job to ``targets``, sorted by ``fleet_runner.call``: answered, failed, silent, conflicting."""
-    with salt.client.get_local_client(__opts__["conf_file"]) as client:
+    with _local_client() as client:
         got = fleet_runner.call(client.cmd_iter, targets, fun, arg, kwarg, timeout)
     if got.conflicting:
         log.warning("kiosk_fleet: %s: conflicting returns from %s (one was forged); counted as silent",

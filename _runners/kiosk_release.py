@@ -181,9 +181,7 @@ def _call(targets, fun, arg=(), kwarg=None, timeout=60):
     """
     if not targets:
         return {}
-    import salt.client  # pylint: disable=import-outside-toplevel
-
-    with salt.client.get_local_client(__opts__["conf_file"]) as client:
+    with _local_client() as client:
         got = fleet_runner.call(client.cmd_iter, targets, fun, arg, kwarg, timeout)
     if got.conflicting:
         log.warning("kiosk_release: %s: conflicting returns from %s", fun, ", ".join(got.conflicting))
