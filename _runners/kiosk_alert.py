@@ -253,7 +253,7 @@ def _reread(pi, timeout):
     (``fleet_runner.call``), and the reading is not used.
     """
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
-        returns = fleet_runner.call(client.cmd_iter, [pi], "kiosk_env.read", timeout=timeout)
+        returns = fleet_runner.call(client, [pi], "kiosk_env.read", timeout=timeout)
     if pi in returns.conflicting:
         return None, f"{pi} answered the re-read twice, differently (a forged return)"
     if pi in returns.failed:

@@ -196,7 +196,7 @@ def _call(targets, fun, timeout, kwarg):
     import salt.client  # pylint: disable=import-outside-toplevel
 
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
-        got = fleet_runner.call(client.cmd_iter, targets, fun, kwarg=kwarg, timeout=timeout)
+        got = fleet_runner.call(client, targets, fun, kwarg=kwarg, timeout=timeout)
     if got.conflicting:
         log.warning("kiosk_calendar: %s: conflicting returns from %s (one was forged); counted as silent",
                     fun, ", ".join(got.conflicting))

@@ -299,7 +299,7 @@ def _shutdown(conf, selection, transitions):
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
         for template, kiosks in sorted(jobs.items()):
             kwarg = {"delay_s": conf["shutdown_delay_s"], "message": fleet_campus.SHUTDOWN_MESSAGE, "key": template}
-            got = fleet_runner.call(client.cmd_iter, kiosks, "kiosk_power.shutdown", kwarg=kwarg,
+            got = fleet_runner.call(client, kiosks, "kiosk_power.shutdown", kwarg=kwarg,
                                     timeout=conf["shutdown_timeout_s"])
             report = fleet_power.shutdown_report(got.answered, got.failed, got.silent)
             accepted += report["accepted"]

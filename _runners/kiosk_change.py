@@ -89,7 +89,7 @@ def apply(template=None, campus=None, kiosks=None, test=False, params=None, time
         campus_pis = {c: fleet_inventory.pis_of(inventory, c) for c in selection}
         targets, absent = fleet_runner.split_by_presence(_local_client, campus_pis, selection)
     with _local_client() as client:
-        returns = fleet_runner.call(client.cmd_iter, targets, "state.apply", [sls],
+        returns = fleet_runner.call(client, targets, "state.apply", [sls],
                                     {"test": test, "pillar": {"kiosk_change": params}}, timeout)
     # silent, conflicting and absent kiosks have no return: report() lists them as silent
     ret = fleet_change.report(kiosk_ids, returns.returns)

@@ -82,7 +82,7 @@ def status(campus=None, stale_s=DEFAULT_STALE_S, timeout=30):
         return fleet_runner.fail(__context__, exc)
     pis = sorted({p for ids in campus_pis.values() for p in ids})
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
-        returns = fleet_runner.call(client.cmd_iter, pis, "kiosk_env.read", timeout=timeout)
+        returns = fleet_runner.call(client, pis, "kiosk_env.read", timeout=timeout)
     store = fleet_state.Store(os.path.join(__opts__["cachedir"], STATE_DIR), READINGS_FILE,
                               {"readings": {}}, 30, fleet_env.EnvError)
     try:

@@ -108,7 +108,7 @@ def ping(campus=None, kiosks=None, timeout=10, presence=True):
         campus_pis = {c: fleet_inventory.pis_of(inv, c) for c in selection}
         targets, absent = fleet_runner.split_by_presence(_local_client, campus_pis, selection)
     with _local_client() as client:
-        returns = fleet_runner.call(client.cmd_iter, targets, "test.ping", timeout=timeout)
+        returns = fleet_runner.call(client, targets, "test.ping", timeout=timeout)
     # a kiosk that failed (answered an error) or whose return conflicts (a forged copy) is down too
     report = fleet_runner.presence(selection, returns.answered)
     down = sorted(k for r in report.values() for k in r["down"])
@@ -298,7 +298,7 @@ def campus_keygen(campus=None, rotate=False):
 def _call(targets, fun, arg, kwarg, timeout):
     """ONE job to ``targets``, sorted by ``fleet_runner.call``: answered, failed, silent, conflicting."""
     with _local_client() as client:
-        got = fleet_runner.call(client.cmd_iter, targets, fun, arg, kwarg, timeout)
+        got = fleet_runner.call(client, targets, fun, arg, kwarg, timeout)
     if got.conflicting:
         log.warning("kiosk_fleet: %s: conflicting returns from %s (one was forged); counted as silent",
                     fun, ", ".join(got.conflicting))

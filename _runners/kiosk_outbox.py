@@ -87,7 +87,7 @@ def _call(targets, fun, timeout, kwarg):
     import salt.client  # pylint: disable=import-outside-toplevel
 
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
-        return fleet_runner.call(client.cmd_iter, targets, fun, kwarg=kwarg, timeout=timeout)
+        return fleet_runner.call(client, targets, fun, kwarg=kwarg, timeout=timeout)
 
 
 def _pis(inventory, campus):

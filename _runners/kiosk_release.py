@@ -182,7 +182,7 @@ def _call(targets, fun, arg=(), kwarg=None, timeout=60):
     if not targets:
         return {}
     with _local_client() as client:
-        got = fleet_runner.call(client.cmd_iter, targets, fun, arg, kwarg, timeout)
+        got = fleet_runner.call(client, targets, fun, arg, kwarg, timeout)
     if got.conflicting:
         log.warning("kiosk_release: %s: conflicting returns from %s", fun, ", ".join(got.conflicting))
     return {**got.returns, **dict.fromkeys(got.conflicting, CONFLICTING)}

@@ -97,10 +97,10 @@ def _ask(kiosk, timeout):
     import salt.client  # pylint: disable=import-outside-toplevel
 
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
-        got = fleet_runner.call(client.cmd_iter, [kiosk], FUNCTION, kwarg={"reason": True}, timeout=timeout)
+        got = fleet_runner.call(client, [kiosk], FUNCTION, kwarg={"reason": True}, timeout=timeout)
         if kiosk in got.failed and "is not available" in got.failed[kiosk]:
             # the pack's modules not synced yet (the reactor syncs them at the same time): Salt's own boot time
-            got = fleet_runner.call(client.cmd_iter, [kiosk], FALLBACK, timeout=timeout)
+            got = fleet_runner.call(client, [kiosk], FALLBACK, timeout=timeout)
             if kiosk in got.answered:
                 got.answered[kiosk] = {"boot_time": got.answered[kiosk], "shutdown": None}
     if got.conflicting:

@@ -47,8 +47,10 @@ import json
 import math
 import os
 import pathlib
+import re
 import resource
 import selectors
+import signal
 import socket
 import statistics
 import subprocess
@@ -84,12 +86,17 @@ SERVICE_PORT = 3389  # what the Pis' kiosk_scan probes: the bench listens there 
 TIMEZONE = "Asia/Shanghai"
 OFF_SHARE = 0.3
 RELEASE = "kiosk-app"
+ROLLOUT_VERSION = "1.0.0"
+ROLLOUT_MIB = 1  # the release the rollout carries (random bytes, its install script the lab's)
 START_WAIT_S = 900
 RUN_TIMEOUT_S = 900
 IDLE_S = 20
 # (label, salt-run arguments, with the kiosks stopped)
 RUNS = (
     ("kiosk_fleet.ping", ["kiosk_fleet.ping"], False),
+    # every campus at once, one ring: pin, stage on the Pis (from the top's nginx), install on every kiosk
+    # (from its Pis' nginx), confirm by the Pis' access logs; then status reports a real release
+    ("kiosk_release.rollout", ["kiosk_release.rollout", RELEASE, "{version}", "campuses={campuses}"], False),
     ("kiosk_release.status", ["kiosk_release.status", RELEASE], False),
     ("kiosk_change.apply test=True", ["kiosk_change.apply", "template=hosts", "campus={campuses}", "test=True"], False),
     ("kiosk_fleet.ping", ["kiosk_fleet.ping"], True),
@@ -102,6 +109,9 @@ RUNS = (
 # top master settings --master-opt may change (the ones that decide how long a call waits)
 MASTER_OPTS = ("syndic_wait", "gather_job_timeout", "worker_threads", "zmq_filtering", "timeout", "keep_jobs_seconds")
 FIGURES = (("wall", "wall s"), ("top_cpu", "top CPU s"), ("run_cpu", "salt-run CPU s"))
+# busy CPU seconds of the whole machine during a run (every daemon: kiosks, Pis, top, salt-run); divided by
+# wall x cores it says how much of the wall time this machine's CPU set (kiosks all on 2 cores here)
+MACHINE = ("machine_cpu", "machine CPU s")
 
 
 class ScaleError(ValueError):
@@ -239,13 +249,18 @@ def format_table(results, target=None):
     keys = []
     for r in results:
         keys += [k for k in r["runs"] if k not in keys]
-    lines = [f"{'runner':<34} {'N':>5} {'wall s':>8} {'top CPU s':>10} {'salt-run CPU s':>15} {'rc':>3}"]
+    lines = [f"{'runner':<34} {'N':>5} {'wall s':>8} {'top CPU s':>10} {'salt-run CPU s':>15} {'rc':>3} "
+             f"{'machine CPU s':>14} {'busy':>5}"]
     for key in keys:
         for r in results:
             got = r["runs"].get(key)
             if got:
+                machine = got.get("machine_cpu")
+                busy = machine / (got["wall"] * r.get("cores", 2)) if machine is not None and got["wall"] > 0 else None
                 lines.append(f"{key:<34} {r['kiosks']:>5} {got['wall']:>8.1f} {got['top_cpu']:>10.2f} "
-                             f"{got['run_cpu']:>15.2f} {got['rc']:>3}")
+                             f"{got['run_cpu']:>15.2f} {got['rc']:>3} "
+                             f"{'-' if machine is None else f'{machine:.1f}':>14} "
+                             f"{'-' if busy is None else f'{busy:.0%}':>5}")
     ns_all = [r["kiosks"] for r in results]
     head = f"growth exponent over N = {', '.join(map(str, ns_all))} (log-log least squares)"
     lines += ["", f"{head:<34} {'wall':>8} {'top CPU':>10} {'salt-run CPU':>15}"
@@ -308,6 +323,12 @@ def tree_cpu(pid):
             t = proc.cpu_times()
             total += t.user + t.system + t.children_user + t.children_system
     return total
+
+
+def machine_busy():
+    """Busy CPU seconds of the whole machine so far (every core, all but idle and iowait)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def tree_rss_mib(pid):
@@ -461,12 +482,19 @@ def sync_all(topo, minions, tries=3):
     return synced
 
 
-def salt_run(run, args):
-    """``salt-run`` on the top master: ``(returncode, seconds, its own CPU seconds, parsed answer)``."""
+def salt_run(run, args, profile=None, log=None):
+    """``salt-run`` on the top master: ``(returncode, seconds, its own CPU seconds, parsed answer)``; with
+    ``profile`` (a file path) under cProfile, its stats written there (the CPU figure then includes the
+    profiler's overhead)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.monotonic()
+    argv = [str(lab.BIN / "salt-run"), "-c", str(run / TOP_ID), "--out=json", *args]
+    if log:  # salt-run's own debug log (LocalClient: which minions it expects, each return it sees)
+        argv[3:3] = [f"--log-file={log}", "--log-file-level=debug"]
+    if profile:
+        argv = [sys.executable, "-m", "cProfile", "-o", str(profile), *argv]
     try:
-        proc = subprocess.run([str(lab.BIN / "salt-run"), "-c", str(run / TOP_ID), "--out=json", *args],
+        proc = subprocess.run(argv,
                               capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
         rc, out = proc.returncode, proc.stdout
     except subprocess.TimeoutExpired:
@@ -492,12 +520,12 @@ def one_size(args, n):
     pi_opts = parse_master_opts(args.pi_opt, "pi-opt")
     slim(run, topology, master_opts, pi_opts, not args.no_source_address)
     kiosks, pis = kiosk_ids(topology), pi_ids(topology)
-    result = {"kiosks": n, "runs": {}, "notes": []}
+    result = {"kiosks": n, "runs": {}, "notes": [], "cores": os.cpu_count()}
     top = yaml.safe_load((run / TOP_ID / "master").read_text())
     result["notes"].append(("top master", ", ".join(f"{k}: {top.get(k, 'default')}" for k in MASTER_OPTS)))
     if pi_opts:
         result["notes"].append(("Pi masters", ", ".join(f"{k}: {v}" for k, v in sorted(pi_opts.items()))))
-    services = None
+    services, release_pids = None, {}
     try:
         services = Services(topology)
         began = time.monotonic()
@@ -530,6 +558,10 @@ def one_size(args, n):
         time.sleep(IDLE_S)  # the top master's own background work, to read the runs' figures against
         result["notes"].append(("top master idle", f"{(tree_cpu(top_pid) - cpu0) / IDLE_S:.3f} CPU s/s"))
         off_done = False
+        if any("rollout" in label for label, _, _ in selected_runs(args.runs)):
+            release_pids = prepare_rollout(run, inv)
+            result["notes"].append(("rollout", f"{RELEASE} {ROLLOUT_VERSION}, {ROLLOUT_MIB} MiB, published to the "
+                                               f"top master's store; nginx for the top and every Pi"))
         for label, argv, off in selected_runs(args.runs):
             if off and not off_done:
                 for kiosk in stopped(kiosks):
@@ -537,19 +569,82 @@ def one_size(args, n):
                 services.stop(stopped(kiosks))
                 off_done = True
             cpu0 = tree_cpu(top_pid)
-            argv = [a.format(campuses=",".join(sorted(topology["campuses"]))) for a in argv]
-            rc, wall, run_cpu, answer = salt_run(run, argv)
-            top_cpu = tree_cpu(top_pid) - cpu0
+            argv = [a.format(campuses=",".join(sorted(topology["campuses"])), version=ROLLOUT_VERSION) for a in argv]
             key = _key(label, off)
-            result["runs"][key] = {"wall": wall, "top_cpu": top_cpu, "run_cpu": run_cpu, "rc": rc}
+            profile = None
+            if args.profile:
+                pathlib.Path(args.profile).mkdir(parents=True, exist_ok=True)
+                profile = pathlib.Path(args.profile) / f"N{n}-{re.sub(r'[^A-Za-z0-9]+', '_', key)}.prof"
+            busy0 = machine_busy()
+            log = None
+            if args.debug_dir:
+                pathlib.Path(args.debug_dir).mkdir(parents=True, exist_ok=True)
+                log = pathlib.Path(args.debug_dir) / f"N{n}-{re.sub(r'[^A-Za-z0-9]+', '_', key)}.log"
+                (log.with_suffix(".json")).write_text(json.dumps({"argv": argv}))
+            rc, wall, run_cpu, answer = salt_run(run, argv, profile, log)
+            if log:
+                (log.with_suffix(".json")).write_text(json.dumps({"argv": argv, "answer": answer}, indent=1))
+            machine_cpu = machine_busy() - busy0
+            top_cpu = tree_cpu(top_pid) - cpu0
+            result["runs"][key] = {"wall": wall, "top_cpu": top_cpu, "run_cpu": run_cpu, "rc": rc,
+                                   "machine_cpu": machine_cpu}
             error = answer.get("error") if isinstance(answer, dict) else None
-            print(f"N={n}: {key}: {wall:.1f} s, top CPU {top_cpu:.2f} s, salt-run CPU {run_cpu:.2f} s, rc {rc}"
+            print(f"N={n}: {key}: {wall:.1f} s, top CPU {top_cpu:.2f} s, salt-run CPU {run_cpu:.2f} s, "
+                  f"machine CPU {machine_cpu:.1f} s, rc {rc}"
                   + (f" ({str(error)[:160]})" if error else ""), flush=True)
     finally:
         topo.down()
+        stop_children(release_pids)  # the nginx servers, by pid
         if services:
             services.close()
     return result
+
+
+def stop_children(pids, grace=10):
+    """SIGTERM the process group of each of this process's children ``{name: pid}``, reap them (a child
+    that exited stays a zombie until reaped, and would look alive), SIGKILL what is left after ``grace`` s."""
+    left = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+            left[name] = pid
+    deadline = time.monotonic() + grace
+    while left and time.monotonic() < deadline:
+        for name, pid in list(left.items()):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            left.pop(name)
+        time.sleep(0.1)
+    for name, pid in left.items():
+        print(f"{name} (pid {pid}) still there after SIGTERM: SIGKILL", flush=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def prepare_rollout(run, inv):
+    """Start nginx for the top master's export and every Pi (the lab's, by pid), publish :data:`RELEASE`
+    :data:`ROLLOUT_VERSION` (no campus: nothing moves until the rollout run). Returns ``{name: pid}``."""
+    before = set(lab.read_pids(run))
+    error = lab.start_release_servers(run, inv)
+    pids = {name: pid for name, pid in lab.read_pids(run).items() if name not in before}
+    if error:
+        stop_children(pids)
+        raise RuntimeError(f"release servers: {error}")
+    build = lab.build_root(run) / f"{RELEASE}-{ROLLOUT_VERSION}"
+    build.mkdir(parents=True, exist_ok=True)
+    (build / "app.bin").write_bytes(os.urandom(ROLLOUT_MIB << 20))
+    (build / "install.py").write_text(lab.RELEASE_INSTALL_SCRIPT)
+    install = json.dumps([sys.executable, "{dir}/install.py", "{dir}", "{version}"])
+    rc, _, _, answer = salt_run(run, ["kiosk_release.publish", f"name={RELEASE}", f"version={ROLLOUT_VERSION}",
+                                      f"source={build}", f"install={install}"])
+    if rc != 0 or not (isinstance(answer, dict) and answer.get("result")):
+        stop_children(pids)
+        raise RuntimeError(f"publish {RELEASE} {ROLLOUT_VERSION}: rc {rc}, "
+                           f"{(answer or {}).get('error') if isinstance(answer, dict) else answer}")
+    return pids
 
 
 def main(argv=None):
@@ -572,6 +667,10 @@ def main(argv=None):
                         help="kiosk minions connect from 127.0.0.1, not their inventory address (no presence)")
     parser.add_argument("--runs", default=None,
                         help="comma-separated substrings: only the runs whose label contains one (e.g. verify,status)")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="run each salt-run under cProfile and write its stats to DIR/N<n>-<run>.prof")
+    parser.add_argument("--debug-dir", metavar="DIR", default=None,
+                        help="keep each salt-run's debug log and its JSON answer in DIR")
     args = parser.parse_args(argv)
     if args.table:
         print(format_table(json.loads(pathlib.Path(args.results).read_text()), target=args.project))

@@ -239,3 +239,118 @@ def test_per_campus_runs_every_job_and_keeps_the_context(monkeypatch):
     merged = fleet_runner.merge(list(got.values()))
     assert merged.targets == ["p1", "p2"] and merged.answered == {"p1": True, "p2": True}
     assert fleet_runner.per_campus(call_one, {}) == {}
+
+
+# ------------------------------------------------------------- a LocalClient behind syndics (job_returns)
+
+
+class _Event:
+    def __init__(self):
+        self.cpub = False
+        self.closed = 0
+
+    def close_pub(self):
+        self.closed += 1
+
+
+class _Client:
+    """What job_returns uses of a LocalClient: run_job, get_iter_returns (non-blocking: None between events),
+    the job cache through returners, the event bus. ``script``: the items Salt's iterator yields, one per tick
+    of the fake clock (a second each)."""
+
+    def __init__(self, script, cache=None, syndic_wait=2, cache_error=None):
+        self.opts = {"order_masters": True, "syndic_wait": syndic_wait, "master_job_cache": "local_cache"}
+        self.event = _Event()
+        self.script, self.cache, self.cache_error = script, cache or {}, cache_error
+        self.now, self.yielded, self.closed, self.published, self.cache_reads, self.idles = 0.0, 0, False, None, 0, 0
+        self.returners = {"local_cache.get_jid": self._get_jid}
+
+    def clock(self):
+        return self.now
+
+    def idle(self):
+        self.idles += 1
+
+    def _get_jid(self, jid):
+        assert jid == "20261203051500000000"
+        self.cache_reads += 1
+        if self.cache_error:
+            raise self.cache_error
+        return dict(self.cache)
+
+    def run_job(self, tgt, fun, arg=(), tgt_type="glob", timeout=None, kwarg=None, listen=False):
+        self.published = (tgt, fun, arg, tgt_type, kwarg, listen)
+        return {"jid": "20261203051500000000", "minions": []}  # the top master holds no kiosk key
+
+    def get_iter_returns(self, jid, minions, timeout=None, tgt=None, tgt_type=None, block=True):
+        assert block is False and jid == "20261203051500000000"
+        try:
+            for item in self.script:
+                self.now += 1.0
+                self.yielded += 1
+                yield item
+        finally:
+            self.closed = True
+
+    def _clean_up_subscriptions(self, jid):
+        assert jid == "20261203051500000000"
+
+
+def _ret(value, retcode=0):
+    return {"ret": value, "retcode": retcode}
+
+
+@pytest.fixture
+def on_clock(monkeypatch):
+    """The client's fake clock as job_returns' clock."""
+
+    def use(client):
+        monkeypatch.setattr(fleet_runner, "_now", client.clock)
+        monkeypatch.setattr(fleet_runner, "_idle", client.idle)
+        return client
+
+    return use
+
+
+def test_job_returns_takes_from_the_job_cache_what_no_event_brought_and_stops_there(on_clock):
+    # two of three returns arrive as events; the third only ever reaches the job cache (its event lost)
+    script = [{"k1": _ret(True)}, None, {"k2": _ret(True)}] + [None] * 300
+    client = on_clock(_Client(script, cache={"k1": {"return": True, "retcode": 0}, "k3": {"return": "v3", "retcode": 0}}))
+    got = fleet_runner.call(client, ["k1", "k2", "k3"], "test.ping", timeout=300)
+    assert got.answered == {"k1": True, "k2": True, "k3": "v3"} and not got.silent and not got.conflicting
+    assert client.yielded < 10 and client.closed  # not the 300 ticks Salt would have waited
+    assert client.published == (["k1", "k2", "k3"], "test.ping", [], "list", {}, True)
+    assert client.event.closed == 1  # it was not listening before: the subscription is closed again
+
+
+def test_job_returns_with_every_answer_in_waits_syndic_wait_for_a_late_duplicate(on_clock):
+    # everyone answered at tick 1; a forged second return for k1 comes at tick 2, inside syndic_wait
+    script = [{"k1": _ret(True), "k2": _ret(True)}, {"k1": _ret("forged")}] + [None] * 50
+    client = on_clock(_Client(script, syndic_wait=3))
+    got = fleet_runner.call(client, ["k1", "k2"], "test.ping", timeout=60)
+    assert got.conflicting == ["k1"] and got.silent == ["k1"] and got.answered == {"k2": True}
+    assert client.yielded == 3  # stopped at the first tick past syndic_wait, not at the end of Salt's wait
+
+
+def test_job_returns_waits_as_salt_does_for_a_target_that_never_answers(on_clock):
+    script = [{"k1": _ret(True)}] + [None] * 40
+    client = on_clock(_Client(script, cache={"k1": {"return": True}}))
+    got = fleet_runner.call(client, ["k1", "k2"], "test.ping", timeout=30)
+    assert got.silent == ["k2"] and got.answered == {"k1": True}
+    assert client.yielded == 41 and client.cache_reads >= 10  # Salt's iterator ran out; the cache was looked at
+    assert client.idles == 40  # a pause after each empty look at the bus, none after a return
+
+
+def test_job_returns_without_a_readable_job_cache_keeps_to_the_events(on_clock):
+    script = [{"k1": _ret(True)}] + [None] * 5 + [{"k2": _ret("ERROR: no such module", 1)}] + [None] * 5
+    client = on_clock(_Client(script, cache_error=OSError("no such returner")))
+    got = fleet_runner.call(client, ["k1", "k2"], "test.ping", timeout=30)
+    assert got.answered == {"k1": True} and got.failed == {"k2": "ERROR: no such module"}
+    assert client.cache_reads >= 1 and client.closed
+
+
+def test_job_returns_keeps_the_retcode_of_a_cached_return(on_clock):
+    script = [None] * 10
+    client = on_clock(_Client(script, cache={"k1": {"return": "boom", "retcode": 2}}))
+    got = fleet_runner.call(client, ["k1"], "cmd.run", arg=["x"], timeout=30)
+    assert got.failed == {"k1": "boom"} and not got.answered

@@ -165,3 +165,27 @@ def test_runs_are_selected_by_label_words_and_an_unknown_word_is_named(scale):
     with pytest.raises(scale.ScaleError) as err:
         scale.selected_runs("reboot")
     assert err.value.field == "runs"
+
+
+def test_the_table_shows_the_machine_cpu_and_how_busy_the_cores_were(scale):
+    run = dict(_run(4.0, 0.5, 2.0), machine_cpu=6.0)
+    text = scale.format_table([{"kiosks": 25, "cores": 2, "runs": {"kiosk_fleet.ping": run}, "rss_mib": []}])
+    line = [row for row in text.splitlines() if row.startswith("kiosk_fleet.ping ")][0]
+    assert line.split()[2:] == ["4.0", "0.50", "2.00", "0", "6.0", "75%"]  # 6 CPU s over 4 s x 2 cores
+    older = scale.format_table([{"kiosks": 25, "runs": {"kiosk_fleet.ping": _run(4.0, 0.5, 2.0)}}])
+    assert [row for row in older.splitlines() if row.startswith("kiosk_fleet.ping ")][0].split()[-2:] == ["-", "-"]
+
+
+def test_stop_children_reaps_its_children_so_none_is_left_as_a_zombie(scale):
+    import os
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+             for _ in range(2)]
+    scale.stop_children({f"sleeper {i}": p.pid for i, p in enumerate(procs)}, grace=10)
+    for proc in procs:
+        with pytest.raises(ChildProcessError):  # reaped by stop_children, not left for anyone to wait on
+            os.waitpid(proc.pid, os.WNOHANG)
+        with pytest.raises(ProcessLookupError):
+            os.kill(proc.pid, 0)
