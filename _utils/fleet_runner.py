@@ -295,7 +295,9 @@ def job_returns(client, targets, fun, arg=(), kwarg=None, timeout=60):
       returns of a push, the runner then held to its 300 s timeout).
 
     A target that never answers is waited for as Salt waits (its timeout,
-    then ``find_job``).
+    then ``find_job``). A forged duplicate is seen only as a second event:
+    the job cache keeps the first return per minion, so a return taken from
+    it is not compared with a later event of the same minion.
     """
     opts = getattr(client, "opts", None) or {}
     syndic_wait = float(opts.get("syndic_wait") or 0) if opts.get("order_masters") else 0.0
@@ -309,14 +311,16 @@ def job_returns(client, targets, fun, arg=(), kwarg=None, timeout=60):
         if not pub or "jid" not in pub:
             return
         began = _now()
-        next_poll, seen = began + CACHE_POLL_S, set()
+        next_poll, seen, from_cache = began + CACHE_POLL_S, set(), set()
         returns = client.get_iter_returns(pub["jid"], pub.get("minions") or [], timeout=timeout,
                                           tgt=sorted(wanted), tgt_type="list", block=False)
         for item in returns:
             if item is None:
                 _idle()
             for minion, load in (item or {}).items():
-                if isinstance(load, dict) and "ret" in load:
+                # a late event of a return already taken from the cache is the same return (the cache holds
+                # the first one per minion, in full; an event over max_event_size arrives trimmed)
+                if isinstance(load, dict) and "ret" in load and minion not in from_cache:
                     seen.add(minion)
                     yield {minion: load}
             now = _now()
@@ -324,9 +328,14 @@ def job_returns(client, targets, fun, arg=(), kwarg=None, timeout=60):
                 next_poll = now + CACHE_POLL_S
                 for minion, load in cached_returns(client, cache, pub["jid"], wanted - seen):
                     seen.add(minion)
+                    from_cache.add(minion)
                     yield {minion: load}
             if not wanted - seen and now - began >= syndic_wait:
                 return
+        # Salt's wait ended (every minion of the syndics' lists answered, or the timeout): a return whose
+        # event was lost may have been stored since the last look
+        for minion, load in cached_returns(client, cache, pub["jid"], wanted - seen):
+            yield {minion: load}
     finally:
         if returns is not None:
             returns.close()

@@ -264,6 +264,7 @@ class _Client:
         self.script, self.cache, self.cache_error = script, cache or {}, cache_error
         self.now, self.yielded, self.closed, self.published, self.cache_reads, self.idles = 0.0, 0, False, None, 0, 0
         self.returners = {"local_cache.get_jid": self._get_jid}
+        self.unsubscribed, self.publish_error = False, None
 
     def clock(self):
         return self.now
@@ -280,6 +281,8 @@ class _Client:
 
     def run_job(self, tgt, fun, arg=(), tgt_type="glob", timeout=None, kwarg=None, listen=False):
         self.published = (tgt, fun, arg, tgt_type, kwarg, listen)
+        if self.publish_error:
+            raise self.publish_error
         return {"jid": "20261203051500000000", "minions": []}  # the top master holds no kiosk key
 
     def get_iter_returns(self, jid, minions, timeout=None, tgt=None, tgt_type=None, block=True):
@@ -294,6 +297,7 @@ class _Client:
 
     def _clean_up_subscriptions(self, jid):
         assert jid == "20261203051500000000"
+        self.unsubscribed = True
 
 
 def _ret(value, retcode=0):
@@ -320,7 +324,7 @@ def test_job_returns_takes_from_the_job_cache_what_no_event_brought_and_stops_th
     assert got.answered == {"k1": True, "k2": True, "k3": "v3"} and not got.silent and not got.conflicting
     assert client.yielded < 10 and client.closed  # not the 300 ticks Salt would have waited
     assert client.published == (["k1", "k2", "k3"], "test.ping", [], "list", {}, True)
-    assert client.event.closed == 1  # it was not listening before: the subscription is closed again
+    assert client.event.closed == 1 and client.unsubscribed  # it was not listening before: closed again
 
 
 def test_job_returns_with_every_answer_in_waits_syndic_wait_for_a_late_duplicate(on_clock):
@@ -354,3 +358,30 @@ def test_job_returns_keeps_the_retcode_of_a_cached_return(on_clock):
     client = on_clock(_Client(script, cache={"k1": {"return": "boom", "retcode": 2}}))
     got = fleet_runner.call(client, ["k1"], "cmd.run", arg=["x"], timeout=30)
     assert got.failed == {"k1": "boom"} and not got.answered
+
+
+def test_job_returns_reads_the_cache_once_more_when_salt_ends_before_the_first_look(on_clock):
+    # Salt's own wait ends after one tick (a syndic's list said only k1): k2's return is only in the cache
+    client = on_clock(_Client([{"k1": _ret(True)}], cache={"k2": {"return": "late", "retcode": 0}}))
+    got = fleet_runner.call(client, ["k1", "k2"], "test.ping", timeout=60)
+    assert got.answered == {"k1": True, "k2": "late"} and not got.silent
+
+
+def test_job_returns_does_not_take_a_late_event_of_a_cached_return_for_a_forgery(on_clock):
+    # k2's event arrives after its return was taken from the cache, trimmed (over max_event_size)
+    script = [{"k1": _ret(True)}, None, None, {"k2": _ret("VALUE_TRIMMED")}] + [None] * 5
+    client = on_clock(_Client(script, cache={"k2": {"return": {"big": "x" * 100}, "retcode": 0}}, syndic_wait=9))
+    got = fleet_runner.call(client, ["k1", "k2"], "test.ping", timeout=60)
+    assert got.answered == {"k1": True, "k2": {"big": "x" * 100}} and not got.conflicting
+
+
+def test_job_returns_leaves_a_subscription_it_found_open_and_raises_a_failed_publish(on_clock):
+    client = on_clock(_Client([{"k1": _ret(True)}]))
+    client.event.cpub = True  # the caller was listening already: not closed behind its back
+    fleet_runner.call(client, ["k1"], "test.ping", timeout=60)
+    assert client.event.closed == 0
+    down = on_clock(_Client([]))
+    down.publish_error = RuntimeError("The salt master could not be contacted. Is master running?")
+    with pytest.raises(RuntimeError, match="could not be contacted"):
+        fleet_runner.call(down, ["k1"], "test.ping", timeout=60)
+    assert down.event.closed == 1 and not down.unsubscribed
