@@ -465,6 +465,26 @@ def slim(run, topology, master_opts=None, pi_opts=None, source_address=True):
                 (accepted / kiosk).write_bytes(public)
 
 
+def batches(items, size):
+    """``items`` in consecutive lists of ``size`` (the last one shorter); :class:`ScaleError` for a size below 1."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ScaleError(f"start-batch: {size!r} is not a whole number of 1 or more", "start-batch")
+    items = list(items)
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def wait_up(run, minions, timeout):
+    """``test.ping`` through the top master, each round only to the ``minions`` that have not answered
+    yet, until all have or ``timeout`` s; returns the silent ones (sorted)."""
+    deadline, missing = time.monotonic() + timeout, sorted(minions)
+    while missing and time.monotonic() < deadline:
+        answered = lab.salt(run, "-L", ",".join(missing), "test.ping", timeout=10, master=TOP_ID)
+        missing = sorted(m for m in missing if answered.get(m) is not True)
+        if missing:
+            time.sleep(2)
+    return missing
+
+
 def sync_all(topo, minions, tries=3):
     """``saltutil.sync_all`` on ``minions`` from the top master (in process): ``{minion: return}`` of those that
     answered; the minions still missing are asked again, up to ``tries`` jobs."""
@@ -535,10 +555,14 @@ def one_size(args, n):
         for pi in pis:
             topo.start(pi, "syndic")
             topo.start(pi, "minion")
-        for kiosk in kiosks:
-            topo.start(f"kiosks/{kiosk}", "minion")
-        answered = lab.wait_for_minions(run, pis + kiosks, START_WAIT_S)
-        silent = sorted(set(pis + kiosks) - {m for m, v in answered.items() if v is True})
+        silent = wait_up(run, pis, START_WAIT_S)
+        # the kiosks in batches, each answering before the next starts: 100 multi-master minions starting at
+        # once overload the Pi masters on 2 cores (their returns time out and start-up never ends)
+        deadline = time.monotonic() + START_WAIT_S
+        for batch in batches(kiosks, args.start_batch):
+            for kiosk in batch:
+                topo.start(f"kiosks/{kiosk}", "minion")
+            silent += wait_up(run, batch, max(1, deadline - time.monotonic()))
         if silent:
             raise RuntimeError(f"N={n}: no answer from {len(silent)} minions ({', '.join(silent[:5])} ...); "
                                f"logs under {run}")
@@ -669,6 +693,8 @@ def main(argv=None):
                         help="comma-separated substrings: only the runs whose label contains one (e.g. verify,status)")
     parser.add_argument("--profile", metavar="DIR", default=None,
                         help="run each salt-run under cProfile and write its stats to DIR/N<n>-<run>.prof")
+    parser.add_argument("--start-batch", type=int, default=25,
+                        help="kiosk minions started at once; each batch answers before the next starts")
     parser.add_argument("--debug-dir", metavar="DIR", default=None,
                         help="keep each salt-run's debug log and its JSON answer in DIR")
     args = parser.parse_args(argv)
@@ -680,6 +706,7 @@ def main(argv=None):
         parse_master_opts(args.pi_opt, "pi-opt")
         selected_runs(args.runs)
         counts = parse_counts(args.kiosks)
+        batches([], args.start_batch)
         topologies = {n: plan(args.campuses, args.pis, n) for n in counts}
     except ScaleError as exc:
         parser.error(f"--{exc.field}: {exc}")

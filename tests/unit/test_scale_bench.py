@@ -189,3 +189,12 @@ def test_stop_children_reaps_its_children_so_none_is_left_as_a_zombie(scale):
             os.waitpid(proc.pid, os.WNOHANG)
         with pytest.raises(ProcessLookupError):
             os.kill(proc.pid, 0)
+
+
+def test_kiosks_start_in_batches_and_a_bad_batch_size_is_named(scale):
+    assert scale.batches(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
+    assert scale.batches([], 25) == []
+    for bad in (0, -1, True, "25"):
+        with pytest.raises(scale.ScaleError) as err:
+            scale.batches(["a"], bad)
+        assert err.value.field == "start-batch"
