@@ -109,9 +109,6 @@ RUNS = (
 # top master settings --master-opt may change (the ones that decide how long a call waits)
 MASTER_OPTS = ("syndic_wait", "gather_job_timeout", "worker_threads", "zmq_filtering", "timeout", "keep_jobs_seconds")
 FIGURES = (("wall", "wall s"), ("top_cpu", "top CPU s"), ("run_cpu", "salt-run CPU s"))
-# busy CPU seconds of the whole machine during a run (every daemon: kiosks, Pis, top, salt-run); divided by
-# wall x cores it says how much of the wall time this machine's CPU set (kiosks all on 2 cores here)
-MACHINE = ("machine_cpu", "machine CPU s")
 
 
 class ScaleError(ValueError):
@@ -326,7 +323,9 @@ def tree_cpu(pid):
 
 
 def machine_busy():
-    """Busy CPU seconds of the whole machine so far (every core, all but idle and iowait)."""
+    """Busy CPU seconds of the whole machine so far (every core, all but idle and iowait). Over a run (every
+    daemon: kiosks, Pis, top, salt-run), divided by wall x cores, it says how much of the wall time this
+    machine's CPU set (the kiosks all run on its 2 cores here)."""
     times = psutil.cpu_times()
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
@@ -595,16 +594,11 @@ def one_size(args, n):
             cpu0 = tree_cpu(top_pid)
             argv = [a.format(campuses=",".join(sorted(topology["campuses"])), version=ROLLOUT_VERSION) for a in argv]
             key = _key(label, off)
-            profile = None
-            if args.profile:
-                pathlib.Path(args.profile).mkdir(parents=True, exist_ok=True)
-                profile = pathlib.Path(args.profile) / f"N{n}-{re.sub(r'[^A-Za-z0-9]+', '_', key)}.prof"
-            busy0 = machine_busy()
-            log = None
-            if args.debug_dir:
-                pathlib.Path(args.debug_dir).mkdir(parents=True, exist_ok=True)
-                log = pathlib.Path(args.debug_dir) / f"N{n}-{re.sub(r'[^A-Za-z0-9]+', '_', key)}.log"
+            profile = artifact(args.profile, n, key, ".prof")
+            log = artifact(args.debug_dir, n, key, ".log")
+            if log:  # the arguments first: a run that hangs still leaves them
                 (log.with_suffix(".json")).write_text(json.dumps({"argv": argv}))
+            busy0 = machine_busy()
             rc, wall, run_cpu, answer = salt_run(run, argv, profile, log)
             if log:
                 (log.with_suffix(".json")).write_text(json.dumps({"argv": argv, "answer": answer}, indent=1))
@@ -622,6 +616,14 @@ def one_size(args, n):
         if services:
             services.close()
     return result
+
+
+def artifact(folder, n, key, suffix):
+    """``folder/N<n>-<run label as a file name><suffix>`` (the folder made), or None without ``folder``."""
+    if not folder:
+        return None
+    pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
+    return pathlib.Path(folder) / f"N{n}-{re.sub(r'[^A-Za-z0-9]+', '_', key)}{suffix}"
 
 
 def stop_children(pids, grace=10):

@@ -198,3 +198,9 @@ def test_kiosks_start_in_batches_and_a_bad_batch_size_is_named(scale):
         with pytest.raises(scale.ScaleError) as err:
             scale.batches(["a"], bad)
         assert err.value.field == "start-batch"
+
+
+def test_artifacts_are_named_by_size_and_run_and_only_with_a_folder(scale, tmp_path):
+    assert scale.artifact(None, 50, "kiosk_release.status (30% off)", ".log") is None
+    path = scale.artifact(tmp_path / "dbg", 50, "kiosk_release.status (30% off)", ".log")
+    assert path == tmp_path / "dbg" / "N50-kiosk_release_status_30_off_.log" and path.parent.is_dir()
