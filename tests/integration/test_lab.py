@@ -34,6 +34,11 @@ BIN = pathlib.Path(sys.executable).parent
 OFF_KIOSK = "kiosk-hillside-03"
 RELEASE, VERSION, CAMPUS = "kiosk-app", "1.0.0", "riverside"  # what the demo publishes, and where
 RIVERSIDE_KIOSKS = ["kiosk-riverside-01", "kiosk-riverside-02", "kiosk-riverside-10", "kiosk-riverside-11"]
+# every minion of the lab but OFF_KIOSK
+LAB_MINIONS = [
+    "kiosk-hillside-01", "kiosk-hillside-02", *RIVERSIDE_KIOSKS,
+    "pi-hillside-1", "pi-hillside-2", "pi-riverside-1", "pi-riverside-2",
+]
 
 
 def lab(run, *args, timeout=300):
@@ -116,16 +121,15 @@ def lab_run():
 def test_lab_up_prints_the_config_dir_and_every_minion_answers(lab_run):
     run, stdout = lab_run
     assert f"-c {run / 'top'}" in stdout
-    # the demo's power cycle left kiosk-hillside-03 off
+    # the demo's power cycle left kiosk-hillside-03 off. Salt's CLI can miss a return event under load
+    # (README, "What remains open in Salt itself"): the minions it missed are asked again, twice at most
     answered = salt(run, "*", "test.ping")
-    assert answered == dict.fromkeys(
-        [
-            "kiosk-hillside-01", "kiosk-hillside-02", "kiosk-riverside-01", "kiosk-riverside-02",
-            "kiosk-riverside-10", "kiosk-riverside-11",
-            "pi-hillside-1", "pi-hillside-2", "pi-riverside-1", "pi-riverside-2",
-        ],
-        True,
-    )
+    for _ in range(2):
+        missed = sorted(m for m in LAB_MINIONS if answered.get(m) is not True)
+        if not missed:
+            break
+        answered.update(salt(run, "-L", ",".join(missed), "test.ping"))
+    assert answered == dict.fromkeys(LAB_MINIONS, True)
 
 
 def salt_run(run, *args):
