@@ -556,11 +556,17 @@ def read_pids(run):
 
 
 def alive(pid):
+    """True while ``pid`` runs. A zombie is not running: a daemon the lab started outlives the
+    ``kiosk-lab`` process that started it, and whoever inherits it may reap it late."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def start(run, name, argv):
@@ -752,6 +758,9 @@ def print_monitoring(run):
     print(f"    {REPO / 'lab' / 'kiosk-lab'} plot {campus} --minutes 15")
 
 
+KILL_WAIT_S = 10
+
+
 def stop_processes(pids, grace=45):
     """SIGTERM each process group of ``{name: pid}`` in order (every daemon was started in a session
     of its own: its workers go with it), SIGKILL what is still there after ``grace`` seconds."""
@@ -761,10 +770,19 @@ def stop_processes(pids, grace=45):
     deadline = time.time() + grace
     while time.time() < deadline and any(alive(p) for p in pids.values()):
         time.sleep(0.2)
+    killed = {}
     for name, pid in pids.items():
         if alive(pid):
             say(f"{name} (pid {pid}) ignored SIGTERM: SIGKILL")
             os.killpg(pid, signal.SIGKILL)
+            killed[name] = pid
+    # SIGKILL is delivered, not waited for: down returns once they are gone
+    deadline = time.time() + KILL_WAIT_S
+    while time.time() < deadline and any(alive(p) for p in killed.values()):
+        time.sleep(0.1)
+    for name, pid in killed.items():
+        if alive(pid):
+            say(f"{name} (pid {pid}) still there {KILL_WAIT_S} s after SIGKILL")
 
 
 def cmd_down(args):

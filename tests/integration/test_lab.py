@@ -9,7 +9,6 @@ kiosk minion, nginx or monitoring process behind.
 """
 
 import json
-import os
 import pathlib
 import re
 import socket
@@ -73,12 +72,17 @@ def wait_for(predicate, timeout, step=1.0):
     return False
 
 
+def running(stat):
+    """The state field of a /proc/<pid>/stat line is not Z: a zombie (killed, not yet reaped by
+    whoever inherited it) runs nothing."""
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def alive(pid):
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return running(pathlib.Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, IndexError):
         return False
-    return True
 
 
 def lab_processes(run, pids):
@@ -90,8 +94,11 @@ def lab_processes(run, pids):
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            pgid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            stat = (proc / "stat").read_text()
+            pgid = int(stat.rsplit(")", 1)[1].split()[2])
         except (OSError, ValueError, IndexError):
+            continue
+        if not running(stat):
             continue
         if pgid in pids.values() or ("nginx" in cmdline and str(run) in cmdline):
             left[int(proc.name)] = cmdline
