@@ -5,12 +5,14 @@ machine. Kept out of conftest.py so the settings can be read in one place.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -70,6 +72,30 @@ def stop_together(daemons, log):
     if daemons:
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(daemons)) as pool:
             list(pool.map(stop, daemons))
+
+
+def kill_left_behind(root, log):
+    """
+    SIGKILL, by pid, every process whose command line names ``root`` (the
+    session's own temporary folder, so nothing else matches) and say so:
+    a Salt master's request workers were seen running after their master
+    had been stopped. Returns ``{pid: command line}`` of what it killed.
+    """
+    killed = {}
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"{root}/" in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed[int(proc.name)] = cmdline.strip()
+    if killed:
+        log.warning("killed %d processes left behind under %s: %s", len(killed), root, killed)
+    return killed
 
 
 def free_udp_port():
