@@ -473,15 +473,10 @@ def batches(items, size):
 
 
 def wait_up(run, minions, timeout):
-    """``test.ping`` through the top master, each round only to the ``minions`` that have not answered
-    yet, until all have or ``timeout`` s; returns the silent ones (sorted)."""
-    deadline, missing = time.monotonic() + timeout, sorted(minions)
-    while missing and time.monotonic() < deadline:
-        answered = lab.salt(run, "-L", ",".join(missing), "test.ping", timeout=10, master=TOP_ID)
-        missing = sorted(m for m in missing if answered.get(m) is not True)
-        if missing:
-            time.sleep(2)
-    return missing
+    """The ``minions`` (sorted) that did not answer ``test.ping`` through the top master within ``timeout`` s
+    (``lab.wait_for_minions``: each round asks only the ones still silent)."""
+    answered = lab.wait_for_minions(run, sorted(minions), timeout, master=TOP_ID)
+    return sorted(m for m in minions if answered.get(m) is not True)
 
 
 def sync_all(topo, minions, tries=3):
