@@ -617,25 +617,66 @@ def wait_master_sockets(config_dir, pid, timeout):
     return False
 
 
+def is_answer(fun, value):
+    """Whether ``value`` is a live answer to ``fun``: True for test.ping, any dict otherwise
+    (e.g. kiosk_power.status)."""
+    return value is True if fun == "test.ping" else isinstance(value, dict)
+
+
+_job_caches = {}
+
+
+def job_cache(run, master):
+    """Salt's own local_cache returner on ``master``'s job cache (``run/master``), loaded once."""
+    key = (str(run), master)
+    if key not in _job_caches:
+        import salt.config  # noqa: PLC0415 - heavy: only a wait that missed answers pays for it
+        import salt.loader  # noqa: PLC0415
+
+        opts = salt.config.master_config(str(run / master / "master"))
+        _job_caches[key] = salt.loader.returners(opts, {})
+    return _job_caches[key]
+
+
+def cached_answers(run, fun, minions, since, master="top"):
+    """``{minion: True}`` for those of ``minions`` that answered a ``fun`` job ``master`` published
+    at or after ``since`` (epoch seconds), read from that master's job cache: on a loaded machine an
+    answer can reach the master well after the ``salt`` CLI gave up on it."""
+    returners = job_cache(run, master)
+    # jids are the master's local time; one second earlier, for the rounding
+    first = time.strftime("%Y%m%d%H%M%S", time.localtime(since - 1))
+    found = {}
+    for jid, job in returners["local_cache.get_jids"]().items():
+        if jid < first or job.get("Function") != fun:
+            continue
+        for minion, ret in returners["local_cache.get_jid"](jid).items():
+            if minion in minions and is_answer(fun, ret.get("return")):
+                found[minion] = True
+    return found
+
+
 def wait_for_minions(run, expected, timeout, fun="test.ping", master="top"):
-    """Poll ``fun`` on ``expected`` (through ``master``) until each of them has answered True-ish once;
-    ``{minion: True}`` for those that did, the last answer for the others. Each poll asks only the minions
-    still silent: under load Salt 3007's ``salt`` CLI misses some return events that the job cache holds
-    (README, "What remains open in Salt itself"), so one call in which all answer may never come."""
-    deadline = time.time() + timeout
-    answered = {}
+    """Poll ``fun`` on ``expected`` (through ``master``) until each of them has answered once;
+    ``{minion: True}`` for those that did, the last answer for the others. Each poll asks only the
+    minions still silent, and an answer the ``salt`` CLI missed counts once it is in the master's job
+    cache: under load Salt 3007's CLI misses return events (README, "What remains open in Salt
+    itself"), and on a busy machine an answer may come 30 s after the CLI stopped waiting."""
+    began = time.time()
+    deadline = began + timeout
+    replies = {}
     while time.time() < deadline:
-        silent = [m for m in expected if answered.get(m) is not True]
+        silent = [m for m in expected if replies.get(m) is not True]
         if not silent:
             break
         got = salt(run, "-L", ",".join(silent), fun, timeout=10, master=master)
-        if fun != "test.ping":  # e.g. kiosk_power.status: any dict answer counts
-            got = {k: isinstance(v, dict) for k, v in got.items()}
-        answered.update({k: v for k, v in got.items() if k in silent})
-        if all(answered.get(m) is True for m in expected):
+        replies.update({k: True if is_answer(fun, v) else v for k, v in got.items() if k in silent})
+        silent = [m for m in expected if replies.get(m) is not True]
+        if silent:
+            replies.update(cached_answers(run, fun, silent, began, master=master))
+        if all(replies.get(m) is True for m in expected):
             break
         time.sleep(2)
-    return answered
+    return replies
 
 
 def wait_pis_reach_kiosks(run, inv, powered, timeout):

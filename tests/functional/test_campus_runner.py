@@ -113,7 +113,9 @@ def listen_tcp(address, port):
 class Campus:
     def __init__(self, root, monkeypatch):
         self.root = root
-        self.wol_port, self.service_port = free_udp_port(), free_tcp_port()
+        # free where they are bound: the VLANs' broadcast addresses, the kiosks' addresses
+        self.wol_port = free_udp_port("127.0.1.255", "127.0.2.255")
+        self.service_port = free_tcp_port("127.0.1.11", "127.0.2.12")
         raw = two_campus_inventory(wol_port=self.wol_port, service_port=self.service_port)["kiosk_fleet"]
         raw["campuses"] = {"east": raw["campuses"]["east"]}
         self.repos = {}

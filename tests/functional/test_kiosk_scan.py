@@ -18,17 +18,11 @@ import salt.loader
 from salt.exceptions import SaltInvocationError
 
 import fleet_inventory
-from tests.support.topology import two_campus_inventory
+from tests.support.topology import free_tcp_port, two_campus_inventory
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(shutil.which("nmap") is None, reason="needs the nmap binary")
-
-
-def free_tcp_port(host):
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +41,7 @@ def inventory(service_port):
 @pytest.fixture(scope="module")
 def master_port():
     """One port free on both east Pis' addresses: their stand-in masters share it, as a campus's Pis do."""
-    for _ in range(50):
-        port = free_tcp_port("127.0.1.2")
-        with socket.socket() as other:
-            try:
-                other.bind(("127.0.1.3", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no port free on 127.0.1.2 and 127.0.1.3")
+    return free_tcp_port("127.0.1.2", "127.0.1.3")
 
 
 def load(tmp_path_factory, minion_id, fleet, **config):

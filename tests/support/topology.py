@@ -98,16 +98,63 @@ def kill_left_behind(root, log):
     return killed
 
 
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+PORT_FLOOR = 10000  # below: well-known and registered ports some daemon may hold
+PORT_SLICES = 8  # one per pytest process: the controller and up to 7 xdist workers
+_ports_given = set()
 
 
-def free_tcp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def port_slice(worker=None, ephemeral_low=None):
+    """
+    ``range`` of ports this pytest process picks from: its own slice of
+    PORT_FLOOR .. the kernel's ephemeral low bound. A port picked with
+    bind(0) and bound again later can meanwhile be the source port of any
+    outgoing connection (every Salt minion opens some); below the
+    ephemeral range only an explicit bind takes a port, and each xdist
+    worker has its own slice, so two workers never pick the same port.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "") if worker is None else worker
+    if ephemeral_low is None:
+        try:
+            ephemeral_low = int(pathlib.Path(EPHEMERAL_RANGE_FILE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            ephemeral_low = 32768  # Linux's default
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    if index >= PORT_SLICES:
+        raise RuntimeError(f"PYTEST_XDIST_WORKER={worker}: ports are sliced for {PORT_SLICES - 1} workers")
+    size = (ephemeral_low - PORT_FLOOR) // PORT_SLICES
+    if size < 100:
+        raise RuntimeError(f"ephemeral ports start at {ephemeral_low}: too few ports below for the tests")
+    return range(PORT_FLOOR + index * size, PORT_FLOOR + (index + 1) * size)
+
+
+def free_port(kind=socket.SOCK_STREAM, *addresses):
+    """
+    A port of this process's slice (``port_slice``) that binds now on every
+    one of ``addresses`` (127.0.0.1 if none) and was not given out before
+    by this process.
+    """
+    addresses = addresses or ("127.0.0.1",)
+    for port in port_slice():
+        if port in _ports_given:
+            continue
+        try:
+            for address in addresses:
+                with socket.socket(socket.AF_INET, kind) as sock:
+                    sock.bind((address, port))
+        except OSError:
+            continue
+        _ports_given.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {port_slice()} on {', '.join(addresses)}")
+
+
+def free_udp_port(*addresses):
+    return free_port(socket.SOCK_DGRAM, *addresses)
+
+
+def free_tcp_port(*addresses):
+    return free_port(socket.SOCK_STREAM, *addresses)
 
 
 def two_campus_inventory(wol_port=None, service_port=None, repo_port=None):
