@@ -56,11 +56,7 @@ def pytest_configure(config):
 # about the same length run side by side, the power, alert and key files and the
 # rest of tests/integration (the release files: one release history); the lab
 # starts daemons of its own; the Wine tests share one machine-wide Wine. The
-# groups go out first, the lab last of them: xdist hands a worker its next
-# unit only when its current one is nearly done, so the lab starts once the
-# Wine group ends, not beside the three topology starts (four Salt trees
-# starting at once on 2 cores put the load average over 80, and kiosk
-# answers then reached the top master 20-30 s after the CLI gave up).
+# groups go out first.
 GROUPS = {
     "topology-power": {"test_env.py", "test_forged_alerts.py", "test_keys.py", "test_power.py", "test_sweep.py",
                        "test_topology.py"},
@@ -69,7 +65,7 @@ GROUPS = {
     "lab": {"test_lab.py"},
     "wine": {"test_kiosk_reg_wine.py", "test_change_templates.py"},
 }
-FIRST = ("topology", "topology-power", "topology-mm", "wine", "lab")
+FIRST = ("topology", "topology-power", "topology-mm", "lab", "wine")
 
 
 def xdist_scope(nodeid):
