@@ -646,12 +646,16 @@ def cached_answers(run, fun, minions, since, master="top"):
     # jids are the master's local time; one second earlier, for the rounding
     first = time.strftime("%Y%m%d%H%M%S", time.localtime(since - 1))
     found = {}
-    for jid, job in returners["local_cache.get_jids"]().items():
-        if jid < first or job.get("Function") != fun:
-            continue
-        for minion, ret in returners["local_cache.get_jid"](jid).items():
-            if minion in minions and is_answer(fun, ret.get("return")):
-                found[minion] = True
+    try:
+        jobs = returners["local_cache.get_jids"]()
+        for jid, job in jobs.items():
+            if jid < first or job.get("Function") != fun:
+                continue
+            for minion, ret in returners["local_cache.get_jid"](jid).items():
+                if minion in minions and is_answer(fun, ret.get("return")):
+                    found[minion] = True
+    except OSError:  # no job cached yet (no jobs folder), or a job cleaned away while read
+        pass
     return found
 
 
@@ -672,7 +676,10 @@ def wait_for_minions(run, expected, timeout, fun="test.ping", master="top"):
         replies.update({k: True if is_answer(fun, v) else v for k, v in got.items() if k in silent})
         silent = [m for m in expected if replies.get(m) is not True]
         if silent:
-            replies.update(cached_answers(run, fun, silent, began, master=master))
+            cached = cached_answers(run, fun, silent, began, master=master)
+            if cached:
+                say(f"{', '.join(sorted(cached))}: answered (the {master} master's job cache; the salt CLI missed it)")
+            replies.update(cached)
         if all(replies.get(m) is True for m in expected):
             break
         time.sleep(2)

@@ -43,3 +43,26 @@ def test_an_answer_in_the_cache_counts_only_for_its_function_and_from_the_wait_o
     # only the minions asked about
     assert kiosk_lab.cached_answers(tmp_path, "test.ping", ["pi-1"], now - 5) == {"pi-1": True}
     assert kiosk_lab.cached_answers(tmp_path, "test.ping", ["kiosk-z"], now - 5) == {}
+
+
+def test_the_wait_ends_when_the_cache_holds_what_the_cli_missed(tmp_path, monkeypatch, capsys):
+    asked = []
+
+    def cli_that_misses(run, *args, timeout=60, master="top"):
+        asked.append(args[1])
+        # the CLI saw only pi-1's answer; kiosk-b's reached the job cache after the CLI gave up
+        master_with_jobs(run, [(salt.utils.jid.gen_jid({}), "test.ping", {"pi-1": True, "kiosk-b": True})])
+        return {"pi-1": True}
+
+    monkeypatch.setattr(kiosk_lab, "salt", cli_that_misses)
+    replies = kiosk_lab.wait_for_minions(tmp_path, ["kiosk-b", "pi-1"], timeout=30)
+    assert replies == {"pi-1": True, "kiosk-b": True}
+    assert asked == ["kiosk-b,pi-1"]  # one round: no second ask
+    assert "kiosk-b: answered (the top master's job cache" in capsys.readouterr().out
+
+
+def test_the_wait_gives_up_on_a_minion_that_never_answered(tmp_path, monkeypatch):
+    master_with_jobs(tmp_path, [])
+    monkeypatch.setattr(kiosk_lab, "salt", lambda run, *args, timeout=60, master="top": {})
+    monkeypatch.setattr(kiosk_lab.time, "sleep", lambda s: None)
+    assert kiosk_lab.wait_for_minions(tmp_path, ["kiosk-b"], timeout=0.5) == {}
